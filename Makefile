@@ -1,0 +1,81 @@
+# bigmodel-operator — every target here is named in README.md or docs/development.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+# pytest exits 5 when it collected nothing: that must never pass as green.
+PYTEST := tests/pytest.sh $(PY)
+EXTRAS ?= serving,training,dev
+CLUSTER := $(PY) tests/cluster/devcluster.py
+CHART_CRDS := charts/bigmodel-operator/crds
+export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help dev lint fmt crds check-crds test test-unit test-integration cluster-build cluster-up \
+        cluster-down demo bench e2e-kind images clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@start=$$(date +%s); \
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	[ -x $(UV) ] || $(PY) -m pip install -q --disable-pip-version-check uv; \
+	$(UV) pip install -q --python $(PY) -e '.[$(EXTRAS)]'; \
+	echo "== venv ready in $$(( $$(date +%s) - start ))s ($(EXTRAS))"
+	@touch $@
+
+dev: $(VENV)/.installed ## create .venv with everything for development (uv, cached)
+
+lint: dev ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: dev ## format the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+crds: dev ## regenerate crds/ and the chart's copy from the pydantic API
+	$(VENV)/bin/bigmodel crds --output crds
+	@if [ -d charts/bigmodel-operator ]; then $(VENV)/bin/bigmodel crds --output $(CHART_CRDS); fi
+
+check-crds: dev ## fail when the committed CRDs differ from the API
+	$(VENV)/bin/bigmodel crds --check crds
+	@if [ -d charts/bigmodel-operator ]; then $(VENV)/bin/bigmodel crds --check $(CHART_CRDS); fi
+
+test-unit: dev ## unit tests (pure, no cluster)
+	$(PYTEST) tests/unit
+
+test-integration: dev ## integration tests on the real control plane (built and started on demand)
+	$(PYTEST) tests/integration
+
+test: dev check-crds ## what CI runs: unit + integration on the real control plane
+	$(PYTEST) tests/unit tests/integration
+
+cluster-build: dev ## build the control plane binaries (cached under ~/.cache/bigmodel)
+	$(CLUSTER) build
+
+cluster-up: dev ## start etcd, kube-apiserver, controller-manager, scheduler and KWOK on 127.0.0.1
+	$(CLUSTER) up
+
+cluster-down: ## stop every process cluster-up started
+	@if [ -x $(PY) ]; then $(CLUSTER) down; else python3 tests/cluster/devcluster.py down; fi
+
+demo: cluster-up ## the whole loop on this machine: apply examples to the cluster, then serve a tiny model locally
+	$(PY) -m bigmodel_operator.demo
+
+bench: dev ## benchmarks; results go to docs/benchmarks.md
+	$(PY) tests/bench/run_all.py
+
+e2e-kind: ## end-to-end on a kind cluster (needs Docker; not runnable on the CI machines)
+	BIGMODEL_TEST_CLUSTER=existing $(PYTEST) tests/e2e
+
+images: ## build the container images (needs Docker)
+	./docs/images.sh
+
+clean: cluster-down
+	rm -rf .cluster .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,290 @@
+"""BigModel: "serve this model" — becomes a KubeRay RayService running vLLM behind an Ingress."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from bigmodel_operator.api.base import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    NodeSelector,
+    ResourcesSpec,
+    SecretKeyRef,
+    Toleration,
+    cel,
+)
+from bigmodel_operator.planning import ServingPlan
+
+MODEL_URI_PATTERN = r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key in a ConfigMap in the BigModel's namespace."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="ConfigMap name.")
+    key: str = Field(
+        default="config.json",
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key holding the model's config.json (default config.json).",
+    )
+
+
+class ModelSpec(ApiModel):
+    """Where the model comes from and how clients address it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel("!(has(self.config) && has(self.configMapRef))", "set config or configMapRef, not both")
+    )
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description=(
+            "Model location: hf://org/name (Hugging Face Hub), s3://bucket/path, gs://bucket/path, "
+            "pvc://claim/path (a PersistentVolumeClaim in this namespace), file:///path (a path inside "
+            "the serving image), or oci://registry/repo:tag."
+        ),
+    )
+    revision: str | None = Field(
+        default=None, max_length=256, description="Hub revision (branch, tag or commit) for hf:// models."
+    )
+    served_name: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=SERVED_NAME_PATTERN,
+        description="Name clients pass as `model` in OpenAI requests (default: the BigModel's name).",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Tokenizer location when it differs from the model (same URI schemes).",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The model's config.json inline, for sources the operator cannot read (pvc://, file://, "
+            "s3://, gs://, oci://). Used only for the GPU memory plan."
+        ),
+    )
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="A ConfigMap holding the model's config.json, instead of `config`."
+    )
+
+
+class EngineSpec(ApiModel):
+    """A typed subset of vLLM's engine arguments."""
+
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_485_760,
+        description="Longest prompt + completion in tokens. Empty: the largest that fits (see status.plan).",
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = Field(
+        default=None, description="Weight and activation dtype (default auto: the model's own)."
+    )
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "marlin"] | None = (
+        Field(default=None, description="Weight quantization method (default: from the model's config).")
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        default=None, description="KV cache dtype (default auto: same as the model)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU's memory vLLM may use (default 0.9).",
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="GPUs one model copy is split across (default: from the plan)."
+    )
+    pipeline_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="Pipeline stages (default: from the plan, usually 1)."
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse KV cache across requests sharing a prefix (default true)."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=4096, description="Sequences batched together per replica (vLLM default 256)."
+    )
+    extra_args: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Further vLLM CLI arguments, e.g. [\"--swap-space\", \"4\"]. Arguments that duplicate a "
+            "typed field are refused with reason InvalidEngineArgs."
+        ),
+    )
+
+
+class RuntimeSpec(ApiModel):
+    """Which engine serves the model and in which image."""
+
+    engine: Literal["vllm", "transformers"] | None = Field(
+        default=None,
+        description="vllm (GPU, production; default) or transformers (CPU, development and tests).",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Serving image (default: the operator's configured image for the engine).",
+    )
+
+
+class ScalingSpec(ApiModel):
+    """Either a fixed `replicas`, or autoscaling between `minReplicas` and `maxReplicas`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!(has(self.replicas) && (has(self.minReplicas) || has(self.maxReplicas)))",
+            "set either replicas or minReplicas/maxReplicas, not both",
+            "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+        )
+    )
+
+    replicas: int | None = Field(
+        default=None, ge=0, le=1000, description="Fixed number of model replicas. Excludes min/max."
+    )
+    min_replicas: int | None = Field(
+        default=None, ge=0, le=1000, description="Autoscaling lower bound (0 allows scale to zero)."
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=1000, description="Autoscaling upper bound."
+    )
+    target_ongoing_requests: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="Requests in flight per replica the autoscaler aims for (default 16).",
+    )
+
+
+class AdapterSpec(ApiModel):
+    """A LoRA adapter served alongside the base model as `<servedName>:<name>`."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL, description="Adapter name, unique in the list.")
+    uri: str = Field(
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description="Adapter location (same schemes as model.uri), in PEFT layout.",
+    )
+
+
+class IngressSpec(ApiModel):
+    """An Ingress in front of the OpenAI endpoint."""
+
+    model_config = ConfigDict(json_schema_extra=cel("!has(self.tlsSecretName) || has(self.host)", "tlsSecretName needs host"))
+
+    host: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="Host name, e.g. llm.example.com."
+    )
+    class_name: str | None = Field(default=None, max_length=253, description="IngressClass to use.")
+    tls_secret_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="TLS Secret for `host`."
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^/([-a-zA-Z0-9_.~/]*[^/])?$",
+        description="Path prefix in front of /v1 and /health (default /).",
+    )
+    annotations: dict[str, str] | None = Field(
+        default=None, max_length=32, description="Extra annotations, e.g. for the ingress controller."
+    )
+
+
+class ExposeSpec(ApiModel):
+    """How the endpoint is reached from outside the cluster."""
+
+    ingress: IngressSpec | None = Field(default=None, description="Create an Ingress.")
+
+
+class AuthSpec(ApiModel):
+    """API-key authentication of the OpenAI endpoint."""
+
+    api_keys_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding accepted API keys, one per line. Mounted as a file; edits take "
+            "effect without a restart. Empty: no authentication."
+        ),
+    )
+
+
+class CredentialsSpec(ApiModel):
+    """Credentials for pulling the model; never copied into other objects."""
+
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with a Hugging Face token, for gated hf:// models."
+    )
+
+
+class BigModelSpec(ApiModel):
+    """Desired state of a served model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.engine) || !has(self.engine.tensorParallelSize) || !has(self.resources) || "
+            "!has(self.resources.gpu) || !has(self.resources.gpu.count) || self.resources.gpu.count % "
+            "(self.engine.tensorParallelSize * (has(self.engine.pipelineParallelSize) ? "
+            "self.engine.pipelineParallelSize : 1)) == 0",
+            "resources.gpu.count must be a multiple of engine.tensorParallelSize x engine.pipelineParallelSize",
+            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
+            "self.resources.gpu.count > 0 || (has(self.runtime) && has(self.runtime.engine) && "
+            "self.runtime.engine == 'transformers')",
+            "the vllm engine needs at least one GPU; use runtime.engine: transformers to serve on CPU",
+        )
+    )
+
+    model: ModelSpec = Field(description="The model to serve.")
+    engine: EngineSpec | None = Field(default=None, description="Engine (vLLM) arguments.")
+    runtime: RuntimeSpec | None = Field(default=None, description="Engine choice and image.")
+    resources: ResourcesSpec | None = Field(default=None, description="Resources per replica.")
+    scaling: ScalingSpec | None = Field(default=None, description="Replica count or autoscaling bounds.")
+    adapters: list[AdapterSpec] | None = Field(
+        default=None,
+        max_length=64,
+        description="LoRA adapters served with the model.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    expose: ExposeSpec | None = Field(default=None, description="External exposure.")
+    auth: AuthSpec | None = Field(default=None, description="Endpoint authentication.")
+    credentials: CredentialsSpec | None = Field(default=None, description="Model pull credentials.")
+    node_selector: NodeSelector | None = None
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Extra tolerations for the model pods."
+    )
+
+
+class BigModelStatus(ApiModel):
+    """Observed state of a served model."""
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Planned, RayServiceReady, IngressReady, Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = Field(default=None, description="Model replicas desired.")
+    ready_replicas: int | None = Field(default=None, description="Model replicas serving.")
+    url: str | None = Field(default=None, description="Base URL of the OpenAI API (…/v1).")
+    plan: ServingPlan | None = Field(default=None, description="GPU memory plan.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (for /scale).")
+    ray_service: str | None = Field(default=None, description="Name of the RayService child.")
+
+
+class BigModel(ApiModel):
+    """A BigModel custom resource."""
+
+    api_version: Literal["bigmodel.io/v1alpha1"] = "bigmodel.io/v1alpha1"
+    kind: Literal["BigModel"] = "BigModel"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: BigModelSpec
+    status: BigModelStatus | None = None

@@ -1,0 +1,223 @@
+"""FineTuneJob: "adapt this model to my data" — becomes a batch/v1 Job running the trainer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from bigmodel_operator.api.base import (
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    NodeSelector,
+    ResourcesSpec,
+    SecretKeyRef,
+    Toleration,
+    cel,
+)
+from bigmodel_operator.api.bigmodel import MODEL_URI_PATTERN
+from bigmodel_operator.planning import TrainingPlan
+
+DATA_URI_PATTERN = r"^(hf://\S+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|https?://\S+)$"
+OUTPUT_URI_PATTERN = r"^(s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*)$"
+
+
+class BigModelRef(ApiModel):
+    """A BigModel in the same namespace."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel name.")
+
+
+class BaseModelSpec(ApiModel):
+    """The pretrained model to adapt: a URI, or the model a BigModel serves."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel("has(self.uri) != has(self.bigModelRef)", "set exactly one of uri or bigModelRef")
+    )
+
+    uri: str | None = Field(
+        default=None, max_length=2048, pattern=MODEL_URI_PATTERN, description="Model location (as BigModel)."
+    )
+    revision: str | None = Field(default=None, max_length=256, description="Hub revision for hf:// models.")
+    big_model_ref: BigModelRef | None = Field(
+        default=None, description="Fine-tune the model this BigModel serves."
+    )
+    config: dict[str, Any] | None = Field(
+        default=None, description="The model's config.json inline, for the training memory plan."
+    )
+
+
+class DatasetSpec(ApiModel):
+    """Training data: JSON Lines in one of three formats."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=DATA_URI_PATTERN,
+        description="JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:///.",
+    )
+    format: Literal["chat", "instruction", "completion"] = Field(
+        description=(
+            "chat: {\"messages\": [{\"role\", \"content\"}...]}; instruction: {\"instruction\", "
+            "\"input\", \"output\"}; completion: {\"prompt\", \"completion\"}."
+        )
+    )
+    validation_split: float | None = Field(
+        default=None, ge=0, le=0.5, description="Fraction held out for eval loss (default 0)."
+    )
+
+
+class MethodSpec(ApiModel):
+    """How the model is adapted."""
+
+    type: Literal["lora", "qlora", "full"] | None = Field(
+        default=None, description="lora (default), qlora (4-bit base, needs a GPU) or full."
+    )
+    rank: int | None = Field(default=None, ge=1, le=1024, description="LoRA rank r (default 16).")
+    alpha: float | None = Field(default=None, gt=0, le=4096, description="LoRA alpha (default 2 × rank).")
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (default 0.05).")
+    target_modules: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Module names LoRA adapts (default: all linear layers of the transformer blocks).",
+    )
+
+
+class HyperparametersSpec(ApiModel):
+    """Training hyperparameters; empty fields take the trainer's defaults."""
+
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="Passes over the data (default 1).")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Stop after this many optimizer steps."
+    )
+    learning_rate: float | None = Field(default=None, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="Sequences per micro-batch.")
+    gradient_accumulation_steps: int | None = Field(
+        default=None, ge=1, le=4096, description="Micro-batches per optimizer step."
+    )
+    max_seq_length: int | None = Field(
+        default=None, ge=16, le=1_048_576, description="Tokens per sequence; longer examples are refused."
+    )
+    packing: bool | None = Field(default=None, description="Pack short examples into one sequence (default true).")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Random seed.")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Save a resumable checkpoint every N steps (default 100)."
+    )
+
+
+class OutputSpec(ApiModel):
+    """Where the adapter (or full model) is written."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=OUTPUT_URI_PATTERN,
+        description="pvc://claim/path, s3://bucket/path, gs://bucket/path or file:///path.",
+    )
+
+
+class PrivacySpec(ApiModel):
+    """Privacy controls applied before data reaches the model."""
+
+    redact_pii: bool | None = Field(
+        default=None,
+        alias="redactPII",
+        description="Replace emails, phone numbers, card numbers, IBANs, IPs, IDs and secrets with placeholders.",
+    )
+
+
+class DeployToSpec(ApiModel):
+    """Attach the result to a BigModel as a LoRA adapter."""
+
+    big_model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel in this namespace.")
+    adapter_name: str | None = Field(
+        default=None, max_length=63, description="Adapter name (default: the FineTuneJob's name)."
+    )
+
+
+class TrainingCredentialsSpec(ApiModel):
+    """Credentials for reading models and data and writing the output."""
+
+    hf_token_secret_ref: SecretKeyRef | None = Field(default=None, description="Hugging Face token.")
+    storage_secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Secret whose keys become the trainer's environment (e.g. AWS_ACCESS_KEY_ID).",
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired fine-tuning run. Immutable once created."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.method) || !has(self.method.type) || self.method.type != 'qlora' || "
+            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
+            "self.resources.gpu.count > 0",
+            "qlora loads the base model in 4 bits with bitsandbytes and needs a GPU: set resources.gpu.count >= 1",
+            "!has(self.deployTo) || !has(self.method) || !has(self.method.type) || self.method.type != 'full'",
+            "deployTo attaches a LoRA adapter; full fine-tuning produces a whole model",
+        )
+    )
+
+    base_model: BaseModelSpec = Field(description="The pretrained model to adapt.")
+    dataset: DatasetSpec = Field(description="Training data.")
+    method: MethodSpec | None = Field(default=None, description="LoRA, QLoRA or full.")
+    hyperparameters: HyperparametersSpec | None = Field(default=None, description="Training settings.")
+    resources: ResourcesSpec | None = Field(default=None, description="Resources of the training pod.")
+    output: OutputSpec = Field(description="Where the result is written.")
+    privacy: PrivacySpec | None = Field(default=None, description="PII redaction.")
+    deploy_to: DeployToSpec | None = Field(default=None, description="Serve the result from a BigModel.")
+    backoff_limit: int | None = Field(
+        default=None, ge=0, le=20, description="Retries of the training pod (default 2); it resumes from checkpoints."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=60, le=30 * 24 * 3600, description="Wall-clock limit of the whole job."
+    )
+    credentials: TrainingCredentialsSpec | None = Field(default=None, description="Credentials.")
+    node_selector: NodeSelector | None = None
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Extra tolerations.")
+
+
+class TrainingProgress(ApiModel):
+    """Training progress, reported by the trainer."""
+
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).")
+    loss: float | None = Field(default=None, description="Recent training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest eval loss.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
+    percent: int | None = Field(default=None, description="step / totalSteps in percent.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a fine-tuning run."""
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Planned, Complete, Failed.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = Field(default=None, description="Phase.")
+    start_time: datetime | None = Field(default=None, description="When the training pod started.")
+    completion_time: datetime | None = Field(default=None, description="When the job finished.")
+    progress: TrainingProgress | None = Field(default=None, description="Training progress.")
+    checkpoint: str | None = Field(default=None, description="Newest complete checkpoint.")
+    adapter_uri: str | None = Field(default=None, description="Where the result was written.")
+    redactions: dict[str, int] | None = Field(default=None, description="PII placeholders inserted, by type.")
+    plan: TrainingPlan | None = Field(default=None, description="Training memory plan.")
+    job_name: str | None = Field(default=None, description="Name of the batch/v1 Job.")
+
+
+class FineTuneJob(ApiModel):
+    """A FineTuneJob custom resource."""
+
+    api_version: Literal["bigmodel.io/v1alpha1"] = "bigmodel.io/v1alpha1"
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None

@@ -1,0 +1,1 @@
+"""Pure builders: (resource, plan, config) -> the dicts of the children. No I/O, no kopf."""

@@ -1,0 +1,193 @@
+"""Build the KubeRay RayService for a BigModel: serveConfigV2 plus a head group and one worker group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from bigmodel_operator import naming
+from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.placement import Placement
+from bigmodel_operator.builders.serve_args import (
+    API_KEYS_DIR,
+    HF_TOKEN_ENV,
+    render_serve_args,
+    scaling_args,
+    serve_config,
+)
+from bigmodel_operator.builders.volumes import (
+    Mounts,
+    restricted_container_security,
+    restricted_pod_security,
+    scratch_volume,
+    shm_volume,
+)
+from bigmodel_operator.config import OperatorConfig
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# A 16 GB model takes minutes to download; KubeRay must not recreate the cluster meanwhile.
+STARTUP_BUDGET_SECONDS = 1800
+
+
+def _image(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> str:
+    if spec.runtime and spec.runtime.image:
+        return spec.runtime.image
+    return config.images.vllm if place.engine == "vllm" else config.images.transformers
+
+
+def _worker_resources(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
+    res = spec.resources
+    gpu_pod = place.gpus_per_pod > 0
+    cpu = (res.cpu if res and res.cpu is not None else None) or ("8" if gpu_pod else "2")
+    memory = (res.memory if res and res.memory is not None else None) or ("64Gi" if gpu_pod else "4Gi")
+    limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
+    if gpu_pod:
+        limits[GPU_RESOURCE] = str(place.gpus_per_pod)
+    return {"requests": dict(limits), "limits": limits}
+
+
+def _worker_pod_spec(
+    spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig, pod_labels: dict[str, str]
+) -> dict[str, Any]:
+    gpu_pod = place.gpus_per_pod > 0
+    shm, shm_mount = shm_volume("16Gi" if gpu_pod else "1Gi")
+    cache, cache_mount = scratch_volume("model-cache", "/home/ray/.cache")
+    tmp, tmp_mount = scratch_volume("tmp", "/tmp")
+    volumes = [shm, cache, tmp, *mounts.volumes]
+    volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts]
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
+    creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+    if creds:
+        env.append(
+            {"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}}
+        )
+    keys = spec.auth.api_keys_secret_ref if spec.auth else None
+    if keys:
+        volumes.append(
+            {"name": "api-keys", "secret": {"secretName": keys.name, "items": [{"key": keys.key, "path": "api-keys"}]}}
+        )
+        volume_mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    node_selector = dict(spec.node_selector or {})
+    gpu = spec.resources.gpu if spec.resources else None
+    if gpu_pod and gpu and gpu.product:
+        node_selector[GPU_PRODUCT_LABEL] = gpu.product
+    tolerations = [GPU_TOLERATION] if gpu_pod else []
+    tolerations += [t.to_wire() for t in spec.tolerations or []]
+    pod: dict[str, Any] = {
+        "metadata": {"labels": dict(pod_labels)},
+        "spec": {
+            "securityContext": restricted_pod_security(),
+            "containers": [
+                {
+                    "name": "ray-worker",
+                    "image": _image(spec, place, config),
+                    "resources": _worker_resources(spec, place),
+                    "env": env,
+                    "volumeMounts": volume_mounts,
+                    "securityContext": restricted_container_security(),
+                }
+            ],
+            "volumes": volumes,
+        },
+    }
+    if node_selector:
+        pod["spec"]["nodeSelector"] = node_selector
+    if tolerations:
+        pod["spec"]["tolerations"] = tolerations
+    return pod
+
+
+def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]) -> dict:
+    tmp, tmp_mount = scratch_volume("tmp", "/tmp")
+    limits = {"cpu": config.head_cpu, "memory": config.head_memory}
+    return {
+        "metadata": {"labels": dict(pod_labels)},
+        "spec": {
+            "securityContext": restricted_pod_security(),
+            "containers": [
+                {
+                    "name": "ray-head",
+                    "image": _image(spec, place, config),
+                    "resources": {"requests": dict(limits), "limits": limits},
+                    "ports": [
+                        {"name": "gcs", "containerPort": 6379},
+                        {"name": "dashboard", "containerPort": 8265},
+                        {"name": "client", "containerPort": 10001},
+                        {"name": "serve", "containerPort": config.serve_port},
+                    ],
+                    "volumeMounts": [tmp_mount],
+                    "securityContext": restricted_container_security(),
+                }
+            ],
+            "volumes": [tmp],
+        },
+    }
+
+
+def worker_group_bounds(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> dict[str, int]:
+    """Ray worker pods follow the Serve replica bounds: pods = replicas × pipeline stages."""
+    scaling = scaling_args(spec, config)
+    per = place.pods_per_replica
+    return {
+        "replicas": scaling["min_replicas"] * per,
+        "minReplicas": scaling["min_replicas"] * per,
+        "maxReplicas": scaling["max_replicas"] * per,
+    }
+
+
+def build_rayservice(
+    body: dict[str, Any], spec: BigModelSpec, place: Placement, config: OperatorConfig
+) -> dict[str, Any]:
+    """The desired RayService for a BigModel body (metadata) and its parsed spec."""
+    name = body["metadata"]["name"]
+    labels = naming.labels(naming.LABEL_BIGMODEL, name, "model-server")
+    mounts = Mounts(root=config.model_mount_root)
+    args = render_serve_args(name, spec, place, mounts, config)
+    group = "gpu-workers" if place.gpus_per_pod else "cpu-workers"
+    rayservice_spec = {
+        "serveConfigV2": yaml.safe_dump(serve_config(name, args), sort_keys=True),
+        "deploymentUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
+        "serviceUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
+        "rayClusterConfig": {
+            "rayVersion": config.ray_version,
+            "enableInTreeAutoscaling": True,
+            "autoscalerOptions": {
+                "upscalingMode": "Default",
+                "idleTimeoutSeconds": 300,
+                "securityContext": restricted_container_security(),
+                "resources": {
+                    "requests": {"cpu": "200m", "memory": "512Mi"},
+                    "limits": {"cpu": "500m", "memory": "512Mi"},
+                },
+            },
+            "headGroupSpec": {
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": _head_pod_spec(spec, place, config, labels),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": group,
+                    **worker_group_bounds(spec, place, config),
+                    "numOfHosts": 1,
+                    "rayStartParams": {},
+                    "template": _worker_pod_spec(spec, place, mounts, config, labels),
+                }
+            ],
+        },
+    }
+    desired = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": naming.rayservice_name(name),
+            "namespace": body["metadata"]["namespace"],
+            "labels": dict(labels),
+            "ownerReferences": [naming.owner_reference(body)],
+        },
+        "spec": rayservice_spec,
+    }
+    desired["metadata"]["annotations"] = {naming.ANNOTATION_SPEC_HASH: naming.spec_hash(desired)}
+    return desired

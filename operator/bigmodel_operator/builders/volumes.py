@@ -1,0 +1,82 @@
+"""Mounting model, adapter and data sources into pods: pvc:// becomes a volume, the rest is fetched."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+
+@dataclass
+class Mounts:
+    """Volumes and mounts collected for one pod, deduplicated by claim."""
+
+    root: str
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+    def local_path(self, uri: str, *, read_only: bool = True) -> str | None:
+        """Mount the source of `uri` if it is a pvc:// URI and return its path in the pod, else None.
+
+        file:// URIs are paths inside the image and need no volume.
+        """
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return parsed.path
+        if parsed.scheme != "pvc":
+            return None
+        claim, sub = parsed.netloc, parsed.path.strip("/")
+        name = _volume_name(claim)
+        mount_path = f"{self.root}/pvc/{claim}"
+        if not any(v["name"] == name for v in self.volumes):
+            self.volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+            self.mounts.append({"name": name, "mountPath": mount_path, "readOnly": read_only})
+        elif not read_only:
+            for volume in self.volumes:
+                if volume["name"] == name:
+                    volume["persistentVolumeClaim"]["readOnly"] = False
+            for mount in self.mounts:
+                if mount["name"] == name:
+                    mount["readOnly"] = False
+        return f"{mount_path}/{sub}" if sub else mount_path
+
+
+def _volume_name(claim: str) -> str:
+    name = "pvc-" + re.sub(r"[^a-z0-9-]", "-", claim)
+    return name[:63].rstrip("-")
+
+
+def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A memory-backed /dev/shm (NCCL and vLLM's tensor parallel workers need more than 64 MiB)."""
+    return (
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    )
+
+
+def scratch_volume(name: str, path: str, size: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A writable emptyDir (caches, /tmp) so the root filesystem can stay read-only where allowed."""
+    empty_dir: dict[str, Any] = {"sizeLimit": size} if size else {}
+    return {"name": name, "emptyDir": empty_dir}, {"name": name, "mountPath": path}
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod-level securityContext that satisfies the `restricted` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security(read_only_root: bool = False) -> dict[str, Any]:
+    """Container-level securityContext for `restricted`."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+        "runAsNonRoot": True,
+    }

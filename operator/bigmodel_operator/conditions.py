@@ -1,0 +1,91 @@
+"""Condition types, reasons, and the pure function that sets a condition the Kubernetes way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+# Condition types.
+READY = "Ready"
+PLANNED = "Planned"
+RAYSERVICE_READY = "RayServiceReady"
+INGRESS_READY = "IngressReady"
+DEGRADED = "Degraded"
+COMPLETE = "Complete"
+FAILED = "Failed"
+
+
+class Reason:
+    """Reasons: CamelCase, actionable, one constant each."""
+
+    PLANNED = "Planned"
+    MODEL_CONFIG_UNAVAILABLE = "ModelConfigUnavailable"
+    MODEL_TOO_LARGE_FOR_GPU = "ModelTooLargeForGPU"
+    NO_MATCHING_GPU_NODES = "NoMatchingGPUNodes"
+    GATED_MODEL_NO_TOKEN = "GatedModelNoToken"
+    INVALID_ENGINE_ARGS = "InvalidEngineArgs"
+    INVALID_SPEC = "InvalidSpec"
+    CHILD_NOT_CONTROLLED = "ChildNotControlled"
+    RAYSERVICE_CREATED = "RayServiceCreated"
+    RAYSERVICE_DEPLOYING = "Deploying"
+    RAYSERVICE_READY = "ServeEndpointsReady"
+    RAYSERVICE_FAILED = "ServeApplicationFailed"
+    NO_SERVE_ENDPOINTS = "NoServeEndpoints"
+    UPGRADING = "UpgradeInProgress"
+    INGRESS_PENDING = "AddressPending"
+    INGRESS_READY = "AddressAssigned"
+    INGRESS_NOT_REQUESTED = "NotRequested"
+    SCALED_TO_ZERO = "ScaledToZero"
+    AS_EXPECTED = "AsExpected"
+    PARTIALLY_READY = "ReplicasNotReady"
+    # FineTuneJob
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    DATASET_INVALID = "DatasetInvalid"
+    OUT_OF_MEMORY = "OutOfMemory"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    BASE_MODEL_NOT_FOUND = "BaseModelNotFound"
+    TRAINING_ERROR = "TrainingError"
+
+
+def now() -> str:
+    """The current time as Kubernetes writes it (RFC 3339, seconds, Z)."""
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    timestamp: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return `conditions` with `type_` set; lastTransitionTime moves only when the status flips."""
+    status_text = status if isinstance(status, str) else ("True" if status else "False")
+    result = [dict(c) for c in conditions or []]
+    for cond in result:
+        if cond.get("type") == type_:
+            if cond.get("status") != status_text:
+                cond["lastTransitionTime"] = timestamp or now()
+            cond.update(status=status_text, reason=reason, message=message, observedGeneration=generation)
+            return result
+    result.append(
+        {
+            "type": type_,
+            "status": status_text,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": timestamp or now(),
+            "observedGeneration": generation,
+        }
+    )
+    return result
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of this type, or None."""
+    return next((c for c in conditions or [] if c.get("type") == type_), None)

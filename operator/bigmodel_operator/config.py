@@ -1,0 +1,65 @@
+"""Operator configuration: images, defaults and switches, from a YAML file and environment variables.
+
+Everything has a default, so `bigmodel operator` runs with no config at all. The Helm chart renders
+this file from its values (`operatorConfig`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+FIELD_MANAGER = "bigmodel-operator"
+
+
+class Images(BaseModel):
+    """Container images the operator puts into the workloads it creates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vllm: str = Field(default="ghcr.io/bigmodel-operator/serving-vllm:0.1.0", description="Ray + vLLM (GPU).")
+    transformers: str = Field(
+        default="ghcr.io/bigmodel-operator/serving-cpu:0.1.0", description="Ray + transformers (CPU)."
+    )
+    trainer: str = Field(default="ghcr.io/bigmodel-operator/trainer:0.1.0", description="torch + peft trainer.")
+
+
+class OperatorConfig(BaseModel):
+    """Everything the operator can be told at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: Images = Field(default_factory=Images)
+    ray_version: str = Field(default="2.60.0", description="Ray version of the serving images.")
+    gpu_products: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra or overridden GPU products: label -> {memoryGiB, ...}."
+    )
+    gpus_per_node: int = Field(default=8, ge=1, description="GPUs on one node, for the parallelism plan.")
+    default_target_ongoing_requests: float = 16
+    target_concurrency: int = Field(default=8, ge=1, description="Full-length sequences the KV plan reserves.")
+    fetch_hub_config: bool = Field(
+        default=True, description="Read config.json of hf:// models from the Hub (off in air-gapped clusters)."
+    )
+    hub_endpoint: str = "https://huggingface.co"
+    resync_seconds: float = Field(default=120, gt=0, description="Period of the level-based resync.")
+    model_mount_root: str = "/mnt/bigmodel"
+    serve_port: int = 8000
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    trainer_service_account_prefix: str = "bigmodel-trainer"
+
+
+def load_config(path: str | None = None) -> OperatorConfig:
+    """Load the config file (if any), then apply environment overrides (BIGMODEL_OFFLINE=1 etc.)."""
+    data: dict[str, Any] = {}
+    path = path or os.environ.get("BIGMODEL_OPERATOR_CONFIG")
+    if path:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    config = OperatorConfig.model_validate(data)
+    if os.environ.get("BIGMODEL_OFFLINE", "") in {"1", "true", "yes"}:
+        config = config.model_copy(update={"fetch_hub_config": False})
+    return config

@@ -1,0 +1,178 @@
+"""kopf glue, kept thin: watch events feed ClusterState and trigger the per-object reconcile.
+
+Why on.event rather than on.create/update/resume: the reconcile is level-based and idempotent, so it
+can run on any event; kopf's change-detecting handlers would add an annotation write per change and
+a batching delay. Retries and coalescing live in reconcile.runner. See docs/development.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from bigmodel_operator import naming
+from bigmodel_operator.api import GROUP, VERSION
+from bigmodel_operator.config import OperatorConfig, load_config
+from bigmodel_operator.kube import Kube, load_credentials, post_event
+from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
+from bigmodel_operator.reconcile.finetunejob import FineTuneJobReconciler
+from bigmodel_operator.reconcile.runner import KeyedRunner
+from bigmodel_operator.reconcile.state import ClusterState
+
+log = logging.getLogger(__name__)
+MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+class Operator:
+    """The operator's long-lived parts, kept in kopf's memo."""
+
+    def __init__(self, config: OperatorConfig, kube: Kube) -> None:
+        self.config = config
+        self.kube = kube
+        self.state = ClusterState()
+        self.runner = KeyedRunner("reconcile")
+        self.events: set[asyncio.Task[None]] = set()
+        self.bigmodels = BigModelReconciler(kube, self.state, config, self.emit)
+        self.finetunejobs = FineTuneJobReconciler(kube, self.state, config, self.emit)
+
+    def emit(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(post_event(self.kube, body, type_, reason, message))
+        self.events.add(task)
+        task.add_done_callback(self.events.discard)
+
+    def trigger(self, kind: str, namespace: str, name: str) -> None:
+        reconciler = self.bigmodels if kind == "BigModel" else self.finetunejobs
+
+        async def work() -> None:
+            body = self.state.get(kind, namespace, name)
+            if body is not None:
+                await reconciler.reconcile(body)
+
+        self.runner.trigger((kind, namespace, name), work)
+
+    def trigger_all(self, kind: str) -> None:
+        for obj_kind, namespace, name in list(self.state.objects):
+            if obj_kind == kind:
+                self.trigger(kind, namespace, name)
+
+
+def _op(memo: kopf.Memo) -> Operator:
+    operator: Operator = memo["operator"]
+    return operator
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.enabled = False  # we post our own, user-facing Events only
+    settings.batching.batch_window = 0.01
+    settings.watching.server_timeout = 600
+    settings.persistence.finalizer = "bigmodel.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="bigmodel.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="bigmodel.io")
+    config = memo.get("config") or load_config()
+    operator = Operator(config, Kube(load_credentials()))
+    memo["operator"] = operator
+    memo["resync"] = asyncio.get_running_loop().create_task(_resync(operator))
+    log.info("bigmodel-operator started (hub config fetch: %s)", config.fetch_hub_config)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task:
+        task.cancel()
+    operator = memo.get("operator")
+    if operator:
+        await operator.kube.close()
+
+
+async def _resync(operator: Operator) -> None:
+    """Level-based safety net: reconcile everything periodically (no writes when nothing changed)."""
+    while True:
+        await asyncio.sleep(operator.config.resync_seconds)
+        operator.trigger_all("BigModel")
+        operator.trigger_all("FineTuneJob")
+
+
+def _track(operator: Operator, event: dict[str, Any]) -> dict[str, Any] | None:
+    body: dict[str, Any] | None = event.get("object")
+    if not body:
+        return None
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        operator.state.drop(body["kind"], meta.get("namespace", ""), meta["name"])
+        operator.runner.forget((body["kind"], meta.get("namespace", ""), meta["name"]))
+        return None
+    operator.state.put(body)
+    return body
+
+
+@kopf.on.event(GROUP, VERSION, "bigmodels")
+async def bigmodel_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    operator = _op(memo)
+    body = _track(operator, event)
+    if body:
+        operator.trigger("BigModel", body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.event(GROUP, VERSION, "finetunejobs")
+async def finetunejob_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    operator = _op(memo)
+    body = _track(operator, event)
+    if body:
+        operator.trigger("FineTuneJob", body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _owner_from_labels(body: dict[str, Any], label: str) -> str | None:
+    return ((body.get("metadata") or {}).get("labels") or {}).get(label)
+
+
+async def _child_event(event: dict[str, Any], memo: kopf.Memo, owner_label: str, owner_kind: str) -> None:
+    operator = _op(memo)
+    body = event.get("object") or {}
+    owner = _owner_from_labels(body, owner_label)
+    if not owner:
+        return
+    _track(operator, event)
+    operator.trigger(owner_kind, body["metadata"]["namespace"], owner)
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
+async def rayservice_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+
+
+@kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
+async def ingress_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
+
+
+@kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
+async def trainer_pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
+
+
+@kopf.on.event("", "v1", "nodes", labels={GPU_PRODUCT_LABEL: kopf.PRESENT})
+async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    operator = _op(memo)
+    body = event.get("object") or {}
+    name = body.get("metadata", {}).get("name")
+    if not name:
+        return
+    before = operator.state.gpu_products()
+    if event.get("type") == "DELETED":
+        operator.state.gpu_nodes.pop(name, None)
+    else:
+        operator.state.gpu_nodes[name] = body["metadata"]["labels"][GPU_PRODUCT_LABEL]
+    if operator.state.gpu_products() != before:
+        operator.trigger_all("BigModel")
+        operator.trigger_all("FineTuneJob")

@@ -1,0 +1,228 @@
+"""All cluster I/O of the operator: a small async Kubernetes client over aiohttp.
+
+Only reconcile and handlers use this module. It speaks to the apiserver address from the kubeconfig
+(or the in-cluster service) and nothing else: never to a pod or Service address.
+Writes are server-side apply with one field manager, or merge patches of our own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from bigmodel_operator.config import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the API."""
+
+    prefix: str  # "/api/v1" or "/apis/<group>/<version>"
+    plural: str
+    namespaced: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    "BigModel": Kind("/apis/bigmodel.io/v1alpha1", "bigmodels"),
+    "FineTuneJob": Kind("/apis/bigmodel.io/v1alpha1", "finetunejobs"),
+    "RayService": Kind("/apis/ray.io/v1", "rayservices"),
+    "Ingress": Kind("/apis/networking.k8s.io/v1", "ingresses"),
+    "Job": Kind("/apis/batch/v1", "jobs"),
+    "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Secret": Kind("/api/v1", "secrets"),
+    "ServiceAccount": Kind("/api/v1", "serviceaccounts"),
+    "Pod": Kind("/api/v1", "pods"),
+    "Node": Kind("/api/v1", "nodes", namespaced=False),
+    "Role": Kind("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Kind("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+}
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the apiserver."""
+
+    def __init__(self, status: int, body: str, method: str, path: str) -> None:
+        self.status = status
+        self.body = body
+        try:
+            self.message = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            self.message = body
+        super().__init__(f"{method} {path}: HTTP {status}: {self.message}")
+
+
+def path_of(kind: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    """The REST path of a kind, collection or object (and subresource)."""
+    k = KINDS[kind]
+    parts = [k.prefix]
+    if k.namespaced and namespace:
+        parts.append(f"namespaces/{quote(namespace)}")
+    parts.append(k.plural)
+    if name:
+        parts.append(quote(name))
+    if sub:
+        parts.append(sub)
+    return "/".join(parts)
+
+
+@dataclass
+class Credentials:
+    """How to reach and authenticate to the apiserver."""
+
+    server: str
+    ssl_context: ssl.SSLContext | None
+    token: str | None = None
+    token_file: str | None = None
+
+    def bearer(self) -> str | None:
+        if self.token_file:
+            with open(self.token_file) as handle:  # bound tokens rotate: read on each session use
+                return handle.read().strip()
+        return self.token
+
+
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """Credentials from a kubeconfig file (or KUBECONFIG), else the in-cluster service account."""
+    from kubernetes import client, config  # light: only for parsing kubeconfig files
+
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        token_file = None
+    except config.ConfigException:
+        config.load_incluster_config(client_configuration=configuration)
+        token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ctx: ssl.SSLContext | None = None
+    if configuration.host.startswith("https"):
+        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if not configuration.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            ctx.load_cert_chain(configuration.cert_file, configuration.key_file)
+    auth = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
+    token = auth.removeprefix("Bearer ").strip() if auth else None
+    return Credentials(configuration.host.rstrip("/"), ctx, token=token, token_file=token_file)
+
+
+class Kube:
+    """An async client for the handful of calls the operator makes. Counts its writes by verb."""
+
+    def __init__(self, credentials: Credentials, *, timeout: float = 30.0, limit: int = 64) -> None:
+        self.credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+        self.writes: Counter[str] = Counter()
+        self.reads: Counter[str] = Counter()
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context or False, limit=self._limit)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """One API call; returns the decoded body, None for 404 on GET/DELETE; raises ApiError otherwise."""
+        session = await self._http()
+        headers = {"Accept": "application/json"}
+        token = self.credentials.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        url = self.credentials.server + path + (f"?{urlencode(params)}" if params else "")
+        (self.reads if method == "GET" else self.writes)[method] += 1
+        for attempt in range(4):
+            async with session.request(method, url, data=data, headers=headers) as response:
+                text = await response.text()
+                if response.status == 404 and method in {"GET", "DELETE"}:
+                    return None
+                if response.status == 429 or (response.status >= 500 and attempt < 3):
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "0.2")) or 0.2)
+                    continue
+                if response.status >= 400:
+                    raise ApiError(response.status, text, method, path)
+                return json.loads(text) if text else {}
+        raise ApiError(503, "apiserver kept answering 429/5xx", method, path)
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", path_of(kind, namespace, name))
+
+    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self.request("GET", path_of(kind, namespace), params=params)
+        return list((result or {}).get("items") or [])
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` under our one field manager (force: we own these fields)."""
+        meta = obj["metadata"]
+        path = path_of(obj["kind"], meta.get("namespace"), meta["name"])
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        result = await self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml", params=params)
+        return result or {}
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource."""
+        path = path_of(kind, namespace, name, "status")
+        result = await self.request(
+            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+        )
+        return result or {}
+
+    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete an object, only if it still has this uid (when given)."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"} if uid else None
+        await self.request("DELETE", path_of(kind, namespace, name), body=body)
+
+
+async def post_event(kube: Kube, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Record a Kubernetes Event about one of our resources (best effort: never fails a reconcile)."""
+    meta = involved["metadata"]
+    from bigmodel_operator.conditions import now
+
+    timestamp = now()
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason[:128] or "Unknown",
+        "message": message[:1024],
+        "source": {"component": "bigmodel-operator"},
+        "reportingComponent": "bigmodel.io/operator",
+        "reportingInstance": "bigmodel-operator",
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": 1,
+    }
+    try:
+        await kube.request("POST", f"/api/v1/namespaces/{quote(meta['namespace'])}/events", body=event)
+    except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+        log.info("could not record event %s on %s: %s", reason, meta["name"], error)

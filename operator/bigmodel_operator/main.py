@@ -1,0 +1,34 @@
+"""`bigmodel operator`: run kopf with our handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from bigmodel_operator.config import load_config
+
+
+def run_operator(
+    *,
+    namespaces: list[str],
+    all_namespaces: bool,
+    liveness: str | None,
+    verbose: bool,
+    config_file: str | None,
+) -> int:
+    """Run until interrupted. Watches every namespace unless some are named."""
+    import kopf
+
+    from bigmodel_operator import handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    kopf.configure(verbose=verbose)
+    config = load_config(config_file)
+    kopf.run(
+        clusterwide=all_namespaces or not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        standalone=True,
+        memo=kopf.Memo(config=config),
+    )
+    return 0

@@ -1,0 +1,281 @@
+"""The training plan: GPU memory of a LoRA, QLoRA or full fine-tune, and how many GPUs it needs.
+
+Per GPU, in bytes (P all parameters, P_t trainable, b micro-batch, s sequence length, h, L, V as in
+``estimate``):
+
+- weights: ``P·2`` in bf16/fp16; QLoRA keeps the decoder's linear layers in NF4 with double
+  quantization (0.516 B/param, QLoRA paper) and the rest in bf16, plus one bf16 copy of the largest
+  matrix while bitsandbytes dequantizes it;
+- trainable state, 16 B per trainable parameter. LoRA: PEFT keeps adapters in fp32 (4) + fp32
+  gradient (4) + AdamW moments (2·4). Full, mixed precision: bf16 gradient (2) + fp32 master
+  weight (4) + AdamW moments (8) on top of the 2 B weight — the ZeRO paper's 16·P;
+- activations per token and layer in 16-bit, with fused (Flash/SDPA) attention and no dropout:
+  ``2·(4·h + 2·q + 2·kv + 4·i)`` B — what autograd saves: two norm inputs and outputs, q, k, v, the
+  attention output, and the four i-wide SwiGLU tensors (gate, up, silu(gate), product). It is the
+  Korthikanti et al. (2022) ``34·h`` count redone for SwiGLU/GQA without dropout (41·h for
+  Llama-3.1-8B). Without fused attention their ``5·a·s`` B of score matrices is added. With
+  gradient checkpointing only each layer's input (``2·h`` B) stays, plus one layer recomputed;
+- logits: ``b·s·V·4`` B, the fp32 logits cross-entropy works on;
+- ``TRAINING_OVERHEAD_GIB`` = 1.5 GiB per GPU (CUDA context, cuBLAS and NCCL workspaces), and
+  only ``TRAINING_USABLE_FRACTION`` = 95 % of the memory is planned, for allocator fragmentation.
+
+When one GPU is not enough, weights and trainable state are sharded FSDP/ZeRO-3 style over N GPUs
+(each also holds two gathered layers); activations do not shrink, ``batch_size`` is per GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .errors import PlanningError
+from .estimate import count_parameters
+from .gpus import GpuProduct
+from .model_config import ModelShape
+from .precision import DTYPE_BYTES, bnb_4bit, normalize_dtype
+from .units import GIB, PlanModel, gib, human_params
+
+TRAINING_OVERHEAD_GIB = 1.5
+TRAINING_USABLE_FRACTION = 0.95
+LORA_STATE_BYTES = 16  # fp32 adapter + fp32 grad + two fp32 AdamW moments
+FULL_TOTAL_BYTES = 16  # bf16 weight + bf16 grad + fp32 master + two fp32 AdamW moments (ZeRO paper)
+LOGITS_BYTES = 4
+DEFAULT_MAX_NODES = 8
+
+Method = Literal["lora", "qlora", "full"]
+_ALIASES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj", "fc1": "up_proj", "fc2": "down_proj"}
+
+
+class TrainingPlan(PlanModel):
+    """GPU memory plan for a fine-tuning job."""
+
+    method: str = Field(description="lora, qlora or full.")
+    parameters: int = Field(description="Total parameters of the base model.")
+    parameters_human: str = Field(description='Parameters in decimal units, e.g. "8.03B".')
+    trainable_parameters: int = Field(description="Parameters the optimizer updates.")
+    weight_format: str = Field(description='Base weight storage, e.g. "bfloat16" or "nf4".')
+    weight_bytes: int = Field(description="Bytes of the base weights.")
+    weight_gib: float = Field(description="Base weights in GiB.")
+    trainable_state_gib: float = Field(description="Trainable weights, gradients, AdamW state.")
+    activation_gib: float = Field(description="Activations per GPU as configured.")
+    activation_gib_with_checkpointing: float = Field(description="Activations per GPU, checkpointed.")
+    activation_gib_without_checkpointing: float = Field(description="Activations per GPU, all kept.")
+    gradient_checkpointing: bool = Field(description="Whether the plan assumes checkpointing.")
+    logits_gib: float = Field(description="fp32 logits for the loss, per GPU.")
+    overhead_gib: float = Field(description="CUDA context and workspaces, per GPU.")
+    total_gib: float = Field(description="Everything on one GPU (unsharded).")
+    per_gpu_gib: float = Field(description="What each GPU needs with the chosen sharding.")
+    gpu_product: str = Field(description="GPU product planned for.")
+    gpu_memory_gib: float = Field(description="Memory of one GPU, GiB.")
+    usable_per_gpu_gib: float = Field(description="Memory the plan may use per GPU (95 %).")
+    gpus_needed: int = Field(description="GPUs for one training job.")
+    sharded: bool = Field(description="Weights and optimizer state sharded (FSDP/ZeRO-3).")
+    fits: bool = Field(description="Whether the job fits within the allowed GPUs.")
+    reason: str = Field(default="", description="Why it does not fit; empty when it fits.")
+    summary: str = Field(description="One line for humans.")
+
+
+def linear_shapes(shape: ModelShape) -> dict[str, list[tuple[int, int, int]]]:
+    """Linear layers by PEFT module name → (in_features, out_features, how many in the model)."""
+    h, layers, a = shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    if shape.uses_mla:
+        rank, rope = shape.kv_lora_rank or 0, shape.qk_rope_head_dim
+        q_dim = a * (shape.qk_nope_head_dim + rope)
+        v_dim = shape.v_head_dim or shape.head_dim
+        if shape.q_lora_rank:
+            out["q_a_proj"] = [(h, shape.q_lora_rank, layers)]
+            out["q_b_proj"] = [(shape.q_lora_rank, q_dim, layers)]
+        else:
+            out["q_proj"] = [(h, q_dim, layers)]
+        out["kv_a_proj_with_mqa"] = [(h, rank + rope, layers)]
+        out["kv_b_proj"] = [(rank, a * (shape.qk_nope_head_dim + v_dim), layers)]
+        out["o_proj"] = [(a * v_dim, h, layers)]
+    else:
+        q_dim, kv_dim = a * shape.head_dim, shape.num_key_value_heads * shape.head_dim
+        out |= {
+            "q_proj": [(h, q_dim, layers)],
+            "k_proj": [(h, kv_dim, layers)],
+            "v_proj": [(h, kv_dim, layers)],
+            "o_proj": [(q_dim, h, layers)],
+        }
+    mlps = [(shape.intermediate_size, layers - shape.num_moe_layers)]
+    if shape.is_moe:
+        mlps += [(shape.moe_intermediate_size, shape.num_moe_layers * shape.num_experts)]
+        mlps += [(shape.shared_expert_intermediate_size, shape.num_moe_layers)]
+    for width, count in mlps:
+        if width and count:
+            if shape.gated_mlp:
+                out.setdefault("gate_proj", []).append((h, width, count))
+            out.setdefault("up_proj", []).append((h, width, count))
+            out.setdefault("down_proj", []).append((width, h, count))
+    return out
+
+
+def lora_parameters(shape: ModelShape, rank: int, target_modules: list[str] | None = None) -> int:
+    """LoRA parameters: ``rank · (in + out)`` per targeted matrix (A is r×in, B is out×r).
+
+    ``target_modules`` None or ``["all-linear"]`` targets every linear layer of the decoder blocks
+    (PEFT's all-linear, minus MoE routers); Mixtral's w1/w2/w3 name gate/down/up.
+    """
+    shapes = linear_shapes(shape)
+    names = set(shapes) if not target_modules or target_modules == ["all-linear"] else set()
+    for name in target_modules or []:
+        if name == "all-linear":
+            continue
+        canonical = _ALIASES.get(name, name)
+        if canonical not in shapes:
+            raise PlanningError(
+                f"unknown LoRA target module {name!r} for {shape.name}; use all-linear or {', '.join(sorted(shapes))}"
+            )
+        names.add(canonical)
+    return sum(rank * (i + o) * n for name in names for i, o, n in shapes[name])
+
+
+def activation_bytes_per_token_per_layer(shape: ModelShape, seq_len: int, fused_attention: bool = True) -> int:
+    """16-bit activations autograd keeps per token per layer (see the module docstring)."""
+    h, q = shape.hidden_size, shape.num_attention_heads * (shape.v_head_dim or shape.head_dim)
+    kv = 2 * shape.num_key_value_heads * shape.head_dim
+    if shape.uses_mla:
+        kv = 2 * shape.num_attention_heads * (shape.qk_nope_head_dim + shape.qk_rope_head_dim)
+    mlp_mats = 4 if shape.gated_mlp else 2
+    if shape.is_moe:
+        # Each token is copied to top-k experts; shared experts see every token.
+        mlp = shape.num_experts_per_tok * (h + 4 * shape.moe_intermediate_size)
+        mlp += 4 * shape.shared_expert_intermediate_size
+    else:
+        mlp = mlp_mats * shape.intermediate_size
+    elements = 4 * h + 2 * q + kv + mlp
+    scores = 0 if fused_attention else 5 * shape.num_attention_heads * seq_len
+    return 2 * elements + scores
+
+
+def plan_training(
+    shape: ModelShape,
+    gpu: GpuProduct,
+    *,
+    method: Method = "lora",
+    rank: int = 16,
+    target_modules: list[str] | None = None,
+    batch_size: int = 1,
+    max_seq_length: int = 2048,
+    gradient_checkpointing: bool = True,
+    dtype: str = "bfloat16",
+    fused_attention: bool = True,
+    gpus_per_node: int = 8,
+    max_gpus: int | None = None,
+) -> TrainingPlan:
+    """Plan a fine-tuning job of ``shape`` on ``gpu`` (formulas in the module docstring).
+
+    ``batch_size`` is the per-GPU micro-batch; ``max_gpus`` (the job's GPU count, if set) bounds
+    the sharding, otherwise up to 8 nodes of ``gpus_per_node``. Returns ``fits=False`` with a reason
+    when no allowed GPU count fits; raises :class:`PlanningError` for invalid settings.
+    """
+    if method not in ("lora", "qlora", "full"):
+        raise PlanningError(f"method must be lora, qlora or full, got {method!r}")
+    for name, value in (("rank", rank), ("batchSize", batch_size), ("maxSeqLength", max_seq_length)):
+        if value < 1:
+            raise PlanningError(f"{name} must be at least 1, got {value}")
+    if max_gpus is not None and max_gpus < 1:
+        raise PlanningError(f"the GPU count must be at least 1, got {max_gpus}")
+    try:
+        dtype = normalize_dtype(dtype)
+    except ValueError as exc:
+        raise PlanningError(str(exc)) from exc
+    if dtype == "float8":
+        raise PlanningError("training dtype must be bfloat16, float16 or float32")
+    if dtype == "bfloat16" and not gpu.supports_bf16:
+        dtype = "float16"
+    act = DTYPE_BYTES[dtype]
+
+    params = count_parameters(shape)
+    if method == "qlora":
+        nf4 = bnb_4bit(double_quant=True)
+        largest = max(i * o for mats in linear_shapes(shape).values() for i, o, _ in mats)
+        weights = round(params.linear * nf4.bytes_per_weight) + (params.total - params.linear) * act
+        dequant_buffer = largest * act
+        weight_format = "nf4 double-quant"
+    else:
+        weights, dequant_buffer, weight_format = params.total * act, 0, dtype
+    if method == "full":
+        # 16 B/param in all: the weight's own bytes plus gradient, master copy and moments.
+        trainable, state = params.total, params.total * (FULL_TOTAL_BYTES - act)
+    else:
+        trainable = lora_parameters(shape, rank, target_modules)
+        state = trainable * LORA_STATE_BYTES
+
+    tokens = batch_size * max_seq_length
+    h, layers = shape.hidden_size, shape.num_hidden_layers
+    per_layer = activation_bytes_per_token_per_layer(shape, max_seq_length, fused_attention)
+    head = 4 * h  # final norm and lm_head inputs
+    act_full = tokens * (layers * per_layer + head)
+    act_ckpt = tokens * (layers * 2 * h + per_layer + head)
+    activations = act_ckpt if gradient_checkpointing else act_full
+    logits = tokens * shape.vocab_size * LOGITS_BYTES
+    overhead = int(TRAINING_OVERHEAD_GIB * GIB) + dequant_buffer
+    usable = int(gpu.memory_gib * TRAINING_USABLE_FRACTION * GIB)
+    fixed = activations + logits + overhead
+    shardable = weights + state
+    gather = 2 * (weights - params.embedding * act) // layers  # two gathered layers under FSDP
+
+    def need(n: int) -> int:
+        return fixed + shardable if n == 1 else fixed + -(-shardable // n) + gather
+
+    allowed = max_gpus if max_gpus is not None else gpus_per_node * DEFAULT_MAX_NODES
+    counts = [n for n in range(1, gpus_per_node + 1) if n <= allowed]
+    counts += list(range(2 * gpus_per_node, allowed + 1, gpus_per_node))
+    chosen = next((n for n in counts if need(n) <= usable), None)
+    # Sharding cannot help when what every GPU holds anyway is already too much.
+    hopeless = fixed + gather >= usable
+    n = chosen or (1 if hopeless else counts[-1])
+    plan = TrainingPlan(
+        method=method,
+        parameters=params.total,
+        parameters_human=human_params(params.total),
+        trainable_parameters=trainable,
+        weight_format=weight_format,
+        weight_bytes=weights,
+        weight_gib=gib(weights),
+        trainable_state_gib=gib(state),
+        activation_gib=gib(activations),
+        activation_gib_with_checkpointing=gib(act_ckpt),
+        activation_gib_without_checkpointing=gib(act_full),
+        gradient_checkpointing=gradient_checkpointing,
+        logits_gib=gib(logits),
+        overhead_gib=gib(overhead),
+        total_gib=gib(fixed + shardable),
+        per_gpu_gib=gib(need(n)),
+        gpu_product=gpu.product,
+        gpu_memory_gib=gpu.memory_gib,
+        usable_per_gpu_gib=gib(usable),
+        gpus_needed=n,
+        sharded=n > 1,
+        fits=chosen is not None,
+        summary="",
+    )
+    share = f"{trainable / params.total:.2%}" if method != "full" else "all"
+    what = (
+        f"{method} of {plan.parameters_human} {shape.name} ({human_params(trainable)} trainable, {share}), "
+        f"batch {batch_size} × {max_seq_length} tokens"
+    )
+    where = f"{n} × {gpu.product}" + (" sharded (FSDP/ZeRO-3)" if n > 1 else "")
+    if chosen is not None:
+        plan.summary = f"{what}: {plan.per_gpu_gib:g} of {plan.usable_per_gpu_gib:g} GiB per GPU on {where}"
+        return plan
+    hints = [] if gradient_checkpointing else ["enable gradient checkpointing"]
+    hints += ["lower batchSize or maxSeqLength"] + (["use qlora"] if method != "qlora" and not hopeless else [])
+    on_each = f"activations {plan.activation_gib:g} + logits {plan.logits_gib:g} + overhead {plan.overhead_gib:g}"
+    if hopeless:
+        plan.reason = (
+            f"{on_each} GiB are needed on every GPU, sharding does not reduce them, but "
+            f"{gpu.product} gives {plan.usable_per_gpu_gib:g} GiB; {', '.join(hints)}"
+        )
+    else:
+        plan.reason = (
+            f"needs {plan.per_gpu_gib:g} GiB per GPU on {where} (weights {plan.weight_gib:g} + optimizer state "
+            f"{plan.trainable_state_gib:g} over {n} GPUs, {on_each} on each) but {gpu.product} gives "
+            f"{plan.usable_per_gpu_gib:g} GiB; {', '.join(hints)} or allow more GPUs"
+        )
+    plan.summary = f"{what} does not fit on {where}"
+    return plan

@@ -1,0 +1,1 @@
+"""Orchestration: one idempotent, level-based reconcile per kind. Uses kube for I/O, builders for shape."""

@@ -1,0 +1,196 @@
+"""Reconcile one BigModel: plan, check, apply the RayService and Ingress, then write honest status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from bigmodel_operator import conditions as c
+from bigmodel_operator import naming
+from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.engine_check import check_extra_args
+from bigmodel_operator.builders.ingress import build_ingress, ingress_url
+from bigmodel_operator.builders.placement import Placement, placement
+from bigmodel_operator.builders.rayservice import build_rayservice
+from bigmodel_operator.builders.serve_args import scaling_args
+from bigmodel_operator.conditions import Reason
+from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.kube import Kube
+from bigmodel_operator.reconcile.children import NotControlledError, ensure_child, remove_child
+from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
+from bigmodel_operator.reconcile.plan_glue import serving_plan
+from bigmodel_operator.reconcile.state import ClusterState
+from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
+
+
+def _selector(name: str) -> str:
+    return f"{naming.LABEL_BIGMODEL}={name},{naming.LABEL_COMPONENT}=model-server"
+
+
+def _in_cluster_url(name: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}/v1"
+
+
+def _desired_replicas(spec: BigModelSpec, rayservice: dict[str, Any] | None, pods_per_replica: int,
+                      config: OperatorConfig) -> int:
+    scaling = scaling_args(spec, config)
+    if spec.scaling and spec.scaling.replicas is not None:
+        return spec.scaling.replicas
+    active = ((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}
+    desired_workers = (active.get("rayClusterStatus") or {}).get("desiredWorkerReplicas")
+    if desired_workers is None:
+        return int(scaling["min_replicas"])
+    return max(int(scaling["min_replicas"]), int(desired_workers) // max(1, pods_per_replica))
+
+
+class BigModelReconciler:
+    """Holds the collaborators; `reconcile(body)` is the one idempotent entry point."""
+
+    def __init__(self, kube: Kube, state: ClusterState, config: OperatorConfig, emit: EventSink) -> None:
+        self.kube = kube
+        self.state = state
+        self.config = config
+        self.emit = emit
+
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return  # children go with the owner through garbage collection
+        try:
+            spec = BigModelSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            obs = BigModelObservation(meta.get("generation"), 0, None, Reason.INVALID_SPEC, str(error))
+            obs.blockers.append(Blocker(Reason.INVALID_SPEC, f"spec does not parse: {error}"))
+            await self._write_status(body, compute_status(obs, body.get("status")))
+            return
+        obs, place = await self._observe(body, spec)
+        if not any(b.blocks_deploy for b in obs.blockers):
+            await self._apply_children(body, spec, place, obs)
+        await self._write_status(body, compute_status(obs, body.get("status")))
+
+    async def _observe(self, body: dict[str, Any], spec: BigModelSpec) -> tuple[BigModelObservation, Placement]:
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        blockers: list[Blocker] = []
+        warnings: list[Blocker] = []
+        for problem in check_extra_args(spec.engine.extra_args if spec.engine else None):
+            blockers.append(Blocker(Reason.INVALID_ENGINE_ARGS, f"spec.engine.{problem}"))
+        token = None
+        creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+        if creds:
+            token = await read_secret_key(self.kube, namespace, creds.name, creds.key)
+            if token is None:
+                blockers.append(
+                    Blocker(
+                        Reason.GATED_MODEL_NO_TOKEN,
+                        f"Secret {creds.name} with key {creds.key} (spec.credentials.hfTokenSecretRef) "
+                        f"does not exist in namespace {namespace}: create it, the model cannot be pulled without it",
+                    )
+                )
+        cm_ref = spec.model.config_map_ref
+        source = await model_config_for(
+            self.kube, namespace, spec.model.uri, spec.model.revision, spec.model.config,
+            (cm_ref.name, cm_ref.key) if cm_ref else None, token, self.config,
+        )
+        if source.reason == Reason.GATED_MODEL_NO_TOKEN:
+            blockers.append(Blocker(Reason.GATED_MODEL_NO_TOKEN, source.message))
+        plan_result = serving_plan(spec, source, self.config)
+        if plan_result.reason == Reason.MODEL_TOO_LARGE_FOR_GPU:
+            blockers.append(Blocker(Reason.MODEL_TOO_LARGE_FOR_GPU, plan_result.message))
+        place = placement(spec, plan_result.plan)
+        gpu = spec.resources.gpu if spec.resources else None
+        if place.gpus_per_replica and gpu and gpu.product and gpu.product not in self.state.gpu_products():
+            warnings.append(
+                Blocker(
+                    Reason.NO_MATCHING_GPU_NODES,
+                    f"no node carries nvidia.com/gpu.product={gpu.product}; the model's pods stay Pending until "
+                    "one joins (e.g. through a node autoscaler)",
+                    blocks_deploy=False,
+                )
+            )
+        rayservice = self.state.get("RayService", namespace, naming.rayservice_name(name))
+        ingress = self.state.get("Ingress", namespace, naming.ingress_name(name))
+        url = ingress_url(spec) or _in_cluster_url(name, namespace, self.config)
+        obs = BigModelObservation(
+            generation=meta.get("generation"),
+            desired_replicas=_desired_replicas(spec, rayservice, place.pods_per_replica, self.config),
+            plan=plan_result.plan.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if plan_result.plan
+            else None,
+            plan_reason=plan_result.reason,
+            plan_message=plan_result.message,
+            blockers=blockers,
+            warnings=warnings,
+            rayservice=rayservice,
+            ingress_requested=bool(spec.expose and spec.expose.ingress),
+            ingress=ingress,
+            url=url,
+            selector=_selector(name),
+            rayservice_name=naming.rayservice_name(name),
+        )
+        return obs, place
+
+    async def _apply_children(
+        self, body: dict[str, Any], spec: BigModelSpec, place: Placement, obs: BigModelObservation
+    ) -> None:
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        try:
+            result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
+            obs.rayservice = result.body
+            if result.action != "unchanged":
+                self.emit(body, "Normal", f"RayService{result.action.capitalize()}",
+                          f"{result.action.capitalize()} RayService {result.body['metadata']['name']}")
+            desired_ingress = build_ingress(body, spec, self.config)
+            if desired_ingress is not None:
+                ing = await ensure_child(self.kube, self.state, desired_ingress, uid)
+                obs.ingress = ing.body
+                if ing.action != "unchanged":
+                    self.emit(body, "Normal", f"Ingress{ing.action.capitalize()}",
+                              f"{ing.action.capitalize()} Ingress {ing.body['metadata']['name']}")
+            elif await remove_child(self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid):
+                obs.ingress = None
+                self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
+        except NotControlledError as error:
+            obs.blockers.append(Blocker(Reason.CHILD_NOT_CONTROLLED, str(error)))
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = ("BigModel", meta["namespace"], meta["name"])
+        current = body.get("status") or {}
+        if _same(current, status) or _same(self.state.written_status.get(key, {}), status):
+            return
+        await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], _with_removals(current, status))
+        self.state.written_status[key] = status
+        self._emit_transitions(body, current, status)
+
+    def _emit_transitions(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        before = c.get_condition(old.get("conditions"), c.READY) or {}
+        after = c.get_condition(new.get("conditions"), c.READY) or {}
+        if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
+            return
+        kind = "Normal" if after.get("status") == "True" or after.get("reason") in _PROGRESS_REASONS else "Warning"
+        self.emit(body, kind, after.get("reason", ""), after.get("message", ""))
+
+
+_PROGRESS_REASONS = {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS, Reason.INGRESS_PENDING}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == v for k, v in b.items())
+
+
+def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that also clears status fields we no longer report (e.g. a plan that went away)."""
+    patch = dict(desired)
+    for key in ("plan", "url", "selector", "rayService"):
+        if key in current and key not in desired:
+            patch[key] = None
+    return patch

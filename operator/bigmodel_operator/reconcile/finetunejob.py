@@ -1,0 +1,142 @@
+"""Reconcile one FineTuneJob: plan, create trainer config + identity + Job, then mirror the Job's state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from bigmodel_operator import conditions as c
+from bigmodel_operator import naming
+from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.builders.training import build_config_map, build_identity, build_job, render_trainer_config
+from bigmodel_operator.builders.volumes import Mounts
+from bigmodel_operator.conditions import Reason
+from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.kube import Kube
+from bigmodel_operator.reconcile.children import NotControlledError, ensure_child
+from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
+from bigmodel_operator.reconcile.plan_glue import training_plan
+from bigmodel_operator.reconcile.state import ClusterState
+from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
+
+log = logging.getLogger(__name__)
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+_OURS = ("observedGeneration", "jobName", "plan", "phase", "conditions", "startTime", "completionTime", "adapterUri")
+
+
+class FineTuneJobReconciler:
+    """`reconcile(body)` is the one idempotent entry point."""
+
+    def __init__(self, kube: Kube, state: ClusterState, config: OperatorConfig, emit: EventSink) -> None:
+        self.kube = kube
+        self.state = state
+        self.config = config
+        self.emit = emit
+
+    async def _base_model(self, namespace: str, spec: FineTuneJobSpec) -> tuple[str | None, str | None, dict | None]:
+        """(uri, revision, inline config) of the base model, following bigModelRef."""
+        base = spec.base_model
+        if base.uri:
+            return base.uri, base.revision, base.config
+        assert base.big_model_ref is not None  # CEL guarantees one of the two
+        ref = base.big_model_ref.name
+        bm = self.state.get("BigModel", namespace, ref) or await self.kube.get("BigModel", namespace, ref)
+        if bm is None:
+            return None, None, None
+        bm_spec = BigModelSpec.model_validate(bm.get("spec") or {})
+        return bm_spec.model.uri, bm_spec.model.revision, base.config or bm_spec.model.config
+
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        if meta.get("deletionTimestamp"):
+            return
+        previous = body.get("status") or {}
+        if previous.get("phase") in {"Succeeded", "Failed"} and previous.get("observedGeneration") == meta.get(
+            "generation"
+        ):
+            return  # finished: nothing changes any more (the spec is immutable)
+        try:
+            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            obs = FineTuneJobObservation(meta.get("generation"), None, Reason.INVALID_SPEC, str(error), "", "")
+            obs.blockers.append((Reason.INVALID_SPEC, str(error)))
+            await self._write_status(body, compute_status(obs, previous))
+            return
+        obs = FineTuneJobObservation(
+            meta.get("generation"), None, Reason.PLANNED, "", naming.job_name(name), spec.output.uri
+        )
+        base_uri, base_revision, inline = await self._base_model(namespace, spec)
+        token = None
+        creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+        if creds:
+            token = await read_secret_key(self.kube, namespace, creds.name, creds.key)
+            if token is None:
+                obs.blockers.append(
+                    (Reason.GATED_MODEL_NO_TOKEN, f"Secret {creds.name} with key {creds.key} does not exist")
+                )
+        if base_uri is None:
+            ref = spec.base_model.big_model_ref.name if spec.base_model.big_model_ref else "?"
+            obs.blockers.append((Reason.BASE_MODEL_NOT_FOUND, f"BigModel {ref} (spec.baseModel.bigModelRef) not found"))
+            obs.plan_reason, obs.plan_message = Reason.BASE_MODEL_NOT_FOUND, obs.blockers[-1][1]
+        else:
+            source = await model_config_for(
+                self.kube, namespace, base_uri, base_revision, inline, None, token, self.config
+            )
+            result = training_plan(spec, source, self.config)
+            obs.plan = result.plan.model_dump(by_alias=True, exclude_none=True, mode="json") if result.plan else None
+            obs.plan_reason, obs.plan_message = result.reason, result.message
+            if result.reason == Reason.MODEL_TOO_LARGE_FOR_GPU:
+                obs.blockers.append((result.reason, result.message))
+            gpus = result.gpus
+            gpu = spec.resources.gpu if spec.resources else None
+            if gpus and gpu and gpu.product and gpu.product not in self.state.gpu_products():
+                obs.warnings.append(
+                    (Reason.NO_MATCHING_GPU_NODES, f"no node carries nvidia.com/gpu.product={gpu.product}")
+                )
+            if not obs.blockers:
+                await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid)
+        obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
+        obs.pods = [
+            p for (kind, ns, _), p in self.state.objects.items()
+            if kind == "Pod" and ns == namespace
+            and (p["metadata"].get("labels") or {}).get(naming.LABEL_FINETUNEJOB) == name
+        ]
+        await self._write_status(body, compute_status(obs, previous))
+
+    async def _apply(
+        self, body: dict[str, Any], spec: FineTuneJobSpec, base_uri: str, base_revision: str | None, gpus: int,
+        obs: FineTuneJobObservation, uid: str,
+    ) -> None:
+        mounts = Mounts(root=self.config.model_mount_root)
+        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts)
+        config_map = build_config_map(body, trainer_config)
+        try:
+            for child in [*build_identity(body), config_map]:
+                await ensure_child(self.kube, self.state, child, uid)
+            job = build_job(body, spec, gpus, mounts, self.config, config_map)
+            result = await ensure_child(self.kube, self.state, job, uid, create_only=True)
+        except NotControlledError as error:
+            obs.blockers.append((Reason.CHILD_NOT_CONTROLLED, str(error)))
+            return
+        obs.job = result.body
+        if result.action == "created":
+            self.emit(body, "Normal", "JobCreated", f"Created Job {result.body['metadata']['name']}")
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = ("FineTuneJob", meta["namespace"], meta["name"])
+        current = body.get("status") or {}
+        if all(current.get(k) == status.get(k) for k in _OURS) or self.state.written_status.get(key) == status:
+            return
+        await self.kube.patch_status("FineTuneJob", meta["namespace"], meta["name"], status)
+        self.state.written_status[key] = status
+        if current.get("phase") != status.get("phase"):
+            failed = c.get_condition(status.get("conditions"), c.FAILED) or {}
+            if status["phase"] == "Failed":
+                self.emit(body, "Warning", failed.get("reason", "Failed"), failed.get("message", ""))
+            else:
+                self.emit(body, "Normal", status["phase"], f"FineTuneJob is {status['phase']}")

@@ -1,0 +1,112 @@
+"""Turn a spec + model config into a GPU plan and its condition reason (the planning library is pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.builders.placement import engine_of
+from bigmodel_operator.conditions import Reason
+from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.planning import (
+    GpuLookupError,
+    ModelConfigError,
+    PlanningError,
+    ServingPlan,
+    TrainingPlan,
+    lookup_gpu,
+    parse_model_config,
+    plan_serving,
+    plan_training,
+)
+from bigmodel_operator.reconcile.model_source import ModelConfigResult
+
+DEFAULT_GPU = "NVIDIA-H100-80GB-HBM3"
+
+
+@dataclass
+class ServingPlanResult:
+    plan: ServingPlan | None
+    reason: str
+    message: str
+
+
+@dataclass
+class TrainingPlanResult:
+    plan: TrainingPlan | None
+    reason: str
+    message: str
+    gpus: int
+
+
+def _gpu(product: str | None, memory_gib: float | None, config: OperatorConfig):  # type: ignore[no-untyped-def]
+    return lookup_gpu(product or DEFAULT_GPU, overrides=config.gpu_products, memory_gib=memory_gib)
+
+
+def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: OperatorConfig) -> ServingPlanResult:
+    """The serving plan, or why there is none (reason ModelConfigUnavailable / ModelTooLargeForGPU)."""
+    if engine_of(spec) == "transformers":
+        return ServingPlanResult(None, Reason.PLANNED, "the transformers engine runs on CPU: no GPU plan needed")
+    if source.config is None:
+        return ServingPlanResult(None, source.reason, source.message)
+    gpu_spec = spec.resources.gpu if spec.resources else None
+    eng = spec.engine
+    try:
+        shape = parse_model_config(source.config)
+        gpu = _gpu(gpu_spec.product if gpu_spec else None, gpu_spec.memory_gib if gpu_spec else None, config)
+        plan = plan_serving(
+            shape,
+            gpu,
+            dtype=(eng.dtype if eng and eng.dtype else "auto"),
+            quantization=eng.quantization if eng else None,
+            kv_cache_dtype=(eng.kv_cache_dtype if eng and eng.kv_cache_dtype else "auto"),
+            max_model_len=eng.max_model_len if eng else None,
+            gpu_memory_utilization=(eng.gpu_memory_utilization if eng and eng.gpu_memory_utilization else 0.9),
+            tensor_parallel_size=eng.tensor_parallel_size if eng else None,
+            pipeline_parallel_size=eng.pipeline_parallel_size if eng else None,
+            concurrency=1,
+            gpus_per_node=config.gpus_per_node,
+            max_gpus=gpu_spec.count if gpu_spec and gpu_spec.count else None,
+        )
+    except (ModelConfigError, GpuLookupError, PlanningError) as error:
+        return ServingPlanResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}")
+    if not plan.fits:
+        return ServingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason)
+    return ServingPlanResult(plan, Reason.PLANNED, plan.summary)
+
+
+def training_plan(spec: FineTuneJobSpec, source: ModelConfigResult, config: OperatorConfig) -> TrainingPlanResult:
+    """The training memory plan and the GPUs the Job asks for."""
+    gpu_spec = spec.resources.gpu if spec.resources else None
+    explicit = gpu_spec.count if gpu_spec and gpu_spec.count is not None else None
+    fallback = 1 if explicit is None else explicit
+    if source.config is None:
+        return TrainingPlanResult(None, source.reason, source.message, fallback)
+    method = spec.method
+    hyper = spec.hyperparameters
+    try:
+        shape = parse_model_config(source.config)
+        gpu = _gpu(gpu_spec.product if gpu_spec else None, gpu_spec.memory_gib if gpu_spec else None, config)
+        plan = plan_training(
+            shape,
+            gpu,
+            method=(method.type if method and method.type else "lora"),
+            rank=(method.rank if method and method.rank else 16),
+            target_modules=method.target_modules if method else None,
+            batch_size=(hyper.batch_size if hyper and hyper.batch_size else 8),
+            max_seq_length=(hyper.max_seq_length if hyper and hyper.max_seq_length else 2048),
+            gradient_checkpointing=True,
+            max_gpus=explicit or config.gpus_per_node,
+        )
+    except (ModelConfigError, GpuLookupError, PlanningError) as error:
+        return TrainingPlanResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}", fallback)
+    if not plan.fits:
+        return TrainingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason, fallback)
+    if plan.gpus_needed > 1 and explicit is None:
+        return TrainingPlanResult(
+            plan,
+            Reason.MODEL_TOO_LARGE_FOR_GPU,
+            f"{plan.summary}; the trainer runs on one GPU: use method lora/qlora or a larger GPU",
+            fallback,
+        )
+    return TrainingPlanResult(plan, Reason.PLANNED, plan.summary, explicit if explicit is not None else 1)

@@ -1,0 +1,1 @@
+"""Pure status computation: observed children + checks -> the status block of our resources."""

@@ -1,0 +1,137 @@
+"""Translate a RayService's (and Ingress's) state into BigModel conditions, replicas and URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigmodel_operator import conditions as c
+from bigmodel_operator.conditions import Reason, set_condition
+
+
+@dataclass
+class Blocker:
+    """A problem that keeps the model from being deployed or ready, with its condition reason."""
+
+    reason: str
+    message: str
+    blocks_deploy: bool = True
+
+
+@dataclass
+class BigModelObservation:
+    """Everything the status of one BigModel is computed from."""
+
+    generation: int | None
+    desired_replicas: int
+    plan: dict[str, Any] | None
+    plan_reason: str
+    plan_message: str
+    blockers: list[Blocker] = field(default_factory=list)
+    warnings: list[Blocker] = field(default_factory=list)
+    rayservice: dict[str, Any] | None = None
+    ingress_requested: bool = False
+    ingress: dict[str, Any] | None = None
+    url: str | None = None
+    selector: str | None = None
+    rayservice_name: str | None = None
+
+
+def _app_statuses(rayservice: dict[str, Any]) -> dict[str, Any]:
+    active = (rayservice.get("status") or {}).get("activeServiceStatus") or {}
+    statuses: dict[str, Any] = active.get("applicationStatuses") or {}
+    return statuses
+
+
+def _ready_workers(rayservice: dict[str, Any]) -> int:
+    active = (rayservice.get("status") or {}).get("activeServiceStatus") or {}
+    cluster = active.get("rayClusterStatus") or {}
+    return int(cluster.get("readyWorkerReplicas") or cluster.get("availableWorkerReplicas") or 0)
+
+
+def _rayservice_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
+    """(ready, reason, message) of the RayService child."""
+    rs = obs.rayservice
+    if rs is None:
+        return False, Reason.RAYSERVICE_DEPLOYING, "RayService not created yet"
+    status = rs.get("status") or {}
+    endpoints = int(status.get("numServeEndpoints") or 0)
+    for app_name, app in _app_statuses(rs).items():
+        state = (app or {}).get("status", "")
+        if state in {"DEPLOY_FAILED", "UNHEALTHY"}:
+            detail = (app or {}).get("message") or "no message"
+            return False, Reason.RAYSERVICE_FAILED, f"Serve application {app_name} is {state}: {detail}"
+    ready_cond = c.get_condition(status.get("conditions"), "Ready")
+    upgrading = c.get_condition(status.get("conditions"), "UpgradeInProgress")
+    apps_running = bool(_app_statuses(rs)) and all(
+        (a or {}).get("status") == "RUNNING" for a in _app_statuses(rs).values()
+    )
+    if endpoints > 0 and apps_running and (ready_cond is None or ready_cond.get("status") == "True"):
+        if upgrading and upgrading.get("status") == "True":
+            return True, Reason.UPGRADING, upgrading.get("message") or "new cluster is being prepared"
+        return True, Reason.RAYSERVICE_READY, f"{endpoints} Serve endpoint(s) ready"
+    if apps_running and endpoints == 0:
+        return False, Reason.NO_SERVE_ENDPOINTS, "the application runs but no pod serves traffic yet"
+    message = (ready_cond or {}).get("message") or "waiting for KubeRay to start the cluster and deploy the app"
+    return False, Reason.RAYSERVICE_DEPLOYING, message
+
+
+def _ingress_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
+    if not obs.ingress_requested:
+        return True, Reason.INGRESS_NOT_REQUESTED, "spec.expose.ingress is not set"
+    if obs.ingress is None:
+        return False, Reason.INGRESS_PENDING, "Ingress not created yet"
+    lb = ((obs.ingress.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if lb:
+        address = lb[0].get("hostname") or lb[0].get("ip") or "assigned"
+        return True, Reason.INGRESS_READY, f"address {address}"
+    return False, Reason.INGRESS_PENDING, "waiting for the ingress controller to assign an address"
+
+
+def compute_status(obs: BigModelObservation, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The full desired status block; conditions keep their transition times when unchanged."""
+    gen = obs.generation
+    conds = list((previous or {}).get("conditions") or [])
+    planned_ok = obs.plan_reason == Reason.PLANNED
+    conds = set_condition(conds, c.PLANNED, planned_ok, obs.plan_reason, obs.plan_message, gen)
+    rs_ready, rs_reason, rs_message = _rayservice_condition(obs)
+    ing_ready, ing_reason, ing_message = _ingress_condition(obs)
+    conds = set_condition(conds, c.RAYSERVICE_READY, rs_ready, rs_reason, rs_message, gen)
+    conds = set_condition(conds, c.INGRESS_READY, ing_ready, ing_reason, ing_message, gen)
+    ready_workers = _ready_workers(obs.rayservice) if obs.rayservice else 0
+    ready_replicas = min(obs.desired_replicas, ready_workers) if rs_ready else 0
+    if rs_ready and ready_replicas == 0:
+        ready_replicas = 1 if obs.desired_replicas else 0
+    degraded = rs_ready and 0 < ready_replicas < obs.desired_replicas
+    if obs.blockers:
+        first = obs.blockers[0]
+        ready, reason, message = False, first.reason, "; ".join(b.message for b in obs.blockers)
+    elif not rs_ready:
+        ready, reason, message = False, rs_reason, rs_message
+    elif not ing_ready:
+        ready, reason, message = False, ing_reason, ing_message
+    else:
+        ready, reason, message = True, Reason.AS_EXPECTED, f"serving at {obs.url}" if obs.url else "serving"
+    if obs.warnings and not ready:
+        message = "; ".join([message, *(w.message for w in obs.warnings)])
+        if reason in {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS}:
+            reason = obs.warnings[0].reason
+    conds = set_condition(conds, c.READY, ready, reason, message, gen)
+    deg_reason = Reason.PARTIALLY_READY if degraded else Reason.AS_EXPECTED
+    deg_message = f"{ready_replicas}/{obs.desired_replicas} replicas ready" if degraded else "no degradation"
+    conds = set_condition(conds, c.DEGRADED, degraded, deg_reason, deg_message, gen)
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": conds,
+        "replicas": obs.desired_replicas,
+        "readyReplicas": ready_replicas,
+    }
+    for key, value in (
+        ("plan", obs.plan),
+        ("url", obs.url if ready or obs.url else None),
+        ("selector", obs.selector),
+        ("rayService", obs.rayservice_name),
+    ):
+        if value is not None:
+            status[key] = value
+    return status

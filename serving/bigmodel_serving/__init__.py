@@ -1,0 +1,1 @@
+"""Ray Serve application for BigModel (OpenAI API; vLLM on GPU, transformers on CPU)."""

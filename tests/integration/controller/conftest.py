@@ -1,0 +1,91 @@
+"""The real operator (`bigmodel operator`) as a subprocess against the test control plane."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+GROUP, VERSION = "bigmodel.io", "v1alpha1"
+
+
+class OperatorProcess:
+    """A running `bigmodel operator`; restartable (the restart test needs that)."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, config_file: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / "operator.log"
+        self.config_file = config_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "BIGMODEL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bigmodel_operator.cli", "operator", "--config", str(self.config_file)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited at once; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator_process(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log_dir = REPO / ".cluster" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_file = tmp_path_factory.mktemp("operator") / "config.yaml"
+    config_file.write_text(yaml.safe_dump({"resync_seconds": 3, "images": {"vllm": "example.com/vllm:test"}}))
+    op = OperatorProcess(kubeconfig, log_dir, config_file)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def custom(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture
+def get_bigmodel(custom: Any, namespace: str) -> Callable[[str], dict[str, Any]]:
+    def get(name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", name)
+        return obj
+
+    return get
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def load_example(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((REPO / "docs" / "examples" / name).read_text())
+    return body

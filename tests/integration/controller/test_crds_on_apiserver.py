@@ -1,0 +1,115 @@
+"""Our CRDs on a real apiserver: examples apply, bad specs are refused with the field, FTJ is immutable."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import GROUP, REPO, VERSION, load_example
+
+EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_applies(path: Path, kubectl: Callable[..., Any], namespace: str) -> None:
+    result = kubectl("apply", "--server-side", "--field-manager=it", "-n", namespace, "-f", str(path))
+    assert "serverside-applied" in result.stdout
+
+
+def _bm(**changes: Any) -> dict[str, Any]:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    for dotted, value in changes.items():
+        _set(body, dotted, value)
+    return body
+
+
+def _ftj(**changes: Any) -> dict[str, Any]:
+    body = load_example("finetunejob-lora.yaml")
+    for dotted, value in changes.items():
+        _set(body, dotted, value)
+    return body
+
+
+_DELETE = object()
+
+
+def _set(body: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split("__")
+    node = body
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    if value is _DELETE:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("bm-no-model", _bm(spec__model=_DELETE), "spec.model: Required value"),
+    ("bm-uri-scheme", _bm(spec__model__uri="ftp://host/model"), "spec.model.uri"),
+    ("bm-gpu-count", _bm(spec__resources__gpu__count=65), "spec.resources.gpu.count"),
+    ("bm-gmu-zero", _bm(spec__engine__gpuMemoryUtilization=0), "spec.engine.gpuMemoryUtilization"),
+    ("bm-gmu-big", _bm(spec__engine__gpuMemoryUtilization=1.5), "spec.engine.gpuMemoryUtilization"),
+    ("bm-replicas-xor", _bm(spec__scaling__replicas=2), "set either replicas or minReplicas/maxReplicas"),
+    ("bm-min-max", _bm(spec__scaling__minReplicas=5, spec__scaling__maxReplicas=2), "minReplicas must not exceed"),
+    ("bm-tp-divides", _bm(spec__engine__tensorParallelSize=3, spec__resources__gpu__count=4), "multiple of"),
+    ("bm-engine-enum", _bm(spec__runtime__engine="tgi"), "spec.runtime.engine"),
+    ("bm-vllm-no-gpu", _bm(spec__resources__gpu__count=0), "the vllm engine needs at least one GPU"),
+    ("bm-dup-adapter", _bm(spec__adapters=[{"name": "a", "uri": "s3://b/a"}, {"name": "a", "uri": "s3://b/c"}]),
+     "spec.adapters[1]"),
+    ("bm-tls-no-host", _bm(spec__expose__ingress={"tlsSecretName": "tls"}), "tlsSecretName needs host"),
+    ("bm-quantity", _bm(spec__resources__memory="lots"), "spec.resources.memory"),
+    ("bm-name-long", _bm(metadata__name="m" * 41), "metadata.name must be at most 40"),
+    ("bm-max-len", _bm(spec__engine__maxModelLen=4), "spec.engine.maxModelLen"),
+    ("ftj-rank-zero", _ftj(spec__method__rank=0), "spec.method.rank"),
+    ("ftj-rank-big", _ftj(spec__method__rank=2048), "spec.method.rank"),
+    ("ftj-base-both", _ftj(spec__baseModel__uri="hf://org/m"), "set exactly one of uri or bigModelRef"),
+    ("ftj-format", _ftj(spec__dataset__format="parquet"), "spec.dataset.format"),
+    ("ftj-split", _ftj(spec__dataset__validationSplit=0.9), "spec.dataset.validationSplit"),
+    ("ftj-qlora-cpu", _ftj(spec__method__type="qlora", spec__resources__gpu__count=0), "qlora"),
+    ("ftj-output", _ftj(spec__output__uri="http://x/y"), "spec.output.uri"),
+    ("ftj-full-deploy", _ftj(spec__method__type="full"), "deployTo attaches a LoRA adapter"),
+    ("ftj-no-dataset", _ftj(spec__dataset=_DELETE), "spec.dataset: Required value"),
+    ("ftj-lr", _ftj(spec__hyperparameters__learningRate=2), "spec.hyperparameters.learningRate"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_specs_are_refused_with_the_field(
+    case: str, body: dict[str, Any], expected: str, custom: Any, namespace: str
+) -> None:
+    from kubernetes.client.rest import ApiException
+
+    plural = "bigmodels" if body["kind"] == "BigModel" else "finetunejobs"
+    with pytest.raises(ApiException) as error:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, copy.deepcopy(body))
+    assert error.value.status == 422, error.value.body
+    assert expected in error.value.body, f"{case}: {expected!r} not in {error.value.body}"
+
+
+def test_unknown_fields_are_refused_strictly(kubectl: Callable[..., Any], namespace: str, tmp_path: Path) -> None:
+    body = _bm(spec__model__uril="typo")
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(body))
+    result = kubectl("apply", "--server-side", "-n", namespace, "-f", str(path), check=False)
+    assert result.returncode != 0 and 'unknown field "spec.model.uril"' in result.stderr
+
+
+def test_finetunejob_spec_is_immutable(custom: Any, namespace: str) -> None:
+    from kubernetes.client.rest import ApiException
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", _ftj())
+    with pytest.raises(ApiException) as error:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "finetunejobs", "support-bot-v1", {"spec": {"method": {"rank": 32}}}
+        )
+    assert error.value.status == 422 and "spec is immutable" in error.value.body
+    # Labels and annotations stay editable.
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "finetunejobs", "support-bot-v1", {"metadata": {"labels": {"team": "a"}}}
+    )

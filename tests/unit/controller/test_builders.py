@@ -1,0 +1,153 @@
+"""Pure builders: examples in, RayService / Ingress / Job out, compared with golden YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from bigmodel_operator import naming
+from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.builders.engine_check import check_extra_args
+from bigmodel_operator.builders.ingress import build_ingress, ingress_url
+from bigmodel_operator.builders.placement import Placement, placement
+from bigmodel_operator.builders.rayservice import build_rayservice
+from bigmodel_operator.builders.training import build_config_map, build_identity, build_job, render_trainer_config
+from bigmodel_operator.builders.volumes import Mounts
+from bigmodel_operator.config import OperatorConfig
+
+from .conftest import assert_golden, load_example
+
+CONFIG = OperatorConfig()
+
+
+def _rayservice(example: str, place: Placement | None = None) -> dict[str, Any]:
+    body = load_example(example)
+    spec = BigModelSpec.model_validate(body["spec"])
+    return build_rayservice(body, spec, place or placement(spec, None), CONFIG)
+
+
+@pytest.mark.parametrize("example", ["bigmodel-llama-3.1-8b.yaml", "bigmodel-tiny-cpu.yaml"])
+def test_rayservice_golden(example: str) -> None:
+    assert_golden(example.replace(".yaml", ".rayservice.yaml"), _rayservice(example))
+
+
+def test_ingress_golden() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    spec = BigModelSpec.model_validate(body["spec"])
+    ingress = build_ingress(body, spec, CONFIG)
+    assert_golden("bigmodel-llama-3.1-8b.ingress.yaml", ingress)
+    assert ingress_url(spec) == "https://llm.example.com/v1"
+    paths = [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+    assert paths == ["/v1", "/health"], "only the OpenAI paths and health are exposed"
+
+
+def test_gpu_worker_group_requests_gpus_tolerates_and_selects_product() -> None:
+    rs = _rayservice("bigmodel-llama-3.1-8b.yaml")
+    group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    pod = group["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 4)
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    scaling = serve["applications"][0]["args"]["scaling"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4), "one scaling block drives both levels"
+    env = pod["containers"][0]["env"]
+    token = next(e for e in env if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+def test_pipeline_parallel_pods_per_replica() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    spec = BigModelSpec.model_validate(body["spec"])
+    place = Placement("vllm", gpus_per_replica=16, tensor_parallel_size=8, pipeline_parallel_size=2, max_model_len=None)
+    rs = build_rayservice(body, spec, place, CONFIG)
+    group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert (group["minReplicas"], group["maxReplicas"]) == (2, 8)
+
+
+def test_cpu_example_has_no_gpu_anything() -> None:
+    rs = _rayservice("bigmodel-tiny-cpu.yaml")
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_spec_hash_changes_with_spec_only() -> None:
+    a = _rayservice("bigmodel-llama-3.1-8b.yaml")
+    b = _rayservice("bigmodel-llama-3.1-8b.yaml")
+    assert a == b
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    body["spec"]["engine"]["maxModelLen"] = 8192
+    spec = BigModelSpec.model_validate(body["spec"])
+    c = build_rayservice(body, spec, placement(spec, None), CONFIG)
+    key = naming.ANNOTATION_SPEC_HASH
+    assert c["metadata"]["annotations"][key] != a["metadata"]["annotations"][key]
+
+
+def test_pvc_model_and_adapters_are_mounted_once() -> None:
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["model"]["uri"] = "pvc://models/llama/8b"
+    body["spec"]["adapters"] = [{"name": "a", "uri": "pvc://models/adapters/a"}, {"name": "b", "uri": "s3://x/b"}]
+    spec = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, spec, placement(spec, None), CONFIG)
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["models"]
+    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["model"]["local_path"] == "/mnt/bigmodel/pvc/models/llama/8b"
+    assert args["adapters"][0]["local_path"] == "/mnt/bigmodel/pvc/models/adapters/a"
+    assert "local_path" not in args["adapters"][1]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--swap-space", "4", "--enforce-eager"], None),
+        (["--max-model-len=4096"], "spec.engine.maxModelLen"),
+        (["-tp", "2"], "tensorParallelSize"),
+        (["4"], "value without a flag"),
+        (["--Bad_Flag"], "not a valid flag"),
+        (["--api-key", "x"], "apiKeysSecretRef"),
+    ],
+)
+def test_extra_args_check(args: list[str], problem: str | None) -> None:
+    problems = check_extra_args(args)
+    if problem is None:
+        assert problems == []
+    else:
+        assert problems and problem in problems[0]
+
+
+def test_finetunejob_children_golden() -> None:
+    body = load_example("finetunejob-lora.yaml")
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    mounts = Mounts(root=CONFIG.model_mount_root)
+    trainer_config = render_trainer_config(body, spec, "hf://meta-llama/Llama-3.1-8B-Instruct", None, mounts)
+    config_map = build_config_map(body, trainer_config)
+    job = build_job(body, spec, 1, mounts, CONFIG, config_map)
+    assert_golden("finetunejob-lora.children.yaml", {"configMap": config_map, "job": job, "identity": build_identity(body)})
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["serviceAccountName"] == "support-bot-v1-trainer"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["pvc-adapters"]["persistentVolumeClaim"]["readOnly"] is False
+    assert volumes["pvc-training-data"]["persistentVolumeClaim"]["readOnly"] is True
+
+
+def test_trainer_role_is_limited_to_its_own_status() -> None:
+    body = load_example("finetunejob-lora.yaml")
+    _, role, binding = build_identity(body)
+    assert role["rules"] == [
+        {
+            "apiGroups": ["bigmodel.io"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["support-bot-v1"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["subjects"][0]["name"] == "support-bot-v1-trainer"

@@ -1,0 +1,1 @@
+"""The FineTuneJob workload: trainer, dataset validation, PII redaction."""

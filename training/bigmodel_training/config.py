@@ -1,0 +1,195 @@
+"""The trainer's configuration: the contract between the operator and the training Job.
+
+The operator renders a `TrainerConfig` into a ConfigMap and mounts it into the training pod; the
+trainer reads it with `python -m bigmodel_training --config FILE` (JSON or YAML). Fields are
+snake_case and unknown fields are refused, so a typo in the operator's renderer fails loudly in the
+contract test instead of being silently ignored by the trainer.
+
+This module imports only pydantic (and PyYAML when a YAML file is loaded), so the operator can
+import it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Where the operator mounts pvc:// volumes when it does not say otherwise: pvc://claim/a/b is
+# found at <MOUNT_ROOT>/claim/a/b. The operator normally sets `local_path` explicitly.
+DEFAULT_MOUNT_ROOT = "/mnt/bigmodel"
+URI_SCHEMES = ("hf://", "s3://", "gs://", "pvc://", "file://", "http://", "https://")
+ALL_LINEAR = "all-linear"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def _check_uri(uri: str) -> str:
+    if not uri.startswith(URI_SCHEMES):
+        raise ValueError(f"unsupported URI {uri!r}: expected one of {', '.join(URI_SCHEMES)}")
+    if uri.startswith("file://") and not uri.startswith("file:///"):
+        raise ValueError(f"file URIs must be absolute (file:///path), got {uri!r}")
+    return uri
+
+
+class JobRef(_Model):
+    """The FineTuneJob this run belongs to; used to report progress into its status."""
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = Field(min_length=1, max_length=63)
+
+
+class BaseModelSource(_Model):
+    """The pretrained model to adapt."""
+
+    uri: str = Field(description="hf://org/name, pvc://claim/path, file:///abs/path, s3://, gs://")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) for hf://.")
+    local_path: str | None = Field(
+        default=None, description="Where the operator mounted the model; wins over resolving `uri`."
+    )
+
+    @model_validator(mode="after")
+    def _uri(self) -> BaseModelSource:
+        _check_uri(self.uri)
+        return self
+
+
+class DatasetSource(_Model):
+    """Training data: one JSON object per line (JSONL)."""
+
+    uri: str = Field(description="pvc://, file:///, hf://datasets/org/name/file.jsonl, http(s)://, s3://, gs://")
+    format: Literal["chat", "instruction", "completion"] = "chat"
+    validation_split: float = Field(default=0.0, ge=0.0, le=0.5, description="Fraction held out for eval loss.")
+    min_examples: int = Field(default=10, ge=1, description="Fewer valid examples than this is a defect.")
+    local_path: str | None = Field(default=None, description="Where the operator mounted the file.")
+
+    @model_validator(mode="after")
+    def _uri(self) -> DatasetSource:
+        _check_uri(self.uri)
+        return self
+
+
+class MethodConfig(_Model):
+    """How the model is adapted: LoRA, QLoRA (4-bit base, GPU only) or full fine-tuning."""
+
+    type: Literal["lora", "qlora", "full"] = "lora"
+    rank: int = Field(default=16, ge=1, le=1024)
+    alpha: float | None = Field(default=None, gt=0, description="LoRA alpha; default 2 × rank.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [ALL_LINEAR],
+        min_length=1,
+        description='Module names LoRA adapts; ["all-linear"] means every linear layer but the output head.',
+    )
+
+    @property
+    def lora_alpha(self) -> float:
+        """The effective alpha (2 × rank unless set)."""
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+class Hyperparameters(_Model):
+    """Optimisation settings. A step is one optimizer update of batch_size × accumulation sequences."""
+
+    epochs: int = Field(default=1, ge=1, le=1000)
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
+    batch_size: int = Field(default=8, ge=1, description="Sequences (packed rows when packing) per micro-batch.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_seq_length: int = Field(default=2048, ge=16, description="Longer examples are refused, never cut.")
+    packing: bool = Field(default=True, description="Pack several short examples into one sequence.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    warmup_ratio: float = Field(default=0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables.")
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations: less memory, ~30% slower.")
+    eval_every_steps: int | None = Field(
+        default=None, ge=1, description="Eval loss every N steps (default: at every checkpoint and at the end)."
+    )
+
+
+class OutputTarget(_Model):
+    """Where the adapter or model, metrics.json and the checkpoints are written."""
+
+    uri: str = Field(description="pvc://claim/path or file:///abs/path (s3:// and gs:// need a staging mount).")
+    local_path: str | None = Field(default=None, description="Where the operator mounted the output location.")
+
+    @model_validator(mode="after")
+    def _uri(self) -> OutputTarget:
+        _check_uri(self.uri)
+        return self
+
+
+class CheckpointConfig(_Model):
+    """Resumable checkpoints under <output>/checkpoints/step-NNNNNNNN."""
+
+    every_steps: int = Field(default=100, ge=1)
+    keep: int = Field(default=2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+
+
+class PrivacyConfig(_Model):
+    """PII redaction of the training text before tokenization."""
+
+    redact_pii: bool = False
+
+
+class ProgressConfig(_Model):
+    """Where progress goes: the FineTuneJob status (kube), a JSON file, or nowhere."""
+
+    sink: Literal["kube", "file", "none"] = "none"
+    file_path: str | None = Field(default=None, description="For sink=file: the JSON file rewritten on each report.")
+    interval_s: float = Field(default=30.0, ge=0.0, description="At most one report per interval (and one at the end).")
+
+    @model_validator(mode="after")
+    def _file(self) -> ProgressConfig:
+        if self.sink == "file" and not self.file_path:
+            raise ValueError("progress.sink=file needs progress.file_path")
+        return self
+
+
+class TrainerConfig(_Model):
+    """Everything one fine-tuning run needs. Rendered by the operator, parsed by the trainer."""
+
+    job: JobRef | None = None
+    base_model: BaseModelSource
+    dataset: DatasetSource
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    output: OutputTarget
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    progress: ProgressConfig = Field(default_factory=ProgressConfig)
+    hf_token_env: str | None = Field(
+        default="HF_TOKEN", description="Name of the environment variable that holds the Hugging Face token."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainerConfig:
+        if self.progress.sink == "kube" and self.job is None:
+            raise ValueError("progress.sink=kube needs job.name and job.namespace")
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainerConfig:
+        """Parse a JSON or YAML config file (YAML is a superset of JSON; JSON is tried first)."""
+        text = Path(path).read_text(encoding="utf-8")
+        return cls.from_text(text)
+
+    @classmethod
+    def from_text(cls, text: str) -> TrainerConfig:
+        """Parse a JSON or YAML document."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            import yaml
+
+            data = yaml.safe_load(text)
+        return cls.model_validate(data)
+
+    def to_json(self) -> str:
+        """The config as the operator should render it (defaults included, stable key order)."""
+        return self.model_dump_json(indent=2)

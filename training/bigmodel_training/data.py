@@ -1,0 +1,99 @@
+"""From a JSONL file to tokenized train and eval sets, failing with `DatasetError` before any
+model is loaded or any GPU time is spent.
+
+1. structure (`dataset.validate_file`): every defect but length, with line numbers;
+2. PII redaction of every text field, when enabled (counts by type go into the status);
+3. rendering + tokenization, then the length check against `max_seq_length` (second pass);
+4. a deterministic train/eval split by the run's seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigmodel_training.dataset import Example, ValidationResult, check_lengths, format_report, validate_file
+from bigmodel_training.errors import DatasetError
+from bigmodel_training.redact import merge_counts, redact_text
+from bigmodel_training.render import Renderer, Tokenized
+
+
+@dataclass
+class PreparedData:
+    """Tokenized examples ready for packing."""
+
+    train: list[Tokenized]
+    eval: list[Tokenized]
+    redactions: dict[str, int] = field(default_factory=dict)
+    lines: int = 0
+
+
+def load_and_validate(path: Path, fmt: Any, min_examples: int) -> ValidationResult:
+    """Pass 1; raises DatasetError with the report when anything is wrong."""
+    result = validate_file(path, fmt, min_examples=min_examples)
+    if not result.ok:
+        raise DatasetError(result.report())
+    return result
+
+
+def redact_examples(examples: list[Example]) -> dict[str, int]:
+    """Redact every text field in place; return the counts by PII type."""
+    totals: dict[str, int] = {}
+    for example in examples:
+        if example.messages is not None:
+            for message in example.messages:
+                message["content"], counts = redact_text(message["content"])
+                merge_counts(totals, counts)
+        else:
+            example.prompt, c1 = redact_text(example.prompt or "")
+            example.completion, c2 = redact_text(example.completion or "")
+            merge_counts(merge_counts(totals, c1), c2)
+    return totals
+
+
+def tokenize_checked(examples: list[Example], tokenizer: Any, max_seq_length: int, lines: int = 0) -> list[Tokenized]:
+    """Pass 2: tokenize every example; raise DatasetError listing each over-length line."""
+    renderer = Renderer(tokenizer)
+    tokenized = {e.line: renderer.tokenize(e) for e in examples}
+    count: Callable[[Example], int] = lambda e: len(tokenized[e.line])  # noqa: E731
+    defects = check_lengths(examples, count, max_seq_length)
+    no_loss = [e.line for e in examples if tokenized[e.line].loss_tokens == 0]
+    if defects:
+        raise DatasetError(format_report(defects, examples=len(examples), lines=lines))
+    if no_loss:
+        raise DatasetError(f"examples with nothing to learn (no completion tokens) on lines {no_loss[:20]}")
+    return [tokenized[e.line] for e in examples]
+
+
+def split(items: list[Tokenized], fraction: float, seed: int) -> tuple[list[Tokenized], list[Tokenized]]:
+    """Hold out `fraction` of the examples (at least one when fraction > 0), chosen by `seed`."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(items) - 1, max(1, math.floor(len(items) * fraction)))
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def prepare(
+    path: Path,
+    fmt: Any,
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    min_examples: int,
+    redact: bool,
+    validation_split: float,
+    seed: int,
+) -> PreparedData:
+    """All of the above."""
+    result = load_and_validate(path, fmt, min_examples)
+    redactions = redact_examples(result.examples) if redact else {}
+    tokenized = tokenize_checked(result.examples, tokenizer, max_seq_length, result.lines)
+    train, held_out = split(tokenized, validation_split, seed)
+    return PreparedData(train, held_out, redactions, result.lines)

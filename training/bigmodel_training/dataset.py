@@ -1,0 +1,285 @@
+"""Reading and validating JSONL training data (pure Python; no torch, no tokenizer needed).
+
+Three formats, one JSON object per line (blank lines are skipped):
+
+- chat:        {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+               an optional system message first, then user/assistant alternating, ending with assistant.
+- instruction: {"instruction": "...", "input": "..." (optional), "output": "..."}
+- completion:  {"prompt": "..." (may be empty), "completion": "..."}
+
+Validation collects every defect with its 1-based line number instead of stopping at the first
+one, and never modifies the input file. The over-length check needs the tokenizer; it is a second
+pass (`check_lengths`) that the trainer runs once the tokenizer is loaded, still before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["chat", "instruction", "completion"]
+FORMATS: tuple[Format, ...] = ("chat", "instruction", "completion")
+ROLES = ("system", "user", "assistant")
+DEFAULT_REPORT_LIMIT = 50
+
+# Defect codes (stable; documented in docs/training.md).
+ENCODING = "encoding"
+BAD_JSON = "bad_json"
+NOT_OBJECT = "not_object"
+MISSING_KEY = "missing_key"
+WRONG_TYPE = "wrong_type"
+UNKNOWN_ROLE = "unknown_role"
+ROLE_ORDER = "role_order"
+EMPTY_CONTENT = "empty_content"
+TOO_LONG = "too_long"
+DUPLICATE = "duplicate"
+TOO_FEW = "too_few"
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One problem in the data. `line` is 1-based; 0 means the file as a whole."""
+
+    line: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "file"
+        return f"{where}: {self.code}: {self.message}"
+
+
+@dataclass
+class Example:
+    """One valid record. Chat and instruction records carry `messages`; completion records carry
+    `prompt` and `completion`. Loss is computed on assistant turns / the completion only."""
+
+    line: int
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+
+    def texts(self) -> list[str]:
+        """Every text field, in order (used by redaction and duplicate detection)."""
+        if self.messages is not None:
+            return [m["content"] for m in self.messages]
+        return [self.prompt or "", self.completion or ""]
+
+    def key(self) -> str:
+        """A digest identifying the content, for duplicate detection."""
+        payload = json.dumps([self.messages, self.prompt, self.completion], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ValidationResult:
+    """Valid examples plus every defect found."""
+
+    examples: list[Example] = field(default_factory=list)
+    defects: list[Defect] = field(default_factory=list)
+    lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no defect was found."""
+        return not self.defects
+
+    def report(self, limit: int = DEFAULT_REPORT_LIMIT) -> str:
+        """A human-readable report of the first `limit` defects plus a count of the rest."""
+        return format_report(self.defects, limit=limit, examples=len(self.examples), lines=self.lines)
+
+
+def format_report(
+    defects: Sequence[Defect], *, limit: int = DEFAULT_REPORT_LIMIT, examples: int = 0, lines: int = 0
+) -> str:
+    """Render defects one per line, sorted by line, capped at `limit`."""
+    if not defects:
+        return f"dataset OK: {examples} examples in {lines} lines"
+    ordered = sorted(defects, key=lambda d: (d.line, d.code))
+    head = f"dataset invalid: {len(defects)} defect(s) in {lines} lines"
+    body = [str(d) for d in ordered[:limit]]
+    if len(ordered) > limit:
+        body.append(f"... and {len(ordered) - limit} more defect(s)")
+    return "\n".join([head, *body])
+
+
+def read_lines(path: str | Path) -> Iterable[tuple[int, bytes]]:
+    """Yield (1-based line number, raw bytes without the newline)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            yield number, raw.rstrip(b"\r\n")
+
+
+def validate_file(path: str | Path, fmt: Format, *, min_examples: int = 1) -> ValidationResult:
+    """Parse and check every line of a JSONL file (everything but length, which needs a tokenizer)."""
+    return validate_lines(read_lines(path), fmt, min_examples=min_examples)
+
+
+def validate_lines(lines: Iterable[tuple[int, bytes]], fmt: Format, *, min_examples: int = 1) -> ValidationResult:
+    """Validate numbered raw lines; see `validate_file`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    result = ValidationResult()
+    seen: dict[str, int] = {}
+    for number, line in lines:
+        result.lines = number
+        # A UTF-8 byte-order mark on the first line is harmless.
+        raw = line[3:] if number == 1 and line.startswith(b"\xef\xbb\xbf") else line
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            result.defects.append(
+                Defect(number, ENCODING, f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})")
+            )
+            continue
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            result.defects.append(Defect(number, BAD_JSON, f"invalid JSON at column {exc.colno}: {exc.msg}"))
+            continue
+        if not isinstance(record, dict):
+            result.defects.append(Defect(number, NOT_OBJECT, f"expected a JSON object, got {_type_name(record)}"))
+            continue
+        example, defects = _PARSERS[fmt](number, record)
+        if defects:
+            result.defects.extend(defects)
+            continue
+        assert example is not None
+        digest = example.key()
+        if digest in seen:
+            result.defects.append(Defect(number, DUPLICATE, f"duplicate of line {seen[digest]}"))
+            continue
+        seen[digest] = number
+        result.examples.append(example)
+    if len(result.examples) < min_examples:
+        result.defects.append(
+            Defect(0, TOO_FEW, f"{len(result.examples)} valid example(s); at least {min_examples} needed")
+        )
+    return result
+
+
+def check_lengths(
+    examples: Iterable[Example], count_tokens: Callable[[Example], int], max_seq_length: int
+) -> list[Defect]:
+    """Second pass: one `too_long` defect per example whose rendering exceeds `max_seq_length`."""
+    defects = []
+    for example in examples:
+        n = count_tokens(example)
+        if n > max_seq_length:
+            defects.append(Defect(example.line, TOO_LONG, f"{n} tokens, more than max_seq_length {max_seq_length}"))
+    return defects
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _text_field(
+    number: int, record: dict[str, Any], key: str, *, required: bool, allow_empty: bool
+) -> tuple[str | None, list[Defect]]:
+    if key not in record:
+        if required:
+            return None, [Defect(number, MISSING_KEY, f"missing key {key!r}")]
+        return "", []
+    value = record[key]
+    if not isinstance(value, str):
+        return None, [Defect(number, WRONG_TYPE, f"{key!r} must be a string, got {_type_name(value)}")]
+    if not allow_empty and not value.strip():
+        return None, [Defect(number, EMPTY_CONTENT, f"{key!r} is empty")]
+    return value, []
+
+
+def _parse_chat(number: int, record: dict[str, Any]) -> tuple[Example | None, list[Defect]]:
+    if "messages" not in record:
+        return None, [Defect(number, MISSING_KEY, "missing key 'messages'")]
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        return None, [Defect(number, WRONG_TYPE, f"'messages' must be an array, got {_type_name(messages)}")]
+    if not messages:
+        return None, [Defect(number, EMPTY_CONTENT, "'messages' is empty")]
+    defects: list[Defect] = []
+    clean: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            defects.append(Defect(number, WRONG_TYPE, f"{where} must be an object, got {_type_name(message)}"))
+            continue
+        missing = [k for k in ("role", "content") if k not in message]
+        if missing:
+            defects.append(Defect(number, MISSING_KEY, f"{where} is missing {', '.join(repr(k) for k in missing)}"))
+            continue
+        role, content = message["role"], message["content"]
+        if not isinstance(role, str) or role not in ROLES:
+            defects.append(
+                Defect(number, UNKNOWN_ROLE, f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
+            )
+            continue
+        if not isinstance(content, str):
+            defects.append(Defect(number, WRONG_TYPE, f"{where}.content must be a string, got {_type_name(content)}"))
+            continue
+        if not content.strip():
+            defects.append(Defect(number, EMPTY_CONTENT, f"{where}.content ({role}) is empty"))
+        clean.append({"role": role, "content": content})
+    if defects:
+        return None, defects
+    order = _role_order_problem([m["role"] for m in clean])
+    if order:
+        return None, [Defect(number, ROLE_ORDER, order)]
+    return Example(number, messages=clean), []
+
+
+def _role_order_problem(roles: list[str]) -> str | None:
+    """Why this role sequence is invalid, or None: system? (user assistant)+."""
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    if "system" in body:
+        return f"'system' may only be the first message (found at messages[{roles.index('system', 1)}])"
+    if not body:
+        return "no user/assistant messages after the system message"
+    offset = len(roles) - len(body)
+    for i, role in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            return (
+                f"messages[{i + offset}] is {role!r}; expected {expected!r} "
+                "(user and assistant must alternate, user first)"
+            )
+    if body[-1] != "assistant":
+        return "the last message must be from the assistant"
+    return None
+
+
+def _parse_instruction(number: int, record: dict[str, Any]) -> tuple[Example | None, list[Defect]]:
+    instruction, d1 = _text_field(number, record, "instruction", required=True, allow_empty=False)
+    extra, d2 = _text_field(number, record, "input", required=False, allow_empty=True)
+    output, d3 = _text_field(number, record, "output", required=True, allow_empty=False)
+    defects = d1 + d2 + d3
+    if defects:
+        return None, defects
+    assert instruction is not None
+    assert output is not None
+    user = instruction if not extra else f"{instruction}\n\n{extra}"
+    return Example(number, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": output}]), []
+
+
+def _parse_completion(number: int, record: dict[str, Any]) -> tuple[Example | None, list[Defect]]:
+    prompt, d1 = _text_field(number, record, "prompt", required=True, allow_empty=True)
+    completion, d2 = _text_field(number, record, "completion", required=True, allow_empty=False)
+    defects = d1 + d2
+    if defects:
+        return None, defects
+    return Example(number, prompt=prompt, completion=completion), []
+
+
+_PARSERS: dict[str, Callable[[int, dict[str, Any]], tuple[Example | None, list[Defect]]]] = {
+    "chat": _parse_chat,
+    "instruction": _parse_instruction,
+    "completion": _parse_completion,
+}

@@ -1,0 +1,177 @@
+"""Loading the base model and preparing it for LoRA, QLoRA or full fine-tuning.
+
+Precision: on a CUDA GPU with bf16 support, frozen weights are stored in bf16 and the forward and
+backward passes run under bf16 autocast, while every *trained* parameter (LoRA matrices, or all
+weights for full fine-tuning) is kept in fp32 so that small AdamW updates are not rounded away.
+Without bf16 support, and on the CPU, everything is fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from bigmodel_training.config import ALL_LINEAR, Hyperparameters, MethodConfig
+from bigmodel_training.errors import SourceError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision the run computes."""
+
+    device: torch.device
+    weight_dtype: torch.dtype  # dtype of the frozen base weights
+    autocast_dtype: torch.dtype | None  # None: no autocast (fp32 everywhere)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for forward passes (a no-op without mixed precision)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        """E.g. 'cuda:0 bf16' or 'cpu fp32'."""
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+        return f"{self.device} {name.get(self.autocast_dtype or self.weight_dtype, str(self.weight_dtype))}"
+
+
+def select_runtime(method: MethodConfig) -> Runtime:
+    """bf16 on GPUs that support it, fp32 otherwise; QLoRA refuses to run without CUDA."""
+    if not torch.cuda.is_available():
+        if method.type == "qlora":
+            raise UnsupportedError(
+                "method qlora loads the base model in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                "this machine has none. Use method.type: lora (or full) on the CPU, or request a GPU."
+            )
+        return Runtime(torch.device("cpu"), torch.float32, None)
+    device = torch.device("cuda", torch.cuda.current_device())
+    if torch.cuda.is_bf16_supported():
+        weights = torch.float32 if method.type == "full" else torch.bfloat16
+        return Runtime(device, weights, torch.bfloat16)
+    return Runtime(device, torch.float32, None)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of the base model, with a pad token (EOS if it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot load the tokenizer from {path}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime, attention: str = "sdpa"
+) -> Any:
+    """Load the base model with `from_pretrained` and make only the right parameters trainable."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": runtime.weight_dtype, "attn_implementation": attention}
+    if method.type == "qlora":
+        kwargs.update(_qlora_kwargs(runtime))
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot load the base model from {path}: {exc}") from exc
+    if method.type != "qlora":
+        model.to(runtime.device)
+    model.config.use_cache = False
+    if method.type == "full":
+        model.requires_grad_(True)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+    return _add_lora(model, method, hp, runtime)
+
+
+def _qlora_kwargs(runtime: Runtime) -> dict[str, Any]:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedError("method qlora needs the bitsandbytes package in the trainer image") from exc
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=runtime.autocast_dtype or torch.float32,
+    )
+    return {"quantization_config": quantization, "device_map": {"": runtime.device.index or 0}}
+
+
+def _add_lora(model: Any, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = {"use_reentrant": False}
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=hp.gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing
+        )
+    elif hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    targets: str | list[str] = ALL_LINEAR if method.target_modules == [ALL_LINEAR] else list(method.target_modules)
+    lora = LoraConfig(
+        r=method.rank,
+        lora_alpha=cast(int, method.lora_alpha),  # peft annotates int; a float alpha works the same
+        lora_dropout=method.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft probing deprecated transformers attributes
+        model = get_peft_model(model, lora)  # LoRA weights are created in fp32
+    if runtime.autocast_dtype is not None:
+        # Under autocast the LoRA matmuls run in bf16 anyway; peft's own cast of every input to the
+        # fp32 adapter dtype would only copy activations (and keep fp32 copies for backward).
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    return model
+
+
+def model_parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
+    """(decoder stack, output head, config) of a causal LM, PEFT-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Name → parameter for every parameter that trains."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def save_final(model: Any, tokenizer: Any, directory: Path, method: MethodConfig, base_uri: str) -> None:
+    """PEFT layout (adapter_config.json + adapter_model.safetensors) or a full HF model directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if method.type == "full":
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+        return
+    for peft_config in model.peft_config.values():
+        # Name the base model the way a server would load it (hub id, or the URI as given).
+        peft_config.base_model_name_or_path = base_uri.removeprefix("hf://")
+    model.save_pretrained(directory, safe_serialization=True)

@@ -1,0 +1,128 @@
+"""One fine-tuning run from a `TrainerConfig`, in the order that spends the least on bad input:
+
+1. resolve the output and dataset locations, validate the dataset's structure (no model yet);
+2. pick the device (QLoRA without CUDA stops here), resolve the base model, load the tokenizer;
+3. redact, tokenize, check lengths (still before the model is loaded);
+4. load the model, train (resuming from the newest complete checkpoint), save the result and
+   metrics.json, and report the output URI into the FineTuneJob status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bigmodel_training.config import TrainerConfig
+from bigmodel_training.errors import ConfigError
+
+log = logging.getLogger(__name__)
+FINGERPRINT_FILE = "run-fingerprint.json"
+
+
+def fingerprint(config: TrainerConfig) -> str:
+    """A digest of everything that changes what is trained (not where progress goes)."""
+    relevant = config.model_dump(
+        mode="json", include={"base_model", "dataset", "method", "hyperparameters", "privacy"},
+        exclude={"base_model": {"local_path"}, "dataset": {"local_path"}},
+    )  # fmt: skip
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _claim_output(output_dir: Path, digest: str) -> None:
+    """Refuse to resume from checkpoints that another configuration wrote."""
+    marker = output_dir / FINGERPRINT_FILE
+    if marker.is_file():
+        found = json.loads(marker.read_text()).get("fingerprint")
+        if found != digest:
+            raise ConfigError(
+                f"{output_dir} holds the output of a different training configuration ({found}, now {digest}); "
+                "use a new output location or delete the old one"
+            )
+        return
+    marker.write_text(json.dumps({"fingerprint": digest}) + "\n")
+
+
+def run(
+    config: TrainerConfig, *, scratch: Path | None = None, on_step: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Train as configured; return the metrics (also written to <output>/metrics.json)."""
+    started = time.monotonic()
+    from bigmodel_training import data, sources
+    from bigmodel_training.progress import ProgressReporter, make_sink
+
+    hp = config.hyperparameters
+    scratch = scratch or Path(tempfile.mkdtemp(prefix="bigmodel-train-"))
+    output_dir = sources.resolve_output_dir(config.output)
+    _claim_output(output_dir, fingerprint(config))
+    reporter = ProgressReporter(make_sink(config), config.progress.interval_s)
+
+    dataset_file = sources.resolve_dataset_file(config.dataset, config.hf_token_env, scratch)
+    validated = data.load_and_validate(dataset_file, config.dataset.format, config.dataset.min_examples)
+    log.info("dataset OK: %d examples", len(validated.examples))
+
+    import torch
+
+    from bigmodel_training import modeling
+    from bigmodel_training.trainer import Trainer
+
+    runtime = modeling.select_runtime(config.method)
+    model_dir = sources.resolve_model_dir(config.base_model, config.hf_token_env, scratch)
+    tokenizer = modeling.load_tokenizer(model_dir)
+    redactions = data.redact_examples(validated.examples) if config.privacy.redact_pii else {}
+    tokenized = data.tokenize_checked(validated.examples, tokenizer, hp.max_seq_length, validated.lines)
+    train, held_out = data.split(tokenized, config.dataset.validation_split, hp.seed)
+    prepared = data.PreparedData(train, held_out, redactions, validated.lines)
+    log.info(
+        "%d train / %d eval examples, redactions %s, %s", len(train), len(held_out), redactions, runtime.describe()
+    )
+
+    torch.manual_seed(hp.seed)
+    if runtime.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model = modeling.load_model(model_dir, config.method, hp, runtime)
+    trainer = Trainer(
+        model=model, data=prepared, config=config, runtime=runtime, output_dir=output_dir,
+        pad_id=int(tokenizer.pad_token_id), reporter=reporter, on_step=on_step,
+    )  # fmt: skip
+    reporter.report(step=trainer.step, total_steps=trainer.total_steps, epoch=0.0, redactions=redactions, force=True)
+    metrics = trainer.train()
+
+    _save_output(model, tokenizer, output_dir, config)
+    metrics["wall_time_s"] = round(time.monotonic() - started, 3)
+    metrics["output_uri"] = config.output.uri
+    _write_json_atomic(output_dir / "metrics.json", metrics)
+    trainer.report_done(config.output.uri)
+    log.info(
+        "done: %d steps, loss %s, eval loss %s -> %s",
+        metrics["steps"],
+        metrics["final_loss"],
+        metrics["eval_loss"],
+        config.output.uri,
+    )
+    return metrics
+
+
+def _save_output(model: Any, tokenizer: Any, output_dir: Path, config: TrainerConfig) -> None:
+    """Save into a staging folder, then move each file into place (a reader never sees half a file)."""
+    from bigmodel_training.modeling import save_final
+
+    staging = output_dir / ".final-tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_final(model, tokenizer, staging, config.method, config.base_model.uri)
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
