@@ -40,11 +40,11 @@ fmt: dev ## format the code
 	$(VENV)/bin/ruff check --fix .
 
 crds: dev ## regenerate crds/ and the chart's copy from the pydantic API
-	$(VENV)/bin/bigmodel crds --output crds
+	$(VENV)/bin/bigmodel crds --output crds --docs docs/api.md
 	@if [ -d charts/bigmodel-operator ]; then $(VENV)/bin/bigmodel crds --output $(CHART_CRDS); fi
 
 check-crds: dev ## fail when the committed CRDs differ from the API
-	$(VENV)/bin/bigmodel crds --check crds
+	$(VENV)/bin/bigmodel crds --check crds --docs docs/api.md
 	@if [ -d charts/bigmodel-operator ]; then $(VENV)/bin/bigmodel crds --check $(CHART_CRDS); fi
 
 test-unit: dev ## unit tests (pure, no cluster)

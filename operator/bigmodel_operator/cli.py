@@ -18,8 +18,13 @@ def _cmd_version(_: argparse.Namespace) -> int:
 def _cmd_crds(args: argparse.Namespace) -> int:
     from bigmodel_operator import crdgen
 
+    from bigmodel_operator import apidocs
+
+    docs = Path(args.docs) if args.docs else None
     if args.check:
         drift = crdgen.check(Path(args.check))
+        if docs and (not docs.exists() or docs.read_text() != apidocs.render()):
+            drift.append(f"differs from the API: {docs}")
         for line in drift:
             print(line, file=sys.stderr)
         if drift:
@@ -29,6 +34,9 @@ def _cmd_crds(args: argparse.Namespace) -> int:
         return 0
     for path in crdgen.write_all(Path(args.output)):
         print(f"wrote {path}")
+    if docs:
+        docs.write_text(apidocs.render())
+        print(f"wrote {docs}")
     return 0
 
 
@@ -73,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="generate the CustomResourceDefinitions from the API")
     crds.add_argument("--output", default="crds", help="directory to write into (default crds/)")
     crds.add_argument("--check", metavar="DIR", help="compare DIR with the API instead of writing; exit 1 on drift")
+    crds.add_argument("--docs", metavar="FILE", help="also write (or check) the API reference, e.g. docs/api.md")
     crds.set_defaults(func=_cmd_crds)
 
     op = sub.add_parser("operator", help="run the operator (kopf)")

@@ -95,7 +95,9 @@ def _structural(node: Any) -> Any:
             continue
         if key == "properties":
             out[key] = {name: _structural(sub) for name, sub in value.items()}
-        elif key in {"items", "additionalProperties", "anyOf"}:
+        elif key == "anyOf":
+            out[key] = value  # only int-or-string uses anyOf, and it must stay exactly [{integer}, {string}]
+        elif key in {"items", "additionalProperties"}:
             out[key] = _structural(value)
         else:
             out[key] = value

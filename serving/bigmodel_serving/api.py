@@ -168,16 +168,20 @@ def create_api(runtime: Runtime) -> FastAPI:
         max_body_bytes=runtime.args.limits.max_body_bytes,
         metrics=runtime.metrics,
     )
-    app.state.openapi_document = lambda: openapi_document(app)
     return app
 
 
-def openapi_document(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `app`, with the request-body schemas the routes validate."""
+def openapi_document(app: FastAPI, model_names: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `app`, with the request-body schemas the routes validate.
+
+    With `model_names`, the `model` fields list them as an enum (the names this deployment serves).
+    """
     document = get_openapi(title=app.title, version="1", routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for model in (ChatCompletionRequest, CompletionRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
+        if model_names:
+            schema["properties"]["model"]["enum"] = list(model_names)
         schemas[model.__name__] = schema
     return document

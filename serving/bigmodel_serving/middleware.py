@@ -36,6 +36,14 @@ async def send_error(send: Send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def route_path(scope: Scope) -> str:
+    """The path below the app's route prefix (Serve passes the prefix as `root_path`)."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -55,7 +63,7 @@ class GuardMiddleware:
         self.metrics = metrics
 
     def _auth_error(self, scope: Scope) -> APIError | None:
-        if self.key_store is None or not scope["path"].startswith("/v1/"):
+        if self.key_store is None or not route_path(scope).startswith("/v1/"):
             return None
         token = bearer_token(_header(scope, b"authorization"))
         if token is None:
@@ -107,4 +115,4 @@ class GuardMiddleware:
             await self.app(scope, capped_receive, tracking_send)
         finally:
             model, adapter = scope.get(LABELS_KEY, ("", ""))
-            self.metrics.observe_request(scope["path"], status, model, adapter, time.perf_counter() - started)
+            self.metrics.observe_request(route_path(scope), status, model, adapter, time.perf_counter() - started)

@@ -9,6 +9,7 @@ Without bf16 support, and on the CPU, everything is fp32.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -171,7 +172,10 @@ def save_final(model: Any, tokenizer: Any, directory: Path, method: MethodConfig
         model.save_pretrained(directory, safe_serialization=True)
         tokenizer.save_pretrained(directory)
         return
-    for peft_config in model.peft_config.values():
-        # Name the base model the way a server would load it (hub id, or the URI as given).
-        peft_config.base_model_name_or_path = base_uri.removeprefix("hf://")
     model.save_pretrained(directory, safe_serialization=True)
+    # Name the base model the way a server finds it (hub id, or the URI as given), not the local
+    # path it happened to be mounted at in the training pod.
+    config_file = directory / "adapter_config.json"
+    adapter_config = json.loads(config_file.read_text())
+    adapter_config["base_model_name_or_path"] = base_uri.removeprefix("hf://")
+    config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")

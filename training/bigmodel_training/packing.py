@@ -27,6 +27,9 @@ from bigmodel_training.render import IGNORE_INDEX, Tokenized
 if TYPE_CHECKING:
     import torch
 
+# Rows are padded to a multiple of this: few distinct shapes keep the CPU's matmul kernels cached
+# (each new shape costs oneDNN milliseconds) and GPU matmuls on tensor-core-friendly sizes.
+PAD_MULTIPLE = 64
 Row = list[int]  # indices of the examples packed into one sequence
 MicroBatch = list[Row]
 Step = list[MicroBatch]
@@ -108,8 +111,16 @@ class Batch:
         )
 
 
-def collate(examples: Sequence[Tokenized], micro: MicroBatch, pad_id: int, packing: bool, pin: bool = False) -> Batch:
-    """Build the tensors of one micro-batch of rows."""
+def collate(
+    examples: Sequence[Tokenized],
+    micro: MicroBatch,
+    pad_id: int,
+    packing: bool,
+    *,
+    pin: bool = False,
+    multiple: int = PAD_MULTIPLE,
+) -> Batch:
+    """Build the tensors of one micro-batch of rows, padded to a multiple of `multiple` tokens."""
     import torch
 
     ids_rows, label_rows, pos_rows = [], [], []
@@ -126,6 +137,7 @@ def collate(examples: Sequence[Tokenized], micro: MicroBatch, pad_id: int, packi
         label_rows.append(labels)
         pos_rows.append(positions)
     width = max(len(r) for r in ids_rows)
+    width = -(-width // multiple) * multiple
     tokens = sum(len(r) for r in ids_rows)
     mask_rows = []
     for ids, labels, positions in zip(ids_rows, label_rows, pos_rows, strict=True):

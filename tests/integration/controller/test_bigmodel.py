@@ -274,7 +274,8 @@ def test_delete_removes_children_through_gc(
 
 def test_foreign_object_with_our_name_is_not_touched(custom: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
     foreign = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "tiny-cpu"},
-               "spec": {"serveConfigV2": "applications: []\n"}}
+               "spec": {"serveConfigV2": "applications: []\n", "rayClusterConfig": {"headGroupSpec": {
+                   "rayStartParams": {}, "template": {"spec": {"containers": [{"name": "h", "image": "x"}]}}}}}}
     custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", foreign)
     _create(custom, namespace, load_example("bigmodel-tiny-cpu.yaml"))
     bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "tiny-cpu")) and

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from bigmodel_operator.planning import ModelShape, parse_model_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "model-configs"
-
 
 
 def _load_config(name: str) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from bigmodel_operator.planning import ModelShape, count_parameters, human_params, kv_bytes_per_token, weight_bytes
 
 Shape = Callable[[str], ModelShape]
 
 
-def llama_params(h: int, layers: int, heads: int, kv: int, inner: int, vocab: int, *, head_dim: int = 0, tied: bool = False) -> int:
+def llama_params(
+    h: int, layers: int, heads: int, kv: int, inner: int, vocab: int, *, head_dim: int = 0, tied: bool = False
+) -> int:
     """Written out by hand: q + k + v + o, SwiGLU, two norms per layer; embeddings, lm_head, final norm."""
     d = head_dim or h // heads
     attention = h * heads * d + 2 * h * kv * d + heads * d * h
@@ -37,7 +38,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "hand", "published"), CASES)
-def test_parameter_count_matches_hand_count_and_model_card(shape: Shape, name: str, hand: int, published: float) -> None:
+def test_parameter_count_matches_hand_count_and_model_card(
+    shape: Shape, name: str, hand: int, published: float
+) -> None:
     total = count_parameters(shape(name)).total
     assert total == hand
     assert total == pytest.approx(published, rel=0.005)
@@ -103,7 +106,14 @@ def test_llama_8b_kv_is_128_kib_per_token(shape: Shape) -> None:
 
 @pytest.mark.parametrize(
     ("count", "text"),
-    [(8_030_261_248, "8.03B"), (405_853_388_800, "405.85B"), (41_943_040, "41.94M"), (1_500, "1.50K"), (12, "12"), (2 * 10**12, "2.00T")],
+    [
+        (8_030_261_248, "8.03B"),
+        (405_853_388_800, "405.85B"),
+        (41_943_040, "41.94M"),
+        (1_500, "1.50K"),
+        (12, "12"),
+        (2 * 10**12, "2.00T"),
+    ],
 )
 def test_human_params(count: int, text: str) -> None:
     assert human_params(count) == text

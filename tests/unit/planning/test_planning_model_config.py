@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from bigmodel_operator.planning import ModelConfigError, ModelShape, parse_model_config
 
 Shape = Callable[[str], ModelShape]
@@ -31,7 +30,12 @@ DEEPSEEK_LITE = "deepseek-ai--DeepSeek-V2-Lite"
         (QWEN_MOE, {"num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768, "head_dim": 128}),
         (
             DEEPSEEK_LITE,
-            {"num_experts": 64, "shared_expert_intermediate_size": 2 * 1408, "num_dense_layers": 1, "kv_lora_rank": 512},
+            {
+                "num_experts": 64,
+                "shared_expert_intermediate_size": 2 * 1408,
+                "num_dense_layers": 1,
+                "kv_lora_rank": 512,
+            },
         ),
         (LLAMA_8B_AWQ, {"dtype": "float16", "max_position_embeddings": 131072}),
     ],
@@ -87,8 +91,8 @@ def test_awq_quantization_config_is_read(shape: Shape) -> None:
         ),
     ],
 )
-def test_quantization_formats(config: Config, 
-    quantization_config: dict[str, Any], method: str, bits: int, bytes_per_weight: float
+def test_quantization_formats(
+    config: Config, quantization_config: dict[str, Any], method: str, bits: int, bytes_per_weight: float
 ) -> None:
     quant = parse_model_config({**config(LLAMA_8B), "quantization_config": quantization_config}).quantization
     assert quant is not None
