@@ -20,9 +20,8 @@ def run_operator(
 
     from bigmodel_operator import handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=verbose)  # kopf owns the logging set-up
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    kopf.configure(verbose=verbose)
     config = load_config(config_file)
     kopf.run(
         clusterwide=all_namespaces or not namespaces,

@@ -24,6 +24,7 @@ BodyModel = TypeVar("BodyModel", bound=BaseModel)
 _THREAD_TOKENIZE_CHARS = 8_192
 _MAX_STOP_SEQUENCES = 4
 _DEFAULT_COMPLETION_MAX_TOKENS = 16  # the OpenAI completions default
+_GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ async def _encode(engine: Engine, text: str, *, add_special_tokens: bool) -> lis
 
 
 def _check_prompt_fits(prompt_tokens: int, catalog: ModelCatalog) -> None:
+    if prompt_tokens == 0:
+        raise bad_request("The prompt is empty (0 tokens); send some text.", param="prompt", code="invalid_value")
     if prompt_tokens >= catalog.max_model_len:
         raise bad_request(
             f"This model's maximum context length is {catalog.max_model_len} tokens; the prompt has "
@@ -107,9 +110,11 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int) 
     stops = body.stop_list()
     if len(stops) > _MAX_STOP_SEQUENCES:
         raise bad_request(f"At most {_MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+    temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
+        # Like vLLM: a temperature this small is greedy decoding (dividing by it overflows).
+        temperature=0.0 if temperature < _GREEDY_BELOW_TEMPERATURE else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,

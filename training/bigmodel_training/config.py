@@ -107,6 +107,12 @@ class Hyperparameters(_Model):
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables.")
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations: less memory, ~30% slower.")
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
+        default="auto", description="Attention kernel; auto is sdpa (packed examples get a block-diagonal mask)."
+    )
+    torch_compile: bool | None = Field(
+        default=None, description="Compile each decoder layer with torch.compile; default: on CUDA GPUs only."
+    )
     eval_every_steps: int | None = Field(
         default=None, ge=1, description="Eval loss every N steps (default: at every checkpoint and at the end)."
     )

@@ -73,13 +73,16 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def load_model(
-    path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime, attention: str = "sdpa"
-) -> Any:
-    """Load the base model with `from_pretrained` and make only the right parameters trainable."""
+def attention_implementation(hp: Hyperparameters) -> str:
+    """The `attn_implementation` to load the model with."""
+    return "sdpa" if hp.attention == "auto" else hp.attention
+
+
+def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> Any:
+    """Load the base model with `from_pretrained`, then `prepare_model` it."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": runtime.weight_dtype, "attn_implementation": attention}
+    kwargs: dict[str, Any] = {"dtype": runtime.weight_dtype, "attn_implementation": attention_implementation(hp)}
     if method.type == "qlora":
         kwargs.update(_qlora_kwargs(runtime))
     try:
@@ -88,13 +91,25 @@ def load_model(
         raise SourceError(f"cannot load the base model from {path}: {exc}") from exc
     if method.type != "qlora":
         model.to(runtime.device)
+    return prepare_model(model, method, hp, runtime)
+
+
+def prepare_model(model: Any, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> Any:
+    """Make the right parameters trainable (LoRA adapters, or everything) and apply speed-ups."""
+    from bigmodel_training.speed import compile_layers, fuse_lora_adds
+
     model.config.use_cache = False
     if method.type == "full":
         model.requires_grad_(True)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
-    return _add_lora(model, method, hp, runtime)
+    else:
+        model = _add_lora(model, method, hp, runtime)
+        fuse_lora_adds(model)
+    use_compile = hp.torch_compile if hp.torch_compile is not None else runtime.device.type == "cuda"
+    if use_compile:
+        compile_layers(model_parts(model)[0])
+    return model
 
 
 def _qlora_kwargs(runtime: Runtime) -> dict[str, Any]:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if args or kwargs or self.disable_adapters or self.merged:
-        return self._peft_forward(x, *args, **kwargs)  # type: ignore[no-any-return]
+        return self._peft_forward(x, *args, **kwargs)
     result = self.base_layer(x)
     name = self.active_adapters[0]
     u = functional.linear(self.lora_dropout[name](x), self.lora_A[name].weight)

@@ -132,6 +132,22 @@ def _resources(spec: FineTuneJobSpec, gpus: int) -> dict[str, Any]:
     return {"requests": dict(limits), "limits": limits}
 
 
+_SKIPPED_ANNOTATIONS = ("kubectl.kubernetes.io/", "bigmodel.io/spec-hash")
+
+
+def _pod_metadata(body: dict[str, Any]) -> dict[str, Any]:
+    """The FineTuneJob's own labels and annotations (at creation) plus ours, for the training pod."""
+    meta = body["metadata"]
+    labels = {**(meta.get("labels") or {}), **naming.labels(naming.LABEL_FINETUNEJOB, meta["name"], "trainer")}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_SKIPPED_ANNOTATIONS)
+    }
+    out: dict[str, Any] = {"labels": labels}
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
 def build_job(
     body: dict[str, Any], spec: FineTuneJobSpec, gpus: int, mounts: Mounts, config: OperatorConfig,
     config_map: dict[str, Any],
@@ -198,7 +214,7 @@ def build_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
-        "template": {"metadata": {"labels": naming.labels(naming.LABEL_FINETUNEJOB, owner, "trainer")}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(body), "spec": pod_spec},
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

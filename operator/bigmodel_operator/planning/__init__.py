@@ -10,13 +10,14 @@ explained in the module docstrings and in docs/planning.md.
         ...  # condition ModelTooLargeForGPU, message plan.reason
 """
 
+from .activations import lora_parameters
 from .errors import ModelConfigError, PlanningError
 from .estimate import ParamCount, count_parameters, kv_bytes_per_token, weight_bytes
 from .gpus import GPU_PRODUCTS, GpuLookupError, GpuProduct, gpu_table, lookup_gpu
 from .model_config import ModelShape, parse_model_config
 from .precision import Quantization
 from .serving import ServingPlan, plan_serving
-from .training import TrainingPlan, lora_parameters, plan_training
+from .training import TrainingPlan, plan_training
 from .units import human_params
 
 __all__ = [

@@ -1,23 +1,22 @@
 """The training plan: GPU memory of a LoRA, QLoRA or full fine-tune, and how many GPUs it needs.
 
-Per GPU, in bytes (P all parameters, P_t trainable, b micro-batch, s sequence length, h, L, V as in
-``estimate``):
+Per GPU, in bytes (P parameters, b micro-batch, s sequence length; h, L, V as in ``estimate``):
 
 - weights: ``P·2`` in bf16/fp16; QLoRA keeps the decoder's linear layers in NF4 with double
   quantization (0.516 B/param, QLoRA paper) and the rest in bf16, plus one bf16 copy of the largest
   matrix while bitsandbytes dequantizes it;
 - trainable state, 16 B per trainable parameter. LoRA: PEFT keeps adapters in fp32 (4) + fp32
-  gradient (4) + AdamW moments (2·4). Full, mixed precision: bf16 gradient (2) + fp32 master
-  weight (4) + AdamW moments (8) on top of the 2 B weight — the ZeRO paper's 16·P;
-- activations per token and layer in 16-bit, with fused (Flash/SDPA) attention and no dropout:
-  ``2·(4·h + 2·q + 2·kv + 4·i)`` B — what autograd saves: two norm inputs and outputs, q, k, v, the
-  attention output, and the four i-wide SwiGLU tensors (gate, up, silu(gate), product). It is the
-  Korthikanti et al. (2022) ``34·h`` count redone for SwiGLU/GQA without dropout (41·h for
-  Llama-3.1-8B). Without fused attention their ``5·a·s`` B of score matrices is added. With
-  gradient checkpointing only each layer's input (``2·h`` B) stays, plus one layer recomputed;
-- logits: ``b·s·V·4`` B, the fp32 logits cross-entropy works on;
+  gradient (4) + AdamW moments (2·4). Full, mixed precision: bf16 weight (2) + bf16 gradient (2) +
+  fp32 master weight (4) + AdamW moments (8) — the ZeRO paper's 16·P (fp32 training: 4+4+8);
+- activations ``b·s·(L·layer + adapters + 6·h)`` without checkpointing, ``b·s·(L·2·h + layer +
+  adapters/L + 6·h)`` with it (layer inputs kept, one layer recomputed) — see ``activations``;
+- logits: ``b·s·V·14`` B at the loss's peak (see ``activations``);
 - ``TRAINING_OVERHEAD_GIB`` = 1.5 GiB per GPU (CUDA context, cuBLAS and NCCL workspaces), and
   only ``TRAINING_USABLE_FRACTION`` = 95 % of the memory is planned, for allocator fragmentation.
+
+The parts are added although the loss's peak and a checkpointed layer's recomputation happen at
+different times: with checkpointing the plan is a few GiB conservative (Llama-3.1-8B LoRA, batch
+8 × 2,048: 51.7 GiB planned before overhead, 47.1 GiB measured peak on an H100).
 
 When one GPU is not enough, weights and trainable state are sharded FSDP/ZeRO-3 style over N GPUs
 (each also holds two gathered layers); activations do not shrink, ``batch_size`` is per GPU.
@@ -29,6 +28,14 @@ from typing import Literal
 
 from pydantic import Field
 
+from .activations import (
+    LOGITS_BYTES,
+    adapter_input_bytes_per_token,
+    layer_activation_bytes,
+    linear_shapes,
+    lora_parameters,
+    lora_targets,
+)
 from .errors import PlanningError
 from .estimate import count_parameters
 from .gpus import GpuProduct
@@ -40,11 +47,9 @@ TRAINING_OVERHEAD_GIB = 1.5
 TRAINING_USABLE_FRACTION = 0.95
 LORA_STATE_BYTES = 16  # fp32 adapter + fp32 grad + two fp32 AdamW moments
 FULL_TOTAL_BYTES = 16  # bf16 weight + bf16 grad + fp32 master + two fp32 AdamW moments (ZeRO paper)
-LOGITS_BYTES = 4
 DEFAULT_MAX_NODES = 8
 
 Method = Literal["lora", "qlora", "full"]
-_ALIASES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj", "fc1": "up_proj", "fc2": "down_proj"}
 
 
 class TrainingPlan(PlanModel):
@@ -74,81 +79,6 @@ class TrainingPlan(PlanModel):
     fits: bool = Field(description="Whether the job fits within the allowed GPUs.")
     reason: str = Field(default="", description="Why it does not fit; empty when it fits.")
     summary: str = Field(description="One line for humans.")
-
-
-def linear_shapes(shape: ModelShape) -> dict[str, list[tuple[int, int, int]]]:
-    """Linear layers by PEFT module name → (in_features, out_features, how many in the model)."""
-    h, layers, a = shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads
-    out: dict[str, list[tuple[int, int, int]]] = {}
-    if shape.uses_mla:
-        rank, rope = shape.kv_lora_rank or 0, shape.qk_rope_head_dim
-        q_dim = a * (shape.qk_nope_head_dim + rope)
-        v_dim = shape.v_head_dim or shape.head_dim
-        if shape.q_lora_rank:
-            out["q_a_proj"] = [(h, shape.q_lora_rank, layers)]
-            out["q_b_proj"] = [(shape.q_lora_rank, q_dim, layers)]
-        else:
-            out["q_proj"] = [(h, q_dim, layers)]
-        out["kv_a_proj_with_mqa"] = [(h, rank + rope, layers)]
-        out["kv_b_proj"] = [(rank, a * (shape.qk_nope_head_dim + v_dim), layers)]
-        out["o_proj"] = [(a * v_dim, h, layers)]
-    else:
-        q_dim, kv_dim = a * shape.head_dim, shape.num_key_value_heads * shape.head_dim
-        out |= {
-            "q_proj": [(h, q_dim, layers)],
-            "k_proj": [(h, kv_dim, layers)],
-            "v_proj": [(h, kv_dim, layers)],
-            "o_proj": [(q_dim, h, layers)],
-        }
-    mlps = [(shape.intermediate_size, layers - shape.num_moe_layers)]
-    if shape.is_moe:
-        mlps += [(shape.moe_intermediate_size, shape.num_moe_layers * shape.num_experts)]
-        mlps += [(shape.shared_expert_intermediate_size, shape.num_moe_layers)]
-    for width, count in mlps:
-        if width and count:
-            if shape.gated_mlp:
-                out.setdefault("gate_proj", []).append((h, width, count))
-            out.setdefault("up_proj", []).append((h, width, count))
-            out.setdefault("down_proj", []).append((width, h, count))
-    return out
-
-
-def lora_parameters(shape: ModelShape, rank: int, target_modules: list[str] | None = None) -> int:
-    """LoRA parameters: ``rank · (in + out)`` per targeted matrix (A is r×in, B is out×r).
-
-    ``target_modules`` None or ``["all-linear"]`` targets every linear layer of the decoder blocks
-    (PEFT's all-linear, minus MoE routers); Mixtral's w1/w2/w3 name gate/down/up.
-    """
-    shapes = linear_shapes(shape)
-    names = set(shapes) if not target_modules or target_modules == ["all-linear"] else set()
-    for name in target_modules or []:
-        if name == "all-linear":
-            continue
-        canonical = _ALIASES.get(name, name)
-        if canonical not in shapes:
-            raise PlanningError(
-                f"unknown LoRA target module {name!r} for {shape.name}; use all-linear or {', '.join(sorted(shapes))}"
-            )
-        names.add(canonical)
-    return sum(rank * (i + o) * n for name in names for i, o, n in shapes[name])
-
-
-def activation_bytes_per_token_per_layer(shape: ModelShape, seq_len: int, fused_attention: bool = True) -> int:
-    """16-bit activations autograd keeps per token per layer (see the module docstring)."""
-    h, q = shape.hidden_size, shape.num_attention_heads * (shape.v_head_dim or shape.head_dim)
-    kv = 2 * shape.num_key_value_heads * shape.head_dim
-    if shape.uses_mla:
-        kv = 2 * shape.num_attention_heads * (shape.qk_nope_head_dim + shape.qk_rope_head_dim)
-    mlp_mats = 4 if shape.gated_mlp else 2
-    if shape.is_moe:
-        # Each token is copied to top-k experts; shared experts see every token.
-        mlp = shape.num_experts_per_tok * (h + 4 * shape.moe_intermediate_size)
-        mlp += 4 * shape.shared_expert_intermediate_size
-    else:
-        mlp = mlp_mats * shape.intermediate_size
-    elements = 4 * h + 2 * q + kv + mlp
-    scores = 0 if fused_attention else 5 * shape.num_attention_heads * seq_len
-    return 2 * elements + scores
 
 
 def plan_training(
@@ -192,7 +122,7 @@ def plan_training(
     params = count_parameters(shape)
     if method == "qlora":
         nf4 = bnb_4bit(double_quant=True)
-        largest = max(i * o for mats in linear_shapes(shape).values() for i, o, _ in mats)
+        largest = max(i * o for mats in linear_shapes(shape).values() for i, o, _, _ in mats)
         weights = round(params.linear * nf4.bytes_per_weight) + (params.total - params.linear) * act
         dequant_buffer = largest * act
         weight_format = "nf4 double-quant"
@@ -207,10 +137,20 @@ def plan_training(
 
     tokens = batch_size * max_seq_length
     h, layers = shape.hidden_size, shape.num_hidden_layers
-    per_layer = activation_bytes_per_token_per_layer(shape, max_seq_length, fused_attention)
-    head = 4 * h  # final norm and lm_head inputs
-    act_full = tokens * (layers * per_layer + head)
-    act_ckpt = tokens * (layers * 2 * h + per_layer + head)
+    scale = act // 2  # the 16-bit counts double in fp32 training
+    per_layer = scale * layer_activation_bytes(
+        shape,
+        trainable_base=method == "full",
+        quantized_base=method == "qlora",
+        seq_len=max_seq_length,
+        fused_attention=fused_attention,
+    )
+    adapters = 0
+    if method != "full" and dtype != "float32":  # fp32 input copies for the fp32 adapters
+        adapters = adapter_input_bytes_per_token(shape, lora_targets(shape, target_modules))
+    head = scale * 6 * h  # final norm's fp32 input and lm_head's input
+    act_full = tokens * (layers * per_layer + adapters + head)
+    act_ckpt = tokens * (layers * scale * 2 * h + per_layer + adapters // layers + head)
     activations = act_ckpt if gradient_checkpointing else act_full
     logits = tokens * shape.vocab_size * LOGITS_BYTES
     overhead = int(TRAINING_OVERHEAD_GIB * GIB) + dequant_buffer

@@ -71,6 +71,15 @@ def failure_reason(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str
     return _JOB_REASONS.get(failed.get("reason", ""), Reason.TRAINING_ERROR), failed.get("message", "the Job failed")
 
 
+def _unschedulable(pods: list[dict[str, Any]]) -> str | None:
+    """The scheduler's explanation when the training pod cannot be placed (e.g. unbound PVC, no GPU)."""
+    for pod in pods:
+        cond = c.get_condition((pod.get("status") or {}).get("conditions"), "PodScheduled")
+        if cond and cond.get("status") == "False" and cond.get("message"):
+            return str(cond["message"])
+    return None
+
+
 def _running(pods: list[dict[str, Any]]) -> bool:
     return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
 
@@ -117,6 +126,8 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
         if obs.warnings:
             reason, warning = obs.warnings[0]
             message = f"{message}; {warning}"
+        if unschedulable := _unschedulable(obs.pods):
+            message = f"{message}; scheduler: {unschedulable}"
         conds = set_condition(conds, c.COMPLETE, False, reason, message, gen)
     if phase in {"Running", "Succeeded", "Failed"} and job is not None:
         start = (job.get("status") or {}).get("startTime") or prev.get("startTime")

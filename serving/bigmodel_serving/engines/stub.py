@@ -32,9 +32,8 @@ class StubEngine:
         return "\n".join([*lines, "assistant:"])
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        """One token per whitespace-separated word (at least one), ids from the word length."""
-        words = text.split() or [""]
-        return [len(word) for word in words]
+        """One token per whitespace-separated word, ids from the word length."""
+        return [len(word) for word in text.split()]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         offset = (request.sampling.seed or 0) + (1 if request.adapter else 0)

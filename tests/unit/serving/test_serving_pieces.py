@@ -93,3 +93,20 @@ def test_request_log_off_or_unredactable(tmp_path: Path, monkeypatch: pytest.Mon
     assert RequestLogger.from_args(args) is None  # never written unredacted by accident
     plain = RequestLogger.from_args(RequestLogArgs(enabled=True, path=str(tmp_path / "log.jsonl"), redact_pii=False))
     assert plain is not None and plain.redactor is None
+
+
+@pytest.mark.anyio
+async def test_regressions_found_by_schemathesis() -> None:
+    """An empty prompt is a 400 (not an engine crash); a denormal temperature means greedy."""
+    from bigmodel_serving.args import parse_serve_args
+    from bigmodel_serving.engines.stub import StubEngineFactory
+    from bigmodel_serving.validation import ModelCatalog, prepare_completion
+
+    args = parse_serve_args({"model": {"uri": "file:///m", "served_name": "m"}, "engine": "transformers"})
+    engine = StubEngineFactory()(args)
+    catalog = ModelCatalog(base="m", adapters=(), max_model_len=32, max_n=2)
+    with pytest.raises(APIError) as error:
+        await prepare_completion(b'{"model": "m", "prompt": ""}', engine, catalog)
+    assert (error.value.status, error.value.param) == (400, "prompt")
+    prepared = await prepare_completion(b'{"model": "m", "prompt": "x", "temperature": 5e-324}', engine, catalog)
+    assert prepared.sampling.temperature == 0.0

@@ -1,0 +1,106 @@
+"""Markdown for `bench.py` results, and replacing only our section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TARGET_P50_MS, TARGET_P99_MS, TARGET_REJECT_MS = 2.0, 10.0, 50.0
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:g}"
+
+
+def _check(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(cell) if isinstance(cell, float) else str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _mode_section(run: dict[str, Any]) -> list[str]:
+    env = " ".join(f"{key}={value}" for key, value in run["env"].items()) or "(Ray defaults)"
+    lines = [f"### Mode `{run['mode']}`: {env}", ""]
+    if "failed" in run:
+        return [*lines, f"The run failed (exit code {run['failed']}); see the console output.", ""]
+    http, direct = run["http"], run["direct"]
+    seq = http["sequential"]
+    floor, app, models = seq["floor"], seq["app_completion"], seq["app_models"]
+    extra_p50 = round(app["latency_p50_ms"] - floor["latency_p50_ms"], 2)
+    extra_p99 = round(app["latency_p99_ms"] - floor["latency_p99_ms"], 2)
+    lines += ["Sequential requests (concurrency 1, 300 each): the path overhead.", ""]
+    lines += _table(
+        ["request", "p50 ms", "p99 ms", "errors"],
+        [
+            ["(b) floor: bare Serve deployment, constant body", floor["latency_p50_ms"], floor["latency_p99_ms"], floor["errors"]],
+            ["(c) our app, stub engine, completion max_tokens=1", app["latency_p50_ms"], app["latency_p99_ms"], app["errors"]],
+            ["(c) our app, GET /v1/models", models["latency_p50_ms"], models["latency_p99_ms"], models["errors"]],
+            ["**added by our app** (completion - floor)", extra_p50, extra_p99, ""],
+        ],
+    )
+    lines += ["", f"Target <= {TARGET_P50_MS:g} ms p50: {_check(extra_p50 <= TARGET_P50_MS)}; "
+              f"<= {TARGET_P99_MS:g} ms p99: {_check(extra_p99 <= TARGET_P99_MS)}.", ""]
+    rows = []
+    for concurrency, pair in http["concurrent"].items():
+        for name, stats in pair.items():
+            rows.append([concurrency, name, stats["requests"], stats["rps"], stats["latency_p50_ms"],
+                         stats["latency_p99_ms"], stats["errors"]])
+    lines += ["Throughput (non-streaming; `app_completion` = stub engine, 1 token):", ""]
+    lines += _table(["concurrency", "target", "requests", "req/s", "p50 ms", "p99 ms", "non-200"], rows)
+    lines += ["", "Streaming, 16 tokens: (a) engine in-process vs (c) over HTTP. "
+              "Stub engine: TTFT 20 ms, 5 ms per token by construction.", ""]
+    rows = []
+    for engine, key in (("stub", "stream_stub"), ("tiny", "stream_tiny")):
+        for concurrency in http[key]:
+            a, c = direct[engine][str(concurrency)], http[key][concurrency]
+            rows.append([engine, concurrency, a["ttft_p50_ms"], c["ttft_p50_ms"], a["ttft_p99_ms"], c["ttft_p99_ms"],
+                         a["itl_p50_ms"], c["itl_p50_ms"], a["itl_p99_ms"], c["itl_p99_ms"], c["rps"], c["errors"]])
+    lines += _table(
+        ["engine", "conc.", "TTFT p50 (a)", "TTFT p50 (c)", "TTFT p99 (a)", "TTFT p99 (c)", "ITL p50 (a)",
+         "ITL p50 (c)", "ITL p99 (a)", "ITL p99 (c)", "req/s (c)", "non-200 (c)"],
+        rows,
+    )
+    over = http["overload"]
+    reject_ok = not math.isnan(over["reject_max_ms"]) and over["reject_max_ms"] <= TARGET_REJECT_MS
+    lines += ["", f"Overload (1 generating + 1 queued per replica, 3 s per request, 12 in flight, 20 probes): "
+              f"{over['rejected']}/{over['probes']} rejected with {over['statuses']}, Retry-After {over['retry_after']}, "
+              f"answered in p50 {_fmt(over['reject_p50_ms'])} ms, max {_fmt(over['reject_max_ms'])} ms "
+              f"(target <= {TARGET_REJECT_MS:g} ms: {_check(reject_ok)}).", ""]
+    below = sum(stats["errors"] for pair in http["concurrent"].values() for stats in pair.values())
+    below += sum(stats["errors"] for key in ("stream_stub", "stream_tiny") for stats in http[key].values())
+    lines += [f"Errors below saturation: {below} (target 0: {_check(below == 0)}). Run took {run['seconds']} s.", ""]
+    return lines
+
+
+def render_section(runs: list[dict[str, Any]], *, machine: str, date: str) -> str:
+    lines = [
+        "## Serving path",
+        "",
+        f"Measured {date} on {machine} with `python -m bigmodel_serving.bench` (`make bench`).",
+        "Client, Ray proxy and replicas share the same cores over loopback, so absolute numbers are",
+        "pessimistic; the floor and our app are measured in the same run, with the same client.",
+        "",
+    ]
+    for run in runs:
+        lines += _mode_section(run)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Put `section` in place of the `heading` section of `path` (or append it); keep the rest."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        new_text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new_text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new_text)

@@ -1,0 +1,116 @@
+"""FineTuneJob end to end on the real control plane: Job on a fake GPU node, KWOK finishes the pod."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .conftest import GROUP, VERSION, condition, load_example
+
+pytestmark = pytest.mark.usefixtures("operator_process")
+
+
+def _ftj(name: str = "tune", **annotations: str) -> dict[str, Any]:
+    body = load_example("finetunejob-lora.yaml")
+    body["metadata"] = {"name": name, "annotations": annotations} if annotations else {"name": name}
+    spec = body["spec"]
+    # file:// paths inside the trainer image: the test cluster has no storage provisioner for PVCs.
+    spec["baseModel"] = {"uri": "file:///models/llama-8b"}
+    spec["dataset"]["uri"] = "file:///data/chats.jsonl"
+    spec["output"]["uri"] = "file:///output/tune"
+    spec.pop("deployTo")
+    spec.pop("credentials")
+    return body
+
+
+def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", name)
+    return obj
+
+
+def _batch(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.BatchV1Api(api_client)
+
+
+def _job(api_client: Any, namespace: str, name: str) -> Any:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return _batch(api_client).read_namespaced_job(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def test_job_runs_on_gpu_node_and_succeeds(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    from kubernetes import client
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", _ftj())
+    job = wait_until(lambda: _job(api_client, namespace, "tune-train"), timeout=30)
+    container = job.spec.template.spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.command[-1] == "/etc/bigmodel/trainer/config.json"
+    core = client.CoreV1Api(api_client)
+    assert core.read_namespaced_config_map("tune-trainer-config", namespace).data["config.json"]
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    role = rbac.read_namespaced_role("tune-trainer", namespace)
+    assert role.rules[0].resource_names == ["tune"]
+
+    def pod_node() -> Any:
+        pods = core.list_namespaced_pod(namespace, label_selector="bigmodel.io/finetunejob=tune").items
+        return pods and pods[0].spec.node_name
+
+    assert wait_until(pod_node, timeout=60) == "gpu-h100-0"
+    done = wait_until(lambda: (f := _get(custom, namespace, "tune")) and f.get("status", {}).get("phase") == "Succeeded"
+                      and f, timeout=90)
+    status = done["status"]
+    assert status["completionTime"] and status["startTime"] and status["adapterUri"] == "file:///output/tune"
+    assert condition(done, "Complete")["status"] == "True"
+    assert status["plan"]["gpusNeeded"] == 1 if "plan" in status else True
+
+
+def test_failing_pod_fails_the_job_with_its_reason(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    body = _ftj("broken", **{"bigmodel.io/kwok-fail": "true"})
+    body["spec"]["backoffLimit"] = 0
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    failed = wait_until(lambda: (f := _get(custom, namespace, "broken")) and f.get("status", {}).get("phase") == "Failed"
+                        and f, timeout=90)
+    cond = condition(failed, "Failed")
+    assert cond["status"] == "True"
+    assert cond["reason"] == "TrainingError" and "exited with code 1" in cond["message"]
+
+
+def test_progress_reported_by_trainer_is_kept(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """The trainer patches status.progress; the operator's own status writes never overwrite it."""
+    body = _ftj("slow")
+    body["spec"]["resources"]["gpu"]["product"] = "NVIDIA-H200"  # no such node: stays Pending
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    pending = wait_until(lambda: (f := _get(custom, namespace, "slow")) and f.get("status", {}).get("phase") == "Pending"
+                         and condition(f, "Complete").get("reason") == "NoMatchingGPUNodes" and f, timeout=30)
+    assert "NVIDIA-H200" in condition(pending, "Complete")["message"]
+    progress = {"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50, "loss": 1.5}}}
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "finetunejobs", "slow", progress)
+    import time
+
+    time.sleep(5)
+    assert _get(custom, namespace, "slow")["status"]["progress"]["percent"] == 50
+
+
+def test_delete_removes_job_through_gc(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", _ftj("gone"))
+    wait_until(lambda: _job(api_client, namespace, "gone-train"), timeout=30)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "gone")
+    wait_until(lambda: _job(api_client, namespace, "gone-train") is None, timeout=60, what="Job GC")
