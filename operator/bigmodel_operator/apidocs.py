@@ -7,8 +7,12 @@ from typing import Any
 from bigmodel_operator.crdgen import ALL_CRDS, CrdInfo, crd
 
 _CONSTRAINTS = (
-    ("minimum", ">= {}"), ("maximum", "<= {}"), ("minLength", "min length {}"), ("maxLength", "max length {}"),
-    ("maxItems", "max {} items"), ("pattern", "pattern `{}`"),
+    ("minimum", ">= {}"),
+    ("maximum", "<= {}"),
+    ("minLength", "min length {}"),
+    ("maxLength", "max length {}"),
+    ("maxItems", "max {} items"),
+    ("pattern", "pattern `{}`"),
 )
 
 
@@ -29,12 +33,12 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
     for key, fmt in _CONSTRAINTS:
         if key in node and not (key == "maxLength" and node[key] == 4096):
-            value = node[key]
+            text = fmt
             if key == "minimum" and node.get("exclusiveMinimum"):
-                fmt = "> {}"
+                text = "> {}"
             if key == "maximum" and node.get("exclusiveMaximum"):
-                fmt = "< {}"
-            parts.append(fmt.format(value))
+                text = "< {}"
+            parts.append(text.format(node[key]))
     return "; ".join(parts)
 
 
@@ -60,11 +64,21 @@ def _rows(node: dict[str, Any], path: str, required: bool, out: list[str]) -> No
 
 def render_kind(info: CrdInfo) -> str:
     schema = crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    lines = [f"## {info.kind}", "", info.description, "",
-             f"`kubectl get {info.plural}` (short name `{info.short_names[0]}`).", ""]
+    lines = [
+        f"## {info.kind}",
+        "",
+        info.description,
+        "",
+        f"`kubectl get {info.plural}` (short name `{info.short_names[0]}`).",
+        "",
+    ]
     for part in ("spec", "status"):
-        lines += [f"### {info.kind}.{part}", "", "| field | type | required | description | constraints |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"### {info.kind}.{part}",
+            "",
+            "| field | type | required | description | constraints |",
+            "|---|---|---|---|---|",
+        ]
         _rows(schema["properties"][part], "", False, lines)
         lines.append("")
     rules = [r["message"] for r in schema.get("x-kubernetes-validations", [])]

@@ -16,9 +16,7 @@ def _cmd_version(_: argparse.Namespace) -> int:
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
-    from bigmodel_operator import crdgen
-
-    from bigmodel_operator import apidocs
+    from bigmodel_operator import apidocs, crdgen
 
     docs = Path(args.docs) if args.docs else None
     if args.check:

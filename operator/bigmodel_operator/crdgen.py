@@ -215,7 +215,9 @@ BIGMODEL = CrdInfo(
     root_rules=[
         {
             "rule": "self.metadata.name.size() <= 40",
-            "message": "metadata.name must be at most 40 characters: the RayService and its pods derive their names from it",
+            "message": (
+                "metadata.name must be at most 40 characters: the RayService and its pods derive their names from it"
+            ),
         }
     ],
     scale={

@@ -60,7 +60,7 @@ class Operator:
                 self.trigger(kind, namespace, name)
 
 
-def _op(memo: kopf.Memo) -> Operator:
+def _op(memo: Any) -> Operator:
     operator: Operator = memo["operator"]
     return operator
 
@@ -98,8 +98,8 @@ async def _resync(operator: Operator) -> None:
         operator.trigger_all("FineTuneJob")
 
 
-def _track(operator: Operator, event: dict[str, Any]) -> dict[str, Any] | None:
-    body: dict[str, Any] | None = event.get("object")
+def _track(operator: Operator, event: kopf.RawEvent) -> dict[str, Any] | None:
+    body: dict[str, Any] | None = dict(event["object"]) if event.get("object") else None
     if not body:
         return None
     meta = body["metadata"]
@@ -112,7 +112,7 @@ def _track(operator: Operator, event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @kopf.on.event(GROUP, VERSION, "bigmodels")
-async def bigmodel_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def bigmodel_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     operator = _op(memo)
     body = _track(operator, event)
     if body:
@@ -120,7 +120,7 @@ async def bigmodel_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> No
 
 
 @kopf.on.event(GROUP, VERSION, "finetunejobs")
-async def finetunejob_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def finetunejob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     operator = _op(memo)
     body = _track(operator, event)
     if body:
@@ -131,9 +131,9 @@ def _owner_from_labels(body: dict[str, Any], label: str) -> str | None:
     return ((body.get("metadata") or {}).get("labels") or {}).get(label)
 
 
-async def _child_event(event: dict[str, Any], memo: kopf.Memo, owner_label: str, owner_kind: str) -> None:
+async def _child_event(event: kopf.RawEvent, memo: Any, owner_label: str, owner_kind: str) -> None:
     operator = _op(memo)
-    body = event.get("object") or {}
+    body: dict[str, Any] = dict(event.get("object") or {})
     owner = _owner_from_labels(body, owner_label)
     if not owner:
         return
@@ -142,29 +142,29 @@ async def _child_event(event: dict[str, Any], memo: kopf.Memo, owner_label: str,
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
-async def rayservice_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def rayservice_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
 
 
 @kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
-async def ingress_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def ingress_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
 
 
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
-async def trainer_pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def trainer_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
 
 
 @kopf.on.event("", "v1", "nodes", labels={GPU_PRODUCT_LABEL: kopf.PRESENT})
-async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def node_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     operator = _op(memo)
-    body = event.get("object") or {}
+    body: dict[str, Any] = dict(event.get("object") or {})
     name = body.get("metadata", {}).get("name")
     if not name:
         return

@@ -137,7 +137,12 @@ class Kube:
             await self._session.close()
 
     async def request(
-        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
         params: dict[str, str] | None = None,
     ) -> dict[str, Any] | None:
         """One API call; returns the decoded body, None for 404 on GET/DELETE; raises ApiError otherwise."""
@@ -184,9 +189,7 @@ class Kube:
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the status subresource."""
         path = path_of(kind, namespace, name, "status")
-        result = await self.request(
-            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
-        )
+        result = await self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
         return result or {}
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:

@@ -22,7 +22,11 @@ def local_serve_args(manifest: dict[str, Any]) -> dict[str, Any]:
     config = load_config()
     place = placement(spec, None)
     args = render_serve_args(name, spec, place, Mounts(root=config.model_mount_root), config)
-    args["scaling"] = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": args["scaling"]["target_ongoing_requests"]}
+    args["scaling"] = {
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "target_ongoing_requests": args["scaling"]["target_ongoing_requests"],
+    }
     args["replica_resources"] = {"num_gpus": 0, "num_cpus": 1}
     if spec.auth and spec.auth.api_keys_secret_ref:
         # No Secret volume on a laptop: serve without auth and say so.
@@ -48,7 +52,9 @@ def serve_manifest(path: Path, *, host: str, port: int) -> int:
         )
         return 2
     if args["engine"] == "vllm":
-        print("bigmodel: note: the vllm engine needs a CUDA GPU; use runtime.engine: transformers on CPU", file=sys.stderr)
+        print(
+            "bigmodel: note: the vllm engine needs a CUDA GPU; use runtime.engine: transformers on CPU", file=sys.stderr
+        )
     from bigmodel_serving.local import run_local
 
     run_local(args, host=host, port=port, block=True)

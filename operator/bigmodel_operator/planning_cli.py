@@ -14,6 +14,7 @@ from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import load_config
+from bigmodel_operator.planning import ServingPlan, TrainingPlan
 from bigmodel_operator.reconcile.model_source import ModelConfigResult
 from bigmodel_operator.reconcile.plan_glue import serving_plan, training_plan
 
@@ -38,6 +39,7 @@ def plan_command(path: Path, *, config_json: str | None, output: str) -> int:
         if not doc:
             continue
         name = doc.get("metadata", {}).get("name", "?")
+        plan: ServingPlan | TrainingPlan | None
         source = _model_config(doc, config_json)
         try:
             if doc.get("kind") == "BigModel":

@@ -91,11 +91,16 @@ def apiserver_url(state: dict) -> str:
     return f"https://127.0.0.1:{state['ports']['kube-apiserver']}"
 
 
-def _healthy(state: dict) -> bool:
-    if not all(proc.alive(p) for p in state["processes"].values()):
-        return False
-    code, _ = proc.http_get(apiserver_url(state) + "/readyz", _admin_tls())
-    return code == 200
+def _healthy(state: dict, patience: float = 0) -> bool:
+    """All recorded processes alive and the apiserver ready (within `patience` seconds)."""
+    deadline = time.monotonic() + patience
+    while all(proc.alive(p) for p in state["processes"].values()):
+        if proc.http_get(apiserver_url(state) + "/readyz", _admin_tls())[0] == 200:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return False
 
 
 # ---------------------------------------------------------------- state
@@ -261,7 +266,14 @@ def cmd_up(_: argparse.Namespace) -> int:
     t_build = time.monotonic() - t0
     port = int(os.environ.get("BIGMODEL_CLUSTER_PORT", DEFAULT_PORT))
     state = load_state()
-    reused = state is not None and state["ports"]["kube-apiserver"] == port and _healthy(state)
+    running = state is not None and all(proc.alive(p) for p in state["processes"].values())
+    if running and state is not None and state["ports"]["kube-apiserver"] != port:
+        raise SystemExit(
+            f"a cluster from this checkout is running on port {state['ports']['kube-apiserver']}; "
+            "`devcluster.py down` it first to move it"
+        )
+    # Others may be using a running cluster: give a busy apiserver time before restarting it.
+    reused = state is not None and _healthy(state, patience=60 if running else 0)
     if not reused:
         if state is not None:
             log("found a stale or unhealthy cluster; restarting it")

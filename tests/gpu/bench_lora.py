@@ -54,10 +54,10 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 # case → (shape, mode, options). Batch = examples (baseline) or 2,048-token rows (ours).
 CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "1b-baseline": ("1b", "baseline", {"batch": 8}),
-    "1b-ours": ("1b", "ours", {"batch": 8}),
-    "8b-baseline": ("8b", "baseline", {"batch": 8}),
     "8b-ours": ("8b", "ours", {"batch": 4}),
+    "8b-baseline": ("8b", "baseline", {"batch": 8}),
+    "1b-ours": ("1b", "ours", {"batch": 8}),
+    "1b-baseline": ("1b", "baseline", {"batch": 8}),
     "8b-ours-eager": ("8b", "ours", {"batch": 4, "compile": False}),
     "8b-ours-flex": ("8b", "ours", {"batch": 4, "attention": "flex_attention"}),
 }
@@ -231,8 +231,10 @@ def _result(model: Any, marks: list[tuple[float, int]], lengths: list[int], devi
     }
 
 
-def run_case(name: str, steps: int, device: str) -> dict[str, Any]:
+def run_case(name: str, steps: int, device: str, batch: int | None = None) -> dict[str, Any]:
     shape, mode, options = CASES[name]
+    if batch is not None and batch != options["batch"]:  # an OOM retry: same tokens per optimizer step
+        options = {**options, "accumulation": options["batch"] // batch, "batch": batch}
     if device == "cpu":
         shape = "tiny"
     runner = run_ours if mode == "ours" else run_baseline
@@ -248,10 +250,11 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--json", help="(internal) write one case's result here")
+    parser.add_argument("--batch", type=int, help="(internal) override the case's micro-batch")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if args.json:  # child process: exactly one case
-        result = run_case(args.case[0], args.steps, device)
+        result = run_case(args.case[0], args.steps, device, args.batch)
         Path(args.json).write_text(json.dumps(result))
         return 0
     names = list(CASES) if args.all else (args.case or [])
@@ -261,9 +264,12 @@ def main() -> int:
 
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
     results = []
-    for name in names:
+    queue = [(name, CASES[name][2]["batch"]) for name in names]
+    while queue:
+        name, batch = queue.pop(0)
         target = Path(args.out) / f"bench-{name}.json"
         command = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--json", str(target)]
+        command += ["--batch", str(batch)]
         started = time.time()
         try:
             proc = subprocess.run(
@@ -274,6 +280,10 @@ def main() -> int:
         except subprocess.TimeoutExpired as exc:
             output, code = f"{exc.stdout or ''}{exc.stderr or ''} TIMEOUT", -1
         (Path(args.out) / f"bench-{name}.log").write_text(str(output)[-200_000:])
+        if code != 0 and "OutOfMemoryError" in str(output) and batch > 1 and CASES[name][1] == "ours":
+            print(f"{name}: out of memory with micro-batch {batch}; retrying with {batch // 2}", flush=True)
+            queue.insert(0, (name, batch // 2))
+            continue
         if code != 0 or not target.is_file():
             tail = str(output)[-3000:]
             print(f"{name}: FAILED ({code}) after {time.time() - started:.0f}s\n{tail}", flush=True)

@@ -111,9 +111,7 @@ class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
-    operator: Literal["Exists", "Equal"] | None = Field(
-        default=None, description="Exists or Equal (default Equal)."
-    )
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
     value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
@@ -128,13 +126,9 @@ class Condition(ApiModel):
 
     type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(
-        default="", max_length=1024, description="CamelCase reason for the last transition."
-    )
+    reason: str = Field(default="", max_length=1024, description="CamelCase reason for the last transition.")
     message: str = Field(default="", max_length=32768, description="Human-readable details.")
-    last_transition_time: datetime | None = Field(
-        default=None, description="When the status last changed."
-    )
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed.")
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation this condition was computed from."
     )

@@ -19,7 +19,9 @@ from bigmodel_operator.api.base import (
 )
 from bigmodel_operator.planning import ServingPlan
 
-MODEL_URI_PATTERN = r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
+MODEL_URI_PATTERN = (
+    r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
+)
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
 
 
@@ -89,8 +91,8 @@ class EngineSpec(ApiModel):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = Field(
         default=None, description="Weight and activation dtype (default auto: the model's own)."
     )
-    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "marlin"] | None = (
-        Field(default=None, description="Weight quantization method (default: from the model's config).")
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "marlin"] | None = Field(
+        default=None, description="Weight quantization method (default: from the model's config)."
     )
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
         default=None, description="KV cache dtype (default auto: same as the model)."
@@ -117,7 +119,7 @@ class EngineSpec(ApiModel):
         default=None,
         max_length=64,
         description=(
-            "Further vLLM CLI arguments, e.g. [\"--swap-space\", \"4\"]. Arguments that duplicate a "
+            'Further vLLM CLI arguments, e.g. ["--swap-space", "4"]. Arguments that duplicate a '
             "typed field are refused with reason InvalidEngineArgs."
         ),
     )
@@ -155,9 +157,7 @@ class ScalingSpec(ApiModel):
     min_replicas: int | None = Field(
         default=None, ge=0, le=1000, description="Autoscaling lower bound (0 allows scale to zero)."
     )
-    max_replicas: int | None = Field(
-        default=None, ge=1, le=1000, description="Autoscaling upper bound."
-    )
+    max_replicas: int | None = Field(default=None, ge=1, le=1000, description="Autoscaling upper bound.")
     target_ongoing_requests: float | None = Field(
         default=None,
         gt=0,
@@ -180,7 +180,9 @@ class AdapterSpec(ApiModel):
 class IngressSpec(ApiModel):
     """An Ingress in front of the OpenAI endpoint."""
 
-    model_config = ConfigDict(json_schema_extra=cel("!has(self.tlsSecretName) || has(self.host)", "tlsSecretName needs host"))
+    model_config = ConfigDict(
+        json_schema_extra=cel("!has(self.tlsSecretName) || has(self.host)", "tlsSecretName needs host")
+    )
 
     host: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="Host name, e.g. llm.example.com."

@@ -41,9 +41,7 @@ class BaseModelSpec(ApiModel):
         default=None, max_length=2048, pattern=MODEL_URI_PATTERN, description="Model location (as BigModel)."
     )
     revision: str | None = Field(default=None, max_length=256, description="Hub revision for hf:// models.")
-    big_model_ref: BigModelRef | None = Field(
-        default=None, description="Fine-tune the model this BigModel serves."
-    )
+    big_model_ref: BigModelRef | None = Field(default=None, description="Fine-tune the model this BigModel serves.")
     config: dict[str, Any] | None = Field(
         default=None, description="The model's config.json inline, for the training memory plan."
     )
@@ -59,8 +57,8 @@ class DatasetSpec(ApiModel):
     )
     format: Literal["chat", "instruction", "completion"] = Field(
         description=(
-            "chat: {\"messages\": [{\"role\", \"content\"}...]}; instruction: {\"instruction\", "
-            "\"input\", \"output\"}; completion: {\"prompt\", \"completion\"}."
+            'chat: {"messages": [{"role", "content"}...]}; instruction: {"instruction", '
+            '"input", "output"}; completion: {"prompt", "completion"}.'
         )
     )
     validation_split: float | None = Field(

@@ -20,9 +20,7 @@ def build_ingress(body: dict[str, Any], spec: BigModelSpec, config: OperatorConf
     prefix = (ingress.path or "/").rstrip("/")
     backend = {"service": {"name": naming.serve_service_name(name), "port": {"number": config.serve_port}}}
     rule: dict[str, Any] = {
-        "http": {
-            "paths": [{"path": f"{prefix}{p}", "pathType": "Prefix", "backend": backend} for p in EXPOSED_PATHS]
-        }
+        "http": {"paths": [{"path": f"{prefix}{p}", "pathType": "Prefix", "backend": backend} for p in EXPOSED_PATHS]}
     }
     if ingress.host:
         rule["host"] = ingress.host

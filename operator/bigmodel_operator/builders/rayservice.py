@@ -61,9 +61,7 @@ def _worker_pod_spec(
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
-        env.append(
-            {"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}}
-        )
+        env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}})
     keys = spec.auth.api_keys_secret_ref if spec.auth else None
     if keys:
         volumes.append(
@@ -178,7 +176,7 @@ def build_rayservice(
             ],
         },
     }
-    desired = {
+    desired: dict[str, Any] = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {

@@ -139,9 +139,7 @@ def _pod_metadata(body: dict[str, Any]) -> dict[str, Any]:
     """The FineTuneJob's own labels and annotations (at creation) plus ours, for the training pod."""
     meta = body["metadata"]
     labels = {**(meta.get("labels") or {}), **naming.labels(naming.LABEL_FINETUNEJOB, meta["name"], "trainer")}
-    annotations = {
-        k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_SKIPPED_ANNOTATIONS)
-    }
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_SKIPPED_ANNOTATIONS)}
     out: dict[str, Any] = {"labels": labels}
     if annotations:
         out["annotations"] = annotations
@@ -149,7 +147,11 @@ def _pod_metadata(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_job(
-    body: dict[str, Any], spec: FineTuneJobSpec, gpus: int, mounts: Mounts, config: OperatorConfig,
+    body: dict[str, Any],
+    spec: FineTuneJobSpec,
+    gpus: int,
+    mounts: Mounts,
+    config: OperatorConfig,
     config_map: dict[str, Any],
 ) -> dict[str, Any]:
     """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node."""

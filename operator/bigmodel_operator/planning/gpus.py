@@ -7,9 +7,10 @@ strategy it appends the profile (``NVIDIA-A100-SXM4-40GB-MIG-3g.20gb``).
 ``memory_gib`` is the memory CUDA reports as total (``torch.cuda.mem_get_info()``), which is what
 vLLM multiplies by ``gpu_memory_utilization``. It is a little below ``nvidia-smi``'s figure: on
 the H100 80GB HBM3 we measured 79.18 GiB against nvidia-smi's 81,559 MiB (79.65 GiB); vLLM logs
-report 79.22 GiB (H100) and 23.55 GiB (RTX 4090, nvidia-smi 24,564 MiB). For products not measured
-the value is nvidia-smi's total minus 0.45 GiB. ``bf16_tflops`` is the dense (non-sparse) tensor
-throughput from NVIDIA's datasheets; ``None`` means the product has no bf16 (Turing).
+report 79.22 GiB (H100) and 23.55 GiB (RTX 4090, nvidia-smi 24,564 MiB). For products not
+measured the value is nvidia-smi's total minus 0.45 GiB (T4: 14.75 GiB, what torch reports for its
+15,360 MiB). ``bf16_tflops`` is the dense (non-sparse) tensor throughput from NVIDIA's datasheets;
+``None`` means the product has no bf16 (Turing).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ GPU_PRODUCTS: dict[str, GpuProduct] = {
 
 _FIELD_BY_KEY = {key: name for name, info in GpuProduct.model_fields.items() for key in (name, info.alias or name)}
 
+_OVERRIDE_KEYS = sorted(info.alias or n for n, info in GpuProduct.model_fields.items() if n != "product")
+
 _MIG = re.compile(r"^(?P<base>.+)-MIG-(?P<slices>\d+)g\.(?P<gb>\d+)gb$", re.IGNORECASE)
 _MIG_MEMORY_FRACTION = 0.95
 """A MIG profile named "N gb" exposes a little less to CUDA (e.g. 3g.20gb ≈ 19.5 GiB)."""
@@ -98,8 +101,7 @@ def gpu_table(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[
             name = _FIELD_BY_KEY.get(key)
             if name is None or name == "product":
                 raise GpuLookupError(
-                    f"GPU override for {label!r} has unknown key {key!r}; "
-                    f"use {', '.join(sorted(k for k in _FIELD_BY_KEY if k != 'product'))}"
+                    f"GPU override for {label!r} has unknown key {key!r}; use {', '.join(_OVERRIDE_KEYS)}"
                 )
             data[name] = value
         if "memory_gib" not in data:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from .errors import ModelConfigError
 from .precision import Quantization, normalize_dtype, parse_quantization_config
@@ -187,32 +187,36 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
     bias = cfg.get("attention_bias", cfg.get("qkv_bias"))
     tied = cfg.get("tie_word_embeddings")
 
-    return ModelShape(
-        architectures=[str(a) for a in cfg.get("architectures") or []],
-        model_type=model_type,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=_int(cfg, "num_key_value_heads") or heads,
-        head_dim=head_dim,
-        intermediate_size=inner,
-        vocab_size=vocab,
-        tie_word_embeddings=bool(tied) if tied is not None else model_type in _TIED_BY_DEFAULT,
-        max_position_embeddings=_int(cfg, "max_position_embeddings"),
-        dtype=dtype,
-        attention_bias=bool(bias) if bias is not None else model_type in _QKV_BIAS,
-        gated_mlp=gated,
-        num_experts=experts if experts > 1 else 0,
-        num_experts_per_tok=(_int(cfg, "num_experts_per_tok") or 1) if experts > 1 else 0,
-        moe_intermediate_size=moe_inner if experts > 1 else 0,
-        shared_expert_intermediate_size=shared if experts > 1 else 0,
-        num_dense_layers=min(dense_layers, layers) if experts > 1 else 0,
-        kv_lora_rank=_int(cfg, "kv_lora_rank"),
-        q_lora_rank=_int(cfg, "q_lora_rank"),
-        qk_rope_head_dim=_int(cfg, "qk_rope_head_dim") or 0,
-        qk_nope_head_dim=_int(cfg, "qk_nope_head_dim") or 0,
-        v_head_dim=_int(cfg, "v_head_dim") or 0,
-        sliding_window=window or None,
-        quantization=parse_quantization_config(quant_cfg) if quant_cfg else None,
-        vision_parameters=_vision_parameters(config.get("vision_config")),
-    )
+    try:
+        return ModelShape(
+            architectures=[str(a) for a in cfg.get("architectures") or []],
+            model_type=model_type,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=_int(cfg, "num_key_value_heads") or heads,
+            head_dim=head_dim,
+            intermediate_size=inner,
+            vocab_size=vocab,
+            tie_word_embeddings=bool(tied) if tied is not None else model_type in _TIED_BY_DEFAULT,
+            max_position_embeddings=_int(cfg, "max_position_embeddings"),
+            dtype=dtype,
+            attention_bias=bool(bias) if bias is not None else model_type in _QKV_BIAS,
+            gated_mlp=gated,
+            num_experts=experts if experts > 1 else 0,
+            num_experts_per_tok=(_int(cfg, "num_experts_per_tok") or 1) if experts > 1 else 0,
+            moe_intermediate_size=moe_inner if experts > 1 else 0,
+            shared_expert_intermediate_size=shared if experts > 1 else 0,
+            num_dense_layers=min(dense_layers, layers) if experts > 1 else 0,
+            kv_lora_rank=_int(cfg, "kv_lora_rank"),
+            q_lora_rank=_int(cfg, "q_lora_rank"),
+            qk_rope_head_dim=_int(cfg, "qk_rope_head_dim") or 0,
+            qk_nope_head_dim=_int(cfg, "qk_nope_head_dim") or 0,
+            v_head_dim=_int(cfg, "v_head_dim") or 0,
+            sliding_window=window or None,
+            quantization=parse_quantization_config(quant_cfg) if quant_cfg else None,
+            vision_parameters=_vision_parameters(config.get("vision_config")),
+        )
+    except ValidationError as exc:
+        key = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
+        raise ModelConfigError(f"config.json {key or ''} is invalid: {exc.errors()[0]['msg']}", key=key) from exc

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from .errors import ModelConfigError, PlanningError
 from .units import PlanModel
@@ -93,6 +93,13 @@ def _int(cfg: Mapping[str, Any], *keys: str, default: int | None) -> int | None:
 
 def parse_quantization_config(cfg: Mapping[str, Any]) -> Quantization:
     """Parse config.json's ``quantization_config`` (raises :class:`ModelConfigError`)."""
+    try:
+        return _parse_quantization(cfg)
+    except ValidationError as exc:
+        raise ModelConfigError(f"invalid quantization_config: {exc}", key="quantization_config") from exc
+
+
+def _parse_quantization(cfg: Mapping[str, Any]) -> Quantization:
     method = str(cfg.get("quant_method", "")).lower().replace("_marlin", "").replace("marlin", "gptq")
     if method in ("awq", "gptq"):
         bits = _int(cfg, "bits", "w_bit", default=4) or 4
@@ -107,7 +114,8 @@ def parse_quantization_config(cfg: Mapping[str, Any]) -> Quantization:
     if method == "mxfp4":
         return Quantization(method="mxfp4", bits=4, group_size=32, scale_bytes_per_weight=1 / 32, experts_only=True)
     if method == "modelopt":
-        algo = str(cfg.get("quant_algo") or cfg.get("quantization", {}).get("quant_algo", "FP8"))
+        nested = cfg.get("quantization")
+        algo = str(cfg.get("quant_algo") or (nested.get("quant_algo") if isinstance(nested, dict) else None) or "FP8")
         if "FP4" in algo.upper():
             return Quantization(method="nvfp4", bits=4, group_size=16, scale_bytes_per_weight=1 / 16)
         return Quantization(method="fp8", bits=8)
@@ -121,7 +129,8 @@ def parse_quantization_config(cfg: Mapping[str, Any]) -> Quantization:
 
 
 def _compressed_tensors(cfg: Mapping[str, Any]) -> Quantization:
-    groups = cfg.get("config_groups") or {}
+    groups = cfg.get("config_groups")
+    groups = groups if isinstance(groups, dict) else {}
     weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
     if not isinstance(weights, dict):
         raise ModelConfigError(

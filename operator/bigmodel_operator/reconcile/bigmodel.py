@@ -38,8 +38,9 @@ def _in_cluster_url(name: str, namespace: str, config: OperatorConfig) -> str:
     return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}/v1"
 
 
-def _desired_replicas(spec: BigModelSpec, rayservice: dict[str, Any] | None, pods_per_replica: int,
-                      config: OperatorConfig) -> int:
+def _desired_replicas(
+    spec: BigModelSpec, rayservice: dict[str, Any] | None, pods_per_replica: int, config: OperatorConfig
+) -> int:
     scaling = scaling_args(spec, config)
     if spec.scaling and spec.scaling.replicas is not None:
         return spec.scaling.replicas
@@ -96,8 +97,14 @@ class BigModelReconciler:
                 )
         cm_ref = spec.model.config_map_ref
         source = await model_config_for(
-            self.kube, namespace, spec.model.uri, spec.model.revision, spec.model.config,
-            (cm_ref.name, cm_ref.key) if cm_ref else None, token, self.config,
+            self.kube,
+            namespace,
+            spec.model.uri,
+            spec.model.revision,
+            spec.model.config,
+            (cm_ref.name, cm_ref.key) if cm_ref else None,
+            token,
+            self.config,
         )
         if source.reason == Reason.GATED_MODEL_NO_TOKEN:
             blockers.append(Blocker(Reason.GATED_MODEL_NO_TOKEN, source.message))
@@ -146,15 +153,23 @@ class BigModelReconciler:
             result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
             obs.rayservice = result.body
             if result.action != "unchanged":
-                self.emit(body, "Normal", f"RayService{result.action.capitalize()}",
-                          f"{result.action.capitalize()} RayService {result.body['metadata']['name']}")
+                self.emit(
+                    body,
+                    "Normal",
+                    f"RayService{result.action.capitalize()}",
+                    f"{result.action.capitalize()} RayService {result.body['metadata']['name']}",
+                )
             desired_ingress = build_ingress(body, spec, self.config)
             if desired_ingress is not None:
                 ing = await ensure_child(self.kube, self.state, desired_ingress, uid)
                 obs.ingress = ing.body
                 if ing.action != "unchanged":
-                    self.emit(body, "Normal", f"Ingress{ing.action.capitalize()}",
-                              f"{ing.action.capitalize()} Ingress {ing.body['metadata']['name']}")
+                    self.emit(
+                        body,
+                        "Normal",
+                        f"Ingress{ing.action.capitalize()}",
+                        f"{ing.action.capitalize()} Ingress {ing.body['metadata']['name']}",
+                    )
             elif await remove_child(self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid):
                 obs.ingress = None
                 self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")

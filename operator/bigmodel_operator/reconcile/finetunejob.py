@@ -101,15 +101,23 @@ class FineTuneJobReconciler:
                 await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid)
         obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
         obs.pods = [
-            p for (kind, ns, _), p in self.state.objects.items()
-            if kind == "Pod" and ns == namespace
+            p
+            for (kind, ns, _), p in self.state.objects.items()
+            if kind == "Pod"
+            and ns == namespace
             and (p["metadata"].get("labels") or {}).get(naming.LABEL_FINETUNEJOB) == name
         ]
         await self._write_status(body, compute_status(obs, previous))
 
     async def _apply(
-        self, body: dict[str, Any], spec: FineTuneJobSpec, base_uri: str, base_revision: str | None, gpus: int,
-        obs: FineTuneJobObservation, uid: str,
+        self,
+        body: dict[str, Any],
+        spec: FineTuneJobSpec,
+        base_uri: str,
+        base_revision: str | None,
+        gpus: int,
+        obs: FineTuneJobObservation,
+        uid: str,
     ) -> None:
         mounts = Mounts(root=self.config.model_mount_root)
         trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts)

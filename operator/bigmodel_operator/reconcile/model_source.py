@@ -117,6 +117,6 @@ async def model_config_for(
     return ModelConfigResult(
         None,
         Reason.MODEL_CONFIG_UNAVAILABLE,
-        f"the operator cannot read {uri.split('://')[0]}:// sources: put the model's config.json in "
+        f"the operator cannot read {uri.split('://', maxsplit=1)[0]}:// sources: put the model's config.json in "
         "spec.model.config or spec.model.configMapRef to get a GPU plan",
     )

@@ -40,12 +40,6 @@ class KeyedRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def run_now(self, key: Hashable, work: Callable[[], Awaitable[None]]) -> None:
-        """Trigger and wait until no run for `key` is pending (used at start-up and in tests)."""
-        self.trigger(key, work)
-        while key in self._busy:
-            await asyncio.sleep(0.005)
-
     async def _run(self, key: Hashable, work: Callable[[], Awaitable[None]]) -> None:
         try:
             while True:

@@ -31,7 +31,10 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bigmodel_operator.cli", "operator", "--config", str(self.config_file)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         time.sleep(0.5)
         if self.proc.poll() is not None:

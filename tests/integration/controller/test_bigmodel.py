@@ -57,8 +57,13 @@ def _mark_serving(custom: Any, namespace: str, name: str, workers: int = 1) -> N
         "serviceStatus": "Running",
         "numServeEndpoints": workers,
         "conditions": [
-            {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints", "message": "",
-             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "NonZeroServeEndpoints",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
         ],
         "activeServiceStatus": {
             "rayClusterName": f"{name}-abcde",
@@ -107,8 +112,12 @@ def test_worker_template_schedules_on_matching_gpu_node(
     _create(custom, namespace, _llama_with_secrets(api_client, namespace))
     rs = wait_until(lambda: _rayservice(custom, namespace, "llama-3-1-8b"), timeout=30)
     template = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker-probe", "labels": template["metadata"]["labels"]},
-           "spec": template["spec"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "worker-probe", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
     core = client.CoreV1Api(api_client)
     core.create_namespaced_pod(namespace, pod)
 
@@ -140,8 +149,14 @@ def test_ready_with_url_after_kuberay_reports_serving(
     client.NetworkingV1Api(api_client).patch_namespaced_ingress_status(
         "llama-3-1-8b", namespace, {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
     )
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b")) and
-                    condition(b, "Ready").get("status") == "True" and b, timeout=30)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
+            and condition(b, "Ready").get("status") == "True"
+            and b
+        ),
+        timeout=30,
+    )
     assert bm["status"]["url"] == "https://llm.example.com/v1"
     assert bm["status"]["observedGeneration"] == bm["metadata"]["generation"]
     assert condition(bm, "Ready")["observedGeneration"] == bm["metadata"]["generation"]
@@ -161,10 +176,19 @@ def test_spec_edit_updates_and_idle_resync_writes_nothing(
         return "max_model_len: 8192" in new["spec"]["serveConfigV2"] and new
 
     rs = wait_until(updated, timeout=30)
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
-                    and b["status"].get("observedGeneration") == 2 and b, timeout=30)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
+            and b["status"].get("observedGeneration") == 2
+            and b
+        ),
+        timeout=30,
+    )
     time.sleep(7)  # two resync periods of the test operator (3 s)
-    assert _rayservice(custom, namespace, "llama-3-1-8b")["metadata"]["resourceVersion"] == rs["metadata"]["resourceVersion"]
+    assert (
+        _rayservice(custom, namespace, "llama-3-1-8b")["metadata"]["resourceVersion"]
+        == rs["metadata"]["resourceVersion"]
+    )
     again = _get(custom, namespace, "bigmodels", "llama-3-1-8b")
     assert again["metadata"]["resourceVersion"] == bm["metadata"]["resourceVersion"], "idle reconcile wrote status"
 
@@ -184,8 +208,10 @@ def test_kubectl_scale_reaches_the_rayservice(
         return group["minReplicas"] == 3 and group["maxReplicas"] == 3 and args["scaling"]["max_replicas"] == 3
 
     wait_until(scaled, timeout=30)
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "tiny-cpu")) and
-                    b["status"].get("replicas") == 3 and b, timeout=30)
+    bm = wait_until(
+        lambda: (b := _get(custom, namespace, "bigmodels", "tiny-cpu")) and b["status"].get("replicas") == 3 and b,
+        timeout=30,
+    )
     assert bm["status"]["selector"].startswith("bigmodel.io/bigmodel=tiny-cpu")
 
 
@@ -207,9 +233,17 @@ def test_missing_token_secret_is_gated_model_no_token(
 
 
 SEVENTY_B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
-    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
-    "max_position_embeddings": 131072, "torch_dtype": "bfloat16", "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "torch_dtype": "bfloat16",
+    "tie_word_embeddings": False,
 }
 
 
@@ -237,11 +271,16 @@ def test_too_large_model_is_refused_before_any_gpu(custom: Any, namespace: str, 
 def test_plan_in_status_before_any_gpu(custom: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
     body = load_example("bigmodel-tiny-cpu.yaml")
     body["metadata"]["name"] = "planned"
-    body["spec"].update(model={"uri": "pvc://models/llama-70b", "config": SEVENTY_B}, runtime={"engine": "vllm"},
-                        resources={"gpu": {"product": "NVIDIA-A100-SXM4-80GB"}})
+    body["spec"].update(
+        model={"uri": "pvc://models/llama-70b", "config": SEVENTY_B},
+        runtime={"engine": "vllm"},
+        resources={"gpu": {"product": "NVIDIA-A100-SXM4-80GB"}},
+    )
     _create(custom, namespace, body)
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "planned")) and
-                    (b.get("status") or {}).get("plan") and b, timeout=30)
+    bm = wait_until(
+        lambda: (b := _get(custom, namespace, "bigmodels", "planned")) and (b.get("status") or {}).get("plan") and b,
+        timeout=30,
+    )
     plan = bm["status"]["plan"]
     assert plan["fits"] and plan["tensorParallelSize"] >= 2 and plan["gpusPerReplica"] == plan["tensorParallelSize"]
     rs = wait_until(lambda: _rayservice(custom, namespace, "planned"), timeout=30)
@@ -252,11 +291,20 @@ def test_plan_in_status_before_any_gpu(custom: Any, namespace: str, wait_until: 
 def test_unknown_gpu_product_is_explained(custom: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
     body = load_example("bigmodel-tiny-cpu.yaml")
     body["metadata"]["name"] = "no-nodes"
-    body["spec"].update(model={"uri": "pvc://models/llama-70b", "config": SEVENTY_B}, runtime={"engine": "vllm"},
-                        resources={"gpu": {"product": "NVIDIA-H200", "count": 8}})
+    body["spec"].update(
+        model={"uri": "pvc://models/llama-70b", "config": SEVENTY_B},
+        runtime={"engine": "vllm"},
+        resources={"gpu": {"product": "NVIDIA-H200", "count": 8}},
+    )
     _create(custom, namespace, body)
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "no-nodes")) and
-                    condition(b, "Ready").get("reason") == "NoMatchingGPUNodes" and b, timeout=30)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "no-nodes"))
+            and condition(b, "Ready").get("reason") == "NoMatchingGPUNodes"
+            and b
+        ),
+        timeout=30,
+    )
     assert "NVIDIA-H200" in condition(bm, "Ready")["message"]
     assert _rayservice(custom, namespace, "no-nodes") is not None, "still deployed: a node autoscaler may add one"
 
@@ -272,14 +320,33 @@ def test_delete_removes_children_through_gc(
     wait_until(lambda: _get_ingress(api_client, namespace, "llama-3-1-8b") is None, timeout=60, what="Ingress GC")
 
 
-def test_foreign_object_with_our_name_is_not_touched(custom: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
-    foreign = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "tiny-cpu"},
-               "spec": {"serveConfigV2": "applications: []\n", "rayClusterConfig": {"headGroupSpec": {
-                   "rayStartParams": {}, "template": {"spec": {"containers": [{"name": "h", "image": "x"}]}}}}}}
+def test_foreign_object_with_our_name_is_not_touched(
+    custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    foreign = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "tiny-cpu"},
+        "spec": {
+            "serveConfigV2": "applications: []\n",
+            "rayClusterConfig": {
+                "headGroupSpec": {
+                    "rayStartParams": {},
+                    "template": {"spec": {"containers": [{"name": "h", "image": "x"}]}},
+                }
+            },
+        },
+    }
     custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", foreign)
     _create(custom, namespace, load_example("bigmodel-tiny-cpu.yaml"))
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "tiny-cpu")) and
-                    condition(b, "Ready").get("reason") == "ChildNotControlled" and b, timeout=30)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "tiny-cpu"))
+            and condition(b, "Ready").get("reason") == "ChildNotControlled"
+            and b
+        ),
+        timeout=30,
+    )
     assert "not controlled" in condition(bm, "Ready")["message"]
     assert _rayservice(custom, namespace, "tiny-cpu")["spec"]["serveConfigV2"] == "applications: []\n"
 
@@ -290,14 +357,23 @@ def test_operator_restart_changes_no_child(
     _create(custom, namespace, _llama_with_secrets(api_client, namespace))
     wait_until(lambda: _rayservice(custom, namespace, "llama-3-1-8b"), timeout=30)
     _mark_serving(custom, namespace, "llama-3-1-8b")
-    bm = wait_until(lambda: (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b")) and
-                    condition(b, "RayServiceReady").get("status") == "True" and b, timeout=30)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
+            and condition(b, "RayServiceReady").get("status") == "True"
+            and b
+        ),
+        timeout=30,
+    )
     time.sleep(1)
     bm = _get(custom, namespace, "bigmodels", "llama-3-1-8b")
     rs = _rayservice(custom, namespace, "llama-3-1-8b")
     operator_process.stop()
     operator_process.start()
     time.sleep(8)  # start-up listing + two resyncs
-    assert _rayservice(custom, namespace, "llama-3-1-8b")["metadata"]["resourceVersion"] == rs["metadata"]["resourceVersion"]
+    assert (
+        _rayservice(custom, namespace, "llama-3-1-8b")["metadata"]["resourceVersion"]
+        == rs["metadata"]["resourceVersion"]
+    )
     after = _get(custom, namespace, "bigmodels", "llama-3-1-8b")
     assert after["metadata"]["resourceVersion"] == bm["metadata"]["resourceVersion"]

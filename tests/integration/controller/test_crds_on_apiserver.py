@@ -60,8 +60,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bm-tp-divides", _bm(spec__engine__tensorParallelSize=3, spec__resources__gpu__count=4), "multiple of"),
     ("bm-engine-enum", _bm(spec__runtime__engine="tgi"), "spec.runtime.engine"),
     ("bm-vllm-no-gpu", _bm(spec__resources__gpu__count=0), "the vllm engine needs at least one GPU"),
-    ("bm-dup-adapter", _bm(spec__adapters=[{"name": "a", "uri": "s3://b/a"}, {"name": "a", "uri": "s3://b/c"}]),
-     "spec.adapters[1]"),
+    (
+        "bm-dup-adapter",
+        _bm(spec__adapters=[{"name": "a", "uri": "s3://b/a"}, {"name": "a", "uri": "s3://b/c"}]),
+        "spec.adapters[1]",
+    ),
     ("bm-tls-no-host", _bm(spec__expose__ingress={"tlsSecretName": "tls"}), "tlsSecretName needs host"),
     ("bm-quantity", _bm(spec__resources__memory="lots"), "spec.resources.memory"),
     ("bm-name-long", _bm(metadata__name="m" * 41), "metadata.name must be at most 40"),

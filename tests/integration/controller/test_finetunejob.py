@@ -68,8 +68,10 @@ def test_job_runs_on_gpu_node_and_succeeds(
         return pods and pods[0].spec.node_name
 
     assert wait_until(pod_node, timeout=60) == "gpu-h100-0"
-    done = wait_until(lambda: (f := _get(custom, namespace, "tune")) and f.get("status", {}).get("phase") == "Succeeded"
-                      and f, timeout=90)
+    done = wait_until(
+        lambda: (f := _get(custom, namespace, "tune")) and f.get("status", {}).get("phase") == "Succeeded" and f,
+        timeout=90,
+    )
     status = done["status"]
     assert status["completionTime"] and status["startTime"] and status["adapterUri"] == "file:///output/tune"
     assert condition(done, "Complete")["status"] == "True"
@@ -82,8 +84,10 @@ def test_failing_pod_fails_the_job_with_its_reason(
     body = _ftj("broken", **{"bigmodel.io/kwok-fail": "true"})
     body["spec"]["backoffLimit"] = 0
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
-    failed = wait_until(lambda: (f := _get(custom, namespace, "broken")) and f.get("status", {}).get("phase") == "Failed"
-                        and f, timeout=90)
+    failed = wait_until(
+        lambda: (f := _get(custom, namespace, "broken")) and f.get("status", {}).get("phase") == "Failed" and f,
+        timeout=90,
+    )
     cond = condition(failed, "Failed")
     assert cond["status"] == "True"
     assert cond["reason"] == "TrainingError" and "exited with code 1" in cond["message"]
@@ -96,8 +100,15 @@ def test_progress_reported_by_trainer_is_kept(
     body = _ftj("slow")
     body["spec"]["resources"]["gpu"]["product"] = "NVIDIA-H200"  # no such node: stays Pending
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
-    pending = wait_until(lambda: (f := _get(custom, namespace, "slow")) and f.get("status", {}).get("phase") == "Pending"
-                         and condition(f, "Complete").get("reason") == "NoMatchingGPUNodes" and f, timeout=30)
+    pending = wait_until(
+        lambda: (
+            (f := _get(custom, namespace, "slow"))
+            and f.get("status", {}).get("phase") == "Pending"
+            and condition(f, "Complete").get("reason") == "NoMatchingGPUNodes"
+            and f
+        ),
+        timeout=30,
+    )
     assert "NVIDIA-H200" in condition(pending, "Complete")["message"]
     progress = {"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50, "loss": 1.5}}}
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "finetunejobs", "slow", progress)

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from bigmodel_operator import crdgen
 from bigmodel_operator.api import BigModel, FineTuneJob
 
@@ -73,14 +72,28 @@ def test_short_names_printer_columns_and_scale() -> None:
     cols = [c["name"] for c in ftj["versions"][0]["additionalPrinterColumns"]]
     assert cols[:4] == ["Base", "Method", "Phase", "Progress"]
     spec_rules = ftj["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
-    assert {"rule": "self == oldSelf", "message": "spec is immutable: create a new FineTuneJob to change it"} in spec_rules
+    assert {
+        "rule": "self == oldSelf",
+        "message": "spec is immutable: create a new FineTuneJob to change it",
+    } in spec_rules
 
 
 def test_wire_names_follow_the_issue() -> None:
     spec = crdgen.crd(crdgen.BIGMODEL)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     props = spec["properties"]
-    assert {"model", "engine", "runtime", "resources", "scaling", "adapters", "expose", "auth", "credentials",
-            "nodeSelector", "tolerations"} <= set(props)
+    assert {
+        "model",
+        "engine",
+        "runtime",
+        "resources",
+        "scaling",
+        "adapters",
+        "expose",
+        "auth",
+        "credentials",
+        "nodeSelector",
+        "tolerations",
+    } <= set(props)
     assert "memoryGiB" in props["resources"]["properties"]["gpu"]["properties"]
     ftj = crdgen.crd(crdgen.FINETUNEJOB)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert "redactPII" in ftj["properties"]["privacy"]["properties"]

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.engine_check import check_extra_args
@@ -130,7 +129,9 @@ def test_finetunejob_children_golden() -> None:
     trainer_config = render_trainer_config(body, spec, "hf://meta-llama/Llama-3.1-8B-Instruct", None, mounts)
     config_map = build_config_map(body, trainer_config)
     job = build_job(body, spec, 1, mounts, CONFIG, config_map)
-    assert_golden("finetunejob-lora.children.yaml", {"configMap": config_map, "job": job, "identity": build_identity(body)})
+    assert_golden(
+        "finetunejob-lora.children.yaml", {"configMap": config_map, "job": job, "identity": build_identity(body)}
+    )
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["serviceAccountName"] == "support-bot-v1-trainer"

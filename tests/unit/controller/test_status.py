@@ -25,7 +25,9 @@ def _rayservice(endpoints: int, app_status: str, ready_workers: int = 1) -> dict
             "numServeEndpoints": endpoints,
             "conditions": [{"type": "Ready", "status": "True" if endpoints else "False", "reason": "x", "message": ""}],
             "activeServiceStatus": {
-                "applicationStatuses": {"m": {"status": app_status, "message": "boom" if app_status != "RUNNING" else ""}},
+                "applicationStatuses": {
+                    "m": {"status": app_status, "message": "boom" if app_status != "RUNNING" else ""}
+                },
                 "rayClusterStatus": {"readyWorkerReplicas": ready_workers, "desiredWorkerReplicas": 2},
             },
         }
@@ -33,8 +35,14 @@ def _rayservice(endpoints: int, app_status: str, ready_workers: int = 1) -> dict
 
 
 def _obs(**kw: Any) -> BigModelObservation:
-    base = {"generation": 3, "desired_replicas": 2, "plan": None, "plan_reason": Reason.PLANNED, "plan_message": "ok",
-            "url": "http://m/v1"}
+    base = {
+        "generation": 3,
+        "desired_replicas": 2,
+        "plan": None,
+        "plan_reason": Reason.PLANNED,
+        "plan_message": "ok",
+        "url": "http://m/v1",
+    }
     base.update(kw)
     return BigModelObservation(**base)
 
@@ -85,8 +93,15 @@ def test_status_is_stable_when_nothing_changes() -> None:
 def _job(cond: str | None, reason: str = "") -> dict[str, Any]:
     status: dict[str, Any] = {"startTime": "2026-01-01T00:00:00Z"}
     if cond:
-        status["conditions"] = [{"type": cond, "status": "True", "reason": reason, "message": "m",
-                                 "lastTransitionTime": "2026-01-01T01:00:00Z"}]
+        status["conditions"] = [
+            {
+                "type": cond,
+                "status": "True",
+                "reason": reason,
+                "message": "m",
+                "lastTransitionTime": "2026-01-01T01:00:00Z",
+            }
+        ]
         status["completionTime"] = "2026-01-01T01:00:00Z" if cond == "Complete" else None
     return {"status": status}
 
@@ -113,7 +128,10 @@ def test_finetunejob_phases() -> None:
 
 
 def test_finetunejob_failure_reason_from_trainer() -> None:
-    failed = _ftj(_job("Failed", "PodFailurePolicy"), [_pod("Failed", '{"reason": "DatasetInvalid", "message": "line 3: bad JSON"}')])
+    failed = _ftj(
+        _job("Failed", "PodFailurePolicy"),
+        [_pod("Failed", '{"reason": "DatasetInvalid", "message": "line 3: bad JSON"}')],
+    )
     cond = _cond(failed, "Failed")
     assert failed["phase"] == "Failed" and cond["reason"] == Reason.DATASET_INVALID and "line 3" in cond["message"]
     oom = _ftj(_job("Failed", "BackoffLimitExceeded"), [_pod("Failed", "", reason="OOMKilled")])

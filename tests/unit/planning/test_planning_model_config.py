@@ -106,6 +106,20 @@ def test_unsupported_quantization_names_the_key(config: Config) -> None:
     assert err.value.key == "quantization_config.quant_method"
 
 
+@pytest.mark.parametrize(
+    "quantization_config",
+    [
+        {"quant_method": "gptq", "bits": 32},
+        {"quant_method": "compressed-tensors", "config_groups": "group_0"},
+    ],
+)
+def test_malformed_quantization_config_is_a_config_error(config: Config, quantization_config: dict[str, Any]) -> None:
+    with pytest.raises(ModelConfigError) as err:
+        parse_model_config({**config(LLAMA_8B), "quantization_config": quantization_config})
+    assert err.value.key is not None
+    assert err.value.key.startswith("quantization_config")
+
+
 def test_multimodal_wrapper_uses_text_config(config: Config) -> None:
     text = {k: v for k, v in config(LLAMA_8B).items() if k not in ("architectures", "torch_dtype")}
     wrapper = {
