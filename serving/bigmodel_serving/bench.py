@@ -73,6 +73,8 @@ async def _engine_direct(tiny_dir: Path) -> dict[str, Any]:
                     first, last = False, now
             stats.requests += 1
 
+        await one(-1)  # warm-up (first torch call), not recorded
+        stats = RunStats()
         started = time.perf_counter()
         for round_index in range(rounds):
             await asyncio.gather(*(one(round_index * concurrency + i) for i in range(concurrency)))
@@ -103,7 +105,11 @@ def _deploy(port: int, tiny_dir: Path) -> None:
 
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
     class Floor:
+        """The least a Serve HTTP deployment can do: (read the POST body,) answer a constant."""
+
         async def __call__(self, request: Any) -> PlainTextResponse:
+            if request.method == "POST":
+                await request.body()
             return PlainTextResponse("ok")
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}
@@ -125,15 +131,17 @@ async def _http(base: str) -> dict[str, Any]:
     stream_body = {"model": "stub", "prompt": "hi", "max_tokens": STREAM_TOKENS}
     tiny_body = {"model": "tiny", "prompt": "Hello there, how are you today?", "max_tokens": STREAM_TOKENS, "temperature": 0}
     results: dict[str, Any] = {"sequential": {}, "concurrent": {}, "stream_stub": {}, "stream_tiny": {}}
-    floor = plain_request("GET", f"{base}/floor")
+    floor_get = plain_request("GET", f"{base}/floor")
+    floor = plain_request("POST", f"{base}/floor", one_token)
     app = plain_request("POST", f"{base}/stub0/v1/completions", one_token)
     models = plain_request("GET", f"{base}/stub0/v1/models")
-    for name, one in (("floor", floor), ("app_completion", app), ("app_models", models)):
+    sequential = (("floor_get", floor_get), ("floor_post", floor), ("app_completion", app), ("app_models", models))
+    for name, one in sequential:
         results["sequential"][name] = (await run_load(one, total=300, concurrency=1, warmup=20)).summary()
     for concurrency in CONCURRENCY:
         total = 100 * max(1, concurrency // 4)
         results["concurrent"][concurrency] = {
-            "floor": (await run_load(floor, total=total, concurrency=concurrency)).summary(),
+            "floor_post": (await run_load(floor, total=total, concurrency=concurrency)).summary(),
             "app_completion": (await run_load(app, total=total, concurrency=concurrency)).summary(),
         }
         stream_stub = streaming_request(f"{base}/stubL/v1/completions", stream_body)
@@ -141,7 +149,7 @@ async def _http(base: str) -> dict[str, Any]:
         stream_tiny = streaming_request(f"{base}/tiny/v1/completions", tiny_body)
         results["stream_tiny"][concurrency] = (await run_load(stream_tiny, total=max(16, 2 * concurrency), concurrency=concurrency, warmup=2)).summary()
     overload_body = {"model": "stub", "prompt": "hi", "max_tokens": 1}
-    results["overload"] = await time_rejections(f"{base}/over/v1/completions", overload_body, fill=12, probes=20)
+    results["overload"] = await time_rejections(f"{base}/over/v1/completions", overload_body, fill=4, probes=20)
     return results
 
 

@@ -138,8 +138,10 @@ async def time_rejections(url: str, body: dict[str, Any], *, fill: int, probes: 
                 await response.read()
                 return response.status, time.perf_counter() - started, response.headers.get("Retry-After")
 
-        fillers = [asyncio.create_task(call()) for _ in range(fill)]
-        await asyncio.sleep(0.5)  # let them be admitted and queued
+        fillers = []
+        for _ in range(fill):  # one by one, so each is routed before the next arrives
+            fillers.append(asyncio.create_task(call()))
+            await asyncio.sleep(0.1)
         results = []
         for _ in range(probes):
             results.append(await call())

@@ -46,18 +46,24 @@ def spawn(name: str, argv: list[str], cwd: Path, logs: Path, env: dict[str, str]
     raise SystemExit(f"{name} exited at once; see {logs / f'{name}.log'}")
 
 
-def stop(proc: dict, timeout: float = 20) -> str | None:
-    """SIGTERM, then SIGKILL after `timeout`; only if the PID is still the process we started."""
-    if not alive(proc):
-        return None
-    os.kill(proc["pid"], signal.SIGTERM)
+def stop(procs: dict[str, dict], timeout: float = 10) -> dict[str, str]:
+    """SIGTERM a group together, SIGKILL what is left after `timeout`; name -> what happened.
+
+    Only processes whose PID still has the recorded start time are signalled.
+    """
+    outcome: dict[str, str] = {}
+    for name, info in procs.items():
+        if alive(info):
+            os.kill(info["pid"], signal.SIGTERM)
+            outcome[name] = "stopped"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(proc):
-            return "stopped"
+    while any(alive(procs[name]) for name in outcome) and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.kill(proc["pid"], signal.SIGKILL)
-    return f"killed after {timeout:.0f}s"
+    for name in outcome:
+        if alive(procs[name]):
+            os.kill(procs[name]["pid"], signal.SIGKILL)
+            outcome[name] = f"killed after {timeout:.0f}s"
+    return outcome
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -317,10 +317,12 @@ def _print_log_tail(component: str) -> None:
 
 
 def _stop_all(state: dict) -> None:
+    """Clients first, then the apiserver, then etcd, so each shuts down cleanly."""
     procs = state.get("processes", {})
-    for name in COMPONENTS:
-        if name in procs and (outcome := proc.stop(procs[name])):
-            log(f"{outcome} {name} (pid {procs[name]['pid']})")
+    for group in (COMPONENTS[:3], COMPONENTS[3:4], COMPONENTS[4:]):
+        present = {name: procs[name] for name in group if name in procs}
+        for name, outcome in proc.stop(present).items():
+            log(f"{outcome} {name} (pid {present[name]['pid']})")
 
 
 def cmd_down(_: argparse.Namespace) -> int:

@@ -279,12 +279,12 @@ def main() -> int:
             output, code = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
             output, code = f"{exc.stdout or ''}{exc.stderr or ''} TIMEOUT", -1
-        (Path(args.out) / f"bench-{name}.log").write_text(str(output)[-200_000:])
         if code != 0 and "OutOfMemoryError" in str(output) and batch > 1 and CASES[name][1] == "ours":
             print(f"{name}: out of memory with micro-batch {batch}; retrying with {batch // 2}", flush=True)
             queue.insert(0, (name, batch // 2))
             continue
         if code != 0 or not target.is_file():
+            (Path(args.out) / f"bench-{name}.log").write_text(str(output)[-200_000:])
             tail = str(output)[-3000:]
             print(f"{name}: FAILED ({code}) after {time.time() - started:.0f}s\n{tail}", flush=True)
             results.append({"case": name, "error": tail[-500:]})

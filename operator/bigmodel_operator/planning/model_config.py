@@ -111,8 +111,9 @@ def _int(cfg: Mapping[str, Any], field: str, *, required: bool = False) -> int |
                 key=field,
             )
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ModelConfigError(f"config.json {field!r} must be a non-negative integer, got {value!r}", key=field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if required else 0):
+        kind = "a positive" if required else "a non-negative"
+        raise ModelConfigError(f"config.json {field!r} must be {kind} integer, got {value!r}", key=field)
     return value
 
 
@@ -217,6 +218,8 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
             quantization=parse_quantization_config(quant_cfg) if quant_cfg else None,
             vision_parameters=_vision_parameters(config.get("vision_config")),
         )
-    except ValidationError as exc:
-        key = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
-        raise ModelConfigError(f"config.json {key or ''} is invalid: {exc.errors()[0]['msg']}", key=key) from exc
+    except ValidationError as exc:  # e.g. a negative size that the checks above let through
+        error = exc.errors()[0]
+        names = {info.alias: name for name, info in ModelShape.model_fields.items()}
+        key = names.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else "config.json"
+        raise ModelConfigError(f"config.json {key!r}: {error['msg']}", key=key) from exc

@@ -176,6 +176,8 @@ def test_missing_essential_key_is_named(config: Config, key: str) -> None:
     ("patch", "key"),
     [
         ({"hidden_size": "4096"}, "hidden_size"),
+        ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"head_dim": -1}, "head_dim"),
         ({"num_attention_heads": 4.5}, "num_attention_heads"),
         ({"num_key_value_heads": True}, "num_key_value_heads"),
         ({"torch_dtype": "int3"}, "torch_dtype"),
