@@ -50,7 +50,9 @@ class OperatorConfig(BaseModel):
     serve_port: int = 8000
     head_cpu: str = "2"
     head_memory: str = "8Gi"
-    trainer_service_account_prefix: str = "bigmodel-trainer"
+    metrics_address: str | None = Field(
+        default=None, description="host:port for the operator's Prometheus /metrics (e.g. 0.0.0.0:8081); off if empty."
+    )
 
 
 def load_config(path: str | None = None) -> OperatorConfig:

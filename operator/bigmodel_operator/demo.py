@@ -176,10 +176,10 @@ def _get(custom: Any, group: str, version: str, plural: str, name: str) -> Any:
 
 def local_part() -> None:
     import httpx
-
-    from bigmodel_operator.local import local_serve_args
     from bigmodel_serving.local import run_local
     from bigmodel_training.tinymodel import make_tiny_model
+
+    from bigmodel_operator.local import local_serve_args
 
     manifest = yaml.safe_load((REPO / "docs/examples/bigmodel-tiny-cpu.yaml").read_text())
     say("bigmodel serve docs/examples/bigmodel-tiny-cpu.yaml (tiny random Llama, generated offline)")

@@ -17,6 +17,7 @@ from bigmodel_operator import naming
 from bigmodel_operator.api import GROUP, VERSION
 from bigmodel_operator.config import OperatorConfig, load_config
 from bigmodel_operator.kube import Kube, load_credentials, post_event
+from bigmodel_operator.metrics import ReconcileStats, serve_metrics
 from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
 from bigmodel_operator.reconcile.finetunejob import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
@@ -36,6 +37,7 @@ class Operator:
         self.state = ClusterState()
         self.runner = KeyedRunner("reconcile")
         self.events: set[asyncio.Task[None]] = set()
+        self.stats = ReconcileStats()
         self.bigmodels = BigModelReconciler(kube, self.state, config, self.emit)
         self.finetunejobs = FineTuneJobReconciler(kube, self.state, config, self.emit)
 
@@ -50,7 +52,7 @@ class Operator:
         async def work() -> None:
             body = self.state.get(kind, namespace, name)
             if body is not None:
-                await reconciler.reconcile(body)
+                await self.stats.timed(kind, lambda: reconciler.reconcile(body))
 
         self.runner.trigger((kind, namespace, name), work)
 
@@ -77,6 +79,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator = Operator(config, Kube(load_credentials()))
     memo["operator"] = operator
     memo["resync"] = asyncio.get_running_loop().create_task(_resync(operator))
+    if config.metrics_address:
+        memo["metrics"] = await serve_metrics(operator, config.metrics_address)
     log.info("bigmodel-operator started (hub config fetch: %s)", config.fetch_hub_config)
 
 
@@ -88,6 +92,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     operator = memo.get("operator")
     if operator:
         await operator.kube.close()
+    if memo.get("metrics"):
+        await memo["metrics"].cleanup()
 
 
 async def _resync(operator: Operator) -> None:

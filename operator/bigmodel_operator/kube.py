@@ -8,15 +8,20 @@ Writes are server-side apply with one field manager, or merge patches of our own
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import ssl
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import yaml
 
 from bigmodel_operator.config import FIELD_MANAGER
 
@@ -91,28 +96,68 @@ class Credentials:
         return self.token
 
 
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """Credentials from a kubeconfig file (or KUBECONFIG), else the in-cluster service account."""
-    from kubernetes import client, config  # light: only for parsing kubeconfig files
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-    configuration = client.Configuration()
-    try:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        token_file = None
-    except config.ConfigException:
-        config.load_incluster_config(client_configuration=configuration)
-        token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """Credentials from a kubeconfig file (argument, or KUBECONFIG), else the in-cluster service account.
+
+    A small parser on purpose: the `kubernetes` client library costs ~40 MiB of RSS and a second of
+    start-up, and the operator needs none of it (exec credential plugins are not supported).
+    """
+    path = kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or None
+    if path is None and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        default = Path.home() / ".kube" / "config"
+        path = str(default) if default.exists() else None
+    if path is None:
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        ctx = ssl.create_default_context(cafile=f"{SERVICE_ACCOUNT_DIR}/ca.crt")
+        return Credentials(f"https://{host}:{port}", ctx, token_file=f"{SERVICE_ACCOUNT_DIR}/token")
+    return _from_kubeconfig(Path(path))
+
+
+def _from_kubeconfig(path: Path) -> Credentials:
+    config = yaml.safe_load(path.read_text()) or {}
+    context_name = config.get("current-context")
+    context = next((c["context"] for c in config.get("contexts", []) if c["name"] == context_name), None)
+    if context is None:
+        raise ValueError(f"{path}: current-context {context_name!r} not found")
+    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    users = config.get("users", [])
+    user: dict[str, Any] = next((u["user"] for u in users if u["name"] == context.get("user")), {}) or {}
+    user: dict[str, Any] = next((u["user"] for u in users if u["name"] == context.get("user")), {}) or {}
+    base = path.parent
     ctx: ssl.SSLContext | None = None
-    if configuration.host.startswith("https"):
-        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-        if not configuration.verify_ssl:
+    server = str(cluster["server"]).rstrip("/")
+    if server.startswith("https"):
+        ctx = ssl.create_default_context()
+        if cluster.get("certificate-authority-data"):
+            ctx.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        elif cluster.get("certificate-authority"):
+            ctx.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
+        if cluster.get("insecure-skip-tls-verify"):
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        if configuration.cert_file:
-            ctx.load_cert_chain(configuration.cert_file, configuration.key_file)
-    auth = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
-    token = auth.removeprefix("Bearer ").strip() if auth else None
-    return Credentials(configuration.host.rstrip("/"), ctx, token=token, token_file=token_file)
+        cert = _material(user, "client-certificate", base)
+        key = _material(user, "client-key", base)
+        if cert and key:
+            ctx.load_cert_chain(cert, key)
+    token_file = str(base / user["tokenFile"]) if user.get("tokenFile") else None
+    return Credentials(server, ctx, token=user.get("token"), token_file=token_file)
+
+
+def _material(user: dict[str, Any], name: str, base: Path) -> str | None:
+    """A path to the PEM file for `name`, writing inline `-data` to a private temporary file."""
+    if user.get(name):
+        return str(base / user[name])
+    data = user.get(f"{name}-data")
+    if not data:
+        return None
+    handle = tempfile.NamedTemporaryFile(prefix="bigmodel-", suffix=".pem", delete=False)  # noqa: SIM115
+    with handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(base64.b64decode(data))
+    return handle.name
 
 
 class Kube:

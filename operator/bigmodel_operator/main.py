@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from bigmodel_operator.config import load_config
 
@@ -16,6 +17,10 @@ def run_operator(
     config_file: str | None,
 ) -> int:
     """Run until interrupted. Watches every namespace unless some are named."""
+    # kopf imports the `kubernetes` client when it is installed (it is, in development venvs) and
+    # uses it only to log in; kopf's own kubeconfig/service-account login needs nothing. Keeping the
+    # library out saves ~40 MiB of RSS and a second of start-up (docs/development.md).
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     import kopf
 
     from bigmodel_operator import handlers  # noqa: F401  (registers the handlers)

@@ -88,14 +88,23 @@ class _StreamingWithCancel(StreamingResponse):
 
 
 def _request_body_spec(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model", 413: "Body too large",
-        429: "Over capacity (see Retry-After)", 504: "Timed out",
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        429: "Over capacity (see Retry-After)",
+        504: "Timed out",
     }.items()
 }
 
@@ -104,8 +113,9 @@ def create_api(runtime: Runtime) -> FastAPI:
     """The ASGI app of one replica (FastAPI + the auth/limit/metrics guard)."""
     app = FastAPI(title="BigModel OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def generate(request: Request, prepared: PreparedRequest, stream: bool) -> Response:
-        if stream:
+    async def generate(request: Request, prepared: PreparedRequest) -> Response:
+        request.scope[LABELS_KEY] = (prepared.base_model, prepared.adapter or "")
+        if prepared.stream:
             events, cancel = await runtime.generator.stream(prepared)
             return _StreamingWithCancel(events, cancel)
         body = await runtime.generator.complete(prepared)
@@ -115,29 +125,35 @@ def create_api(runtime: Runtime) -> FastAPI:
     async def list_models() -> Response:
         catalog = runtime.catalog
         cards = [
-            {"id": name, "object": "model", "created": runtime.created, "owned_by": "bigmodel",
-             "root": name, "parent": None if name == catalog.base else catalog.base}
+            {
+                "id": name,
+                "object": "model",
+                "created": runtime.created,
+                "owned_by": "bigmodel",
+                "root": name,
+                "parent": None if name == catalog.base else catalog.base,
+            }
             for name in catalog.names()
         ]
         return JSONResponse({"object": "list", "data": cards})
 
-    @app.post("/v1/chat/completions", openapi_extra=_request_body_spec(ChatCompletionRequest), responses=_ERROR_RESPONSES)
+    @app.post(
+        "/v1/chat/completions", openapi_extra=_request_body_spec(ChatCompletionRequest), responses=_ERROR_RESPONSES
+    )
     async def chat_completions(request: Request) -> Response:
         prepared = await prepare_chat(await request.body(), runtime.engine, runtime.catalog)
-        request.scope[LABELS_KEY] = (prepared.base_model, prepared.adapter or "")
-        return await generate(request, prepared, prepared.stream)
+        return await generate(request, prepared)
 
     @app.post("/v1/completions", openapi_extra=_request_body_spec(CompletionRequest), responses=_ERROR_RESPONSES)
     async def completions(request: Request) -> Response:
         prepared = await prepare_completion(await request.body(), runtime.engine, runtime.catalog)
-        request.scope[LABELS_KEY] = (prepared.base_model, prepared.adapter or "")
-        return await generate(request, prepared, prepared.stream)
+        return await generate(request, prepared)
 
     @app.get("/health")
     async def health() -> Response:
         try:
             await runtime.engine.check_health()
-        except Exception as error:  # noqa: BLE001 - any engine failure means unhealthy
+        except Exception as error:
             return JSONResponse({"status": "unhealthy", "reason": type(error).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -163,7 +179,7 @@ def create_api(runtime: Runtime) -> FastAPI:
         return _error_response(internal_error())
 
     app.add_middleware(
-        GuardMiddleware,  # type: ignore[arg-type]
+        GuardMiddleware,
         key_store=runtime.key_store,
         max_body_bytes=runtime.args.limits.max_body_bytes,
         metrics=runtime.metrics,

@@ -11,7 +11,9 @@ This module imports ray only inside `build_app`, so `deployment_options` can be 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, cast
 
 from bigmodel_serving.args import ServeArgs, parse_serve_args
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from ray.serve import Application
 
     from bigmodel_serving.engines import EngineFactory
+
+logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "BigModelServer"
 # Serve may send a replica this many requests beyond our own limits: /health, /metrics and
@@ -64,7 +68,7 @@ def deployment_options(args: ServeArgs) -> dict[str, Any]:
 def build_app(args: dict[str, Any] | ServeArgs, *, engine_factory: EngineFactory | None = None) -> Application:
     """Validate `args` as `ServeArgs` and return the Serve application (one deployment).
 
-    Raises `bigmodel_serving.args.InvalidServeArgs` listing every wrong field. `engine_factory`
+    Raises `bigmodel_serving.args.InvalidServeArgsError` listing every wrong field. `engine_factory`
     replaces the engine named in the args (tests and benchmarks pass a stub); the serve config
     path never sets it.
     """
@@ -75,5 +79,15 @@ def build_app(args: dict[str, Any] | ServeArgs, *, engine_factory: EngineFactory
         vllm_engine_kwargs(serve_args)  # bad extra_args fail here, not in every replica
     from bigmodel_serving.deployment import BigModelServer
 
-    deployment = BigModelServer.options(**deployment_options(serve_args))
-    return deployment.bind(serve_args.model_dump(mode="json"), engine_factory)
+    server = cast(Any, BigModelServer)
+    options = _supported_options(server.options, deployment_options(serve_args))
+    return server.options(**options).bind(serve_args.model_dump(mode="json"), engine_factory)
+
+
+def _supported_options(options_method: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Drop options this Ray release does not know (e.g. `backpressure_config` before Ray 2.60)."""
+    accepted = inspect.signature(options_method).parameters
+    dropped = sorted(set(options) - set(accepted))
+    if dropped:
+        logger.warning("this Ray version ignores deployment options %s", ", ".join(dropped))
+    return {key: value for key, value in options.items() if key in accepted}

@@ -186,14 +186,14 @@ class ServeArgs(_Args):
         return [base, *(f"{base}:{adapter.name}" for adapter in self.adapters)]
 
 
-class InvalidServeArgs(ValueError):
+class InvalidServeArgsError(ValueError):
     """The serve args do not match `ServeArgs`; the message lists every wrong field by path."""
 
 
 def parse_serve_args(raw: object) -> ServeArgs:
     """Validate `raw` (the `args` of the serve config) and return `ServeArgs`.
 
-    Raises `InvalidServeArgs` with one line per problem, e.g.
+    Raises `InvalidServeArgsError` with one line per problem, e.g.
     `limits.max_n: Input should be greater than or equal to 1 (got 0)`.
     """
     if isinstance(raw, ServeArgs):
@@ -201,7 +201,7 @@ def parse_serve_args(raw: object) -> ServeArgs:
     try:
         return ServeArgs.model_validate(raw)
     except ValidationError as error:
-        raise InvalidServeArgs(format_validation_error(error)) from None
+        raise InvalidServeArgsError(format_validation_error(error)) from None
 
 
 def format_validation_error(error: ValidationError) -> str:

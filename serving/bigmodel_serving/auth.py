@@ -61,7 +61,9 @@ class ApiKeyStore:
                 keys = parse_keys(self.path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError) as error:
                 keys = set()
-                logger.warning("API keys file %s unreadable (%s); every key is refused", self.path, type(error).__name__)
+                logger.warning(
+                    "API keys file %s unreadable (%s); every key is refused", self.path, type(error).__name__
+                )
             self._digests = frozenset(_digest(key) for key in keys)
             self._signature = signature
             self._loaded_once = True

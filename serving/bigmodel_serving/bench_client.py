@@ -86,6 +86,22 @@ async def run_load(one: OneRequest, *, total: int, concurrency: int, warmup: int
     return stats
 
 
+async def run_interleaved(ones: dict[str, OneRequest], *, rounds: int, warmup: int = 20) -> dict[str, RunStats]:
+    """One request to each target per round, in turn, so slow drift of the machine hits all alike."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        scratch = RunStats()
+        for _ in range(warmup):
+            for one in ones.values():
+                await one(session, scratch)
+        stats = {name: RunStats() for name in ones}
+        for _ in range(rounds):
+            for name, one in ones.items():
+                started = time.perf_counter()
+                await one(session, stats[name])
+                stats[name].elapsed += time.perf_counter() - started
+    return stats
+
+
 def plain_request(method: str, url: str, body: dict[str, Any] | None = None) -> OneRequest:
     """A request whose whole answer is timed."""
 

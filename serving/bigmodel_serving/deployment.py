@@ -20,7 +20,9 @@ logger = logging.getLogger("ray.serve")
 class BigModelServer:
     """Loads the model when the replica starts; serves the OpenAI API once loaded."""
 
-    async def __init__(self, args: dict[str, Any], engine_factory: EngineFactory | None = None) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, args: dict[str, Any], engine_factory: EngineFactory | None = None
+    ) -> None:
         serve_args = parse_serve_args(args)
         started = time.perf_counter()
         logger.info("bigmodel: loading %s (%s engine)", serve_args.model.uri, serve_args.engine)
@@ -28,7 +30,9 @@ class BigModelServer:
         info = await engine.start()
         logger.info(
             "bigmodel: %s ready in %.1f s (max_model_len %d, adapters: %s)",
-            serve_args.model.served_name, time.perf_counter() - started, info.max_model_len,
+            serve_args.model.served_name,
+            time.perf_counter() - started,
+            info.max_model_len,
             ", ".join(info.adapters) or "none",
         )
         self.runtime: Runtime = make_runtime(serve_args, engine, info)

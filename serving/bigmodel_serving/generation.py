@@ -107,7 +107,9 @@ class Generator:
         self.timeout_s = timeout_s
         self.request_logger = request_logger
 
-    async def _choice(self, prepared: PreparedRequest, index: int, on_delta: Callable[[int, str], None]) -> ChoiceResult:
+    async def _choice(
+        self, prepared: PreparedRequest, index: int, on_delta: Callable[[int, str], None]
+    ) -> ChoiceResult:
         sampling = prepared.sampling
         if sampling.seed is not None and index:
             sampling = replace(sampling, seed=sampling.seed + index)
@@ -196,7 +198,10 @@ class Generator:
             finally:
                 producer.cancel()
 
-        return events(), producer.cancel
+        def cancel() -> None:
+            producer.cancel()
+
+        return events(), cancel
 
     async def _produce(self, prepared: PreparedRequest, queue: asyncio.Queue[bytes | None]) -> None:
         chunk = ChunkFactory(prepared)
@@ -212,7 +217,7 @@ class Generator:
             queue.put_nowait(DONE_EVENT)
         except TimeoutError:
             queue.put_nowait(sse(timed_out(self.timeout_s).body()))
-        except Exception:  # noqa: BLE001 - headers are sent; tell the client in the stream
+        except Exception:
             logger.exception("generation failed for request %s", prepared.request_id)
             queue.put_nowait(sse(internal_error().body()))
 

@@ -6,6 +6,7 @@ Starts a local Ray (node IP 127.0.0.1, no dashboard), Serve's HTTP proxy on `hos
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -52,7 +53,7 @@ def start_local_ray(num_cpus: int | None = None) -> bool:
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         num_cpus=num_cpus if num_cpus is not None else max(2, min(os.cpu_count() or 2, 8)),
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
         log_to_driver=True,
     )
     return True
@@ -89,9 +90,7 @@ def run_local(
     serve_args = parse_serve_args(args)
     application = build_app(serve_args, engine_factory=engine_factory)  # fails fast on bad args
     owns_ray = start_local_ray(num_cpus)
-    serve.start(
-        http_options={"host": host, "port": port, "request_timeout_s": serve_args.limits.request_timeout_s + 5}
-    )
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": serve_args.limits.request_timeout_s + 5})
     loaded = threading.Event()
     progress = threading.Thread(target=_show_progress, args=(serve_args, loaded, out), daemon=True)
     progress.start()

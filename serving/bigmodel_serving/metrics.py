@@ -32,16 +32,24 @@ class ServingMetrics:
             "bigmodel_requests", "HTTP requests answered, by route and status code.", labels, registry=self.registry
         )
         self.errors = Counter(
-            "bigmodel_request_errors", "Requests answered with a 4xx or 5xx, by status code.", labels,
+            "bigmodel_request_errors",
+            "Requests answered with a 4xx or 5xx, by status code.",
+            labels,
             registry=self.registry,
         )
         self.latency = Histogram(
-            "bigmodel_request_duration_seconds", "Time from request to the last byte of the answer.",
-            ("route", "model", "adapter"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "bigmodel_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            ("route", "model", "adapter"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
-            "bigmodel_time_to_first_token_seconds", "Time from request to the first generated token.",
-            ("model", "adapter"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "bigmodel_time_to_first_token_seconds",
+            "Time from request to the first generated token.",
+            ("model", "adapter"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.prompt_tokens = Counter(
             "bigmodel_prompt_tokens", "Prompt tokens processed.", ("model", "adapter"), registry=self.registry

@@ -24,7 +24,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LABELS_KEY = "bigmodel.labels"
 
 
-class BodyTooLarge(APIError):
+class BodyTooLargeError(APIError):
     """Raised from `receive()` when a body without Content-Length grows past the cap."""
 
 
@@ -104,7 +104,7 @@ class GuardMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     error = body_too_large(self.max_body_bytes)
-                    raise BodyTooLarge(error.status, error.message, code=error.code)
+                    raise BodyTooLargeError(error.status, error.message, code=error.code)
             return message
 
         try:

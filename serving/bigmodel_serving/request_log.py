@@ -93,5 +93,5 @@ class RequestLogger:
         """Write `record` in a worker thread; a failure is logged, never raised to the client."""
         try:
             await asyncio.to_thread(self.write, record)
-        except Exception:  # noqa: BLE001 - logging must not fail the request
+        except Exception:
             logger.exception("could not write the request log entry")

@@ -141,7 +141,10 @@ async def prepare_chat(raw: bytes, engine: Engine, catalog: ModelCatalog) -> Pre
     adapter = catalog.resolve(body.model)
     _check_n(body.n, catalog)
     messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-    prompt = engine.render_chat(messages)
+    try:
+        prompt = engine.render_chat(messages)
+    except Exception as error:  # chat templates raise anything (jinja, ValueError)
+        raise bad_request(f"The model's chat template rejected these messages: {error}", param="messages") from None
     prompt_ids = await _encode(engine, prompt, add_special_tokens=False)
     _check_prompt_fits(len(prompt_ids), catalog)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -199,4 +202,3 @@ def _single_prompt(prompt: str | list[str]) -> str:
     if len(prompt) != 1:
         raise bad_request("Send one prompt per request (a string, or a list of exactly one).", param="prompt")
     return prompt[0]
-

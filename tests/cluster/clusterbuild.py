@@ -134,6 +134,11 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def _go_build(wrapper: str, out: str, pkgs: list[str], ldflags: str) -> None:
+    """One `go build` for all packages, so the packages they share compile once."""
+    _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, *pkgs], GOMOD / wrapper, _go_env())
+
+
 def _module_dir(module: str, version: str, scratch: Path) -> Path:
     """Download a module's source through the proxy (checked against sum.golang.org)."""
     out = _run(["go", "mod", "download", "-json", f"{module}@{version}"], scratch, _go_env())
@@ -180,54 +185,28 @@ def build() -> Layout:
         scratch.mkdir(exist_ok=True)
         kube_wanted = [bins[b] for b in KUBE_BINARIES if b not in override]
         if kube_wanted:
+            kube_pkgs = [f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES]
             _step(
                 f"kubernetes {KUBE_VERSION} ({', '.join(KUBE_BINARIES)})",
                 layout.kube,
                 kube_wanted,
-                lambda: _run(
-                    [
-                        "go",
-                        "build",
-                        "-trimpath",
-                        "-ldflags",
-                        _kube_ldflags(),
-                        "-o",
-                        str(layout.kube / "bin") + "/",
-                        *(f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES),
-                    ],
-                    GOMOD / "k8s",
-                    _go_env(),
-                ),
+                lambda: _go_build("k8s", str(layout.kube / "bin") + "/", kube_pkgs, _kube_ldflags()),
             )
         if "etcd" not in override:
+            etcd_pkg = "go.etcd.io/etcd/server/v3"
             _step(
                 f"etcd {ETCD_VERSION}",
                 layout.etcd,
                 [bins["etcd"]],
-                lambda: _run(
-                    [
-                        "go",
-                        "build",
-                        "-trimpath",
-                        "-ldflags",
-                        "-s -w",
-                        "-o",
-                        str(bins["etcd"]),
-                        "go.etcd.io/etcd/server/v3",
-                    ],
-                    GOMOD / "etcd",
-                    _go_env(),
-                ),
+                lambda: _go_build("etcd", str(bins["etcd"]), [etcd_pkg], "-s -w"),
             )
 
         def build_kwok() -> None:
-            gobin = {"GOBIN": str(layout.kwok / "bin")}
-            ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
-            _run(
-                ["go", "install", "-trimpath", "-ldflags", ldflags, f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
-                scratch,
-                _go_env(gobin),
-            )
+            if "kwok" not in override:
+                ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
+                pkg = f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"
+                env = _go_env({"GOBIN": str(layout.kwok / "bin")})
+                _run(["go", "install", "-trimpath", "-ldflags", ldflags, pkg], scratch, env)
             src = _module_dir("sigs.k8s.io/kwok", KWOK_VERSION, scratch)
             (layout.kwok / "manifests").mkdir(exist_ok=True)
             for rel, dest in KWOK_MANIFESTS.items():

@@ -17,7 +17,10 @@ import clusterbuild
 HERE = Path(__file__).resolve().parent
 FIELD_MANAGER = "bigmodel-devcluster"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-FAIL_ANNOTATION = "bigmodel.io/kwok-fail"
+# Pod annotations our stages react to (see manifests/).
+FAIL_ANNOTATION = "bigmodel.io/kwok-fail"  # "true": Running, then Failed with exit code 1
+FAIL_AFTER_ANNOTATION = "bigmodel.io/kwok-fail-after"  # Go duration to stay Running first
+COMPLETE_AFTER_ANNOTATION = "bigmodel.io/kwok-complete-after"  # Go duration, then Succeeded
 
 
 def _gpu_node(name: str, product: str, family: str, memory_mib: int, instance: str) -> dict[str, Any]:
@@ -93,10 +96,10 @@ def _wait_established(base: list[str], names: list[str], timeout: int = 120) -> 
 
 
 def apply_kwok(base: list[str], layout: clusterbuild.Layout) -> None:
-    """Stage CRD, KWOK's default stages, our pod-fail stage and the fake nodes."""
+    """Stage CRD, KWOK's default stages, ours (manifests/stage-*.yaml) and the fake nodes."""
     manifests = layout.kwok_manifests()
     _wait_established(base, _apply(base, manifests[0]))
-    _apply(base, *manifests[1:], HERE / "manifests" / "stage-pod-fail.yaml")
+    _apply(base, *manifests[1:], *sorted((HERE / "manifests").glob("stage-*.yaml")))
     nodes = {"apiVersion": "v1", "kind": "List", "items": [node_manifest(n) for n in NODES]}
     _apply(base, stdin=json.dumps(nodes))
     for node in NODES:

@@ -74,7 +74,9 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 def port_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port (TIME_WAIT leftovers do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

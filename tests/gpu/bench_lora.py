@@ -53,13 +53,16 @@ SHAPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 # case → (shape, mode, options). Batch = examples (baseline) or 2,048-token rows (ours).
+# "ours" is the trainer's default GPU recipe (attention auto = flex_attention, compile on); the
+# -sdpa / -eager cases are ablations.
 CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "8b-ours": ("8b", "ours", {"batch": 4}),
     "8b-baseline": ("8b", "baseline", {"batch": 8}),
     "1b-ours": ("1b", "ours", {"batch": 8}),
     "1b-baseline": ("1b", "baseline", {"batch": 8}),
-    "8b-ours-eager": ("8b", "ours", {"batch": 4, "compile": False}),
-    "8b-ours-flex": ("8b", "ours", {"batch": 4, "attention": "flex_attention"}),
+    "8b-ours-sdpa": ("8b", "ours", {"batch": 4, "attention": "sdpa"}),
+    "8b-ours-sdpa-eager": ("8b", "ours", {"batch": 4, "attention": "sdpa", "compile": False}),
+    "1b-ours-sdpa": ("1b", "ours", {"batch": 8, "attention": "sdpa"}),
 }
 CASE_TIMEOUT_S = 300
 
@@ -68,7 +71,7 @@ def llama_config(shape: str, attention: str) -> Any:
     from transformers import LlamaConfig
 
     config = LlamaConfig(
-        **SHAPES[shape], max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+        **SHAPES[shape], max_position_embeddings=131072, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     config._attn_implementation = attention
@@ -129,7 +132,7 @@ def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> di
     import torch
     from bigmodel_training.config import TrainerConfig
     from bigmodel_training.data import PreparedData
-    from bigmodel_training.modeling import prepare_model, select_runtime
+    from bigmodel_training.modeling import attention_implementation, prepare_model, select_runtime
     from bigmodel_training.trainer import Trainer
 
     config = TrainerConfig.model_validate({
@@ -139,14 +142,14 @@ def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> di
         "hyperparameters": {
             "batch_size": options["batch"], "gradient_accumulation_steps": options.get("accumulation", 1),
             "max_steps": steps + WARMUP_STEPS, "max_seq_length": 2048, "packing": True, "warmup_ratio": 0.0,
-            "gradient_checkpointing": options.get("gradient_checkpointing", False),
-            "attention": options.get("attention", "sdpa"), "torch_compile": options.get("compile", device == "cuda"),
+            "gradient_checkpointing": options.get("gradient_checkpointing"),  # default: auto (off when it fits)
+            "attention": options.get("attention", "auto"), "torch_compile": options.get("compile", device == "cuda"),
         },
         "checkpoint": {"every_steps": 10**9},
     })  # fmt: skip
     hp = config.hyperparameters
     runtime = select_runtime(config.method)
-    model = build_model(shape, hp.attention if hp.attention != "auto" else "sdpa", device)
+    model = build_model(shape, attention_implementation(hp, runtime), device)
     model = prepare_model(model, config.method, hp, runtime)
     examples = synthetic_examples(4000, SHAPES[shape]["vocab_size"], 2048)
     with tempfile.TemporaryDirectory() as out:
@@ -278,7 +281,9 @@ def main() -> int:
             )  # fmt: skip
             output, code = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            output, code = f"{exc.stdout or ''}{exc.stderr or ''} TIMEOUT", -1
+            partial = (exc.stdout or b"") + (exc.stderr or b"")
+            text = partial.decode("utf-8", "replace") if isinstance(partial, bytes) else str(partial)
+            output, code = f"{text} TIMEOUT", -1
         if code != 0 and "OutOfMemoryError" in str(output) and batch > 1 and CASES[name][1] == "ours":
             print(f"{name}: out of memory with micro-batch {batch}; retrying with {batch // 2}", flush=True)
             queue.insert(0, (name, batch // 2))

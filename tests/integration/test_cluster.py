@@ -92,25 +92,48 @@ def test_gpu_pod_without_toleration_stays_pending(api_client: Any, namespace: st
     assert pod.spec.node_name is None
 
 
+def _job(name: str, annotations: dict | None = None) -> client.V1Job:
+    template = client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(annotations=annotations), spec=_pod("unused").spec)
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1JobSpec(backoff_limit=0, template=template),
+    )
+
+
+def _job_condition(batch: client.BatchV1Api, namespace: str, name: str, condition: str) -> Callable[[], Any]:
+    def check() -> Any:
+        status = batch.read_namespaced_job_status(name, namespace).status
+        conditions = {c.type: c.status for c in status.conditions or []}
+        return status if conditions.get(condition) == "True" else None
+
+    return check
+
+
 def test_job_pod_completes_and_job_is_complete(api_client: Any, namespace: str, wait_until: Callable) -> None:
     batch = client.BatchV1Api(api_client)
-    template = _pod("unused")
-    job = client.V1Job(
-        metadata=client.V1ObjectMeta(name="train"),
-        spec=client.V1JobSpec(
-            backoff_limit=0,
-            template=client.V1PodTemplateSpec(spec=template.spec),
-        ),
-    )
-    batch.create_namespaced_job(namespace, job)
-
-    def complete() -> Any:
-        status = batch.read_namespaced_job_status("train", namespace).status
-        conditions = {c.type: c.status for c in status.conditions or []}
-        return status if conditions.get("Complete") == "True" else None
-
-    status = wait_until(complete, timeout=POD_TIMEOUT, what="Job train Complete")
+    batch.create_namespaced_job(namespace, _job("train"))
+    status = wait_until(_job_condition(batch, namespace, "train", "Complete"), timeout=POD_TIMEOUT, what="Job Complete")
     assert status.succeeded == 1
+
+
+def test_job_pod_with_complete_after_runs_first(api_client: Any, namespace: str, wait_until: Callable) -> None:
+    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+    batch.create_namespaced_job(namespace, _job("slow", {"bigmodel.io/kwok-complete-after": "5s"}))
+
+    def running_pod() -> Any:
+        pods = core.list_namespaced_pod(namespace, label_selector="job-name=slow").items
+        return pods[0] if pods and pods[0].status.phase == "Running" else None
+
+    wait_until(running_pod, timeout=POD_TIMEOUT, what="Job pod Running")
+    assert batch.read_namespaced_job_status("slow", namespace).status.succeeded in (None, 0)
+    wait_until(_job_condition(batch, namespace, "slow", "Complete"), timeout=POD_TIMEOUT, what="Job Complete")
+
+
+def test_job_with_fail_annotation_fails(api_client: Any, namespace: str, wait_until: Callable) -> None:
+    batch = client.BatchV1Api(api_client)
+    batch.create_namespaced_job(namespace, _job("crash", {"bigmodel.io/kwok-fail": "true"}))
+    status = wait_until(_job_condition(batch, namespace, "crash", "Failed"), timeout=POD_TIMEOUT, what="Job Failed")
+    assert status.failed == 1
 
 
 def test_pod_with_fail_annotation_fails(api_client: Any, namespace: str, wait_until: Callable) -> None:

@@ -106,9 +106,15 @@ class Hyperparameters(_Model):
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables.")
-    gradient_checkpointing: bool = Field(default=True, description="Recompute activations: less memory, ~30% slower.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations: less memory, ~30% slower. Default: on only when a micro-batch's "
+        "activations would not fit in the GPU memory left after loading the model (never on the CPU).",
+    )
     attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
-        default="auto", description="Attention kernel; auto is sdpa (packed examples get a block-diagonal mask)."
+        default="auto",
+        description="Attention kernel; auto: flex_attention on CUDA GPUs, sdpa on the CPU. Packed examples get a "
+        "block-diagonal causal mask either way.",
     )
     torch_compile: bool | None = Field(
         default=None, description="Compile each decoder layer with torch.compile; default: on CUDA GPUs only."

@@ -42,14 +42,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         compute = hidden.dtype
         w = weight.to(compute)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if need_w else None
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
             y = targets[start : start + chunk]
-            logits = (h @ w.t()).float()
+            logits = (h @ w.t()).to(accumulate)
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
             if need_h or need_w:
@@ -59,7 +60,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h[start : start + chunk] = d_logits @ w
                 if grad_w is not None:
-                    grad_w += (d_logits.t() @ h).float()
+                    grad_w += (d_logits.t() @ h).to(accumulate)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total

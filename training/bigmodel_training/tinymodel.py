@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel")) / "models"
 TINY_MODEL_NAME = "tiny-llama-v1"
@@ -145,7 +146,7 @@ def make_tiny_lora_adapter(
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name or "lora_A" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * init_scale)
-        peft_model.save_pretrained(staging)
+        peft_model.save_pretrained(str(staging))
         _write_marker(staging, {"kind": "lora-adapter", "seed": seed, "rank": rank})
         _move_into_place(staging, target)
     finally:
@@ -153,7 +154,7 @@ def make_tiny_lora_adapter(
     return target
 
 
-def _train_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
+def _train_tokenizer(vocab_size: int) -> Any:
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -184,7 +185,7 @@ def _train_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
     return tokenizer
 
 
-def _save_random_llama(  # type: ignore[no-untyped-def]
+def _save_random_llama(
     directory: Path,
     *,
     seed: int,
@@ -194,7 +195,7 @@ def _save_random_llama(  # type: ignore[no-untyped-def]
     heads: int,
     kv_heads: int,
     max_position_embeddings: int,
-    tokenizer,
+    tokenizer: Any,
 ) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -211,7 +212,6 @@ def _save_random_llama(  # type: ignore[no-untyped-def]
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -239,3 +239,9 @@ def _move_into_place(staging: Path, target: Path) -> None:
     except OSError:
         if not is_complete(target):
             raise
+
+
+if __name__ == "__main__":  # python -m bigmodel_training.tinymodel [DIR]: write (or reuse) it, print the path
+    import sys
+
+    print(make_tiny_model(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

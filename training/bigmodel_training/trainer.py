@@ -117,8 +117,13 @@ class Trainer:
     def loss_sum(self, batch: Batch) -> torch.Tensor:
         """Summed token cross-entropy of one micro-batch (forward pass under autocast)."""
         with self.runtime.autocast():
+            # use_cache=False matters: with a cache, transformers skips the packed-sequence
+            # detection and packed examples would attend to each other.
             out = self.decoder(
-                input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask
+                input_ids=batch.input_ids,
+                position_ids=batch.position_ids,
+                attention_mask=batch.attention_mask,
+                use_cache=False,
             )
             return completion_loss(out[0], batch.labels, self.head, self.model_config)
 

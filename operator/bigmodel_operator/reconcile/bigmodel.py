@@ -69,12 +69,12 @@ class BigModelReconciler:
         except ValidationError as error:
             obs = BigModelObservation(meta.get("generation"), 0, None, Reason.INVALID_SPEC, str(error))
             obs.blockers.append(Blocker(Reason.INVALID_SPEC, f"spec does not parse: {error}"))
-            await self._write_status(body, compute_status(obs, body.get("status")))
+            await self._write_status(body, compute_status(obs, self._previous_status(body)))
             return
         obs, place = await self._observe(body, spec)
         if not any(b.blocks_deploy for b in obs.blockers):
             await self._apply_children(body, spec, place, obs)
-        await self._write_status(body, compute_status(obs, body.get("status")))
+        await self._write_status(body, compute_status(obs, self._previous_status(body)))
 
     async def _observe(self, body: dict[str, Any], spec: BigModelSpec) -> tuple[BigModelObservation, Placement]:
         meta = body["metadata"]
@@ -176,22 +176,34 @@ class BigModelReconciler:
         except NotControlledError as error:
             obs.blockers.append(Blocker(Reason.CHILD_NOT_CONTROLLED, str(error)))
 
+    def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The status we last wrote (the watch may not have delivered it yet), else the body's."""
+        meta = body["metadata"]
+        written = self.state.written_status.get(("BigModel", meta["namespace"], meta["name"]))
+        current: dict[str, Any] | None = body.get("status")
+        if written and written.get("observedGeneration") == meta.get("generation"):
+            return written
+        return current
+
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
         key = ("BigModel", meta["namespace"], meta["name"])
         current = body.get("status") or {}
-        if _same(current, status) or _same(self.state.written_status.get(key, {}), status):
+        written = self.state.written_status.get(key)
+        if _same(current, status) or (written is not None and _same(written, status)):
             return
         await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], _with_removals(current, status))
         self.state.written_status[key] = status
-        self._emit_transitions(body, current, status)
+        self._emit_transitions(body, written or current, status)
 
     def _emit_transitions(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
         before = c.get_condition(old.get("conditions"), c.READY) or {}
         after = c.get_condition(new.get("conditions"), c.READY) or {}
         if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
             return
-        kind = "Normal" if after.get("status") == "True" or after.get("reason") in _PROGRESS_REASONS else "Warning"
+        if after.get("reason") in _PROGRESS_REASONS:
+            return  # normal progress is in the conditions; an Event each would double the writes
+        kind = "Normal" if after.get("status") == "True" else "Warning"
         self.emit(body, kind, after.get("reason", ""), after.get("message", ""))
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+SLIM_KINDS = frozenset({"RayService", "Ingress", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"})
 
 
 @dataclass
@@ -18,6 +19,9 @@ class ClusterState:
 
     def put(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
+        if body["kind"] in SLIM_KINDS:
+            # Children: we compare their spec-hash annotation and read their status, never their spec.
+            body = {k: v for k, v in body.items() if k != "spec"}
         self.objects[(body["kind"], meta.get("namespace", ""), meta["name"])] = body
 
     def drop(self, kind: str, namespace: str, name: str) -> None:

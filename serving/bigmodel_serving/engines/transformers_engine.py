@@ -95,7 +95,7 @@ class TransformersEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         dtype: Any = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         if self.adapter_paths:
             from peft import PeftModel
 
@@ -103,9 +103,9 @@ class TransformersEngine:
                 warnings.simplefilter("ignore", FutureWarning)  # peft probes deprecated transformers attrs
                 names = iter(self.adapter_paths.items())
                 first_name, first_path = next(names)
-                model = PeftModel.from_pretrained(model, first_path, adapter_name=first_name)
+                model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_name)
                 for name, path in names:
-                    model.load_adapter(path, adapter_name=name)
+                    model.load_adapter(str(path), adapter_name=name)
         model.eval()
         self.model = model
         max_len = self.configured_max_len or int(getattr(model.config, "max_position_embeddings", 2048))
@@ -142,9 +142,7 @@ class TransformersEngine:
         finally:
             cancelled.set()
 
-    def _generate_blocking(
-        self, request: GenerationRequest, emit: Any, cancelled: threading.Event
-    ) -> None:
+    def _generate_blocking(self, request: GenerationRequest, emit: Any, cancelled: threading.Event) -> None:
         try:
             if not cancelled.is_set():
                 self._run_generate(request, emit, cancelled)
@@ -159,7 +157,7 @@ class TransformersEngine:
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         counts = {"pending": 0, "generated": 0}
 
-        class DeltaStreamer(BaseStreamer):  # type: ignore[misc]
+        class DeltaStreamer(BaseStreamer):
             prompt_seen = False
 
             def put(self, value: Any) -> None:
@@ -177,7 +175,7 @@ class TransformersEngine:
             def end(self) -> None:
                 return None
 
-        class StopWhenCancelled(StoppingCriteria):  # type: ignore[misc]
+        class StopWhenCancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
 
@@ -204,7 +202,7 @@ class TransformersEngine:
         if not self.adapter_paths:
             return contextlib.nullcontext()
         if adapter is None:
-            return self.model.disable_adapter()  # type: ignore[no-any-return]
+            return self.model.disable_adapter()
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 

@@ -24,7 +24,7 @@ _OWNED_KEYS = {
 }
 
 
-class InvalidEngineArgs(ValueError):
+class InvalidEngineArgsError(ValueError):
     """engine_args.extra_args holds something that cannot be passed to vLLM."""
 
 
@@ -40,7 +40,7 @@ def parse_extra_args(extra_args: list[str]) -> dict[str, Any]:
         item = items[index]
         index += 1
         if not item.startswith("--") or len(item) < 3:
-            raise InvalidEngineArgs(f"engine_args.extra_args: expected --name[=value], got {item!r}")
+            raise InvalidEngineArgsError(f"engine_args.extra_args: expected --name[=value], got {item!r}")
         name, has_value, raw = item[2:].partition("=")
         if not has_value and index < len(items) and not items[index].startswith("--"):
             raw, has_value = items[index], "="
@@ -50,7 +50,7 @@ def parse_extra_args(extra_args: list[str]) -> dict[str, Any]:
             name, value = name[3:], False
         key = name.replace("-", "_")
         if key in _OWNED_KEYS:
-            raise InvalidEngineArgs(
+            raise InvalidEngineArgsError(
                 f"engine_args.extra_args: --{name} is set through {_OWNED_KEYS[key]}, not extra_args"
             )
         parsed[key] = value

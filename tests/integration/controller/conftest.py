@@ -60,6 +60,12 @@ def operator_process(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory)
     log_dir.mkdir(parents=True, exist_ok=True)
     config_file = tmp_path_factory.mktemp("operator") / "config.yaml"
     config_file.write_text(yaml.safe_dump({"resync_seconds": 3, "images": {"vllm": "example.com/vllm:test"}}))
+    if os.environ.get("BIGMODEL_OPERATOR_AS") == "chart":  # the Helm chart's ServiceAccount instead of admin
+        sys.path.insert(0, str(REPO / "tests" / "cluster"))
+        import chartidentity
+
+        kubeconfig = chartidentity.operator_kubeconfig(kubeconfig, config_file.parent)
+        log_dir = chartidentity.log_dir()  # its own log: a 403 there names a permission the chart lacks
     op = OperatorProcess(kubeconfig, log_dir, config_file)
     op.start()
     yield op

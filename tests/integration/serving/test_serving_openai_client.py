@@ -8,7 +8,6 @@ import openai
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def client(serving: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{serving.url}/v1", api_key=serving.api_key, max_retries=0, timeout=60)
@@ -36,8 +35,12 @@ def test_completion(client: openai.OpenAI) -> None:
 
 
 def test_chat_stream_matches_non_stream(client: openai.OpenAI) -> None:
-    request = {"model": "tiny", "messages": [{"role": "user", "content": "Count to three"}], "max_tokens": 12,
-               "temperature": 0}
+    request = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Count to three"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
     whole = client.chat.completions.create(**request)  # type: ignore[call-overload]
     chunks = list(client.chat.completions.create(**request, stream=True))  # type: ignore[call-overload]
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)

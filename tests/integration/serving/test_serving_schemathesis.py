@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
-from hypothesis import HealthCheck, settings
-
 from bigmodel_serving.api import create_api, make_runtime, openapi_document
 from bigmodel_serving.args import parse_serve_args
 from bigmodel_serving.engines.base import ModelInfo
 from bigmodel_serving.engines.stub import StubEngineFactory
+from hypothesis import HealthCheck, settings
 
 
 def _document() -> dict[str, Any]:
@@ -27,6 +26,8 @@ schema = schemathesis.openapi.from_dict(_document())
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any, serving: Any) -> None:
     response = case.call(base_url=serving.url, headers={"Authorization": f"Bearer {serving.api_key}"}, timeout=60)
-    assert response.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    )
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}

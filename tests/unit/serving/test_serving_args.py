@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from bigmodel_serving.app import CONTROL_HEADROOM, deployment_options
-from bigmodel_serving.args import InvalidServeArgs, ServeArgs, parse_serve_args
+from bigmodel_serving.args import InvalidServeArgsError, ServeArgs, parse_serve_args
 
 FULL_ARGS: dict[str, Any] = {
     "model": {
@@ -78,7 +77,7 @@ def test_minimal_args_get_defaults() -> None:
     ],
 )
 def test_invalid_args_give_clear_messages(change: dict[str, Any], expected: str) -> None:
-    with pytest.raises(InvalidServeArgs) as error:
+    with pytest.raises(InvalidServeArgsError) as error:
         parse_serve_args({**FULL_ARGS, **change})
     assert expected in str(error.value)
     assert str(error.value).startswith("invalid bigmodel serve args:")
@@ -108,9 +107,8 @@ def test_deployment_options_place_tensor_parallel_workers() -> None:
 
 def test_deployment_options_are_valid_for_serve() -> None:
     """Serve itself accepts the options (checked without starting Ray)."""
-    from ray import serve
-
     from bigmodel_serving.deployment import BigModelServer
+    from ray import serve
 
     deployment = BigModelServer.options(**deployment_options(parse_serve_args(FULL_ARGS)))
     assert isinstance(deployment, serve.Deployment)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from bigmodel_serving.admission import AdmissionGate
 from bigmodel_serving.args import RequestLogArgs
 from bigmodel_serving.engines.transformers_engine import IncrementalDetokenizer
@@ -78,8 +77,13 @@ def test_detokenizer_waits_for_whole_characters() -> None:
 def test_request_log_redacts(tmp_path: Path) -> None:
     log_file = tmp_path / "requests.jsonl"
     logger = RequestLogger(log_file, redactor=lambda text: text.replace("alice@example.com", "[EMAIL]"))
-    logger.write({"request_id": "r1", "messages": [{"role": "user", "content": "mail alice@example.com"}],
-                  "completions": ["ok alice@example.com"]})
+    logger.write(
+        {
+            "request_id": "r1",
+            "messages": [{"role": "user", "content": "mail alice@example.com"}],
+            "completions": ["ok alice@example.com"],
+        }
+    )
     entry = json.loads(log_file.read_text())
     assert entry["messages"][0]["content"] == "mail [EMAIL]"
     assert entry["completions"] == ["ok [EMAIL]"]
@@ -110,3 +114,29 @@ async def test_regressions_found_by_schemathesis() -> None:
     assert (error.value.status, error.value.param) == (400, "prompt")
     prepared = await prepare_completion(b'{"model": "m", "prompt": "x", "temperature": 5e-324}', engine, catalog)
     assert prepared.sampling.temperature == 0.0
+
+
+def test_request_log_uses_the_training_redactor(tmp_path: Path) -> None:
+    args = RequestLogArgs(enabled=True, path=str(tmp_path / "log.jsonl"))
+    logger = RequestLogger.from_args(args)
+    assert logger is not None and logger.redactor is not None
+    line = logger.entry({"prompt": "mail alice@example.com", "completions": ["ok"], "model": "m"})
+    assert "alice@example.com" not in line
+    assert json.loads(line)["model"] == "m"
+
+
+@pytest.mark.anyio
+async def test_chat_template_rejection_is_a_400() -> None:
+    from bigmodel_serving.engines.stub import StubEngine
+    from bigmodel_serving.validation import ModelCatalog, prepare_chat
+
+    class StrictTemplate(StubEngine):
+        def render_chat(self, messages: list[dict[str, str]]) -> str:
+            raise ValueError("Conversation roles must alternate user/assistant")
+
+    engine = StrictTemplate(max_model_len=32, adapters=(), ttft_s=0, per_token_s=0)
+    body = b'{"model": "m", "messages": [{"role": "assistant", "content": "x"}]}'
+    with pytest.raises(APIError) as error:
+        await prepare_chat(body, engine, ModelCatalog(base="m", adapters=(), max_model_len=32, max_n=1))
+    assert error.value.status == 400
+    assert "must alternate" in error.value.message

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from bigmodel_serving.args import parse_serve_args
-from bigmodel_serving.engines.vllm_args import InvalidEngineArgs, parse_extra_args, vllm_engine_kwargs
+from bigmodel_serving.engines.vllm_args import InvalidEngineArgsError, parse_extra_args, vllm_engine_kwargs
 
 
 def _args(**sections: Any) -> Any:
@@ -19,8 +18,13 @@ def test_typed_args_map_to_vllm_names() -> None:
     kwargs = vllm_engine_kwargs(
         _args(
             model={"uri": "hf://org/model", "revision": "v2", "served_name": "m", "tokenizer": "org/tok"},
-            engine_args={"max_model_len": 4096, "dtype": "bfloat16", "quantization": "awq",
-                         "gpu_memory_utilization": 0.85, "enable_prefix_caching": False},
+            engine_args={
+                "max_model_len": 4096,
+                "dtype": "bfloat16",
+                "quantization": "awq",
+                "gpu_memory_utilization": 0.85,
+                "enable_prefix_caching": False,
+            },
             limits={"max_ongoing_requests": 48},
         )
     )
@@ -79,7 +83,7 @@ def test_extra_args_parse(extra: list[str], expected: dict[str, Any]) -> None:
     ],
 )
 def test_extra_args_rejected(extra: list[str], message: str) -> None:
-    with pytest.raises(InvalidEngineArgs, match=message):
+    with pytest.raises(InvalidEngineArgsError, match=message):
         parse_extra_args(extra)
 
 

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the operator itself (text format, no client library): API calls by verb,
+reconciles by kind and outcome with their duration, and the objects it tracks."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from bigmodel_operator.handlers import Operator
+
+
+class ReconcileStats:
+    """Counts and total seconds of reconciles, by (kind, result)."""
+
+    def __init__(self) -> None:
+        self.count: Counter[tuple[str, str]] = Counter()
+        self.seconds: dict[str, float] = {}
+
+    async def timed(self, kind: str, work: Callable[[], Awaitable[None]]) -> None:
+        start = time.perf_counter()
+        result = "error"
+        try:
+            await work()
+            result = "ok"
+        finally:
+            self.count[(kind, result)] += 1
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - start
+
+
+def render(operator: Operator) -> str:
+    lines = [
+        "# HELP bigmodel_operator_api_requests_total Kubernetes API requests made by the operator.",
+        "# TYPE bigmodel_operator_api_requests_total counter",
+    ]
+    for verb, n in sorted({**operator.kube.reads, **operator.kube.writes}.items()):
+        lines.append(f'bigmodel_operator_api_requests_total{{verb="{verb}"}} {n}')
+    lines += [
+        "# HELP bigmodel_operator_reconciles_total Reconciles run, by kind and result.",
+        "# TYPE bigmodel_operator_reconciles_total counter",
+    ]
+    for (kind, result), n in sorted(operator.stats.count.items()):
+        lines.append(f'bigmodel_operator_reconciles_total{{kind="{kind}",result="{result}"}} {n}')
+    lines += ["# TYPE bigmodel_operator_reconcile_seconds_total counter"]
+    for kind, seconds in sorted(operator.stats.seconds.items()):
+        lines.append(f'bigmodel_operator_reconcile_seconds_total{{kind="{kind}"}} {seconds:.6f}')
+    tracked = Counter(kind for kind, _, _ in operator.state.objects)
+    lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
+    for kind, n in sorted(tracked.items()):
+        lines.append(f'bigmodel_operator_tracked_objects{{kind="{kind}"}} {n}')
+    return "\n".join(lines) + "\n"
+
+
+async def serve_metrics(operator: Operator, address: str) -> web.AppRunner:
+    """Serve GET /metrics at host:port."""
+    host, _, port = address.rpartition(":")
+
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(text=render(operator), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    return runner

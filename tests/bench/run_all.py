@@ -1,0 +1,34 @@
+"""`make bench`: every CPU benchmark, each writing its own section of docs/benchmarks.md.
+
+The GPU fine-tuning benchmark runs on a lent GPU machine (tests/gpu); see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = [
+    ("control plane", [sys.executable, "tests/cluster/devcluster.py", "up"]),
+    ("operator: 1,000 BigModels", [sys.executable, "tests/bench/operator_bench.py"]),
+    ("serving path", [sys.executable, "-m", "bigmodel_serving.bench", "--out", "docs/benchmarks.md"]),
+]
+
+
+def main() -> int:
+    failed = []
+    for title, argv in STEPS:
+        print(f"\n== bench: {title}", flush=True)
+        if subprocess.run(argv, cwd=REPO, check=False).returncode != 0:
+            failed.append(title)
+    if failed:
+        print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("\nbench: results written to docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The Job's entrypoint as a real process: exit codes, termination messages, kill and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bigmodel_training.checkpoint import complete_checkpoints
+from bigmodel_training.config import TrainerConfig
+from bigmodel_training.errors import EXIT_DATASET, EXIT_TERMINATED, EXIT_UNSUPPORTED
+
+
+def _start(config: TrainerConfig, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    config_file = tmp_path / f"{name}.json"
+    config_file.write_text(config.to_json())
+    termination = tmp_path / f"{name}.termination-log"
+    env = {**os.environ, "BIGMODEL_TERMINATION_LOG": str(termination), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bigmodel_training", "--config", str(config_file)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return process, termination
+
+
+def _finish(process: subprocess.Popen[bytes], timeout: float = 180) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output.decode("utf-8", "replace")
+
+
+def test_qlora_on_cpu_fails_clearly(make_config: Callable[..., TrainerConfig], tmp_path: Path) -> None:
+    process, termination = _start(make_config(method={"type": "qlora"}), tmp_path, "qlora")
+    code, output = _finish(process)
+    assert code == EXIT_UNSUPPORTED, output
+    message = json.loads(termination.read_text())
+    assert message["reason"] == "Error"
+    assert "CUDA GPU" in message["message"]
+    assert "method.type: lora" in message["message"]
+
+
+def test_invalid_dataset_fails_before_training_with_line_numbers(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+    bad.write_text("\n".join([good, "{not json", '{"messages": [{"role": "assistant", "content": "x"}]}', good]) + "\n")
+    digest = hashlib.sha256(bad.read_bytes()).hexdigest()
+    config = make_config(dataset={"uri": f"file://{bad}", "min_examples": 1})
+    process, termination = _start(config, tmp_path, "bad-data")
+    code, output = _finish(process)
+    assert code == EXIT_DATASET, output
+    message = json.loads(termination.read_text())
+    assert message["reason"] == "DatasetInvalid"
+    assert "line 2: bad_json" in message["message"]
+    assert "line 3: role_order" in message["message"]
+    assert "line 4: duplicate: duplicate of line 1" in message["message"]
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_over_length_examples_are_refused_with_their_lines(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    config = make_config(hyperparameters={"max_seq_length": 20})
+    process, termination = _start(config, tmp_path, "too-long")
+    code, output = _finish(process)
+    assert code == EXIT_DATASET, output
+    message = json.loads(termination.read_text())["message"]
+    assert "line 1: too_long:" in message
+    assert "more than max_seq_length 20" in message
+
+
+def test_sigkill_then_restart_resumes_from_the_last_checkpoint(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    config = make_config(hyperparameters={"max_steps": 40}, checkpoint={"every_steps": 5, "keep": 2})
+    out = Path(config.output.uri.removeprefix("file://"))
+    process, _ = _start(config, tmp_path, "killed")
+    deadline = time.monotonic() + 120
+    while not complete_checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    code, output = _finish(process)
+    assert code == -signal.SIGKILL, f"the run ended before it could be killed: {output[-2000:]}"
+    saved = complete_checkpoints(out)[-1][0]
+    assert not (out / "metrics.json").exists()
+
+    process, _ = _start(config, tmp_path, "resumed")
+    code, output = _finish(process)
+    assert code == 0, output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] is not None
+    assert metrics["resumed_from_step"] >= saved
+    assert metrics["steps"] == 40
+    assert [h["step"] for h in metrics["loss_curve"]] == list(range(1, 41))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    config = make_config(hyperparameters={"max_steps": 100000}, checkpoint={"every_steps": 100000})
+    out = Path(config.output.uri.removeprefix("file://"))
+    process, termination = _start(config, tmp_path, "preempted")
+    progress = out / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["status"]["progress"].get("step", 0) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    code, output = _finish(process)
+    assert code == EXIT_TERMINATED, output
+    assert complete_checkpoints(out), "a checkpoint is written on SIGTERM"
+    assert "SIGTERM" in json.loads(termination.read_text())["message"]
