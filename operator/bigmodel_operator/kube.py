@@ -125,7 +125,6 @@ def _from_kubeconfig(path: Path) -> Credentials:
     cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
     users = config.get("users", [])
     user: dict[str, Any] = next((u["user"] for u in users if u["name"] == context.get("user")), {}) or {}
-    user: dict[str, Any] = next((u["user"] for u in users if u["name"] == context.get("user")), {}) or {}
     base = path.parent
     ctx: ssl.SSLContext | None = None
     server = str(cluster["server"]).rstrip("/")
