@@ -33,6 +33,7 @@ MODES = {
 CONCURRENCY = (1, 8, 32)
 STUB_TTFT_S, STUB_TOKEN_S, STREAM_TOKENS = 0.020, 0.005, 16
 SECTION = "## Serving path"
+RAW_RESULTS = Path(".bench/serving.json")  # the last run's raw numbers (git-ignored)
 SETTLE_S = 10
 SEQUENTIAL_ROUNDS = 400
 ASGI_CALLS = 3000
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--modes", default="default,haproxy", help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--render-only", action="store_true", help=f"re-render from {RAW_RESULTS}, measure nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -280,8 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bigmodel_serving.bench_report import render_section, replace_section
 
-    direct = _run_child("direct")  # once, before any Ray starts: the engines alone
-    runs = [{**_run_child(mode), "direct": direct.get("direct")} for mode in options.modes.split(",")]
+    if options.render_only:
+        runs = json.loads(RAW_RESULTS.read_text())
+    else:
+        direct = _run_child("direct")  # once, before any Ray starts: the engines alone
+        runs = [{**_run_child(mode), "direct": direct.get("direct")} for mode in options.modes.split(",")]
+        RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RAW_RESULTS.write_text(json.dumps(runs, indent=1))
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = render_section(runs, machine=_machine(), date=date)
     replace_section(options.out, SECTION, section)

@@ -154,9 +154,48 @@ def render_section(runs: list[dict[str, Any]], *, machine: str, date: str) -> st
         "pessimistic; the floor and our app are measured in the same run, with the same client.",
         "",
     ]
+    lines += _findings(runs)
     for run in runs:
         lines += _mode_section(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _findings(runs: list[dict[str, Any]]) -> list[str]:
+    """A few comparisons across the table below, computed from this run."""
+    ok = {run["mode"]: run for run in runs if "failed" not in run and run.get("direct")}
+    if not ok:
+        return []
+    any_run = next(iter(ok.values()))
+    asgi = any_run["direct"].get("asgi_us", {})
+    lines = [
+        "Reading the numbers:",
+        "",
+        f"- Our code costs about {_fmt(asgi.get('completion'))} µs of CPU per completion (the ASGI app called "
+        "in-process); the rest of the gap to the floor is scheduling on the shared cores.",
+        "- The tiny model's TTFT grows with concurrency because the transformers (dev) engine generates one "
+        "request at a time; its req/s is the engine's limit on these cores, not the path's.",
+    ]
+    if "default" in ok and "haproxy" in ok:
+        default, haproxy = ok["default"]["http"], ok["haproxy"]["http"]
+
+        def seq(http: dict[str, Any], name: str) -> float:
+            return float(http["sequential"][name]["latency_p50_ms"])
+
+        def conc(http: dict[str, Any], key: str, field: str) -> float:
+            return float(http[key]["32"][field])
+
+        lines.append(
+            "- Ray 2.60's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1` + `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`) "
+            f"takes the POST floor from {_fmt(seq(default, 'floor_post'))} to {_fmt(seq(haproxy, 'floor_post'))} ms "
+            f"p50 and our completion from {_fmt(seq(default, 'app_completion'))} to "
+            f"{_fmt(seq(haproxy, 'app_completion'))} ms; at concurrency 32 the stub's TTFT p50 goes from "
+            f"{_fmt(conc(default, 'stream_stub', 'ttft_p50_ms'))} to "
+            f"{_fmt(conc(haproxy, 'stream_stub', 'ttft_p50_ms'))} ms and the tiny model's req/s from "
+            f"{_fmt(conc(default, 'stream_tiny', 'rps'))} to "
+            f"{_fmt(conc(haproxy, 'stream_tiny', 'rps'))}. Auth, limits and the 429 path behave the same. "
+            "It is HTTP-only (terminate TLS in front of it)."
+        )
+    return [*lines, ""]
 
 
 def replace_section(path: Path, heading: str, section: str) -> None:

@@ -55,7 +55,15 @@ async def serve(kubeconfig: Path, out: Path, port_file: Path) -> None:
         ) as upstream:
             watch = request.query.get("watch") in {"1", "true"}
             log.write(
-                json.dumps({"method": request.method, "path": request.path, "watch": watch, "status": upstream.status})
+                json.dumps(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "query": request.query_string,
+                        "watch": watch,
+                        "status": upstream.status,
+                    }
+                )
                 + "\n"
             )
             response = web.StreamResponse(status=upstream.status)
