@@ -27,6 +27,9 @@ def run_operator(
 
     kopf.configure(verbose=verbose)  # kopf owns the logging set-up
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not verbose:
+        # kopf logs every handler call at INFO; at thousands of watch events that is most of the CPU.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = load_config(config_file)
     kopf.run(
         clusterwide=all_namespaces or not namespaces,

@@ -88,19 +88,27 @@ def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
 
 async def watch(kube: Kube, path: str, seen: dict[str, float], predicate: Any, stop: asyncio.Event) -> None:
     """Record the first time each object matching `predicate` is seen on a watch stream."""
-    session = await kube._http()
     headers = {"Authorization": f"Bearer {kube.credentials.bearer()}"} if kube.credentials.bearer() else {}
     params = {"watch": "true", "allowWatchBookmarks": "false", "timeoutSeconds": "600"}
-    async with session.get(kube.credentials.server + path, params=params, headers=headers,
-                           timeout=aiohttp.ClientTimeout(total=None)) as response:
-        async for raw in response.content:
-            if stop.is_set():
-                return
-            event = json.loads(raw)
-            obj = event.get("object") or {}
-            name = obj.get("metadata", {}).get("name")
-            if name and name not in seen and predicate(obj):
-                seen[name] = time.monotonic()
+    connector = aiohttp.TCPConnector(ssl=kube.credentials.ssl_context or False)
+    # Watch lines carry whole objects: allow lines far beyond aiohttp's 64 KiB default.
+    async with (
+        aiohttp.ClientSession(connector=connector, read_bufsize=2**24) as session,
+        session.get(kube.credentials.server + path, params=params, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None)) as response,
+    ):
+        try:
+            async for raw in response.content:
+                if stop.is_set():
+                    return
+                event = json.loads(raw)
+                obj = event.get("object") or {}
+                name = obj.get("metadata", {}).get("name")
+                if name and name not in seen and predicate(obj):
+                    seen[name] = time.monotonic()
+        except Exception as error:
+            print(f"watch {path} stopped: {error!r}", file=sys.stderr, flush=True)
+            raise
 
 
 async def create_all(

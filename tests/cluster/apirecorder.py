@@ -44,7 +44,9 @@ async def serve(kubeconfig: Path, out: Path, port_file: Path) -> None:
     from aiohttp import web
 
     server, ctx = _upstream(kubeconfig)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), timeout=aiohttp.ClientTimeout(None))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), timeout=aiohttp.ClientTimeout(None), auto_decompress=False
+    )  # bytes pass through untouched: a gzip-encoded list stays gzip-encoded
     log = out.open("a", buffering=1)
 
     async def forward(request: web.Request) -> web.StreamResponse:

@@ -25,6 +25,8 @@ from bigmodel_operator.builders.volumes import (
 )
 from bigmodel_operator.config import OperatorConfig
 
+# libyaml's emitter is ~10x faster than the pure-Python one; the output is the same YAML.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -146,7 +148,7 @@ def build_rayservice(
     args = render_serve_args(name, spec, place, mounts, config)
     group = "gpu-workers" if place.gpus_per_pod else "cpu-workers"
     rayservice_spec = {
-        "serveConfigV2": yaml.safe_dump(serve_config(name, args), sort_keys=True),
+        "serveConfigV2": yaml.dump(serve_config(name, args), Dumper=_DUMPER, sort_keys=True),
         "deploymentUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
         "serviceUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
         "rayClusterConfig": {

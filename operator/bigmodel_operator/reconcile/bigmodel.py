@@ -170,7 +170,9 @@ class BigModelReconciler:
                         f"Ingress{ing.action.capitalize()}",
                         f"{ing.action.capitalize()} Ingress {ing.body['metadata']['name']}",
                     )
-            elif await remove_child(self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid):
+            elif self.state.get("Ingress", namespace, naming.ingress_name(name)) and await remove_child(
+                self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid
+            ):
                 obs.ingress = None
                 self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
         except NotControlledError as error:
