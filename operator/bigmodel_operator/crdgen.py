@@ -236,7 +236,7 @@ FINETUNEJOB = CrdInfo(
     spec_model=FineTuneJobSpec,
     status_model=FineTuneJobStatus,
     printer_columns=[
-        _col("Base", ".spec.baseModel.uri", desc="Base model"),
+        _col("Base", ".status.baseModelUri", desc="Base model (resolved)"),
         _col("Method", ".spec.method.type"),
         _col("Phase", ".status.phase"),
         _col("Progress", ".status.progress.percent", "integer", desc="Percent of steps done"),

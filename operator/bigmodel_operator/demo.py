@@ -25,10 +25,18 @@ KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 NAMESPACE = "bigmodel-demo"
 GROUP, VERSION = "bigmodel.io", "v1alpha1"
 LLAMA_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "vocab_size": 128256, "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
-    "tie_word_embeddings": False, "rope_theta": 500000.0,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "torch_dtype": "bfloat16",
+    "tie_word_embeddings": False,
+    "rope_theta": 500000.0,
 }
 
 
@@ -69,15 +77,24 @@ def cluster_part() -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     wait(lambda: _has_default_sa(core), "the namespace's default ServiceAccount")
     for name, key, value in (("hf-token", "token", "hf_demo_not_real"), ("llm-api-keys", "keys", "sk-demo\n")):
-        core.create_namespaced_secret(NAMESPACE, client.V1Secret(metadata=client.V1ObjectMeta(name=name),
-                                                                 string_data={key: value}))
-    core.create_namespaced_config_map(NAMESPACE, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="llama-3-1-8b-config"), data={"config.json": json.dumps(LLAMA_8B_CONFIG)}))
+        core.create_namespaced_secret(
+            NAMESPACE, client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={key: value})
+        )
+    core.create_namespaced_config_map(
+        NAMESPACE,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="llama-3-1-8b-config"), data={"config.json": json.dumps(LLAMA_8B_CONFIG)}
+        ),
+    )
 
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "BIGMODEL_OFFLINE": "1"}
     log = (REPO / ".cluster" / "logs" / "demo-operator.log").open("w")
-    operator = subprocess.Popen([sys.executable, "-m", "bigmodel_operator.cli", "operator", "-n", NAMESPACE],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "bigmodel_operator.cli", "operator", "-n", NAMESPACE],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _bigmodel_story(custom, client.NetworkingV1Api(api))
         _finetune_story(custom)
@@ -118,35 +135,82 @@ def _bigmodel_story(custom: Any, networking: Any) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "bigmodels", body)
     rs = wait(lambda: _get(custom, "ray.io", "v1", "rayservices", "llama-3-1-8b"), "the RayService")
     print(f"RayService created {time.monotonic() - start:.2f}s after the BigModel")
-    bm = wait(lambda: (b := _get(custom, GROUP, VERSION, "bigmodels", "llama-3-1-8b")) and
-              (b.get("status") or {}).get("plan") and b, "the plan")
+    bm = wait(
+        lambda: (
+            (b := _get(custom, GROUP, VERSION, "bigmodels", "llama-3-1-8b"))
+            and (b.get("status") or {}).get("plan")
+            and b
+        ),
+        "the plan",
+    )
     print("status.plan:", bm["status"]["plan"]["summary"])
     worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    print("GPU worker group:", {k: worker[k] for k in ("groupName", "minReplicas", "maxReplicas")},
-          worker["template"]["spec"]["containers"][0]["resources"]["limits"])
+    print(
+        "GPU worker group:",
+        {k: worker[k] for k in ("groupName", "minReplicas", "maxReplicas")},
+        worker["template"]["spec"]["containers"][0]["resources"]["limits"],
+    )
     print("Ready:", _cond(bm, "Ready").get("reason"), "-", _cond(bm, "Ready").get("message"))
     say("KubeRay reports the Serve application RUNNING (simulated) and the ingress controller assigns an address")
-    custom.patch_namespaced_custom_object_status("ray.io", "v1", NAMESPACE, "rayservices", "llama-3-1-8b", {"status": {
-        "numServeEndpoints": 1,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints", "message": "",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-        "activeServiceStatus": {"applicationStatuses": {"llama-3-1-8b": {"status": "RUNNING"}},
-                                "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1}}}})
+    custom.patch_namespaced_custom_object_status(
+        "ray.io",
+        "v1",
+        NAMESPACE,
+        "rayservices",
+        "llama-3-1-8b",
+        {
+            "status": {
+                "numServeEndpoints": 1,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "NonZeroServeEndpoints",
+                        "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ],
+                "activeServiceStatus": {
+                    "applicationStatuses": {"llama-3-1-8b": {"status": "RUNNING"}},
+                    "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1},
+                },
+            }
+        },
+    )
     wait(lambda: networking.read_namespaced_ingress("llama-3-1-8b", NAMESPACE), "the Ingress")
-    networking.patch_namespaced_ingress_status("llama-3-1-8b", NAMESPACE,
-                                               {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}})
-    wait(lambda: _cond(_get(custom, GROUP, VERSION, "bigmodels", "llama-3-1-8b"), "Ready").get("status") == "True",
-         "Ready")
+    networking.patch_namespaced_ingress_status(
+        "llama-3-1-8b", NAMESPACE, {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
+    )
+    wait(
+        lambda: _cond(_get(custom, GROUP, VERSION, "bigmodels", "llama-3-1-8b"), "Ready").get("status") == "True",
+        "Ready",
+    )
     print(kubectl("get", "bigmodels", "-n", NAMESPACE))
     say("a model too large for its GPUs is refused before any GPU is requested")
     big = yaml.safe_load((REPO / "docs/examples/bigmodel-tiny-cpu.yaml").read_text())
     big["metadata"]["name"] = "llama-70b-on-l4"
-    big["spec"] = {"model": {"uri": "pvc://models/llama-70b", "config": {**LLAMA_8B_CONFIG, "hidden_size": 8192,
-                   "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64}},
-                   "resources": {"gpu": {"product": "NVIDIA-L4", "count": 2}}}
+    big["spec"] = {
+        "model": {
+            "uri": "pvc://models/llama-70b",
+            "config": {
+                **LLAMA_8B_CONFIG,
+                "hidden_size": 8192,
+                "intermediate_size": 28672,
+                "num_hidden_layers": 80,
+                "num_attention_heads": 64,
+            },
+        },
+        "resources": {"gpu": {"product": "NVIDIA-L4", "count": 2}},
+    }
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "bigmodels", big)
-    refused = wait(lambda: (b := _get(custom, GROUP, VERSION, "bigmodels", "llama-70b-on-l4")) and
-                   _cond(b, "Ready").get("reason") == "ModelTooLargeForGPU" and b, "ModelTooLargeForGPU")
+    refused = wait(
+        lambda: (
+            (b := _get(custom, GROUP, VERSION, "bigmodels", "llama-70b-on-l4"))
+            and _cond(b, "Ready").get("reason") == "ModelTooLargeForGPU"
+            and b
+        ),
+        "ModelTooLargeForGPU",
+    )
     print("Ready=False", _cond(refused, "Ready")["reason"], "-", _cond(refused, "Ready")["message"])
     print(kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=BigModel"))
 
@@ -158,8 +222,14 @@ def _finetune_story(custom: Any) -> None:
     spec["output"]["uri"] = "file:///output/support-bot-v1"
     say("kubectl apply -f docs/examples/finetunejob-lora.yaml (KWOK plays the GPU node and finishes the pod)")
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs", body)
-    wait(lambda: (_get(custom, GROUP, VERSION, "finetunejobs", "support-bot-v1").get("status") or {}).get("phase")
-         == "Succeeded", "the FineTuneJob to succeed", timeout=120)
+    wait(
+        lambda: (
+            (_get(custom, GROUP, VERSION, "finetunejobs", "support-bot-v1").get("status") or {}).get("phase")
+            == "Succeeded"
+        ),
+        "the FineTuneJob to succeed",
+        timeout=120,
+    )
     print(kubectl("get", "finetunejobs,jobs,pods", "-n", NAMESPACE, "-o", "wide"))
 
 
@@ -176,18 +246,21 @@ def _get(custom: Any, group: str, version: str, plural: str, name: str) -> Any:
 
 def local_part() -> None:
     import httpx
-    from bigmodel_serving.local import run_local
-    from bigmodel_training.tinymodel import make_tiny_model
 
     from bigmodel_operator.local import local_serve_args
+    from bigmodel_serving.local import run_local
+    from bigmodel_training.tinymodel import make_tiny_model
 
     manifest = yaml.safe_load((REPO / "docs/examples/bigmodel-tiny-cpu.yaml").read_text())
     say("bigmodel serve docs/examples/bigmodel-tiny-cpu.yaml (tiny random Llama, generated offline)")
     make_tiny_model(Path("/tmp/bigmodel/tiny-llama"))
     server = run_local(local_serve_args(manifest), port=8765, block=False)
     try:
-        request = {"model": "tiny-llama", "max_tokens": 16,
-                   "messages": [{"role": "user", "content": "Say hello to the operator."}]}
+        request = {
+            "model": "tiny-llama",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Say hello to the operator."}],
+        }
         response = httpx.post(f"{server.url}/v1/chat/completions", json=request, timeout=120)
         print("POST /v1/chat/completions ->", response.status_code)
         print(json.dumps(response.json(), indent=2))

@@ -72,8 +72,8 @@ async def serve(kubeconfig: Path, out: Path, port_file: Path) -> None:
             for key, value in upstream.headers.items():
                 if key.lower() not in HOP_HEADERS:
                     response.headers[key] = value
-            await response.prepare(request)
             try:
+                await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()

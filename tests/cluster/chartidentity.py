@@ -98,9 +98,9 @@ def operator_kubeconfig(admin: Path, out_dir: Path) -> Path:
     path = token_kubeconfig(admin, OPERATOR_NAMESPACE, account, out_dir / "operator-as-chart.kubeconfig")
     record = os.environ.get("BIGMODEL_OPERATOR_RECORD")
     if record:  # every API call the operator makes goes through apirecorder.py into this file
-        config = yaml.safe_load(path.read_text())
-        config["clusters"][0]["cluster"] = {"server": _recorder(admin, Path(record).resolve())}
-        path.write_text(yaml.safe_dump(config))
+        url, proc = start_recorder(admin, Path(record).resolve())
+        atexit.register(proc.terminate)
+        via_recorder(path, url)
     return path
 
 
@@ -111,17 +111,24 @@ def log_dir() -> Path:
     return path
 
 
-def _recorder(admin: Path, out: Path) -> str:
-    """Start apirecorder.py in front of the apiserver (it lives as long as this process); its URL."""
-
+def start_recorder(admin: Path, out: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start apirecorder.py in front of the apiserver, appending to `out`; its URL and process."""
     port_file = out.with_suffix(".port")
     port_file.unlink(missing_ok=True)
     argv = [sys.executable, str(HERE / "apirecorder.py"), f"--kubeconfig={admin}", f"--out={out}"]
     proc = subprocess.Popen([*argv, f"--port-file={port_file}"])
-    atexit.register(proc.terminate)
     deadline = time.monotonic() + 20
     while not port_file.exists() or not port_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise RuntimeError("apirecorder.py did not start")
         time.sleep(0.1)
-    return f"http://127.0.0.1:{port_file.read_text()}"
+    return f"http://127.0.0.1:{port_file.read_text()}", proc
+
+
+def via_recorder(kubeconfig: Path, url: str) -> Path:
+    """Point a token kubeconfig at the recorder (plain HTTP on 127.0.0.1; the recorder does TLS)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"][0]["cluster"] = {"server": url}
+    kubeconfig.write_text(yaml.safe_dump(config))
+    return kubeconfig

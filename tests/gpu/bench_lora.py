@@ -130,6 +130,7 @@ def build_model(shape: str, attention: str, device: str) -> Any:
 
 def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
     import torch
+
     from bigmodel_training.config import TrainerConfig
     from bigmodel_training.data import PreparedData
     from bigmodel_training.modeling import attention_implementation, prepare_model, select_runtime

@@ -58,7 +58,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # test starts, keeps it out of per-test timeouts; `up` in the fixture is then quick.
     if _existing() or session.config.option.collectonly:
         return
-    wanted = any(HERE in item.path.parents for item in session.items)
+    wanted = any("cluster" in getattr(item, "fixturenames", ()) for item in session.items)
     if wanted and _run_visible(session.config, [sys.executable, str(DEVCLUSTER), "build"]) != 0:
         raise pytest.UsageError("building the test control plane failed (see above)")
 

@@ -209,6 +209,9 @@ class FineTuneJobStatus(ApiModel):
     redactions: dict[str, int] | None = Field(default=None, description="PII placeholders inserted, by type.")
     plan: TrainingPlan | None = Field(default=None, description="Training memory plan.")
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job.")
+    base_model_uri: str | None = Field(
+        default=None, description="The base model actually used (resolved through bigModelRef when set)."
+    )
 
 
 class FineTuneJob(ApiModel):

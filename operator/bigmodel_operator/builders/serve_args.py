@@ -93,10 +93,17 @@ def render_serve_args(
     }
 
 
+REQUEST_TIMEOUT_S = 600  # the serving app's default limits.request_timeout_s
+
+
 def serve_config(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """serveConfigV2 with one application running our app builder."""
+    """serveConfigV2 with one application running our app builder.
+
+    The proxy's own timeout sits just above the app's, so the app answers 504 with an OpenAI-style
+    body before the proxy cuts the connection.
+    """
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": 8000},
+        "http_options": {"host": "0.0.0.0", "port": 8000, "request_timeout_s": REQUEST_TIMEOUT_S + 5},
         "applications": [{"name": name, "route_prefix": "/", "import_path": APP_IMPORT_PATH, "args": args}],
     }

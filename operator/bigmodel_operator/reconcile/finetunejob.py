@@ -24,7 +24,17 @@ from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute
 
 log = logging.getLogger(__name__)
 EventSink = Callable[[dict[str, Any], str, str, str], None]
-_OURS = ("observedGeneration", "jobName", "plan", "phase", "conditions", "startTime", "completionTime", "adapterUri")
+_OURS = (
+    "observedGeneration",
+    "jobName",
+    "baseModelUri",
+    "plan",
+    "phase",
+    "conditions",
+    "startTime",
+    "completionTime",
+    "adapterUri",
+)
 
 
 class FineTuneJobReconciler:
@@ -70,6 +80,7 @@ class FineTuneJobReconciler:
             meta.get("generation"), None, Reason.PLANNED, "", naming.job_name(name), spec.output.uri
         )
         base_uri, base_revision, inline = await self._base_model(namespace, spec)
+        obs.base_model_uri = base_uri
         token = None
         creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
         if creds:

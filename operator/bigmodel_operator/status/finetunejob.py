@@ -30,6 +30,7 @@ class FineTuneJobObservation:
     plan_message: str
     job_name: str
     output_uri: str
+    base_model_uri: str | None = None
     blockers: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     job: dict[str, Any] | None = None
@@ -91,7 +92,7 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
     conds = list(prev.get("conditions") or [])
     planned = obs.plan_reason == Reason.PLANNED
     conds = set_condition(conds, "Planned", planned, obs.plan_reason, obs.plan_message, gen)
-    status: dict[str, Any] = {"observedGeneration": gen, "jobName": obs.job_name}
+    status: dict[str, Any] = {"observedGeneration": gen, "jobName": obs.job_name, "baseModelUri": obs.base_model_uri}
     if obs.plan is not None:
         status["plan"] = obs.plan
     job = obs.job

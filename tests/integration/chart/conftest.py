@@ -19,8 +19,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "bigmodel-operator"
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
+import apirecorder  # noqa: E402
 import chartidentity  # noqa: E402
 import charttools  # noqa: E402
+
+__all__ = ["CHART", "REPO", "apirecorder", "chartidentity", "charttools", "dump_all", "find"]
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, REPO, chartidentity
+from .conftest import CHART, REPO, apirecorder, chartidentity
 
 OPERATIONS = REPO / "docs" / "operations.md"
 NO_CRDS = "--set=crds.install=false"
@@ -31,16 +31,21 @@ _ROW = re.compile(r"^(\S*)\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s*$")
 def documented_rules() -> list[tuple[str, str, str]]:
     """(kubectl resource name, verb, scope) from the RBAC table in docs/operations.md."""
     text = OPERATIONS.read_text()
-    table = text.split("<!-- rbac:begin -->", 1)[1].split("<!-- rbac:end -->", 1)[0]
+    table = text.split("<!-- rbac:begin", 1)[1].split("-->", 1)[1].split("<!-- rbac:end -->", 1)[0]
     rules = []
     for line in table.strip().splitlines()[2:]:
         group, resources, verbs, scope = (cell.strip().strip("`") for cell in line.strip("|").split("|")[:4])
         for resource in resources.replace("`", "").split(", "):
-            plural, _, sub = resource.partition("/")
-            name = plural if group == "core" else f"{plural}.{group}"
             for verb in verbs.replace("`", "").split(", "):
-                rules.append((name + (f"/{sub}" if sub else ""), verb, scope))
+                rules.append((kubectl_name(group, resource), verb, scope))
     return rules
+
+
+def kubectl_name(group: str, resource: str) -> str:
+    """How `kubectl auth can-i --list` names a resource: `jobs.batch`, `finetunejobs.bigmodel.io/status`."""
+    plural, _, sub = resource.partition("/")
+    name = plural if group in {"", "core"} else f"{plural}.{group}"
+    return name + (f"/{sub}" if sub else "")
 
 
 def expected(scope_filter: Callable[[str], bool]) -> set[tuple[str, str]]:
@@ -141,7 +146,18 @@ def test_token_secret_permission_off(
     assert not _ask(kubectl, _account(namespace, release), "get", "secrets", f"-n={namespace}")
 
 
-def test_operator_in_namespace_list_mode_starts_without_403(
+def _tiny_finetunejob() -> dict[str, Any]:
+    body = yaml.safe_load((REPO / "docs" / "examples" / "finetunejob-lora.yaml").read_text())
+    spec = body["spec"]
+    spec["baseModel"] = {"uri": "file:///models/llama-8b"}
+    spec["dataset"]["uri"] = "file:///data/chats.jsonl"
+    spec["output"]["uri"] = "file:///output/tune"
+    spec.pop("deployTo")
+    spec.pop("credentials")
+    return body
+
+
+def test_operator_in_namespace_list_mode_uses_only_documented_calls(
     helm: Callable[..., Any],
     kubeconfig: Path,
     api_client: Any,
@@ -150,11 +166,16 @@ def test_operator_in_namespace_list_mode_starts_without_403(
     tmp_path: Path,
     wait_until: Callable[..., Any],
 ) -> None:
-    """The one mode the controller scenarios cannot cover (they create namespaces as they go)."""
+    """The operator, as the chart's account in namespace-list mode (which the controller scenarios cannot
+    cover: they create namespaces as they go), serves a BigModel and a FineTuneJob without one 403, and
+    every API call it makes (recorded by tests/cluster/apirecorder.py) is in the documented table."""
     from kubernetes import client
 
     helm("install", release, str(CHART), f"--namespace={namespace}", NO_CRDS, f"--set=watchNamespaces={{{namespace}}}")
     path = chartidentity.token_kubeconfig(kubeconfig, namespace, f"{release}-bigmodel-operator", tmp_path / "kc")
+    calls = tmp_path / "calls.jsonl"
+    url, recorder = chartidentity.start_recorder(kubeconfig, calls)
+    chartidentity.via_recorder(path, url)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"resync_seconds": 3}))
     log = tmp_path / "operator.log"
@@ -162,20 +183,36 @@ def test_operator_in_namespace_list_mode_starts_without_403(
     env = {**os.environ, "KUBECONFIG": str(path), "BIGMODEL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    custom = client.CustomObjectsApi(api_client)
     try:
-        body = yaml.safe_load((REPO / "docs" / "examples" / "bigmodel-tiny-cpu.yaml").read_text())
-        custom = client.CustomObjectsApi(api_client)
         started = time.monotonic()
+        body = yaml.safe_load((REPO / "docs" / "examples" / "bigmodel-tiny-cpu.yaml").read_text())
         custom.create_namespaced_custom_object("bigmodel.io", "v1alpha1", namespace, "bigmodels", body)
+        custom.create_namespaced_custom_object(
+            "bigmodel.io", "v1alpha1", namespace, "finetunejobs", _tiny_finetunejob()
+        )
 
         def rayservice() -> Any:
-            items = custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayservices")["items"]
-            return items and items[0]
+            return custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayservices")["items"]
 
         wait_until(rayservice, timeout=30, what=f"the RayService (operator log: {log})")
         assert time.monotonic() - started < 15, "start-up stalled (kopf retries a 403 for about a minute)"
+
+        def succeeded() -> Any:
+            ftj = custom.get_namespaced_custom_object(
+                "bigmodel.io", "v1alpha1", namespace, "finetunejobs", "support-bot-v1"
+            )
+            return (ftj.get("status") or {}).get("phase") == "Succeeded"
+
+        wait_until(succeeded, timeout=60, what=f"the FineTuneJob to succeed (operator log: {log})")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        recorder.terminate()
+        recorder.wait(timeout=10)
     text = log.read_text()
-    assert "403" not in text and "Forbidden" not in text and "Not enough permissions" not in text, text[-3000:]
+    assert "HTTP 403" not in text and "Forbidden" not in text and "Not enough permissions" not in text, text[-3000:]
+    used = {(kubectl_name(group, resource), verb) for group, resource, verb in apirecorder.summarize(calls)}
+    assert used, "nothing was recorded"
+    documented = expected(lambda scope: True)
+    assert used <= documented, f"calls outside the documented set: {used - documented}"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bigmodel_operator import crdgen
 from bigmodel_operator.config import OperatorConfig
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bigmodel_training.progress import KubeConnection, KubeSink
 
 from .conftest import GROUP, VERSION

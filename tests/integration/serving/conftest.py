@@ -51,10 +51,11 @@ def tiny_adapter_dir(tiny_model_dir: Path) -> Path:
 def serving(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServingStack]:
+    from ray import serve
+
     from bigmodel_serving.app import build_app
     from bigmodel_serving.engines.stub import StubEngineFactory
     from bigmodel_serving.local import run_local
-    from ray import serve
 
     keys_file = tmp_path_factory.mktemp("keys") / "keys"
     keys_file.write_text(f"# test keys\n{API_KEY}\n")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
+from hypothesis import HealthCheck, settings
+
 from bigmodel_serving.api import create_api, make_runtime, openapi_document
 from bigmodel_serving.args import parse_serve_args
 from bigmodel_serving.engines.base import ModelInfo
 from bigmodel_serving.engines.stub import StubEngineFactory
-from hypothesis import HealthCheck, settings
 
 
 def _document() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bigmodel_training.config import TrainerConfig
 
 CAPITALS = [

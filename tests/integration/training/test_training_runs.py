@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from bigmodel_training.checkpoint import complete_checkpoints
 from bigmodel_training.config import TrainerConfig
 from bigmodel_training.runner import run
@@ -51,10 +52,11 @@ def test_lora_learns_and_the_adapter_changes_the_model(
     assert progress["progress"]["step"] == progress["progress"]["totalSteps"] == 30
     assert progress["checkpoint"].endswith("/checkpoints/step-00000030")
 
-    from bigmodel_training.dataset import validate_file
-    from bigmodel_training.render import Renderer
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bigmodel_training.dataset import validate_file
+    from bigmodel_training.render import Renderer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     renderer = Renderer(tokenizer)
@@ -142,11 +144,12 @@ def test_pii_is_redacted_before_training(
 
 
 def test_packed_loss_equals_unpacked_loss(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from bigmodel_training.dataset import Example
     from bigmodel_training.loss import completion_loss
     from bigmodel_training.packing import collate, pack_rows
     from bigmodel_training.render import Renderer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bigmodel_operator import crdgen
 from bigmodel_operator.api import BigModel, FineTuneJob
 

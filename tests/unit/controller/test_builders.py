@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.engine_check import check_extra_args

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bigmodel_operator.planning import ModelShape, parse_model_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "model-configs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from bigmodel_operator.planning import ModelShape, count_parameters, human_params, kv_bytes_per_token, weight_bytes
 
 Shape = Callable[[str], ModelShape]

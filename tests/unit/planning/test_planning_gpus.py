@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bigmodel_operator.planning import GPU_PRODUCTS, GpuLookupError, gpu_table, lookup_gpu
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from bigmodel_operator.planning import ModelConfigError, ModelShape, parse_model_config
 
 Shape = Callable[[str], ModelShape]

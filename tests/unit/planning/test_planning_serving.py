@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from bigmodel_operator.planning import ModelShape, PlanningError, ServingPlan, lookup_gpu, plan_serving
 
 Shape = Callable[[str], ModelShape]

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from bigmodel_serving.api import Runtime, create_api, make_runtime
 from bigmodel_serving.args import parse_serve_args
 from bigmodel_serving.engines.stub import StubEngineFactory

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bigmodel_serving.api import create_api, openapi_document
 
 pytestmark = pytest.mark.anyio

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bigmodel_serving.app import CONTROL_HEADROOM, deployment_options
 from bigmodel_serving.args import InvalidServeArgsError, ServeArgs, parse_serve_args
 
@@ -107,8 +108,9 @@ def test_deployment_options_place_tensor_parallel_workers() -> None:
 
 def test_deployment_options_are_valid_for_serve() -> None:
     """Serve itself accepts the options (checked without starting Ray)."""
-    from bigmodel_serving.deployment import BigModelServer
     from ray import serve
+
+    from bigmodel_serving.deployment import BigModelServer
 
     deployment = BigModelServer.options(**deployment_options(parse_serve_args(FULL_ARGS)))
     assert isinstance(deployment, serve.Deployment)

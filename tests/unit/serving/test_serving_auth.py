@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from bigmodel_serving.auth import ApiKeyStore, bearer_token, parse_keys
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from bigmodel_serving.admission import AdmissionGate
 from bigmodel_serving.args import RequestLogArgs
 from bigmodel_serving.engines.transformers_engine import IncrementalDetokenizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from bigmodel_serving.args import parse_serve_args
 from bigmodel_serving.engines.vllm_args import InvalidEngineArgsError, parse_extra_args, vllm_engine_kwargs
 

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from bigmodel_training.config import ALL_LINEAR, TrainerConfig
 from pydantic import ValidationError
+
+from bigmodel_training.config import ALL_LINEAR, TrainerConfig
 
 MINIMAL = {
     "base_model": {"uri": "hf://meta-llama/Llama-3.2-1B-Instruct"},

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from bigmodel_training import dataset
 from bigmodel_training.cli import main
 from bigmodel_training.dataset import Example, check_lengths, validate_file

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from bigmodel_training.errors import MAX_MESSAGE_BYTES, TERMINATION_LOG_ENV, write_termination_message
 
 

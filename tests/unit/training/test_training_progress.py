@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bigmodel_training.progress import FileSink, KubeConnection, KubeSink, ProgressReporter
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bigmodel_training.redact import iban_ok, luhn_ok, redact_text
 
 # (text, PII value inside it, type). Synthetic values only: test card numbers, example domains,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bigmodel_training.dataset import Example
 from bigmodel_training.packing import collate, epoch_order, epoch_steps, pack_rows
 from bigmodel_training.render import IGNORE_INDEX, Renderer, Tokenized
