@@ -88,6 +88,9 @@ def test_rendered_config_is_what_the_operator_loads(render: Callable[..., list[d
     cm = find(docs, "ConfigMap", "t-bigmodel-operator-config")
     config = OperatorConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
     assert config.gpu_products == {"NVIDIA-L40S": {"memoryGiB": 48}}
+    assert config.metrics_address == "0.0.0.0:8081", "metrics.enabled sets the operator's metrics address"
+    off = find(render("--set=metrics.enabled=false"), "ConfigMap")["data"]["config.yaml"]
+    assert OperatorConfig.model_validate(yaml.safe_load(off)).metrics_address is None
     defaults = OperatorConfig()
     values = yaml.safe_load((CHART / "values.yaml").read_text())["operatorConfig"]
     for key, value in values.items():
@@ -131,8 +134,10 @@ def test_deployment_defaults(render: Callable[..., list[dict[str, Any]]]) -> Non
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
+        "Service",
         "ServiceAccount",
     ]
+    assert container["ports"][1] == {"name": "metrics", "containerPort": 8081, "protocol": "TCP"}
 
 
 def test_namespace_list_debug_and_digest(render: Callable[..., list[dict[str, Any]]]) -> None:
@@ -144,7 +149,11 @@ def test_namespace_list_debug_and_digest(render: Callable[..., list[dict[str, An
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_role = find(docs, "ClusterRole")
-    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+    assert cluster_role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    ], "only cluster-scoped reads stay cluster-wide in namespace-list mode"
     subject = {"kind": "ServiceAccount", "name": "t-bigmodel-operator", "namespace": "bigmodel-system"}
     bindings = [d for d in docs if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
     assert len(bindings) == 3 and all(b["subjects"] == [subject] for b in bindings)
@@ -168,18 +177,33 @@ def test_crds_are_the_generated_files_plus_keep(render: Callable[..., list[dict[
     assert not [d for d in render("--set=crds.install=false") if d["kind"] == "CustomResourceDefinition"]
     no_keep = [d for d in render("--set=crds.keep=false") if d["kind"] == "CustomResourceDefinition"]
     assert all("annotations" not in d["metadata"] for d in no_keep)
-    assert not (CHART / "crds").exists(), "crds/ is installed once and never upgraded by Helm: keep CRDs in files/"
+    shown = chartidentity.helm("show", "crds", str(CHART)).stdout
+    assert not shown.strip(), "Helm installs crds/ once and never upgrades it: the CRDs belong in files/crds/"
 
 
 def test_optional_objects(render: Callable[..., list[dict[str, Any]]]) -> None:
-    monitor = "--set=metrics.podMonitor.enabled=true"
-    assert not [d for d in render(monitor) if d["kind"] == "PodMonitor"], "rendered without the Prometheus CRDs"
-    docs = render(monitor, "--api-versions=monitoring.coreos.com/v1/PodMonitor")
+    monitors = ("--set=metrics.serviceMonitor.enabled=true", "--set=metrics.modelServers.enabled=true")
+    kinds = {d["kind"] for d in render(*monitors)}
+    assert not kinds & {"ServiceMonitor", "PodMonitor"}, "rendered without the Prometheus Operator's CRDs"
+    apis = (
+        "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
+        "--api-versions=monitoring.coreos.com/v1/PodMonitor",
+    )
+    docs = render(*monitors, *apis)
+    service = find(docs, "Service")
+    service_monitor = find(docs, "ServiceMonitor")
+    assert service_monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     pod_monitor = find(docs, "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert not [d for d in render("--set=metrics.enabled=false", *monitors, *apis) if d["kind"] == "Service"]
+
     policy = find(render("--set=networkPolicy.enabled=true"), "NetworkPolicy")
-    assert policy["spec"]["ingress"] == [] and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8081, "protocol": "TCP"}]}], "metrics port only"
+    closed = find(render("--set=networkPolicy.enabled=true", "--set=metrics.enabled=false"), "NetworkPolicy")
+    assert closed["spec"]["ingress"] == []
 
 
 def _value_paths(node: Any, prefix: str = "") -> list[str]:
