@@ -227,6 +227,7 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
     ]
     await asyncio.sleep(0.5)
     before = await operator_writes(kube)
+    cpu0 = sum(operator.cpu_times()[:2])
     t0 = time.monotonic()
     started = await create_all(kube, [_bigmodel(f"m{i:04d}") for i in range(COUNT)], "BigModel", namespace)
     create_done = time.monotonic() - t0
@@ -240,6 +241,7 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
     )
     converged = max([*children.values(), *statuses.values()]) - t0
     after_create = await operator_writes(kube)
+    cpu_burst = sum(operator.cpu_times()[:2]) - cpu0
     rss1 = operator.memory_info().rss / 2**20
     idle_seconds = 45
     await asyncio.sleep(idle_seconds)
@@ -261,6 +263,8 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
         "rss1_mib": rss1,
         "writes": create_writes,
         "writes_per_create": sum(create_writes.values()) / COUNT,
+        "cpu_ms_per_create": cpu_burst * 1000 / COUNT,
+        "cpu_burst_s": cpu_burst,
         "idle_writes": diff(after_idle, after_create),
         "idle_seconds": idle_seconds,
     }
@@ -300,10 +304,14 @@ async def main() -> int:
     try:
         await asyncio.sleep(4)
         print(f"operator: {COUNT} BigModels ...", flush=True)
-        result = await ours(kube, psutil.Process(proc.pid))
+        process = psutil.Process(proc.pid)
+        if os.environ.get("BIGMODEL_BENCH_PROFILE") == "1":
+            await asyncio.sleep(2)
+            process = process.children()[0]
+        result = await ours(kube, process)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.send_signal(2)  # SIGINT: py-spy writes its profile, kopf stops cleanly
+        proc.wait(timeout=60)
         for namespace in ("bench-floor", "bench-operator"):
             await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
         await kube.close()

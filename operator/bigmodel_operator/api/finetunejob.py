@@ -21,7 +21,8 @@ from bigmodel_operator.api.bigmodel import MODEL_URI_PATTERN
 from bigmodel_operator.planning import TrainingPlan
 
 DATA_URI_PATTERN = r"^(hf://\S+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|https?://\S+)$"
-OUTPUT_URI_PATTERN = r"^(s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*)$"
+# The trainer writes checkpoints and the adapter to a mounted filesystem; object stores are not (yet) targets.
+OUTPUT_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*)$"
 
 
 class BigModelRef(ApiModel):
@@ -110,7 +111,7 @@ class OutputSpec(ApiModel):
     uri: str = Field(
         max_length=2048,
         pattern=OUTPUT_URI_PATTERN,
-        description="pvc://claim/path, s3://bucket/path, gs://bucket/path or file:///path.",
+        description="pvc://claim/path (a PersistentVolumeClaim, mounted read-write) or file:///path.",
     )
 
 
