@@ -25,6 +25,7 @@ from bigmodel_operator.reconcile.state import ClusterState
 
 log = logging.getLogger(__name__)
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+EVENT_QUEUE = 10_000
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
@@ -36,15 +37,25 @@ class Operator:
         self.kube = kube
         self.state = ClusterState()
         self.runner = KeyedRunner("reconcile")
-        self.events: set[asyncio.Task[None]] = set()
+        self.events: asyncio.Queue[tuple[dict[str, Any], str, str, str]] = asyncio.Queue(maxsize=EVENT_QUEUE)
+        self.events_dropped = 0
         self.stats = ReconcileStats()
         self.bigmodels = BigModelReconciler(kube, self.state, config, self.emit)
         self.finetunejobs = FineTuneJobReconciler(kube, self.state, config, self.emit)
 
     def emit(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(post_event(self.kube, body, type_, reason, message))
-        self.events.add(task)
-        task.add_done_callback(self.events.discard)
+        """Queue an Event. Events are best effort and posted by one background worker, so a burst of
+        creates spends the apiserver's capacity on children and status first (like client-go's
+        asynchronous broadcaster); when the queue is full the Event is dropped and counted."""
+        try:
+            self.events.put_nowait((body, type_, reason, message))
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+
+    async def post_events(self) -> None:
+        while True:
+            body, type_, reason, message = await self.events.get()
+            await post_event(self.kube, body, type_, reason, message)
 
     def trigger(self, kind: str, namespace: str, name: str) -> None:
         reconciler = self.bigmodels if kind == "BigModel" else self.finetunejobs
@@ -79,6 +90,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator = Operator(config, Kube(load_credentials()))
     memo["operator"] = operator
     memo["resync"] = asyncio.get_running_loop().create_task(_resync(operator))
+    memo["events"] = asyncio.get_running_loop().create_task(operator.post_events())
     if config.metrics_address:
         memo["metrics"] = await serve_metrics(operator, config.metrics_address)
     log.info("bigmodel-operator started (hub config fetch: %s)", config.fetch_hub_config)
@@ -86,9 +98,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync")
-    if task:
-        task.cancel()
+    for key in ("resync", "events"):
+        if task := memo.get(key):
+            task.cancel()
     operator = memo.get("operator")
     if operator:
         await operator.kube.close()

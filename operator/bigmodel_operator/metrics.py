@@ -48,6 +48,12 @@ def render(operator: Operator) -> str:
     lines += ["# TYPE bigmodel_operator_reconcile_seconds_total counter"]
     for kind, seconds in sorted(operator.stats.seconds.items()):
         lines.append(f'bigmodel_operator_reconcile_seconds_total{{kind="{kind}"}} {seconds:.6f}')
+    lines += [
+        "# TYPE bigmodel_operator_events_dropped_total counter",
+        f"bigmodel_operator_events_dropped_total {operator.events_dropped}",
+        "# TYPE bigmodel_operator_events_queued gauge",
+        f"bigmodel_operator_events_queued {operator.events.qsize()}",
+    ]
     tracked = Counter(kind for kind, _, _ in operator.state.objects)
     lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
     for kind, n in sorted(tracked.items()):

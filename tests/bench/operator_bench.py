@@ -69,18 +69,29 @@ async def write_counts(kube: Kube) -> dict[str, float]:
 METRICS = "127.0.0.1:18081"
 
 
-async def operator_writes(kube: Kube) -> dict[str, float]:
-    """The operator's own count of API requests by verb (its /metrics), writes only."""
+async def _metrics(kube: Kube) -> str:
     session = await kube._http()
     async with session.get(f"http://{METRICS}/metrics", ssl=False) as response:
-        text = await response.text()
+        return await response.text()
+
+
+async def operator_writes(kube: Kube) -> dict[str, float]:
+    """The operator's own count of API requests by verb (its /metrics), writes only."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in (await _metrics(kube)).splitlines():
         if line.startswith("bigmodel_operator_api_requests_total{"):
             verb = line.split('verb="', 1)[1].split('"', 1)[0]
             if verb != "GET":
                 out[verb] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+async def events_drained(kube: Kube) -> float:
+    """Wait until the operator's Event queue is empty; return how long that took."""
+    start = time.monotonic()
+    while "bigmodel_operator_events_queued 0" not in await _metrics(kube):
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
 
 
 def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
@@ -243,6 +254,8 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
     after_create = await operator_writes(kube)
     cpu_burst = sum(operator.cpu_times()[:2]) - cpu0
     rss1 = operator.memory_info().rss / 2**20
+    events_tail = await events_drained(kube)
+    before_idle = await operator_writes(kube)
     idle_seconds = 45
     await asyncio.sleep(idle_seconds)
     after_idle = await operator_writes(kube)
@@ -265,7 +278,8 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
         "writes_per_create": sum(create_writes.values()) / COUNT,
         "cpu_ms_per_create": cpu_burst * 1000 / COUNT,
         "cpu_burst_s": cpu_burst,
-        "idle_writes": diff(after_idle, after_create),
+        "idle_writes": diff(after_idle, before_idle),
+        "events_tail_s": events_tail,
         "idle_seconds": idle_seconds,
     }
 
@@ -342,10 +356,20 @@ operator). Latency is from the client's create call to the RayService's ADDED ev
 | client create calls finished | | {r["created_s"]:.1f} s | |
 | operator RSS at 0 / {COUNT} BigModels | | {r["rss0_mib"]:.0f} / {r["rss1_mib"]:.0f} MiB | ≤ 200 MiB ({ok(r["rss1_mib"] <= 200)}) |
 | API writes per create (operator) | 1 | {r["writes_per_create"]:.2f} | |
+| operator CPU per create (user + system) | | {r["cpu_ms_per_create"]:.1f} ms ({r["cpu_burst_s"]:.1f} s for the burst) | |
 | API writes while idle ({r["idle_seconds"]} s, 3 resyncs over {COUNT + PACED} BigModels) | | {sum(r["idle_writes"].values())} | 0 ({ok(sum(r["idle_writes"].values()) == 0)}) |
 
 Operator writes during the burst, by verb (its own /metrics): `{r["writes"]}` — one server-side apply of the
-RayService, one status patch and one Event ("Created RayService …") per BigModel.
+RayService and one status patch per BigModel; the "Created RayService …" Events are best effort, posted by one
+background worker after the children and status (the queue drained {r["events_tail_s"]:.1f} s after convergence).
+
+Where the time goes: the burst is apiserver-bound. Every BigModel costs three writes — the client's create,
+our server-side apply of the RayService and our status patch — against the floor's one, all on the same two
+cores as etcd and the apiserver. Writes per second are the same in both runs
+({COUNT / base["total_s"]:.0f}/s for the floor, {(COUNT * 3) / r["converged_s"]:.0f}/s for ours), so the ≈3 × floor is the
+apiserver's write throughput, not the operator: the operator itself needs {r["cpu_ms_per_create"]:.1f} ms of CPU per
+BigModel and answers a paced create in {rp["p50_ms"]:.0f} ms (p50). The 2 × floor target cannot be met on this machine
+while children and status are written at all; it would need fewer writes than the minimum of two per BigModel.
 """
     write_section(f"Operator: {COUNT:,} BigModels", body)
 
