@@ -11,7 +11,7 @@ UV := $(VENV)/bin/uv
 PYTEST := tests/pytest.sh $(PY)
 EXTRAS ?= serving,training,dev
 CLUSTER := $(PY) tests/cluster/devcluster.py
-CHART_CRDS := charts/bigmodel-operator/crds
+CHART_CRDS := charts/bigmodel-operator/files/crds
 export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help dev lint fmt crds check-crds test test-unit test-integration cluster-build cluster-up \
