@@ -14,7 +14,7 @@ CLUSTER := $(PY) tests/cluster/devcluster.py
 CHART_CRDS := charts/bigmodel-operator/files/crds
 export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help dev lint fmt crds check-crds test test-unit test-integration cluster-build cluster-up \
+.PHONY: help dev lint fmt crds check-crds test test-unit test-integration test-as-chart cluster-build cluster-up \
         cluster-down demo bench e2e-kind images clean
 
 help: ## list targets
@@ -53,8 +53,12 @@ test-unit: dev ## unit tests (pure, no cluster)
 test-integration: dev ## integration tests on the real control plane (built and started on demand)
 	$(PYTEST) tests/integration
 
-test: dev check-crds ## what CI runs: unit + integration on the real control plane
+test: dev check-crds ## what CI runs: unit + integration on the real control plane, then RBAC as the chart's account
 	$(PYTEST) tests/unit tests/integration
+	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller
+
+test-as-chart: dev ## the controller scenarios with the operator authenticated as the chart's ServiceAccount
+	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller
 
 cluster-build: dev ## build the control plane binaries (cached under ~/.cache/bigmodel)
 	$(CLUSTER) build
@@ -71,10 +75,10 @@ demo: cluster-up ## the whole loop on this machine: apply examples to the cluste
 bench: dev ## benchmarks; results go to docs/benchmarks.md
 	$(PY) tests/bench/run_all.py
 
-e2e-kind: ## end-to-end on a kind cluster (needs Docker; not runnable on the CI machines)
-	BIGMODEL_TEST_CLUSTER=existing $(PYTEST) tests/e2e
+e2e-kind: dev ## end-to-end on kind (needs Docker, kind, helm, kubectl; not runnable on the CI machines)
+	tests/e2e/kind.sh
 
-images: ## build the container images (needs Docker)
+images: ## build the container images (needs Docker): VERSION=, REGISTRY=, IMAGES=, PUSH=1
 	./docs/images.sh
 
 clean: cluster-down

@@ -50,6 +50,13 @@ class OperatorConfig(BaseModel):
     serve_port: int = 8000
     head_cpu: str = "2"
     head_memory: str = "8Gi"
+    check_secrets: bool = Field(
+        default=True,
+        description=(
+            "Check that referenced token Secrets exist (needs `get secrets`). Off: the check is skipped and a "
+            "missing Secret shows up as the pod's CreateContainerConfigError instead of GatedModelNoToken."
+        ),
+    )
     metrics_address: str | None = Field(
         default=None, description="host:port for the operator's Prometheus /metrics (e.g. 0.0.0.0:8081); off if empty."
     )

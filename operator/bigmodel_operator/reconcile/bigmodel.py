@@ -86,7 +86,7 @@ class BigModelReconciler:
         token = None
         creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
         if creds:
-            token = await read_secret_key(self.kube, namespace, creds.name, creds.key)
+            token = await read_secret_key(self.kube, namespace, creds.name, creds.key, self.config)
             if token is None:
                 blockers.append(
                     Blocker(

@@ -84,7 +84,7 @@ class FineTuneJobReconciler:
         token = None
         creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
         if creds:
-            token = await read_secret_key(self.kube, namespace, creds.name, creds.key)
+            token = await read_secret_key(self.kube, namespace, creds.name, creds.key, self.config)
             if token is None:
                 obs.blockers.append(
                     (Reason.GATED_MODEL_NO_TOKEN, f"Secret {creds.name} with key {creds.key} does not exist")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,10 @@ import aiohttp
 
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.kube import Kube
+from bigmodel_operator.kube import ApiError, Kube
 
 HUB_CACHE_SECONDS = 3600.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,9 +37,21 @@ class ModelConfigResult:
 _hub_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
 
-async def read_secret_key(kube: Kube, namespace: str, name: str, key: str) -> str | None:
-    """The decoded value of a Secret key, or None when the Secret or key is missing."""
-    secret = await kube.get("Secret", namespace, name)
+SECRET_NOT_CHECKED = ""  # the operator may not read Secrets here: assume present, let the pod tell
+
+
+async def read_secret_key(kube: Kube, namespace: str, name: str, key: str, config: OperatorConfig) -> str | None:
+    """The decoded value of a Secret key; None when the Secret or key is missing; SECRET_NOT_CHECKED when
+    checks are off or RBAC forbids reading Secrets in this namespace."""
+    if not config.check_secrets:
+        return SECRET_NOT_CHECKED
+    try:
+        secret = await kube.get("Secret", namespace, name)
+    except ApiError as error:
+        if error.status == 403:
+            log.warning("not allowed to read Secret %s/%s; skipping the token check", namespace, name)
+            return SECRET_NOT_CHECKED
+        raise
     if not secret or key not in (secret.get("data") or {}):
         return None
     return base64.b64decode(secret["data"][key]).decode("utf-8", "replace").strip()
@@ -52,7 +66,7 @@ async def fetch_hub_config(
     if cached and time.monotonic() - cached[0] < HUB_CACHE_SECONDS:
         return ModelConfigResult(cached[1])
     url = f"{config.hub_endpoint}/{repo}/resolve/{quote(rev, safe='')}/config.json"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # "" (not checked) sends none
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,

@@ -37,13 +37,16 @@ def test_trainer_token_patches_only_its_own_status(
         body["spec"]["resources"]["gpu"]["product"] = "NVIDIA-H200"  # stays Pending: no such node
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
     core = client.CoreV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
     wait_until(lambda: _exists(core, namespace, "mine-trainer"), timeout=30, what="trainer ServiceAccount")
+    wait_until(lambda: _binding_exists(rbac, namespace, "mine-trainer"), timeout=30, what="trainer RoleBinding")
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
     token = core.create_namespaced_service_account_token("mine-trainer", namespace, request).status.token
     connection = KubeConnection.from_kubeconfig(_token_kubeconfig(kubeconfig, token, tmp_path / "trainer.kubeconfig"))
 
     progress = {"status": {"progress": {"step": 3, "totalSteps": 12, "percent": 25, "loss": 2.5}}}
-    assert KubeSink(namespace, "mine", connection).send(progress) is True
+    # The apiserver's authorizer sees a new RoleBinding a moment after it is stored.
+    assert wait_until(lambda: KubeSink(namespace, "mine", connection).send(progress), timeout=10, interval=0.5)
     assert _get(custom, namespace, "mine")["status"]["progress"]["percent"] == 25
     assert KubeSink(namespace, "other", connection).send(progress) is False, "another job's status is off limits"
 
@@ -63,6 +66,18 @@ def _exists(core: Any, namespace: str, name: str) -> bool:
 
     try:
         core.read_namespaced_service_account(name, namespace)
+        return True
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+
+
+def _binding_exists(rbac: Any, namespace: str, name: str) -> bool:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        rbac.read_namespaced_role_binding(name, namespace)
         return True
     except ApiException as error:
         if error.status == 404:
