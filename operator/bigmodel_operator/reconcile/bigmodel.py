@@ -19,7 +19,7 @@ from bigmodel_operator.builders.serve_args import scaling_args
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import Kube
-from bigmodel_operator.reconcile.children import NotControlledError, ensure_child, remove_child
+from bigmodel_operator.reconcile.children import ApplyResult, NotControlledError, ensure_child, remove_child
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.plan_glue import serving_plan
 from bigmodel_operator.reconcile.state import ClusterState
@@ -152,24 +152,12 @@ class BigModelReconciler:
         try:
             result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
             obs.rayservice = result.body
-            if result.action != "unchanged":
-                self.emit(
-                    body,
-                    "Normal",
-                    f"RayService{result.action.capitalize()}",
-                    f"{result.action.capitalize()} RayService {result.body['metadata']['name']}",
-                )
+            self._announce(body, result)
             desired_ingress = build_ingress(body, spec, self.config)
             if desired_ingress is not None:
                 ing = await ensure_child(self.kube, self.state, desired_ingress, uid)
                 obs.ingress = ing.body
-                if ing.action != "unchanged":
-                    self.emit(
-                        body,
-                        "Normal",
-                        f"Ingress{ing.action.capitalize()}",
-                        f"{ing.action.capitalize()} Ingress {ing.body['metadata']['name']}",
-                    )
+                self._announce(body, ing)
             elif self.state.get("Ingress", namespace, naming.ingress_name(name)) and await remove_child(
                 self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid
             ):
@@ -177,6 +165,10 @@ class BigModelReconciler:
                 self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
         except NotControlledError as error:
             obs.blockers.append(Blocker(Reason.CHILD_NOT_CONTROLLED, str(error)))
+
+    def _announce(self, body: dict[str, Any], result: ApplyResult) -> None:
+        if event := result.event():
+            self.emit(body, "Normal", *event)
 
     def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The status we last wrote (the watch may not have delivered it yet), else the body's."""

@@ -19,6 +19,13 @@ class ApplyResult:
     body: dict[str, Any]
     action: str  # "created", "updated" or "unchanged"
 
+    def event(self) -> tuple[str, str] | None:
+        """(reason, message) of the Event announcing this change, e.g. ("RayServiceCreated", "Created RayService x")."""
+        if self.action == "unchanged":
+            return None
+        verb, kind = self.action.capitalize(), self.body["kind"]
+        return f"{kind}{verb}", f"{verb} {kind} {self.body['metadata']['name']}"
+
 
 def _hash_of(body: dict[str, Any] | None) -> str | None:
     if not body:

@@ -142,8 +142,8 @@ class FineTuneJobReconciler:
             obs.blockers.append((Reason.CHILD_NOT_CONTROLLED, str(error)))
             return
         obs.job = result.body
-        if result.action == "created":
-            self.emit(body, "Normal", "JobCreated", f"Created Job {result.body['metadata']['name']}")
+        if event := result.event():
+            self.emit(body, "Normal", *event)
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]

@@ -22,7 +22,7 @@ import yaml
 
 from .conftest import REPO, find
 
-GOLDEN = REPO / "tests" / "unit" / "controller" / "golden"
+GOLDEN = REPO / "tests" / "unit" / "api_and_builders" / "golden"
 RAYSERVICES = sorted(GOLDEN.glob("*.rayservice.yaml"))
 
 

@@ -26,7 +26,7 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def assert_golden(name: str, data: Any) -> None:
-    """Compare with tests/unit/controller/golden/<name>; BIGMODEL_UPDATE_GOLDEN=1 rewrites it."""
+    """Compare with tests/unit/api_and_builders/golden/<name>; BIGMODEL_UPDATE_GOLDEN=1 rewrites it."""
     path = GOLDEN / name
     text = yaml.dump(data, Dumper=_NoAliases, sort_keys=True, width=120)
     if os.environ.get("BIGMODEL_UPDATE_GOLDEN") == "1" or not path.exists():
