@@ -377,3 +377,19 @@ def test_operator_restart_changes_no_child(
     )
     after = _get(custom, namespace, "bigmodels", "llama-3-1-8b")
     assert after["metadata"]["resourceVersion"] == bm["metadata"]["resourceVersion"]
+
+
+def test_bad_engine_args_are_invalid_engine_args(custom: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["engine"]["extraArgs"] = ["--max-model-len=4096", "--enforce-eager"]
+    _create(custom, namespace, body)
+    bm = wait_until(
+        lambda: (
+            (b := _get(custom, namespace, "bigmodels", "tiny-cpu"))
+            and condition(b, "Ready").get("reason") == "InvalidEngineArgs"
+            and b
+        ),
+        timeout=30,
+    )
+    assert "spec.engine.maxModelLen" in condition(bm, "Ready")["message"]
+    assert _rayservice(custom, namespace, "tiny-cpu") is None
