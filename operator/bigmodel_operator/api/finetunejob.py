@@ -167,7 +167,13 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourcesSpec | None = Field(default=None, description="Resources of the training pod.")
     output: OutputSpec = Field(description="Where the result is written.")
     privacy: PrivacySpec | None = Field(default=None, description="PII redaction.")
-    deploy_to: DeployToSpec | None = Field(default=None, description="Serve the result from a BigModel.")
+    deploy_to: DeployToSpec | None = Field(
+        default=None,
+        description=(
+            "Serve the result from a BigModel as a LoRA adapter. Reserved: validated and stored, but this "
+            "release does not attach the adapter yet (add it to the BigModel's adapters by hand)."
+        ),
+    )
     backoff_limit: int | None = Field(
         default=None, ge=0, le=20, description="Retries of the training pod (default 2); it resumes from checkpoints."
     )
