@@ -88,6 +88,18 @@ def get_bigmodel(custom: Any, namespace: str) -> Callable[[str], dict[str, Any]]
     return get
 
 
+def or_none(read: Callable[..., Any], *args: Any) -> Any:
+    """read(*args), or None when the object does not exist (404)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return read(*args)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond["type"] == type_:

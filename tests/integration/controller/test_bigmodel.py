@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example
+from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
@@ -31,14 +31,13 @@ def _create(custom: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]
 
 
 def _get(custom: Any, namespace: str, plural: str, name: str, group: str = GROUP, version: str = VERSION) -> Any:
-    from kubernetes.client.rest import ApiException
+    return or_none(custom.get_namespaced_custom_object, group, version, namespace, plural, name)
 
-    try:
-        return custom.get_namespaced_custom_object(group, version, namespace, plural, name)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+
+def _when(custom: Any, namespace: str, name: str, check: Callable[[dict[str, Any]], Any]) -> Any:
+    """The BigModel when `check(body)` holds, else None (for wait_until)."""
+    body = _get(custom, namespace, "bigmodels", name)
+    return body if body and check(body) else None
 
 
 def _rayservice(custom: Any, namespace: str, name: str) -> Any:
@@ -94,14 +93,8 @@ def test_apply_creates_children_fast_with_gpu_resources(
 
 def _get_ingress(api_client: Any, namespace: str, name: str) -> Any:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
 
-    try:
-        return client.NetworkingV1Api(api_client).read_namespaced_ingress(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    return or_none(client.NetworkingV1Api(api_client).read_namespaced_ingress, name, namespace)
 
 
 def test_worker_template_schedules_on_matching_gpu_node(
@@ -150,11 +143,7 @@ def test_ready_with_url_after_kuberay_reports_serving(
         "llama-3-1-8b", namespace, {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
     )
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
-            and condition(b, "Ready").get("status") == "True"
-            and b
-        ),
+        lambda: _when(custom, namespace, "llama-3-1-8b", lambda b: condition(b, "Ready").get("status") == "True"),
         timeout=30,
     )
     assert bm["status"]["url"] == "https://llm.example.com/v1"
@@ -177,11 +166,7 @@ def test_spec_edit_updates_and_idle_resync_writes_nothing(
 
     rs = wait_until(updated, timeout=30)
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
-            and b["status"].get("observedGeneration") == 2
-            and b
-        ),
+        lambda: _when(custom, namespace, "llama-3-1-8b", lambda b: b["status"].get("observedGeneration") == 2),
         timeout=30,
     )
     time.sleep(7)  # two resync periods of the test operator (3 s)
@@ -209,7 +194,7 @@ def test_kubectl_scale_reaches_the_rayservice(
 
     wait_until(scaled, timeout=30)
     bm = wait_until(
-        lambda: (b := _get(custom, namespace, "bigmodels", "tiny-cpu")) and b["status"].get("replicas") == 3 and b,
+        lambda: _when(custom, namespace, "tiny-cpu", lambda b: b["status"].get("replicas") == 3),
         timeout=30,
     )
     assert bm["status"]["selector"].startswith("bigmodel.io/bigmodel=tiny-cpu")
@@ -278,7 +263,7 @@ def test_plan_in_status_before_any_gpu(custom: Any, namespace: str, wait_until: 
     )
     _create(custom, namespace, body)
     bm = wait_until(
-        lambda: (b := _get(custom, namespace, "bigmodels", "planned")) and (b.get("status") or {}).get("plan") and b,
+        lambda: _when(custom, namespace, "planned", lambda b: (b.get("status") or {}).get("plan")),
         timeout=30,
     )
     plan = bm["status"]["plan"]
@@ -298,10 +283,8 @@ def test_unknown_gpu_product_is_explained(custom: Any, namespace: str, wait_unti
     )
     _create(custom, namespace, body)
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "no-nodes"))
-            and condition(b, "Ready").get("reason") == "NoMatchingGPUNodes"
-            and b
+        lambda: _when(
+            custom, namespace, "no-nodes", lambda b: condition(b, "Ready").get("reason") == "NoMatchingGPUNodes"
         ),
         timeout=30,
     )
@@ -340,10 +323,8 @@ def test_foreign_object_with_our_name_is_not_touched(
     custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", foreign)
     _create(custom, namespace, load_example("bigmodel-tiny-cpu.yaml"))
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "tiny-cpu"))
-            and condition(b, "Ready").get("reason") == "ChildNotControlled"
-            and b
+        lambda: _when(
+            custom, namespace, "tiny-cpu", lambda b: condition(b, "Ready").get("reason") == "ChildNotControlled"
         ),
         timeout=30,
     )
@@ -358,10 +339,8 @@ def test_operator_restart_changes_no_child(
     wait_until(lambda: _rayservice(custom, namespace, "llama-3-1-8b"), timeout=30)
     _mark_serving(custom, namespace, "llama-3-1-8b")
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "llama-3-1-8b"))
-            and condition(b, "RayServiceReady").get("status") == "True"
-            and b
+        lambda: _when(
+            custom, namespace, "llama-3-1-8b", lambda b: condition(b, "RayServiceReady").get("status") == "True"
         ),
         timeout=30,
     )
@@ -384,10 +363,8 @@ def test_bad_engine_args_are_invalid_engine_args(custom: Any, namespace: str, wa
     body["spec"]["engine"]["extraArgs"] = ["--max-model-len=4096", "--enforce-eager"]
     _create(custom, namespace, body)
     bm = wait_until(
-        lambda: (
-            (b := _get(custom, namespace, "bigmodels", "tiny-cpu"))
-            and condition(b, "Ready").get("reason") == "InvalidEngineArgs"
-            and b
+        lambda: _when(
+            custom, namespace, "tiny-cpu", lambda b: condition(b, "Ready").get("reason") == "InvalidEngineArgs"
         ),
         timeout=30,
     )

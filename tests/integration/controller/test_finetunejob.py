@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GROUP, VERSION, condition, load_example
+from .conftest import GROUP, VERSION, condition, load_example, or_none
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
@@ -37,14 +37,7 @@ def _batch(api_client: Any) -> Any:
 
 
 def _job(api_client: Any, namespace: str, name: str) -> Any:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        return _batch(api_client).read_namespaced_job(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    return or_none(_batch(api_client).read_namespaced_job, name, namespace)
 
 
 def test_job_runs_on_gpu_node_and_succeeds(

@@ -11,7 +11,7 @@ import yaml
 
 from bigmodel_training.progress import KubeConnection, KubeSink
 
-from .conftest import GROUP, VERSION
+from .conftest import GROUP, VERSION, or_none
 from .test_finetunejob import _ftj, _get
 
 pytestmark = pytest.mark.usefixtures("operator_process")
@@ -62,27 +62,11 @@ def test_trainer_token_patches_only_its_own_status(
 
 
 def _exists(core: Any, namespace: str, name: str) -> bool:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        core.read_namespaced_service_account(name, namespace)
-        return True
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
+    return or_none(core.read_namespaced_service_account, name, namespace) is not None
 
 
 def _binding_exists(rbac: Any, namespace: str, name: str) -> bool:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        rbac.read_namespaced_role_binding(name, namespace)
-        return True
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
+    return or_none(rbac.read_namespaced_role_binding, name, namespace) is not None
 
 
 def _configuration(path: Path) -> Any:
