@@ -153,29 +153,7 @@ def _bigmodel_story(custom: Any, networking: Any) -> None:
     print("Ready:", _cond(bm, "Ready").get("reason"), "-", _cond(bm, "Ready").get("message"))
     say("KubeRay reports the Serve application RUNNING (simulated) and the ingress controller assigns an address")
     custom.patch_namespaced_custom_object_status(
-        "ray.io",
-        "v1",
-        NAMESPACE,
-        "rayservices",
-        "llama-3-1-8b",
-        {
-            "status": {
-                "numServeEndpoints": 1,
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "NonZeroServeEndpoints",
-                        "message": "",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z",
-                    }
-                ],
-                "activeServiceStatus": {
-                    "applicationStatuses": {"llama-3-1-8b": {"status": "RUNNING"}},
-                    "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1},
-                },
-            }
-        },
+        "ray.io", "v1", NAMESPACE, "rayservices", "llama-3-1-8b", {"status": kuberay_serving_status("llama-3-1-8b")}
     )
     wait(lambda: networking.read_namespaced_ingress("llama-3-1-8b", NAMESPACE), "the Ingress")
     networking.patch_namespaced_ingress_status(
@@ -213,6 +191,29 @@ def _bigmodel_story(custom: Any, networking: Any) -> None:
     )
     print("Ready=False", _cond(refused, "Ready")["reason"], "-", _cond(refused, "Ready")["message"])
     print(kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=BigModel"))
+
+
+def kuberay_serving_status(name: str, workers: int = 1) -> dict[str, Any]:
+    """The RayService status KubeRay writes once the Serve application runs (KubeRay itself is not run
+    here: it would dial pod addresses). Shared with the integration tests."""
+    return {
+        "serviceStatus": "Running",
+        "numServeEndpoints": workers,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "NonZeroServeEndpoints",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "activeServiceStatus": {
+            "rayClusterName": f"{name}-abcde",
+            "applicationStatuses": {name: {"status": "RUNNING", "serveDeploymentStatuses": {}}},
+            "rayClusterStatus": {"readyWorkerReplicas": workers, "desiredWorkerReplicas": workers},
+        },
+    }
 
 
 def _finetune_story(custom: Any) -> None:

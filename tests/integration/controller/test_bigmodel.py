@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bigmodel_operator.demo import kuberay_serving_status
+
 from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none
 
 pytestmark = pytest.mark.usefixtures("operator_process")
@@ -52,24 +54,7 @@ def _llama_with_secrets(api_client: Any, namespace: str) -> dict[str, Any]:
 
 def _mark_serving(custom: Any, namespace: str, name: str, workers: int = 1) -> None:
     """What KubeRay writes once the Serve application runs."""
-    status = {
-        "serviceStatus": "Running",
-        "numServeEndpoints": workers,
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "NonZeroServeEndpoints",
-                "message": "",
-                "lastTransitionTime": "2026-01-01T00:00:00Z",
-            }
-        ],
-        "activeServiceStatus": {
-            "rayClusterName": f"{name}-abcde",
-            "applicationStatuses": {name: {"status": "RUNNING", "serveDeploymentStatuses": {}}},
-            "rayClusterStatus": {"readyWorkerReplicas": workers, "desiredWorkerReplicas": workers},
-        },
-    }
+    status = kuberay_serving_status(name, workers)
     custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayservices", name, {"status": status})
 
 
