@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from manifests import cluster_finetunejob
 
 from .conftest import CHART, REPO, apirecorder, chartidentity
 
@@ -147,14 +148,7 @@ def test_token_secret_permission_off(
 
 
 def _tiny_finetunejob() -> dict[str, Any]:
-    body = yaml.safe_load((REPO / "docs" / "examples" / "finetunejob-lora.yaml").read_text())
-    spec = body["spec"]
-    spec["baseModel"] = {"uri": "file:///models/llama-8b"}
-    spec["dataset"]["uri"] = "file:///data/chats.jsonl"
-    spec["output"]["uri"] = "file:///output/tune"
-    spec.pop("deployTo")
-    spec.pop("credentials")
-    return body
+    return cluster_finetunejob("support-bot-v1")
 
 
 def test_operator_in_namespace_list_mode_uses_only_documented_calls(

@@ -6,23 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from manifests import cluster_finetunejob
 
-from .conftest import GROUP, VERSION, condition, load_example, or_none
+from .conftest import GROUP, VERSION, condition, or_none
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
 
 def _ftj(name: str = "tune", **annotations: str) -> dict[str, Any]:
-    body = load_example("finetunejob-lora.yaml")
-    body["metadata"] = {"name": name, "annotations": annotations} if annotations else {"name": name}
-    spec = body["spec"]
-    # file:// paths inside the trainer image: the test cluster has no storage provisioner for PVCs.
-    spec["baseModel"] = {"uri": "file:///models/llama-8b"}
-    spec["dataset"]["uri"] = "file:///data/chats.jsonl"
-    spec["output"]["uri"] = "file:///output/tune"
-    spec.pop("deployTo")
-    spec.pop("credentials")
-    return body
+    return cluster_finetunejob(name, **annotations)
 
 
 def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
