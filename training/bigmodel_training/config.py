@@ -66,6 +66,12 @@ class DatasetSource(_Model):
     validation_split: float = Field(default=0.0, ge=0.0, le=0.5, description="Fraction held out for eval loss.")
     min_examples: int = Field(default=10, ge=1, description="Fewer valid examples than this is a defect.")
     local_path: str | None = Field(default=None, description="Where the operator mounted the file.")
+    max_line_bytes: int = Field(
+        default=16 * 2**20, ge=1024, description="Longer lines are reported (line_too_large) and never read whole."
+    )
+    max_file_bytes: int = Field(
+        default=4 * 2**30, ge=1024, description="Larger files are refused before parsing (file_too_large)."
+    )
 
     @model_validator(mode="after")
     def _uri(self) -> DatasetSource:

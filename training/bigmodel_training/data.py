@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bigmodel_training.dataset import Example, ValidationResult, check_lengths, format_report, validate_file
+from bigmodel_training.dataset import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    Example,
+    ValidationResult,
+    check_lengths,
+    format_report,
+    validate_file,
+)
 from bigmodel_training.errors import DatasetError
 from bigmodel_training.redact import merge_counts, redact_text
 from bigmodel_training.render import Renderer, Tokenized
@@ -32,9 +40,18 @@ class PreparedData:
     lines: int = 0
 
 
-def load_and_validate(path: Path, fmt: Any, min_examples: int) -> ValidationResult:
+def load_and_validate(
+    path: Path,
+    fmt: Any,
+    min_examples: int,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> ValidationResult:
     """Pass 1; raises DatasetError with the report when anything is wrong."""
-    result = validate_file(path, fmt, min_examples=min_examples)
+    result = validate_file(
+        path, fmt, min_examples=min_examples, max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes
+    )
     if not result.ok:
         raise DatasetError(result.report())
     return result

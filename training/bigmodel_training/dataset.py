@@ -8,8 +8,11 @@ Three formats, one JSON object per line (blank lines are skipped):
 - completion:  {"prompt": "..." (may be empty), "completion": "..."}
 
 Validation collects every defect with its 1-based line number instead of stopping at the first
-one, and never modifies the input file. The over-length check needs the tokenizer; it is a second
-pass (`check_lengths`) that the trainer runs once the tokenizer is loaded, still before training.
+one, and never modifies the input file. Sizes are bounded before anything is parsed: a file larger
+than `max_file_bytes` is refused as a whole, and a line longer than `max_line_bytes` is reported
+(with its number) without ever being held in memory, so one multi-GB line cannot exhaust the pod.
+The over-length check needs the tokenizer; it is a second pass (`check_lengths`) that the trainer
+runs once the tokenizer is loaded, still before training.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ Format = Literal["chat", "instruction", "completion"]
 FORMATS: tuple[Format, ...] = ("chat", "instruction", "completion")
 ROLES = ("system", "user", "assistant")
 DEFAULT_REPORT_LIMIT = 50
+# One line may hold a whole long-context conversation (1 M tokens is ~4 MB of text); a file of
+# 4 GiB of JSONL already needs well over 10 GiB of memory once parsed.
+DEFAULT_MAX_LINE_BYTES = 16 * 2**20
+DEFAULT_MAX_FILE_BYTES = 4 * 2**30
+_READ_CHUNK = 2**20
 
 # Defect codes (stable; documented in docs/training.md).
 ENCODING = "encoding"
@@ -38,6 +46,8 @@ EMPTY_CONTENT = "empty_content"
 TOO_LONG = "too_long"
 DUPLICATE = "duplicate"
 TOO_FEW = "too_few"
+LINE_TOO_LARGE = "line_too_large"
+FILE_TOO_LARGE = "file_too_large"
 
 
 @dataclass(frozen=True)
@@ -107,26 +117,65 @@ def format_report(
     return "\n".join([head, *body])
 
 
-def read_lines(path: str | Path) -> Iterable[tuple[int, bytes]]:
-    """Yield (1-based line number, raw bytes without the newline)."""
+def read_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterable[tuple[int, bytes | None]]:
+    """Yield (1-based line number, raw bytes without the newline); None for a line longer than
+    `max_line_bytes`, which is skipped in chunks and never held in memory whole."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        number = 0
+        while True:
+            raw = handle.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line
+                    raw = handle.readline(_READ_CHUNK)
+                yield number, None
+                continue
             yield number, raw.rstrip(b"\r\n")
 
 
-def validate_file(path: str | Path, fmt: Format, *, min_examples: int = 1) -> ValidationResult:
+def validate_file(
+    path: str | Path,
+    fmt: Format,
+    *,
+    min_examples: int = 1,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> ValidationResult:
     """Parse and check every line of a JSONL file (everything but length, which needs a tokenizer)."""
-    return validate_lines(read_lines(path), fmt, min_examples=min_examples)
+    size = Path(path).stat().st_size
+    if size > max_file_bytes:
+        result = ValidationResult()
+        result.defects.append(
+            Defect(0, FILE_TOO_LARGE, f"{size} bytes, more than max_file_bytes {max_file_bytes}; split the dataset "
+                   "or raise dataset.maxFileBytes (the trainer holds the parsed examples in memory)")
+        )  # fmt: skip
+        return result
+    return validate_lines(
+        read_lines(path, max_line_bytes), fmt, min_examples=min_examples, max_line_bytes=max_line_bytes
+    )
 
 
-def validate_lines(lines: Iterable[tuple[int, bytes]], fmt: Format, *, min_examples: int = 1) -> ValidationResult:
-    """Validate numbered raw lines; see `validate_file`."""
+def validate_lines(
+    lines: Iterable[tuple[int, bytes | None]],
+    fmt: Format,
+    *,
+    min_examples: int = 1,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> ValidationResult:
+    """Validate numbered raw lines (None: a line over `max_line_bytes`); see `validate_file`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     result = ValidationResult()
     seen: dict[str, int] = {}
     for number, line in lines:
         result.lines = number
+        if line is None or len(line) > max_line_bytes:
+            result.defects.append(
+                Defect(number, LINE_TOO_LARGE, f"longer than max_line_bytes {max_line_bytes}; not read")
+            )
+            continue
         # A UTF-8 byte-order mark on the first line is harmless.
         raw = line[3:] if number == 1 and line.startswith(b"\xef\xbb\xbf") else line
         try:
@@ -151,6 +200,10 @@ def validate_lines(lines: Iterable[tuple[int, bytes]], fmt: Format, *, min_examp
             result.defects.extend(defects)
             continue
         assert example is not None
+        surrogate = _lone_surrogate(example)
+        if surrogate:
+            result.defects.append(Defect(number, ENCODING, surrogate))
+            continue
         digest = example.key()
         if digest in seen:
             result.defects.append(Defect(number, DUPLICATE, f"duplicate of line {seen[digest]}"))
@@ -174,6 +227,18 @@ def check_lengths(
         if n > max_seq_length:
             defects.append(Defect(example.line, TOO_LONG, f"{n} tokens, more than max_seq_length {max_seq_length}"))
     return defects
+
+
+def _lone_surrogate(example: Example) -> str | None:
+    """Why a text is not encodable (a JSON escape such as \\ud800 that decodes to half a
+    UTF-16 pair), or None. Tokenizers and the UTF-8 writers fail on such strings later."""
+    for i, text in enumerate(example.texts()):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(text[exc.start])
+            return f"text field {i} holds a lone surrogate \\u{code:04x} at character {exc.start}, not a character"
+    return None
 
 
 def _type_name(value: Any) -> str:

@@ -65,7 +65,11 @@ def run(
     reporter = ProgressReporter(make_sink(config), config.progress.interval_s)
 
     dataset_file = sources.resolve_dataset_file(config.dataset, config.hf_token_env, scratch)
-    validated = data.load_and_validate(dataset_file, config.dataset.format, config.dataset.min_examples)
+    source = config.dataset
+    validated = data.load_and_validate(
+        dataset_file, source.format, source.min_examples,
+        max_line_bytes=source.max_line_bytes, max_file_bytes=source.max_file_bytes,
+    )  # fmt: skip
     log.info("dataset OK: %d examples", len(validated.examples))
 
     import torch

@@ -124,3 +124,46 @@ def test_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     bad.write_text(GOOD_CHAT + "\n{x\n")
     assert main(["validate", str(bad), "--format", "chat"]) == 3
     assert "line 2: bad_json" in capsys.readouterr().out
+
+
+def test_a_lone_surrogate_is_an_encoding_defect_with_its_line(tmp_path: Path) -> None:
+    # Valid JSON, valid UTF-8 bytes, but "\ud800" decodes to half a UTF-16 pair: not a character.
+    bad = '{"messages": [{"role": "user", "content": "a\\ud800b"}, {"role": "assistant", "content": "x"}]}'
+    path = write(tmp_path, [GOOD_CHAT, bad])
+    result = validate_file(path, "chat")
+    assert [(d.line, d.code) for d in result.defects] == [(2, dataset.ENCODING)]
+    assert "lone surrogate \\ud800" in result.report()
+
+
+def test_a_lone_surrogate_fails_the_run_as_dataset_invalid(tmp_path: Path) -> None:
+    from bigmodel_training.data import load_and_validate
+    from bigmodel_training.errors import DatasetError
+
+    path = write(tmp_path, ['{"prompt": "p", "completion": "ok"}', '{"prompt": "\\udfff", "completion": "c"}'])
+    with pytest.raises(DatasetError) as caught:
+        load_and_validate(path, "completion", 1)
+    assert caught.value.reason == "DatasetInvalid"
+    assert "line 2: encoding" in str(caught.value)
+
+
+def test_an_over_long_line_is_reported_without_being_read_whole(tmp_path: Path) -> None:
+    huge = json.dumps({"prompt": "p", "completion": "x" * 50_000})
+    path = write(tmp_path, [GOOD["completion"], huge, '{"prompt": "q", "completion": "fine"}', huge])
+    result = validate_file(path, "completion", max_line_bytes=4096)
+    assert [(d.line, d.code) for d in result.defects] == [(2, dataset.LINE_TOO_LARGE), (4, dataset.LINE_TOO_LARGE)]
+    assert len(result.examples) == 2  # the lines after the long one are still read, with the right numbers
+    assert "max_line_bytes 4096" in result.report()
+
+
+def test_a_line_exactly_at_the_limit_is_read(tmp_path: Path) -> None:
+    line = json.dumps({"prompt": "p", "completion": "y" * 100})
+    path = write(tmp_path, [line])
+    assert validate_file(path, "completion", max_line_bytes=len(line)).ok
+    assert validate_file(path, "completion", max_line_bytes=len(line) - 1).defects[0].code == dataset.LINE_TOO_LARGE
+
+
+def test_an_over_large_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = write(tmp_path, [GOOD_CHAT] * 3 + ["{not json"])
+    result = validate_file(path, "chat", max_file_bytes=64)
+    assert [(d.line, d.code) for d in result.defects] == [(0, dataset.FILE_TOO_LARGE)]
+    assert "maxFileBytes" in result.report()
