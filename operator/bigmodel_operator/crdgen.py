@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from bigmodel_operator.api import GROUP, VERSION, BigModelSpec, BigModelStatus, FineTuneJobSpec, FineTuneJobStatus
+from bigmodel_operator.api.base import DNS_1035_LABEL
 
 # Bounds applied where a field sets none, so CEL cost estimation stays finite.
 DEFAULT_MAX_STRING = 4096
@@ -24,6 +25,8 @@ DEFAULT_MAX_ITEMS = 256
 DEFAULT_MAX_PROPERTIES = 256
 
 _DROP_KEYS = {"title", "default", "examples"}
+CATEGORY = "bigmodel-all"
+"""`kubectl get bigmodel-all` lists BigModels and FineTuneJobs together."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,9 @@ class CrdInfo:
     root_rules: list[dict[str, str]] = field(default_factory=list)
     spec_rules: list[dict[str, str]] = field(default_factory=list)
     scale: dict[str, str] | None = None
-    categories: list[str] = field(default_factory=lambda: ["bigmodel", "all"])
+    # Not "bigmodel": kubectl expands a category before it looks up a resource, so a category named
+    # like the singular made `kubectl get bigmodel NAME` list both kinds and refuse the NAME.
+    categories: list[str] = field(default_factory=lambda: [CATEGORY, "all"])
 
     @property
     def name(self) -> str:
@@ -106,8 +111,7 @@ def _structural(node: Any) -> Any:
             out["minimum" if bound == "exclusiveMinimum" else "maximum"] = out[bound]
             out[bound] = True
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
-        out.pop("maxProperties", None)
-        out["x-kubernetes-preserve-unknown-fields"] = True
+        out["x-kubernetes-preserve-unknown-fields"] = True  # a maxProperties set by the field stays
     _bound(out)
     return out
 
@@ -218,7 +222,15 @@ BIGMODEL = CrdInfo(
             "message": (
                 "metadata.name must be at most 40 characters: the RayService and its pods derive their names from it"
             ),
-        }
+        },
+        {
+            "rule": f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+            "message": (
+                "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a "
+                "letter, no dots), because KubeRay requires one for the RayService it names after it: "
+                "e.g. llama-3-1-8b instead of llama-3.1-8b"
+            ),
+        },
     ],
     scale={
         "specReplicasPath": ".spec.scaling.replicas",

@@ -7,10 +7,11 @@ turns them into OpenAPI v3 schemas (see `bigmodel_operator.crdgen`). Field descr
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "bigmodel.io"
@@ -37,6 +38,26 @@ Quantity = Annotated[
 # A DNS-1123 label: what Kubernetes accepts as a name of most objects.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A DNS-1035 label: what KubeRay requires of RayCluster/RayService/RayJob names (utils/validation.go
+# calls IsDNS1035Label): lowercase letters, digits and '-', starting with a letter, at most 63.
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A qualified name (label and annotation keys): an optional DNS-subdomain prefix and '/', then a
+# name of alphanumerics, '-', '_' and '.', starting and ending alphanumeric (at most 63).
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A Hub revision (branch, tag or commit): printable, no spaces or control characters.
+REVISION_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_.+@/=]*$"
+# `..` as a whole path segment: refused in every URI and path (it would climb out of its mount).
+PARENT_SEGMENT_RE2 = r"(^|/)\.\.(/|$)"
+
+
+def cel(*rules_and_messages: str) -> dict[str, Any]:
+    """CEL validation rules for a model's schema: cel(rule1, message1, rule2, message2, ...)."""
+    pairs = zip(rules_and_messages[::2], rules_and_messages[1::2], strict=True)
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]}
 
 
 class ApiModel(BaseModel):
@@ -108,17 +129,38 @@ class ResourcesSpec(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration (core/v1 Toleration)."""
+    """A Kubernetes toleration (core/v1 Toleration), validated as the apiserver validates pods."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "a toleration with operator Exists must not set value",
+            "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+            "a toleration without key must use operator Exists (it then tolerates every taint)",
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds is only valid with effect NoExecute",
+        )
+    )
+
+    key: str | None = Field(default=None, max_length=316, pattern=QUALIFIED_NAME, description="Taint key to tolerate.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
-    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
         default=None, description="For NoExecute: how long the pod stays bound after the taint."
     )
+
+    @model_validator(mode="after")
+    def _as_the_apiserver(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not set value")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without key must use operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds is only valid with effect NoExecute")
+        return self
 
 
 class Condition(ApiModel):
@@ -134,13 +176,55 @@ class Condition(ApiModel):
     )
 
 
+def map_keys_match(pattern: str, what: str) -> dict[str, Any]:
+    """A CEL rule on a map: every key matches `pattern` (RE2)."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": f"self.all(k, k.matches('{re2_literal(pattern)}'))", "message": f"every key must be {what}"}
+        ]
+    }
+
+
+def re2_literal(pattern: str) -> str:
+    """`pattern` written inside a single-quoted CEL string literal."""
+    return pattern.replace("\\", "\\\\").replace("'", "\\'")
+
+
+_PARENT_SEGMENT = re.compile(PARENT_SEGMENT_RE2)
+
+
+def has_parent_segment(value: str) -> bool:
+    """Whether `value` has a `..` path segment (the operator's own check, after the CEL rule)."""
+    return bool(_PARENT_SEGMENT.search(value))
+
+
+def _refuse_parent_segments(value: str | None) -> str | None:
+    if value is not None and has_parent_segment(value):
+        raise ValueError(f"{value!r} must not contain '..' path segments (it would leave its volume)")
+    return value
+
+
+NoParentSegments = AfterValidator(_refuse_parent_segments)
+"""Pydantic half of `no_parent_segments`: the same rule when the operator parses a spec."""
+
+
+def no_parent_segments(what: str = "a path") -> dict[str, Any]:
+    """A CEL rule on a string: no `..` path segment (e.g. pvc://claim/../../etc)."""
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"!self.matches('{re2_literal(PARENT_SEGMENT_RE2)}')",
+                "message": f"{what} must not contain '..' path segments (it would leave its volume)",
+            }
+        ]
+    }
+
+
 NodeSelector = Annotated[
-    dict[str, str],
-    Field(max_length=32, description="Extra node labels the pods must match."),
+    dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]],
+    Field(
+        max_length=32,
+        description="Extra node labels the pods must match.",
+        json_schema_extra=map_keys_match(QUALIFIED_NAME, "a label key (optional DNS prefix/, then name)"),
+    ),
 ]
-
-
-def cel(*rules_and_messages: str) -> dict[str, Any]:
-    """CEL validation rules for a model's schema: cel(rule1, message1, rule2, message2, ...)."""
-    pairs = zip(rules_and_messages[::2], rules_and_messages[1::2], strict=True)
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]}

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    QUALIFIED_NAME,
+    REVISION_PATTERN,
     ApiModel,
     Condition,
     NodeSelector,
+    NoParentSegments,
     ResourcesSpec,
     SecretKeyRef,
     Toleration,
     cel,
+    map_keys_match,
+    no_parent_segments,
 )
 from bigmodel_operator.planning import ServingPlan
 
@@ -23,6 +28,9 @@ MODEL_URI_PATTERN = (
     r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
 )
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
+MAX_INLINE_CONFIG_KEYS = 512
+"""Top-level keys of an inline config.json (real ones have 30-80); the operator also refuses a
+serialized size over MAX_INLINE_CONFIG_BYTES (reconcile/model_source.py)."""
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -44,17 +52,22 @@ class ModelSpec(ApiModel):
         json_schema_extra=cel("!(has(self.config) && has(self.configMapRef))", "set config or configMapRef, not both")
     )
 
-    uri: str = Field(
+    uri: Annotated[str, NoParentSegments] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description=(
             "Model location: hf://org/name (Hugging Face Hub), s3://bucket/path, gs://bucket/path, "
             "pvc://claim/path (a PersistentVolumeClaim in this namespace), file:///path (a path inside "
-            "the serving image), or oci://registry/repo:tag."
+            "the serving image), or oci://registry/repo:tag. No '..' path segments."
         ),
+        json_schema_extra=no_parent_segments("model.uri"),
     )
-    revision: str | None = Field(
-        default=None, max_length=256, description="Hub revision (branch, tag or commit) for hf:// models."
+    revision: Annotated[str | None, NoParentSegments] = Field(
+        default=None,
+        max_length=256,
+        pattern=REVISION_PATTERN,
+        description="Hub revision (branch, tag or commit) for hf:// models; no spaces or control characters.",
+        json_schema_extra=no_parent_segments("model.revision"),
     )
     served_name: str | None = Field(
         default=None,
@@ -62,16 +75,20 @@ class ModelSpec(ApiModel):
         pattern=SERVED_NAME_PATTERN,
         description="Name clients pass as `model` in OpenAI requests (default: the BigModel's name).",
     )
-    tokenizer: str | None = Field(
+    tokenizer: Annotated[str | None, NoParentSegments] = Field(
         default=None,
         max_length=2048,
-        description="Tokenizer location when it differs from the model (same URI schemes).",
+        pattern=MODEL_URI_PATTERN,
+        description="Tokenizer location when it differs from the model (same URI schemes, no '..' segments).",
+        json_schema_extra=no_parent_segments("model.tokenizer"),
     )
     config: dict[str, Any] | None = Field(
         default=None,
+        max_length=MAX_INLINE_CONFIG_KEYS,
         description=(
             "The model's config.json inline, for sources the operator cannot read (pvc://, file://, "
-            "s3://, gs://, oci://). Used only for the GPU memory plan."
+            "s3://, gs://, oci://). Used only for the GPU memory plan. At most 512 top-level keys and "
+            "64 KiB; larger configs are refused with reason InvalidSpec."
         ),
     )
     config_map_ref: ConfigMapKeyRef | None = Field(
@@ -170,10 +187,11 @@ class AdapterSpec(ApiModel):
     """A LoRA adapter served alongside the base model as `<servedName>:<name>`."""
 
     name: str = Field(max_length=63, pattern=DNS_LABEL, description="Adapter name, unique in the list.")
-    uri: str = Field(
+    uri: Annotated[str, NoParentSegments] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
-        description="Adapter location (same schemes as model.uri), in PEFT layout.",
+        description="Adapter location (same schemes as model.uri, no '..' segments), in PEFT layout.",
+        json_schema_extra=no_parent_segments("adapters[].uri"),
     )
 
 
@@ -187,7 +205,9 @@ class IngressSpec(ApiModel):
     host: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="Host name, e.g. llm.example.com."
     )
-    class_name: str | None = Field(default=None, max_length=253, description="IngressClass to use.")
+    class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="IngressClass to use (a DNS subdomain)."
+    )
     tls_secret_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="TLS Secret for `host`."
     )
@@ -197,8 +217,14 @@ class IngressSpec(ApiModel):
         pattern=r"^/([-a-zA-Z0-9_.~/]*[^/])?$",
         description="Path prefix in front of /v1 and /health (default /).",
     )
-    annotations: dict[str, str] | None = Field(
-        default=None, max_length=32, description="Extra annotations, e.g. for the ingress controller."
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None,
+        max_length=32,
+        description=(
+            "Extra annotations, e.g. for the ingress controller. Keys are qualified names "
+            "(optional DNS prefix and '/', then letters, digits, '-', '_', '.')."
+        ),
+        json_schema_extra=map_keys_match(QUALIFIED_NAME, "a qualified name (optional DNS prefix/, then name)"),
     )
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from bigmodel_operator.api.base import (
+    DNS_LABEL,
     DNS_SUBDOMAIN,
+    REVISION_PATTERN,
     ApiModel,
     Condition,
     NodeSelector,
+    NoParentSegments,
     ResourcesSpec,
     SecretKeyRef,
     Toleration,
     cel,
+    no_parent_segments,
 )
 from bigmodel_operator.api.bigmodel import MODEL_URI_PATTERN
 from bigmodel_operator.planning import TrainingPlan
@@ -38,10 +42,20 @@ class BaseModelSpec(ApiModel):
         json_schema_extra=cel("has(self.uri) != has(self.bigModelRef)", "set exactly one of uri or bigModelRef")
     )
 
-    uri: str | None = Field(
-        default=None, max_length=2048, pattern=MODEL_URI_PATTERN, description="Model location (as BigModel)."
+    uri: Annotated[str | None, NoParentSegments] = Field(
+        default=None,
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description="Model location (as BigModel; no '..' path segments).",
+        json_schema_extra=no_parent_segments("baseModel.uri"),
     )
-    revision: str | None = Field(default=None, max_length=256, description="Hub revision for hf:// models.")
+    revision: Annotated[str | None, NoParentSegments] = Field(
+        default=None,
+        max_length=256,
+        pattern=REVISION_PATTERN,
+        description="Hub revision for hf:// models; no spaces or control characters.",
+        json_schema_extra=no_parent_segments("baseModel.revision"),
+    )
     big_model_ref: BigModelRef | None = Field(default=None, description="Fine-tune the model this BigModel serves.")
     config: dict[str, Any] | None = Field(
         default=None, description="The model's config.json inline, for the training memory plan."
@@ -51,10 +65,11 @@ class BaseModelSpec(ApiModel):
 class DatasetSpec(ApiModel):
     """Training data: JSON Lines in one of three formats."""
 
-    uri: str = Field(
+    uri: Annotated[str, NoParentSegments] = Field(
         max_length=2048,
         pattern=DATA_URI_PATTERN,
-        description="JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:///.",
+        description="JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:/// (no '..' segments).",
+        json_schema_extra=no_parent_segments("dataset.uri"),
     )
     format: Literal["chat", "instruction", "completion"] = Field(
         description=(
@@ -108,10 +123,13 @@ class HyperparametersSpec(ApiModel):
 class OutputSpec(ApiModel):
     """Where the adapter (or full model) is written."""
 
-    uri: str = Field(
+    uri: Annotated[str, NoParentSegments] = Field(
         max_length=2048,
         pattern=OUTPUT_URI_PATTERN,
-        description="pvc://claim/path (a PersistentVolumeClaim, mounted read-write) or file:///path.",
+        description=(
+            "pvc://claim/path (a PersistentVolumeClaim, mounted read-write) or file:///path; no '..' segments."
+        ),
+        json_schema_extra=no_parent_segments("output.uri"),
     )
 
 
@@ -130,7 +148,10 @@ class DeployToSpec(ApiModel):
 
     big_model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel in this namespace.")
     adapter_name: str | None = Field(
-        default=None, max_length=63, description="Adapter name (default: the FineTuneJob's name)."
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Adapter name, a DNS label as BigModel adapters[].name (default: the FineTuneJob's name).",
     )
 
 
