@@ -1,30 +1,94 @@
-"""The typed arguments of the serving application: the contract between the operator and the app.
+"""The typed contract between the operator and the serving application (pydantic only).
 
-The operator renders a BigModel into a RayService whose `serveConfigV2` holds one application:
+The operator renders a BigModel into a RayService whose `serveConfigV2` holds one application,
+validated here by `ServeApplication`:
 
     applications:
       - name: <bigmodel name>
         route_prefix: /
         import_path: bigmodel_serving.app:build_app
-        args: <ServeArgs.model_dump(mode="json")>
+        args: <ServeArgs>                      # heavy: a change reloads every engine replica
+        deployments:                           # light: Serve applies these in place
+          - name: BigModelIngress              # INGRESS_DEPLOYMENT
+            autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
+            user_config: <IngressConfig>       # keys, quotas, body cap, request log, adapters
+          - name: BigModelEngine               # ENGINE_DEPLOYMENT (vLLM through ray.serve.llm)
+            autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
+            max_ongoing_requests: <n>
+            max_queued_requests: <n>
+            user_config: <EngineConfig>        # adapters (name -> mounted path)
 
-`bigmodel_serving.app.build_app` parses `args` with `ServeArgs`. This module imports only pydantic,
-so the operator (and its tests) can build and check the contract without ray, torch or vllm.
+Why the split: Ray Serve hashes an application's `import_path`, `runtime_env` and `args` into its
+code version, and a new code version restarts every replica (the model loads again). Deployment
+options (`autoscaling_config`, `max_ongoing_requests`, `max_queued_requests`, `user_config`) are
+applied to the running replicas; `user_config` reaches them through `reconfigure()`. So `args`
+holds only what needs a new engine (the model, vLLM's engine arguments, LoRA slots, resources),
+and everything a user edits often (replica bounds, API keys, quotas, adapters) lives in
+`deployments`. This module imports only pydantic, so the operator and its tests can check a
+rendering without ray, torch or vllm.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+APP_IMPORT_PATH = "bigmodel_serving.app:build_app"
+INGRESS_DEPLOYMENT = "BigModelIngress"
+ENGINE_DEPLOYMENT = "BigModelEngine"
 URI_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "oci")
+
+# Settings the typed fields (or the app itself) own; `EngineArgs.extra` may not set them.
+OWNED_ENGINE_KWARGS = {
+    "model": "model.uri",
+    "served_model_name": "model.served_name",
+    "tokenizer": "model.tokenizer",
+    "revision": "model.revision",
+    "dtype": "engine_args.dtype",
+    "quantization": "engine_args.quantization",
+    "kv_cache_dtype": "engine_args.kv_cache_dtype",
+    "max_model_len": "engine_args.max_model_len",
+    "max_num_seqs": "engine_args.max_num_seqs",
+    "gpu_memory_utilization": "engine_args.gpu_memory_utilization",
+    "tensor_parallel_size": "engine_args.tensor_parallel_size",
+    "pipeline_parallel_size": "engine_args.pipeline_parallel_size",
+    "enable_prefix_caching": "engine_args.enable_prefix_caching",
+    "enforce_eager": "engine_args.enforce_eager",
+    "enable_lora": "lora",
+    "max_lora_rank": "lora.max_lora_rank",
+    "max_loras": "lora.max_loras",
+    "max_cpu_loras": "lora.max_cpu_loras",
+    "distributed_executor_backend": "the app (Ray on GPU, mp on CPU)",
+    "host": "Ray Serve (it binds the address)",
+    "port": "Ray Serve (it binds the port)",
+    "api_key": "IngressConfig.auth",
+    "lora_modules": "EngineConfig.adapters",
+    "disable_log_stats": "the app (engine metrics need the stats)",
+}
+
+_M = TypeVar("_M", bound=BaseModel)
+JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
 
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _local_path_of(uri: str, local_path: str | None) -> Path | None:
+    if local_path:
+        return Path(local_path)
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# args (heavy: hashed into the code version)
+# --------------------------------------------------------------------------------------------
 
 
 class ModelSource(_Args):
@@ -32,7 +96,7 @@ class ModelSource(_Args):
 
     uri: str = Field(description="hf://org/name, s3://, gs://, pvc://claim/path, file:///abs/path or oci://.")
     revision: str | None = Field(default=None, description="Branch, tag or commit (hf:// only).")
-    served_name: str = Field(min_length=1, description="The model name clients send in `model`.")
+    served_name: str = Field(min_length=1, max_length=200, description="The model name clients send in `model`.")
     tokenizer: str | None = Field(default=None, description="Tokenizer location when not the model's.")
     local_path: str | None = Field(
         default=None, description="Where the operator mounted the weights in the pod, if it did."
@@ -55,12 +119,7 @@ class ModelSource(_Args):
 
     def resolved_local_path(self) -> Path | None:
         """The local directory holding the weights: `local_path`, or the path of a file:// URI."""
-        if self.local_path:
-            return Path(self.local_path)
-        parsed = urlparse(self.uri)
-        if parsed.scheme == "file":
-            return Path(unquote(parsed.path))
-        return None
+        return _local_path_of(self.uri, self.local_path)
 
     def hub_id(self) -> str | None:
         """`org/name` for an hf:// URI, else None."""
@@ -71,79 +130,162 @@ class ModelSource(_Args):
 
 
 class EngineArgs(_Args):
-    """Inference-engine settings; vLLM reads all of them, the transformers engine a few."""
+    """vLLM engine arguments: a typed subset, plus `extra` checked against the installed vLLM.
+
+    `None` leaves vLLM's own default. `extra` takes any other `vllm.engine.arg_utils.EngineArgs`
+    (or OpenAI-frontend) argument by its Python name, e.g. `{"max_num_batched_tokens": 8192}`;
+    `build_app` refuses names the installed vLLM does not have, and names a typed field owns.
+    """
 
     max_model_len: int | None = Field(default=None, gt=0, description="Context length (prompt + output).")
+    max_num_seqs: int | None = Field(
+        default=None, gt=0, description="Sequences one replica batches at once (the planner's concurrency)."
+    )
     dtype: str = "auto"
     quantization: str | None = None
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache_dtype: str | None = None
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Fraction of GPU memory (on CPU: of host RAM) vLLM reserves."
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
-    enable_prefix_caching: bool = True
-    extra_args: list[str] = Field(
-        default_factory=list, description="More vLLM engine flags, as `--name=value` or `--flag`."
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool | None = None
+    extra: dict[str, JSONValue] = Field(default_factory=dict, description="More vLLM engine arguments by name.")
+
+    @field_validator("extra")
+    @classmethod
+    def _not_owned(cls, extra: dict[str, JSONValue]) -> dict[str, JSONValue]:
+        for name in extra:
+            if name in OWNED_ENGINE_KWARGS:
+                raise ValueError(f"engine_args.extra.{name} is set through {OWNED_ENGINE_KWARGS[name]}, not extra")
+            if not name.isidentifier():
+                raise ValueError(f"engine_args.extra: {name!r} is not an engine argument name (use snake_case)")
+        return extra
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class LoraArgs(_Args):
+    """LoRA slots of every engine replica (the adapters themselves are in `EngineConfig`)."""
+
+    max_lora_rank: int = Field(default=16, ge=1, le=512, description="Largest adapter rank a replica accepts.")
+    max_loras: int = Field(default=1, ge=1, le=256, description="Adapters one batch can mix (GPU slots).")
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="Adapters kept loaded per replica (vLLM's CPU cache); default max_loras."
     )
+
+
+class ReplicaResources(_Args):
+    """What one engine replica runs on."""
+
+    accelerator: Literal["gpu", "cpu"] = Field(default="gpu", description="cpu runs vLLM's CPU build.")
+    num_cpus: float = Field(default=1, ge=0, description="CPUs of the replica actor (the engine's first bundle).")
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.accelerator == "cpu"
+
+
+class ServeArgs(_Args):
+    """The application's `args`: everything whose change needs a new engine."""
+
+    model: ModelSource
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    lora: LoraArgs | None = Field(default=None, description="None: LoRA off (adapters need it on).")
+    resources: ReplicaResources = Field(default_factory=ReplicaResources)
+    request_timeout_s: float = Field(
+        default=600, gt=0, le=86_400, description="A request still running after this gets 504."
+    )
+    hf_token_env: str | None = Field(
+        default="HF_TOKEN", description="Name of the env var that carries the HF token (never the token)."
+    )
+
+    @model_validator(mode="after")
+    def _cpu_single_worker(self) -> ServeArgs:
+        if self.resources.is_cpu and self.engine_args.world_size > 1:
+            raise ValueError(
+                "resources.accelerator cpu runs one engine worker: tensor/pipeline parallel size must be 1"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# user_config (light: applied to running replicas by reconfigure())
+# --------------------------------------------------------------------------------------------
 
 
 class AdapterSource(_Args):
     """A LoRA adapter, served as the model name `<served_name>:<name>`."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     uri: str
-    local_path: str | None = None
+    local_path: str | None = Field(default=None, description="Where the operator mounted the adapter.")
 
     def resolved_local_path(self) -> Path | None:
         """The local directory holding the adapter: `local_path`, or the path of a file:// URI."""
-        if self.local_path:
-            return Path(self.local_path)
-        parsed = urlparse(self.uri)
-        if parsed.scheme == "file":
-            return Path(unquote(parsed.path))
-        return None
-
-
-class AuthArgs(_Args):
-    """API-key authentication for /v1/*."""
-
-    api_keys_file: str | None = Field(
-        default=None,
-        description="A mounted Secret file, one key per line ('#' comments); re-read when it changes.",
-    )
-
-
-class LimitArgs(_Args):
-    """Request limits; requests beyond them get a 4xx, never a 5xx."""
-
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
-    max_n: int = Field(default=8, ge=1)
-    request_timeout_s: float = Field(default=600, gt=0)
-    max_ongoing_requests: int = Field(default=32, ge=1, description="Requests generating at once per replica.")
-    max_queued_requests: int = Field(default=64, ge=0, description="Requests waiting per replica before 429.")
-
-
-class ScalingArgs(_Args):
-    """Replica count: fixed when min_replicas == max_replicas, autoscaled otherwise."""
-
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
-    target_ongoing_requests: float = Field(default=16, gt=0)
+        return _local_path_of(self.uri, self.local_path)
 
     @model_validator(mode="after")
-    def _min_le_max(self) -> ScalingArgs:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("scaling.min_replicas must be <= scaling.max_replicas")
+    def _local(self) -> AdapterSource:
+        if self.resolved_local_path() is None:
+            raise ValueError(f"adapter {self.name!r}: needs local_path (or a file:// uri); vLLM loads from disk")
         return self
 
 
-class ReplicaResources(_Args):
-    """Ray resources of one replica."""
+def _check_unique_adapters(adapters: list[AdapterSource]) -> list[AdapterSource]:
+    names = [adapter.name for adapter in adapters]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+    return adapters
 
-    num_gpus: float = Field(default=0, ge=0)
-    num_cpus: float = Field(default=1, ge=0)
+
+class AuthConfig(_Args):
+    """API keys for /v1/*. On by default: `mode: none` must be said explicitly.
+
+    `keys_dir` is a mounted Secret: each file is one key, its file name the key's name (the name
+    shows in metrics and the request log; the key never does). Files are re-read when they change
+    (Kubernetes swaps the `..data` symlink on a Secret update), so keys rotate without a restart.
+    A missing or empty directory accepts no key (fail closed).
+    """
+
+    mode: Literal["api_keys", "none"] = "api_keys"
+    keys_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _dir_when_keys(self) -> AuthConfig:
+        if self.mode == "api_keys" and not self.keys_dir:
+            raise ValueError("auth.keys_dir is required when auth.mode is api_keys (use mode: none to serve openly)")
+        return self
+
+
+class Quota(_Args):
+    """Per-key rate limits; None means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="Prompt + completion tokens.")
+
+
+class QuotaConfig(_Args):
+    """`default` applies to every key without its own entry in `keys` (by key name)."""
+
+    default: Quota = Field(default_factory=Quota)
+    keys: dict[str, Quota] = Field(default_factory=dict, max_length=1024)
+
+    def for_key(self, name: str) -> Quota:
+        return self.keys.get(name, self.default)
+
+    @property
+    def enabled(self) -> bool:
+        quotas = [self.default, *self.keys.values()]
+        return any(q.requests_per_minute or q.tokens_per_minute for q in quotas)
 
 
 class RequestLogArgs(_Args):
-    """Optional request/response log (JSON lines) for the feedback loop."""
+    """Optional request/response log (JSON lines) for the feedback loop; PII redacted by default."""
 
     enabled: bool = False
     path: str | None = None
@@ -156,57 +298,142 @@ class RequestLogArgs(_Args):
         return self
 
 
-class ServeArgs(_Args):
-    """Everything the serving application needs; rendered by the operator, parsed by `build_app`."""
+class IngressConfig(_Args):
+    """`user_config` of the ingress deployment: applied in place, no engine reload."""
 
-    model: ModelSource
-    engine: Literal["vllm", "transformers"]
-    engine_args: EngineArgs = Field(default_factory=EngineArgs)
-    adapters: list[AdapterSource] = Field(default_factory=list)
-    auth: AuthArgs = Field(default_factory=AuthArgs)
-    limits: LimitArgs = Field(default_factory=LimitArgs)
-    scaling: ScalingArgs = Field(default_factory=ScalingArgs)
-    replica_resources: ReplicaResources = Field(default_factory=ReplicaResources)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    max_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     request_log: RequestLogArgs = Field(default_factory=RequestLogArgs)
-    hf_token_env: str | None = Field(
-        default="HF_TOKEN", description="Name of the env var that carries the HF token (never the token)."
-    )
+    adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapters(cls, adapters: list[AdapterSource]) -> list[AdapterSource]:
+        return _check_unique_adapters(adapters)
+
+
+class EngineConfig(_Args):
+    """`user_config` of the engine deployment: the adapters it may load (loaded on first use)."""
+
+    adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapters(cls, adapters: list[AdapterSource]) -> list[AdapterSource]:
+        return _check_unique_adapters(adapters)
+
+
+# --------------------------------------------------------------------------------------------
+# the serveConfigV2 application entry
+# --------------------------------------------------------------------------------------------
+
+
+class Autoscaling(_Args):
+    """Replica bounds: fixed when min_replicas == max_replicas."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=16, gt=0)
 
     @model_validator(mode="after")
-    def _unique_adapter_names(self) -> ServeArgs:
-        names = [adapter.name for adapter in self.adapters]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
         return self
 
-    def model_names(self) -> list[str]:
-        """The names clients may send: the base model first, then `<served_name>:<adapter>`."""
-        base = self.model.served_name
-        return [base, *(f"{base}:{adapter.name}" for adapter in self.adapters)]
+
+class DeploymentOptions(_Args):
+    """One entry of the application's `deployments` list (Serve applies these in place)."""
+
+    name: Literal["BigModelIngress", "BigModelEngine"]
+    autoscaling_config: Autoscaling | None = None
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = Field(default=None, ge=-1)
+    user_config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _user_config_shape(self) -> DeploymentOptions:
+        if self.user_config is not None:
+            model = IngressConfig if self.name == INGRESS_DEPLOYMENT else EngineConfig
+            model.model_validate(self.user_config)
+        return self
+
+
+class ServeApplication(_Args):
+    """One `applications[]` entry of serveConfigV2, as the operator renders it."""
+
+    name: str = Field(min_length=1)
+    route_prefix: str = "/"
+    import_path: Literal["bigmodel_serving.app:build_app"] = APP_IMPORT_PATH
+    args: ServeArgs
+    deployments: list[DeploymentOptions] = Field(default_factory=list)
+    runtime_env: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeApplication:
+        names = [deployment.name for deployment in self.deployments]
+        if len(names) != len(set(names)):
+            raise ValueError("each deployment may be listed once")
+        if self.engine_config().adapters and self.args.lora is None:
+            raise ValueError("adapters need args.lora (LoRA slots in the engine)")
+        ingress_names = [adapter.name for adapter in self.ingress_config().adapters]
+        engine_names = [adapter.name for adapter in self.engine_config().adapters]
+        if ingress_names != engine_names:
+            raise ValueError("the ingress and engine user_config must list the same adapters")
+        return self
+
+    def _deployment(self, name: str) -> DeploymentOptions | None:
+        return next((deployment for deployment in self.deployments if deployment.name == name), None)
+
+    def ingress_config(self) -> IngressConfig:
+        entry = self._deployment(INGRESS_DEPLOYMENT)
+        raw = entry.user_config if entry and entry.user_config is not None else {"auth": {"mode": "none"}}
+        return IngressConfig.model_validate(raw)
+
+    def engine_config(self) -> EngineConfig:
+        entry = self._deployment(ENGINE_DEPLOYMENT)
+        return EngineConfig.model_validate(entry.user_config if entry and entry.user_config else {})
 
 
 class InvalidServeArgsError(ValueError):
-    """The serve args do not match `ServeArgs`; the message lists every wrong field by path."""
+    """The serve args do not match the contract; the message lists every wrong field by path."""
 
 
 def parse_serve_args(raw: object) -> ServeArgs:
-    """Validate `raw` (the `args` of the serve config) and return `ServeArgs`.
+    """Validate `raw` (the application's `args`) and return `ServeArgs`.
 
     Raises `InvalidServeArgsError` with one line per problem, e.g.
-    `limits.max_n: Input should be greater than or equal to 1 (got 0)`.
+    `engine_args.max_num_seqs: Input should be greater than 0 (got 0)`.
     """
-    if isinstance(raw, ServeArgs):
+    return _parse(ServeArgs, raw, "args")
+
+
+def parse_ingress_config(raw: object) -> IngressConfig:
+    return _parse(IngressConfig, raw, "ingress user_config")
+
+
+def parse_engine_config(raw: object) -> EngineConfig:
+    return _parse(EngineConfig, raw, "engine user_config")
+
+
+def parse_application(raw: object) -> ServeApplication:
+    return _parse(ServeApplication, raw, "application")
+
+
+def _parse(model: type[_M], raw: object, what: str) -> _M:
+    if isinstance(raw, model):
         return raw
     try:
-        return ServeArgs.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
-        raise InvalidServeArgsError(format_validation_error(error)) from None
+        raise InvalidServeArgsError(format_validation_error(error, what)) from None
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(error: ValidationError, what: str = "args") -> str:
     """One readable line per error, each with its dotted field path."""
-    lines = ["invalid bigmodel serve args:"]
+    lines = [f"invalid bigmodel serve {what}:"]
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"]) or "(root)"
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
