@@ -9,7 +9,6 @@ import yaml
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.builders.engine_check import check_extra_args
 from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
@@ -102,25 +101,6 @@ def test_pvc_model_and_adapters_are_mounted_once() -> None:
     assert args["model"]["local_path"] == "/mnt/bigmodel/pvc/models/llama/8b"
     assert args["adapters"][0]["local_path"] == "/mnt/bigmodel/pvc/models/adapters/a"
     assert "local_path" not in args["adapters"][1]
-
-
-@pytest.mark.parametrize(
-    ("args", "problem"),
-    [
-        (["--swap-space", "4", "--enforce-eager"], None),
-        (["--max-model-len=4096"], "spec.engine.maxModelLen"),
-        (["-tp", "2"], "tensorParallelSize"),
-        (["4"], "value without a flag"),
-        (["--Bad_Flag"], "not a valid flag"),
-        (["--api-key", "x"], "apiKeysSecretRef"),
-    ],
-)
-def test_extra_args_check(args: list[str], problem: str | None) -> None:
-    problems = check_extra_args(args)
-    if problem is None:
-        assert problems == []
-    else:
-        assert problems and problem in problems[0]
 
 
 def test_finetunejob_children_golden() -> None:
