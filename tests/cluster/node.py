@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""A real one-node Kubernetes cluster in a private network namespace, for `make e2e`.
+
+    node.py up                  create the netns, start everything, apply the add-ons, wait until Ready
+    node.py import ARCHIVE...   import OCI archives into the node's containerd (skips ones already there)
+    node.py exec -- CMD...      run CMD inside the netns with KUBECONFIG set (tests, kubectl, helm)
+    node.py status              processes, node and add-on pods
+    node.py down                stop everything `up` started, remove the pods' mounts and the netns
+
+Everything lives in the network namespace ``bigmodel-e2e``: etcd, kube-apiserver, controller-manager,
+scheduler, containerd (+ runc), kubelet, kube-proxy, and the pods on the CNI bridge (CoreDNS, KubeRay,
+the chart, the workloads). The namespace has no interface to the host and no route out; traffic to
+pod and Service addresses only ever flows inside it. State: <repo>/.e2e (kubeconfig, pki, logs, pods),
+containerd's image store: ~/.cache/bigmodel/containerd (so images survive `down`).
+This cluster is separate from devcluster.py's (KWOK, 127.0.0.1 of the host), which the integration tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import clusterbuild
+import clusterpki
+import clusterproc as proc
+import nodebuild
+import nodeobjects
+from clusterpki import Pki
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("BIGMODEL_E2E_STATE", REPO / ".e2e"))
+LOGS = STATE / "logs"
+KUBECONFIG = STATE / "kubeconfig"
+STATE_FILE = STATE / "state.json"
+NETNS = os.environ.get("BIGMODEL_E2E_NETNS", "bigmodel-e2e")
+NODE = "bm-node"
+NODE_BRIDGE = "bmnode0"
+NODE_IP = "10.200.0.1"
+POD_CIDR = "10.244.0.0/16"
+POD_SUBNET = "10.244.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
+DNS_IP = "10.96.0.10"
+API_PORT = 6443
+CONTAINERD_ROOT = clusterbuild.cache_root().parent / "containerd"
+SOCKET = STATE / "run" / "containerd.sock"
+CNI_BIN = Path("/usr/lib/cni")
+# Stop order; start order is the reverse.
+COMPONENTS = (
+    "kube-proxy",
+    "kubelet",
+    "containerd",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
+EXTRA_CERTS = {
+    "kubelet": f"/O=system:nodes/CN=system:node:{NODE}",
+    "kube-proxy": "/CN=system:kube-proxy",
+    "apiserver-kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[e2e-node {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(
+    *argv: str, check: bool = True, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {out.returncode}:\n{out.stderr}{out.stdout}")
+    return out
+
+
+def in_netns(*argv: str) -> list[str]:
+    return ["ip", "netns", "exec", NETNS, *argv]
+
+
+# ---------------------------------------------------------------- network namespace
+
+
+def netns_exists() -> bool:
+    return NETNS in sh("ip", "netns", "list").stdout.split()
+
+
+def create_netns() -> None:
+    """The namespace with loopback and a port-less bridge holding the node address; no route out."""
+    if not netns_exists():
+        sh("ip", "netns", "add", NETNS)
+    steps = [
+        ["ip", "link", "set", "lo", "up"],
+        ["ip", "link", "add", NODE_BRIDGE, "type", "bridge"],
+        ["ip", "addr", "add", f"{NODE_IP}/24", "dev", NODE_BRIDGE],
+        ["ip", "link", "set", NODE_BRIDGE, "up"],
+        # Locally made connections to Service addresses need a route before kube-proxy's DNAT rewrites them.
+        ["ip", "route", "add", SERVICE_CIDR, "dev", NODE_BRIDGE],
+        ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+        ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+    ]
+    links = sh(*in_netns("ip", "-o", "link")).stdout
+    for step in steps:
+        if step[:3] == ["ip", "link", "add"] and f" {NODE_BRIDGE}:" in links:
+            continue
+        result = sh(*in_netns(*step), check=False)
+        if result.returncode != 0 and not any(s in result.stderr for s in ("File exists", "already assigned")):
+            raise SystemExit(f"{' '.join(step)} in netns {NETNS}: {result.stderr}")
+    # `ip netns exec` bind-mounts this over /etc/resolv.conf: tests inside resolve Service names.
+    resolv = Path("/etc/netns") / NETNS / "resolv.conf"
+    resolv.parent.mkdir(parents=True, exist_ok=True)
+    resolv.write_text(f"nameserver {DNS_IP}\nsearch svc.cluster.local cluster.local\noptions ndots:5\n")
+
+
+# ---------------------------------------------------------------- configuration files
+
+
+def write_pki() -> Pki:
+    pki = Pki.create(STATE / "pki")
+    usage = "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    names = [*clusterpki.SERVER_NAMES, f"IP:{NODE_IP}", "IP:10.96.0.1"]
+    clusterpki._sign(
+        pki.dir,
+        "kube-apiserver",
+        "/CN=kube-apiserver",
+        usage + f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(names)}\n",
+    )
+    for name, subject in EXTRA_CERTS.items():
+        clusterpki._sign(pki.dir, name, subject, usage + "extendedKeyUsage=clientAuth\n")
+    server = f"https://{NODE_IP}:{API_PORT}"
+    for client in ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
+        (STATE / f"{client}.kubeconfig").write_text(pki.kubeconfig(client, server))
+    KUBECONFIG.write_text(pki.kubeconfig("admin", server))
+    KUBECONFIG.chmod(0o600)
+    return pki
+
+
+def write_configs() -> None:
+    for sub in ("run", "containerd/state", "cni/net.d", "cni/ipam", "kubelet", "pv"):
+        (STATE / sub).mkdir(parents=True, exist_ok=True)
+    (STATE / "containerd" / "config.toml").write_text(f"""version = 2
+root = "{CONTAINERD_ROOT / "root"}"
+state = "{STATE / "containerd" / "state"}"
+[grpc]
+  address = "{SOCKET}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{STATE / "containerd" / "opt"}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{nodebuild.PAUSE_IMAGE}"
+  # No CAP_SYS_RESOURCE here: lowering a container's oom_score_adj fails and runc dies without this.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN}"
+    conf_dir = "{STATE / "cni" / "net.d"}"
+""")
+    bridge = {
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": True,
+        "ipMasq": False,
+        "hairpinMode": True,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": POD_SUBNET, "gateway": "10.244.0.1"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": str(STATE / "cni" / "ipam"),
+        },
+    }
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "bigmodel-e2e",
+        "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}],
+    }
+    (STATE / "cni" / "net.d" / "10-bridge.conflist").write_text(json.dumps(conflist, indent=2))
+    # Pods with dnsPolicy Default (CoreDNS) get this; there is no upstream resolver to forward to.
+    (STATE / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    pki = STATE / "pki"
+    kubelet = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        # The machine is a hybrid cgroup v1 host without systemd as init.
+        "failCgroupV1": False,
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{SOCKET}",
+        "address": NODE_IP,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(pki / "ca.crt")},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "clusterDomain": "cluster.local",
+        "clusterDNS": [DNS_IP],
+        "resolvConf": str(STATE / "resolv.conf"),
+        "failSwapOn": False,
+        "hairpinMode": "hairpin-veth",
+        # A shared development disk: never evict or garbage-collect the imported images.
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "maxPods": 60,
+    }
+    (STATE / "kubelet.yaml").write_text(json.dumps(kubelet, indent=2))
+    proxy = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(STATE / "kube-proxy.kubeconfig")},
+        "hostnameOverride": NODE,
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "healthzBindAddress": "127.0.0.1:10256",
+        "metricsBindAddress": "127.0.0.1:10249",
+        # Leave the (read-only here) conntrack sysctls alone.
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+    }
+    (STATE / "kube-proxy.yaml").write_text(json.dumps(proxy, indent=2))
+
+
+def component_argv(name: str, bins: dict[str, str]) -> list[str]:
+    pki = STATE / "pki"
+    kubeconfig = str(STATE / f"{name}.kubeconfig")
+    delegated = [f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}"]
+    return {
+        "etcd": [
+            bins["etcd"],
+            "--name=bigmodel-e2e",
+            f"--data-dir={STATE / 'etcd'}",
+            "--listen-client-urls=http://127.0.0.1:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=bigmodel-e2e=http://127.0.0.1:2380",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+        "kube-apiserver": [
+            bins["kube-apiserver"],
+            "--etcd-servers=http://127.0.0.1:2379",
+            f"--advertise-address={NODE_IP}",
+            f"--secure-port={API_PORT}",
+            f"--tls-cert-file={pki / 'kube-apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'kube-apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--profiling=false",
+        ],
+        "kube-controller-manager": [
+            bins["kube-controller-manager"],
+            f"--kubeconfig={kubeconfig}",
+            *delegated,
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--flex-volume-plugin-dir={STATE / 'flexvolume'}",
+            "--profiling=false",
+        ],
+        "kube-scheduler": [
+            bins["kube-scheduler"],
+            f"--kubeconfig={kubeconfig}",
+            *delegated,
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            "--profiling=false",
+        ],
+        "containerd": ["containerd", f"--config={STATE / 'containerd' / 'config.toml'}", "--log-level=warn"],
+        "kubelet": [
+            bins["kubelet"],
+            f"--config={STATE / 'kubelet.yaml'}",
+            f"--kubeconfig={STATE / 'kubelet.kubeconfig'}",
+            f"--hostname-override={NODE}",
+            f"--node-ip={NODE_IP}",
+            f"--root-dir={STATE / 'kubelet'}",
+            f"--cert-dir={STATE / 'kubelet' / 'pki'}",
+            f"--volume-plugin-dir={STATE / 'kubelet' / 'volume-plugins'}",
+        ],
+        "kube-proxy": [bins["kube-proxy"], f"--config={STATE / 'kube-proxy.yaml'}"],
+    }[name]
+
+
+# ---------------------------------------------------------------- state and processes
+
+
+def load_state() -> dict | None:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_state(state: dict) -> None:
+    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def kubectl(
+    *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    state = load_state() or {}
+    binary = state.get("binaries", {}).get("kubectl") or str(clusterbuild.Layout.current().binaries()["kubectl"])
+    return sh(*in_netns(binary, f"--kubeconfig={KUBECONFIG}", *args), input=input, check=check, timeout=timeout)
+
+
+def apply(objects: list[dict]) -> None:
+    body = "\n---\n".join(json.dumps(o) for o in objects)
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=bigmodel-e2e-node", "-f", "-", input=body)
+
+
+def wait(what: str, check: Callable[[], bool], timeout: float, state: dict | None = None) -> float:
+    start = time.monotonic()
+    while not check():
+        if state:
+            dead = [n for n, p in state["processes"].items() if not proc.alive(p)]
+            if dead:
+                raise SystemExit(
+                    f"{dead} exited while waiting for {what}; see {LOGS}/{dead[0]}.log:\n"
+                    + proc.log_tail(LOGS / f"{dead[0]}.log")
+                )
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def healthy(state: dict) -> bool:
+    return all(proc.alive(p) for p in state["processes"].values()) and set(state["processes"]) == set(COMPONENTS)
+
+
+def _api_ready() -> bool:
+    return kubectl("get", "--raw=/readyz", check=False, timeout=10).returncode == 0
+
+
+def _node_ready() -> bool:
+    out = kubectl("get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+    return out.stdout.strip() == "True"
+
+
+# ---------------------------------------------------------------- images
+
+
+def imported() -> dict[str, str]:
+    try:
+        return json.loads((CONTAINERD_ROOT / "imported.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def import_images(archives: list[Path]) -> None:
+    """`ctr images import` each OCI archive under the name it carries, once per archive content."""
+    done = imported()
+    have = set(sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "ls", "-q")).stdout.split())
+    for archive in archives:
+        real = archive.resolve()
+        index = json.loads(sh("tar", "-xOf", str(real), "index.json").stdout)
+        refs = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+        if all(done.get(ref) == real.name and ref in have for ref in refs):
+            log(f"image {', '.join(refs)} already imported ({real.name})")
+            continue
+        start = time.monotonic()
+        sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "import", str(real)), timeout=1800)
+        for ref in refs:
+            done[ref] = real.name
+        (CONTAINERD_ROOT / "imported.json").write_text(json.dumps(done, indent=2))
+        log(f"imported {', '.join(refs)} in {time.monotonic() - start:.0f}s ({real.stat().st_size >> 20} MiB)")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def up() -> dict:
+    total = time.monotonic()
+    layout, node_images = nodebuild.build()
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / ".gitignore").write_text("*\n")
+    state = load_state()
+    if state and healthy(state) and netns_exists():
+        log("node already running")
+        return state
+    if state:
+        down()
+    create_netns()
+    bins = {k: str(v) for k, v in clusterbuild.Layout.current().binaries().items()}
+    bins |= {k: str(v) for k, v in layout.binaries().items()}
+    for sub in ("etcd", "pki", "kubelet", "cni/ipam", "containerd/state"):
+        shutil.rmtree(STATE / sub, ignore_errors=True)
+    write_pki()
+    write_configs()
+    state = {"netns": NETNS, "binaries": bins, "processes": {}}
+    save_state(state)
+
+    def start(name: str) -> None:
+        state["processes"][name] = proc.spawn(name, in_netns(*component_argv(name, bins)), STATE, LOGS)
+        save_state(state)
+
+    for name in reversed(COMPONENTS[3:]):
+        start(name)
+    log(f"kube-apiserver ready after {wait('kube-apiserver /readyz', _api_ready, 180, state):.1f}s")
+    start("containerd")
+    wait("containerd socket", SOCKET.exists, 60, state)
+    import_images(list(node_images.values()))
+    start("kubelet")
+    start("kube-proxy")
+    log(f"node {NODE} Ready after {wait(f'node {NODE} Ready', _node_ready, 180, state):.1f}s")
+    addons(layout, state)
+    log(f"up in {time.monotonic() - total:.0f}s; KUBECONFIG={KUBECONFIG} (inside netns {NETNS})")
+    return state
+
+
+def ensure_volumes(free: int = 4) -> None:
+    """Keep `free` Available hostPath volumes; delete Released ones (and their data)."""
+    pvs = json.loads(kubectl("get", "pv", "-l", "app.kubernetes.io/part-of=bigmodel-e2e-node", "-o", "json").stdout)
+    available = 0
+    for pv in pvs["items"]:
+        phase = pv["status"].get("phase")
+        if phase == "Released":
+            kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false")
+            shutil.rmtree(pv["spec"]["hostPath"]["path"], ignore_errors=True)
+        available += phase == "Available"
+    made = []
+    for _ in range(free - available):
+        name = f"e2e-pv-{uuid.uuid4().hex[:8]}"
+        path = STATE / "pv" / name
+        path.mkdir(parents=True)
+        path.chmod(0o777)
+        made.append(nodeobjects.host_volume(name, str(path)))
+    if made:
+        apply(made)
+
+
+def addons(layout: nodebuild.NodeLayout, state: dict) -> None:
+    start = time.monotonic()
+    apply([nodeobjects.storage_class()])
+    ensure_volumes()
+    crds = clusterbuild.Layout.current().kuberay_crds()
+    kubectl("apply", "--server-side", "--force-conflicts", *[f"--filename={c}" for c in crds])
+    apply(nodeobjects.coredns(nodebuild.COREDNS_IMAGE, DNS_IP))
+    apply(nodeobjects.kuberay(nodebuild.KUBERAY_IMAGE, layout.kuberay_role().read_text()))
+    for ns, name in (("kube-system", "coredns"), ("kuberay-system", "kuberay-operator")):
+        kubectl("rollout", "status", "-n", ns, f"deployment/{name}", "--timeout=180s", timeout=200)
+    log(f"CoreDNS, KubeRay {nodebuild.KUBERAY_OPERATOR_VERSION} and storage ready in {time.monotonic() - start:.0f}s")
+
+
+def _remove_containers() -> None:
+    """Kill and delete every container task (the shims outlive containerd otherwise)."""
+    ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io")
+    tasks = sh(*ctr, "tasks", "ls", "-q", check=False).stdout.split()
+    for task in tasks:
+        sh(*ctr, "tasks", "kill", "-s", "SIGKILL", task, check=False)
+    deadline = time.monotonic() + 30
+    for task in tasks:
+        while sh(*ctr, "tasks", "delete", task, check=False).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    for container in sh(*ctr, "containers", "ls", "-q", check=False).stdout.split():
+        sh(*ctr, "containers", "delete", container, check=False)
+
+
+def _unmount_state() -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(str(STATE) + "/")), key=len, reverse=True):
+        sh("umount", "-l", mount, check=False)
+
+
+def down() -> None:
+    state = load_state()
+    if state:
+        processes = state["processes"]
+        proc.stop({n: processes[n] for n in ("kube-proxy", "kubelet") if n in processes})
+        if "containerd" in processes and proc.alive(processes["containerd"]):
+            _remove_containers()
+        for name in COMPONENTS[2:]:
+            if name in processes:
+                log(f"{name}: {proc.stop({name: processes[name]}).get(name, 'not running')}")
+    _unmount_state()
+    if netns_exists():
+        sh("ip", "netns", "delete", NETNS)
+    shutil.rmtree(Path("/etc/netns") / NETNS, ignore_errors=True)
+    STATE_FILE.unlink(missing_ok=True)
+    log("down")
+
+
+def status() -> int:
+    state = load_state()
+    if not state:
+        print("not running")
+        return 1
+    for name, info in state["processes"].items():
+        print(f"{name:24} pid {info['pid']:>7}  {'alive' if proc.alive(info) else 'DEAD'}")
+    print(kubectl("get", "nodes,pods", "-A", "-o", "wide", check=False).stdout)
+    return 0 if healthy(state) else 1
+
+
+def exec_in(argv: list[str]) -> int:
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    return subprocess.run(in_netns(*argv), env=env, check=False).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    imp = sub.add_parser("import")
+    imp.add_argument("archives", nargs="+", type=Path)
+    ex = sub.add_parser("exec")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    elif args.command == "status":
+        return status()
+    elif args.command == "import":
+        import_images(args.archives)
+    elif args.command == "exec":
+        return exec_in(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
