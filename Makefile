@@ -14,7 +14,7 @@ CHART_CRDS := charts/bigmodel-operator/files/crds
 export KUBECONFIG_BIGMODEL := $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help dev lint fmt crds check-crds test test-unit test-integration test-as-chart cluster-build cluster-up \
-        cluster-down demo bench e2e-kind images clean
+        cluster-down demo bench e2e e2e-kind images clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -81,7 +81,10 @@ bench: dev ## benchmarks; results go to docs/benchmarks.md
 e2e-kind: dev ## end-to-end on kind (needs Docker, kind, helm, kubectl; not runnable on the CI machines)
 	tests/e2e/kind.sh
 
-images: ## build the container images (needs Docker): VERSION=, REGISTRY=, IMAGES=, PUSH=1
+e2e: dev ## end-to-end on a real node in a private netns (containerd, kubelet, KubeRay; root, no Docker)
+	tests/e2e/node.sh
+
+images: ## build the container images (Docker, else buildah on an mmdebstrap base): VERSION=, REGISTRY=, IMAGES=
 	./docs/images.sh
 
 clean: cluster-down

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make e2e`: the whole product on a real one-node cluster on this machine, no Docker, no registry.
+#
+#   1. build the images (docs/images.sh, buildah; cached by content) and the node's binaries and images
+#   2. start the node in its own network namespace (tests/cluster/node.py up): control plane, containerd,
+#      kubelet, kube-proxy, CoreDNS, hostPath volumes, the real KubeRay operator; import the images
+#   3. helm install this chart (our operator image) inside the namespace
+#   4. run tests/e2e inside the namespace: a CPU BigModel through KubeRay answers a chat completion via its
+#      Service, scaling edits reach the RayCluster, a CPU FineTuneJob trains in the trainer image, and
+#      deleting both garbage-collects everything
+#
+# Image builds (PyPI, Debian) run in the host's namespace; everything that talks to pods or Services runs
+# inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
+# (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export VERSION=${VERSION:-e2e}
+REGISTRY=${REGISTRY:-ghcr.io/bigmodel-operator}
+PY=${PY:-.venv/bin/python}
+NODE="$PY tests/cluster/node.py"
+CACHE=${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}
+step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
+
+step "images $VERSION (buildah, content-addressed cache)"
+IMAGES="operator serving-cpu trainer" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh
+
+step "helm"
+HELM=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import charttools; print(charttools.build_helm())')
+
+step "node up (netns)"
+$NODE up
+cleanup() { [ "${KEEP:-0}" = 1 ] || $NODE down; }
+trap cleanup EXIT
+$NODE import "$CACHE"/images/{operator,serving-cpu,trainer}-"$VERSION".oci.tar
+
+step "bigmodel-operator chart"
+# The node has 2 CPUs: the Ray head gets half of one (its default is 2).
+$NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
+  --namespace bigmodel-system --create-namespace --wait --timeout 5m \
+  --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
+  --set operatorConfig.images.transformers="$REGISTRY/serving-cpu:$VERSION" \
+  --set operatorConfig.images.vllm="$REGISTRY/serving-cpu:$VERSION" \
+  --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
+  --set operatorConfig.fetch_hub_config=false \
+  --set operatorConfig.head_cpu=500m --set operatorConfig.head_memory=3Gi
+
+step "tests/e2e (inside the netns)"
+KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
+# shellcheck disable=SC2086
+$NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 \
+  BIGMODEL_E2E_SERVING_CPU_IMAGE="$REGISTRY/serving-cpu:$VERSION" \
+  tests/pytest.sh "$PY" tests/e2e -m e2e -p no:cacheprovider -s ${PYTEST_ARGS:-}
+step "done"
