@@ -25,7 +25,18 @@ class Reason:
     GATED_MODEL_NO_TOKEN = "GatedModelNoToken"
     INVALID_ENGINE_ARGS = "InvalidEngineArgs"
     INVALID_SPEC = "InvalidSpec"
+    # Plan errors the spec causes (planning/errors.py): nothing is deployed.
+    INVALID_PARALLELISM = "InvalidParallelism"
+    QUANTIZATION_MISMATCH = "QuantizationMismatch"
+    MAX_MODEL_LEN_TOO_LONG = "MaxModelLenTooLong"
+    MODEL_CONFIG_OUT_OF_BOUNDS = "ModelConfigOutOfBounds"
+    UNKNOWN_GPU_PRODUCT = "UnknownGPUProduct"
+    PLANNING_TIMED_OUT = "PlanningTimedOut"
+    UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"  # the trainer cannot train it correctly
     CHILD_NOT_CONTROLLED = "ChildNotControlled"
+    # A write the apiserver refused (the message is the apiserver's), or a reconcile that raised.
+    CHILD_REJECTED = "ChildRejected"
+    RECONCILE_ERROR = "ReconcileError"
     RAYSERVICE_CREATED = "RayServiceCreated"
     RAYSERVICE_DEPLOYING = "Deploying"
     RAYSERVICE_READY = "ServeEndpointsReady"
@@ -89,3 +100,20 @@ def set_condition(
 def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     """The condition of this type, or None."""
     return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+BLOCKING_PLAN_REASONS = frozenset(
+    {
+        Reason.MODEL_TOO_LARGE_FOR_GPU,
+        Reason.INVALID_ENGINE_ARGS,
+        Reason.INVALID_PARALLELISM,
+        Reason.QUANTIZATION_MISMATCH,
+        Reason.MAX_MODEL_LEN_TOO_LONG,
+        Reason.MODEL_CONFIG_OUT_OF_BOUNDS,
+        Reason.UNKNOWN_GPU_PRODUCT,
+        Reason.PLANNING_TIMED_OUT,
+        Reason.UNSUPPORTED_MODEL_FAMILY,
+    }
+)
+"""Plan outcomes caused by the spec (or a hostile config): the model is not deployed. A config the
+operator merely cannot read (ModelConfigUnavailable) still deploys, without a plan."""

@@ -19,6 +19,7 @@ from bigmodel_operator.config import OperatorConfig, load_config
 from bigmodel_operator.kube import Kube, load_credentials, post_event
 from bigmodel_operator.metrics import ReconcileStats, serve_metrics
 from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
+from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.finetunejob import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
 from bigmodel_operator.reconcile.state import ClusterState
@@ -62,8 +63,16 @@ class Operator:
 
         async def work() -> None:
             body = self.state.get(kind, namespace, name)
-            if body is not None:
+            if body is None:
+                return
+            try:
                 await self.stats.timed(kind, lambda: reconciler.reconcile(body))
+            except AlreadyReportedError:
+                raise
+            except Exception as error:
+                # Every failure reaches the object's status and an Event; the runner then retries.
+                await reconciler.report_failure(body, error)
+                raise
 
         self.runner.trigger((kind, namespace, name), work)
 

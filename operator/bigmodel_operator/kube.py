@@ -59,6 +59,7 @@ class ApiError(Exception):
     def __init__(self, status: int, body: str, method: str, path: str) -> None:
         self.status = status
         self.body = body
+        self.kind_name: str | None = None  # "Ingress llama", set by writes that know it
         try:
             self.message = json.loads(body).get("message", body)
         except (ValueError, AttributeError):
@@ -227,7 +228,13 @@ class Kube:
         meta = obj["metadata"]
         path = path_of(obj["kind"], meta.get("namespace"), meta["name"])
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
-        result = await self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml", params=params)
+        try:
+            result = await self.request(
+                "PATCH", path, body=obj, content_type="application/apply-patch+yaml", params=params
+            )
+        except ApiError as error:
+            error.kind_name = f"{obj['kind']} {meta['name']}"
+            raise
         return result or {}
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
@@ -29,8 +29,8 @@ MODEL_URI_PATTERN = (
 )
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
 MAX_INLINE_CONFIG_KEYS = 512
-"""Top-level keys of an inline config.json (real ones have 30-80); the operator also refuses a
-serialized size over MAX_INLINE_CONFIG_BYTES (reconcile/model_source.py)."""
+"""Top-level keys of an inline config.json (real ones have 30-80); the operator also refuses one
+over 256 KiB or nested deeper than 32 levels (reconcile/model_source.py)."""
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -87,8 +87,8 @@ class ModelSpec(ApiModel):
         max_length=MAX_INLINE_CONFIG_KEYS,
         description=(
             "The model's config.json inline, for sources the operator cannot read (pvc://, file://, "
-            "s3://, gs://, oci://). Used only for the GPU memory plan. At most 512 top-level keys and "
-            "64 KiB; larger configs are refused with reason InvalidSpec."
+            "s3://, gs://, oci://). Used only for the GPU memory plan. At most 512 top-level keys, "
+            "256 KiB and 32 levels of nesting; larger configs are refused with reason ModelConfigOutOfBounds."
         ),
     )
     config_map_ref: ConfigMapKeyRef | None = Field(
@@ -130,14 +130,37 @@ class EngineSpec(ApiModel):
         default=None, description="Reuse KV cache across requests sharing a prefix (default true)."
     )
     max_num_seqs: int | None = Field(
-        default=None, ge=1, le=4096, description="Sequences batched together per replica (vLLM default 256)."
+        default=None,
+        ge=1,
+        le=4096,
+        description=(
+            "Sequences one replica batches at once (default 256, vLLM's own). Also the requests a replica "
+            "takes at once; up to twice as many more wait, beyond that clients get 429."
+        ),
+    )
+    max_lora_rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description=(
+            "Largest LoRA rank the engine accepts (default: the largest adapters[].rank), rounded up to a "
+            "rank vLLM supports. Set it to add larger adapters later without reloading the engine."
+        ),
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Adapters one batch can mix (default: the number of adapters, at most 4).",
     )
     extra_args: list[str] | None = Field(
         default=None,
         max_length=64,
         description=(
-            'Further vLLM CLI arguments, e.g. ["--swap-space", "4"]. Arguments that duplicate a '
-            "typed field are refused with reason InvalidEngineArgs."
+            'Further vLLM engine arguments, e.g. ["--max-num-batched-tokens=16384", "--enforce-eager"]. '
+            "Checked against the engine arguments of the vLLM version the operator was built for: unknown "
+            "or removed flags, wrong value types and flags that duplicate a typed field are refused with "
+            "reason InvalidEngineArgs before anything is deployed."
         ),
     )
 
@@ -145,9 +168,12 @@ class EngineSpec(ApiModel):
 class RuntimeSpec(ApiModel):
     """Which engine serves the model and in which image."""
 
-    engine: Literal["vllm", "transformers"] | None = Field(
+    engine: Literal["vllm"] | None = Field(
         default=None,
-        description="vllm (GPU, production; default) or transformers (CPU, development and tests).",
+        description=(
+            "vllm, the only engine: CUDA GPUs, or vLLM's CPU build when resources.gpu.count is 0 "
+            "(development and tests)."
+        ),
     )
     image: str | None = Field(
         default=None,
@@ -190,9 +216,26 @@ class AdapterSpec(ApiModel):
     uri: Annotated[str, NoParentSegments] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
-        description="Adapter location (same schemes as model.uri, no '..' segments), in PEFT layout.",
+        description=(
+            "Adapter location in PEFT layout: pvc://claim/path (mounted) or file:///path (in the image); "
+            "vLLM loads adapters from disk. No '..' segments."
+        ),
         json_schema_extra=no_parent_segments("adapters[].uri"),
     )
+    rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="The adapter's LoRA rank (`r` in adapter_config.json), which sizes the engine's LoRA slots "
+        "(default 16).",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _from_disk(cls, uri: str) -> str:
+        if not uri.startswith(("pvc://", "file://")):
+            raise ValueError("adapters are loaded from disk: use pvc:// or file:// URIs")
+        return uri
 
 
 class IngressSpec(ApiModel):
@@ -234,16 +277,52 @@ class ExposeSpec(ApiModel):
     ingress: IngressSpec | None = Field(default=None, description="Create an Ingress.")
 
 
-class AuthSpec(ApiModel):
-    """API-key authentication of the OpenAI endpoint."""
+class QuotaLimits(ApiModel):
+    """Rate limits of one API key, enforced across all ingress replicas; empty means unlimited."""
 
-    api_keys_secret_ref: SecretKeyRef | None = Field(
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, le=10_000_000_000, description="Prompt + completion tokens per minute."
+    )
+
+
+class QuotaSpec(ApiModel):
+    """Per-key quotas: over its quota a key gets 429 with Retry-After; other keys are unaffected."""
+
+    default: QuotaLimits | None = Field(default=None, description="Limits of every key without its own entry.")
+    keys: dict[str, QuotaLimits] | None = Field(
         default=None,
+        max_length=256,
+        description="Limits by key name (the key's data key in the API-keys Secret).",
+        json_schema_extra=map_keys_match(r"^[-._a-zA-Z0-9]+$", "a Secret data key"),
+    )
+
+
+class AuthSpec(ApiModel):
+    """API keys of the OpenAI endpoint: on unless `mode: none` says otherwise."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.mode) || self.mode != 'none' || (!has(self.secretName) && !has(self.quotas))",
+            "mode none serves without keys: secretName and quotas need mode apiKeys",
+        )
+    )
+
+    mode: Literal["apiKeys", "none"] | None = Field(
+        default=None,
+        description="apiKeys (default): /v1/* needs a key; none: anyone who reaches the endpoint may use it.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
         description=(
-            "Secret key holding accepted API keys, one per line. Mounted as a file; edits take "
-            "effect without a restart. Empty: no authentication."
+            "Secret holding the API keys: each data key is a key's name (shown in metrics and logs), its value "
+            "the key. Edits take effect without a restart. Empty: the operator creates <name>-api-keys with "
+            "one generated key named `default`, owned by this BigModel and never changed afterwards."
         ),
     )
+    quotas: QuotaSpec | None = Field(default=None, description="Per-key requests and tokens per minute.")
 
 
 class CredentialsSpec(ApiModel):
@@ -264,10 +343,8 @@ class BigModelSpec(ApiModel):
             "(self.engine.tensorParallelSize * (has(self.engine.pipelineParallelSize) ? "
             "self.engine.pipelineParallelSize : 1)) == 0",
             "resources.gpu.count must be a multiple of engine.tensorParallelSize x engine.pipelineParallelSize",
-            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
-            "self.resources.gpu.count > 0 || (has(self.runtime) && has(self.runtime.engine) && "
-            "self.runtime.engine == 'transformers')",
-            "the vllm engine needs at least one GPU; use runtime.engine: transformers to serve on CPU",
+            "!has(self.adapters) || self.adapters.all(a, a.uri.startsWith('pvc://') || a.uri.startsWith('file://'))",
+            "adapters are loaded from disk: use pvc:// or file:// URIs",
         )
     )
 

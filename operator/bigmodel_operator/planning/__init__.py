@@ -11,7 +11,7 @@ explained in the module docstrings and in docs/planning.md.
 """
 
 from .activations import lora_parameters
-from .errors import ModelConfigError, PlanningError
+from .errors import ModelConfigError, ModelConfigOutOfBoundsError, PlanningError
 from .estimate import ParamCount, count_parameters, kv_bytes_per_token, weight_bytes
 from .gpus import GPU_PRODUCTS, GpuLookupError, GpuProduct, gpu_table, lookup_gpu
 from .model_config import ModelShape, parse_model_config
@@ -25,6 +25,7 @@ __all__ = [
     "GpuLookupError",
     "GpuProduct",
     "ModelConfigError",
+    "ModelConfigOutOfBoundsError",
     "ModelShape",
     "ParamCount",
     "PlanningError",

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from .errors import ModelConfigError
+from .errors import ModelConfigError, ModelConfigOutOfBoundsError
 from .precision import Quantization, normalize_dtype, parse_quantization_config
 from .units import PlanModel
 
@@ -39,6 +39,36 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
     "num_experts_per_tok": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
 }  # fmt: skip
+
+
+# Upper bounds of every number read from config.json: several times the largest real model's
+# (Llama-3.1-405B: h 16384, 126 layers, 128 heads; DeepSeek-V3: 256 experts, i_e 2048; Gemma-3:
+# V 262144; Llama-4-Scout: 10M context). Anything beyond is refused with reason
+# ModelConfigOutOfBoundsError instead of being planned: a config claiming 10^15 layers is hostile or broken.
+LIMITS: dict[str, int] = {
+    "hidden_size": 1 << 17,
+    "num_hidden_layers": 2048,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "head_dim": 8192,
+    "intermediate_size": 1 << 21,
+    "vocab_size": 1 << 23,
+    "max_position_embeddings": 1 << 28,
+    "num_experts": 1 << 14,
+    "num_experts_per_tok": 1 << 10,
+    "moe_intermediate_size": 1 << 21,
+    "shared_expert_intermediate_size": 1 << 23,
+    "n_shared_experts": 1 << 10,
+    "first_k_dense_replace": 2048,
+    "kv_lora_rank": 1 << 16,
+    "q_lora_rank": 1 << 16,
+    "qk_rope_head_dim": 8192,
+    "qk_nope_head_dim": 8192,
+    "v_head_dim": 8192,
+    "sliding_window": 1 << 28,
+}
+DEFAULT_LIMIT = 1 << 28
+MAX_LIST_ITEMS = 4096  # architectures, mlp_only_layers
 
 
 class ModelShape(PlanModel):
@@ -113,8 +143,23 @@ def _int(cfg: Mapping[str, Any], field: str, *, required: bool = False) -> int |
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < (1 if required else 0):
         kind = "a positive" if required else "a non-negative"
-        raise ModelConfigError(f"config.json {field!r} must be {kind} integer, got {value!r}", key=field)
+        raise ModelConfigError(f"config.json {field!r} must be {kind} integer, got {_short(value)}", key=field)
+    limit = LIMITS.get(field, DEFAULT_LIMIT)
+    if value > limit:
+        raise ModelConfigOutOfBoundsError(
+            f"config.json {field!r} is {_short(value)}, beyond any real model (at most {limit:,}); "
+            "fix the config (spec.model.config or its ConfigMap)",
+            key=field,
+        )
     return value
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut short (a hostile config may hold a huge number or string)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _vision_parameters(cfg: Any) -> int:
@@ -125,6 +170,16 @@ def _vision_parameters(cfg: Any) -> int:
     inner = cfg.get("intermediate_size")
     if not all(isinstance(v, int) and v > 0 for v in (h, layers)):
         return 0
+    for key, value, limit in (
+        ("hidden_size", h, LIMITS["hidden_size"]),
+        ("num_hidden_layers", layers, LIMITS["num_hidden_layers"]),
+        ("intermediate_size", inner, LIMITS["intermediate_size"]),
+    ):
+        if isinstance(value, int) and value > limit:
+            raise ModelConfigOutOfBoundsError(
+                f"config.json vision_config {key!r} is {_short(value)}, beyond any real model (at most {limit:,})",
+                key=f"vision_config.{key}",
+            )
     assert isinstance(h, int)
     assert isinstance(layers, int)
     inner = inner if isinstance(inner, int) and inner > 0 else 4 * h
@@ -180,6 +235,9 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
         shared = n_shared * moe_inner  # DeepSeek: n_shared_experts × expert width
     dense_layers = _int(cfg, "first_k_dense_replace") or 0
     mlp_only = cfg.get("mlp_only_layers")
+    for key in ("architectures", "mlp_only_layers"):
+        if isinstance(cfg.get(key), list) and len(cfg[key]) > MAX_LIST_ITEMS:
+            raise ModelConfigOutOfBoundsError(f"config.json {key!r} has more than {MAX_LIST_ITEMS} items", key=key)
     if isinstance(mlp_only, list):
         dense_layers = max(dense_layers, len(mlp_only))
     window = _int(cfg, "sliding_window")
@@ -190,7 +248,7 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
 
     try:
         return ModelShape(
-            architectures=[str(a) for a in cfg.get("architectures") or []],
+            architectures=[str(a)[:256] for a in cfg.get("architectures") or []],
             model_type=model_type,
             hidden_size=hidden,
             num_hidden_layers=layers,

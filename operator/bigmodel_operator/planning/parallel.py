@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import PlanningError
+from .errors import INVALID_PARALLELISM, PlanningError
 from .model_config import ModelShape
 from .precision import Quantization
 from .units import ceil_div
@@ -88,16 +88,22 @@ def candidate_layouts(
     stages of a full node."""
     if tp_fixed is not None:
         if problem := tp_problem(shape, quant, tp_fixed):
-            raise PlanningError(f"tensorParallelSize {tp_fixed} is invalid: {problem}")
+            raise PlanningError(f"tensorParallelSize {tp_fixed} is invalid: {problem}", reason=INVALID_PARALLELISM)
         tps = [tp_fixed]
     else:
         tps = [t for t in powers_of_two(min(gpus_per_node, max_gpus)) if not tp_problem(shape, quant, t)]
     if pp_fixed is not None and pp_fixed > shape.num_hidden_layers:
-        raise PlanningError(f"pipelineParallelSize {pp_fixed} exceeds the model's {shape.num_hidden_layers} layers")
-    pps = [pp_fixed] if pp_fixed else range(1, shape.num_hidden_layers + 1)
+        raise PlanningError(
+            f"pipelineParallelSize {pp_fixed} exceeds the model's {shape.num_hidden_layers} layers",
+            reason=INVALID_PARALLELISM,
+        )
+    # At most max_gpus stages: the candidates (and the planning cost) do not grow with the layer count.
+    pps = [pp_fixed] if pp_fixed else range(1, min(shape.num_hidden_layers, max_gpus) + 1)
     out = [(tp, pp) for pp in pps for tp in (tps if pp == 1 or pp_fixed else tps[-1:]) if tp * pp <= max_gpus]
     if not out:
-        raise PlanningError(f"tensorParallelSize × pipelineParallelSize exceeds the {max_gpus} GPUs allowed")
+        raise PlanningError(
+            f"tensorParallelSize × pipelineParallelSize exceeds the {max_gpus} GPUs allowed", reason=INVALID_PARALLELISM
+        )
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from .errors import ModelConfigError, PlanningError
+from .errors import QUANTIZATION_MISMATCH, ModelConfigError, PlanningError
 from .units import PlanModel
 
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}
@@ -169,7 +169,8 @@ def resolve_quantization(
     if method in _ENGINE_ONLINE:
         return _ENGINE_ONLINE[method]
     raise PlanningError(
-        f"quantization {engine_quantization!r} needs a checkpoint quantized with it (config.json "
+        reason=QUANTIZATION_MISMATCH,
+        message=f"quantization {engine_quantization!r} needs a checkpoint quantized with it (config.json "
         f"has no quantization_config); on an unquantized model use one of "
-        f"{', '.join(sorted(_ENGINE_ONLINE))}"
+        f"{', '.join(sorted(_ENGINE_ONLINE))}",
     )

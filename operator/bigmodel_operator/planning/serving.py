@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .errors import PlanningError
+from .errors import MAX_MODEL_LEN_TOO_LONG, PlanningError
 from .estimate import count_parameters, kv_bytes_per_token, kv_bytes_per_token_per_layer, weight_bytes
 from .gpus import GpuProduct
 from .model_config import ModelShape
@@ -128,7 +128,11 @@ def plan_serving(
         raise PlanningError(f"the GPU count must be at least 1, got {max_gpus}")
     native = shape.max_position_embeddings or UNKNOWN_CONTEXT_LEN
     if max_model_len is not None and not 0 < max_model_len <= native:
-        raise PlanningError(f"maxModelLen {max_model_len} must be between 1 and the model's context length {native}")
+        raise PlanningError(
+            f"maxModelLen {max_model_len} is beyond the model's context length {native} "
+            "(max_position_embeddings): lower spec.engine.maxModelLen",
+            reason=MAX_MODEL_LEN_TOO_LONG,
+        )
 
     act_dtype = _activation_dtype(shape, dtype, gpu)
     act_bytes = DTYPE_BYTES[act_dtype]

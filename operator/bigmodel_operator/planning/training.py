@@ -20,10 +20,17 @@ different times: with checkpointing the plan is a few GiB conservative (Llama-3.
 
 When one GPU is not enough, weights and trainable state are sharded FSDP/ZeRO-3 style over N GPUs
 (each also holds two gathered layers); activations do not shrink, ``batch_size`` is per GPU.
+
+Families the trainer cannot train correctly are refused before any memory is planned
+(``PlanningError`` with reason ``UnsupportedModelFamily``): hybrid linear-attention and state-space
+models (Qwen3-Next, Jamba, Mamba, MiniMax, ...) carry a recurrent state from token to token that
+the packed batches would leak from one example into the next (only attention layers take the
+block-diagonal mask derived from the position ids), and their fused kernels have no CPU path.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -48,6 +55,14 @@ TRAINING_USABLE_FRACTION = 0.95
 LORA_STATE_BYTES = 16  # fp32 adapter + fp32 grad + two fp32 AdamW moments
 FULL_TOTAL_BYTES = 16  # bf16 weight + bf16 grad + fp32 master + two fp32 AdamW moments (ZeRO paper)
 DEFAULT_MAX_NODES = 8
+UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"
+# model_type prefixes (HF) of families whose layers keep a recurrent state across tokens.
+RECURRENT_FAMILIES = (
+    "qwen3_next", "qwen3_5", "qwen4_exp", "jamba", "mamba", "mamba2", "falcon_mamba", "falcon_h1", "bamba",
+    "zamba", "zamba2", "nemotron_h", "granitemoehybrid", "lfm2", "lfm3", "minimax", "plamo2", "recurrent_gemma",
+    "rwkv", "xlstm", "kimi_linear", "bailing_hybrid", "glm5_next", "lara_mini", "olmo_hybrid", "dory",
+)  # fmt: skip
+_RECURRENT_WORDS = re.compile(r"mamba|hybrid|linear|rwkv|xlstm|recurrent|ssm|deltanet", re.IGNORECASE)
 
 Method = Literal["lora", "qlora", "full"]
 
@@ -81,6 +96,20 @@ class TrainingPlan(PlanModel):
     summary: str = Field(description="One line for humans.")
 
 
+def unsupported_family(shape: ModelShape) -> str | None:
+    """Why the trainer cannot train this model family correctly, or None."""
+    names = [shape.model_type or "", *shape.architectures]
+    known = (shape.model_type or "").startswith(RECURRENT_FAMILIES)
+    if not known and not any(_RECURRENT_WORDS.search(name) for name in names):
+        return None
+    family = shape.model_type or shape.architectures[0]
+    return (
+        f"{family} has linear-attention or state-space (recurrent) layers; the trainer packs several examples "
+        "into one sequence and only attention layers take the per-example mask, so the recurrent state would "
+        "carry from one example into the next: this family is not supported for fine-tuning"
+    )
+
+
 def plan_training(
     shape: ModelShape,
     gpu: GpuProduct,
@@ -104,6 +133,9 @@ def plan_training(
     """
     if method not in ("lora", "qlora", "full"):
         raise PlanningError(f"method must be lora, qlora or full, got {method!r}")
+    refused = unsupported_family(shape)
+    if refused:
+        raise PlanningError(refused, reason=UNSUPPORTED_MODEL_FAMILY)
     for name, value in (("rank", rank), ("batchSize", batch_size), ("maxSeqLength", max_seq_length)):
         if value < 1:
             raise PlanningError(f"{name} must be at least 1, got {value}")

@@ -18,10 +18,18 @@ from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.serve_args import scaling_args
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.kube import Kube
-from bigmodel_operator.reconcile.children import ApplyResult, NotControlledError, ensure_child, remove_child
+from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.reconcile.children import (
+    AlreadyReportedError,
+    ApplyResult,
+    NotControlledError,
+    ensure_child,
+    remove_child,
+)
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
-from bigmodel_operator.reconcile.plan_glue import serving_plan
+from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
+from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
+from bigmodel_operator.reconcile.spec_checks import name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
 
@@ -72,15 +80,34 @@ class BigModelReconciler:
             await self._write_status(body, compute_status(obs, self._previous_status(body)))
             return
         obs, place = await self._observe(body, spec)
+        rejected: ApiError | None = None
         if not any(b.blocks_deploy for b in obs.blockers):
-            await self._apply_children(body, spec, place, obs)
+            rejected = await self._apply_children(body, spec, place, obs)
         await self._write_status(body, compute_status(obs, self._previous_status(body)))
+        if rejected is not None:
+            raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
+
+    async def report_failure(self, body: dict[str, Any], error: BaseException) -> None:
+        """A reconcile that raised: Ready=False with reason ReconcileError and the error's text, and a
+        Warning Event (through the transition). Best effort: the apiserver may be what failed."""
+        meta = body["metadata"]
+        previous = dict(self._previous_status(body) or {})
+        message = f"reconcile failed (retrying with backoff): {error}"[:2000]
+        conds = c.set_condition(
+            previous.get("conditions"), c.READY, False, Reason.RECONCILE_ERROR, message, meta.get("generation")
+        )
+        try:
+            await self._write_status(body, {**previous, "conditions": conds})
+        except Exception as write_error:
+            log.warning("could not report the failure of BigModel %s: %s", meta["name"], write_error)
 
     async def _observe(self, body: dict[str, Any], spec: BigModelSpec) -> tuple[BigModelObservation, Placement]:
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         blockers: list[Blocker] = []
         warnings: list[Blocker] = []
+        if problem := name_problem(name):  # objects admitted before the CRD's name rule
+            blockers.append(Blocker(Reason.INVALID_SPEC, problem))
         for problem in check_extra_args(spec.engine.extra_args if spec.engine else None):
             blockers.append(Blocker(Reason.INVALID_ENGINE_ARGS, f"spec.engine.{problem}"))
         token = None
@@ -108,9 +135,16 @@ class BigModelReconciler:
         )
         if source.reason == Reason.GATED_MODEL_NO_TOKEN:
             blockers.append(Blocker(Reason.GATED_MODEL_NO_TOKEN, source.message))
-        plan_result = serving_plan(spec, source, self.config)
-        if plan_result.reason == Reason.MODEL_TOO_LARGE_FOR_GPU:
-            blockers.append(Blocker(Reason.MODEL_TOO_LARGE_FOR_GPU, plan_result.message))
+        if source.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS:
+            plan_result = ServingPlanResult(None, source.reason, source.message)
+        else:
+            try:
+                plan_result = await off_loop(lambda: serving_plan(spec, source, self.config))
+            except TimeoutError:
+                message = f"planning took longer than {PLAN_TIMEOUT_SECONDS:g} s and was abandoned"
+                plan_result = ServingPlanResult(None, Reason.PLANNING_TIMED_OUT, message)
+        if plan_result.reason in c.BLOCKING_PLAN_REASONS:
+            blockers.append(Blocker(plan_result.reason, plan_result.message))
         place = placement(spec, plan_result.plan)
         gpu = spec.resources.gpu if spec.resources else None
         if place.gpus_per_replica and gpu and gpu.product and gpu.product not in self.state.gpu_products():
@@ -146,7 +180,9 @@ class BigModelReconciler:
 
     async def _apply_children(
         self, body: dict[str, Any], spec: BigModelSpec, place: Placement, obs: BigModelObservation
-    ) -> None:
+    ) -> ApiError | None:
+        """Apply the children; a write the apiserver refuses becomes a blocker (and is returned, so
+        the reconcile fails after writing status and the runner retries with backoff)."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         try:
@@ -165,6 +201,15 @@ class BigModelReconciler:
                 self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
         except NotControlledError as error:
             obs.blockers.append(Blocker(Reason.CHILD_NOT_CONTROLLED, str(error)))
+        except ApiError as error:
+            if error.status >= 500 or error.status == 429:
+                raise  # the apiserver is unwell, not our spec: retry (the runner reports it)
+            what = error.kind_name or "a child"
+            obs.blockers.append(
+                Blocker(Reason.CHILD_REJECTED, f"the apiserver refused {what} (HTTP {error.status}): {error.message}")
+            )
+            return error
+        return None
 
     def _announce(self, body: dict[str, Any], result: ApplyResult) -> None:
         if event := result.event():

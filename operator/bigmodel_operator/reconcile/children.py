@@ -10,6 +10,11 @@ from bigmodel_operator.kube import Kube
 from bigmodel_operator.reconcile.state import ClusterState
 
 
+class AlreadyReportedError(Exception):
+    """A reconcile failure whose condition and Event are already written; raised only so that the
+    runner retries it with backoff."""
+
+
 class NotControlledError(Exception):
     """A child with our name exists but another controller owns it: we leave it alone."""
 

@@ -15,10 +15,11 @@ from bigmodel_operator.builders.training import build_config_map, build_identity
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.kube import Kube
-from bigmodel_operator.reconcile.children import NotControlledError, ensure_child
+from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.reconcile.children import AlreadyReportedError, NotControlledError, ensure_child
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
-from bigmodel_operator.reconcile.plan_glue import training_plan
+from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
+from bigmodel_operator.reconcile.plan_glue import TrainingPlanResult, training_plan
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
 
@@ -79,6 +80,7 @@ class FineTuneJobReconciler:
         obs = FineTuneJobObservation(
             meta.get("generation"), None, Reason.PLANNED, "", naming.job_name(name), spec.output.uri
         )
+        rejected: ApiError | None = None
         base_uri, base_revision, inline = await self._base_model(namespace, spec)
         obs.base_model_uri = base_uri
         token = None
@@ -97,10 +99,10 @@ class FineTuneJobReconciler:
             source = await model_config_for(
                 self.kube, namespace, base_uri, base_revision, inline, None, token, self.config
             )
-            result = training_plan(spec, source, self.config)
+            result = await self._plan(spec, source)
             obs.plan = result.plan.model_dump(by_alias=True, exclude_none=True, mode="json") if result.plan else None
             obs.plan_reason, obs.plan_message = result.reason, result.message
-            if result.reason == Reason.MODEL_TOO_LARGE_FOR_GPU:
+            if result.reason in c.BLOCKING_PLAN_REASONS:
                 obs.blockers.append((result.reason, result.message))
             gpus = result.gpus
             gpu = spec.resources.gpu if spec.resources else None
@@ -109,7 +111,7 @@ class FineTuneJobReconciler:
                     (Reason.NO_MATCHING_GPU_NODES, f"no node carries nvidia.com/gpu.product={gpu.product}")
                 )
             if not obs.blockers:
-                await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid)
+                rejected = await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid)
         obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
         obs.pods = [
             p
@@ -119,6 +121,36 @@ class FineTuneJobReconciler:
             and (p["metadata"].get("labels") or {}).get(naming.LABEL_FINETUNEJOB) == name
         ]
         await self._write_status(body, compute_status(obs, previous))
+        if rejected is not None:
+            raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
+
+    async def _plan(self, spec: FineTuneJobSpec, source: Any) -> TrainingPlanResult:
+        if source.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS:
+            fallback = spec.resources.gpu.count if spec.resources and spec.resources.gpu else None
+            return TrainingPlanResult(None, source.reason, source.message, fallback or 1)
+        try:
+            return await off_loop(lambda: training_plan(spec, source, self.config))
+        except TimeoutError:
+            message = f"planning took longer than {PLAN_TIMEOUT_SECONDS:g} s and was abandoned"
+            return TrainingPlanResult(None, Reason.PLANNING_TIMED_OUT, message, 1)
+
+    async def report_failure(self, body: dict[str, Any], error: BaseException) -> None:
+        """A reconcile that raised: Complete=False with reason ReconcileError and the error's text, and
+        a Warning Event. Best effort: the apiserver may be what failed."""
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        message = f"reconcile failed (retrying with backoff): {error}"[:2000]
+        before = c.get_condition(previous.get("conditions"), c.COMPLETE) or {}
+        conds = c.set_condition(
+            previous.get("conditions"), c.COMPLETE, False, Reason.RECONCILE_ERROR, message, meta.get("generation")
+        )
+        try:
+            await self.kube.patch_status("FineTuneJob", meta["namespace"], meta["name"], {"conditions": conds})
+        except Exception as write_error:
+            log.warning("could not report the failure of FineTuneJob %s: %s", meta["name"], write_error)
+            return
+        if (before.get("reason"), before.get("message")) != (Reason.RECONCILE_ERROR, message):
+            self.emit(body, "Warning", Reason.RECONCILE_ERROR, message)
 
     async def _apply(
         self,
@@ -129,7 +161,8 @@ class FineTuneJobReconciler:
         gpus: int,
         obs: FineTuneJobObservation,
         uid: str,
-    ) -> None:
+    ) -> ApiError | None:
+        """Create the children; a write the apiserver refuses becomes a blocker and is returned."""
         mounts = Mounts(root=self.config.model_mount_root)
         trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts)
         config_map = build_config_map(body, trainer_config)
@@ -140,10 +173,19 @@ class FineTuneJobReconciler:
             result = await ensure_child(self.kube, self.state, job, uid, create_only=True)
         except NotControlledError as error:
             obs.blockers.append((Reason.CHILD_NOT_CONTROLLED, str(error)))
-            return
+            return None
+        except ApiError as error:
+            if error.status >= 500 or error.status == 429:
+                raise
+            what = error.kind_name or "a child"
+            obs.blockers.append(
+                (Reason.CHILD_REJECTED, f"the apiserver refused {what} (HTTP {error.status}): {error.message}")
+            )
+            return error
         obs.job = result.body
         if event := result.event():
             self.emit(body, "Normal", *event)
+        return None
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]

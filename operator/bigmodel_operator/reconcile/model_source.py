@@ -22,6 +22,11 @@ from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube
 
 HUB_CACHE_SECONDS = 3600.0
+MAX_CONFIG_BYTES = 256 * 1024
+"""A config.json larger than this is refused (real ones are 1-50 KiB; big quantized MoE configs
+that list ignored modules stay well under it)."""
+MAX_CONFIG_DEPTH = 32
+"""Nesting deeper than this is refused before parsing (real configs nest 3-4 levels)."""
 log = logging.getLogger(__name__)
 
 
@@ -85,13 +90,72 @@ async def fetch_hub_config(
                     None, Reason.MODEL_CONFIG_UNAVAILABLE, f"hf://{repo} has no config.json at revision {rev}"
                 )
             response.raise_for_status()
-            data = json.loads(await response.text())
+            parsed = parse_config_text(await response.text(), f"config.json of hf://{repo}")
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         return ModelConfigResult(
             None, Reason.MODEL_CONFIG_UNAVAILABLE, f"could not read config.json of hf://{repo}: {error}"
         )
-    _hub_cache[(repo, rev)] = (time.monotonic(), data)
+    if parsed.config is None:
+        return parsed
+    _hub_cache[(repo, rev)] = (time.monotonic(), parsed.config)
+    return parsed
+
+
+def _too_big(size: int, where: str) -> ModelConfigResult:
+    return ModelConfigResult(
+        None,
+        Reason.MODEL_CONFIG_OUT_OF_BOUNDS,
+        f"{where} is {size:,} bytes; a config.json may have at most {MAX_CONFIG_BYTES:,}",
+    )
+
+
+def _depth_of_value(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
+    """Nesting depth of a decoded value, iteratively (a recursive walk could overflow the stack)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_config_text(raw: str, where: str) -> ModelConfigResult:
+    """config.json text -> dict, refusing oversized or deeply nested input with a reason instead of
+    raising (json.loads of 100,000 nested brackets raises RecursionError)."""
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        return _too_big(size, where)
+    too_deep = ModelConfigResult(
+        None, Reason.MODEL_CONFIG_OUT_OF_BOUNDS, f"{where} nests deeper than {MAX_CONFIG_DEPTH} levels"
+    )
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # the C decoder gives up at the interpreter's recursion limit, quickly
+        return too_deep
+    except ValueError as error:
+        return ModelConfigResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"{where}: {str(error)[:200]}")
+    if _depth_of_value(data) > MAX_CONFIG_DEPTH:
+        return too_deep
+    if not isinstance(data, dict):
+        return ModelConfigResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"{where} is not a JSON object")
     return ModelConfigResult(data)
+
+
+def check_inline_config(inline: dict[str, Any]) -> ModelConfigResult:
+    """An inline spec.model.config within the same bounds as a ConfigMap's."""
+    if _depth_of_value(inline) > MAX_CONFIG_DEPTH:
+        return ModelConfigResult(
+            None, Reason.MODEL_CONFIG_OUT_OF_BOUNDS, f"spec.model.config nests deeper than {MAX_CONFIG_DEPTH} levels"
+        )
+    size = len(json.dumps(inline, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        return _too_big(size, "spec.model.config")
+    return ModelConfigResult(inline)
 
 
 async def model_config_for(
@@ -106,7 +170,7 @@ async def model_config_for(
 ) -> ModelConfigResult:
     """The model's config.json from the first source that has it."""
     if inline:
-        return ModelConfigResult(inline)
+        return check_inline_config(inline)
     if config_map:
         name, key = config_map
         cm = await kube.get("ConfigMap", namespace, name)
@@ -115,10 +179,7 @@ async def model_config_for(
             return ModelConfigResult(
                 None, Reason.MODEL_CONFIG_UNAVAILABLE, f"ConfigMap {name} has no key {key} (expected config.json)"
             )
-        try:
-            return ModelConfigResult(json.loads(raw))
-        except ValueError as error:
-            return ModelConfigResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"ConfigMap {name}/{key}: {error}")
+        return parse_config_text(raw, f"ConfigMap {name}/{key}")
     if uri.startswith("hf://"):
         if not config.fetch_hub_config:
             return ModelConfigResult(

@@ -11,6 +11,7 @@ from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.planning import (
     GpuLookupError,
     ModelConfigError,
+    ModelConfigOutOfBoundsError,
     PlanningError,
     ServingPlan,
     TrainingPlan,
@@ -43,6 +44,17 @@ def _gpu(product: str | None, memory_gib: float | None, config: OperatorConfig):
     return lookup_gpu(product or DEFAULT_GPU, overrides=config.gpu_products, memory_gib=memory_gib)
 
 
+def _why(error: Exception) -> tuple[str, str]:
+    """(reason, message) of a planning failure: spec-caused ones get their own (blocking) reasons."""
+    if isinstance(error, ModelConfigOutOfBoundsError):
+        return Reason.MODEL_CONFIG_OUT_OF_BOUNDS, f"refused: {error}"
+    if isinstance(error, PlanningError):
+        return error.reason, f"cannot deploy: {error}"
+    if isinstance(error, GpuLookupError):
+        return Reason.UNKNOWN_GPU_PRODUCT, f"cannot plan: {error}"
+    return Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}"
+
+
 def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: OperatorConfig) -> ServingPlanResult:
     """The serving plan, or why there is none (reason ModelConfigUnavailable / ModelTooLargeForGPU)."""
     if engine_of(spec) == "transformers":
@@ -69,7 +81,7 @@ def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: Operator
             max_gpus=gpu_spec.count if gpu_spec and gpu_spec.count else None,
         )
     except (ModelConfigError, GpuLookupError, PlanningError) as error:
-        return ServingPlanResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}")
+        return ServingPlanResult(None, *_why(error))
     if not plan.fits:
         return ServingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason)
     return ServingPlanResult(plan, Reason.PLANNED, plan.summary)
@@ -99,7 +111,7 @@ def training_plan(spec: FineTuneJobSpec, source: ModelConfigResult, config: Oper
             max_gpus=explicit or config.gpus_per_node,
         )
     except (ModelConfigError, GpuLookupError, PlanningError) as error:
-        return TrainingPlanResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}", fallback)
+        return TrainingPlanResult(None, *_why(error), fallback)
     if not plan.fits:
         return TrainingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason, fallback)
     if plan.gpus_needed > 1 and explicit is None:

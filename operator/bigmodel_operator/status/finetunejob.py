@@ -98,7 +98,9 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
     job = obs.job
     if obs.blockers and job is None:
         reason, message = obs.blockers[0]
-        phase = "Failed" if reason == Reason.MODEL_TOO_LARGE_FOR_GPU else "Pending"
+        # The spec is immutable: a plan error it causes is final.
+        final = reason in c.BLOCKING_PLAN_REASONS and reason != Reason.PLANNING_TIMED_OUT
+        phase = "Failed" if final else "Pending"
         conds = set_condition(conds, c.COMPLETE, False, reason, message, gen)
         conds = set_condition(conds, c.FAILED, phase == "Failed", reason, message, gen)
     elif job is None:
