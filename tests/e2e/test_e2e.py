@@ -1,7 +1,14 @@
-"""The product end to end, with real containers: serve the tiny CPU model and fine-tune it.
+"""The product end to end, with real containers, as one story; each step prints its duration.
 
-Run by tests/e2e/kind.sh (`make e2e-kind`), or on any cluster with KubeRay and the chart installed:
-`BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_SERVING_CPU_IMAGE=<serving-cpu image> pytest tests/e2e`.
+A CPU BigModel goes through our operator, a RayService and the real KubeRay operator to Ray pods that
+serve the tiny model; it answers an OpenAI chat completion through its Service; scaling edits reach the
+RayCluster; an autoscaling knob does not restart the engine; a CPU FineTuneJob trains in the trainer image
+and writes its adapter to a PVC; deleting both garbage-collects every child.
+
+Run by tests/e2e/node.sh (`make e2e`: a real node in a private network namespace; the Service is called
+directly, BIGMODEL_E2E_DIRECT=1) or tests/e2e/kind.sh (`make e2e-kind`: through a port-forward), or on any
+cluster with KubeRay and the chart: `BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_SERVING_CPU_IMAGE=<image>
+pytest tests/e2e`.
 """
 
 from __future__ import annotations
@@ -18,16 +25,34 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import Steps
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
 # The CPU serving image bakes the tiny model here (serving/Dockerfile.cpu): /tmp would be hidden by the
 # emptyDir the RayService pods mount on /tmp.
 MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-llama")
 SERVING_CPU_IMAGE = os.environ.get("BIGMODEL_E2E_SERVING_CPU_IMAGE", "ghcr.io/bigmodel-operator/serving-cpu:0.1.0")
-READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "900"))
+READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
+DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
+# Small requests: the e2e node has 2 CPUs for the Ray head, the worker, the trainer and the add-ons.
+WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "1")
+TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
+Kubectl = Callable[..., Any]
+# What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside).
+CHILD_KINDS = (
+    "rayservices",
+    "rayclusters",
+    "services",
+    "pods",
+    "jobs",
+    "configmaps",
+    "serviceaccounts",
+    "rolebindings",
+)
 
 
-def _wait(fn: Callable[[], Any], timeout: float, what: str, interval: float = 5) -> Any:
+def _wait(fn: Callable[[], Any], timeout: float, what: str, interval: float = 3) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = fn()
@@ -37,22 +62,31 @@ def _wait(fn: Callable[[], Any], timeout: float, what: str, interval: float = 5)
         time.sleep(interval)
 
 
-def _get(kubectl: Callable[..., Any], namespace: str, kind: str, name: str) -> dict[str, Any]:
+def _get(kubectl: Kubectl, namespace: str, kind: str, name: str) -> dict[str, Any]:
     proc = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
+
+
+def _list(kubectl: Kubectl, namespace: str, kind: str, selector: str = "") -> list[dict[str, Any]]:
+    args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+    return json.loads(kubectl(*args).stdout)["items"]
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
+def _merge_patch(kubectl: Kubectl, namespace: str, kind: str, name: str, patch: dict[str, Any]) -> None:
+    kubectl("patch", kind, name, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+
 @pytest.fixture
-def port_forward(kubectl: Callable[..., Any]) -> Iterator[Callable[[str, str, int], int]]:
-    """port_forward(namespace, "svc/name", remote_port) -> a local port on 127.0.0.1."""
+def port_forward(kubectl: Kubectl) -> Iterator[Callable[[str, str, int], int]]:
+    """port_forward(namespace, "svc/name", remote_port) -> a local port on 127.0.0.1 (kind only)."""
     procs: list[subprocess.Popen[str]] = []
 
     def forward(namespace: str, target: str, remote: int) -> int:
-        argv = ["kubectl", "port-forward", "-n", namespace, target, f"0:{remote}", "--address=127.0.0.1"]
+        argv = [kubectl.binary, "port-forward", "-n", namespace, target, f"0:{remote}", "--address=127.0.0.1"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
         assert proc.stdout is not None
@@ -67,31 +101,14 @@ def port_forward(kubectl: Callable[..., Any]) -> Iterator[Callable[[str, str, in
         proc.wait(timeout=10)
 
 
-def test_cpu_bigmodel_answers_a_chat_completion(
-    kubectl: Callable[..., Any], namespace: str, port_forward: Callable[[str, str, int], int]
-) -> None:
-    import httpx
-
+def _bigmodel() -> dict[str, Any]:
     body = yaml.safe_load((EXAMPLES / "bigmodel-tiny-cpu.yaml").read_text())
     body["spec"]["model"]["uri"] = MODEL_URI
-    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
-
-    def ready() -> Any:
-        bm = _get(kubectl, namespace, "bigmodel", "tiny-cpu")
-        return _condition(bm, "Ready").get("status") == "True" and bm
-
-    bm = _wait(ready, READY_TIMEOUT, "BigModel tiny-cpu Ready")
-    assert bm["status"]["url"].endswith("/v1")
-    port = port_forward(namespace, "svc/tiny-cpu-serve-svc", 8000)
-    request = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
-    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=request, timeout=120)
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    assert isinstance(answer["choices"][0]["message"]["content"], str)
-    assert answer["usage"]["completion_tokens"] >= 1
+    body["spec"]["resources"]["cpu"] = WORKER_CPU
+    return body
 
 
-def _prepare_data_job(namespace: str) -> list[dict[str, Any]]:
+def _data_objects(namespace: str) -> list[dict[str, Any]]:
     """A PVC with the tiny model (copied out of the serving-cpu image) and a small chat dataset."""
     rows = [
         {
@@ -114,16 +131,27 @@ def _prepare_data_job(namespace: str) -> list[dict[str, Any]]:
         "metadata": {"name": "e2e-data", "namespace": namespace},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
+    script = "set -e; cp -r /opt/bigmodel/tiny-llama /data/model; cp /seed/chats.jsonl /data/"
+    return [seed, pvc, _job(namespace, "e2e-data", script, [("seed", {"configMap": {"name": "e2e-seed"}}, "/seed")])]
+
+
+def _job(
+    namespace: str, name: str, script: str, extra: list[tuple[str, dict[str, Any], str]] | None = None
+) -> dict[str, Any]:
+    """A one-shot pod in the serving image with the data PVC on /data."""
+    volumes = [("data", {"persistentVolumeClaim": {"claimName": "e2e-data"}}, "/data"), *(extra or [])]
     container = {
-        "name": "prepare",
+        "name": "run",
         "image": SERVING_CPU_IMAGE,
-        "command": ["bash", "-c", "set -e; cp -r /opt/bigmodel/tiny-llama /data/model; cp /seed/chats.jsonl /data/"],
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "seed", "mountPath": "/seed"}],
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["bash", "-c", script],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "volumeMounts": [{"name": v, "mountPath": path} for v, _, path in volumes],
     }
-    job = {
+    return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": "e2e-data", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "backoffLimit": 0,
             "template": {
@@ -131,42 +159,144 @@ def _prepare_data_job(namespace: str) -> list[dict[str, Any]]:
                     "restartPolicy": "Never",
                     "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
                     "containers": [container],
-                    "volumes": [
-                        {"name": "data", "persistentVolumeClaim": {"claimName": "e2e-data"}},
-                        {"name": "seed", "configMap": {"name": "e2e-seed"}},
-                    ],
+                    "volumes": [{"name": v, **source} for v, source, _ in volumes],
                 }
             },
         },
     }
-    return [seed, pvc, job]
 
 
-def test_cpu_finetunejob_succeeds(kubectl: Callable[..., Any], namespace: str) -> None:
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(_prepare_data_job(namespace)))
-    kubectl("wait", "-n", namespace, "job/e2e-data", "--for=condition=Complete", "--timeout=600s", timeout=620)
-    tiny = yaml.safe_load((EXAMPLES / "bigmodel-tiny-cpu.yaml").read_text())["spec"]["model"]["config"]
-    ftj = {
+def _run_job(kubectl: Kubectl, namespace: str, job: dict[str, Any]) -> str:
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+    name = job["metadata"]["name"]
+    kubectl("wait", "-n", namespace, f"job/{name}", "--for=condition=Complete", "--timeout=600s", timeout=620)
+    return kubectl("logs", "-n", namespace, f"job/{name}").stdout
+
+
+def _finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
+    return {
         "apiVersion": "bigmodel.io/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": "tiny-lora"},
         "spec": {
-            "baseModel": {"uri": "pvc://e2e-data/model", "config": tiny},
+            "baseModel": {"uri": "pvc://e2e-data/model", "config": tiny_config},
             "dataset": {"uri": "pvc://e2e-data/chats.jsonl", "format": "chat"},
             "method": {"type": "lora", "rank": 4},
-            "hyperparameters": {"epochs": 1, "maxSteps": 4, "batchSize": 4, "maxSeqLength": 128},
-            "resources": {"gpu": {"count": 0}, "cpu": 2, "memory": "4Gi"},
+            "hyperparameters": {"epochs": 1, "maxSteps": 20, "batchSize": 4, "maxSeqLength": 128},
+            "resources": {"gpu": {"count": 0}, "cpu": TRAINER_CPU, "memory": "3Gi"},
             "output": {"uri": "pvc://e2e-data/adapters/tiny-lora"},
         },
     }
-    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ftj))
 
-    def finished() -> Any:
-        phase = (_get(kubectl, namespace, "finetunejob", "tiny-lora").get("status") or {}).get("phase")
-        return phase in {"Succeeded", "Failed"} and phase
 
-    phase = _wait(finished, READY_TIMEOUT, "FineTuneJob tiny-lora to finish")
-    done = _get(kubectl, namespace, "finetunejob", "tiny-lora")
-    assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
-    assert done["status"]["adapterUri"] == "pvc://e2e-data/adapters/tiny-lora"
-    assert _condition(done, "Complete")["status"] == "True"
+def _raycluster(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    clusters = _list(kubectl, namespace, "rayclusters")
+    return clusters[0] if len(clusters) == 1 else {}
+
+
+def _worker_pods(kubectl: Kubectl, namespace: str) -> dict[str, int]:
+    """Ray worker pod UID -> its containers' restart count."""
+    pods = _list(kubectl, namespace, "pods", "ray.io/node-type=worker")
+    return {
+        p["metadata"]["uid"]: sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", []))
+        for p in pods
+        if p["status"].get("phase") == "Running"
+    }
+
+
+def _chat(base_url: str) -> dict[str, Any]:
+    import httpx
+
+    request = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    response = httpx.post(f"{base_url}/chat/completions", json=request, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_bigmodel_and_finetunejob_end_to_end(
+    kubectl: Kubectl, namespace: str, steps: Steps, port_forward: Callable[[str, str, int], int]
+) -> None:
+    bigmodel = _bigmodel()
+    with steps("apply the CPU BigModel; wait for Ready (RayService -> KubeRay -> Ray pods -> Serve RUNNING)"):
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(bigmodel))
+
+        def ready() -> Any:
+            bm = _get(kubectl, namespace, "bigmodel", "tiny-cpu")
+            return _condition(bm, "Ready").get("status") == "True" and bm
+
+        bm = _wait(ready, READY_TIMEOUT, "BigModel tiny-cpu Ready")
+        url = bm["status"]["url"]
+        assert url.endswith("/v1"), url
+        rayservice = _get(kubectl, namespace, "rayservice", "tiny-cpu")
+        assert rayservice, "no RayService tiny-cpu"
+
+    with steps("OpenAI chat completion through the BigModel's Service"):
+        base = url if DIRECT else f"http://127.0.0.1:{port_forward(namespace, 'svc/tiny-cpu-serve-svc', 8000)}/v1"
+        answer = _chat(base)
+        assert isinstance(answer["choices"][0]["message"]["content"], str)
+        assert answer["usage"]["completion_tokens"] >= 1
+
+    with steps("edit the scaling bounds; the RayCluster's worker group follows"):
+        _merge_patch(
+            kubectl,
+            namespace,
+            "bigmodel",
+            "tiny-cpu",
+            {"spec": {"scaling": {"replicas": None, "minReplicas": 1, "maxReplicas": 2}}},
+        )
+
+        def follows() -> Any:
+            groups = (_raycluster(kubectl, namespace).get("spec") or {}).get("workerGroupSpecs") or [{}]
+            return groups[0].get("maxReplicas") == 2 and groups[0]
+
+        _wait(follows, 300, "RayCluster worker group maxReplicas 2")
+
+    with steps("edit an autoscaling knob; no engine replica restarts"):
+        before = _wait(lambda: _worker_pods(kubectl, namespace), 300, "a running Ray worker pod")
+        cluster = _raycluster(kubectl, namespace)["metadata"]["name"]
+        _merge_patch(kubectl, namespace, "bigmodel", "tiny-cpu", {"spec": {"scaling": {"targetOngoingRequests": 4}}})
+        _wait(
+            lambda: _get(kubectl, namespace, "bigmodel", "tiny-cpu")["status"].get("observedGeneration", 0) >= 3,
+            120,
+            "the edit observed",
+        )
+        time.sleep(30)  # long enough for KubeRay to act on a changed RayService
+        assert _raycluster(kubectl, namespace)["metadata"]["name"] == cluster, "the RayCluster was replaced"
+        assert _worker_pods(kubectl, namespace) == before, "a Ray worker pod was replaced or restarted"
+        _chat(base)
+
+    tiny = bigmodel["spec"]["model"]["config"]
+    with steps("prepare the data PVC (tiny model + chat dataset)"):
+        for obj in _data_objects(namespace)[:2]:
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+        _run_job(kubectl, namespace, _data_objects(namespace)[2])
+
+    with steps("FineTuneJob on CPU in the trainer image (20 steps); Succeeded, adapter on the PVC"):
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(_finetunejob(tiny)))
+
+        def finished() -> Any:
+            phase = (_get(kubectl, namespace, "finetunejob", "tiny-lora").get("status") or {}).get("phase")
+            return phase in {"Succeeded", "Failed"} and phase
+
+        phase = _wait(finished, READY_TIMEOUT, "FineTuneJob tiny-lora to finish")
+        done = _get(kubectl, namespace, "finetunejob", "tiny-lora")
+        assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
+        assert done["status"]["adapterUri"] == "pvc://e2e-data/adapters/tiny-lora"
+        assert _condition(done, "Complete")["status"] == "True"
+        listing = _run_job(kubectl, namespace, _job(namespace, "e2e-check", "ls /data/adapters/tiny-lora"))
+        assert "adapter_config.json" in listing, listing
+
+    with steps("delete both; every child is garbage-collected"):
+        kubectl("delete", "-n", namespace, "bigmodel/tiny-cpu", "finetunejob/tiny-lora", "--wait=true", timeout=300)
+
+        def leftovers() -> dict[str, list[str]]:
+            ours = {"kube-root-ca.crt", "default"}
+            left = {kind: [o["metadata"]["name"] for o in _list(kubectl, namespace, kind)] for kind in CHILD_KINDS}
+            return {
+                kind: [n for n in names if n not in ours and not n.startswith("e2e-")] for kind, names in left.items()
+            }
+
+        deadline = time.monotonic() + 300
+        while any((left := leftovers()).values()) and time.monotonic() < deadline:
+            time.sleep(3)
+        assert not any(left.values()), f"not garbage-collected after 300s: {left}"
