@@ -1,15 +1,27 @@
-"""Offline PII redaction: regular expressions plus checksums, standard library only.
+r"""Offline PII redaction: regular expressions plus checksums, standard library only.
 
 `redact_text(text)` replaces personal data and secrets with typed placeholders and counts them:
 
     >>> redact_text("mail jane@example.org, card 4111 1111 1111 1111")
     ('mail [EMAIL], card [CREDIT_CARD]', {'EMAIL': 1, 'CREDIT_CARD': 1})
 
-Types: EMAIL, PHONE, CREDIT_CARD (Luhn + issuer prefix), IBAN (country length + mod-97),
-IP_ADDRESS (v4 and v6, parsed by `ipaddress`), NATIONAL_ID (US SSN, UK NINO, Canadian SIN with
-Luhn, Spanish DNI/NIE with check letter, Indian Aadhaar with Verhoeff) and SECRET (API keys and
-tokens of well-known providers, bearer tokens, JWTs, private keys, `password=...` values and long
+Types: EMAIL, PHONE (international, North American, national with a trunk 0, mainland Chinese
+mobile numbers with or without +86 and spaces), CREDIT_CARD (Luhn + issuer prefix), IBAN (country
+length + mod-97), IP_ADDRESS (v4 and v6, parsed by `ipaddress`), NATIONAL_ID (US SSN, UK NINO,
+Canadian SIN with Luhn, Spanish DNI/NIE with check letter, Indian Aadhaar with Verhoeff, Chinese
+resident ID with its ISO 7064 MOD 11-2 check character) and SECRET (API keys and tokens of
+well-known providers, bearer tokens, JWTs, private keys, `password=...` values and long
 high-entropy hex/base64 strings).
+
+Next to Chinese (or any non-Latin) text: every pattern is compiled with `re.ASCII`, so `\b` and
+`\w` mean ASCII letters, digits and `_`. With Unicode `\w`, CJK characters are word characters,
+`\b` never fires between `邮箱` and `zhangwei@163.com`, and nothing was found. Not covered: personal
+names and postal addresses (they need a dictionary or a trained NER model, which this offline,
+import-light module deliberately does not have), and full-width digits.
+
+Look-alikes that are left alone: `token: representation` (a key=value "secret" must look like
+one: digits, symbols or mixed case), version strings (`v1.2.3.4`, `Chrome/120.0.0.0`) and git
+object names (40 hex digits, or any hex after `commit`/`sha`).
 
 Why not presidio-analyzer: its AnalyzerEngine needs a spaCy model (a download), installing it pulls
 spaCy (~300 MB), importing it takes ~2 s, and even its pattern recognizers reach for the network
@@ -152,20 +164,72 @@ def _phone_ok(match: str) -> bool:
     return 7 <= len(_digits(match)) <= 15
 
 
+_CN_ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]  # 2^(17-i) mod 11
+
+
+def cn_id_ok(match: str) -> bool:
+    """The ISO 7064 MOD 11-2 check character (0-9 or X) of an 18-character Chinese resident ID."""
+    value = match.upper()
+    if len(value) != 18 or not value[:17].isdigit():
+        return False
+    check = (12 - sum(int(d) * w for d, w in zip(value[:17], _CN_ID_WEIGHTS, strict=True)) % 11) % 11
+    return value[17] == ("X" if check == 10 else str(check))
+
+
+def _not_placeholder(match: str) -> bool:
+    """False for a value an earlier recognizer already replaced (`api_key=[SECRET]`)."""
+    return not any(placeholder in match for placeholder in PLACEHOLDERS.values())
+
+
+def _secret_value_ok(match: str) -> bool:
+    """A `token: ...` value is a secret only if it looks like one, not like a word."""
+    if not _not_placeholder(match):
+        return False
+    has_digit = any(c.isdigit() for c in match)
+    has_symbol = any(not c.isalnum() for c in match)
+    mixed = any(c.isupper() for c in match) and any(c.islower() for c in match) and len(match) >= 12
+    return has_digit or has_symbol or mixed
+
+
+_GIT_CONTEXT = re.compile(r"(?i)(?:commit|sha(?:1|256)?|revision|rev|digest|hash)[\s:=@#-]*$")
+_VERSION_CONTEXT = re.compile(r"(?i)(?:\bv|\bver(?:sion)?\.?|release|build|/|版本(?:号)?)\s*[:=：]?\s*$")
+
+
+def _not_git_object(text: str, start: int, end: int) -> bool:
+    value = text[start:end]
+    if re.fullmatch(r"[0-9a-f]{40}", value):  # a git SHA-1 object name
+        return False
+    return not _GIT_CONTEXT.search(text[max(0, start - 16) : start])
+
+
+def _not_version(text: str, start: int, end: int) -> bool:
+    if any(len(part) > 1 and part[0] == "0" for part in text[start:end].split(".")):
+        return False  # zero-padded octets: a version or a date, not an address
+    return not _VERSION_CONTEXT.search(text[max(0, start - 12) : start])
+
+
 @dataclass(frozen=True)
 class Recognizer:
-    """One PII pattern: `group` is the part replaced (0 = whole match), `check` a validator."""
+    """One PII pattern: `group` is the part replaced (0 = whole match), `check` a validator of the
+    replaced text, `context` a validator of (whole text, start, end) for look-alikes."""
 
     kind: str
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None
     group: int = 0
+    context: Callable[[str, int, int], bool] | None = None
 
 
 def _r(
-    kind: str, pattern: str, check: Callable[[str], bool] | None = None, group: int = 0, flags: int = 0
+    kind: str,
+    pattern: str,
+    check: Callable[[str], bool] | None = None,
+    group: int = 0,
+    flags: int = 0,
+    context: Callable[[str, int, int], bool] | None = None,
 ) -> Recognizer:
-    return Recognizer(kind, re.compile(pattern, flags), check, group)
+    # re.ASCII: \w, \d, \s and \b are ASCII-only, so patterns fire next to CJK characters.
+    return Recognizer(kind, re.compile(pattern, flags | re.ASCII), check, group, context)
 
 
 RECOGNIZERS: tuple[Recognizer, ...] = (
@@ -181,19 +245,41 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
     _r("SECRET", r"\bhf_[A-Za-z0-9]{30,}"),
     _r("SECRET", r"\bglpat-[A-Za-z0-9_-]{20,}"),
     _r("SECRET", r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,}=*)", group=1),
+    # key=value: the value is ASCII (secrets are), so "password=abc123，然后" stops at the comma.
     _r(
         "SECRET",
-        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
-        r"[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{6,})",
+        r"(?i)(?<![A-Za-z0-9_])(?:password|passwd|pwd|密码)[\"']?\s*[:=：]\s*[\"']?([!#-&(-+\--:<-~]{6,})",
+        _not_placeholder,
         group=1,
     ),
-    _r("SECRET", r"(?<![A-Za-z0-9+/_-])[0-9a-fA-F]{32,}(?![A-Za-z0-9+/_-])", _high_entropy_ok),
-    _r("SECRET", r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_-])", _high_entropy_ok),
+    _r(
+        "SECRET",
+        r"(?i)\b(?:secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
+        r"[\"']?\s*[:=：]\s*[\"']?([!#-&(-+\--:<-~]{6,})",
+        _secret_value_ok,
+        group=1,
+    ),
+    _r("SECRET", r"(?<![A-Za-z0-9+/_-])[0-9a-fA-F]{32,}(?![A-Za-z0-9+/_-])", _high_entropy_ok, context=_not_git_object),
+    _r(
+        "SECRET",
+        r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_-])",
+        _high_entropy_ok,
+        context=_not_git_object,
+    ),
     _r(
         "EMAIL",
         r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
     ),
     _r("IBAN", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", iban_ok),
+    # Chinese resident ID before cards: 18 digits from Gansu (62...) can pass Luhn with a UnionPay prefix.
+    _r(
+        "NATIONAL_ID",
+        r"(?<![A-Za-z0-9])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![A-Za-z0-9])",
+        cn_id_ok,
+    ),
+    # Mainland mobile numbers (1[3-9]x xxxx xxxx, optional +86 / 0086, spaces or dashes): before
+    # the international pattern, which would leave a bare 11-digit number alone.
+    _r("PHONE", r"(?<![\d+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)"),
     _r("CREDIT_CARD", r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", _card_ok),
     # National IDs: US SSN (3-2-4, invalid areas excluded), UK NINO, Canadian SIN, Spanish DNI/NIE, Aadhaar.
     _r("NATIONAL_ID", r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])"),
@@ -206,7 +292,11 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
         r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])",
         _ip_ok,
     ),
-    _r("IP_ADDRESS", r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\w]|\.\d)"),
+    _r(
+        "IP_ADDRESS",
+        r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\w]|\.\d)",
+        context=_not_version,
+    ),
     # Phones: international (+CC ...), North American (3-3-4), national with a trunk 0 prefix.
     _r("PHONE", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])", _phone_ok),
     _r("PHONE", r"(?<![\w(])(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"),
@@ -228,6 +318,8 @@ def _apply(recognizer: Recognizer, text: str, counts: dict[str, int]) -> str:
     def replace(match: re.Match[str]) -> str:
         target = match.group(recognizer.group)
         if recognizer.check is not None and not recognizer.check(target):
+            return match.group(0)
+        if recognizer.context is not None and not recognizer.context(text, *match.span(recognizer.group)):
             return match.group(0)
         counts[recognizer.kind] = counts.get(recognizer.kind, 0) + 1
         if recognizer.group == 0:
