@@ -1,0 +1,284 @@
+"""Hostile and mistaken input on the operator side: admission rules, names, config bounds, failures
+that must reach status (issue 10). The apiserver half of each rule is in
+tests/integration/controller/test_crds_on_apiserver.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bigmodel_operator import crdgen
+from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.api.base import DNS_1035_LABEL, has_parent_segment
+from bigmodel_operator.conditions import Reason, get_condition
+from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.kube import ApiError
+from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
+from bigmodel_operator.reconcile.children import AlreadyReportedError
+from bigmodel_operator.reconcile.model_source import MAX_CONFIG_BYTES, check_inline_config, parse_config_text
+from bigmodel_operator.reconcile.offload import off_loop
+from bigmodel_operator.reconcile.spec_checks import name_problem, suggest_name
+from bigmodel_operator.reconcile.state import ClusterState
+
+from .conftest import load_example
+
+# --- '..' path segments -------------------------------------------------------------------------
+
+TRAVERSALS = ["pvc://models/../../../etc", "hf://../..", "pvc://adapters/../../../tmp/x", "file:///models/.."]
+
+
+@pytest.mark.parametrize("uri", TRAVERSALS)
+def test_parent_segments_are_detected(uri: str) -> None:
+    assert has_parent_segment(uri)
+
+
+@pytest.mark.parametrize("uri", ["pvc://models/llama..v2", "hf://org/name", "s3://b/..hidden/x", "pvc://m/a.b/c"])
+def test_dots_inside_a_name_are_fine(uri: str) -> None:
+    assert not has_parent_segment(uri)
+
+
+def _bm_spec(**model: Any) -> dict[str, Any]:
+    return {"model": {"uri": "hf://org/name", **model}}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _bm_spec(uri="pvc://models/../../../etc"),
+        _bm_spec(uri="hf://../.."),
+        _bm_spec(tokenizer="../../../etc/passwd"),
+        _bm_spec(tokenizer="pvc://models/../../etc/passwd"),
+        _bm_spec(revision="main\r\nX-Injected: 1"),
+        _bm_spec(revision="../../x"),
+        {"model": {"uri": "hf://org/name"}, "adapters": [{"name": "a", "uri": "pvc://ad/../../x"}]},
+        {"model": {"uri": "hf://org/name"}, "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+        {"model": {"uri": "hf://org/name"}, "tolerations": [{"operator": "Equal", "value": "v"}]},
+        {"model": {"uri": "hf://org/name"}, "tolerations": [{"key": "k", "tolerationSeconds": 5}]},
+        {"model": {"uri": "hf://org/name"}, "expose": {"ingress": {"className": "my_class"}}},
+    ],
+)
+def test_bigmodel_specs_the_operator_refuses(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        BigModelSpec.model_validate(spec)
+
+
+def test_finetunejob_paths_and_adapter_name_are_validated() -> None:
+    body = load_example("finetunejob-lora.yaml")
+    FineTuneJobSpec.model_validate(body["spec"])
+    for path, value in (
+        (("output", "uri"), "pvc://adapters/../../../tmp/x"),
+        (("dataset", "uri"), "pvc://data/../../etc/shadow"),
+        (("deployTo", "adapterName"), "my adapter"),
+    ):
+        spec = {**body["spec"], path[0]: {**(body["spec"].get(path[0]) or {"bigModel": "m"}), path[1]: value}}
+        with pytest.raises(ValidationError):
+            FineTuneJobSpec.model_validate(spec)
+
+
+def _walk_rules(node: Any) -> list[str]:
+    rules: list[str] = []
+    if isinstance(node, dict):
+        rules += [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+        for value in node.values():
+            rules += _walk_rules(value)
+    elif isinstance(node, list):
+        for value in node:
+            rules += _walk_rules(value)
+    return rules
+
+
+def test_every_uri_field_carries_the_cel_rule() -> None:
+    for info, count in ((crdgen.BIGMODEL, 4), (crdgen.FINETUNEJOB, 4)):
+        rules = _walk_rules(crdgen.crd(info))
+        # model.uri, revision, tokenizer, adapters[].uri / baseModel.uri, revision, dataset.uri, output.uri
+        assert sum("\\\\.\\\\." in r for r in rules) == count, info.kind
+
+
+# --- names KubeRay accepts (its rule: k8s.io/apimachinery IsDNS1035Label) ---------------------------
+
+KUBERAY_NAMES = [
+    ("llama-3-1-8b", True),
+    ("a", True),
+    ("a" * 63, True),
+    ("llama-3.1-8b", False),  # dots
+    ("8b-chat", False),  # starts with a digit
+    ("Llama", False),
+    ("chat-", False),
+    ("a" * 64, False),
+    ("a_b", False),
+]
+
+
+@pytest.mark.parametrize(("name", "valid"), KUBERAY_NAMES)
+def test_name_rule_is_kuberays(name: str, valid: bool) -> None:
+    assert (name_problem(name) is None) is valid
+    rule = next(r["rule"] for r in crdgen.BIGMODEL.root_rules if "matches" in r["rule"])
+    pattern = re.search(r"matches\('(.*)'\)", rule)
+    assert pattern and pattern.group(1) == DNS_1035_LABEL
+    if len(name) <= 40:  # the CRD's other rule bounds the length
+        assert bool(re.match(DNS_1035_LABEL, name)) is valid
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "8b-chat", "x.y.z", "9"])
+def test_suggested_names_pass_the_rule(name: str) -> None:
+    assert name_problem(suggest_name(name)) is None
+    assert suggest_name(name) in (name_problem(name) or "")
+
+
+def test_categories_do_not_shadow_a_resource_name() -> None:
+    names = {n for info in crdgen.ALL_CRDS for n in (info.plural, info.singular, *info.short_names)}
+    for info in crdgen.ALL_CRDS:
+        assert not names & set(info.categories), f"{info.kind}: a category named like a resource breaks kubectl"
+
+
+# --- config.json bounds -------------------------------------------------------------------------
+
+
+def test_a_deeply_nested_configmap_is_refused_without_recursion_error() -> None:
+    result = parse_config_text("[" * 100_000 + "]" * 100_000, "ConfigMap c/config.json")
+    assert result.config is None and result.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS
+    nested = '{"a":' * 40 + "1" + "}" * 40  # parses, but deeper than any config.json
+    assert parse_config_text(nested, "x").reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS
+
+
+def test_oversized_configs_are_refused() -> None:
+    big = {"x": "y" * MAX_CONFIG_BYTES}
+    assert check_inline_config(big).reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS
+    assert "bytes" in parse_config_text('{"x": "' + "y" * MAX_CONFIG_BYTES + '"}', "cm").message
+
+
+def test_a_normal_config_passes(tmp_path: Any) -> None:
+    assert parse_config_text('{"hidden_size": 8}', "cm").config == {"hidden_size": 8}
+    assert parse_config_text("[1]", "cm").reason == Reason.MODEL_CONFIG_UNAVAILABLE  # not an object
+
+
+# --- work off the event loop --------------------------------------------------------------------
+
+
+def test_off_loop_returns_raises_and_gives_up() -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        assert await off_loop(lambda: 41 + 1) == 42
+        with pytest.raises(ZeroDivisionError):
+            await off_loop(lambda: 1 // 0)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        with pytest.raises(TimeoutError):
+            await off_loop(lambda: release.wait(30), limit_s=0.3)
+        task.cancel()
+        assert ticks > 3, "the loop kept running while the work was stuck"
+
+    asyncio.run(main())
+    release.set()
+
+
+# --- every failure reaches status and an Event --------------------------------------------------
+
+
+class FakeKube:
+    """Records writes; refuses applies of the kinds in `refuse` with the apiserver's 422."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+        self.status: dict[str, Any] = {}
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] in self.refuse:
+            message = 'Ingress.networking.k8s.io "x" is invalid: metadata.annotations: Invalid value: "a b"'
+            error = ApiError(422, json.dumps({"message": message}), "PATCH", "/x")
+            error.kind_name = f"{obj['kind']} {obj['metadata']['name']}"
+            raise error
+        return {**obj, "metadata": {**obj["metadata"], "uid": "child"}}
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.status = status
+        return {}
+
+
+def _reconciler(kube: FakeKube) -> tuple[BigModelReconciler, list[tuple[str, str, str]]]:
+    events: list[tuple[str, str, str]] = []
+    reconciler = BigModelReconciler(
+        kube,  # type: ignore[arg-type]
+        ClusterState(),
+        OperatorConfig(),
+        lambda body, type_, reason, message: events.append((type_, reason, message)),
+    )
+    return reconciler, events
+
+
+def test_a_refused_child_write_lands_in_a_condition_and_an_event() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    body["spec"].pop("credentials", None)  # no Secret to find in the fake
+    kube = FakeKube(refuse={"Ingress"})
+    reconciler, events = _reconciler(kube)
+    with pytest.raises(AlreadyReportedError):
+        asyncio.run(reconciler.reconcile(body))
+    ready = get_condition(kube.status["conditions"], "Ready") or {}
+    assert ready["status"] == "False" and ready["reason"] == Reason.CHILD_REJECTED
+    assert "Ingress llama-3-1-8b" in ready["message"] and "metadata.annotations" in ready["message"]
+    assert ("Warning", Reason.CHILD_REJECTED) in [(t, r) for t, r, _ in events]
+
+
+def test_a_reconcile_that_raises_is_reported() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    kube = FakeKube(refuse=set())
+    reconciler, events = _reconciler(kube)
+    asyncio.run(reconciler.report_failure(body, RuntimeError("boom")))
+    ready = get_condition(kube.status["conditions"], "Ready") or {}
+    assert ready["reason"] == Reason.RECONCILE_ERROR and "boom" in ready["message"]
+    assert events and events[0][:2] == ("Warning", Reason.RECONCILE_ERROR)
+
+
+def test_spec_caused_plan_errors_deploy_nothing() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    body["spec"]["model"]["config"] = {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+    }
+    body["spec"].setdefault("engine", {})["tensorParallelSize"] = 3
+    body["spec"]["resources"] = {"gpu": {"count": 3}}
+    body["spec"].pop("credentials", None)
+    kube = FakeKube(refuse={"RayService", "Ingress"})  # an apply would raise: none may happen
+    reconciler, _ = _reconciler(kube)
+    asyncio.run(reconciler.reconcile(body))
+    ready = get_condition(kube.status["conditions"], "Ready") or {}
+    assert ready["reason"] == Reason.INVALID_PARALLELISM, ready
+
+
+def test_hostile_layer_count_is_refused_and_deploys_nothing() -> None:
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    body["spec"]["model"]["config"] = {
+        "hidden_size": 4096,
+        "num_hidden_layers": 10**15,
+        "num_attention_heads": 32,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+    }
+    body["spec"].pop("credentials", None)
+    kube = FakeKube(refuse={"RayService", "Ingress"})
+    reconciler, _ = _reconciler(kube)
+    asyncio.run(reconciler.reconcile(body))
+    ready = get_condition(kube.status["conditions"], "Ready") or {}
+    assert ready["reason"] == Reason.MODEL_CONFIG_OUT_OF_BOUNDS and "num_hidden_layers" in ready["message"]
