@@ -204,6 +204,24 @@ def _worker_pods(kubectl: Kubectl, namespace: str) -> dict[str, int]:
     }
 
 
+def _serve_state(dashboard: str) -> dict[str, Any]:
+    """Serve's view from the Ray dashboard: deployed config (JSON text), replica ids, all RUNNING."""
+    import httpx
+
+    try:
+        apps = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30).json().get("applications") or {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+    replicas = sorted(
+        r["replica_id"] for app in apps.values() for dep in app["deployments"].values() for r in dep.get("replicas", [])
+    )
+    return {
+        "config": json.dumps([app.get("deployed_app_config") for app in apps.values()], sort_keys=True),
+        "replicas": replicas,
+        "running": bool(apps) and all(app.get("status") == "RUNNING" for app in apps.values()),
+    }
+
+
 def _chat(base_url: str) -> dict[str, Any]:
     import httpx
 
@@ -251,18 +269,27 @@ def test_bigmodel_and_finetunejob_end_to_end(
 
         _wait(follows, 300, "RayCluster worker group maxReplicas 2")
 
-    with steps("edit an autoscaling knob; no engine replica restarts"):
-        before = _wait(lambda: _worker_pods(kubectl, namespace), 300, "a running Ray worker pod")
+    with steps("edit an autoscaling knob; Serve applies it and no engine replica restarts"):
+        if DIRECT:
+            dashboard = f"http://tiny-cpu-head-svc.{namespace}.svc:8265"
+        else:
+            dashboard = f"http://127.0.0.1:{port_forward(namespace, 'svc/tiny-cpu-head-svc', 8265)}"
+        before_pods = _wait(lambda: _worker_pods(kubectl, namespace), 300, "a running Ray worker pod")
+        before = _wait(lambda: _serve_state(dashboard), 120, "Serve's applications on the dashboard")
         cluster = _raycluster(kubectl, namespace)["metadata"]["name"]
         _merge_patch(kubectl, namespace, "bigmodel", "tiny-cpu", {"spec": {"scaling": {"targetOngoingRequests": 4}}})
-        _wait(
-            lambda: _get(kubectl, namespace, "bigmodel", "tiny-cpu")["status"].get("observedGeneration", 0) >= 3,
-            120,
-            "the edit observed",
+
+        def applied() -> Any:
+            now = _serve_state(dashboard)
+            return now and now["config"] != before["config"] and now["running"] and now
+
+        after = _wait(applied, 300, "the new target_ongoing_requests applied by Serve")
+        assert '"target_ongoing_requests": 4' in after["config"], after["config"]
+        assert after["replicas"] == before["replicas"], (
+            f"Serve replicas changed: {before['replicas']} -> {after['replicas']}"
         )
-        time.sleep(30)  # long enough for KubeRay to act on a changed RayService
         assert _raycluster(kubectl, namespace)["metadata"]["name"] == cluster, "the RayCluster was replaced"
-        assert _worker_pods(kubectl, namespace) == before, "a Ray worker pod was replaced or restarted"
+        assert _worker_pods(kubectl, namespace) == before_pods, "a Ray worker pod was replaced or restarted"
         _chat(base)
 
     tiny = bigmodel["spec"]["model"]["config"]
