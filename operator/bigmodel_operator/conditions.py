@@ -33,7 +33,6 @@ class Reason:
     UNKNOWN_GPU_PRODUCT = "UnknownGPUProduct"
     PLANNING_TIMED_OUT = "PlanningTimedOut"
     UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"  # planning/training.py: the trainer refuses it
-    UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"  # the trainer cannot train it correctly
     CHILD_NOT_CONTROLLED = "ChildNotControlled"
     # A write the apiserver refused (the message is the apiserver's), or a reconcile that raised.
     CHILD_REJECTED = "ChildRejected"

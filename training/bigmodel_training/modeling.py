@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,26 +74,63 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def attention_implementation(hp: Hyperparameters, runtime: Runtime) -> str:
-    """The `attn_implementation` to load the model with.
+def attention_implementation(hp: Hyperparameters, runtime: Runtime) -> str | None:
+    """The `attn_implementation` to load the model with (None: transformers' default).
 
     auto: flex_attention on CUDA (its block mask skips the tiles between packed examples: 53 % vs
-    44 % MFU for sdpa with a dense block-diagonal mask on an 8B model, docs/benchmarks.md), sdpa on
-    the CPU (flex_attention has no CPU backward pass).
+    44 % MFU for sdpa with a dense block-diagonal mask on an 8B model, docs/benchmarks.md); on the
+    CPU transformers' default, which is sdpa, or eager for families whose attention sdpa cannot
+    express (Gemma-2's soft-capped scores); flex_attention has no CPU backward pass.
     """
     if hp.attention != "auto":
         return hp.attention
-    return "flex_attention" if runtime.device.type == "cuda" else "sdpa"
+    return "flex_attention" if runtime.device.type == "cuda" else None
 
 
-def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> Any:
-    """Load the base model with `from_pretrained`, then `prepare_model` it."""
-    from transformers import AutoModelForCausalLM
+# Layer kinds that take the block-diagonal mask of packed examples; anything else (linear attention,
+# Mamba/SSM mixers, recurrent blocks) carries state from one token to the next, across examples.
+ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"}
+_RECURRENT_WORDS = re.compile(r"mamba|hybrid|linear|rwkv|xlstm|recurrent|ssm|deltanet", re.IGNORECASE)
 
-    kwargs: dict[str, Any] = {
-        "dtype": runtime.weight_dtype,
-        "attn_implementation": attention_implementation(hp, runtime),
-    }
+
+def family_problem(config: Any) -> str | None:
+    """Why this model family cannot be trained correctly with packed batches, or None.
+
+    The operator refuses the same families at plan time (reason UnsupportedModelFamily); this is
+    the trainer's own check, for configs the operator could not read.
+    """
+    configs = [config, getattr(config, "text_config", None)]
+    for cfg in (c for c in configs if c is not None):
+        layer_types = getattr(cfg, "layer_types", None)
+        other = sorted({str(t) for t in layer_types or []} - ATTENTION_LAYER_TYPES)
+        names = [str(getattr(cfg, "model_type", "") or ""), *(getattr(cfg, "architectures", None) or [])]
+        if other or any(_RECURRENT_WORDS.search(name) for name in names):
+            what = (
+                f"layers of type {', '.join(other)}" if other else "recurrent (linear-attention or state-space) layers"
+            )
+            return (
+                f"{names[0] or 'this model'} has {what}: their state would carry from one packed example into the "
+                "next, so the trainer does not support this family"
+            )
+    return None
+
+
+def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime, probe: Any = None) -> Any:
+    """Load the base model with `from_pretrained`, check its objective on `probe` (a tokenized
+    example), then `prepare_model` it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read the base model's config from {path}: {exc}") from exc
+    problem = family_problem(config)
+    if problem:
+        raise UnsupportedError(problem)
+    kwargs: dict[str, Any] = {"dtype": runtime.weight_dtype}
+    attention = attention_implementation(hp, runtime)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if method.type == "qlora":
         kwargs.update(_qlora_kwargs(runtime))
     try:
@@ -101,7 +139,32 @@ def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runt
         raise SourceError(f"cannot load the base model from {path}: {exc}") from exc
     if method.type != "qlora":
         model.to(runtime.device)
+    if probe is not None:
+        check_objective(model, probe, runtime)
     return prepare_model(model, method, hp, runtime)
+
+
+PROBE_TOKENS = 512
+
+
+def check_objective(model: Any, probe: Any, runtime: Runtime) -> None:
+    """Refuse a model whose own `forward(labels=...)` loss differs from ours on one example: its
+    logits go through a transform `loss.LogitTransform` does not know, and training would optimise
+    another objective. fp32 agrees to ~1e-6; bf16 autocast to ~1e-3 (tolerances 1e-3 and 2e-2)."""
+    from bigmodel_training.loss import objective_gap
+
+    ids, labels = probe.input_ids[-PROBE_TOKENS:], probe.labels[-PROBE_TOKENS:]
+    with runtime.autocast():
+        ours, reference = objective_gap(model, ids, labels)
+    tolerance = 1e-3 if runtime.autocast_dtype is None else 2e-2
+    log.info("objective check: our loss %.6f, the model's own %.6f", ours, reference)
+    if not abs(ours - reference) <= tolerance * max(1.0, abs(reference)):
+        family = getattr(model.config, "model_type", "this model")
+        raise UnsupportedError(
+            f"{family}: the trainer's loss ({ours:.4f}) differs from the model's own forward loss ({reference:.4f}) "
+            "on the first example; its logits are transformed in a way the trainer does not reproduce, so this "
+            "family is not supported"
+        )
 
 
 def activation_bytes(config: Any, tokens: int) -> int:

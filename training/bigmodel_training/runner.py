@@ -25,10 +25,11 @@ from bigmodel_training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "run-fingerprint.json"
+SAMPLE_BYTES = 1 << 20
 
 
 def fingerprint(config: TrainerConfig) -> str:
-    """A digest of everything that changes what is trained (not where progress goes)."""
+    """A digest of everything in the config that changes what is trained (not where progress goes)."""
     relevant = config.model_dump(
         mode="json", include={"base_model", "dataset", "method", "hyperparameters", "privacy"},
         exclude={"base_model": {"local_path"}, "dataset": {"local_path"}},
@@ -36,18 +37,62 @@ def fingerprint(config: TrainerConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _claim_output(output_dir: Path, digest: str) -> None:
-    """Refuse to resume from checkpoints that another configuration wrote."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(SAMPLE_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_digest(model_dir: Path) -> str:
+    """What identifies the base model's content: every small file (config, tokenizer, weight
+    index) in full, and for each weight file its name, size and three 1 MiB samples (start, middle,
+    end). Reading hundreds of GB again at every start would cost minutes; a re-uploaded model of
+    the same shapes differs in the sampled bytes. A hub snapshot's directory name (its commit) is
+    part of the path, which is hashed too."""
+    digest = hashlib.sha256(str(model_dir.resolve()).encode() if "snapshots" in model_dir.parts else b"")
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(model_dir)}\0{size}\0".encode())
+        with open(path, "rb") as handle:
+            if size <= 4 * SAMPLE_BYTES:
+                digest.update(handle.read())
+                continue
+            for offset in (0, size // 2, size - SAMPLE_BYTES):
+                handle.seek(offset)
+                digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def claim_output(output_dir: Path, identity: dict[str, str | None]) -> None:
+    """Refuse to resume from checkpoints written for other data, another model or another config.
+
+    `identity` holds the config fingerprint, the dataset's sha256 and the model's digest. A dataset
+    overwritten at the same URI has a new sha256: resuming would continue at a position in a data
+    order that no longer exists, so the run stops with a message saying what changed.
+    """
+    from bigmodel_training.checkpoint import complete_checkpoints
+
     marker = output_dir / FINGERPRINT_FILE
-    if marker.is_file():
-        found = json.loads(marker.read_text()).get("fingerprint")
-        if found != digest:
-            raise ConfigError(
-                f"{output_dir} holds the output of a different training configuration ({found}, now {digest}); "
-                "use a new output location or delete the old one"
-            )
-        return
-    marker.write_text(json.dumps({"fingerprint": digest}) + "\n")
+    previous: dict[str, Any] = json.loads(marker.read_text()) if marker.is_file() else {}
+    changed = [key for key, value in identity.items() if key in previous and previous[key] != value]
+    has_progress = bool(complete_checkpoints(output_dir)) or (output_dir / "metrics.json").is_file()
+    if changed and (has_progress or "fingerprint" in changed):
+        what = ", ".join(f"{_LABELS.get(key, key)} ({previous[key]} -> {identity[key]})" for key in changed)
+        raise ConfigError(
+            f"{output_dir} holds checkpoints or output of a different run: {what} changed since they were written; "
+            "use a new output location or delete the old one"
+        )
+    marker.write_text(json.dumps({**previous, **identity}, sort_keys=True) + "\n")
+
+
+_LABELS = {
+    "fingerprint": "the training configuration",
+    "dataset_sha256": "the dataset's content",
+    "model_digest": "the base model (revision or files)",
+}
 
 
 def run(
@@ -61,7 +106,7 @@ def run(
     hp = config.hyperparameters
     scratch = scratch or Path(tempfile.mkdtemp(prefix="bigmodel-train-"))
     output_dir = sources.resolve_output_dir(config.output)
-    _claim_output(output_dir, fingerprint(config))
+    claim_output(output_dir, {"fingerprint": fingerprint(config)})  # a changed config fails before any download
     reporter = ProgressReporter(make_sink(config), config.progress.interval_s)
 
     dataset_file = sources.resolve_dataset_file(config.dataset, config.hf_token_env, scratch)
@@ -79,6 +124,11 @@ def run(
 
     runtime = modeling.select_runtime(config.method)
     model_dir = sources.resolve_model_dir(config.base_model, config.hf_token_env, scratch)
+    claim_output(
+        output_dir,
+        {"fingerprint": fingerprint(config), "dataset_sha256": file_digest(dataset_file),
+         "model_digest": model_digest(model_dir)},
+    )  # fmt: skip
     tokenizer = modeling.load_tokenizer(model_dir)
     redactions = data.redact_examples(validated.examples) if config.privacy.redact_pii else {}
     tokenized = data.tokenize_checked(validated.examples, tokenizer, hp.max_seq_length, validated.lines)
@@ -91,7 +141,8 @@ def run(
     torch.manual_seed(hp.seed)
     if runtime.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    model = modeling.load_model(model_dir, config.method, hp, runtime)
+    probe = min(train, key=len)  # the model's own loss must equal ours on it (modeling.check_objective)
+    model = modeling.load_model(model_dir, config.method, hp, runtime, probe=probe)
     trainer = Trainer(
         model=model, data=prepared, config=config, runtime=runtime, output_dir=output_dir,
         pad_id=int(tokenizer.pad_token_id), reporter=reporter, on_step=on_step,

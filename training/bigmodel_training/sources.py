@@ -114,7 +114,7 @@ def _from_hub(uri: str, hf_token_env: str | None, scratch: Path) -> Path:
 
 def _from_s3(uri: str, target: Path) -> Path:
     try:
-        import boto3  # type: ignore[import-not-found]
+        import boto3  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as exc:
         raise UnsupportedError("s3:// datasets need boto3 in the trainer image, or a pvc:// copy") from exc
     bucket, _, key = uri.removeprefix("s3://").partition("/")

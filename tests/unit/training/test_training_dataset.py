@@ -157,13 +157,14 @@ def test_an_over_long_line_is_reported_without_being_read_whole(tmp_path: Path) 
 
 def test_a_line_exactly_at_the_limit_is_read(tmp_path: Path) -> None:
     line = json.dumps({"prompt": "p", "completion": "y" * 100})
-    path = write(tmp_path, [line])
+    path = write(tmp_path, [line.encode()])
     assert validate_file(path, "completion", max_line_bytes=len(line)).ok
     assert validate_file(path, "completion", max_line_bytes=len(line) - 1).defects[0].code == dataset.LINE_TOO_LARGE
 
 
 def test_an_over_large_file_is_refused_before_parsing(tmp_path: Path) -> None:
-    path = write(tmp_path, [GOOD_CHAT] * 3 + ["{not json"])
+    lines: list[str | bytes] = [GOOD_CHAT, GOOD_CHAT, GOOD_CHAT, "{not json"]
+    path = write(tmp_path, lines)
     result = validate_file(path, "chat", max_file_bytes=64)
     assert [(d.line, d.code) for d in result.defects] == [(0, dataset.FILE_TOO_LARGE)]
     assert "maxFileBytes" in result.report()
