@@ -178,6 +178,11 @@ async def ingress_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
 
 
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
+async def network_policy_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")

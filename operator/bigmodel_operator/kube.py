@@ -42,6 +42,7 @@ KINDS: dict[str, Kind] = {
     "FineTuneJob": Kind("/apis/bigmodel.io/v1alpha1", "finetunejobs"),
     "RayService": Kind("/apis/ray.io/v1", "rayservices"),
     "Ingress": Kind("/apis/networking.k8s.io/v1", "ingresses"),
+    "NetworkPolicy": Kind("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("/apis/batch/v1", "jobs"),
     "ConfigMap": Kind("/api/v1", "configmaps"),
     "Secret": Kind("/api/v1", "secrets"),

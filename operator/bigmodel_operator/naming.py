@@ -64,6 +64,10 @@ def ingress_name(bigmodel: str) -> str:
     return bigmodel
 
 
+def network_policy_name(bigmodel: str) -> str:
+    return f"{bigmodel}-ray"
+
+
 def serve_service_name(bigmodel: str) -> str:
     """KubeRay names the Serve Service of a RayService `<name>-serve-svc`."""
     return f"{rayservice_name(bigmodel)}-serve-svc"

@@ -275,6 +275,14 @@ class ExposeSpec(ApiModel):
     """How the endpoint is reached from outside the cluster."""
 
     ingress: IngressSpec | None = Field(default=None, description="Create an Ingress.")
+    network_policy: bool | None = Field(
+        default=None,
+        description=(
+            "Render a NetworkPolicy that opens only the Serve port to the cluster (Ray's GCS, dashboard and "
+            "client ports stay reachable from the model's own Ray pods and, for the dashboard, the KubeRay "
+            "operator). Default true; set false when your own policies cover the namespace."
+        ),
+    )
 
 
 class QuotaLimits(ApiModel):

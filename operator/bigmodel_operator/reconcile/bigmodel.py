@@ -13,6 +13,7 @@ from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.engine_check import check_extra_args
 from bigmodel_operator.builders.ingress import build_ingress, ingress_url
+from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.serve_args import scaling_args
@@ -186,6 +187,14 @@ class BigModelReconciler:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         try:
+            # The policy first, so the Ray pods never run with their ports open.
+            await self._ensure_optional(
+                body,
+                "NetworkPolicy",
+                naming.network_policy_name(name),
+                uid,
+                build_network_policy(body, spec, self.config),
+            )
             result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
             obs.rayservice = result.body
             self._announce(body, result)
@@ -210,6 +219,18 @@ class BigModelReconciler:
             )
             return error
         return None
+
+    async def _ensure_optional(
+        self, body: dict[str, Any], kind: str, child: str, uid: str, desired: dict[str, Any] | None
+    ) -> None:
+        """Apply a child the spec may turn off; delete it (if ours) once it is turned off."""
+        namespace = body["metadata"]["namespace"]
+        if desired is not None:
+            self._announce(body, await ensure_child(self.kube, self.state, desired, uid))
+        elif self.state.get(kind, namespace, child) and await remove_child(
+            self.kube, self.state, kind, namespace, child, uid
+        ):
+            self.emit(body, "Normal", f"{kind}Deleted", f"Deleted {kind} {child}")
 
     def _announce(self, body: dict[str, Any], result: ApplyResult) -> None:
         if event := result.event():

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
-SLIM_KINDS = frozenset({"RayService", "Ingress", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"})
+SLIM_KINDS = frozenset(
+    {"RayService", "Ingress", "NetworkPolicy", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"}
+)
 
 
 @dataclass
