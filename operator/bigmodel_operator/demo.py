@@ -246,23 +246,28 @@ def _get(custom: Any, group: str, version: str, plural: str, name: str) -> Any:
 
 
 def local_part() -> None:
+    import tempfile
+
     import httpx
 
-    from bigmodel_operator.local import local_serve_args
+    from bigmodel_operator.local import local_application
     from bigmodel_serving.local import run_local
     from bigmodel_training.tinymodel import make_tiny_model
 
     manifest = yaml.safe_load((REPO / "docs/examples/bigmodel-tiny-cpu.yaml").read_text())
     say("bigmodel serve docs/examples/bigmodel-tiny-cpu.yaml (tiny random Llama, generated offline)")
     make_tiny_model(Path("/tmp/bigmodel/tiny-llama"))
-    server = run_local(local_serve_args(manifest), port=8765, block=False)
+    keys_dir = tempfile.mkdtemp(prefix="bigmodel-demo-keys-")
+    (Path(keys_dir) / "demo").write_text("demo-key")  # a key named "demo"; /v1/* without it gets 401
+    server = run_local(local_application(manifest, keys_dir), port=8765, block=False)
     try:
         request = {
             "model": "tiny-llama",
             "max_tokens": 16,
             "messages": [{"role": "user", "content": "Say hello to the operator."}],
         }
-        response = httpx.post(f"{server.url}/v1/chat/completions", json=request, timeout=120)
+        headers = {"Authorization": "Bearer demo-key"}
+        response = httpx.post(f"{server.url}/v1/chat/completions", json=request, headers=headers, timeout=120)
         print("POST /v1/chat/completions ->", response.status_code)
         print(json.dumps(response.json(), indent=2))
     finally:

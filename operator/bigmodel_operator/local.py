@@ -1,38 +1,57 @@
-"""`bigmodel serve FILE.yaml`: the same manifest, the same rendered args, served on this machine's CPU."""
+"""`bigmodel serve FILE.yaml`: the same manifest, the same rendered application, served on this machine's CPU."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bigmodel_operator.api import BigModelSpec
-from bigmodel_operator.builders.placement import placement
-from bigmodel_operator.builders.serve_args import render_serve_args
+from bigmodel_operator.builders.placement import Placement, placement
+from bigmodel_operator.builders.serve_args import render_application
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import load_config
 
+API_KEY_ENV = "BIGMODEL_API_KEY"
 
-def local_serve_args(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The serve args the operator would render, adjusted for one process on a laptop."""
+
+def local_application(manifest: dict[str, Any], keys_dir: str | None = None) -> dict[str, Any]:
+    """The application the operator would render, adjusted for one CPU replica on a laptop.
+
+    Keys: the manifest's `auth.mode: none` serves openly; otherwise `keys_dir` holds the key files
+    (no Secret to mount here).
+    """
     spec = BigModelSpec.model_validate(manifest["spec"])
     name = manifest["metadata"]["name"]
     config = load_config()
-    place = placement(spec, None)
-    args = render_serve_args(name, spec, place, Mounts(root=config.model_mount_root), config)
-    args["scaling"] = {
-        "min_replicas": 1,
-        "max_replicas": 1,
-        "target_ongoing_requests": args["scaling"]["target_ongoing_requests"],
-    }
-    args["replica_resources"] = {"num_gpus": 0, "num_cpus": 1}
-    if spec.auth and spec.auth.api_keys_secret_ref:
-        # No Secret volume on a laptop: serve without auth and say so.
-        args["auth"] = {"api_keys_file": None}
-        print("bigmodel: note: spec.auth is ignored locally (no Secret to mount)", file=sys.stderr)
-    return args
+    planned = placement(spec, None)
+    place = Placement(planned.engine, 1, 1, planned.max_model_len, on_gpu=False)
+    app = render_application(name, spec, place, Mounts(root=config.model_mount_root), config)
+    for deployment in app["deployments"]:
+        target = deployment["autoscaling_config"]["target_ongoing_requests"]
+        deployment["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": target}
+        user_config = deployment["user_config"]
+        if "auth" in user_config and user_config["auth"]["mode"] != "none":
+            user_config["auth"] = {"mode": "api_keys", "keys_dir": keys_dir} if keys_dir else {"mode": "none"}
+    return app
+
+
+def _local_keys_dir() -> str:
+    """A private directory with one key file: $BIGMODEL_API_KEY, or a generated key printed once."""
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        key = "bm-" + secrets.token_urlsafe(24)
+        print(f"bigmodel: API key (set {API_KEY_ENV} to choose one): {key}", file=sys.stderr)
+    directory = tempfile.mkdtemp(prefix="bigmodel-keys-")
+    path = Path(directory) / "default"
+    path.write_text(key)
+    path.chmod(0o600)
+    return directory
 
 
 def serve_manifest(path: Path, *, host: str, port: int) -> int:
@@ -41,9 +60,11 @@ def serve_manifest(path: Path, *, host: str, port: int) -> int:
     if not docs:
         print(f"bigmodel: {path} holds no BigModel", file=sys.stderr)
         return 2
-    args = local_serve_args(docs[0])
-    uri = args["model"]["uri"]
-    local = args["model"].get("local_path")
+    spec = BigModelSpec.model_validate(docs[0]["spec"])
+    open_endpoint = bool(spec.auth and spec.auth.mode == "none")
+    app = local_application(docs[0], None if open_endpoint else _local_keys_dir())
+    uri = app["args"]["model"]["uri"]
+    local = app["args"]["model"].get("local_path")
     if local and not Path(local).exists():
         print(
             f"bigmodel: {uri} does not exist on this machine. For the tiny example run:\n"
@@ -51,11 +72,7 @@ def serve_manifest(path: Path, *, host: str, port: int) -> int:
             file=sys.stderr,
         )
         return 2
-    if args["engine"] == "vllm":
-        print(
-            "bigmodel: note: the vllm engine needs a CUDA GPU; use runtime.engine: transformers on CPU", file=sys.stderr
-        )
     from bigmodel_serving.local import run_local
 
-    run_local(args, host=host, port=port, block=True)
+    run_local(app, host=host, port=port, block=True)
     return 0

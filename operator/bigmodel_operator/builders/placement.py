@@ -1,4 +1,11 @@
-"""How one model replica is laid out on GPUs: derived from the spec, then the plan, then defaults."""
+"""How one model replica is laid out on GPUs: the single source of the GPU count everything else renders.
+
+A replica uses `tensor_parallel_size × pipeline_parallel_size` GPUs, taken from the plan when there is one
+that fits (the plan already honours explicit engine sizes and caps the count at `resources.gpu.count`),
+else from the spec. Worker pod GPUs, the engine's parallel sizes (from which the serving app derives
+its placement bundles, one GPU each) and the worker group's pod count all come from this one object,
+so they cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -13,42 +20,47 @@ class Placement:
     """GPUs of one replica and how they split into Ray worker pods."""
 
     engine: str
-    gpus_per_replica: int
     tensor_parallel_size: int
     pipeline_parallel_size: int
     max_model_len: int | None
+    on_gpu: bool = True
+    weight_bytes: int | None = None  # from the plan; sizes the scratch space that receives downloaded weights
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """tensor × pipeline parallel GPUs, or 0 on CPU."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size if self.on_gpu else 0
 
     @property
     def gpus_per_pod(self) -> int:
         """Each pipeline stage runs in one worker pod holding its tensor-parallel GPUs."""
-        return self.tensor_parallel_size if self.gpus_per_replica else 0
+        return self.tensor_parallel_size if self.on_gpu else 0
 
     @property
     def pods_per_replica(self) -> int:
-        return self.pipeline_parallel_size if self.gpus_per_replica else 1
+        return self.pipeline_parallel_size if self.on_gpu else 1
 
 
 def engine_of(spec: BigModelSpec) -> str:
-    """The serving engine: vllm unless the spec asks for transformers."""
+    """The serving engine: vLLM (its CUDA build on GPUs, its CPU build when resources.gpu.count is 0)."""
     return (spec.runtime.engine if spec.runtime and spec.runtime.engine else None) or "vllm"
 
 
 def placement(spec: BigModelSpec, plan: ServingPlan | None) -> Placement:
-    """Resolve GPUs and parallelism: explicit spec values win, then the plan, then safe defaults."""
+    """Resolve GPUs and parallelism: a fitting plan wins, then explicit spec values, then one GPU."""
     engine = engine_of(spec)
     gpu = spec.resources.gpu if spec.resources else None
-    eng = spec.engine
-    default_gpus = 1 if engine == "vllm" else 0
-    tp = (eng.tensor_parallel_size if eng else None) or (plan.tensor_parallel_size if plan else None)
-    pp = (eng.pipeline_parallel_size if eng else None) or (plan.pipeline_parallel_size if plan else None) or 1
     count = gpu.count if gpu and gpu.count is not None else None
-    if count is None:
-        count = plan.gpus_per_replica if plan and plan.fits else (tp or 1) * pp if engine == "vllm" else default_gpus
+    max_len = _max_len(spec, plan)
+    weights = plan.weight_bytes if plan is not None else None
     if count == 0:
-        return Placement(engine, 0, 1, 1, _max_len(spec, plan))
-    if tp is None:
-        tp = max(1, count // pp)
-    return Placement(engine, count, tp, pp, _max_len(spec, plan))
+        return Placement(engine, 1, 1, max_len, on_gpu=False, weight_bytes=weights)
+    if plan is not None and plan.fits:
+        return Placement(engine, plan.tensor_parallel_size, plan.pipeline_parallel_size, max_len, weight_bytes=weights)
+    eng = spec.engine
+    pp = (eng.pipeline_parallel_size if eng else None) or 1
+    tp = (eng.tensor_parallel_size if eng else None) or max(1, (count or 1) // pp)
+    return Placement(engine, tp, pp, max_len, weight_bytes=weights)
 
 
 def _max_len(spec: BigModelSpec, plan: ServingPlan | None) -> int | None:

@@ -12,14 +12,17 @@ from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
     HF_TOKEN_ENV,
-    render_serve_args,
+    api_keys_secret_name,
+    render_application,
     scaling_args,
     serve_config,
 )
 from bigmodel_operator.builders.volumes import (
     Mounts,
+    downloads_remote,
     restricted_container_security,
     restricted_pod_security,
+    scratch_sizes,
     scratch_volume,
     shm_volume,
 )
@@ -37,10 +40,10 @@ STARTUP_BUDGET_SECONDS = 1800
 def _image(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> str:
     if spec.runtime and spec.runtime.image:
         return spec.runtime.image
-    return config.images.vllm if place.engine == "vllm" else config.images.transformers
+    return config.images.vllm if place.on_gpu else config.images.transformers
 
 
-def _worker_resources(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
+def _worker_resources(spec: BigModelSpec, place: Placement, ephemeral: str | None) -> dict[str, Any]:
     res = spec.resources
     gpu_pod = place.gpus_per_pod > 0
     cpu = (res.cpu if res and res.cpu is not None else None) or ("8" if gpu_pod else "2")
@@ -48,15 +51,24 @@ def _worker_resources(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
     if gpu_pod:
         limits[GPU_RESOURCE] = str(place.gpus_per_pod)
+    if ephemeral:
+        limits["ephemeral-storage"] = ephemeral
     return {"requests": dict(limits), "limits": limits}
 
 
 def _worker_pod_spec(
-    spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig, pod_labels: dict[str, str]
+    body_name: str,
+    spec: BigModelSpec,
+    place: Placement,
+    mounts: Mounts,
+    config: OperatorConfig,
+    pod_labels: dict[str, str],
 ) -> dict[str, Any]:
     gpu_pod = place.gpus_per_pod > 0
     shm, shm_mount = shm_volume("16Gi" if gpu_pod else "1Gi")
-    cache, cache_mount = scratch_volume("model-cache", "/home/ray/.cache")
+    # The cache receives downloaded weights: sized from the plan so the scheduler places the pod where they fit.
+    sizes = scratch_sizes(place.weight_bytes, downloads_remote(spec.model.uri, spec.model.tokenizer))
+    cache, cache_mount = scratch_volume("model-cache", "/home/ray/.cache", sizes.cache if sizes else None)
     tmp, tmp_mount = scratch_volume("tmp", "/tmp")
     volumes = [shm, cache, tmp, *mounts.volumes]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts]
@@ -64,11 +76,10 @@ def _worker_pod_spec(
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
         env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}})
-    keys = spec.auth.api_keys_secret_ref if spec.auth else None
+    keys = api_keys_secret_name(body_name, spec)
     if keys:
-        volumes.append(
-            {"name": "api-keys", "secret": {"secretName": keys.name, "items": [{"key": keys.key, "path": "api-keys"}]}}
-        )
+        # The whole Secret: one file per key, named by its data key; the kubelet swaps the files on an edit.
+        volumes.append({"name": "api-keys", "secret": {"secretName": keys, "defaultMode": 0o440}})
         volume_mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     node_selector = dict(spec.node_selector or {})
     gpu = spec.resources.gpu if spec.resources else None
@@ -84,7 +95,7 @@ def _worker_pod_spec(
                 {
                     "name": "ray-worker",
                     "image": _image(spec, place, config),
-                    "resources": _worker_resources(spec, place),
+                    "resources": _worker_resources(spec, place, sizes.total if sizes else None),
                     "env": env,
                     "volumeMounts": volume_mounts,
                     "securityContext": restricted_container_security(),
@@ -145,10 +156,10 @@ def build_rayservice(
     name = body["metadata"]["name"]
     labels = naming.labels(naming.LABEL_BIGMODEL, name, "model-server")
     mounts = Mounts(root=config.model_mount_root)
-    args = render_serve_args(name, spec, place, mounts, config)
+    application = render_application(name, spec, place, mounts, config)
     group = "gpu-workers" if place.gpus_per_pod else "cpu-workers"
     rayservice_spec = {
-        "serveConfigV2": yaml.dump(serve_config(name, args), Dumper=_DUMPER, sort_keys=True),
+        "serveConfigV2": yaml.dump(serve_config(application), Dumper=_DUMPER, sort_keys=True),
         "deploymentUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
         "serviceUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
         "rayClusterConfig": {
@@ -173,7 +184,7 @@ def build_rayservice(
                     **worker_group_bounds(spec, place, config),
                     "numOfHosts": 1,
                     "rayStartParams": {},
-                    "template": _worker_pod_spec(spec, place, mounts, config, labels),
+                    "template": _worker_pod_spec(name, spec, place, mounts, config, labels),
                 }
             ],
         },

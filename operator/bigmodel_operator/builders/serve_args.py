@@ -1,7 +1,10 @@
-"""Render a BigModel into the serving application's typed args (the serveConfigV2 contract).
+"""Render a BigModel into the serving application's serveConfigV2 entry (contract v2).
 
-The shape is `bigmodel_serving.args.ServeArgs`; a contract test proves every rendering parses. This
-module does not import the serving package: the operator and the workload share only the data.
+The shape is `bigmodel_serving.args.ServeApplication`; a contract test proves every rendering parses.
+`args` holds only what needs a new engine (Ray Serve hashes it into the code version: a change
+restarts every replica); replica bounds, API keys, quotas and adapters go into the per-deployment
+options, which Serve applies to running replicas. This module does not import the serving package:
+the operator and the workload share only the data.
 """
 
 from __future__ import annotations
@@ -9,19 +12,40 @@ from __future__ import annotations
 from typing import Any
 
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.engine_check import parse_extra_args
 from bigmodel_operator.builders.placement import Placement
+from bigmodel_operator.builders.vllm_engine_args import ENGINE_ARGS
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.planning.serving import DEFAULT_MAX_NUM_SEQS
 
-API_KEYS_DIR = "/etc/bigmodel/auth"
-API_KEYS_FILE = f"{API_KEYS_DIR}/api-keys"
+API_KEYS_DIR = "/etc/bigmodel/api-keys"
 HF_TOKEN_ENV = "HF_TOKEN"
 APP_IMPORT_PATH = "bigmodel_serving.app:build_app"
+INGRESS_DEPLOYMENT = "BigModelIngress"
+ENGINE_DEPLOYMENT = "BigModelEngine"
+REQUEST_TIMEOUT_S = 600
+CPU_MEMORY_UTILIZATION = 0.05
+"""vLLM's CPU build reads gpu_memory_utilization as the share of host RAM for the KV cache: 0.9
+would take most of a shared node, so CPU replicas default to 5% unless the spec says otherwise."""
+DEFAULT_LORA_RANK = 16  # the trainer's (and PEFT's usual) default rank
+MAX_LORAS_DEFAULT = 4  # adapters one batch mixes; the rest wait in the replica's CPU cache
 
 
 def served_name(name: str, spec: BigModelSpec) -> str:
     """The model name clients send: spec.model.servedName, or the BigModel's name."""
     return spec.model.served_name or name
+
+
+def api_keys_secret_name(name: str, spec: BigModelSpec) -> str | None:
+    """The Secret whose data keys are the API keys: the user's, else `<name>-api-keys` (generated).
+
+    None when the spec says `auth.mode: none`.
+    """
+    auth = spec.auth
+    if auth and auth.mode == "none":
+        return None
+    return (auth.secret_name if auth else None) or f"{name}-api-keys"
 
 
 def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -37,34 +61,70 @@ def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
     return {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
 
 
+def max_num_seqs(spec: BigModelSpec) -> int:
+    """Sequences one replica batches: the engine's real setting, also the replica's admission limit."""
+    return (spec.engine.max_num_seqs if spec.engine else None) or DEFAULT_MAX_NUM_SEQS
+
+
 def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
     """Typed engine arguments with the plan's parallelism and context length filled in."""
     eng = spec.engine
     args: dict[str, Any] = {
         "tensor_parallel_size": place.tensor_parallel_size,
         "pipeline_parallel_size": place.pipeline_parallel_size,
+        "max_num_seqs": max_num_seqs(spec),
+        "gpu_memory_utilization": (eng.gpu_memory_utilization if eng else None)
+        or (0.9 if place.on_gpu else CPU_MEMORY_UTILIZATION),
     }
     if place.max_model_len:
         args["max_model_len"] = place.max_model_len
     if eng:
-        for key in ("dtype", "quantization", "gpu_memory_utilization", "enable_prefix_caching"):
+        for key in ("dtype", "quantization", "kv_cache_dtype", "enable_prefix_caching"):
             value = getattr(eng, key)
             if value is not None:
                 args[key] = value
-        extra = list(eng.extra_args or [])
-        if eng.kv_cache_dtype:
-            extra.append(f"--kv-cache-dtype={eng.kv_cache_dtype}")
-        if eng.max_num_seqs:
-            extra.append(f"--max-num-seqs={eng.max_num_seqs}")
+        extra, _problems = parse_extra_args(eng.extra_args)  # problems stop the reconcile before this
+        if "enforce_eager" in extra:
+            args["enforce_eager"] = extra.pop("enforce_eager")  # a typed field in the app's contract
         if extra:
-            args["extra_args"] = extra
+            args["extra"] = extra
     return args
+
+
+def lora_args(spec: BigModelSpec) -> dict[str, Any] | None:
+    """LoRA slots of every replica, sized from the adapters (None: LoRA off).
+
+    max_lora_rank is the smallest rank vLLM accepts that holds the largest adapter (and
+    spec.engine.maxLoraRank, set it to add larger adapters later without an engine reload).
+    """
+    eng = spec.engine
+    adapters = spec.adapters or []
+    wanted_rank = eng.max_lora_rank if eng and eng.max_lora_rank else None
+    if not adapters and wanted_rank is None:
+        return None
+    rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0])
+    allowed = sorted(int(str(v)) for v in ENGINE_ARGS["max_lora_rank"][1])
+    max_lora_rank = next((v for v in allowed if v >= rank), allowed[-1])
+    max_loras = (eng.max_loras if eng and eng.max_loras else None) or max(1, min(len(adapters), MAX_LORAS_DEFAULT))
+    return {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "max_cpu_loras": max(max_loras, len(adapters))}
+
+
+def adapters_config(spec: BigModelSpec, mounts: Mounts) -> list[dict[str, Any]]:
+    """Adapters by name and mounted path (pvc://) or image path (file://)."""
+    out = []
+    for adapter in spec.adapters or []:
+        entry: dict[str, Any] = {"name": adapter.name, "uri": adapter.uri}
+        local = mounts.local_path(adapter.uri)
+        if local:
+            entry["local_path"] = local
+        out.append(entry)
+    return out
 
 
 def render_serve_args(
     name: str, spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig
 ) -> dict[str, Any]:
-    """The `args` of the serve application, in the serving package's snake_case contract."""
+    """The application's `args` (heavy: a change reloads the engines), in the app's snake_case contract."""
     model: dict[str, Any] = {"uri": spec.model.uri, "served_name": served_name(name, spec)}
     if spec.model.revision:
         model["revision"] = spec.model.revision
@@ -73,31 +133,74 @@ def render_serve_args(
     local = mounts.local_path(spec.model.uri)
     if local:
         model["local_path"] = local
-    adapters = []
-    for adapter in spec.adapters or []:
-        entry: dict[str, Any] = {"name": adapter.name, "uri": adapter.uri}
-        adapter_local = mounts.local_path(adapter.uri)
-        if adapter_local:
-            entry["local_path"] = adapter_local
-        adapters.append(entry)
-    auth_ref = spec.auth.api_keys_secret_ref if spec.auth else None
-    return {
+    args: dict[str, Any] = {
         "model": model,
-        "engine": place.engine,
         "engine_args": engine_args(spec, place),
-        "adapters": adapters,
-        "auth": {"api_keys_file": API_KEYS_FILE if auth_ref else None},
-        "scaling": scaling_args(spec, config),
-        "replica_resources": {"num_gpus": place.gpus_per_replica, "num_cpus": 1},
+        "resources": {"accelerator": "gpu" if place.on_gpu else "cpu", "num_cpus": 1},
+        "request_timeout_s": REQUEST_TIMEOUT_S,
         "hf_token_env": HF_TOKEN_ENV,
+    }
+    lora = lora_args(spec)
+    if lora:
+        args["lora"] = lora
+    return args
+
+
+def ingress_config(name: str, spec: BigModelSpec, adapters: list[dict[str, Any]]) -> dict[str, Any]:
+    """user_config of the ingress deployment: keys, quotas, adapters (applied in place)."""
+    secret = api_keys_secret_name(name, spec)
+    auth = {"mode": "api_keys", "keys_dir": API_KEYS_DIR} if secret else {"mode": "none"}
+    out: dict[str, Any] = {"auth": auth, "adapters": adapters}
+    quotas = spec.auth.quotas if spec.auth else None
+    if quotas:
+        out["quotas"] = quotas.model_dump(exclude_none=True)
+    return out
+
+
+def deployment_options(
+    name: str, spec: BigModelSpec, adapters: list[dict[str, Any]], config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """The per-deployment options Serve applies to running replicas (no engine reload)."""
+    scaling = scaling_args(spec, config)
+    seqs = max_num_seqs(spec)
+    queued = 2 * seqs  # one more batch waits per replica; beyond that the ingress answers 429
+    return [
+        {
+            "name": INGRESS_DEPLOYMENT,
+            "autoscaling_config": {
+                "min_replicas": max(1, scaling["min_replicas"]),  # someone must take the request that wakes the engine
+                "max_replicas": scaling["max_replicas"],
+                "target_ongoing_requests": scaling["target_ongoing_requests"],
+            },
+            "max_ongoing_requests": seqs + queued,
+            "user_config": ingress_config(name, spec, adapters),
+        },
+        {
+            "name": ENGINE_DEPLOYMENT,
+            "autoscaling_config": scaling,
+            "max_ongoing_requests": seqs,
+            "max_queued_requests": queued,
+            "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
+        },
+    ]
+
+
+def render_application(
+    name: str, spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig
+) -> dict[str, Any]:
+    """One `applications[]` entry: import path, heavy args, light deployment options."""
+    args = render_serve_args(name, spec, place, mounts, config)
+    return {
+        "name": name,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        "args": args,
+        "deployments": deployment_options(name, spec, adapters_config(spec, mounts), config),
     }
 
 
-REQUEST_TIMEOUT_S = 600  # the serving app's default limits.request_timeout_s
-
-
-def serve_config(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """serveConfigV2 with one application running our app builder.
+def serve_config(application: dict[str, Any]) -> dict[str, Any]:
+    """serveConfigV2 with our one application.
 
     The proxy's own timeout sits just above the app's, so the app answers 504 with an OpenAI-style
     body before the proxy cuts the connection.
@@ -105,5 +208,5 @@ def serve_config(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": 8000, "request_timeout_s": REQUEST_TIMEOUT_S + 5},
-        "applications": [{"name": name, "route_prefix": "/", "import_path": APP_IMPORT_PATH, "args": args}],
+        "applications": [application],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,35 @@ class Mounts:
 def _volume_name(claim: str) -> str:
     name = "pvc-" + re.sub(r"[^a-z0-9-]", "-", claim)
     return name[:63].rstrip("-")
+
+
+REMOTE_SCHEMES = ("hf", "s3", "gs", "oci")
+CACHE_BASE_GIB = 4
+"""Besides downloaded weights, the cache holds tokenizers, hub metadata and vLLM's compile caches."""
+SCRATCH_GIB = 10
+"""/tmp (Ray's session logs and spilled objects) and container logs, on top of the cache."""
+
+
+@dataclass(frozen=True)
+class ScratchSizes:
+    cache: str  # sizeLimit of the emptyDir that receives weights
+    total: str  # the container's ephemeral-storage request and limit
+
+
+def downloads_remote(*uris: str | None) -> bool:
+    """Whether the pod downloads any of these sources into its cache (hf://, s3://, gs://, oci://)."""
+    return any(uri and urlparse(uri).scheme in REMOTE_SCHEMES for uri in uris)
+
+
+def scratch_sizes(weight_bytes: int | None, remote: bool) -> ScratchSizes | None:
+    """Ephemeral storage of a model pod from the plan's weight size; None when the weights are unknown.
+
+    Downloaded weights get 5% headroom (hub files carry metadata and the rounding of shards).
+    """
+    if remote and weight_bytes is None:
+        return None
+    cache = CACHE_BASE_GIB + (math.ceil(weight_bytes * 1.05 / 2**30) if remote and weight_bytes else 0)
+    return ScratchSizes(cache=f"{cache}Gi", total=f"{cache + SCRATCH_GIB}Gi")
 
 
 def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:

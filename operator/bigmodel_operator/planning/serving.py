@@ -64,6 +64,14 @@ class ServingPlan(PlanModel):
     gpus_per_replica: int = Field(description="tensorParallelSize × pipelineParallelSize.")
     max_model_len: int = Field(description="Context length the engine is started with.")
     concurrency: int = Field(description="Full-length sequences the KV cache must hold at once.")
+    max_num_seqs: int = Field(
+        default=DEFAULT_MAX_NUM_SEQS,
+        description=(
+            "Sequences the engine batches at once (vLLM's max_num_seqs, also the replica's admission limit); "
+            "the activation peak is planned for it. Shorter sequences share the KV cache, so it can exceed "
+            "kvCacheCapacityTokens / maxModelLen."
+        ),
+    )
     kv_cache_capacity_tokens: int = Field(description="Tokens the KV cache can hold in this layout.")
     fits: bool = Field(description="Whether the model fits within the allowed GPUs.")
     reason: str = Field(default="", description="Why it does not fit; empty when it fits.")
@@ -215,6 +223,7 @@ def plan_serving(
         gpus_per_replica=layout.gpus,
         max_model_len=length,
         concurrency=concurrency,
+        max_num_seqs=max_num_seqs,
         kv_cache_capacity_tokens=layout.capacity,
         fits=chosen is not None,
         summary="",

@@ -11,12 +11,13 @@ from pydantic import ValidationError
 from bigmodel_operator import conditions as c
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.api_keys import build_api_keys_secret, generate_api_key
 from bigmodel_operator.builders.engine_check import check_extra_args
 from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.serve_args import scaling_args
+from bigmodel_operator.builders.serve_args import api_keys_secret_name, scaling_args
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube
@@ -195,6 +196,10 @@ class BigModelReconciler:
                 uid,
                 build_network_policy(body, spec, self.config),
             )
+            if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
+                # Auth is on by default: generate the keys once; users rotate them by editing the Secret.
+                secret = build_api_keys_secret(body, keys, generate_api_key())
+                self._announce(body, await ensure_child(self.kube, self.state, secret, uid, create_only=True))
             result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
             obs.rayservice = result.body
             self._announce(body, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.builders.placement import engine_of
+from bigmodel_operator.builders.serve_args import max_num_seqs
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.planning import (
@@ -57,8 +57,9 @@ def _why(error: Exception) -> tuple[str, str]:
 
 def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: OperatorConfig) -> ServingPlanResult:
     """The serving plan, or why there is none (reason ModelConfigUnavailable / ModelTooLargeForGPU)."""
-    if engine_of(spec) == "transformers":
-        return ServingPlanResult(None, Reason.PLANNED, "the transformers engine runs on CPU: no GPU plan needed")
+    gpu_count = spec.resources.gpu.count if spec.resources and spec.resources.gpu else None
+    if gpu_count == 0:
+        return ServingPlanResult(None, Reason.PLANNED, "vLLM's CPU build (resources.gpu.count 0): no GPU plan needed")
     if source.config is None:
         return ServingPlanResult(None, source.reason, source.message)
     gpu_spec = spec.resources.gpu if spec.resources else None
@@ -77,6 +78,7 @@ def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: Operator
             tensor_parallel_size=eng.tensor_parallel_size if eng else None,
             pipeline_parallel_size=eng.pipeline_parallel_size if eng else None,
             concurrency=1,
+            max_num_seqs=max_num_seqs(spec),
             gpus_per_node=config.gpus_per_node,
             max_gpus=gpu_spec.count if gpu_spec and gpu_spec.count else None,
         )

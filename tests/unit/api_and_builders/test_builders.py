@@ -52,7 +52,7 @@ def test_gpu_worker_group_requests_gpus_tolerates_and_selects_product() -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert (group["minReplicas"], group["maxReplicas"]) == (1, 4)
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    scaling = serve["applications"][0]["args"]["scaling"]
+    scaling = serve["applications"][0]["deployments"][1]["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4), "one scaling block drives both levels"
     env = pod["containers"][0]["env"]
     token = next(e for e in env if e["name"] == "HF_TOKEN")
@@ -62,7 +62,7 @@ def test_gpu_worker_group_requests_gpus_tolerates_and_selects_product() -> None:
 def test_pipeline_parallel_pods_per_replica() -> None:
     body = load_example("bigmodel-llama-3.1-8b.yaml")
     spec = BigModelSpec.model_validate(body["spec"])
-    place = Placement("vllm", gpus_per_replica=16, tensor_parallel_size=8, pipeline_parallel_size=2, max_model_len=None)
+    place = Placement("vllm", tensor_parallel_size=8, pipeline_parallel_size=2, max_model_len=None)
     rs = build_rayservice(body, spec, place, CONFIG)
     group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
@@ -91,7 +91,7 @@ def test_spec_hash_changes_with_spec_only() -> None:
 def test_pvc_model_and_adapters_are_mounted_once() -> None:
     body = load_example("bigmodel-tiny-cpu.yaml")
     body["spec"]["model"]["uri"] = "pvc://models/llama/8b"
-    body["spec"]["adapters"] = [{"name": "a", "uri": "pvc://models/adapters/a"}, {"name": "b", "uri": "s3://x/b"}]
+    body["spec"]["adapters"] = [{"name": "a", "uri": "pvc://models/adapters/a"}, {"name": "b", "uri": "file:///ad/b"}]
     spec = BigModelSpec.model_validate(body["spec"])
     rs = build_rayservice(body, spec, placement(spec, None), CONFIG)
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
@@ -99,8 +99,9 @@ def test_pvc_model_and_adapters_are_mounted_once() -> None:
     assert claims == ["models"]
     args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["model"]["local_path"] == "/mnt/bigmodel/pvc/models/llama/8b"
-    assert args["adapters"][0]["local_path"] == "/mnt/bigmodel/pvc/models/adapters/a"
-    assert "local_path" not in args["adapters"][1]
+    adapters = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["deployments"][1]["user_config"]
+    assert adapters["adapters"][0]["local_path"] == "/mnt/bigmodel/pvc/models/adapters/a"
+    assert adapters["adapters"][1]["local_path"] == "/ad/b"
 
 
 def test_finetunejob_children_golden() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bigmodel_operator.cli import main
-from bigmodel_operator.local import local_serve_args
+from bigmodel_operator.local import local_application
 
 from .conftest import EXAMPLES, ROOT, load_example
 
@@ -44,8 +44,11 @@ def test_plan_exits_1_when_the_model_does_not_fit(tmp_path: Path, capsys: pytest
 
 
 def test_serve_renders_the_operators_args_for_one_local_replica() -> None:
-    args = local_serve_args(load_example("bigmodel-tiny-cpu.yaml"))
-    assert args["engine"] == "transformers"
+    app = local_application(load_example("bigmodel-tiny-cpu.yaml"), "/tmp/keys")
+    args = app["args"]
+    assert args["resources"] == {"accelerator": "cpu", "num_cpus": 1}
     assert args["model"]["local_path"] == "/tmp/bigmodel/tiny-llama"
-    assert args["scaling"]["min_replicas"] == args["scaling"]["max_replicas"] == 1
-    assert args["replica_resources"] == {"num_gpus": 0, "num_cpus": 1}
+    for deployment in app["deployments"]:
+        scaling = deployment["autoscaling_config"]
+        assert scaling["min_replicas"] == scaling["max_replicas"] == 1
+    assert app["deployments"][0]["user_config"]["auth"] == {"mode": "api_keys", "keys_dir": "/tmp/keys"}

@@ -13,7 +13,7 @@ from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.training import render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_serving.args import ServeArgs
+from bigmodel_serving.args import parse_application
 from bigmodel_training.config import TrainerConfig
 
 from .conftest import EXAMPLES, load_example
@@ -30,8 +30,8 @@ def test_serve_config_parses_as_serve_args(example: str) -> None:
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["import_path"] == "bigmodel_serving.app:build_app"
-    args = ServeArgs.model_validate(app["args"])
-    assert args.model.uri == spec.model.uri
+    parsed = parse_application(app)
+    assert parsed.args.model.uri == spec.model.uri
 
 
 @pytest.mark.parametrize("example", FINETUNEJOBS)

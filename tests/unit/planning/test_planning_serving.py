@@ -199,7 +199,7 @@ def test_plan_is_a_compact_camel_case_status_object(shape: Shape) -> None:
         "parameters", "parametersHuman", "activeParameters", "weightFormat", "weightBytes", "weightGiB",
         "kvCacheBytesPerToken", "kvCacheGiB", "overheadGiB", "totalGiBPerReplica", "perGpuGiB", "gpuProduct",
         "gpuMemoryGiB", "usablePerGpuGiB", "tensorParallelSize", "pipelineParallelSize", "gpusPerReplica",
-        "maxModelLen", "concurrency", "kvCacheCapacityTokens", "fits", "reason", "summary",
+        "maxModelLen", "concurrency", "maxNumSeqs", "kvCacheCapacityTokens", "fits", "reason", "summary",
     ]  # fmt: skip
     assert ServingPlan.model_validate(dumped) == plan
     with pytest.raises(ValueError, match="extra"):
@@ -207,3 +207,11 @@ def test_plan_is_a_compact_camel_case_status_object(shape: Shape) -> None:
     schema = ServingPlan.model_json_schema(by_alias=True)
     assert schema["additionalProperties"] is False
     assert all(prop.get("description") for prop in schema["properties"].values())
+
+
+def test_max_num_seqs_is_the_engines_setting_and_sizes_the_activation_peak(shape: Shape) -> None:
+    default = plan_serving(shape(LLAMA_8B), H100)
+    wide = plan_serving(shape(LLAMA_8B), H100, max_num_seqs=1024)
+    assert default.max_num_seqs == 256  # vLLM's default, not a cap of our own
+    assert wide.max_num_seqs == 1024
+    assert wide.overhead_gib > default.overhead_gib  # more sequences, more fp32 logits in the profiling pass
