@@ -20,17 +20,28 @@ GROUP, VERSION = "bigmodel.io", "v1alpha1"
 class OperatorProcess:
     """A running `bigmodel operator`; restartable (the restart test needs that)."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, config_file: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_dir: Path, config_file: Path, extra_args: tuple[str, ...] = (), log_name: str = ""
+    ) -> None:
         self.kubeconfig = kubeconfig
-        self.log_path = log_dir / "operator.log"
+        self.log_path = log_dir / (log_name or "operator.log")
         self.config_file = config_file
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "BIGMODEL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bigmodel_operator.cli", "operator", "--config", str(self.config_file)],
+            [
+                sys.executable,
+                "-m",
+                "bigmodel_operator.cli",
+                "operator",
+                "--config",
+                str(self.config_file),
+                *self.extra_args,
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -79,6 +79,29 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("ftj-full-deploy", _ftj(spec__method__type="full"), "deployTo attaches a LoRA adapter"),
     ("ftj-no-dataset", _ftj(spec__dataset=_DELETE), "spec.dataset: Required value"),
     ("ftj-lr", _ftj(spec__hyperparameters__learningRate=2), "spec.hyperparameters.learningRate"),
+    # issue 10: names KubeRay refuses, '..' segments, unvalidated fields, unbounded blobs
+    ("bm-name-dots", _bm(metadata__name="llama-3.1-8b"), "must be a DNS-1035 label"),
+    ("bm-name-digit", _bm(metadata__name="8b-chat"), "must be a DNS-1035 label"),
+    ("bm-uri-dotdot", _bm(spec__model__uri="pvc://models/../../../etc"), "must not contain '..' path segments"),
+    ("bm-hf-dotdot", _bm(spec__model__uri="hf://../.."), "must not contain '..' path segments"),
+    ("bm-tokenizer-path", _bm(spec__model__tokenizer="../../../etc/passwd"), "spec.model.tokenizer"),
+    ("bm-tokenizer-dotdot", _bm(spec__model__tokenizer="pvc://m/../../x"), "must not contain '..' path segments"),
+    ("bm-adapter-dotdot", _bm(spec__adapters=[{"name": "a", "uri": "pvc://ad/../x"}]), "path segments"),
+    ("bm-revision-ctrl", _bm(spec__model__revision="main\r\nX: y"), "spec.model.revision"),
+    ("bm-ann-key", _bm(spec__expose__ingress={"annotations": {"bad key": "v"}}), "every key must be a qualified"),
+    ("bm-class-name", _bm(spec__expose__ingress={"className": "my_class"}), "spec.expose.ingress.className"),
+    ("bm-node-key", _bm(spec__nodeSelector={"bad key": "v"}), "every key must be a label key"),
+    ("bm-node-value", _bm(spec__nodeSelector={"zone": "a b"}), "spec.nodeSelector"),
+    (
+        "bm-tol-exists-value",
+        _bm(spec__tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+        "operator Exists must not set value",
+    ),
+    ("bm-tol-seconds", _bm(spec__tolerations=[{"key": "k", "tolerationSeconds": 5}]), "only valid with effect"),
+    ("bm-config-keys", _bm(spec__model__config={f"k{i}": i for i in range(600)}), "spec.model.config"),
+    ("ftj-output-dotdot", _ftj(spec__output__uri="pvc://adapters/../../../tmp/x"), "path segments"),
+    ("ftj-data-dotdot", _ftj(spec__dataset__uri="pvc://data/../../etc/shadow"), "path segments"),
+    ("ftj-adapter-name", _ftj(spec__deployTo__adapterName="my adapter"), "spec.deployTo.adapterName"),
 ]
 
 
