@@ -5,13 +5,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# (status, type) pairs used across the app; `code` says more precisely what went wrong.
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 NOT_FOUND = "not_found_error"
 RATE_LIMIT = "rate_limit_error"
 TIMEOUT = "timeout_error"
 SERVER = "server_error"
+UNAVAILABLE = "service_unavailable_error"
+
+# The OpenAI `type` for a status code when the error came from elsewhere (vLLM, Ray).
+TYPE_BY_STATUS = {
+    401: AUTHENTICATION,
+    403: "permission_error",
+    404: NOT_FOUND,
+    408: TIMEOUT,
+    429: RATE_LIMIT,
+    503: UNAVAILABLE,
+    504: TIMEOUT,
+}
+
+
+def type_for_status(status: int) -> str:
+    if status in TYPE_BY_STATUS:
+        return TYPE_BY_STATUS[status]
+    return SERVER if status >= 500 else INVALID_REQUEST
 
 
 class APIError(Exception):
@@ -22,7 +39,7 @@ class APIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = INVALID_REQUEST,
+        type: str | None = None,
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
@@ -30,39 +47,30 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type
+        self.type = type or type_for_status(status)
         self.code = code
         self.param = param
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         """The JSON body, as the OpenAI API shapes it."""
-        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def body_bytes(self) -> bytes:
         return json.dumps(self.body()).encode()
-
-
-def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
 
 
 def model_not_found(model: str) -> APIError:
     return APIError(
         404,
         f"The model `{model}` does not exist. GET /v1/models lists the models served here.",
-        type=NOT_FOUND,
         code="model_not_found",
         param="model",
     )
 
 
 def route_not_found(method: str, path: str) -> APIError:
-    return APIError(404, f"No route {method} {path}.", type=NOT_FOUND, code="unknown_url")
+    return APIError(404, f"No route {method} {path}.", code="unknown_url")
 
 
 def method_not_allowed(method: str, path: str) -> APIError:
@@ -72,8 +80,7 @@ def method_not_allowed(method: str, path: str) -> APIError:
 def unauthorized(reason: str) -> APIError:
     return APIError(
         401,
-        f"{reason} Send `Authorization: Bearer <key>` with a key from this server's API-keys Secret.",
-        type=AUTHENTICATION,
+        f"{reason} Send `Authorization: Bearer <key>` with one of this server's API keys.",
         code="invalid_api_key",
         headers={"WWW-Authenticate": "Bearer"},
     )
@@ -83,19 +90,27 @@ def body_too_large(limit: int) -> APIError:
     return APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
 
 
-def overloaded(retry_after_s: int) -> APIError:
+def quota_exceeded(key_name: str, retry_after: str) -> APIError:
     return APIError(
         429,
-        "The server is at capacity; retry after the delay in the Retry-After header.",
-        type=RATE_LIMIT,
-        code="server_busy",
-        headers={"Retry-After": str(retry_after_s)},
+        f"Rate limit reached for API key `{key_name}`; retry after {retry_after} s.",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": retry_after},
     )
 
 
-def timed_out(timeout_s: float) -> APIError:
-    return APIError(504, f"The request did not finish within {timeout_s:g} s.", type=TIMEOUT, code="timeout")
+def overloaded(retry_after: str) -> APIError:
+    return APIError(
+        429,
+        "The server is at capacity; retry after the delay in the Retry-After header.",
+        code="server_busy",
+        headers={"Retry-After": retry_after},
+    )
+
+
+def unavailable(message: str) -> APIError:
+    return APIError(503, message, code="unavailable", headers={"Retry-After": "5"})
 
 
 def internal_error() -> APIError:
-    return APIError(500, "The server failed to process the request.", type=SERVER, code="internal_error")
+    return APIError(500, "The server failed to process the request.", code="internal_error")

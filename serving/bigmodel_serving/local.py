@@ -1,35 +1,54 @@
-"""Local mode: serve the same app on a laptop (`bigmodel serve FILE.yaml` calls `run_local`).
+"""Local mode: the application as the operator renders it, on this machine (`bigmodel serve`).
 
-Starts a local Ray (node IP 127.0.0.1, no dashboard), Serve's HTTP proxy on `host:port`
-(loopback by default), and the application; prints progress while the model loads.
+Starts a local Ray (node IP 127.0.0.1, no dashboard), Serve's HTTP proxy on `host:port` (loopback
+by default) and deploys the serveConfigV2 application entries through Serve's declarative API,
+the path KubeRay uses, so `deployments` options and `user_config` behave exactly as in a cluster.
+
+API keys: `bigmodel serve` takes the key from `BIGMODEL_API_KEY`, or generates one and prints it
+(as Jupyter prints its token); `local_keys_dir` writes it as the key file named `local`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
-from bigmodel_serving.app import build_app
-from bigmodel_serving.args import ServeArgs, parse_serve_args
-from bigmodel_serving.engines import EngineFactory
+from bigmodel_serving.args import ServeApplication, parse_application
 
-LOCAL_APP_NAME = "bigmodel"
-PROGRESS_EVERY_S = 5.0
+API_KEY_ENV = "BIGMODEL_API_KEY"
+LOCAL_KEY_NAME = "local"
+PROGRESS_EVERY_S = 10.0
+DEFAULT_START_TIMEOUT_S = 1800.0
+# vLLM's CPU engine and the Serve replicas need more logical CPUs than a laptop may have cores.
+DEFAULT_NUM_CPUS = 4
 
 
 @dataclass
 class LocalServer:
-    """A running local server; `shutdown()` stops Serve and, if this process started it, Ray."""
+    """Running local applications; `shutdown()` stops Serve and, if this process started it, Ray."""
 
     url: str
-    app_name: str
+    app_names: list[str]
     owns_ray: bool
     _stopped: bool = field(default=False, repr=False)
+
+    def deploy(self, applications: Sequence[dict[str, Any] | ServeApplication], *, timeout_s: float = 600) -> None:
+        """Redeploy: the applications replace the running ones (Serve applies light edits in place)."""
+        apps = [parse_application(app) for app in applications]
+        _apply(apps, self._http_options)
+        _wait_running([app.name for app in apps], timeout_s, sys.stderr)
+        self.app_names = [app.name for app in apps]
+
+    _http_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def shutdown(self) -> None:
         if self._stopped:
@@ -43,86 +62,132 @@ class LocalServer:
             ray.shutdown()
 
 
+def local_api_key() -> tuple[str, bool]:
+    """(key, generated): `BIGMODEL_API_KEY`, or a new random key."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if key:
+        return key, False
+    return "bm-" + secrets.token_urlsafe(24), True
+
+
+def local_keys_dir(key: str, directory: Path | None = None) -> Path:
+    """A private directory holding `key` as the key file `local` (the Secret layout in a pod)."""
+    target = directory or Path(tempfile.mkdtemp(prefix="bigmodel-keys-"))
+    target.mkdir(parents=True, exist_ok=True)
+    target.chmod(0o700)
+    key_file = target / LOCAL_KEY_NAME
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return target
+
+
 def start_local_ray(num_cpus: int | None = None) -> bool:
     """Start Ray on 127.0.0.1 without a dashboard unless it is running; True when started here."""
     import ray
 
     if ray.is_initialized():
         return False
+    # A loaded machine can take longer than Ray's 15 s to start the metrics agent.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     ray.init(
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
-        num_cpus=num_cpus if num_cpus is not None else max(2, min(os.cpu_count() or 2, 8)),
+        num_cpus=num_cpus if num_cpus is not None else max(DEFAULT_NUM_CPUS, os.cpu_count() or 1),
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
     return True
 
 
-def _show_progress(args: ServeArgs, done: threading.Event, out: TextIO) -> None:
+def _apply(apps: list[ServeApplication], http_options: dict[str, Any]) -> None:
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(
+        {
+            "http_options": http_options,
+            "applications": [app.model_dump(mode="json", exclude_none=True) for app in apps],
+        }
+    )
+    client = serve.context._get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running")
+    client.deploy_apps(config)
+
+
+def _wait_running(names: list[str], timeout_s: float, out: TextIO) -> None:
+    from ray import serve
+
     started = time.monotonic()
-    out.write(f"bigmodel: loading {args.model.served_name} from {args.model.uri} ({args.engine} engine) ...\n")
-    out.flush()
-    while not done.wait(PROGRESS_EVERY_S):
-        out.write(f"bigmodel: still loading {args.model.served_name} ({time.monotonic() - started:.0f} s)\n")
-        out.flush()
+    last_note = started
+    while True:
+        statuses = serve.status().applications
+        states = {name: statuses[name].status if name in statuses else "NOT_STARTED" for name in names}
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        failed = {name: statuses[name].message for name, state in states.items() if state == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError("; ".join(f"{name}: {message}" for name, message in failed.items()))
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise TimeoutError(f"applications not RUNNING after {timeout_s:.0f} s: {states}")
+        if now - last_note >= PROGRESS_EVERY_S:
+            out.write(f"bigmodel: still starting ({now - started:.0f} s): {states}\n")
+            out.flush()
+            last_note = now
+        time.sleep(0.5)
 
 
 def run_local(
-    args: dict[str, Any] | ServeArgs,
+    applications: Sequence[dict[str, Any] | ServeApplication] | dict[str, Any] | ServeApplication,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     block: bool = True,
-    engine_factory: EngineFactory | None = None,
     num_cpus: int | None = None,
-    log_level: str = "WARNING",
+    request_timeout_s: float | None = None,
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     out: TextIO = sys.stderr,
 ) -> LocalServer:
-    """Serve `args` (ServeArgs or its dict) at http://host:port until Ctrl-C, or return a handle.
-
-    With `block=False` the server keeps running in the background and the returned
-    `LocalServer` has the URL and `shutdown()`. `log_level` is the replicas' log level (INFO shows
-    one access-log line per request). `engine_factory` is for tests and benchmarks.
-    """
+    """Serve the application entries at http://host:port until Ctrl-C, or return a handle (`block=False`)."""
     from ray import serve
 
-    serve_args = parse_serve_args(args)
-    application = build_app(serve_args, engine_factory=engine_factory)  # fails fast on bad args
+    from bigmodel_serving.app import build_app
+
+    if isinstance(applications, dict | ServeApplication):
+        applications = [applications]
+    apps = [parse_application(app) for app in applications]
+    for app in apps:
+        build_app(app.args)  # bad args fail here, before Ray starts
     owns_ray = start_local_ray(num_cpus)
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": serve_args.limits.request_timeout_s + 5})
-    loaded = threading.Event()
-    progress = threading.Thread(target=_show_progress, args=(serve_args, loaded, out), daemon=True)
-    progress.start()
+    timeout = request_timeout_s or max(app.args.request_timeout_s for app in apps) + 5
+    http_options = {"host": host, "port": port, "request_timeout_s": timeout}
+    serve.start(http_options=http_options)
+    server = LocalServer(f"http://{host}:{port}", [app.name for app in apps], owns_ray, _http_options=http_options)
+    started = time.monotonic()
+    for app in apps:
+        out.write(f"bigmodel: loading {app.args.model.served_name} from {app.args.model.uri} (vLLM) ...\n")
+    out.flush()
     try:
-        serve.run(application, name=LOCAL_APP_NAME, route_prefix="/", logging_config={"log_level": log_level})
+        _apply(apps, http_options)
+        _wait_running(server.app_names, start_timeout_s, out)
     except BaseException:
-        loaded.set()
-        progress.join()
-        _stop(owns_ray)
+        server.shutdown()
         raise
-    loaded.set()
-    progress.join()
-    server = LocalServer(url=f"http://{host}:{port}", app_name=LOCAL_APP_NAME, owns_ray=owns_ray)
-    names = ", ".join(serve_args.model_names())
-    out.write(f"bigmodel: serving {names} at {server.url}/v1 (Ctrl-C to stop)\n")
+    for app in apps:
+        prefix = app.route_prefix.rstrip("/")
+        out.write(
+            f"bigmodel: serving {app.args.model.served_name} at {server.url}{prefix}/v1 "
+            f"(ready in {time.monotonic() - started:.0f} s; Ctrl-C to stop)\n"
+        )
     out.flush()
     if not block:
         return server
+    stop = threading.Event()
     try:
-        while True:
-            time.sleep(3600)
+        stop.wait()
     except KeyboardInterrupt:
         out.write("bigmodel: stopping\n")
     finally:
         server.shutdown()
     return server
-
-
-def _stop(owns_ray: bool) -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    if owns_ray:
-        ray.shutdown()

@@ -1,79 +1,87 @@
-"""Prometheus metrics of one replica, served at GET /metrics.
+"""`GET /metrics`: vLLM's engine metrics from every engine replica plus our per-key usage, in one text.
 
-Each app instance has its own registry (so tests and benchmarks can run several apps in one
-process). Label values are bounded: `model` and `adapter` are only ever names this server serves
-(empty when the request named none it knows), `route` is one of the served routes or `other`.
+- Engine metrics keep vLLM's names (`vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
+  `vllm:time_to_first_token_seconds`, ...); each replica's samples get a `replica` label so the
+  series of two replicas never collide. Other families of the replica process are dropped.
+- Usage comes from the application's quota actor, so it counts the requests of every ingress
+  replica: `bigmodel_key_requests_total{key,code}`, `bigmodel_key_prompt_tokens_total{key}`,
+  `bigmodel_key_completion_tokens_total{key}`. `key` is the key's name (never the key);
+  `anonymous` when auth is off.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-disable_created_metrics()  # no `*_created` series: they double the output and nobody graphs them
+from prometheus_client.parser import text_string_to_metric_families
 
-ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics")
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def route_label(path: str) -> str:
-    return path if path in ROUTES else "other"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENGINE_PREFIX = "vllm:"
 
 
-class ServingMetrics:
-    """Counters, histograms and gauges for requests, errors, TTFT, tokens and queue depth."""
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("route", "code", "model", "adapter")
-        self.requests = Counter(
-            "bigmodel_requests", "HTTP requests answered, by route and status code.", labels, registry=self.registry
-        )
-        self.errors = Counter(
-            "bigmodel_request_errors",
-            "Requests answered with a 4xx or 5xx, by status code.",
-            labels,
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "bigmodel_request_duration_seconds",
-            "Time from request to the last byte of the answer.",
-            ("route", "model", "adapter"),
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.ttft = Histogram(
-            "bigmodel_time_to_first_token_seconds",
-            "Time from request to the first generated token.",
-            ("model", "adapter"),
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.prompt_tokens = Counter(
-            "bigmodel_prompt_tokens", "Prompt tokens processed.", ("model", "adapter"), registry=self.registry
-        )
-        self.completion_tokens = Counter(
-            "bigmodel_completion_tokens", "Tokens generated.", ("model", "adapter"), registry=self.registry
-        )
-        self.queue_depth = Gauge(
-            "bigmodel_queue_depth", "Requests waiting for a generation slot in this replica.", registry=self.registry
-        )
-        self.ongoing = Gauge(
-            "bigmodel_ongoing_requests", "Requests generating now in this replica.", registry=self.registry
-        )
 
-    def observe_request(self, path: str, code: int, model: str, adapter: str, seconds: float) -> None:
-        route = route_label(path)
-        self.requests.labels(route, str(code), model, adapter).inc()
-        if code >= 400:
-            self.errors.labels(route, str(code), model, adapter).inc()
-        self.latency.labels(route, model, adapter).observe(seconds)
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{name}="{_escape(str(value))}"' for name, value in labels.items()) + "}"
 
-    def observe_tokens(self, model: str, adapter: str, prompt_tokens: int, completion_tokens: int) -> None:
-        self.prompt_tokens.labels(model, adapter).inc(prompt_tokens)
-        self.completion_tokens.labels(model, adapter).inc(completion_tokens)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def merge_engine_metrics(replica_texts: Iterable[tuple[str, str]]) -> str:
+    """One exposition of the `vllm:` families of all replicas, each sample labelled with its replica."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    for replica, text in replica_texts:
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith(ENGINE_PREFIX):
+                continue
+            _, _, lines = families.setdefault(family.name, (family.type, family.documentation, []))
+            for sample in family.samples:
+                labels = {**sample.labels, "replica": replica}
+                lines.append(f"{sample.name}{_labels(labels)} {_number(sample.value)}")
+    out = []
+    for name, (kind, documentation, lines) in sorted(families.items()):
+        out.append(f"# HELP {name} {documentation}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(lines)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def render_usage(snapshot: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per-key usage counters (from `QuotaBook.snapshot()`) in Prometheus text format."""
+    requests = [
+        f"bigmodel_key_requests_total{_labels({'key': key, 'code': str(code)})} {count}"
+        for key, usage in sorted(snapshot.items())
+        for code, count in sorted(usage["responses"].items())
+    ]
+    prompt = [
+        f"bigmodel_key_prompt_tokens_total{_labels({'key': key})} {usage['prompt_tokens']}"
+        for key, usage in sorted(snapshot.items())
+    ]
+    completion = [
+        f"bigmodel_key_completion_tokens_total{_labels({'key': key})} {usage['completion_tokens']}"
+        for key, usage in sorted(snapshot.items())
+    ]
+    out = [
+        "# HELP bigmodel_key_requests_total Requests answered, by API key name and HTTP status.",
+        "# TYPE bigmodel_key_requests_total counter",
+        *requests,
+        "# HELP bigmodel_key_prompt_tokens_total Prompt tokens processed, by API key name.",
+        "# TYPE bigmodel_key_prompt_tokens_total counter",
+        *prompt,
+        "# HELP bigmodel_key_completion_tokens_total Tokens generated, by API key name.",
+        "# TYPE bigmodel_key_completion_tokens_total counter",
+        *completion,
+    ]
+    return "\n".join(out) + "\n"

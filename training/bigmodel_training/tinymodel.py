@@ -4,7 +4,8 @@ Nothing here downloads anything. `make_tiny_model()` writes a directory that loa
 real code paths (`AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained(dir)`,
 `tokenizer.apply_chat_template(...)`), with:
 
-- a Llama config and random weights (seeded, so the bytes are the same on every run),
+- a Llama config and random weights (seeded, so the bytes are the same on every run), with a head
+  size of 64 (vLLM's CPU attention has kernels for 32, 64, 80, 96, 112, 128, 256 — not for 16),
 - a byte-level BPE tokenizer trained locally on a small built-in English corpus,
 - bos/eos/pad special tokens and a simple chat template.
 
@@ -26,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel")) / "models"
-TINY_MODEL_NAME = "tiny-llama-v1"
+TINY_MODEL_NAME = "tiny-llama-v2"
 MARKER_FILE = ".bigmodel-complete"
+# Bumped when the generated files change; a directory written by an older version is rewritten.
+FORMAT_VERSION = 2
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -60,13 +63,17 @@ Data, models, tokens, prompts, completions, adapters, replicas, queues, latency 
 
 
 def tiny_model_dir(cache_dir: Path | None = None) -> Path:
-    """Where the default tiny model lives: `<cache_dir or ~/.cache/bigmodel/models>/tiny-llama-v1`."""
+    """Where the default tiny model lives: `<cache_dir or ~/.cache/bigmodel/models>/tiny-llama-v2`."""
     return (cache_dir or DEFAULT_CACHE_DIR) / TINY_MODEL_NAME
 
 
 def is_complete(directory: Path) -> bool:
-    """True when `directory` holds a finished tiny model or adapter (its marker file exists)."""
-    return (directory / MARKER_FILE).is_file()
+    """True when `directory` holds a finished tiny model or adapter of the current format."""
+    try:
+        marker = json.loads((directory / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == FORMAT_VERSION
 
 
 def make_tiny_model(
@@ -74,10 +81,10 @@ def make_tiny_model(
     *,
     seed: int = 0,
     vocab_size: int = 768,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
     max_position_embeddings: int = 2048,
 ) -> Path:
     """Write a tiny random Llama model with a locally trained tokenizer into `out_dir`; return it.
@@ -225,7 +232,8 @@ def _save_random_llama(
 
 
 def _write_marker(directory: Path, content: dict[str, object]) -> None:
-    (directory / MARKER_FILE).write_text(json.dumps(content, sort_keys=True) + "\n")
+    marker = {**content, "format": FORMAT_VERSION}
+    (directory / MARKER_FILE).write_text(json.dumps(marker, sort_keys=True) + "\n")
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

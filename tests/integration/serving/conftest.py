@@ -1,37 +1,33 @@
-"""One real Ray + Serve on 127.0.0.1 for all serving integration tests (no Kubernetes needed).
+"""One real Ray + Serve + vLLM (CPU build) on 127.0.0.1 for all serving integration tests.
 
-The session starts Ray and Serve once through `run_local` (the code path of `bigmodel serve`) with
-the tiny offline model, its LoRA adapter and an API-keys file at `/`, and a stub-engine app with
-small limits and a slow first token (2 s) at `/stub`. Everything is shut down at the end of the session.
+The session renders docs/examples/bigmodel-tiny-cpu.yaml the way `bigmodel serve` does (the operator's
+`render_application`, adjusted for one CPU replica), with the tiny offline model, its LoRA adapter,
+three named keys and a per-key quota, and deploys it once through Serve's declarative API (the path
+KubeRay uses). Starting Ray and the engine takes minutes on a 2-core machine, so every test shares it;
+tests that change the deployment restore it.
 """
 
 from __future__ import annotations
 
+import copy
+import secrets
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-API_KEY = "test-key-1"
-TINY_MAX_MODEL_LEN = 128
-
-
-@dataclass(frozen=True)
-class ServingStack:
-    url: str  # the tiny transformers app (auth on)
-    stub_url: str  # the stub app (auth off, max 1 ongoing + 1 queued, slow tokens)
-    keys_file: Path
-    tiny_args: dict[str, Any]
-    api_key: str = API_KEY
-
-    def client(self, key: str | None = API_KEY, base: str | None = None) -> httpx.Client:
-        """An httpx client for the tiny app (or `base`), sending `key` as the bearer token."""
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=base or self.url, headers=headers, timeout=60)
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "docs" / "examples" / "bigmodel-tiny-cpu.yaml"
+MODEL = "tiny-llama"
+ADAPTER = "lora"
+LIMITED_RPM = 3
+# vLLM on CPU: a fixed KV cache instead of a fraction of host RAM (the test machine's RAM varies).
+KV_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def _free_port() -> int:
@@ -40,44 +36,76 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class ServingStack:
+    url: str
+    keys_dir: Path
+    keys: dict[str, str]
+    application: dict[str, Any]
+    server: Any = field(repr=False)
+
+    @property
+    def api_key(self) -> str:
+        return self.keys["alice"]
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        """An httpx client sending `key` (default alice's) as the bearer token; `""` sends none."""
+        key = self.api_key if key is None else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    def openai(self, key: str | None = None) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.api_key, timeout=120, max_retries=0)
+
+    def redeploy(self, application: dict[str, Any]) -> None:
+        self.server.deploy([application])
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tiny_model_dir: Path) -> Path:
     from bigmodel_training.tinymodel import make_tiny_lora_adapter
 
-    return make_tiny_lora_adapter(tiny_model_dir, tiny_model_dir.parent / "tiny-llama-v1-lora-test")
+    return make_tiny_lora_adapter(tiny_model_dir, tiny_model_dir.parent / f"{tiny_model_dir.name}-lora-test")
+
+
+def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict[str, Any]:
+    """What `bigmodel serve` runs for the tiny example, pointed at the test's model, adapter and keys."""
+    from bigmodel_operator.local import local_application
+
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    spec = manifest["spec"]
+    spec["model"]["uri"] = model_dir.as_uri()
+    spec["model"].pop("config", None)  # the planner reads the real config.json
+    spec["adapters"] = [{"name": ADAPTER, "uri": adapter_dir.as_uri(), "rank": 4}]
+    spec["auth"] = {"quotas": {"keys": {"limited": {"requestsPerMinute": LIMITED_RPM}}}}
+    app = local_application(manifest, str(keys_dir))
+    engine_args = app["args"]["engine_args"]
+    engine_args["max_num_seqs"] = 8
+    engine_args["extra"] = {
+        "kv_cache_memory_bytes": KV_CACHE_BYTES,
+        # tool_choice "auto" (langchain's bind_tools) needs a parser; hermes reads <tool_call> tags.
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "hermes",
+    }
+    engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
+    engine["max_ongoing_requests"] = 8
+    engine["max_queued_requests"] = 16
+    return app
 
 
 @pytest.fixture(scope="session")
-def serving(
-    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServingStack]:
-    from ray import serve
-
-    from bigmodel_serving.app import build_app
-    from bigmodel_serving.engines.stub import StubEngineFactory
+def serving(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingStack]:
     from bigmodel_serving.local import run_local
 
-    keys_file = tmp_path_factory.mktemp("keys") / "keys"
-    keys_file.write_text(f"# test keys\n{API_KEY}\n")
-    tiny_args: dict[str, Any] = {
-        "model": {"uri": tiny_model_dir.as_uri(), "served_name": "tiny"},
-        "engine": "transformers",
-        "engine_args": {"max_model_len": TINY_MAX_MODEL_LEN},
-        "adapters": [{"name": "lora", "uri": tiny_adapter_dir.as_uri()}],
-        "auth": {"api_keys_file": str(keys_file)},
-        "limits": {"max_body_bytes": 65_536, "max_n": 2, "request_timeout_s": 60},
-        "replica_resources": {"num_cpus": 0.5},
-    }
-    server = run_local(tiny_args, port=_free_port(), block=False, num_cpus=4)
+    keys_dir = tmp_path_factory.mktemp("api-keys")
+    keys = {name: f"sk-{name}-{secrets.token_hex(8)}" for name in ("alice", "bob", "limited")}
+    for name, key in keys.items():
+        (keys_dir / name).write_text(key + "\n")
+    application = tiny_application(tiny_model_dir, tiny_adapter_dir, keys_dir)
+    server = run_local(application, port=_free_port(), block=False, num_cpus=4)
     try:
-        stub_args = {
-            "model": {"uri": "file:///nonexistent", "served_name": "stub"},
-            "engine": "transformers",
-            "limits": {"max_ongoing_requests": 1, "max_queued_requests": 1, "request_timeout_s": 30},
-            "replica_resources": {"num_cpus": 0.5},
-        }
-        stub_app = build_app(stub_args, engine_factory=StubEngineFactory(ttft_s=2.0, per_token_s=0.01))
-        serve.run(stub_app, name="stub", route_prefix="/stub")
-        yield ServingStack(url=server.url, stub_url=f"{server.url}/stub", keys_file=keys_file, tiny_args=tiny_args)
+        yield ServingStack(server.url, keys_dir, keys, copy.deepcopy(application), server)
     finally:
         server.shutdown()

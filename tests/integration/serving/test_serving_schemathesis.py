@@ -1,34 +1,44 @@
-"""Property-based requests from the app's own OpenAPI document: no 5xx, every error OpenAI-shaped."""
+"""Property-based requests against the running ingress: no 5xx, every error OpenAI-shaped.
+
+The OpenAPI document comes from the ingress's own FastAPI routes (the app serves no /openapi.json):
+the allowlisted Ray Serve LLM routes with vLLM's request models, plus /health and /metrics.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import schemathesis
+from fastapi.openapi.utils import get_openapi
 from hypothesis import HealthCheck, settings
 
-from bigmodel_serving.api import create_api, make_runtime, openapi_document
-from bigmodel_serving.args import parse_serve_args
-from bigmodel_serving.engines.base import ModelInfo
-from bigmodel_serving.engines.stub import StubEngineFactory
+from bigmodel_serving.ingress import APP
+
+from .conftest import MODEL, ServingStack
 
 
 def _document() -> dict[str, Any]:
-    """Built in-process from the same routes the replicas serve (the app exposes no /openapi.json)."""
-    args = parse_serve_args({"model": {"uri": "file:///m", "served_name": "tiny"}, "engine": "transformers"})
-    runtime = make_runtime(args, StubEngineFactory()(args), ModelInfo(max_model_len=128, adapters=("lora",)))
-    return openapi_document(create_api(runtime), model_names=["tiny", "tiny:lora"])
+    document = get_openapi(title="bigmodel", version="1", routes=APP.routes)
+    # Keep generated generations short: the point is the request handling, not the model.
+    for schema in document.get("components", {}).get("schemas", {}).values():
+        properties = schema.get("properties", {})
+        if "model" in properties:
+            properties["model"] = {"type": "string", "enum": [MODEL, f"{MODEL}:lora", "missing"]}
+        for name in ("max_tokens", "max_completion_tokens"):
+            if name in properties:
+                properties[name] = {"anyOf": [{"type": "integer", "maximum": 8}, {"type": "null"}]}
+        if "n" in properties:
+            properties["n"] = {"anyOf": [{"type": "integer", "maximum": 2}, {"type": "null"}]}
+    return document
 
 
 schema = schemathesis.openapi.from_dict(_document())
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors(case: Any, serving: Any) -> None:
-    response = case.call(base_url=serving.url, headers={"Authorization": f"Bearer {serving.api_key}"}, timeout=60)
-    assert response.status_code < 500, (
-        f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
-    )
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: Any, serving: ServingStack) -> None:
+    response = case.call(base_url=serving.url, headers={"Authorization": f"Bearer {serving.api_key}"}, timeout=120)
+    assert response.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -1,4 +1,4 @@
-"""The operator -> app contract: ServeArgs parsing, errors, deployment options, light imports."""
+"""The operator -> app contract: args (heavy) vs deployment options (light), errors, engine kwargs, light imports."""
 
 from __future__ import annotations
 
@@ -9,124 +9,136 @@ from typing import Any
 
 import pytest
 
-from bigmodel_serving.app import CONTROL_HEADROOM, deployment_options
-from bigmodel_serving.args import InvalidServeArgsError, ServeArgs, parse_serve_args
+from bigmodel_serving.args import (
+    ENGINE_DEPLOYMENT,
+    INGRESS_DEPLOYMENT,
+    InvalidServeArgsError,
+    parse_application,
+    parse_serve_args,
+)
+from bigmodel_serving.engine_args import check_extra_engine_args, llm_config_fields, vllm_engine_kwargs
 
-FULL_ARGS: dict[str, Any] = {
-    "model": {
-        "uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
-        "revision": "main",
-        "served_name": "llama-8b",
-        "tokenizer": None,
-        "local_path": "/models/llama",
-    },
-    "engine": "vllm",
+GPU_ARGS: dict[str, Any] = {
+    "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "served_name": "llama-8b", "local_path": "/models/l"},
     "engine_args": {
         "max_model_len": 8192,
+        "max_num_seqs": 128,
         "dtype": "bfloat16",
-        "quantization": None,
-        "gpu_memory_utilization": 0.9,
-        "tensor_parallel_size": 1,
-        "pipeline_parallel_size": 1,
-        "enable_prefix_caching": True,
-        "extra_args": ["--max-lora-rank=64"],
+        "tensor_parallel_size": 2,
+        "extra": {"max_num_batched_tokens": 8192},
     },
-    "adapters": [{"name": "sql", "uri": "s3://bucket/sql", "local_path": "/adapters/sql"}],
-    "auth": {"api_keys_file": "/etc/bigmodel/keys/keys"},
-    "limits": {
-        "max_body_bytes": 1_048_576,
-        "max_n": 8,
-        "request_timeout_s": 600,
-        "max_ongoing_requests": 32,
-        "max_queued_requests": 64,
-    },
-    "scaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
-    "replica_resources": {"num_gpus": 1, "num_cpus": 4},
-    "request_log": {"enabled": True, "path": "/var/log/bigmodel/requests.jsonl", "redact_pii": True},
-    "hf_token_env": "HF_TOKEN",
+    "lora": {"max_lora_rank": 64, "max_loras": 4},
+    "resources": {"accelerator": "gpu", "num_cpus": 2},
 }
+ADAPTERS = [{"name": "sql", "uri": "pvc://adapters/sql", "local_path": "/adapters/sql"}]
 
 
-def test_full_args_round_trip() -> None:
-    args = parse_serve_args(FULL_ARGS)
-    assert args.model_dump(mode="json") == FULL_ARGS
-    assert args.model_names() == ["llama-8b", "llama-8b:sql"]
-    assert args.model.resolved_local_path() == Path("/models/llama")
-    assert args.model.hub_id() == "meta-llama/Llama-3.1-8B-Instruct"
+def application(**overrides: Any) -> dict[str, Any]:
+    app: dict[str, Any] = {
+        "name": "llama",
+        "route_prefix": "/",
+        "import_path": "bigmodel_serving.app:build_app",
+        "args": GPU_ARGS,
+        "deployments": [
+            {
+                "name": INGRESS_DEPLOYMENT,
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+                "user_config": {
+                    "auth": {"mode": "api_keys", "keys_dir": "/etc/bigmodel/api-keys"},
+                    "quotas": {"default": {"requests_per_minute": 60}, "keys": {"batch": {"tokens_per_minute": 10}}},
+                    "adapters": ADAPTERS,
+                },
+            },
+            {
+                "name": ENGINE_DEPLOYMENT,
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
+                "max_ongoing_requests": 128,
+                "max_queued_requests": 256,
+                "user_config": {"adapters": ADAPTERS},
+            },
+        ],
+    }
+    app.update(overrides)
+    return app
 
 
-def test_minimal_args_get_defaults() -> None:
-    args = parse_serve_args({"model": {"uri": "file:///m/tiny", "served_name": "tiny"}, "engine": "transformers"})
-    assert args.model.resolved_local_path() == Path("/m/tiny")
-    assert args.limits.max_body_bytes == 1_048_576
-    assert args.auth.api_keys_file is None
-    assert args.hf_token_env == "HF_TOKEN"
+def test_full_application_parses() -> None:
+    app = parse_application(application())
+    assert app.ingress_config().quotas.for_key("batch").tokens_per_minute == 10
+    assert app.ingress_config().quotas.for_key("other").requests_per_minute == 60
+    assert [a.name for a in app.engine_config().adapters] == ["sql"]
+
+
+def test_auth_is_on_by_default_and_needs_a_keys_dir() -> None:
+    bad = application()
+    bad["deployments"][0]["user_config"]["auth"] = {}
+    with pytest.raises(InvalidServeArgsError, match="keys_dir is required"):
+        parse_application(bad)
+
+
+def test_adapters_must_agree_and_need_lora_slots() -> None:
+    mismatch = application()
+    mismatch["deployments"][1]["user_config"] = {"adapters": []}
+    with pytest.raises(InvalidServeArgsError, match="same adapters"):
+        parse_application(mismatch)
+    no_lora = application(args={**GPU_ARGS, "lora": None})
+    with pytest.raises(InvalidServeArgsError, match=r"args\.lora"):
+        parse_application(no_lora)
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
+    ("change", "message"),
     [
-        ({"engine": "tgi"}, "engine: Input should be 'vllm' or 'transformers'"),
-        ({"model": {"uri": "ftp://x", "served_name": "m"}}, "model.uri: Value error, model.uri scheme"),
+        ({"model": {"uri": "ftp://x", "served_name": "m"}}, "scheme must be one of"),
         ({"model": {"uri": "hf://a/b", "served_name": "a:b"}}, "must not contain ':'"),
-        ({"limits": {"max_n": 0}}, "limits.max_n: Input should be greater than or equal to 1"),
-        ({"scaling": {"min_replicas": 3, "max_replicas": 1}}, "min_replicas must be <= scaling.max_replicas"),
-        ({"request_log": {"enabled": True}}, "request_log.path is required"),
-        ({"unknown_field": 1}, "unknown_field: Extra inputs are not permitted"),
-        ({"adapters": [{"name": "a", "uri": "s3://x"}, {"name": "a", "uri": "s3://y"}]}, "repeated: a"),
-        ({"adapters": [{"name": "bad name", "uri": "s3://x"}]}, "adapters.0.name"),
+        ({"engine_args": {"max_num_seqs": 0}}, "engine_args.max_num_seqs"),
+        ({"engine_args": {"extra": {"max_model_len": 5}}}, "set through engine_args.max_model_len"),
+        ({"engine_args": {"extra": {"swap-space": 4}}}, "use snake_case"),
+        ({"resources": {"accelerator": "cpu"}, "engine_args": {"tensor_parallel_size": 2}}, "one engine worker"),
+        ({"request_timeout_s": 0}, "request_timeout_s"),
     ],
 )
-def test_invalid_args_give_clear_messages(change: dict[str, Any], expected: str) -> None:
-    with pytest.raises(InvalidServeArgsError) as error:
-        parse_serve_args({**FULL_ARGS, **change})
-    assert expected in str(error.value)
-    assert str(error.value).startswith("invalid bigmodel serve args:")
+def test_bad_args_are_refused_with_the_field_path(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidServeArgsError, match=message):
+        parse_serve_args({**GPU_ARGS, **change})
 
 
-def test_deployment_options_apply_limits_scaling_and_resources() -> None:
-    options = deployment_options(parse_serve_args(FULL_ARGS))
-    assert options["max_ongoing_requests"] == 32 + 64 + CONTROL_HEADROOM
-    assert options["max_queued_requests"] == 64
-    assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 1}
-    assert options["autoscaling_config"] == {
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "initial_replicas": 1,
-        "target_ongoing_requests": 16,
-    }
-    assert options["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
-    assert "placement_group_bundles" not in options
+def test_light_settings_are_not_in_args() -> None:
+    """What users edit often must not change the args Serve hashes into the code version."""
+    heavy = set(parse_serve_args(GPU_ARGS).model_dump())
+    assert heavy.isdisjoint({"adapters", "auth", "quotas", "scaling", "autoscaling_config", "max_body_bytes"})
 
 
-def test_deployment_options_place_tensor_parallel_workers() -> None:
-    args = parse_serve_args({**FULL_ARGS, "engine_args": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}})
-    options = deployment_options(args)
-    assert options["placement_group_bundles"] == [{"CPU": 4}] + [{"GPU": 1}] * 4
-    assert options["ray_actor_options"]["num_gpus"] == 0
+def test_engine_kwargs_from_typed_fields_lora_and_extra() -> None:
+    kwargs = vllm_engine_kwargs(parse_serve_args(GPU_ARGS))
+    assert kwargs["max_num_seqs"] == 128  # the planner's concurrency is the engine's real setting
+    assert kwargs["tensor_parallel_size"] == 2
+    assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 64, 4)
+    assert kwargs["max_num_batched_tokens"] == 8192
+    assert "revision" not in kwargs  # a mounted model has no revision to fetch
 
 
-def test_deployment_options_are_valid_for_serve() -> None:
-    """Serve itself accepts the options (checked without starting Ray)."""
-    from ray import serve
+def test_llm_config_fields_cpu_and_gpu() -> None:
+    cpu = llm_config_fields(parse_serve_args({**GPU_ARGS, "engine_args": {}, "resources": {"accelerator": "cpu"}}))
+    assert cpu["placement_group_config"] == {"bundles": [{"CPU": 1}]}
+    assert cpu["model_loading_config"] == {"model_id": "llama-8b", "model_source": "/models/l"}
+    assert cpu["log_engine_metrics"] is False  # vLLM's own `vllm:` metrics, served on /metrics
+    gpu = llm_config_fields(parse_serve_args(GPU_ARGS))
+    assert "placement_group_config" not in gpu  # Ray's default: one GPU bundle per worker
+    assert gpu["deployment_config"]["max_ongoing_requests"] == 128
+    assert gpu["lora_config"] == {"max_num_adapters_per_replica": 4}
 
-    from bigmodel_serving.deployment import BigModelServer
 
-    deployment = BigModelServer.options(**deployment_options(parse_serve_args(FULL_ARGS)))
-    assert isinstance(deployment, serve.Deployment)
-    assert deployment.max_ongoing_requests == 32 + 64 + CONTROL_HEADROOM
+def test_unknown_extra_engine_args_are_named() -> None:
+    with pytest.raises(InvalidServeArgsError, match=r"extra\.swap_space: not an engine argument"):
+        check_extra_engine_args(["swap_space", "max_num_batched_tokens"], {"max_num_batched_tokens"})
 
 
-def test_args_and_app_modules_do_not_import_heavy_libraries() -> None:
+def test_args_module_imports_only_pydantic() -> None:
     code = (
-        "import sys, bigmodel_serving.args, bigmodel_serving.app, bigmodel_serving.engines.vllm_args;"
-        "heavy = [m for m in ('ray', 'torch', 'transformers', 'vllm', 'peft') if m in sys.modules];"
-        "print(heavy); sys.exit(1 if heavy else 0)"
+        "import sys, bigmodel_serving.args, bigmodel_serving.engine_args;"
+        "heavy = {'ray', 'vllm', 'torch', 'fastapi'} & set(sys.modules);"
+        "print(sorted(heavy))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_serve_args_instance_passes_through() -> None:
-    args = ServeArgs.model_validate(FULL_ARGS)
-    assert parse_serve_args(args) is args
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
+    assert out.stdout.strip() == "[]"

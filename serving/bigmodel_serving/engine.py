@@ -1,0 +1,85 @@
+"""The engine deployment: Ray Serve LLM's `LLMServer` (vLLM), plus what Ray's does not do for us.
+
+- Adapters come from mounted directories named in the deployment's `user_config` (`EngineConfig`),
+  applied by `reconfigure()` without restarting the engine; Ray's own loader only reads S3/GCS/Azure.
+  vLLM loads an adapter on its first request (Serve's multiplexing keeps at most
+  `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
+- `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
+  ingress merges into `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, ClassVar
+
+from fastapi import HTTPException
+from ray.llm._internal.common.models import global_id_manager
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+
+from bigmodel_serving.args import EngineConfig, parse_engine_config
+
+logger = logging.getLogger("ray.serve")
+
+
+class MountedAdapterLoader(LoraModelLoader):
+    """Resolves `<model>:<adapter>` to the adapter's mounted directory (no download, no copy)."""
+
+    # Filled by BigModelEngine.reconfigure; shared with the loader Ray's LLMServer creates.
+    paths: ClassVar[dict[str, str]] = {}
+
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> DiskMultiplexConfig:
+        path = self.paths.get(lora_model_id)
+        if path is None:
+            raise HTTPException(404, f"The model `{lora_model_id}` does not exist.")
+        return DiskMultiplexConfig(
+            model_id=lora_model_id,
+            max_total_tokens=None,
+            local_path=path,
+            lora_assigned_int_id=global_id_manager.next(),
+        )
+
+
+class BigModelEngine(LLMServer):
+    """One replica: vLLM started by Ray Serve LLM; adapters and metrics as described above."""
+
+    async def __init__(self, llm_config: LLMConfig, *, hf_token_env: str | None = None) -> None:  # type: ignore[misc]
+        if hf_token_env and hf_token_env != "HF_TOKEN" and os.environ.get(hf_token_env):
+            os.environ.setdefault("HF_TOKEN", os.environ[hf_token_env])
+        self._adapter_paths: dict[str, str] = {}
+        loader = type("ReplicaAdapterLoader", (MountedAdapterLoader,), {"paths": self._adapter_paths})
+        started = time.monotonic()
+        await super().__init__(llm_config, model_downloader=loader)
+        self._load_s = time.monotonic() - started
+        self._loaded_at = time.time()
+        logger.info("bigmodel: %s engine started in %.1f s", llm_config.model_id, self._load_s)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's `user_config` at start and whenever it changes."""
+        config: EngineConfig = parse_engine_config(user_config)
+        base = self._llm_config.model_id
+        paths = {f"{base}:{adapter.name}": str(adapter.resolved_local_path()) for adapter in config.adapters}
+        self._adapter_paths.clear()
+        self._adapter_paths.update(paths)
+        logger.info("bigmodel: adapters %s", ", ".join(sorted(paths)) or "none")
+
+    async def replica_info(self) -> dict[str, Any]:
+        """Which replica this is and when its engine loaded (tests prove light edits keep it)."""
+        from ray import serve
+
+        return {
+            "replica_id": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+            "loaded_at": self._loaded_at,
+            "load_s": self._load_s,
+        }
+
+    async def metrics_text(self) -> str:
+        """This replica's vLLM metrics in Prometheus text format."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY).decode()

@@ -1,0 +1,471 @@
+"""The ingress deployment: Ray Serve LLM's OpenAI router behind our guard (keys, quotas, limits, log).
+
+Routes (an allowlist of Ray's OpenAI routes, plus two of ours):
+
+    GET  /v1/models, GET /v1/models/{id}   the base model and its adapters        (key)
+    POST /v1/chat/completions              vLLM's chat completions              (key, quota)
+    POST /v1/completions                   vLLM's completions                   (key, quota)
+    GET  /health                           200 once this ingress replica runs   (no key)
+    GET  /metrics                          vLLM's metrics of every engine replica + per-key usage
+
+Everything else answers 404 (Ray's /v1/embeddings, /tokenize, /v1/audio/..., /v1/score and FastAPI's
+/docs are refused on purpose). Every error, ours, vLLM's or Ray's handle errors (backpressure,
+no replica), has an OpenAI-style body. The guard is a plain ASGI middleware, so streamed answers
+pass through it untouched; a client that disconnects cancels the request down to the engine,
+where vLLM aborts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    OpenAIHTTPException,
+)
+from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bigmodel_serving.args import IngressConfig, Quota, parse_ingress_config
+from bigmodel_serving.auth import ApiKeyStore, bearer_token
+from bigmodel_serving.errors import (
+    APIError,
+    body_too_large,
+    internal_error,
+    method_not_allowed,
+    model_not_found,
+    overloaded,
+    quota_exceeded,
+    route_not_found,
+    unauthorized,
+    unavailable,
+)
+from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_usage
+from bigmodel_serving.quota import quota_actor, retry_after_header
+from bigmodel_serving.request_log import RequestLogger
+
+logger = logging.getLogger("ray.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+KEY_SCOPE = "bigmodel.key"  # the API key's name, set by the guard
+USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a generation ends
+ANONYMOUS = "anonymous"
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Ray's OpenAI routes we serve (method name on OpenAiIngress -> route); the rest stay unrouted.
+ENDPOINTS: dict[str, Callable[[FastAPI], Callable[..., Any]]] = {
+    "models": lambda app: app.get("/v1/models", response_model=ModelList),
+    "model_data": lambda app: app.get("/v1/models/{model:path}", response_model=ModelCard),
+    "completions": lambda app: app.post("/v1/completions"),
+    "chat": lambda app: app.post("/v1/chat/completions"),
+}
+
+_replica: dict[str, BigModelIngress] = {}  # "ingress": the ingress object of this replica process
+
+
+def current_ingress() -> BigModelIngress:
+    ingress = _replica.get("ingress")
+    if ingress is None:
+        raise APIError(503, "The server is starting.", code="starting")
+    return ingress
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the app's route prefix (Serve passes the prefix as `root_path`)."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def send_error(send: Send, error: APIError) -> None:
+    body = error.body_bytes()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Auth (401), body cap (413) and per-key quota (429) before Ray's router; usage after it."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        if not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            ingress = current_ingress()
+            key = ingress.authenticate(scope)
+            scope[KEY_SCOPE] = key
+            ingress.check_declared_length(scope)
+            if scope["method"] == "POST" and path in GENERATION_PATHS:
+                await ingress.admit(key)
+        except APIError as error:
+            await send_error(tracking_send, error)
+            self._record(scope, status)
+            return
+        limit, received = ingress.config.max_body_bytes, 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLargeError
+            return message
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except _BodyTooLargeError:
+            await send_error(tracking_send, body_too_large(limit))
+        except asyncio.CancelledError:
+            status = 499  # the client went away; Serve cancelled the request
+            raise
+        finally:
+            self._record(scope, status)
+
+    @staticmethod
+    def _record(scope: Scope, status: int) -> None:
+        ingress = _replica.get("ingress")
+        if ingress is not None and KEY_SCOPE in scope:
+            prompt, completion = scope.get(USAGE_SCOPE, (0, 0))
+            ingress.record(scope[KEY_SCOPE], status, prompt, completion)
+
+
+def _error_response(error: APIError) -> Response:
+    return Response(error.body_bytes(), status_code=error.status, headers=error.headers, media_type="application/json")
+
+
+# Route and error handlers are module-level functions: Serve pickles the app, and module-level
+# functions travel by reference, so they see this module's `_replica` in the replica process.
+
+
+async def health() -> Response:
+    return JSONResponse({"status": "ok" if "ingress" in _replica else "starting"})
+
+
+async def metrics() -> Response:
+    return Response(await current_ingress().metrics_text(), media_type=CONTENT_TYPE)
+
+
+async def api_error(request: Request, error: Exception) -> Response:
+    return _error_response(error if isinstance(error, APIError) else translate_exception(error))
+
+
+async def invalid_request(request: Request, error: Exception) -> Response:
+    problems = error.errors() if isinstance(error, RequestValidationError) else []
+    first = problems[0] if problems else {"msg": "Invalid request", "loc": ("body",)}
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    return _error_response(APIError(400, f"{first.get('msg')} (at {param or 'body'})", param=param))
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 405:
+        return _error_response(method_not_allowed(request.method, request.url.path))
+    if error.status_code == 404 and error.detail in (None, "Not Found"):
+        return _error_response(route_not_found(request.method, request.url.path))
+    return _error_response(APIError(error.status_code, str(error.detail)))
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app of the ingress: our guard, OpenAI-style errors, /health and /metrics."""
+    app = FastAPI(title="BigModel", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(OpenAIHTTPException, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, api_error)
+    app.add_middleware(GuardMiddleware)
+    return app
+
+
+def translate_exception(error: BaseException) -> APIError:
+    """An OpenAI-style error for an exception from Ray's router, a handle call or vLLM."""
+    cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's exception
+    if isinstance(cause, APIError):
+        return cause
+    if isinstance(cause, BackPressureError):
+        return overloaded(retry_after_header(2))
+    if isinstance(cause, DeploymentUnavailableError):
+        return unavailable("The model has no running replica yet; retry shortly.")
+    if isinstance(cause, OpenAIHTTPException):
+        return APIError(cause.status_code, cause.message)
+    if isinstance(cause, StarletteHTTPException):
+        return APIError(cause.status_code, str(cause.detail))
+    logger.error("bigmodel: unexpected error: %r", error)
+    return internal_error()
+
+
+def _usage_of_sse(chunk: str) -> tuple[dict[str, Any] | None, bool]:
+    """(usage, is_usage_only_chunk) of one `data: {...}` server-sent event."""
+    if '"usage"' not in chunk:
+        return None, False
+    payload = chunk.strip()
+    if payload.startswith("data:"):
+        payload = payload[5:].strip()
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None, False
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return (usage if isinstance(usage, dict) else None), bool(usage) and not data.get("choices")
+
+
+class BigModelIngress(OpenAiIngress):
+    """Ray Serve LLM's OpenAI router, with adapters, keys, quotas and the request log from user_config."""
+
+    def __init__(
+        self,
+        llm_deployments: dict[str, Any],
+        model_cards: dict[str, ModelCard],
+        *,
+        lora_paths: dict[str, str] | None = None,
+        app_name: str = "default",
+    ) -> None:
+        super().__init__(llm_deployments, model_cards, lora_paths=None)
+        self.app_name = app_name
+        self.base_model = next(iter(model_cards))
+        self.config = IngressConfig.model_validate({"auth": {"mode": "none"}})
+        self.key_store: ApiKeyStore | None = None
+        self.request_log: RequestLogger | None = None
+        self._quota_actor: Any = None
+        self.created = int(time.time())
+        _replica["ingress"] = self
+
+    # ---- configuration (Serve calls reconfigure at start and on every user_config change) ----
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = parse_ingress_config(user_config)
+        keys_dir = config.auth.keys_dir if config.auth.mode == "api_keys" else None
+        if keys_dir is None:
+            self.key_store = None
+        elif self.key_store is None or str(self.key_store.directory) != keys_dir:
+            self.key_store = ApiKeyStore(keys_dir)
+        if config.request_log != self.config.request_log or self.request_log is None:
+            self.request_log = RequestLogger.from_args(config.request_log)
+        self.config = config
+        logger.info(
+            "bigmodel: auth %s, quotas %s, adapters %s",
+            config.auth.mode,
+            "on" if config.quotas.enabled else "off",
+            ", ".join(adapter.name for adapter in config.adapters) or "none",
+        )
+
+    # ---- guard hooks ----
+
+    def authenticate(self, scope: Scope) -> str:
+        """The key's name, or ANONYMOUS when auth is off; raises a 401 APIError."""
+        if self.config.auth.mode == "none" or self.key_store is None:
+            return ANONYMOUS
+        token = bearer_token(_header(scope, b"authorization"))
+        if token is None:
+            raise unauthorized("Missing API key.")
+        name = self.key_store.name_of(token)
+        if name is None:
+            raise unauthorized("Incorrect API key provided.")
+        return name
+
+    def check_declared_length(self, scope: Scope) -> None:
+        length = _header(scope, b"content-length")
+        if length is None:
+            return
+        if not length.isdigit():
+            raise APIError(400, "Invalid Content-Length header.", code="invalid_header")
+        if int(length) > self.config.max_body_bytes:
+            raise body_too_large(self.config.max_body_bytes)
+
+    def _quota(self, key: str) -> Quota:
+        return self.config.quotas.for_key(key)
+
+    def _actor(self) -> Any:
+        if self._quota_actor is None:
+            self._quota_actor = quota_actor(self.app_name)
+        return self._quota_actor
+
+    async def admit(self, key: str) -> None:
+        quota = self._quota(key)
+        if not (quota.requests_per_minute or quota.tokens_per_minute):
+            return
+        wait = await self._actor().admit.remote(key, quota.model_dump())
+        if wait > 0:
+            raise quota_exceeded(key, retry_after_header(wait))
+
+    def record(self, key: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        """Send usage to the quota actor without waiting (it also feeds the usage metrics)."""
+        try:
+            self._actor().record.remote(key, self._quota(key).model_dump(), status, prompt_tokens, completion_tokens)
+        except Exception:  # usage is best effort; the answer already went out
+            logger.exception("bigmodel: could not record usage")
+
+    async def metrics_text(self) -> str:
+        usage = await self._actor().snapshot.remote()
+        handle = self._default_serve_handles[self.base_model]
+        try:
+            replies = await handle.broadcast("metrics_text").results_async()
+        except Exception as error:
+            logger.warning("bigmodel: engine metrics unavailable: %r", error)
+            replies = []
+        engine = merge_engine_metrics((str(index), text) for index, text in enumerate(replies))
+        return engine + render_usage(usage)
+
+    # ---- models ----
+
+    def _adapter_ids(self) -> list[str]:
+        return [f"{self.base_model}:{adapter.name}" for adapter in self.config.adapters]
+
+    async def model(self, model_id: str) -> ModelCard | None:
+        if model_id in self._model_cards:
+            return self._model_cards[model_id]
+        if model_id in self._adapter_ids():
+            base = self._model_cards[self.base_model]
+            return ModelCard(
+                id=model_id,
+                object="model",
+                owned_by=base.owned_by,
+                permission=list(base.permission),
+                metadata={**base.metadata, "base_model_id": self.base_model},
+            )
+        return None
+
+    async def models(self) -> ModelList:
+        cards = [await self.model(model_id) for model_id in [self.base_model, *self._adapter_ids()]]
+        return ModelList(data=[card for card in cards if card is not None])
+
+    async def model_data(self, model: str) -> ModelCard:
+        card = await self.model(model)
+        if card is None:
+            raise model_not_found(model)
+        return card
+
+    # ---- generation ----
+
+    async def _get_response(  # type: ignore[override]
+        self,
+        *,
+        body: ChatCompletionRequest | CompletionRequest,
+        call_method: str,
+        raw_request: Request | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        model = body.model or self.base_model
+        if model != self.base_model and model not in self._adapter_ids():
+            raise model_not_found(model)
+        body.model = model
+        stream = bool(getattr(body, "stream", False))
+        strip_usage = False
+        if stream and not (body.stream_options and body.stream_options.include_usage):
+            # Usage is needed for token quotas and metrics; the extra chunk is not passed on.
+            from vllm.entrypoints.generate.base.protocol import StreamOptions
+
+            body.stream_options = StreamOptions(include_usage=True)
+            strip_usage = True
+        usage: dict[str, Any] = {}
+        texts: list[str] = []
+        try:
+            async for item in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
+                if not stream:
+                    found = getattr(item, "usage", None)
+                    if found is not None:
+                        usage = found.model_dump() if hasattr(found, "model_dump") else dict(found)
+                        texts = self._texts_of(item)
+                    yield item
+                    continue
+                chunks = item if isinstance(item, list) else [item]
+                kept = []
+                for chunk in chunks:
+                    if isinstance(chunk, str):
+                        found_usage, usage_only = _usage_of_sse(chunk)
+                        if found_usage:
+                            usage = found_usage
+                        if usage_only and strip_usage:
+                            continue
+                    kept.append(chunk)
+                if kept:
+                    yield kept if isinstance(item, list) else kept[0]
+        except (BackPressureError, DeploymentUnavailableError) as error:
+            raise translate_exception(error) from None
+        finally:
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            if raw_request is not None:
+                raw_request.scope[USAGE_SCOPE] = (prompt, completion)
+            await self._log(body, raw_request, texts, usage)
+
+    @staticmethod
+    def _texts_of(response: Any) -> list[str]:
+        texts = []
+        for choice in getattr(response, "choices", []) or []:
+            message = getattr(choice, "message", None)
+            text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
+            texts.append(text or "")
+        return texts
+
+    async def _log(self, body: Any, raw_request: Request | None, texts: list[str], usage: dict[str, Any]) -> None:
+        if self.request_log is None:
+            return
+        record: dict[str, Any] = {
+            "request_id": getattr(body, "request_id", None),
+            "key": raw_request.scope.get(KEY_SCOPE) if raw_request is not None else None,
+            "model": body.model,
+            "usage": usage,
+            "completions": texts,
+        }
+        if isinstance(body, ChatCompletionRequest):
+            record["messages"] = [
+                {"role": message.get("role"), "content": message.get("content")}
+                for message in (body.messages or [])
+                if isinstance(message, dict)
+            ]
+        else:
+            record["prompt"] = body.prompt
+        await self.request_log.log(record)
+
+
+APP = create_app()
+IngressDeployment = make_fastapi_ingress(BigModelIngress, endpoint_map=ENDPOINTS, app=APP)
+
+__all__ = ["APP", "BigModelIngress", "IngressDeployment", "serve"]

@@ -1,0 +1,210 @@
+"""OpenAI compatibility with the real clients users pick: openai-python, langchain-openai, litellm.
+
+Against the application as `bigmodel serve` deploys it (the operator's rendering through Serve's
+declarative API): vLLM's CPU build through Ray Serve LLM, our ingress with keys on. The model is
+random, so the tests check shapes and guarantees (valid JSON from structured outputs, parseable tool
+calls, usage), never wording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from .conftest import ADAPTER, MODEL, ServingStack
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+
+USER = [{"role": "user", "content": "Say hello."}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+SMALL_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 10}, "score": {"type": "integer"}},
+    "required": ["answer", "score"],
+    "additionalProperties": False,
+}
+
+
+class Verdict(BaseModel):
+    answer: str = Field(max_length=10)
+    ok: bool
+
+
+# ---- openai-python ----
+
+
+def test_models_list_and_retrieve(serving: ServingStack) -> None:
+    client = serving.openai()
+    ids = [model.id for model in client.models.list()]
+    assert ids == [MODEL, f"{MODEL}:{ADAPTER}"]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_chat_n_stop_seed_and_max_completion_tokens(serving: ServingStack) -> None:
+    client = serving.openai()
+    first = client.chat.completions.create(
+        model=MODEL, messages=USER, n=2, seed=7, temperature=1.0, max_completion_tokens=8, stop=["\n"]
+    )
+    assert len(first.choices) == 2
+    assert all(choice.finish_reason in ("stop", "length") for choice in first.choices)
+    assert all("\n" not in (choice.message.content or "") for choice in first.choices)
+    assert first.usage is not None and first.usage.completion_tokens <= 16
+    again = client.chat.completions.create(
+        model=MODEL, messages=USER, n=2, seed=7, temperature=1.0, max_completion_tokens=8, stop=["\n"]
+    )
+    assert [c.message.content for c in again.choices] == [c.message.content for c in first.choices]
+    none_n = client.chat.completions.create(model=MODEL, messages=USER, n=None, max_tokens=2)
+    assert len(none_n.choices) == 1
+
+
+def test_chat_logprobs(serving: ServingStack) -> None:
+    response = serving.openai().chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=4, logprobs=True, top_logprobs=3
+    )
+    content = response.choices[0].logprobs.content
+    assert content and all(len(token.top_logprobs) == 3 for token in content)
+
+
+def test_response_format_json_object_and_schema(serving: ServingStack) -> None:
+    client = serving.openai()
+    as_object = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=200, response_format={"type": "json_object"}
+    )
+    if as_object.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(as_object.choices[0].message.content or ""), dict)
+    schema = client.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        max_tokens=100,
+        response_format={"type": "json_schema", "json_schema": {"name": "small", "schema": SMALL_SCHEMA}},
+    )
+    value = json.loads(schema.choices[0].message.content or "")
+    assert set(value) == {"answer", "score"} and isinstance(value["score"], int)
+
+
+def test_parse_with_a_pydantic_model(serving: ServingStack) -> None:
+    parsed = serving.openai().chat.completions.parse(
+        model=MODEL, messages=USER, max_tokens=100, response_format=Verdict
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Verdict)
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tools_give_parseable_tool_calls(serving: ServingStack, tool_choice: Any) -> None:
+    response = serving.openai().chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=100, tools=[WEATHER_TOOL], tool_choice=tool_choice
+    )
+    calls = response.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert "city" in json.loads(calls[0].function.arguments)
+
+
+def test_streaming_with_usage(serving: ServingStack) -> None:
+    stream = serving.openai().chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=6, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in chunks)
+
+
+def test_streaming_without_usage_gets_none(serving: ServingStack) -> None:
+    chunks = list(serving.openai().chat.completions.create(model=MODEL, messages=USER, max_tokens=4, stream=True))
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk we asked vLLM for is not passed on
+
+
+def test_multi_turn_with_message_model_dump(serving: ServingStack) -> None:
+    client = serving.openai()
+    messages: list[Any] = [*USER]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    messages += [first.choices[0].message.model_dump(), {"role": "user", "content": "And again?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, store=False, metadata={})
+    assert second.choices[0].message.role == "assistant"
+
+
+def test_completions_prompt_list_echo_and_stream(serving: ServingStack) -> None:
+    client = serving.openai()
+    listed = client.completions.create(model=MODEL, prompt=["One, two", "The sea"], max_tokens=3)
+    assert sorted(choice.index for choice in listed.choices) == [0, 1]
+    echoed = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=2, echo=True)
+    assert echoed.choices[0].text.startswith("The quick brown fox")
+    streamed = list(client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, stream=True))
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+
+
+def test_adapter_serves_and_changes_the_output(serving: ServingStack) -> None:
+    client = serving.openai()
+    base = client.completions.create(model=MODEL, prompt="Numbers like", max_tokens=8, temperature=0)
+    adapted = client.completions.create(model=f"{MODEL}:{ADAPTER}", prompt="Numbers like", max_tokens=8, temperature=0)
+    assert adapted.model == f"{MODEL}:{ADAPTER}"
+    assert adapted.choices[0].text != base.choices[0].text
+
+
+# ---- langchain-openai ----
+
+
+def _chat_model(serving: ServingStack, **kwargs: Any) -> Any:
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model=MODEL, base_url=f"{serving.url}/v1", api_key=serving.api_key, max_retries=0, **kwargs)
+
+
+def test_langchain_invoke_stream_batch(serving: ServingStack) -> None:
+    llm = _chat_model(serving, max_tokens=4)
+    assert isinstance(llm.invoke("Hello").content, str)
+    assert len(list(llm.stream("Hello"))) >= 1
+    assert len(llm.batch(["Hi", "Bye"])) == 2
+
+
+def test_langchain_structured_output(serving: ServingStack) -> None:
+    llm = _chat_model(serving, max_tokens=100)
+    result = llm.with_structured_output(Verdict, method="json_schema").invoke("Judge this.")
+    assert isinstance(result, Verdict)
+
+
+def test_langchain_tools_and_tool_message(serving: ServingStack) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    llm = _chat_model(serving, max_tokens=100).bind_tools([WEATHER_TOOL], tool_choice="get_weather")
+    asked = llm.invoke([HumanMessage("Weather in Paris?")])
+    call = asked.tool_calls[0]
+    assert call["name"] == "get_weather" and "city" in call["args"]
+    answer = _chat_model(serving, max_tokens=4).invoke(
+        [HumanMessage("Weather in Paris?"), asked, ToolMessage("sunny", tool_call_id=call["id"])]
+    )
+    assert isinstance(answer.content, str)
+
+
+# ---- litellm ----
+
+
+def test_litellm_completion_stream_and_async(serving: ServingStack) -> None:
+    import litellm
+
+    common: dict[str, Any] = {
+        "model": f"openai/{MODEL}",
+        "api_base": f"{serving.url}/v1",
+        "api_key": serving.api_key,
+        "messages": USER,
+        "max_tokens": 4,
+    }
+    assert litellm.completion(**common).choices[0].message.role == "assistant"
+    assert len(list(litellm.completion(stream=True, **common))) >= 1
+    reply = asyncio.run(litellm.acompletion(**common))
+    assert reply.choices[0].message.role == "assistant"

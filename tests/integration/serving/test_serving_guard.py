@@ -1,0 +1,123 @@
+"""Our ingress on real Ray Serve: keys, rotation, per-key quotas, limits, errors, metrics, disconnects."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import LIMITED_RPM, MODEL, ServingStack
+
+COMPLETION = {"model": MODEL, "prompt": "Hello", "max_tokens": 1}
+ERROR_FIELDS = {"message", "type", "param", "code"}
+
+
+def _metric_values(text: str, family: str) -> list[tuple[dict[str, str], float]]:
+    for item in text_string_to_metric_families(text):
+        if item.name == family:
+            return [(sample.labels, sample.value) for sample in item.samples]
+    return []
+
+
+def test_v1_needs_a_key(serving: ServingStack) -> None:
+    with serving.http(key="") as anonymous:
+        missing = anonymous.post("/v1/completions", json=COMPLETION)
+        assert missing.status_code == 401
+        assert set(missing.json()["error"]) == ERROR_FIELDS
+        assert anonymous.get("/v1/models").status_code == 401
+        assert anonymous.get("/health").status_code == 200  # probes need no key
+    with serving.http(key="sk-wrong") as wrong:
+        assert wrong.post("/v1/completions", json=COMPLETION).status_code == 401
+    with serving.http() as alice:
+        assert alice.post("/v1/completions", json=COMPLETION).status_code == 200
+
+
+def test_keys_rotate_without_restart(serving: ServingStack) -> None:
+    carol = serving.keys_dir / "carol"
+    carol.write_text("sk-carol-1\n")
+    try:
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            with serving.http(key="sk-carol-1") as client:
+                status = client.get("/v1/models").status_code
+            time.sleep(0.5)
+        assert status == 200
+    finally:
+        carol.unlink()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and status != 401:
+        with serving.http(key="sk-carol-1") as client:
+            status = client.get("/v1/models").status_code
+        time.sleep(0.5)
+    assert status == 401
+
+
+def test_a_key_over_quota_gets_429_while_others_go_on(serving: ServingStack) -> None:
+    with serving.http(key=serving.keys["limited"]) as limited, serving.http() as alice:
+        statuses = [limited.post("/v1/completions", json=COMPLETION).status_code for _ in range(LIMITED_RPM + 1)]
+        assert statuses[:LIMITED_RPM] == [200] * LIMITED_RPM
+        refused = limited.post("/v1/completions", json=COMPLETION)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert alice.post("/v1/completions", json=COMPLETION).status_code == 200
+        metrics = alice.get("/metrics").text
+    by_code = {labels["code"]: value for labels, value in _metric_values(metrics, "bigmodel_key_requests") if labels["key"] == "limited"}
+    assert by_code.get("429", 0) >= 1 and by_code.get("200", 0) >= LIMITED_RPM
+
+
+def test_errors_are_openai_shaped(serving: ServingStack) -> None:
+    with serving.http() as client:
+        cases = {
+            "unknown route": client.get("/v1/embeddings"),
+            "refused route": client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}),
+            "tokenize": client.post("/tokenize", json={"model": MODEL, "prompt": "x"}),
+            "unknown model": client.post("/v1/completions", json={**COMPLETION, "model": "nope"}),
+            "unknown adapter": client.post("/v1/completions", json={**COMPLETION, "model": f"{MODEL}:nope"}),
+            "bad json": client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"}),
+            "bad field": client.post("/v1/completions", json={**COMPLETION, "max_tokens": -1}),
+            "too long": client.post("/v1/completions", json={**COMPLETION, "max_tokens": 100_000}),
+            "too large": client.post("/v1/completions", json={**COMPLETION, "prompt": "x" * 2_000_000}),
+        }
+    for name, response in cases.items():
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+        assert set(response.json()["error"]) == ERROR_FIELDS, (name, response.text)
+    assert cases["too large"].status_code == 413
+    assert cases["unknown adapter"].status_code == 404
+
+
+def test_metrics_have_engine_and_usage_series(serving: ServingStack) -> None:
+    with serving.http() as client:
+        client.post("/v1/completions", json=COMPLETION)
+        text = client.get("/metrics").text
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds"} <= names
+    assert {"bigmodel_key_requests", "bigmodel_key_prompt_tokens", "bigmodel_key_completion_tokens"} <= names
+    prompt = dict((labels["key"], value) for labels, value in _metric_values(text, "bigmodel_key_prompt_tokens"))
+    assert prompt["alice"] >= 1
+
+
+def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> None:
+    body = {**COMPLETION, "max_tokens": 400, "stream": True, "ignore_eos": True}
+
+    def running() -> float:
+        with serving.http() as client:
+            return sum(value for _, value in _metric_values(client.get("/metrics").text, "vllm:num_requests_running"))
+
+    with httpx.Client(base_url=serving.url, timeout=60) as client:
+        headers = {"Authorization": f"Bearer {serving.api_key}"}
+        with client.stream("POST", "/v1/completions", json=body, headers=headers) as stream:
+            lines = stream.iter_lines()
+            for _ in range(3):
+                next(lines)
+            during = running()
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 30
+    after = running()
+    while after > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = running()
+    assert during >= 1
+    assert after == 0

@@ -1,0 +1,129 @@
+"""Named API keys (rotation by file change), token-bucket quotas and the /metrics text, without Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bigmodel_serving.args import Quota
+from bigmodel_serving.auth import ApiKeyStore, bearer_token, read_keys
+from bigmodel_serving.metrics import merge_engine_metrics, render_usage
+from bigmodel_serving.quota import QuotaBook, retry_after_header
+
+
+def _secret_dir(root: Path, keys: dict[str, str]) -> Path:
+    """The layout kubelet writes for a Secret volume: files are links into `..data`."""
+    version = root / f"..{len(list(root.glob('..2*')))}"
+    version.mkdir(parents=True)
+    for name, key in keys.items():
+        (version / name).write_text(key + "\n")
+    data = root / "..data"
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(version.name)
+    tmp.replace(data)
+    for name in keys:
+        link = root / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+    return root
+
+
+def test_named_keys_from_a_secret_volume(tmp_path: Path) -> None:
+    keys = _secret_dir(tmp_path / "keys", {"alice": "sk-a", "bob": "sk-b"})
+    assert read_keys(keys) == {"alice": "sk-a", "bob": "sk-b"}
+    store = ApiKeyStore(keys, recheck_s=0)
+    assert store.name_of("sk-a") == "alice"
+    assert store.name_of("sk-b") == "bob"
+    assert store.name_of("sk-x") is None
+    assert store.name_of("") is None
+
+
+def test_rotation_without_restart(tmp_path: Path) -> None:
+    root = tmp_path / "keys"
+    store = ApiKeyStore(_secret_dir(root, {"alice": "old"}), recheck_s=0)
+    assert store.name_of("old") == "alice"
+    (root / "..2026").mkdir()
+    (root / "..2026" / "alice").write_text("new")
+    os.symlink("..2026", root / "..data_new")
+    (root / "..data_new").replace(root / "..data")
+    assert store.name_of("new") == "alice"
+    assert store.name_of("old") is None
+
+
+def test_missing_directory_fails_closed(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "absent", recheck_s=0)
+    assert store.key_count() == 0
+    assert store.name_of("anything") is None
+
+
+def test_bearer_token() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_per_minute_bucket_and_retry_after() -> None:
+    clock = _Clock()
+    book = QuotaBook(clock=clock)
+    quota = Quota(requests_per_minute=2)
+    assert book.admit("a", quota) == 0
+    assert book.admit("a", quota) == 0
+    wait = book.admit("a", quota)
+    assert 29 < wait <= 30  # one request refills in 60/2 s
+    assert retry_after_header(wait) == "30"
+    assert book.admit("b", quota) == 0  # other keys are unaffected
+    clock.now = 30
+    assert book.admit("a", quota) == 0
+
+
+def test_tokens_per_minute_charged_after_the_request() -> None:
+    clock = _Clock()
+    book = QuotaBook(clock=clock)
+    quota = Quota(tokens_per_minute=60)
+    assert book.admit("a", quota) == 0
+    book.record("a", quota, 200, prompt_tokens=50, completion_tokens=40)  # 90 > 60: in debt by 30
+    assert book.admit("a", quota) == 30  # 30 tokens at 1 token/s
+    clock.now = 30
+    assert book.admit("a", quota) == 0
+    assert book.snapshot()["a"] == {"responses": {200: 1}, "prompt_tokens": 50, "completion_tokens": 40}
+
+
+def test_unlimited_quota_admits_everything() -> None:
+    book = QuotaBook()
+    assert all(book.admit("a", Quota()) == 0 for _ in range(1000))
+
+
+ENGINE_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 2.0
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="tiny"} 17.0
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 3.0
+"""
+
+
+def test_engine_metrics_of_two_replicas_merge_without_collisions() -> None:
+    text = merge_engine_metrics([("0", ENGINE_TEXT), ("1", ENGINE_TEXT)]) + render_usage(
+        {"alice": {"responses": {200: 3, 429: 1}, "prompt_tokens": 10, "completion_tokens": 5}}
+    )
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    running = families["vllm:num_requests_running"]
+    assert sorted(sample.labels["replica"] for sample in running.samples) == ["0", "1"]
+    assert "python_gc_objects_collected" not in families
+    assert {s.labels["code"]: s.value for s in families["bigmodel_key_requests"].samples} == {"200": 3, "429": 1}
+    assert families["bigmodel_key_prompt_tokens"].samples[0].labels == {"key": "alice"}
