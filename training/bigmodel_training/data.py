@@ -9,6 +9,7 @@ model is loaded or any GPU time is spent.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 from bigmodel_training.dataset import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    TEMPLATE,
+    Defect,
     Example,
     ValidationResult,
     check_lengths,
@@ -27,7 +30,9 @@ from bigmodel_training.dataset import (
 )
 from bigmodel_training.errors import DatasetError
 from bigmodel_training.redact import merge_counts, redact_text
-from bigmodel_training.render import Renderer, Tokenized
+from bigmodel_training.render import Renderer, TemplateError, Tokenized
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +80,21 @@ def redact_examples(examples: list[Example]) -> dict[str, int]:
 def tokenize_checked(examples: list[Example], tokenizer: Any, max_seq_length: int, lines: int = 0) -> list[Tokenized]:
     """Pass 2: tokenize every example; raise DatasetError listing each over-length line."""
     renderer = Renderer(tokenizer)
-    tokenized = {e.line: renderer.tokenize(e) for e in examples}
+    tokenized: dict[int, Tokenized] = {}
+    unrenderable: list[Defect] = []
+    for example in examples:
+        try:
+            tokenized[example.line] = renderer.tokenize(example)
+        except TemplateError as exc:
+            unrenderable.append(Defect(example.line, TEMPLATE, str(exc)))
+    if unrenderable:
+        raise DatasetError(format_report(unrenderable, examples=len(examples), lines=lines))
+    if renderer.realigned:
+        log.warning(
+            "the chat template is not prefix-consistent (e.g. Qwen3's empty <think> block on the last turn only): "
+            "the assistant turns of %d multi-turn example(s) were located by their content; all of them are trained",
+            renderer.realigned,
+        )
     count: Callable[[Example], int] = lambda e: len(tokenized[e.line])  # noqa: E731
     defects = check_lengths(examples, count, max_seq_length)
     no_loss = [e.line for e in examples if tokenized[e.line].loss_tokens == 0]

@@ -48,6 +48,7 @@ DUPLICATE = "duplicate"
 TOO_FEW = "too_few"
 LINE_TOO_LARGE = "line_too_large"
 FILE_TOO_LARGE = "file_too_large"
+TEMPLATE = "template"  # the chat template renders the example so that its turns cannot be masked
 
 
 @dataclass(frozen=True)

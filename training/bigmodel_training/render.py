@@ -9,7 +9,15 @@ turns / completions and never the prompt.
   the assistant turns are found by rendering growing prefixes of the conversation: the text
   between `render(messages[:i], add_generation_prompt=True)` and `render(messages[:i+1])` is
   assistant turn i (its content plus the template's end-of-turn marker). Every assistant turn is
-  trained. If a template is not prefix-consistent, only the last assistant turn is trained.
+  trained.
+- a template that is not prefix-consistent renders a turn differently once later turns follow.
+  Qwen3's does: it puts an empty `<think>\n\n</think>` block before the *last* assistant answer
+  only, so the prefix ending at turn 1 differs from the full conversation. Then every assistant
+  turn is located by its content in the full rendering instead, and its content plus the
+  template's end-of-turn marker (found by rendering a probe conversation) is trained; the empty
+  think block stays in the prompt. `Renderer.realigned` counts such examples. A turn that cannot be
+  found (a template that rewrites the content) is refused with `TemplateError`, never silently
+  reduced to the last answer.
 - without a chat template, a plain "### User:" / "### Assistant:" layout is used, with the EOS
   token after each assistant turn.
 - completion examples are `BOS? prompt completion EOS`, with the loss on `completion EOS`.
@@ -26,6 +34,11 @@ from typing import Any
 from bigmodel_training.dataset import Example
 
 IGNORE_INDEX = -100
+_PROBE = "bigmodel-probe-answer"
+
+
+class TemplateError(ValueError):
+    """The chat template renders an example in a way whose assistant turns cannot be located."""
 
 
 @dataclass
@@ -54,6 +67,8 @@ class Renderer:
         self.eos_id: int | None = tokenizer.eos_token_id
         probe = tokenizer("a")["input_ids"]
         self.adds_bos = self.bos_id is not None and bool(probe) and probe[0] == self.bos_id
+        self.realigned = 0  # examples whose turns were located by content (template not prefix-consistent)
+        self._end_marker: str | None = None
 
     def segments(self, example: Example) -> list[tuple[str, bool]]:
         """The example as (text, trainable) pieces; EOS ids are added in `tokenize`."""
@@ -92,22 +107,54 @@ class Renderer:
         full = self._render(messages, False)
         segments: list[tuple[str, bool]] = []
         done = 0
-        try:
-            for i, message in enumerate(messages):
-                if message["role"] != "assistant":
-                    continue
-                start = self._render(messages[:i], True)
-                end = self._render(messages[: i + 1], False)
-                if not (full.startswith(end) and end.startswith(start) and len(start) >= done):
-                    raise ValueError("chat template is not prefix-consistent")
-                segments.append((full[done : len(start)], False))
-                segments.append((full[len(start) : len(end)], True))
-                done = len(end)
-        except Exception:
-            prompt = self._render(messages[:-1], True)
-            if not full.startswith(prompt):
-                raise ValueError("the chat template's output does not start with the rendered prompt") from None
-            return [(prompt, False), (full[len(prompt) :], True)]
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = self._render(messages[:i], True)
+            end = self._render(messages[: i + 1], False)
+            if not (full.startswith(end) and end.startswith(start) and len(start) >= done):
+                self.realigned += 1
+                return self._aligned_segments(messages, full)
+            segments.append((full[done : len(start)], False))
+            segments.append((full[len(start) : len(end)], True))
+            done = len(end)
+        segments.append((full[done:], False))
+        return [s for s in segments if s[0]]
+
+    def end_marker(self) -> str:
+        """What the template writes right after an assistant answer (e.g. `<|im_end|>`), without
+        trailing whitespace; found by rendering a probe conversation."""
+        if self._end_marker is None:
+            probe = self._render([{"role": "user", "content": "q"}, {"role": "assistant", "content": _PROBE}], False)
+            at = probe.rfind(_PROBE)
+            self._end_marker = probe[at + len(_PROBE) :].rstrip() if at >= 0 else ""
+        return self._end_marker
+
+    def _aligned_segments(self, messages: list[dict[str, str]], full: str) -> list[tuple[str, bool]]:
+        """Assistant turns located by their content, in order, in the full rendering."""
+        marker = self.end_marker()
+        segments: list[tuple[str, bool]] = []
+        done = cursor = 0  # emitted up to `done`; search from `cursor` (past earlier messages)
+        for i, message in enumerate(messages):
+            content = message["content"]
+            at = full.find(content, cursor)
+            if message["role"] != "assistant":
+                cursor = at + len(content) if at >= 0 else cursor
+                continue
+            if at < 0:
+                content = content.strip()
+                at = full.find(content, cursor)
+            if at < 0 or not content:
+                raise TemplateError(
+                    f"the chat template does not reproduce assistant message {i} verbatim and is not "
+                    "prefix-consistent, so its turns cannot be masked; use the completion format"
+                )
+            stop = at + len(content)
+            if marker and full.startswith(marker, stop):
+                stop += len(marker)
+            segments.append((full[done:at], False))
+            segments.append((full[at:stop], True))
+            done = cursor = stop
         segments.append((full[done:], False))
         return [s for s in segments if s[0]]
 

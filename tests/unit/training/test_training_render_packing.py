@@ -103,3 +103,71 @@ def test_unpacked_collate_pads_with_an_attention_mask() -> None:
     assert batch.attention_mask is not None
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert batch.input_ids.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0]]
+
+
+# A template that behaves like Qwen3's (written here, not copied): ChatML turns, and an empty think
+# block before an assistant answer only when it is the last message and follows the last user turn.
+QWEN3_LIKE_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture
+def qwen3_like_tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = QWEN3_LIKE_TEMPLATE
+    return tokenizer
+
+
+def test_qwen3_style_template_trains_every_turn_not_just_the_last(qwen3_like_tokenizer: Any) -> None:
+    messages = [
+        {"role": "user", "content": "Name a colour"},
+        {"role": "assistant", "content": "Blue is a colour"},
+        {"role": "user", "content": "Another one?"},
+        {"role": "assistant", "content": "Green is another"},
+    ]
+    renderer = Renderer(qwen3_like_tokenizer)
+    full = qwen3_like_tokenizer.apply_chat_template(messages, tokenize=False)
+    prefix = qwen3_like_tokenizer.apply_chat_template(messages[:2], tokenize=False)
+    assert not full.startswith(prefix)  # the template really is not prefix-consistent
+    tokens = renderer.tokenize(Example(1, messages=messages))
+    assert renderer.realigned == 1
+    trained = _trained_text(qwen3_like_tokenizer, tokens)
+    assert "Blue is a colour" in trained and "Green is another" in trained  # both answers, not only the last
+    assert trained.count("<|im_end|>") == 2  # each answer's end-of-turn marker is learned
+    for prompt_text in ("Name a colour", "Another one?", "<think>", "assistant"):
+        assert prompt_text not in trained
+    assert qwen3_like_tokenizer.decode(tokens.input_ids) == full
+
+
+def test_single_turn_examples_stay_prefix_consistent(qwen3_like_tokenizer: Any) -> None:
+    renderer = Renderer(qwen3_like_tokenizer)
+    example = Example(1, messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    trained = _trained_text(qwen3_like_tokenizer, renderer.tokenize(example))
+    assert renderer.realigned == 0
+    assert "Hello" in trained
+
+
+def test_a_template_that_rewrites_answers_is_refused_with_the_line(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from bigmodel_training.data import tokenize_checked
+    from bigmodel_training.errors import DatasetError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = QWEN3_LIKE_TEMPLATE.replace("message.content", "message.content | upper")
+    messages = [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"},
+    ]  # fmt: skip
+    with pytest.raises(DatasetError, match="line 7: template"):
+        tokenize_checked([Example(7, messages=messages)], tokenizer, 512)
