@@ -20,7 +20,7 @@ from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.serve_args import api_keys_secret_name, scaling_args
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.kube import ApiError, Kube, path_of
 from bigmodel_operator.reconcile.children import (
     AlreadyReportedError,
     ApplyResult,
@@ -69,6 +69,7 @@ class BigModelReconciler:
         self.state = state
         self.config = config
         self.emit = emit
+        self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -197,9 +198,7 @@ class BigModelReconciler:
                 build_network_policy(body, spec, self.config),
             )
             if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
-                # Auth is on by default: generate the keys once; users rotate them by editing the Secret.
-                secret = build_api_keys_secret(body, keys, generate_api_key())
-                self._announce(body, await ensure_child(self.kube, self.state, secret, uid, create_only=True))
+                await self._create_api_keys(body, keys)
             result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
             obs.rayservice = result.body
             self._announce(body, result)
@@ -236,6 +235,22 @@ class BigModelReconciler:
             self.kube, self.state, kind, namespace, child, uid
         ):
             self.emit(body, "Normal", f"{kind}Deleted", f"Deleted {kind} {child}")
+
+    async def _create_api_keys(self, body: dict[str, Any], secret_name: str) -> None:
+        """Auth is on by default: create the generated keys Secret once (a POST: RBAC `create` only, no
+        `get`); 409 means it exists, and then it is the user's to edit (rotation) and never overwritten."""
+        uid = body["metadata"]["uid"]
+        if uid in self.keys_created:
+            return
+        secret = build_api_keys_secret(body, secret_name, generate_api_key())
+        try:
+            await self.kube.request("POST", path_of("Secret", body["metadata"]["namespace"]), body=secret)
+            self.emit(body, "Normal", "SecretCreated", f"Created Secret {secret_name} with a generated API key")
+        except ApiError as error:
+            if error.status != 409:
+                error.kind_name = f"Secret {secret_name}"
+                raise
+        self.keys_created.add(uid)
 
     def _announce(self, body: dict[str, Any], result: ApplyResult) -> None:
         if event := result.event():
