@@ -59,7 +59,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bm-min-max", _bm(spec__scaling__minReplicas=5, spec__scaling__maxReplicas=2), "minReplicas must not exceed"),
     ("bm-tp-divides", _bm(spec__engine__tensorParallelSize=3, spec__resources__gpu__count=4), "multiple of"),
     ("bm-engine-enum", _bm(spec__runtime__engine="tgi"), "spec.runtime.engine"),
-    ("bm-vllm-no-gpu", _bm(spec__resources__gpu__count=0), "the vllm engine needs at least one GPU"),
     (
         "bm-dup-adapter",
         _bm(spec__adapters=[{"name": "a", "uri": "s3://b/a"}, {"name": "a", "uri": "s3://b/c"}]),

@@ -67,7 +67,7 @@ def _hostile(api_client: Any, custom: Any, namespace: str, count: int) -> list[t
     """Create `count` hostile BigModels; returns (name, expected reason)."""
     _configmap(api_client, namespace, "deep", "[" * 100_000 + "]" * 100_000)
     _configmap(api_client, namespace, "wide", '{"x": "' + "y" * 600_000 + '"}')
-    kinds = [
+    kinds: list[tuple[dict[str, Any], str]] = [
         ({"config": {**LLAMA_8B, "num_hidden_layers": 10**15}}, "ModelConfigOutOfBounds"),
         ({"config": {**LLAMA_8B, "vocab_size": 2**62}}, "ModelConfigOutOfBounds"),
         ({"configMapRef": {"name": "deep"}}, "ModelConfigOutOfBounds"),
