@@ -30,6 +30,7 @@ CPU_MEMORY_UTILIZATION = 0.05
 would take most of a shared node, so CPU replicas default to 5% unless the spec says otherwise."""
 DEFAULT_LORA_RANK = 16  # the trainer's (and PEFT's usual) default rank
 MAX_LORAS_DEFAULT = 4  # adapters one batch mixes; the rest wait in the replica's CPU cache
+INGRESS_TARGET_ONGOING = 500  # requests in flight per ingress replica (it holds streams, computes little)
 
 
 def served_name(name: str, spec: BigModelSpec) -> str:
@@ -167,12 +168,13 @@ def deployment_options(
     return [
         {
             "name": INGRESS_DEPLOYMENT,
+            # The ingress only forwards (num_cpus 0, no queue of its own): at least one replica takes the
+            # request that wakes a scaled-to-zero engine; more only under very high request rates.
             "autoscaling_config": {
-                "min_replicas": max(1, scaling["min_replicas"]),  # someone must take the request that wakes the engine
-                "max_replicas": scaling["max_replicas"],
-                "target_ongoing_requests": scaling["target_ongoing_requests"],
+                "min_replicas": 1,
+                "max_replicas": max(1, scaling["max_replicas"]),
+                "target_ongoing_requests": INGRESS_TARGET_ONGOING,
             },
-            "max_ongoing_requests": seqs + queued,
             "user_config": ingress_config(name, spec, adapters),
         },
         {
