@@ -174,8 +174,9 @@ def test_kubectl_scale_reaches_the_rayservice(
     def scaled() -> Any:
         rs = _rayservice(custom, namespace, "tiny-cpu")
         group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-        args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
-        return group["minReplicas"] == 3 and group["maxReplicas"] == 3 and args["scaling"]["max_replicas"] == 3
+        app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+        engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")["autoscaling_config"]
+        return group["minReplicas"] == 3 and group["maxReplicas"] == 3 and engine["max_replicas"] == 3
 
     wait_until(scaled, timeout=30)
     bm = wait_until(
