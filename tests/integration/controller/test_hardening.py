@@ -161,7 +161,7 @@ def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
     """An admission policy (like a Gatekeeper or Kyverno rule) refuses the Ingress: the BigModel says so."""
     import yaml
 
-    policy = f"bigmodel-test-deny-ingress-{namespace}"[:63]
+    policy = f"bigmodel-test-deny-ingress-{namespace}"
     manifests = [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
