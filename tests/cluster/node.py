@@ -68,7 +68,10 @@ def sh(
 
 
 def in_netns(*argv: str) -> list[str]:
-    return ["ip", "netns", "exec", NETNS, *argv]
+    """argv run in the node's network namespace only. Not `ip netns exec`: that also makes a private mount
+    namespace with a fresh /sys (no cgroup mounts for the kubelet), and kubelet and containerd must share
+    mounts (the volumes the kubelet mounts are bind-mounted into containers by containerd)."""
+    return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *argv]
 
 
 # ---------------------------------------------------------------- network namespace
@@ -218,9 +221,11 @@ def up() -> dict:
         state["processes"][name] = proc.spawn(name, in_netns(*component_argv(name, bins)), STATE, LOGS)
         save_state(state)
 
-    for name in reversed(COMPONENTS[3:]):
-        start(name)
+    start("etcd")
+    start("kube-apiserver")
     log(f"kube-apiserver ready after {wait('kube-apiserver /readyz', _api_ready, 180, state):.1f}s")
+    start("kube-controller-manager")
+    start("kube-scheduler")
     start("containerd")
     wait("containerd socket", SOCKET.exists, 60, state)
     import_images(list(node_images.values()))
@@ -317,7 +322,8 @@ def status() -> int:
 
 def exec_in(argv: list[str]) -> int:
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
-    return subprocess.run(in_netns(*argv), env=env, check=False).returncode
+    # `ip netns exec` here: its /etc/netns/<name>/resolv.conf lets tests resolve Service names.
+    return subprocess.run(["ip", "netns", "exec", NETNS, *argv], env=env, check=False).returncode
 
 
 def main() -> int:
