@@ -80,6 +80,18 @@ class DatasetSpec(ApiModel):
     validation_split: float | None = Field(
         default=None, ge=0, le=0.5, description="Fraction held out for eval loss (default 0)."
     )
+    max_line_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=2**31,
+        description="Longest line read (default 16 MiB); longer lines are reported with their line numbers.",
+    )
+    max_file_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=2**40,
+        description="Largest dataset file (default 4 GiB); the trainer holds the parsed examples in memory.",
+    )
 
 
 class MethodSpec(ApiModel):
@@ -178,6 +190,10 @@ class FineTuneJobSpec(ApiModel):
             "qlora loads the base model in 4 bits with bitsandbytes and needs a GPU: set resources.gpu.count >= 1",
             "!has(self.deployTo) || !has(self.method) || !has(self.method.type) || self.method.type != 'full'",
             "deployTo attaches a LoRA adapter; full fine-tuning produces a whole model",
+            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
+            "self.resources.gpu.count <= 1",
+            "the trainer uses one GPU (multi-GPU FSDP training is not supported yet): set resources.gpu.count to 1, "
+            "or to 0 for the CPU; use method qlora or a larger GPU product for models that do not fit",
         )
     )
 

@@ -28,6 +28,11 @@ EXIT_DATASET_INVALID = 3
 EXIT_CONFIG_INVALID = 2
 EXIT_UNSUPPORTED = 5
 DEFAULT_BACKOFF_LIMIT = 2
+# terminationGracePeriodSeconds: the trainer finishes its step and writes a checkpoint on SIGTERM.
+GRACE_BASE_SECONDS = 60  # process start-up of the save, fsyncs, the rename, a status report
+GRACE_DEFAULT_SECONDS = 300  # without a plan (the model's config.json could not be read)
+GRACE_MAX_SECONDS = 3600
+CHECKPOINT_WRITE_MIB_S = 100  # a slow network volume
 
 
 def _meta(body: dict[str, Any], name: str, component: str) -> dict[str, Any]:
@@ -58,6 +63,9 @@ def render_trainer_config(
     dataset: dict[str, Any] = {"uri": spec.dataset.uri, "format": spec.dataset.format}
     if spec.dataset.validation_split is not None:
         dataset["validation_split"] = spec.dataset.validation_split
+    for limit in ("max_line_bytes", "max_file_bytes"):
+        if (value := getattr(spec.dataset, limit)) is not None:
+            dataset[limit] = value
     if local := mounts.local_path(spec.dataset.uri):
         dataset["local_path"] = local
     output: dict[str, Any] = {"uri": spec.output.uri}
@@ -146,6 +154,18 @@ def _pod_metadata(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def termination_grace_seconds(spec: FineTuneJobSpec, plan: dict[str, Any] | None) -> int:
+    """Time for the current optimizer step plus one checkpoint write, from the training plan
+    (status.plan, camelCase): 60 s + accumulation × micro-batch time + checkpoint size at 100 MiB/s."""
+    if not plan or "checkpointGiB" not in plan:
+        return GRACE_DEFAULT_SECONDS
+    hyper = spec.hyperparameters
+    accumulation = hyper.gradient_accumulation_steps if hyper and hyper.gradient_accumulation_steps else 1
+    step = accumulation * float(plan.get("microBatchSeconds") or 0.0)
+    write = float(plan["checkpointGiB"]) * 1024 / CHECKPOINT_WRITE_MIB_S
+    return int(min(GRACE_MAX_SECONDS, GRACE_BASE_SECONDS + step + write + 0.999))
+
+
 def build_job(
     body: dict[str, Any],
     spec: FineTuneJobSpec,
@@ -153,6 +173,7 @@ def build_job(
     mounts: Mounts,
     config: OperatorConfig,
     config_map: dict[str, Any],
+    plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node."""
     owner = body["metadata"]["name"]
@@ -186,6 +207,7 @@ def build_job(
         container["envFrom"] = [{"secretRef": {"name": creds.storage_secret_name}}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec, plan),
         "serviceAccountName": naming.trainer_account_name(owner),
         "securityContext": restricted_pod_security(),
         "containers": [container],

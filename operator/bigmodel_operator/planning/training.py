@@ -21,6 +21,12 @@ different times: with checkpointing the plan is a few GiB conservative (Llama-3.
 When one GPU is not enough, weights and trainable state are sharded FSDP/ZeRO-3 style over N GPUs
 (each also holds two gathered layers); activations do not shrink, ``batch_size`` is per GPU.
 
+A SIGTERM (preemption, node drain, deletion) lets the trainer finish its optimizer step and write
+a checkpoint; ``checkpoint_gib`` (fp32 trainable weights + two AdamW moments, 12 B per trainable
+parameter) and ``micro_batch_seconds`` (6·P FLOPs per token at ``STEP_MFU`` = 25 % of the GPU's
+datasheet bf16 rate, 100 TFLOP/s when unknown) size the Job's ``terminationGracePeriodSeconds``
+(builders/training.py) instead of Kubernetes' 30 s default.
+
 Families the trainer cannot train correctly are refused before any memory is planned
 (``PlanningError`` with reason ``UnsupportedModelFamily``): hybrid linear-attention and state-space
 models (Qwen3-Next, Jamba, Mamba, MiniMax, ...) carry a recurrent state from token to token that
@@ -55,6 +61,9 @@ TRAINING_USABLE_FRACTION = 0.95
 LORA_STATE_BYTES = 16  # fp32 adapter + fp32 grad + two fp32 AdamW moments
 FULL_TOTAL_BYTES = 16  # bf16 weight + bf16 grad + fp32 master + two fp32 AdamW moments (ZeRO paper)
 DEFAULT_MAX_NODES = 8
+CHECKPOINT_BYTES = 12  # per trainable parameter: fp32 weight + two fp32 AdamW moments
+STEP_MFU = 0.25  # pessimistic: a step rarely runs slower than this fraction of the datasheet peak
+UNKNOWN_GPU_TFLOPS = 100.0
 UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"
 # model_type prefixes (HF) of families whose layers keep a recurrent state across tokens.
 RECURRENT_FAMILIES = (
@@ -91,6 +100,10 @@ class TrainingPlan(PlanModel):
     usable_per_gpu_gib: float = Field(description="Memory the plan may use per GPU (95 %).")
     gpus_needed: int = Field(description="GPUs for one training job.")
     sharded: bool = Field(description="Weights and optimizer state sharded (FSDP/ZeRO-3).")
+    checkpoint_gib: float = Field(default=0.0, description="What one resumable checkpoint writes (GiB).")
+    micro_batch_seconds: float = Field(
+        default=0.0, description="Pessimistic time of one micro-batch (forward + backward), seconds."
+    )
     fits: bool = Field(description="Whether the job fits within the allowed GPUs.")
     reason: str = Field(default="", description="Why it does not fit; empty when it fits.")
     summary: str = Field(description="One line for humans.")
@@ -223,6 +236,10 @@ def plan_training(
         usable_per_gpu_gib=gib(usable),
         gpus_needed=n,
         sharded=n > 1,
+        checkpoint_gib=gib(trainable * CHECKPOINT_BYTES),
+        micro_batch_seconds=round(
+            6 * params.total * tokens / (STEP_MFU * (gpu.bf16_tflops or UNKNOWN_GPU_TFLOPS) * 1e12 * n), 2
+        ),
         fits=chosen is not None,
         summary="",
     )

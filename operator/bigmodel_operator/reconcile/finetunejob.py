@@ -169,7 +169,7 @@ class FineTuneJobReconciler:
         try:
             for child in [*build_identity(body), config_map]:
                 await ensure_child(self.kube, self.state, child, uid)
-            job = build_job(body, spec, gpus, mounts, self.config, config_map)
+            job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan)
             result = await ensure_child(self.kube, self.state, job, uid, create_only=True)
         except NotControlledError as error:
             obs.blockers.append((Reason.CHILD_NOT_CONTROLLED, str(error)))

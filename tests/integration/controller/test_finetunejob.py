@@ -110,3 +110,53 @@ def test_delete_removes_job_through_gc(
     wait_until(lambda: _job(api_client, namespace, "gone-train"), timeout=30)
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "gone")
     wait_until(lambda: _job(api_client, namespace, "gone-train") is None, timeout=60, what="Job GC")
+
+
+LLAMA_8B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+}  # fmt: skip
+
+
+def test_more_than_one_gpu_is_refused_at_admission(custom: Any, namespace: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    body = _ftj("two-gpus")
+    body["spec"]["resources"]["gpu"]["count"] = 2
+    with pytest.raises(ApiException) as caught:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    assert caught.value.status == 422
+    assert "the trainer uses one GPU" in str(caught.value.body)
+
+
+def test_grace_period_comes_from_the_plan(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    body = _ftj("graceful")
+    body["spec"]["baseModel"]["config"] = LLAMA_8B_CONFIG
+    body["spec"]["method"] = {"type": "full"}  # 8B full fine-tune: a ~90 GiB checkpoint
+    body["spec"]["resources"]["gpu"]["product"] = "NVIDIA-H200"  # no such node: the pod stays Pending
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    job = wait_until(lambda: _job(api_client, namespace, "graceful-train"), timeout=30)
+    plan = _get(custom, namespace, "graceful")["status"]["plan"]
+    grace = job.spec.template.spec.termination_grace_period_seconds
+    assert plan["checkpointGiB"] > 80
+    assert grace > 60 + plan["checkpointGiB"] * 1024 / 100 - 1  # time to write the checkpoint, not 30 s
+
+
+def test_recurrent_model_family_is_refused_with_its_reason(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    body = _ftj("hybrid")
+    body["spec"]["baseModel"]["config"] = {
+        **LLAMA_8B_CONFIG, "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next"
+    }  # fmt: skip
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    refused = wait_until(
+        lambda: (f := _get(custom, namespace, "hybrid")) and condition(f, "Planned").get("reason") and f, timeout=30
+    )
+    planned = condition(refused, "Planned")
+    assert planned["reason"] == "UnsupportedModelFamily", planned
+    assert "not supported for fine-tuning" in planned["message"]
+    assert _job(api_client, namespace, "hybrid-train") is None
