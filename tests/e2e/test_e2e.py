@@ -35,8 +35,9 @@ MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-
 SERVING_CPU_IMAGE = os.environ.get("BIGMODEL_E2E_SERVING_CPU_IMAGE", "ghcr.io/bigmodel-operator/serving-cpu:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
-# Small requests: the e2e node has 2 CPUs for the Ray head, the worker, the trainer and the add-ons.
-WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "1")
+# Small requests: the e2e node has 2 CPUs for the add-ons, the trainer and, during a RayService upgrade,
+# two Ray clusters (KubeRay rounds a worker's CPU up for Ray's num-cpus, so 400m still gives the engine 1).
+WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "400m")
 TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside).
@@ -255,6 +256,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
         assert answer["usage"]["completion_tokens"] >= 1
 
     with steps("edit the scaling bounds; the RayCluster's worker group follows"):
+        first = _raycluster(kubectl, namespace)["metadata"]["name"]
         _merge_patch(
             kubectl,
             namespace,
@@ -267,7 +269,13 @@ def test_bigmodel_and_finetunejob_end_to_end(
             groups = (_raycluster(kubectl, namespace).get("spec") or {}).get("workerGroupSpecs") or [{}]
             return groups[0].get("maxReplicas") == 2 and groups[0]
 
-        _wait(follows, 300, "RayCluster worker group maxReplicas 2")
+        _wait(follows, READY_TIMEOUT, "one RayCluster whose worker group has maxReplicas 2")
+        now = _raycluster(kubectl, namespace)["metadata"]["name"]
+        print(
+            f"RayCluster {first} -> {now}"
+            + (" (KubeRay replaced the cluster)" if now != first else " (updated in place)")
+        )
+        _wait(ready, READY_TIMEOUT, "BigModel tiny-cpu Ready again")
 
     with steps("edit an autoscaling knob; Serve applies it and no engine replica restarts"):
         if DIRECT:
