@@ -164,6 +164,10 @@ def build_rayservice(
         "serviceUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
         "rayClusterConfig": {
             "rayVersion": config.ray_version,
+            # Ray's token auth (Ray >= 2.52, KubeRay >= 1.5.1): KubeRay generates a Secret and sets
+            # RAY_AUTH_MODE/RAY_AUTH_TOKEN on every Ray container, so GCS, the dashboard and the client
+            # port refuse callers without the token; the Serve HTTP port is not affected.
+            "authOptions": {"mode": "token"},
             "enableInTreeAutoscaling": True,
             "autoscalerOptions": {
                 "upscalingMode": "Default",

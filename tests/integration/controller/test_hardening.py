@@ -107,7 +107,8 @@ def test_hostile_burst_does_not_delay_an_innocent_bigmodel(
         assert len(ready["message"]) < 2000
         assert _rayservice(custom, namespace, name) is None, f"{name}: nothing may be deployed"
     # The innocent one is deployed, behind its NetworkPolicy, which the apiserver accepted.
-    wait_until(lambda: _rayservice(custom, namespace, "innocent-b"), timeout=30)
+    rs = wait_until(lambda: _rayservice(custom, namespace, "innocent-b"), timeout=30)
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}, "accepted by KubeRay's CRD"
     policy = wait_until(lambda: _network_policy(api_client, namespace, "innocent-b-ray"), timeout=30)
     assert policy.spec.pod_selector.match_labels["bigmodel.io/bigmodel"] == "innocent-b"
     assert [p.port for p in policy.spec.ingress[0].ports] == [8000]

@@ -116,3 +116,12 @@ def test_egress_is_not_restricted_and_opt_out_works() -> None:
     assert policy is not None and policy["spec"]["policyTypes"] == ["Ingress"]
     assert policy["metadata"]["ownerReferences"][0]["controller"] is True
     assert _policy(networkPolicy=False) is None
+
+
+@pytest.mark.parametrize("example", ["bigmodel-llama-3.1-8b.yaml", "bigmodel-tiny-cpu.yaml"])
+def test_ray_token_auth_is_on(example: str) -> None:
+    """KubeRay >= 1.5.1 turns Ray's token auth on for GCS, the dashboard and the client port."""
+    body = load_example(example)
+    spec = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, spec, placement(spec, None), CONFIG)
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
