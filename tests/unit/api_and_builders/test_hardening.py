@@ -282,3 +282,23 @@ def test_hostile_layer_count_is_refused_and_deploys_nothing() -> None:
     asyncio.run(reconciler.reconcile(body))
     ready = get_condition(kube.status["conditions"], "Ready") or {}
     assert ready["reason"] == Reason.MODEL_CONFIG_OUT_OF_BOUNDS and "num_hidden_layers" in ready["message"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "phase"),
+    [
+        (Reason.INVALID_PARALLELISM, "Failed"),
+        (Reason.MODEL_CONFIG_OUT_OF_BOUNDS, "Failed"),
+        (Reason.UNSUPPORTED_MODEL_FAMILY, "Failed"),
+        (Reason.PLANNING_TIMED_OUT, "Pending"),  # may pass on a retry
+        (Reason.CHILD_REJECTED, "Pending"),  # retried with backoff
+    ],
+)
+def test_finetunejob_spec_caused_plan_errors_are_final(reason: str, phase: str) -> None:
+    from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
+
+    obs = FineTuneJobObservation(1, None, reason, "why", "j-train", "pvc://out/a")
+    obs.blockers.append((reason, "why"))
+    status = compute_status(obs, None)
+    assert status["phase"] == phase
+    assert (get_condition(status["conditions"], "Complete") or {})["reason"] == reason
