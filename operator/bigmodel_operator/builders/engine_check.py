@@ -34,7 +34,9 @@ OWNED_ARGS = {
     "max_loras": "spec.adapters",
     "max_lora_rank": "spec.engine.maxLoraRank",
     "hf_token": "spec.credentials.hfTokenSecretRef",
+    "max_cpu_loras": "spec.adapters",
     "distributed_executor_backend": "the operator (Ray runs the engine's workers)",
+    "disable_log_stats": "the serving app (the engine metrics on /metrics need the stats)",
 }
 # Flags users still copy from older guides: say what happened instead of only "unknown".
 _GONE = {
