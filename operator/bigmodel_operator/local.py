@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +13,6 @@ from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.serve_args import render_application
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import load_config
-
-API_KEY_ENV = "BIGMODEL_API_KEY"
 
 
 def local_application(manifest: dict[str, Any], keys_dir: str | None = None) -> dict[str, Any]:
@@ -43,15 +38,12 @@ def local_application(manifest: dict[str, Any], keys_dir: str | None = None) -> 
 
 def _local_keys_dir() -> str:
     """A private directory with one key file: $BIGMODEL_API_KEY, or a generated key printed once."""
-    key = os.environ.get(API_KEY_ENV)
-    if not key:
-        key = "bm-" + secrets.token_urlsafe(24)
+    from bigmodel_serving.local import API_KEY_ENV, local_api_key, local_keys_dir
+
+    key, generated = local_api_key()
+    if generated:
         print(f"bigmodel: API key (set {API_KEY_ENV} to choose one): {key}", file=sys.stderr)
-    directory = tempfile.mkdtemp(prefix="bigmodel-keys-")
-    path = Path(directory) / "default"
-    path.write_text(key)
-    path.chmod(0o600)
-    return directory
+    return str(local_keys_dir(key))
 
 
 def serve_manifest(path: Path, *, host: str, port: int) -> int:
