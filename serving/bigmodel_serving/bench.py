@@ -1,11 +1,14 @@
-"""Serving-path benchmark (`make bench`): how much our app adds over a bare Ray Serve deployment.
+"""Serving benchmark (`make bench`): what our ingress costs over vLLM, on vLLM's CPU build.
 
-    python -m bigmodel_serving.bench [--out docs/benchmarks.md] [--modes default,haproxy]
+    python -m bigmodel_serving.bench [--out docs/benchmarks.md] [--models tiny,m100] [--render-only]
 
-Each mode runs in a child process with its own local Ray (127.0.0.1) and measures, in one run:
-(a) the engines called in-process, (b) the floor - a bare Serve deployment returning a constant,
-(c) our app over HTTP with the fixed-latency stub engine and with the tiny transformers model, at
-concurrency 1, 8 and 32, plus the time to answer 429 when overloaded. Request loops are bounded.
+For each model, three servers load it with the same engine arguments and run side by side on 127.0.0.1:
+(a) `vllm serve`, vLLM's own OpenAI server: the engine's floor; (b) Ray Serve LLM's stock
+`build_openai_app` with the same `LLMConfig` the serving app derives; (c) our application as the
+operator renders it, with API keys and per-key quotas on (limits high enough never to refuse, so every
+request pays the auth and quota checks). At concurrency 1, 8 and 32 each server gets the same bounded
+request loop of streamed completions, rotating between the servers in rounds so the machine's drift hits
+all three alike. Then the quota check is timed alone (the ingress' round trip to the quota actor).
 The "## Serving path" section of the output file is replaced; other sections are kept.
 """
 
@@ -22,21 +25,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-MODES = {
-    "default": {},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-}
 CONCURRENCY = (1, 8, 32)
-STUB_TTFT_S, STUB_TOKEN_S, STREAM_TOKENS = 0.020, 0.005, 16
+ROUNDS = 2
+MAX_TOKENS = 16
+PROMPT = "Hello there, how are you today? Tell me about latency and throughput."
 SECTION = "## Serving path"
 RAW_RESULTS = Path(".bench/serving.json")  # the last run's raw numbers (git-ignored)
-SETTLE_S = 10
-SEQUENTIAL_ROUNDS = 400
-ASGI_CALLS = 3000
+BENCH_KEY_NAME, BENCH_KEY = "bench", "bm-bench-key-not-secret"
+START_TIMEOUT_S = 900
+QUOTA_CALLS = 500
+# The same engine for all three servers: eager (no torch.compile on 2 cores), a 5% KV share of host RAM.
+ENGINE_KWARGS: dict[str, Any] = {
+    "max_model_len": 512,
+    "max_num_seqs": max(CONCURRENCY),
+    "gpu_memory_utilization": 0.05,
+    "enforce_eager": True,
+}
+MODELS: dict[str, dict[str, int]] = {
+    # `make_tiny_model` settings: the test model, and a ~100M-parameter one of the same family.
+    "tiny": {},
+    "m100": {"hidden_size": 1024, "layers": 11, "heads": 16, "kv_heads": 4},
+}
 
 
 def _free_port() -> int:
@@ -45,234 +59,270 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _args(served_name: str, uri: str, **limits: Any) -> dict[str, Any]:
+def _model_dir(name: str) -> tuple[Path, int]:
+    """(directory, parameter count) of a generated model (created once, cached)."""
+    from bigmodel_training.tinymodel import make_tiny_model, tiny_model_dir
+
+    settings = MODELS[name]
+    target = tiny_model_dir().with_name(f"bench-{name}")
+    directory = make_tiny_model(target, **settings) if settings else make_tiny_model()
+    config = json.loads((directory / "config.json").read_text())
+    return directory, _parameters(config)
+
+
+def _parameters(config: dict[str, Any]) -> int:
+    """Parameters of a Llama config (untied embeddings, no biases)."""
+    h, i, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    kv = h // config["num_attention_heads"] * config["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    return int(layers * per_layer + 2 * vocab * h + h)
+
+
+def _serve_args(name: str, directory: Path) -> dict[str, Any]:
+    """Our application's `args` (the contract in args.py), CPU, with the shared engine settings."""
     return {
-        "model": {"uri": uri, "served_name": served_name},
-        "engine": "transformers",
-        "engine_args": {"max_model_len": 512},
-        "limits": {"max_ongoing_requests": 64, "max_queued_requests": 128, **limits},
-        "replica_resources": {"num_cpus": 0.25},
+        "model": {"uri": directory.as_uri(), "served_name": name},
+        "engine_args": dict(ENGINE_KWARGS),
+        "resources": {"accelerator": "cpu", "num_cpus": 1},
     }
 
 
-async def _engine_direct(tiny_dir: Path) -> dict[str, Any]:
-    """(a) The engines in-process: no HTTP, no Ray."""
+def _ours(name: str, directory: Path, keys_dir: Path) -> dict[str, Any]:
+    """(c): the application entry as the operator renders it, keys and quotas on."""
+    unlimited = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000}
+    return {
+        "name": f"ours-{name}",
+        "route_prefix": "/ours",
+        "import_path": "bigmodel_serving.app:build_app",
+        "args": _serve_args(name, directory),
+        "deployments": [
+            {
+                "name": "BigModelIngress",
+                "user_config": {
+                    "auth": {"mode": "api_keys", "keys_dir": str(keys_dir)},
+                    "quotas": {"default": unlimited},
+                },
+            },
+            {
+                "name": "BigModelEngine",
+                "max_ongoing_requests": ENGINE_KWARGS["max_num_seqs"],
+                "max_queued_requests": 2 * ENGINE_KWARGS["max_num_seqs"],
+            },
+        ],
+    }
+
+
+def bare_app(args: dict[str, Any]) -> Any:
+    """(b): Ray Serve LLM's stock OpenAI app for the same LLMConfig (import path of the bench's Serve config)."""
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    return build_openai_app({"llm_configs": [LLMConfig(**args["llm_config"])]})
+
+
+def _bare(name: str, directory: Path) -> dict[str, Any]:
     from bigmodel_serving.args import parse_serve_args
-    from bigmodel_serving.bench_client import RunStats
-    from bigmodel_serving.engines.base import Engine, GenerationRequest, SamplingParams
-    from bigmodel_serving.engines.stub import StubEngineFactory
-    from bigmodel_serving.engines.transformers_engine import TransformersEngine
+    from bigmodel_serving.engine_args import llm_config_fields
 
-    async def measure(engine: Engine, concurrency: int, rounds: int) -> dict[str, Any]:
-        prompt_ids = engine.encode("Hello there, how are you today?", add_special_tokens=True)
-        stats = RunStats()
-
-        async def one(index: int) -> None:
-            request = GenerationRequest(
-                f"r{index}", "", prompt_ids, SamplingParams(max_tokens=STREAM_TOKENS, temperature=0)
-            )
-            started = last = time.perf_counter()
-            first = True
-            async for delta in engine.generate(request):
-                now = time.perf_counter()
-                if delta.text:
-                    (stats.ttfts if first else stats.inter_token).append(now - (started if first else last))
-                    first, last = False, now
-            stats.requests += 1
-
-        await one(-1)  # warm-up (first torch call), not recorded
-        stats = RunStats()
-        started = time.perf_counter()
-        for round_index in range(rounds):
-            await asyncio.gather(*(one(round_index * concurrency + i) for i in range(concurrency)))
-        stats.elapsed = time.perf_counter() - started
-        return stats.summary()
-
-    import torch
-
-    torch.set_num_threads(1)  # as in a replica: Ray sets OMP_NUM_THREADS=1 for num_cpus < 1
-    stub_args = parse_serve_args(_args("stub", "file:///none"))
-    stub = StubEngineFactory(ttft_s=STUB_TTFT_S, per_token_s=STUB_TOKEN_S)(stub_args)
-    await stub.start()
-    tiny = TransformersEngine(parse_serve_args(_args("tiny", tiny_dir.as_uri())))
-    await tiny.start()
-    return {
-        "asgi_us": await _asgi_cost(stub_args),
-        "stub": {c: await measure(stub, c, 3) for c in CONCURRENCY},
-        "tiny": {c: await measure(tiny, c, max(1, 24 // c)) for c in CONCURRENCY},
+    fields = llm_config_fields(parse_serve_args(_serve_args(name, directory)))
+    # Stock deployment options: only what vLLM's CPU build needs to be placed at all.
+    fields["deployment_config"] = {
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+        "ray_actor_options": {"num_cpus": 1},
     }
+    return {"name": f"bare-{name}", "route_prefix": "/bare", "import_path": "bigmodel_serving.bench:bare_app",
+            "args": {"llm_config": fields}}  # fmt: skip
 
 
-async def _asgi_cost(args: Any) -> dict[str, float]:
-    """Our ASGI app called in-process (no HTTP, no Ray), zero-latency stub: the CPU our code adds."""
-    from bigmodel_serving.api import create_api, make_runtime
-    from bigmodel_serving.engines.stub import StubEngineFactory
-
-    engine = StubEngineFactory()(args)
-    app = create_api(make_runtime(args, engine, await engine.start()))
-    body = json.dumps({"model": "stub", "prompt": "hi", "max_tokens": 1}).encode()
-
-    async def call(method: str, path: str, payload: bytes) -> None:
-        messages = [{"type": "http.request", "body": payload, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            return None
-
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        scope = {
-            "type": "http",
-            "method": method,
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": headers,
-            "http_version": "1.1",
-            "asgi": {"version": "3.0"},
-        }
-        await app(scope, receive, send)
-
-    result = {}
-    for name, method, path, payload in (
-        ("completion", "POST", "/v1/completions", body),
-        ("models", "GET", "/v1/models", b""),
-    ):
-        for _ in range(200):
-            await call(method, path, payload)
-        started = time.perf_counter()
-        for _ in range(ASGI_CALLS):
-            await call(method, path, payload)
-        result[name] = round((time.perf_counter() - started) / ASGI_CALLS * 1e6, 1)
-    return result
+def _vllm_flags(name: str, directory: Path, port: int) -> list[str]:
+    flags = [str(Path(sys.executable).with_name("vllm")), "serve", str(directory), "--host", "127.0.0.1"]
+    flags += ["--port", str(port), "--served-model-name", name]
+    for key, value in ENGINE_KWARGS.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
 
 
-def _deploy(port: int, tiny_dir: Path) -> None:
+@contextmanager
+def _vllm_serve(name: str, directory: Path, log: Path) -> Iterator[str]:
+    """(a): `vllm serve` in its own process group; yields its base URL once /health answers."""
+    port = _free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            _vllm_flags(name, directory, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, headers: dict[str, str] | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({proc.returncode})")
+        try:
+            if httpx.get(url, headers=headers, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {START_TIMEOUT_S} s")
+
+
+def _deploy(applications: list[dict[str, Any]], port: int) -> None:
+    """Both Ray applications through Serve's declarative API (the path KubeRay uses)."""
     from ray import serve
-    from starlette.responses import PlainTextResponse
+    from ray.serve.schema import ServeDeploySchema
 
-    from bigmodel_serving.app import build_app
-    from bigmodel_serving.engines.stub import StubEngineFactory
     from bigmodel_serving.local import start_local_ray
 
     start_local_ray(num_cpus=8)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-
-    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
-    class Floor:
-        """The least a Serve HTTP deployment can do: (read the POST body,) answer a constant."""
-
-        async def __call__(self, request: Any) -> PlainTextResponse:
-            if request.method == "POST":
-                await request.body()
-            return PlainTextResponse("ok")
-
-    quiet = {"log_level": "WARNING", "enable_access_log": False}
-    serve.run(cast(Any, Floor).bind(), name="floor", route_prefix="/floor", logging_config=quiet)
-    zero = build_app(_args("stub", "file:///none"), engine_factory=StubEngineFactory())
-    serve.run(zero, name="stub0", route_prefix="/stub0", logging_config=quiet)
-    timed = build_app(_args("stub", "file:///none"), engine_factory=StubEngineFactory(STUB_TTFT_S, STUB_TOKEN_S))
-    serve.run(timed, name="stubL", route_prefix="/stubL", logging_config=quiet)
-    overload_args = _args("stub", "file:///none", max_ongoing_requests=1, max_queued_requests=1)
-    overload = build_app(overload_args, engine_factory=StubEngineFactory(ttft_s=3.0))
-    serve.run(overload, name="over", route_prefix="/over", logging_config=quiet)
-    serve.run(build_app(_args("tiny", tiny_dir.as_uri())), name="tiny", route_prefix="/tiny", logging_config=quiet)
+    http_options = {"host": "127.0.0.1", "port": port, "request_timeout_s": 300}
+    serve.start(http_options=http_options)
+    schema = ServeDeploySchema.model_validate({"http_options": http_options, "applications": applications})
+    client = serve.context._get_global_client()
+    if client is None:
+        raise RuntimeError("Serve did not start")
+    client.deploy_apps(schema)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    names = [app["name"] for app in applications]
+    while True:
+        statuses = serve.status().applications
+        states = {name: statuses[name].status if name in statuses else "NOT_STARTED" for name in names}
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        failed = [f"{n}: {statuses[n].message}" for n, state in states.items() if state == "DEPLOY_FAILED"]
+        if failed or time.monotonic() > deadline:
+            raise RuntimeError(f"Serve applications not running: {failed or states}")
+        time.sleep(1)
 
 
-async def _http(base: str) -> dict[str, Any]:
-    from bigmodel_serving.bench_client import (
-        plain_request,
-        run_interleaved,
-        run_load,
-        streaming_request,
-        time_rejections,
-    )
+async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -> dict[str, Any]:
+    """Streamed completions at each concurrency, the servers taking turns round by round."""
+    from bigmodel_serving.bench_client import RunStats, run_load, streaming_request
 
-    one_token = {"model": "stub", "prompt": "hi", "max_tokens": 1}
-    stream_body = {"model": "stub", "prompt": "hi", "max_tokens": STREAM_TOKENS}
-    tiny_body = {
-        "model": "tiny",
-        "prompt": "Hello there, how are you today?",
-        "max_tokens": STREAM_TOKENS,
-        "temperature": 0,
-    }
-    results: dict[str, Any] = {"sequential": {}, "concurrent": {}, "stream_stub": {}, "stream_tiny": {}}
-    floor_get = plain_request("GET", f"{base}/floor")
-    floor = plain_request("POST", f"{base}/floor", one_token)
-    app = plain_request("POST", f"{base}/stub0/v1/completions", one_token)
-    models = plain_request("GET", f"{base}/stub0/v1/models")
-    sequential = {"floor_get": floor_get, "floor_post": floor, "app_completion": app, "app_models": models}
-    for name, stats in (await run_interleaved(sequential, rounds=SEQUENTIAL_ROUNDS)).items():
-        results["sequential"][name] = stats.summary()
+    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+    results: dict[str, Any] = {}
     for concurrency in CONCURRENCY:
-        total = 100 * max(1, concurrency // 4)
-        results["concurrent"][concurrency] = {
-            "floor_post": (await run_load(floor, total=total, concurrency=concurrency)).summary(),
-            "app_completion": (await run_load(app, total=total, concurrency=concurrency)).summary(),
-        }
-        stream_stub = streaming_request(f"{base}/stubL/v1/completions", stream_body)
-        results["stream_stub"][concurrency] = (
-            await run_load(stream_stub, total=4 * concurrency + 16, concurrency=concurrency)
-        ).summary()
-        stream_tiny = streaming_request(f"{base}/tiny/v1/completions", tiny_body)
-        results["stream_tiny"][concurrency] = (
-            await run_load(stream_tiny, total=max(16, 2 * concurrency), concurrency=concurrency, warmup=2)
-        ).summary()
-    overload_body = {"model": "stub", "prompt": "hi", "max_tokens": 1}
-    results["overload"] = await time_rejections(f"{base}/over/v1/completions", overload_body, fill=4, probes=20)
+        total = max(8, 2 * concurrency)
+        merged = {name: RunStats() for name in servers}
+        for round_index in range(ROUNDS):
+            order = list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
+            for name in order:
+                url, headers = servers[name]
+                one = streaming_request(f"{url}/v1/completions", body, headers=headers)
+                stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
+                merged[name].merge(stats)
+        results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
     return results
 
 
-def _child(mode: str, out_json: Path) -> None:
-    """Run one measurement in this (fresh) process and write its JSON result."""
-    from bigmodel_training.tinymodel import make_tiny_model
+def _quota_check_cost(app_name: str) -> dict[str, float]:
+    """The quota check alone: our ingress' round trip to the quota actor, and the bucket arithmetic in-process."""
+    import ray
 
-    tiny_dir = make_tiny_model()
+    from bigmodel_serving.args import Quota
+    from bigmodel_serving.bench_client import percentile
+    from bigmodel_serving.quota import QuotaBook, quota_actor
+
+    quota = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000}
+    actor = quota_actor(app_name)
+    for _ in range(50):
+        ray.get(actor.admit.remote(BENCH_KEY_NAME, quota))
+    round_trips = []
+    for _ in range(QUOTA_CALLS):
+        started = time.perf_counter()
+        ray.get(actor.admit.remote(BENCH_KEY_NAME, quota))
+        round_trips.append(time.perf_counter() - started)
+    book, typed = QuotaBook(), Quota.model_validate(quota)
+    local = []
+    for _ in range(QUOTA_CALLS):
+        started = time.perf_counter()
+        book.admit(BENCH_KEY_NAME, typed)
+        local.append(time.perf_counter() - started)
+    return {
+        "actor_p50_ms": round(percentile(round_trips, 50) * 1000, 3),
+        "actor_p99_ms": round(percentile(round_trips, 99) * 1000, 3),
+        "in_process_p50_ms": round(percentile(local, 50) * 1000, 4),
+    }
+
+
+def _child(model: str, out_json: Path) -> None:
+    """One model in this (fresh) process: start the three servers, measure, stop them."""
+    import ray
+    from ray import serve
+
     started = time.perf_counter()
-    if mode == "direct":
-        result: dict[str, Any] = {"direct": asyncio.run(_engine_direct(tiny_dir))}
-    else:
-        import ray
-        from ray import serve
-
+    directory, parameters = _model_dir(model)
+    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
+    logs = Path(".bench")
+    logs.mkdir(exist_ok=True)
+    with _vllm_serve(model, directory, logs / f"vllm-serve-{model}.log") as vllm_url:
         port = _free_port()
-        _deploy(port, tiny_dir)
+        _deploy([_bare(model, directory), _ours(model, directory, keys_dir)], port)
         try:
-            result = {"http": asyncio.run(_http(f"http://127.0.0.1:{port}"))}
+            ray_url = f"http://127.0.0.1:{port}"
+            auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+            _wait_http(f"{ray_url}/ours/v1/models", headers=auth)
+            servers = {"a": (vllm_url, {}), "b": (f"{ray_url}/bare", {}), "c": (f"{ray_url}/ours", auth)}
+            ready_s = round(time.perf_counter() - started)
+            result = {
+                "model": model,
+                "parameters": parameters,
+                "ready_s": ready_s,
+                "load": asyncio.run(_measure(servers, model)),
+                "quota": _quota_check_cost(f"ours-{model}"),
+            }
         finally:
             serve.shutdown()
             ray.shutdown()
-    result.update(mode=mode, env=MODES.get(mode, {}), seconds=round(time.perf_counter() - started))
+    result["seconds"] = round(time.perf_counter() - started)
     out_json.write_text(json.dumps(result, indent=1))
 
 
-def _run_child(mode: str) -> dict[str, Any]:
+def _run_child(model: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out_json = Path(scratch) / "result.json"
-        print(f"bench: {mode} ...", flush=True)
-        env = {**os.environ, **MODES.get(mode, {})}
-        command = [sys.executable, "-m", "bigmodel_serving.bench", "--child", mode, "--json", str(out_json)]
-        result = subprocess.run(command, env=env, check=False, timeout=900)
-        time.sleep(SETTLE_S)  # let the previous Ray's processes exit before measuring again
+        print(f"bench: serving {model} ...", flush=True)
+        command = [sys.executable, "-m", "bigmodel_serving.bench", "--child", model, "--json", str(out_json)]
+        result = subprocess.run(command, check=False, timeout=1800)
         if result.returncode != 0 or not out_json.exists():
-            print(f"bench: {mode} failed (exit {result.returncode})", flush=True)
-            return {"mode": mode, "env": MODES.get(mode, {}), "failed": result.returncode}
+            print(f"bench: {model} failed (exit {result.returncode})", flush=True)
+            return {"model": model, "failed": result.returncode}
         return dict(json.loads(out_json.read_text()))
 
 
 def _machine() -> str:
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
     import ray
+    import vllm
 
-    return f"`{uname}`, {os.cpu_count()} CPUs, Python {platform.python_version()}, Ray {ray.__version__}"
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, vLLM {vllm.__version__} (CPU build), "
+        f"Ray {ray.__version__}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--modes", default="default,haproxy", help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--render-only", action="store_true", help=f"re-render from {RAW_RESULTS}, measure nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
@@ -285,12 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.render_only:
         runs = json.loads(RAW_RESULTS.read_text())
     else:
-        direct = _run_child("direct")  # once, before any Ray starts: the engines alone
-        runs = [{**_run_child(mode), "direct": direct.get("direct")} for mode in options.modes.split(",")]
+        runs = [_run_child(model) for model in options.models.split(",")]
         RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RAW_RESULTS.write_text(json.dumps(runs, indent=1))
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = render_section(runs, machine=_machine(), date=date)
+    section = render_section(runs, machine=_machine(), date=date, engine_kwargs=ENGINE_KWARGS)
     replace_section(options.out, SECTION, section)
     print(section)
     return 0 if all("failed" not in run for run in runs) else 1

@@ -35,6 +35,16 @@ class RunStats:
     inter_token: list[float] = field(default_factory=list)
     status_counts: dict[int, int] = field(default_factory=dict)
 
+    def merge(self, other: RunStats) -> None:
+        """Add another run of the same kind (e.g. the next round) to this one."""
+        self.requests += other.requests
+        self.elapsed += other.elapsed
+        self.latencies += other.latencies
+        self.ttfts += other.ttfts
+        self.inter_token += other.inter_token
+        for status, count in other.status_counts.items():
+            self.status_counts[status] = self.status_counts.get(status, 0) + count
+
     def record_status(self, status: int) -> None:
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
 
@@ -116,13 +126,13 @@ def plain_request(method: str, url: str, body: dict[str, Any] | None = None) -> 
     return one
 
 
-def streaming_request(url: str, body: dict[str, Any]) -> OneRequest:
+def streaming_request(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> OneRequest:
     """A streamed completion: time to first text, gaps between texts, total time."""
 
     async def one(session: aiohttp.ClientSession, stats: RunStats) -> None:
         started = time.perf_counter()
         last: float | None = None
-        async with session.post(url, json={**body, "stream": True}) as response:
+        async with session.post(url, json={**body, "stream": True}, headers=headers) as response:
             stats.record_status(response.status)
             async for raw_line in response.content:
                 line = raw_line.strip()
