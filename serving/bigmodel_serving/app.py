@@ -14,7 +14,7 @@ gets 401 until keys are configured: fail closed).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bigmodel_serving.args import (
     ENGINE_DEPLOYMENT,
@@ -71,11 +71,15 @@ def build_app(args: dict[str, Any] | ServeArgs) -> Application:
     if serve_args.engine_args.max_num_seqs and "max_queued_requests" not in engine_options:
         engine_options["max_queued_requests"] = 4 * serve_args.engine_args.max_num_seqs
     engine_options["name"] = ENGINE_DEPLOYMENT
-    engine = serve.deployment(BigModelEngine, **engine_options).bind(
-        llm_config, hf_token_env=serve_args.hf_token_env
+    deployment = cast(Any, serve.deployment)
+    cpu_kv_fraction = None
+    if serve_args.resources.is_cpu and "kv_cache_memory_bytes" not in serve_args.engine_args.extra:
+        cpu_kv_fraction = serve_args.engine_args.gpu_memory_utilization
+    engine = deployment(BigModelEngine, **engine_options).bind(
+        llm_config, hf_token_env=serve_args.hf_token_env, cpu_kv_cache_fraction=cpu_kv_fraction
     )
     model_id = llm_config.model_id
-    return serve.deployment(IngressDeployment, **ingress_options(serve_args)).bind(
+    return deployment(IngressDeployment, **ingress_options(serve_args)).bind(
         llm_deployments={model_id: engine},
         model_cards={model_id: to_model_metadata(model_id, llm_config)},
     )

@@ -366,7 +366,7 @@ class ServeApplication(_Args):
 
     name: str = Field(min_length=1)
     route_prefix: str = "/"
-    import_path: Literal["bigmodel_serving.app:build_app"] = APP_IMPORT_PATH
+    import_path: Literal["bigmodel_serving.app:build_app"] = "bigmodel_serving.app:build_app"
     args: ServeArgs
     deployments: list[DeploymentOptions] = Field(default_factory=list)
     runtime_env: dict[str, Any] | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import HTTPException
@@ -24,6 +25,30 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from bigmodel_serving.args import EngineConfig, parse_engine_config
 
 logger = logging.getLogger("ray.serve")
+
+
+MIN_CPU_KV_CACHE_BYTES = 32 * 1024 * 1024
+_CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit_bytes() -> int:
+    """The container's memory limit (cgroup v2 or v1), else the host's RAM."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    for path in _CGROUP_LIMIT_FILES:
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            return min(int(raw), total)
+    return total
+
+
+def cpu_kv_cache_bytes(fraction: float, limit_bytes: int) -> int:
+    """The KV cache of a CPU engine: `fraction` of the memory limit, at least 32 MiB."""
+    return max(MIN_CPU_KV_CACHE_BYTES, int(fraction * limit_bytes))
 
 
 class MountedAdapterLoader(LoraModelLoader):
@@ -47,7 +72,14 @@ class MountedAdapterLoader(LoraModelLoader):
 class BigModelEngine(LLMServer):
     """One replica: vLLM started by Ray Serve LLM; adapters and metrics as described above."""
 
-    async def __init__(self, llm_config: LLMConfig, *, hf_token_env: str | None = None) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, llm_config: LLMConfig, *, hf_token_env: str | None = None, cpu_kv_cache_fraction: float | None = None
+    ) -> None:
+        if cpu_kv_cache_fraction is not None:
+            # vLLM's CPU build reads gpu_memory_utilization as a share of the host's RAM for the whole
+            # process, which fails on a small share of a big host and overshoots a pod's memory limit.
+            kv_bytes = cpu_kv_cache_bytes(cpu_kv_cache_fraction, memory_limit_bytes())
+            llm_config.update_engine_kwargs(kv_cache_memory_bytes=kv_bytes)
         if hf_token_env and hf_token_env != "HF_TOKEN" and os.environ.get(hf_token_env):
             os.environ.setdefault("HF_TOKEN", os.environ[hf_token_env])
         self._adapter_paths: dict[str, str] = {}

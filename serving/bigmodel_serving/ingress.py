@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -238,8 +239,36 @@ def translate_exception(error: BaseException) -> APIError:
         return APIError(cause.status_code, cause.message)
     if isinstance(cause, StarletteHTTPException):
         return APIError(cause.status_code, str(cause.detail))
+    client_error = _vllm_client_error(cause)
+    if client_error is not None:
+        return client_error
+    if isinstance(cause, TypeError | ValueError) and _raised_while_parsing_the_body(cause):
+        # vLLM's request models run validators that raise TypeError/ValueError on odd input.
+        return APIError(400, f"Invalid request: {cause}")
     logger.error("bigmodel: unexpected error: %r", error)
     return internal_error()
+
+
+def _vllm_client_error(error: BaseException) -> APIError | None:
+    """vLLM's own classification: client errors are 4xx (not found 404), graceful ones carry a status."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError
+
+    if isinstance(error, VLLMNotFoundError):
+        return APIError(404, str(error))
+    if isinstance(error, VLLMClientError):
+        return APIError(400, str(error), param=getattr(error, "parameter", None))
+    if isinstance(error, GracefulHTTPError):
+        status = int(error.http_status)
+        return APIError(status, str(error), headers={"Retry-After": "1"} if status in (429, 503) else None)
+    return None
+
+
+def _raised_while_parsing_the_body(error: BaseException) -> bool:
+    """True when the traceback passes through FastAPI's request-body validation."""
+    return any(
+        "fastapi/dependencies/utils.py" in frame.f_code.co_filename
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+    )
 
 
 def _usage_of_sse(chunk: str) -> tuple[dict[str, Any] | None, bool]:

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bigmodel_serving.args import Quota
 
@@ -135,7 +135,7 @@ def quota_actor(app_name: str) -> Any:
     """The application's quota actor, created on first use (detached: it outlives any one ingress replica)."""
     import ray
 
-    remote_cls = ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1)(QuotaActor)
+    remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=1)(QuotaActor)
     return remote_cls.options(
         name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote()

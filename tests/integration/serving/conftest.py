@@ -88,6 +88,9 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
         # tool_choice "auto" (langchain's bind_tools) needs a parser; hermes reads <tool_call> tags.
         "enable_auto_tool_choice": True,
         "tool_call_parser": "hermes",
+        # A random model under a JSON grammar may emit whitespace until max_tokens; this keeps its
+        # structured outputs (json_schema, tools) short and complete.
+        "structured_outputs_config": {"disable_any_whitespace": True},
     }
     engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
     engine["max_ongoing_requests"] = 8
@@ -96,7 +99,9 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
 
 
 @pytest.fixture(scope="session")
-def serving(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingStack]:
+def serving(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServingStack]:
     from bigmodel_serving.local import run_local
 
     keys_dir = tmp_path_factory.mktemp("api-keys")

@@ -64,7 +64,11 @@ def test_a_key_over_quota_gets_429_while_others_go_on(serving: ServingStack) -> 
         assert refused.json()["error"]["type"] == "rate_limit_error"
         assert alice.post("/v1/completions", json=COMPLETION).status_code == 200
         metrics = alice.get("/metrics").text
-    by_code = {labels["code"]: value for labels, value in _metric_values(metrics, "bigmodel_key_requests") if labels["key"] == "limited"}
+    by_code = {
+        labels["code"]: value
+        for labels, value in _metric_values(metrics, "bigmodel_key_requests")
+        if labels["key"] == "limited"
+    }
     assert by_code.get("429", 0) >= 1 and by_code.get("200", 0) >= LIMITED_RPM
 
 
@@ -95,7 +99,7 @@ def test_metrics_have_engine_and_usage_series(serving: ServingStack) -> None:
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds"} <= names
     assert {"bigmodel_key_requests", "bigmodel_key_prompt_tokens", "bigmodel_key_completion_tokens"} <= names
-    prompt = dict((labels["key"], value) for labels, value in _metric_values(text, "bigmodel_key_prompt_tokens"))
+    prompt = {labels["key"]: value for labels, value in _metric_values(text, "bigmodel_key_prompt_tokens")}
     assert prompt["alice"] >= 1
 
 

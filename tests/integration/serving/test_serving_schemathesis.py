@@ -39,6 +39,8 @@ schema = schemathesis.openapi.from_dict(_document())
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any, serving: ServingStack) -> None:
     response = case.call(base_url=serving.url, headers={"Authorization": f"Bearer {serving.api_key}"}, timeout=120)
-    assert response.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    )
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
