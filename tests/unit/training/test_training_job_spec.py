@@ -85,3 +85,16 @@ def test_dataset_size_limits_reach_the_trainer() -> None:
     rendered = render_trainer_config(body, spec, "hf://x/y", None, Mounts(root="/mnt/bigmodel"))
     config = TrainerConfig.model_validate(rendered)
     assert (config.dataset.max_line_bytes, config.dataset.max_file_bytes) == (65536, 2**20)
+
+
+def test_a_recurrent_family_becomes_a_blocking_planned_condition() -> None:
+    from bigmodel_operator.conditions import BLOCKING_PLAN_REASONS, Reason
+    from bigmodel_operator.reconcile.model_source import ModelConfigResult
+    from bigmodel_operator.reconcile.plan_glue import training_plan
+
+    spec = FineTuneJobSpec.model_validate(_example()["spec"])
+    result = training_plan(spec, ModelConfigResult({**LLAMA_8B, "model_type": "qwen3_next"}), OperatorConfig())
+    assert result.reason == Reason.UNSUPPORTED_MODEL_FAMILY and result.plan is None
+    assert "not supported for fine-tuning" in result.message
+    assert result.reason in BLOCKING_PLAN_REASONS
+    assert training_plan(spec, ModelConfigResult(LLAMA_8B), OperatorConfig()).reason != Reason.UNSUPPORTED_MODEL_FAMILY
