@@ -98,8 +98,10 @@ class GpuResources(ApiModel):
         ge=0,
         le=64,
         description=(
-            "GPUs per replica. Leave empty to let the operator choose from its memory plan "
-            "(status.plan.gpusPerReplica); set it to cap or pin the count."
+            "BigModel: the most GPUs one replica may use; the plan picks the smallest layout that fits within "
+            "it, and worker pods, engine parallelism and Serve all use exactly status.plan.gpusPerReplica "
+            "(set engine.tensorParallelSize to use more). 0 serves on CPU with vLLM's CPU build. "
+            "FineTuneJob: the GPUs of the training pod. Empty: from the plan."
         ),
     )
     product: str | None = Field(
