@@ -184,7 +184,10 @@ def objective_gap(model: Any, input_ids: list[int], labels: list[int]) -> tuple[
             hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False)[0]
             count = int((target[:, 1:] != IGNORE_INDEX).sum())
             ours = float(completion_loss(hidden, target, head, config).item()) / max(1, count)
-            reference = float(model(input_ids=ids, position_ids=positions, labels=target, use_cache=False).loss.item())
+            # MoE configs may ask forward to add the router's load-balancing loss; the trainer does not.
+            extra = {"output_router_logits": False} if hasattr(config, "output_router_logits") else {}
+            out = model(input_ids=ids, position_ids=positions, labels=target, use_cache=False, **extra)
+            reference = float(out.loss.item())
     finally:
         model.train(was_training)
     return ours, reference

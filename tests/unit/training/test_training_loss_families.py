@@ -37,7 +37,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "granite": {"logits_scaling": 0.125},
     "cohere": {"logit_scale": 8.0},
     "qwen2_moe": {**MOE, "num_experts": 4, "shared_expert_intermediate_size": 64},
-    "qwen3_moe": {**MOE, "num_experts": 4},
+    "qwen3_moe": {**MOE, "num_experts": 4, "output_router_logits": True},  # forward would add the aux loss
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
 }
 TRANSFORMED = {"gemma2", "gemma3_text", "granite", "cohere"}
