@@ -30,6 +30,7 @@ PROGRESS_EVERY_S = 10.0
 DEFAULT_START_TIMEOUT_S = 1800.0
 # vLLM's CPU engine and the Serve replicas need more logical CPUs than a laptop may have cores.
 DEFAULT_NUM_CPUS = 4
+RAY_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -87,15 +88,24 @@ def start_local_ray(num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    # A loaded machine can take longer than Ray's 15 s to start the metrics agent.
+    # A loaded machine can take longer than Ray's 15 s to start the metrics agent, and longer than the
+    # 30 s ray.init waits for the raylet to register (not configurable): wait longer, then try again.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    ray.init(
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        num_cpus=num_cpus if num_cpus is not None else max(DEFAULT_NUM_CPUS, os.cpu_count() or 1),
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                num_cpus=num_cpus if num_cpus is not None else max(DEFAULT_NUM_CPUS, os.cpu_count() or 1),
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+            return True
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == RAY_START_ATTEMPTS:
+                raise
+            sys.stderr.write(f"bigmodel: Ray did not start in time (attempt {attempt}); trying again\n")
+            ray.shutdown()
     return True
 
 

@@ -30,6 +30,14 @@ LIMITED_RPM = 3
 KV_CACHE_BYTES = 64 * 1024 * 1024
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The first test also waits for Ray and the engine to start: minutes on a loaded 2-core machine.
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.timeout(1800))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -33,7 +33,8 @@ def _rendered_app(example: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("bigmodel-*.yaml")))
-def test_every_rendered_app_parses_and_builds(example: str) -> None:
+def test_every_rendered_app_parses_and_builds(example: str, serving: Any) -> None:
+    # `serving`: building asks Ray for the runtime env, which would otherwise start a Ray of its own.
     app = _rendered_app(example)
     assert app["import_path"] == APP_IMPORT_PATH
     parsed = parse_application(app)

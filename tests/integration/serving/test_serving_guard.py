@@ -125,3 +125,23 @@ def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> N
         after = running()
     assert during >= 1
     assert after == 0
+
+
+def test_a_full_engine_queue_is_an_openai_429(serving: ServingStack) -> None:
+    """More requests than the engine runs (8) and queues (16): the rest get 429 + Retry-After as JSON."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {**COMPLETION, "max_tokens": 64, "ignore_eos": True}
+
+    def call(_: int) -> httpx.Response:
+        with serving.http() as client:
+            return client.post("/v1/completions", json=body)
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        responses = list(pool.map(call, range(40)))
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 429}, statuses
+    busy = [response for response in responses if response.status_code == 429]
+    assert busy, statuses
+    assert busy[0].json()["error"]["code"] == "server_busy"
+    assert int(busy[0].headers["Retry-After"]) >= 1

@@ -1,16 +1,19 @@
-"""Named API keys (rotation by file change), token-bucket quotas and the /metrics text, without Ray."""
+"""Named API keys (rotation by file change), token-bucket quotas, the /metrics text and the request log, without Ray."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bigmodel_serving.args import Quota
+from bigmodel_serving.args import Quota, RequestLogArgs
 from bigmodel_serving.auth import ApiKeyStore, bearer_token, read_keys
 from bigmodel_serving.metrics import merge_engine_metrics, render_usage
 from bigmodel_serving.quota import QuotaBook, retry_after_header
+from bigmodel_serving.request_log import RequestLogger
 
 
 def _secret_dir(root: Path, keys: dict[str, str]) -> Path:
@@ -127,3 +130,28 @@ def test_engine_metrics_of_two_replicas_merge_without_collisions() -> None:
     assert "python_gc_objects_collected" not in families
     assert {s.labels["code"]: s.value for s in families["bigmodel_key_requests"].samples} == {"200": 3, "429": 1}
     assert families["bigmodel_key_prompt_tokens"].samples[0].labels == {"key": "alice"}
+
+
+def test_request_log_redacts(tmp_path: Path) -> None:
+    log_file = tmp_path / "log.jsonl"
+    logger = RequestLogger(log_file, redactor=lambda text: text.replace("alice@example.com", "[EMAIL]"))
+    logger.write(
+        {
+            "key": "alice",
+            "messages": [{"role": "user", "content": "mail alice@example.com"}],
+            "completions": ["ok alice@example.com"],
+        }
+    )
+    entry = json.loads(log_file.read_text())
+    assert entry["messages"][0]["content"] == "mail [EMAIL]"
+    assert entry["completions"] == ["ok [EMAIL]"]
+    assert entry["key"] == "alice"
+
+
+def test_request_log_off_or_unredactable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RequestLogger.from_args(RequestLogArgs()) is None
+    monkeypatch.setattr("bigmodel_serving.request_log.load_redactor", lambda: None)
+    args = RequestLogArgs(enabled=True, path=str(tmp_path / "log.jsonl"))
+    assert RequestLogger.from_args(args) is None  # never written unredacted by accident
+    plain = RequestLogger.from_args(RequestLogArgs(enabled=True, path=str(tmp_path / "log.jsonl"), redact_pii=False))
+    assert plain is not None and plain.redactor is None
