@@ -1,7 +1,8 @@
 """Optional request/response log (JSON lines) for the feedback loop, with PII redaction.
 
-Each finished generation request appends one line: time, request id, route, model, adapter, the
-prompt or messages, the generated texts, usage and status. With `redact_pii` (the default) every
+Each finished generation request appends one line: time, request id, the API key's name, model
+(`<base>:<adapter>` for an adapter), the prompt or messages, the generated texts (non-streamed
+answers) and usage. With `redact_pii` (the default) every
 text goes through the training package's redactor (`bigmodel_training.redact.redact_text`), the
 same one that cleans fine-tuning datasets. If redaction is asked for but the redactor cannot be
 imported, nothing is logged (a warning says why): an unredacted log is never written by accident.
