@@ -50,6 +50,6 @@ helm upgrade --install bigmodel-operator charts/bigmodel-operator \
   --set operatorConfig.fetch_hub_config=false
 
 step "tests/e2e"
-BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_SERVING_CPU_IMAGE="$REGISTRY/serving-cpu:$VERSION" \
+BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_TRAINER_IMAGE="$REGISTRY/trainer:$VERSION" \
   tests/pytest.sh "$PY" tests/e2e -m e2e -p no:cacheprovider
 step "done"

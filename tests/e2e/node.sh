@@ -48,6 +48,6 @@ step "tests/e2e (inside the netns)"
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
 # shellcheck disable=SC2086
 $NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 \
-  BIGMODEL_E2E_SERVING_CPU_IMAGE="$REGISTRY/serving-cpu:$VERSION" \
+  BIGMODEL_E2E_TRAINER_IMAGE="$REGISTRY/trainer:$VERSION" \
   tests/pytest.sh "$PY" tests/e2e -m e2e -p no:cacheprovider -s ${PYTEST_ARGS:-}
 step "done"

@@ -7,7 +7,7 @@ and writes its adapter to a PVC; deleting both garbage-collects every child.
 
 Run by tests/e2e/node.sh (`make e2e`: a real node in a private network namespace; the Service is called
 directly, BIGMODEL_E2E_DIRECT=1) or tests/e2e/kind.sh (`make e2e-kind`: through a port-forward), or on any
-cluster with KubeRay and the chart: `BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_SERVING_CPU_IMAGE=<image>
+cluster with KubeRay and the chart: `BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_TRAINER_IMAGE=<image>
 pytest tests/e2e`.
 """
 
@@ -32,7 +32,8 @@ EXAMPLES = REPO / "docs" / "examples"
 # The CPU serving image bakes the tiny model here (serving/Dockerfile.cpu): /tmp would be hidden by the
 # emptyDir the RayService pods mount on /tmp.
 MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-llama")
-SERVING_CPU_IMAGE = os.environ.get("BIGMODEL_E2E_SERVING_CPU_IMAGE", "ghcr.io/bigmodel-operator/serving-cpu:0.1.0")
+# Helper pods (the data PVC, the adapter check) run in the trainer image, which has `bigmodel dev tiny-model`.
+TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-operator/trainer:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
 # Small requests: the e2e node has 2 CPUs for the add-ons, the trainer and, during a RayService upgrade,
@@ -110,7 +111,7 @@ def _bigmodel() -> dict[str, Any]:
 
 
 def _data_objects(namespace: str) -> list[dict[str, Any]]:
-    """A PVC with the tiny model (copied out of the serving-cpu image) and a small chat dataset."""
+    """A PVC with the tiny model (made offline by `bigmodel dev tiny-model`) and a small chat dataset."""
     rows = [
         {
             "messages": [
@@ -132,18 +133,18 @@ def _data_objects(namespace: str) -> list[dict[str, Any]]:
         "metadata": {"name": "e2e-data", "namespace": namespace},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
-    script = "set -e; cp -r /opt/bigmodel/tiny-llama /data/model; cp /seed/chats.jsonl /data/"
+    script = "set -e; bigmodel dev tiny-model /data/model; cp /seed/chats.jsonl /data/"
     return [seed, pvc, _job(namespace, "e2e-data", script, [("seed", {"configMap": {"name": "e2e-seed"}}, "/seed")])]
 
 
 def _job(
     namespace: str, name: str, script: str, extra: list[tuple[str, dict[str, Any], str]] | None = None
 ) -> dict[str, Any]:
-    """A one-shot pod in the serving image with the data PVC on /data."""
+    """A one-shot pod in the trainer image with the data PVC on /data."""
     volumes = [("data", {"persistentVolumeClaim": {"claimName": "e2e-data"}}, "/data"), *(extra or [])]
     container = {
         "name": "run",
-        "image": SERVING_CPU_IMAGE,
+        "image": TRAINER_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "command": ["bash", "-c", script],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
