@@ -193,6 +193,8 @@ def component_argv(name: str, bins: dict[str, str]) -> list[str]:
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            # The node's name resolves nowhere (no DNS outside the cluster); logs/exec dial its InternalIP.
+            "--kubelet-preferred-address-types=InternalIP",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
