@@ -11,7 +11,8 @@
 #
 # Image builds (PyPI, Debian) run in the host's namespace; everything that talks to pods or Services runs
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
-# (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options.
+# (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options, BUILD_IMAGES=0 uses the
+# images built last (~/.cache/bigmodel/images/<image>-$VERSION.oci.tar) even if the code changed since.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export VERSION=${VERSION:-e2e}
@@ -21,8 +22,10 @@ NODE="$PY tests/cluster/node.py"
 CACHE=${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}
 step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
 
-step "images $VERSION (buildah, content-addressed cache)"
-IMAGES="operator serving-cpu trainer" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh
+if [ "${BUILD_IMAGES:-1}" = 1 ]; then
+  step "images $VERSION (buildah, content-addressed cache)"
+  IMAGES="operator serving-cpu trainer" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh
+fi
 
 step "helm"
 HELM=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import charttools; print(charttools.build_helm())')
