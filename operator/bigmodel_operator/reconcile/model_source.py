@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ import aiohttp
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.reconcile.offload import off_loop
 
 HUB_CACHE_SECONDS = 3600.0
 MAX_CONFIG_BYTES = 256 * 1024
@@ -158,6 +160,14 @@ def check_inline_config(inline: dict[str, Any]) -> ModelConfigResult:
     return ModelConfigResult(inline)
 
 
+async def _parse_off_loop(work: Callable[[], ModelConfigResult], where: str) -> ModelConfigResult:
+    """Parsing up to a ConfigMap's 1 MiB stays off the event loop, like planning."""
+    try:
+        return await off_loop(work)
+    except TimeoutError:
+        return ModelConfigResult(None, Reason.MODEL_CONFIG_OUT_OF_BOUNDS, f"{where} took too long to parse")
+
+
 async def model_config_for(
     kube: Kube,
     namespace: str,
@@ -170,7 +180,7 @@ async def model_config_for(
 ) -> ModelConfigResult:
     """The model's config.json from the first source that has it."""
     if inline:
-        return check_inline_config(inline)
+        return await _parse_off_loop(lambda: check_inline_config(inline), "spec.model.config")
     if config_map:
         name, key = config_map
         cm = await kube.get("ConfigMap", namespace, name)
@@ -179,7 +189,8 @@ async def model_config_for(
             return ModelConfigResult(
                 None, Reason.MODEL_CONFIG_UNAVAILABLE, f"ConfigMap {name} has no key {key} (expected config.json)"
             )
-        return parse_config_text(raw, f"ConfigMap {name}/{key}")
+        where = f"ConfigMap {name}/{key}"
+        return await _parse_off_loop(lambda: parse_config_text(raw, where), where)
     if uri.startswith("hf://"):
         if not config.fetch_hub_config:
             return ModelConfigResult(
