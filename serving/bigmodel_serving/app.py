@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from bigmodel_serving.args import (
     ENGINE_DEPLOYMENT,
     INGRESS_DEPLOYMENT,
+    InvalidServeArgsError,
     ServeArgs,
     parse_serve_args,
 )
@@ -51,6 +52,16 @@ def ingress_options(args: ServeArgs) -> dict[str, Any]:
     }
 
 
+def check_engine_config_values(engine_kwargs: dict[str, Any]) -> None:
+    """Validate nested vLLM config values (e.g. `structured_outputs_config`) now, not in every replica."""
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import _normalize_vllm_engine_kwargs
+
+    try:
+        _normalize_vllm_engine_kwargs(engine_kwargs)
+    except ValueError as error:
+        raise InvalidServeArgsError(f"invalid bigmodel serve args:\n  engine_args.extra: {error}") from None
+
+
 def build_app(args: dict[str, Any] | ServeArgs) -> Application:
     """Validate `args` and return the application; bad args raise `InvalidServeArgsError`.
 
@@ -65,7 +76,9 @@ def build_app(args: dict[str, Any] | ServeArgs) -> Application:
 
     serve_args = parse_serve_args(args)
     check_extra_engine_args(serve_args.engine_args.extra, installed_vllm_arg_names())
-    llm_config = LLMConfig(**llm_config_fields(serve_args))
+    fields = llm_config_fields(serve_args)
+    check_engine_config_values(fields["engine_kwargs"])
+    llm_config = LLMConfig(**fields)
     engine_options = BigModelEngine.get_deployment_options(llm_config)
     engine_options.setdefault("user_config", {"adapters": []})
     if serve_args.engine_args.max_num_seqs and "max_queued_requests" not in engine_options:

@@ -98,7 +98,7 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
         "tool_call_parser": "hermes",
         # A random model under a JSON grammar may emit whitespace until max_tokens; this keeps its
         # structured outputs (json_schema, tools) short and complete.
-        "structured_outputs_config": {"disable_any_whitespace": True},
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
     engine["max_ongoing_requests"] = 8
