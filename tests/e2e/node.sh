@@ -28,7 +28,7 @@ if [ "${BUILD_IMAGES:-1}" = 1 ]; then
 fi
 
 step "helm"
-HELM=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import charttools; print(charttools.build_helm())')
+HELM=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import charttools; print(charttools.build_helm())' | tail -1)
 
 step "node up (netns)"
 $NODE up
