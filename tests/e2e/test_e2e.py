@@ -233,6 +233,7 @@ def _chat(base_url: str) -> dict[str, Any]:
     return response.json()
 
 
+@pytest.mark.timeout(3 * READY_TIMEOUT)  # one story with several waits of up to READY_TIMEOUT
 def test_bigmodel_and_finetunejob_end_to_end(
     kubectl: Kubectl, namespace: str, steps: Steps, port_forward: Callable[[str, str, int], int]
 ) -> None:
