@@ -37,7 +37,8 @@ trap cleanup EXIT
 $NODE import "$CACHE"/images/{operator,serving-cpu,trainer}-"$VERSION".oci.tar
 
 step "bigmodel-operator chart"
-# The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs).
+# The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs,
+# 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM).
 $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
   --namespace bigmodel-system --create-namespace --wait --timeout 5m \
   --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
@@ -45,7 +46,7 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.images.vllm="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \
-  --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=2Gi
+  --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi
 
 step "tests/e2e (inside the netns)"
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
