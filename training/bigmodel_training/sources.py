@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bigmodel_operator.safe_paths import PathEscapeError, resolve_inside
 from bigmodel_training.config import DEFAULT_MOUNT_ROOT, BaseModelSource, DatasetSource, OutputTarget
 from bigmodel_training.errors import SourceError, UnsupportedError
 
@@ -28,15 +29,25 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.j
 
 
 def mount_path(uri: str) -> Path:
-    """Where the operator mounts pvc://claim/path."""
+    """Where the operator mounts pvc://claim/path; refuses a path that would leave the mount root.
+
+    Admission and the operator already refuse `..` segments; this repeats the check where the file is
+    opened, and also catches a symlink on the volume that points outside it.
+    """
     rest = uri.removeprefix("pvc://")
-    return Path(os.environ.get(MOUNT_ROOT_ENV, DEFAULT_MOUNT_ROOT)) / rest
+    try:
+        return resolve_inside(os.environ.get(MOUNT_ROOT_ENV, DEFAULT_MOUNT_ROOT), rest)
+    except PathEscapeError as exc:
+        raise SourceError(f"{uri}: {exc}") from exc
 
 
 def local_path_of(uri: str) -> Path | None:
     """The local path of a pvc:// or file:// URI, or None for remote schemes."""
     if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
+        path = uri.removeprefix("file://")
+        if ".." in path.split("/"):
+            raise SourceError(f"{uri}: a '..' segment is not allowed")
+        return Path(path)
     if uri.startswith("pvc://"):
         return mount_path(uri)
     return None
