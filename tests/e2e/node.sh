@@ -48,8 +48,12 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.fetch_hub_config=false \
   --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi
 
-step "tests/e2e (inside the netns)"
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
+# A node kept from an earlier run (KEEP=1) may hold an older image under the same tag: restart onto this one.
+$NODE exec -- "$KUBECTL" rollout restart -n bigmodel-system deployment/bigmodel-operator
+$NODE exec -- "$KUBECTL" rollout status -n bigmodel-system deployment/bigmodel-operator --timeout=180s
+
+step "tests/e2e (inside the netns)"
 # shellcheck disable=SC2086
 $NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 \
   BIGMODEL_E2E_TRAINER_IMAGE="$REGISTRY/trainer:$VERSION" \
