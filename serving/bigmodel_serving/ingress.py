@@ -39,6 +39,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.exceptions import VLLMError
 
 from bigmodel_serving.args import IngressConfig, Quota, parse_ingress_config
 from bigmodel_serving.auth import ApiKeyStore, bearer_token
@@ -221,6 +222,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(OpenAIHTTPException, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # Handlers for these classes answer without re-raising (the catch-all re-raises into Serve's log).
+    for error_class in (VLLMError, ValueError, TypeError, BackPressureError, DeploymentUnavailableError):
+        app.add_exception_handler(error_class, api_error)
     app.add_exception_handler(Exception, api_error)
     app.add_middleware(GuardMiddleware)
     return app
@@ -269,6 +273,13 @@ def _raised_while_parsing_the_body(error: BaseException) -> bool:
         "fastapi/dependencies/utils.py" in frame.f_code.co_filename
         for frame, _ in traceback.walk_tb(error.__traceback__)
     )
+
+
+def _check_roles(messages: Any) -> None:
+    """Every message needs a role: vLLM's request model lets one through and then fails (500) on it."""
+    for index, message in enumerate(messages or []):
+        if isinstance(message, dict) and not isinstance(message.get("role"), str):
+            raise APIError(400, f"messages[{index}].role is required.", param=f"messages.{index}.role")
 
 
 def _usage_of_sse(chunk: str) -> tuple[dict[str, Any] | None, bool]:
@@ -425,6 +436,8 @@ class BigModelIngress(OpenAiIngress):
         if model != self.base_model and model not in self._adapter_ids():
             raise model_not_found(model)
         body.model = model
+        if isinstance(body, ChatCompletionRequest):
+            _check_roles(body.messages)
         stream = bool(getattr(body, "stream", False))
         strip_usage = False
         if stream and not (body.stream_options and body.stream_options.include_usage):

@@ -108,10 +108,12 @@ def test_parse_with_a_pydantic_model(serving: ServingStack) -> None:
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_tools_give_parseable_tool_calls(serving: ServingStack, tool_choice: Any) -> None:
     response = serving.openai().chat.completions.create(
-        model=MODEL, messages=USER, max_tokens=100, tools=[WEATHER_TOOL], tool_choice=tool_choice
+        model=MODEL, messages=USER, max_tokens=400, tools=[WEATHER_TOOL], tool_choice=tool_choice
     )
-    calls = response.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "get_weather"
+    choice = response.choices[0]
+    calls = choice.message.tool_calls
+    assert calls, (choice.finish_reason, choice.message.content)
+    assert calls[0].function.name == "get_weather"
     assert "city" in json.loads(calls[0].function.arguments)
 
 
@@ -181,8 +183,9 @@ def test_langchain_structured_output(serving: ServingStack) -> None:
 def test_langchain_tools_and_tool_message(serving: ServingStack) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
 
-    llm = _chat_model(serving, max_tokens=100).bind_tools([WEATHER_TOOL], tool_choice="get_weather")
+    llm = _chat_model(serving, max_tokens=400).bind_tools([WEATHER_TOOL], tool_choice="get_weather")
     asked = llm.invoke([HumanMessage("Weather in Paris?")])
+    assert asked.tool_calls, (asked.content, asked.response_metadata, asked.invalid_tool_calls)
     call = asked.tool_calls[0]
     assert call["name"] == "get_weather" and "city" in call["args"]
     answer = _chat_model(serving, max_tokens=4).invoke(

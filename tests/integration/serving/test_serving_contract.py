@@ -39,3 +39,18 @@ def test_every_rendered_app_parses_and_builds(example: str, serving: Any) -> Non
     assert app["import_path"] == APP_IMPORT_PATH
     parsed = parse_application(app)
     assert build_app(parsed.args) is not None  # vLLM is never started: building is lazy
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"swap_space": 4}, r"extra\.swap_space: not an engine argument of the installed vLLM"),
+        ({"structured_outputs_config": {"disable_any_whitespace": True}}, "structured_outputs_config"),
+    ],
+)
+def test_engine_arguments_vllm_refuses_are_refused_at_build(extra: dict[str, Any], message: str) -> None:
+    from bigmodel_serving.args import InvalidServeArgsError
+
+    args = {"model": {"uri": "file:///m", "served_name": "m"}, "engine_args": {"extra": extra}}
+    with pytest.raises(InvalidServeArgsError, match=message):
+        build_app(args)
