@@ -278,7 +278,7 @@ def _raised_while_parsing_the_body(error: BaseException) -> bool:
 def _check_roles(messages: Any) -> None:
     """Every message needs a role: vLLM's request model lets one through and then fails (500) on it."""
     for index, message in enumerate(messages or []):
-        if isinstance(message, dict) and not isinstance(message.get("role"), str):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise APIError(400, f"messages[{index}].role is required.", param=f"messages.{index}.role")
 
 
