@@ -302,6 +302,10 @@ def down() -> None:
             if name in processes:
                 log(f"{name}: {proc.stop({name: processes[name]}).get(name, 'not running')}")
     _unmount_state()
+    # The pods' own namespaces (containerd names them cni-<uuid>; no other CRI runtime runs on these machines).
+    for line in sh("ip", "netns", "list").stdout.splitlines():
+        if line.startswith("cni-"):
+            sh("ip", "netns", "delete", line.split()[0], check=False)
     if netns_exists():
         sh("ip", "netns", "delete", NETNS)
     shutil.rmtree(Path("/etc/netns") / NETNS, ignore_errors=True)
