@@ -27,7 +27,8 @@ WEATHER_TOOL = {
         "description": "The weather in a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12}},
+            # An enum keeps a random model's arguments valid JSON (free strings may carry raw control characters).
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}},
             "required": ["city"],
             "additionalProperties": False,
         },
