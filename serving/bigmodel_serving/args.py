@@ -77,6 +77,19 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _contained(value: str | None) -> str | None:
+    """Refuse a location that could leave its mount: a `..` segment or a NUL byte.
+
+    Admission (CEL) and the operator refuse these already; the app checks again where it opens files.
+    """
+    if value is not None:
+        if "\x00" in value:
+            raise ValueError(f"{value!r} contains a NUL byte")
+        if ".." in unquote(value).replace("\\", "/").split("/"):
+            raise ValueError(f"{value!r} has a '..' segment (paths must stay inside their mount)")
+    return value
+
+
 def _local_path_of(uri: str, local_path: str | None) -> Path | None:
     if local_path:
         return Path(local_path)
@@ -109,6 +122,8 @@ class ModelSource(_Args):
         if scheme not in URI_SCHEMES:
             raise ValueError(f"model.uri scheme must be one of {', '.join(URI_SCHEMES)}; got {uri!r}")
         return uri
+
+    _paths_contained = field_validator("uri", "tokenizer", "local_path")(_contained)
 
     @field_validator("served_name")
     @classmethod
@@ -223,6 +238,8 @@ class AdapterSource(_Args):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     uri: str
     local_path: str | None = Field(default=None, description="Where the operator mounted the adapter.")
+
+    _paths_contained = field_validator("uri", "local_path")(_contained)
 
     def resolved_local_path(self) -> Path | None:
         """The local directory holding the adapter: `local_path`, or the path of a file:// URI."""
