@@ -5,7 +5,9 @@ engine args checked against vLLM, auth on by default, light edits outside the ha
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,18 +17,9 @@ from .conftest import GROUP, VERSION, condition, load_example, or_none
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
-LLAMA_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "torch_dtype": "bfloat16",
-}
+LLAMA_8B_CONFIG = json.loads(
+    (Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama--Llama-3.1-8B.json").read_text()
+)
 
 
 def _create(custom: Any, namespace: str, body: dict[str, Any]) -> None:

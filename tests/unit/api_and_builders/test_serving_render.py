@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,18 +23,9 @@ from bigmodel_serving.args import parse_application
 from .conftest import load_example
 
 CONFIG = OperatorConfig()
-LLAMA_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "torch_dtype": "bfloat16",
-}
+LLAMA_8B = json.loads(
+    (Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama--Llama-3.1-8B.json").read_text()
+)
 
 
 def _render(body: dict[str, Any], *, plan: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
