@@ -91,6 +91,23 @@ def _sign(pki: Path, name: str, subject: str, extensions: str, ca: str = "ca") -
     (pki / f"{name}.ext").unlink()
 
 
+def apiserver_identity_flags(pki: Path, service_cidr: str) -> list[str]:
+    """kube-apiserver flags for the front proxy (aggregation) and service-account tokens, from `pki`."""
+    return [
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={service_cidr}",
+    ]
+
+
 @dataclass(frozen=True)
 class Pki:
     dir: Path

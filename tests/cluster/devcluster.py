@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clusterbuild
 import clusterobjects
+import clusterpki
 import clusterproc as proc
 from clusterpki import Pki
 
@@ -155,17 +156,7 @@ def _component_argv(name: str, state: dict) -> list[str]:
             f"--tls-private-key-file={pki / 'kube-apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
-            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            *clusterpki.apiserver_identity_flags(pki, SERVICE_CIDR),
             # The `kubernetes` Endpoints may not hold a loopback address; nothing needs it.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
