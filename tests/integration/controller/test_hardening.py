@@ -5,6 +5,7 @@ NetworkPolicy is accepted by the apiserver."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -18,18 +19,9 @@ from .conftest import GROUP, REPO, VERSION, OperatorProcess, condition, load_exa
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
-LLAMA_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "torch_dtype": "bfloat16",
-}
+LLAMA_8B = json.loads(
+    (Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama--Llama-3.1-8B.json").read_text()
+)
 
 
 def _bigmodel(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
