@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
@@ -55,6 +56,7 @@ from bigmodel_serving.errors import (
     unauthorized,
     unavailable,
 )
+from bigmodel_serving.messages import check_messages, describe
 from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_usage
 from bigmodel_serving.quota import quota_actor, retry_after_header
 from bigmodel_serving.request_log import RequestLogger
@@ -246,6 +248,11 @@ def translate_exception(error: BaseException) -> APIError:
     client_error = _vllm_client_error(cause)
     if client_error is not None:
         return client_error
+    if isinstance(cause, ValidationError):  # request data validated late (vLLM's content-part parsers)
+        return APIError(400, f"Invalid request: {describe(cause)}")
+    if isinstance(cause, ValueError) and isinstance(cause.__cause__, ValidationError):
+        # A lazily validated request field (pydantic's iterator arm) failed when it was read.
+        return APIError(400, f"Invalid request: {cause} {describe(cause.__cause__)}")
     if isinstance(cause, TypeError | ValueError) and _raised_while_parsing_the_body(cause):
         # vLLM's request models run validators that raise TypeError/ValueError on odd input.
         return APIError(400, f"Invalid request: {cause}")
@@ -273,13 +280,6 @@ def _raised_while_parsing_the_body(error: BaseException) -> bool:
         "fastapi/dependencies/utils.py" in frame.f_code.co_filename
         for frame, _ in traceback.walk_tb(error.__traceback__)
     )
-
-
-def _check_roles(messages: Any) -> None:
-    """Every message needs a role: vLLM's request model lets one through and then fails (500) on it."""
-    for index, message in enumerate(messages or []):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise APIError(400, f"messages[{index}].role is required.", param=f"messages.{index}.role")
 
 
 def _usage_of_sse(chunk: str) -> tuple[dict[str, Any] | None, bool]:
@@ -437,7 +437,7 @@ class BigModelIngress(OpenAiIngress):
             raise model_not_found(model)
         body.model = model
         if isinstance(body, ChatCompletionRequest):
-            _check_roles(body.messages)
+            check_messages(body.messages)
         stream = bool(getattr(body, "stream", False))
         strip_usage = False
         if stream and not (body.stream_options and body.stream_options.include_usage):

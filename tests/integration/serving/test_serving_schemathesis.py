@@ -36,7 +36,8 @@ schema = schemathesis.openapi.from_dict(_document())
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: CI sees the same cases on every run (a find goes into test_serving_hostile_bodies.py).
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any, serving: ServingStack) -> None:
     response = case.call(base_url=serving.url, headers={"Authorization": f"Bearer {serving.api_key}"}, timeout=120)
     assert response.status_code < 500, (
