@@ -238,6 +238,33 @@ class AdapterSpec(ApiModel):
         return uri
 
 
+class RolloutSpec(ApiModel):
+    """A hand override of the canary of one adapter (FineTuneJob deployTo versions)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.action) || self.action != 'pin' || has(self.version)",
+            "action pin needs version (the FineTuneJob whose adapter to serve)",
+        )
+    )
+
+    adapter: str = Field(max_length=63, pattern=DNS_LABEL, description="The adapter name (deployTo.adapterName).")
+    action: Literal["auto", "promote", "rollback", "pin"] = Field(
+        description=(
+            "auto: the ingress promotes or rolls back the candidate after its window; promote: the candidate "
+            "(or `version`) becomes stable now, and later versions skip the canary while this entry stays; "
+            "rollback: the candidate (or `version`) is taken out of service and marked RolledBack; pin: only "
+            "`version` serves, newer versions wait."
+        )
+    )
+    version: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="A version: the name of the FineTuneJob that produced it.",
+    )
+
+
 class IngressSpec(ApiModel):
     """An Ingress in front of the OpenAI endpoint."""
 
@@ -367,6 +394,15 @@ class BigModelSpec(ApiModel):
         description="LoRA adapters served with the model.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    rollouts: list[RolloutSpec] | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Hand overrides of adapter canaries (promote now, roll back, pin a version). The operator never "
+            "writes this field; promotion state is in status.adapters."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["adapter"]},
+    )
     expose: ExposeSpec | None = Field(default=None, description="External exposure.")
     auth: AuthSpec | None = Field(default=None, description="Endpoint authentication.")
     credentials: CredentialsSpec | None = Field(default=None, description="Model pull credentials.")
@@ -374,6 +410,25 @@ class BigModelSpec(ApiModel):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Extra tolerations for the model pods."
     )
+
+
+class AdapterVersionStatus(ApiModel):
+    """One version of a deployTo adapter, as the operator serves it."""
+
+    name: str = Field(description="Adapter name clients call (`<servedName>:<name>`).")
+    version: str = Field(description="The FineTuneJob that produced it.")
+    engine_name: str | None = Field(default=None, description="Name the engine loads it under (`<name>.<version>`).")
+    uri: str | None = Field(default=None, description="Where the adapter was written.")
+    phase: Literal["Candidate", "Stable", "RolledBack", "Refused", "Retired", "Waiting"] = Field(
+        description=(
+            "Candidate: takes `weight` of the traffic; Stable: takes the rest; RolledBack: taken out by hand, "
+            "never served again; Refused: its eval gate failed; Retired: a newer version became stable; "
+            "Waiting: held back by a pin."
+        )
+    )
+    weight: float | None = Field(default=None, description="Share of the adapter's traffic (0..1).")
+    since: str | None = Field(default=None, description="When it entered this phase.")
+    message: str | None = Field(default=None, description="Why it is in this phase.")
 
 
 class BigModelStatus(ApiModel):
@@ -391,6 +446,9 @@ class BigModelStatus(ApiModel):
     plan: ServingPlan | None = Field(default=None, description="GPU memory plan.")
     selector: str | None = Field(default=None, description="Label selector of the pods (for /scale).")
     ray_service: str | None = Field(default=None, description="Name of the RayService child.")
+    adapters: list[AdapterVersionStatus] | None = Field(
+        default=None, description="Versions of deployTo adapters: which serve, with which weight, and why."
+    )
 
 
 class BigModel(ApiModel):

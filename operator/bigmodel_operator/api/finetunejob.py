@@ -155,16 +155,116 @@ class PrivacySpec(ApiModel):
     )
 
 
+class CanarySpec(ApiModel):
+    """How a new adapter version is tried next to the stable one before it takes all the traffic."""
+
+    weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Percent of the adapter's traffic the new version gets while it is a candidate (default 20). "
+            "100 skips the canary: the version becomes stable as soon as its gate passes."
+        ),
+    )
+    min_requests: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Requests on each version before any judgement (default 20)."
+    )
+    window_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Candidate requests after which the ingress promotes one that did not regress (default 200).",
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Roll back when the candidate's error rate exceeds the stable's by more than this (default 0.05).",
+    )
+    max_latency_ratio: float | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Roll back when the candidate's median latency exceeds the stable's by this factor (default 2).",
+    )
+    min_feedback_delta: float | None = Field(
+        default=None,
+        ge=-100,
+        le=100,
+        description="Roll back when the candidate's mean feedback rating minus the stable's falls below this "
+        "(default: feedback not judged).",
+    )
+
+
 class DeployToSpec(ApiModel):
-    """Attach the result to a BigModel as a LoRA adapter."""
+    """Serve the result from a BigModel as a new version of a LoRA adapter."""
 
     big_model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel in this namespace.")
     adapter_name: str | None = Field(
         default=None,
         max_length=63,
         pattern=DNS_LABEL,
-        description="Adapter name, a DNS label as BigModel adapters[].name (default: the FineTuneJob's name).",
+        description=(
+            "Name clients call (`<servedName>:<adapterName>`), a DNS label as BigModel adapters[].name "
+            "(default: the FineTuneJob's name). Every FineTuneJob with the same adapterName is a version of it."
+        ),
     )
+    canary: CanarySpec | None = Field(default=None, description="Canary of this version (default 20 %).")
+
+
+class EvalGateSpec(ApiModel):
+    """Thresholds the trainer's evaluation must meet before the adapter gets any traffic."""
+
+    max_loss_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Largest adapted / base held-out loss allowed (default 1.0: the adapter must not be worse).",
+    )
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Smallest share of eval-set examples the adapted model must pass (default: not checked).",
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """The eval gate: held-out loss against the base model, plus an optional scored eval set."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "!has(self.scorer) || self.scorer != 'regex' || has(self.pattern) || has(self.datasetUri)",
+            "scorer regex needs pattern (or references in the eval set)",
+        )
+    )
+
+    dataset_uri: Annotated[str | None, NoParentSegments] = Field(
+        default=None,
+        max_length=2048,
+        pattern=DATA_URI_PATTERN,
+        description=(
+            'Eval set, JSONL: {"prompt", "reference"} or {"messages": [...]} whose last assistant turn is the '
+            "reference. The adapted and the base model generate an answer for each prompt. No '..' segments."
+        ),
+        json_schema_extra=no_parent_segments("evaluation.datasetUri"),
+    )
+    scorer: Literal["exact", "contains", "json", "regex"] | None = Field(
+        default=None,
+        description=(
+            "How an answer passes: exact (equals the reference, whitespace trimmed), contains (holds the "
+            "reference), json (parses as JSON), regex (matches `pattern`, else the reference). Default exact."
+        ),
+    )
+    pattern: str | None = Field(default=None, max_length=1024, description="Regular expression for scorer regex.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=4096, description="Tokens generated per eval prompt (default 64)."
+    )
+    max_examples: int | None = Field(
+        default=None, ge=1, le=10_000, description="Eval-set examples used, from the top (default 200)."
+    )
+    gate: EvalGateSpec | None = Field(default=None, description="Thresholds (default: maxLossRatio 1.0).")
 
 
 class TrainingCredentialsSpec(ApiModel):
@@ -207,9 +307,14 @@ class FineTuneJobSpec(ApiModel):
     deploy_to: DeployToSpec | None = Field(
         default=None,
         description=(
-            "Serve the result from a BigModel as a LoRA adapter. Reserved: validated and stored, but this "
-            "release does not attach the adapter yet (add it to the BigModel's adapters by hand)."
+            "Serve the result from a BigModel as a version of a LoRA adapter once the job succeeded and its "
+            "eval gate passed: loaded into the running replicas without a restart, canaried against the "
+            "stable version, then promoted (see docs/loop.md). The BigModel's spec is never written."
         ),
+    )
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description="Eval gate: thresholds and an optional eval set (default: held-out loss no worse than the base's).",
     )
     backoff_limit: int | None = Field(
         default=None, ge=0, le=20, description="Retries of the training pod (default 2); it resumes from checkpoints."
@@ -235,13 +340,30 @@ class TrainingProgress(ApiModel):
     percent: int | None = Field(default=None, description="step / totalSteps in percent.")
 
 
+class EvaluationResult(ApiModel):
+    """What the trainer measured after training, and whether the gate passed."""
+
+    base_loss: float | None = Field(default=None, description="Base model's token loss on the held-out split.")
+    adapted_loss: float | None = Field(default=None, description="Adapted model's loss on the same examples.")
+    base_perplexity: float | None = Field(default=None, description="exp(baseLoss).")
+    adapted_perplexity: float | None = Field(default=None, description="exp(adaptedLoss).")
+    loss_ratio: float | None = Field(default=None, description="adaptedLoss / baseLoss.")
+    held_out_examples: int | None = Field(default=None, description="Held-out examples the losses are over.")
+    score: float | None = Field(default=None, description="Share of eval-set examples the adapted model passed.")
+    base_score: float | None = Field(default=None, description="The same for the base model.")
+    examples: int | None = Field(default=None, description="Eval-set examples scored.")
+    scorer: str | None = Field(default=None, description="Scorer used on the eval set.")
+    passed: bool | None = Field(default=None, description="Whether the gate passed.")
+    reasons: list[str] | None = Field(default=None, description="Why the gate passed or failed, one line per check.")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a fine-tuning run."""
 
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Planned, Complete, Failed.",
+        description="Planned, Complete, Failed, Promoted (deployTo only).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = Field(default=None, description="Phase.")
@@ -255,6 +377,9 @@ class FineTuneJobStatus(ApiModel):
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job.")
     base_model_uri: str | None = Field(
         default=None, description="The base model actually used (resolved through bigModelRef when set)."
+    )
+    evaluation: EvaluationResult | None = Field(
+        default=None, description="The eval gate's numbers and verdict, reported by the trainer."
     )
 
 
