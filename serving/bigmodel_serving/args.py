@@ -11,7 +11,7 @@ validated here by `ServeApplication`:
         deployments:                           # light: Serve applies these in place
           - name: BigModelIngress              # INGRESS_DEPLOYMENT
             autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
-            user_config: <IngressConfig>       # keys, quotas, body cap, request log, adapters
+            user_config: <IngressConfig>       # keys, quotas, body cap, request log, adapters, routes
           - name: BigModelEngine               # ENGINE_DEPLOYMENT (vLLM through ray.serve.llm)
             autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
             max_ongoing_requests: <n>
@@ -260,6 +260,57 @@ def _check_unique_adapters(adapters: list[AdapterSource]) -> list[AdapterSource]
     return adapters
 
 
+RouteMode = Literal["auto", "promote", "rollback", "pin"]
+
+
+class AdapterRoute(_Args):
+    """A name clients call (`<served_name>:<name>`) split between two engine adapters (a canary).
+
+    Each API key gets `candidate` or `stable` by a stable hash of (key name, route, candidate), so a
+    key keeps its version while `weight` holds, and raising `weight` only moves keys to the candidate.
+    `stable: null` is the base model (a first fine-tune is canaried against it); `candidate: null`
+    sends every key to `stable`. `mode: auto` rolls back on a regression after `min_requests`
+    candidate requests and promotes after `window_requests` without one; `promote` (weight 1),
+    `rollback` (weight 0) and `pin` (keep the weight in force, decide nothing) override it by hand.
+    """
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    stable: str | None = Field(default=None, description="Engine adapter name; null: the base model.")
+    candidate: str | None = Field(default=None, description="Engine adapter name of the version on trial.")
+    weight: float = Field(default=0.2, ge=0, le=1, description="The candidate's share of API keys.")
+    mode: RouteMode = "auto"
+    min_requests: int = Field(default=20, ge=1, le=1_000_000, description="Candidate requests before a rollback.")
+    window_requests: int = Field(
+        default=200, ge=1, le=10_000_000, description="Candidate requests without regression before promotion."
+    )
+    max_error_rate_increase: float = Field(default=0.05, ge=0, le=1)
+    max_latency_ratio: float = Field(default=2.0, gt=0, le=1000, description="Candidate p50 / stable p50 limit.")
+    min_feedback_delta: float | None = Field(
+        default=None, ge=0, description="Roll back when the candidate's mean rating is lower by more than this."
+    )
+
+    @model_validator(mode="after")
+    def _two_versions(self) -> AdapterRoute:
+        if self.candidate is not None and self.candidate == self.stable:
+            raise ValueError(f"route {self.name!r}: candidate and stable are the same adapter {self.stable!r}")
+        return self
+
+
+def _check_routes(routes: list[AdapterRoute], adapters: list[AdapterSource]) -> None:
+    names = [route.name for route in routes]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"route names must be unique; repeated: {', '.join(duplicates)}")
+    adapter_names = {adapter.name for adapter in adapters}
+    for route in routes:
+        if route.name in adapter_names:
+            raise ValueError(f"route {route.name!r} has the name of an adapter (clients could not tell them apart)")
+        for role in ("stable", "candidate"):
+            version = getattr(route, role)
+            if version is not None and version not in adapter_names:
+                raise ValueError(f"route {route.name!r}: {role} {version!r} is not one of the adapters")
+
+
 class AuthConfig(_Args):
     """API keys for /v1/*. On by default: `mode: none` must be said explicitly.
 
@@ -323,11 +374,17 @@ class IngressConfig(_Args):
     max_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     request_log: RequestLogArgs = Field(default_factory=RequestLogArgs)
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
+    routes: list[AdapterRoute] = Field(default_factory=list, max_length=256, description="Canary routes.")
 
     @field_validator("adapters")
     @classmethod
     def _unique_adapters(cls, adapters: list[AdapterSource]) -> list[AdapterSource]:
         return _check_unique_adapters(adapters)
+
+    @model_validator(mode="after")
+    def _routes_name_adapters(self) -> IngressConfig:
+        _check_routes(self.routes, self.adapters)
+        return self
 
 
 class EngineConfig(_Args):
