@@ -59,6 +59,7 @@ from bigmodel_serving.errors import (
 from bigmodel_serving.messages import check_messages, describe
 from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_usage
 from bigmodel_serving.quota import quota_actor, retry_after_header
+from bigmodel_serving.quota_leases import QuotaLeases
 from bigmodel_serving.request_log import RequestLogger
 
 logger = logging.getLogger("ray.serve")
@@ -314,7 +315,7 @@ class BigModelIngress(OpenAiIngress):
         self.config = IngressConfig.model_validate({"auth": {"mode": "none"}})
         self.key_store: ApiKeyStore | None = None
         self.request_log: RequestLogger | None = None
-        self._quota_actor: Any = None
+        self._quota_leases: QuotaLeases | None = None
         self.created = int(time.time())
         _replica["ingress"] = self
 
@@ -363,28 +364,27 @@ class BigModelIngress(OpenAiIngress):
     def _quota(self, key: str) -> Quota:
         return self.config.quotas.for_key(key)
 
-    def _actor(self) -> Any:
-        if self._quota_actor is None:
-            self._quota_actor = quota_actor(self.app_name)
-        return self._quota_actor
+    def _actor(self) -> QuotaLeases:
+        """This replica's leases of the quota actor's buckets (the actor is looked up on first need)."""
+        if self._quota_leases is None:
+            self._quota_leases = QuotaLeases(lambda: quota_actor(self.app_name))
+        return self._quota_leases
 
     async def admit(self, key: str) -> None:
-        quota = self._quota(key)
-        if not (quota.requests_per_minute or quota.tokens_per_minute):
-            return
-        wait = await self._actor().admit.remote(key, quota.model_dump())
+        """Admit from this replica's lease; only an empty lease waits for the quota actor."""
+        wait = await self._actor().admit(key, self._quota(key))
         if wait > 0:
             raise quota_exceeded(key, retry_after_header(wait))
 
     def record(self, key: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """Send usage to the quota actor without waiting (it also feeds the usage metrics)."""
+        """Charge the lease and count usage locally; both reach the quota actor within a second."""
         try:
-            self._actor().record.remote(key, self._quota(key).model_dump(), status, prompt_tokens, completion_tokens)
+            self._actor().record(key, self._quota(key), status, prompt_tokens, completion_tokens)
         except Exception:  # usage is best effort; the answer already went out
             logger.exception("bigmodel: could not record usage")
 
     async def metrics_text(self) -> str:
-        usage = await self._actor().snapshot.remote()
+        usage = await self._actor().snapshot()
         handle = self._default_serve_handles[self.base_model]
         try:
             replies = await handle.broadcast("metrics_text").results_async()

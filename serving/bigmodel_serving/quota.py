@@ -7,9 +7,9 @@ request actually used (prompt + completion, known when it ends) are charged afte
 answer can drive the balance below zero and the key waits until it refills. `Retry-After` is the
 time until the request would be admitted.
 
-`QuotaActor` wraps one `QuotaBook` in a named Ray actor per application, so the limits hold across
-all ingress replicas; the ingress calls `admit` only for keys that have a limit and sends usage
-without waiting for an answer.
+`QuotaActor` wraps one `QuotaBook` in a named Ray actor per application: the single source of truth,
+so the limits hold across all ingress replicas. Ingress replicas do not call it per request: they
+lease slices of the buckets (quota_leases.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ def actor_name(app_name: str) -> str:
     return f"bigmodel-quota:{app_name}"
 
 
+def limited(quota: Quota) -> bool:
+    return bool(quota.requests_per_minute or quota.tokens_per_minute)
+
+
 @dataclass
 class _Bucket:
     capacity: float
@@ -45,12 +49,37 @@ class _Bucket:
         missing = amount - self.level
         return 0.0 if missing <= 0 else missing / (self.capacity / 60.0)
 
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The actor's answer to a lease request."""
+
+    wait: float  # 0: admitted (when a request asked); else seconds until it would be
+    requests: int = 0  # request tokens leased
+    tokens: float = 0.0  # token allowance leased
+
 
 @dataclass
 class KeyUsage:
     responses: dict[int, int] = field(default_factory=dict)  # by HTTP status
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def add(self, responses: dict[int, int], prompt_tokens: int, completion_tokens: int) -> None:
+        for status, count in responses.items():
+            self.responses[status] = self.responses.get(status, 0) + count
+        self.prompt_tokens += max(0, prompt_tokens)
+        self.completion_tokens += max(0, completion_tokens)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "responses": dict(self.responses),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 @dataclass
@@ -74,45 +103,66 @@ class QuotaBook:
 
     def admit(self, key: str, quota: Quota) -> float:
         """0 when `key` may send a request now (one request is taken), else seconds to wait."""
+        return self.lease(key, quota).wait
+
+    def lease(self, key: str, quota: Quota, requests: int = 0, tokens: float = 0.0, *, admit: bool = True) -> Grant:
+        """Admit one request (unless `admit` is false), then lease up to `requests` and `tokens` on top.
+
+        Nothing is leased while the key would have to wait; what is leased leaves the buckets.
+        """
         now = self.clock()
+        request_bucket = token_bucket = None
         waits = []
-        requests = None
         if quota.requests_per_minute:
-            requests = self._bucket(self._requests, key, quota.requests_per_minute, now)
-            waits.append(requests.seconds_until(1.0))
+            request_bucket = self._bucket(self._requests, key, quota.requests_per_minute, now)
+            waits.append(request_bucket.seconds_until(1.0))
         if quota.tokens_per_minute:
-            tokens = self._bucket(self._tokens, key, quota.tokens_per_minute, now)
-            waits.append(tokens.seconds_until(0.0))
+            token_bucket = self._bucket(self._tokens, key, quota.tokens_per_minute, now)
+            waits.append(token_bucket.seconds_until(0.0))
         wait = max(waits, default=0.0)
-        if wait <= 0 and requests is not None:
-            requests.level -= 1.0
-        return wait
+        if wait > 0:
+            return Grant(wait)
+        leased_requests, leased_tokens = 0, 0.0
+        if request_bucket is not None:
+            if admit:
+                request_bucket.level -= 1.0
+            leased_requests = max(0, min(requests, math.floor(request_bucket.level)))
+            request_bucket.level -= leased_requests
+        if token_bucket is not None:
+            leased_tokens = max(0.0, min(tokens, token_bucket.level))
+            token_bucket.level -= leased_tokens
+        return Grant(0.0, leased_requests, leased_tokens)
+
+    def give_back(self, key: str, quota: Quota, requests: float, tokens: float) -> None:
+        """Return an unused lease; negative `tokens` is a debt (tokens used beyond the lease)."""
+        now = self.clock()
+        if quota.requests_per_minute and requests:
+            self._bucket(self._requests, key, quota.requests_per_minute, now).give_back(requests)
+        if quota.tokens_per_minute and tokens:
+            self._bucket(self._tokens, key, quota.tokens_per_minute, now).give_back(tokens)
+
+    def count(self, key: str, responses: dict[int, int], prompt_tokens: int, completion_tokens: int) -> None:
+        """Add to the usage counters only."""
+        self.usage.setdefault(key, KeyUsage()).add(responses, prompt_tokens, completion_tokens)
 
     def record(self, key: str, quota: Quota, status: int, prompt_tokens: int, completion_tokens: int) -> None:
         """Count a finished request and take the tokens it used from the key's token bucket."""
-        usage = self.usage.setdefault(key, KeyUsage())
-        usage.responses[status] = usage.responses.get(status, 0) + 1
+        self.count(key, {status: 1}, prompt_tokens, completion_tokens)
         used = max(0, prompt_tokens) + max(0, completion_tokens)
-        usage.prompt_tokens += max(0, prompt_tokens)
-        usage.completion_tokens += max(0, completion_tokens)
-        if quota.tokens_per_minute and used:
-            bucket = self._bucket(self._tokens, key, quota.tokens_per_minute, self.clock())
-            bucket.level -= used
+        if used:
+            self.give_back(key, quota, 0.0, -float(used))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {
-            key: {
-                "responses": dict(usage.responses),
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-            }
-            for key, usage in self.usage.items()
-        }
+        return {key: usage.as_dict() for key, usage in self.usage.items()}
 
 
 def retry_after_header(wait_s: float) -> str:
     """Whole seconds, rounded up, at least 1."""
     return str(max(1, math.ceil(wait_s)))
+
+
+# What a replica sends back: (key, quota as a dict, request tokens, token allowance or debt).
+Return = tuple[str, dict[str, Any], float, float]
 
 
 class QuotaActor:
@@ -123,6 +173,27 @@ class QuotaActor:
 
     def admit(self, key: str, quota: dict[str, Any]) -> float:
         return self.book.admit(key, Quota.model_validate(quota))
+
+    def lease(
+        self,
+        key: str,
+        quota: dict[str, Any],
+        returned: tuple[float, float],
+        wanted: tuple[int, float],
+        admit: bool,
+    ) -> tuple[float, int, float]:
+        """Take back what the replica `returned` (requests, tokens), then `QuotaBook.lease`."""
+        typed = Quota.model_validate(quota)
+        self.book.give_back(key, typed, *returned)
+        grant = self.book.lease(key, typed, *wanted, admit=admit)
+        return grant.wait, grant.requests, grant.tokens
+
+    def settle(self, returns: list[Return], usage: dict[str, dict[str, Any]]) -> None:
+        """Expired leases and token debts from a replica, and its usage counters since the last call."""
+        for key, quota, requests, tokens in returns:
+            self.book.give_back(key, Quota.model_validate(quota), requests, tokens)
+        for key, counts in usage.items():
+            self.book.count(key, counts["responses"], counts["prompt_tokens"], counts["completion_tokens"])
 
     def record(self, key: str, quota: dict[str, Any], status: int, prompt_tokens: int, completion_tokens: int) -> None:
         self.book.record(key, Quota.model_validate(quota), status, prompt_tokens, completion_tokens)

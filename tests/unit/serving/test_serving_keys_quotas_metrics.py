@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bigmodel_serving.args import Quota, RequestLogArgs
 from bigmodel_serving.auth import ApiKeyStore, bearer_token, read_keys
 from bigmodel_serving.metrics import merge_engine_metrics, render_usage
-from bigmodel_serving.quota import QuotaBook, retry_after_header
+from bigmodel_serving.quota import QuotaActor, QuotaBook, retry_after_header
+from bigmodel_serving.quota_leases import QuotaLeases
 from bigmodel_serving.request_log import RequestLogger
 
 
@@ -106,6 +111,113 @@ def test_tokens_per_minute_charged_after_the_request() -> None:
 def test_unlimited_quota_admits_everything() -> None:
     book = QuotaBook()
     assert all(book.admit("a", Quota()) == 0 for _ in range(1000))
+
+
+class _FakeActorHandle:
+    """A QuotaActor behind Ray-like `handle.method.remote(...)` calls (awaitable), counting calls."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.actor = QuotaActor()
+        self.actor.book.clock = clock
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.actor, name)
+        handle = self
+
+        class _Method:
+            @staticmethod
+            async def remote(*args: Any) -> Any:
+                handle.calls[name] += 1
+                return method(*args)
+
+        return _Method()
+
+
+def _replica(handle: _FakeActorHandle, clock: _Clock, ttl_s: float = 5.0) -> QuotaLeases:
+    return QuotaLeases(lambda: handle, clock=clock, ttl_s=ttl_s, flush_interval_s=None)
+
+
+def test_leases_admit_locally_and_refill_in_the_background() -> None:
+    clock = _Clock()
+    handle = _FakeActorHandle(clock)
+    leases = _replica(handle, clock)
+    quota = Quota(requests_per_minute=1200)  # a lease is 5 %: 60 requests
+
+    async def run() -> list[float]:
+        waits = []
+        for _ in range(200):
+            waits.append(await leases.admit("a", quota))
+            await asyncio.sleep(0)  # let a background top-up run
+        return waits
+
+    assert asyncio.run(run()) == [0.0] * 200
+    assert handle.calls["lease"] < 20  # one miss, then a top-up per ~30 requests
+    assert leases.misses == 1 and leases.hits == 199
+    assert asyncio.run(leases.admit("a", Quota())) == 0  # no limits: never asks the actor
+
+
+def test_leases_never_admit_more_than_the_bucket_across_replicas() -> None:
+    clock = _Clock()
+    handle = _FakeActorHandle(clock)
+    first, second = _replica(handle, clock), _replica(handle, clock)
+    quota = Quota(requests_per_minute=100)
+
+    async def run() -> tuple[int, float, float]:
+        admitted = 0
+        for _ in range(100):
+            for replica in (first, second):
+                if await replica.admit("a", quota) == 0:
+                    admitted += 1
+                await asyncio.sleep(0)
+        return admitted, await first.admit("a", quota), await second.admit("a", quota)
+
+    admitted, wait_first, wait_second = asyncio.run(run())
+    assert admitted == 100  # the whole minute's burst, not one request more
+    assert wait_first > 0 and wait_second > 0  # 429 + Retry-After from both replicas
+    assert asyncio.run(first.admit("b", quota)) == 0  # other keys are unaffected
+    clock.now = 60
+    assert asyncio.run(first.admit("a", quota)) == 0
+
+
+def test_a_small_limit_asks_the_actor_for_every_request() -> None:
+    clock = _Clock()
+    handle = _FakeActorHandle(clock)
+    leases = _replica(handle, clock)
+    quota = Quota(requests_per_minute=3)
+    waits = [asyncio.run(leases.admit("limited", quota)) for _ in range(4)]
+    assert waits[:3] == [0, 0, 0]
+    assert 19 < waits[3] <= 20
+    assert handle.calls["lease"] == 4
+
+
+def test_lease_token_debt_is_charged_like_the_book() -> None:
+    clock = _Clock()
+    handle = _FakeActorHandle(clock)
+    leases = _replica(handle, clock)
+    quota = Quota(tokens_per_minute=60)
+    assert asyncio.run(leases.admit("a", quota)) == 0
+    leases.record("a", quota, 200, prompt_tokens=50, completion_tokens=40)  # 90 > 60: in debt by 30
+    assert asyncio.run(leases.admit("a", quota)) == 30  # the debt went to the actor with the miss
+    clock.now = 30
+    assert asyncio.run(leases.admit("a", quota)) == 0
+    usage = asyncio.run(leases.snapshot())
+    assert usage["a"] == {"responses": {200: 1}, "prompt_tokens": 50, "completion_tokens": 40}
+
+
+def test_unused_leases_and_debts_go_back_to_the_actor() -> None:
+    clock = _Clock()
+    handle = _FakeActorHandle(clock)
+    leases = _replica(handle, clock, ttl_s=0.001)  # the buckets barely refill meanwhile
+    requests, tokens = Quota(requests_per_minute=1200), Quota(tokens_per_minute=1000)
+    assert asyncio.run(leases.admit("r", requests)) == 0
+    assert handle.actor.book._requests["r"].level == 1200 - 1 - 60  # one admitted, 60 leased
+    leases.record("t", tokens, 200, prompt_tokens=100, completion_tokens=0)  # no lease yet: a debt
+    clock.now = leases.ttl_s
+    asyncio.run(leases.flush())
+    assert handle.actor.book._requests["r"].level == pytest.approx(1200 - 1, abs=0.1)
+    assert handle.actor.book._tokens["t"].level == pytest.approx(1000 - 100, abs=0.1)
+    assert handle.actor.book.snapshot()["t"]["prompt_tokens"] == 100
 
 
 ENGINE_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
