@@ -366,6 +366,28 @@ class RequestLogArgs(_Args):
         return self
 
 
+class FeedbackArgs(_Args):
+    """POST /v1/feedback and its sink (bigmodel_serving.feedback): answered completions are kept for
+    `ttl_s` (at most `max_entries` and `max_bytes`), feedback is appended as redacted chat JSONL."""
+
+    enabled: bool = False
+    sink_path: str | None = Field(default=None, description="A directory (a mounted PVC) for the JSONL files.")
+    sink_uri: str | None = Field(default=None, description="file:///dir or an object store (s3://bucket/prefix).")
+    ttl_s: float = Field(default=86_400, gt=0, le=30 * 86_400, description="How long an answer takes feedback.")
+    max_entries: int = Field(default=50_000, ge=1, le=10_000_000)
+    max_bytes: int = Field(default=128 * 1_048_576, ge=1024, le=16 * 1024 * 1_048_576)
+
+    _paths_contained = field_validator("sink_path", "sink_uri")(_contained)
+
+    @model_validator(mode="after")
+    def _one_sink(self) -> FeedbackArgs:
+        if self.sink_path and self.sink_uri:
+            raise ValueError("feedback: set sink_path or sink_uri, not both")
+        if self.enabled and not (self.sink_path or self.sink_uri):
+            raise ValueError("feedback.sink_path or feedback.sink_uri is required when feedback.enabled is true")
+        return self
+
+
 class IngressConfig(_Args):
     """`user_config` of the ingress deployment: applied in place, no engine reload."""
 
@@ -373,6 +395,7 @@ class IngressConfig(_Args):
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
     max_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     request_log: RequestLogArgs = Field(default_factory=RequestLogArgs)
+    feedback: FeedbackArgs = Field(default_factory=FeedbackArgs)
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
     routes: list[AdapterRoute] = Field(default_factory=list, max_length=256, description="Canary routes.")
 
