@@ -68,8 +68,12 @@ def llm_config_fields(args: ServeArgs) -> dict[str, Any]:
         },
     }
     if args.resources.is_cpu:
-        # Ray Serve LLM asks for one GPU bundle per worker by default; vLLM's CPU build needs CPUs.
-        fields["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+        # Ray Serve LLM asks for one GPU bundle per worker by default, and adds the replica actor's
+        # resources to the first bundle. vLLM's CPU engine runs in the replica's own processes (its mp
+        # executor, no Ray workers), so the replica's CPUs are the whole bundle: the actor takes none of
+        # its own, or a 1-CPU replica would ask Ray for 2 and never fit a 1-CPU worker pod.
+        fields["placement_group_config"] = {"bundles": [{"CPU": args.resources.num_cpus}]}
+        fields["deployment_config"]["ray_actor_options"] = {"num_cpus": 0}
     if args.lora is not None:
         fields["lora_config"] = {"max_num_adapters_per_replica": args.lora.max_cpu_loras or args.lora.max_loras}
     if args.engine_args.max_num_seqs:

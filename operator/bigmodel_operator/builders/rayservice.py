@@ -11,6 +11,7 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
+    ENGINE_REPLICA_CPUS,
     HF_TOKEN_ENV,
     api_keys_secret_name,
     render_application,
@@ -187,7 +188,9 @@ def build_rayservice(
                     "groupName": group,
                     **worker_group_bounds(spec, place, config),
                     "numOfHosts": 1,
-                    "rayStartParams": {},
+                    # KubeRay would advertise the CPU limit (rounded up) as Ray CPUs, and Ray would pack several
+                    # CPU replicas into one pod (sharing its cores and memory limit); GPU pods are bounded by GPUs.
+                    "rayStartParams": {} if place.gpus_per_pod else {"num-cpus": str(ENGINE_REPLICA_CPUS)},
                     "template": _worker_pod_spec(name, spec, place, mounts, config, labels),
                 }
             ],

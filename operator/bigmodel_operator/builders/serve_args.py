@@ -31,6 +31,10 @@ would take most of a shared node, so CPU replicas default to 5% unless the spec 
 DEFAULT_LORA_RANK = 16  # the trainer's (and PEFT's usual) default rank
 MAX_LORAS_DEFAULT = 4  # adapters one batch mixes; the rest wait in the replica's CPU cache
 INGRESS_TARGET_ONGOING = 500  # requests in flight per ingress replica (it holds streams, computes little)
+ENGINE_REPLICA_CPUS = 1
+"""Ray logical CPUs of one engine replica. A slot, not a core count: a CPU worker pod advertises exactly
+this many (rayStartParams num-cpus), so it hosts one replica, whose vLLM uses every core of the container
+and sizes its KV cache from the container's memory limit."""
 
 
 def served_name(name: str, spec: BigModelSpec) -> str:
@@ -137,7 +141,7 @@ def render_serve_args(
     args: dict[str, Any] = {
         "model": model,
         "engine_args": engine_args(spec, place),
-        "resources": {"accelerator": "gpu" if place.on_gpu else "cpu", "num_cpus": 1},
+        "resources": {"accelerator": "gpu" if place.on_gpu else "cpu", "num_cpus": ENGINE_REPLICA_CPUS},
         "request_timeout_s": REQUEST_TIMEOUT_S,
         "hf_token_env": HF_TOKEN_ENV,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bigmodel_operator.builders.training import render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_serving.args import parse_application
+from bigmodel_serving.engine_args import llm_config_fields
 from bigmodel_training.config import TrainerConfig
 
 from .conftest import EXAMPLES, load_example
@@ -44,3 +46,29 @@ def test_trainer_config_parses(example: str) -> None:
     assert config.progress.sink == "kube"
     if spec.output.uri.startswith("pvc://"):
         assert config.output.local_path and Path(config.output.local_path).is_absolute()
+
+
+def _ray_cpus(group: dict) -> float:
+    """What KubeRay gives `ray start --num-cpus` for a group: rayStartParams, else the CPU limit rounded up."""
+    if "num-cpus" in group["rayStartParams"]:
+        return float(group["rayStartParams"]["num-cpus"])
+    limit = str(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    return float(math.ceil(int(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)))
+
+
+@pytest.mark.parametrize("example", BIGMODELS)
+def test_engine_replica_fits_one_worker_pod(example: str) -> None:
+    """The engine replica's Ray CPUs (Ray Serve LLM adds the actor's to its first placement bundle) fit a
+    worker pod's advertised CPUs; a CPU worker holds exactly one replica. Found on the e2e node: a 1-CPU
+    replica asked Ray for 2 and never started."""
+    body = load_example(example)
+    spec = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, spec, placement(spec, None), OperatorConfig())
+    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    fields = llm_config_fields(parse_application(app).args)
+    bundles = (fields.get("placement_group_config") or {}).get("bundles") or [{}]
+    replica_cpus = bundles[0].get("CPU", 0) + fields["deployment_config"]["ray_actor_options"].get("num_cpus", 1)
+    (group,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert 0 < replica_cpus <= _ray_cpus(group)
+    if group["groupName"] == "cpu-workers":
+        assert replica_cpus == _ray_cpus(group)

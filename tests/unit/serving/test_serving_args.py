@@ -118,9 +118,24 @@ def test_engine_kwargs_from_typed_fields_lora_and_extra() -> None:
     assert "revision" not in kwargs  # a mounted model has no revision to fetch
 
 
+@pytest.mark.parametrize("num_cpus", [1, 2, 0.5])
+def test_cpu_replica_asks_ray_for_its_num_cpus_only(num_cpus: float) -> None:
+    """Ray Serve LLM adds the replica actor's CPUs to the first placement bundle
+    (`_merge_replica_actor_and_child_actor_bundles`); on the e2e node a 1-CPU replica asked for 2 and never
+    scheduled on its 1-CPU worker pod. The CPU engine runs inside the replica, so the sum is num_cpus."""
+    args = parse_serve_args({**GPU_ARGS, "engine_args": {}, "resources": {"accelerator": "cpu", "num_cpus": num_cpus}})
+    fields = llm_config_fields(args)
+    first_bundle = fields["placement_group_config"]["bundles"][0]
+    actor = fields["deployment_config"]["ray_actor_options"]
+    assert first_bundle["CPU"] + actor["num_cpus"] == num_cpus
+    gpu = llm_config_fields(parse_serve_args(GPU_ARGS))
+    assert gpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 2}  # GPU workers are Ray actors
+
+
 def test_llm_config_fields_cpu_and_gpu() -> None:
     cpu = llm_config_fields(parse_serve_args({**GPU_ARGS, "engine_args": {}, "resources": {"accelerator": "cpu"}}))
     assert cpu["placement_group_config"] == {"bundles": [{"CPU": 1}]}
+    assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
     assert cpu["model_loading_config"] == {"model_id": "llama-8b", "model_source": "/models/l"}
     assert cpu["log_engine_metrics"] is False  # vLLM's own `vllm:` metrics, served on /metrics
     gpu = llm_config_fields(parse_serve_args(GPU_ARGS))
