@@ -93,6 +93,14 @@ def feedback_not_found(completion_id: str) -> APIError:
     )
 
 
+def feedback_disabled() -> APIError:
+    return APIError(
+        404,
+        "Feedback is not enabled for this model (BigModel spec.feedback.enabled).",
+        code="feedback_disabled",
+    )
+
+
 def feedback_unavailable(reason: str) -> APIError:
     return APIError(503, f"Feedback is not available: {reason}", code="feedback_unavailable")
 

@@ -2,7 +2,8 @@
 
 Routes (an allowlist of Ray's OpenAI routes, plus two of ours):
 
-    GET  /v1/models, GET /v1/models/{id}   the base model and its adapters        (key)
+    GET  /v1/models, GET /v1/models/{id}   the base model, its adapters and routes (key)
+    GET  /v1/routes                        canary routes: versions, weight, signals, decision (key)
     POST /v1/chat/completions              vLLM's chat completions              (key, quota)
     POST /v1/completions                   vLLM's completions                   (key, quota)
     GET  /health                           200 once this ingress replica runs   (no key)
@@ -44,6 +45,7 @@ from vllm.exceptions import VLLMError
 
 from bigmodel_serving.args import IngressConfig, Quota, parse_ingress_config
 from bigmodel_serving.auth import ApiKeyStore, bearer_token
+from bigmodel_serving.canary import MODEL_HEADER, CanaryRouter
 from bigmodel_serving.errors import (
     APIError,
     body_too_large,
@@ -55,6 +57,14 @@ from bigmodel_serving.errors import (
     route_not_found,
     unauthorized,
     unavailable,
+)
+from bigmodel_serving.feedback import (
+    FeedbackClient,
+    StreamCapture,
+    answer_of,
+    conversation_of,
+    feedback_actor,
+    feedback_disabled,
 )
 from bigmodel_serving.messages import check_messages, describe
 from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_usage
@@ -70,6 +80,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 KEY_SCOPE = "bigmodel.key"  # the API key's name, set by the guard
+MODEL_SCOPE = "bigmodel.model"  # the engine model (adapter version) that answered, for the response header
 USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a generation ends
 ANONYMOUS = "anonymous"
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -138,6 +149,9 @@ class GuardMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if MODEL_SCOPE in scope:  # which version of a canary route answered
+                    header = (MODEL_HEADER.encode(), scope[MODEL_SCOPE].encode())
+                    message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
@@ -196,6 +210,19 @@ async def metrics() -> Response:
     return Response(await current_ingress().metrics_text(), media_type=CONTENT_TYPE)
 
 
+async def feedback(request: Request) -> Response:
+    """POST /v1/feedback (the guard authenticated the key): see bigmodel_serving.feedback."""
+    client = current_ingress().feedback
+    if client is None:
+        raise feedback_disabled()
+    return JSONResponse(await client.submit(str(request.scope.get(KEY_SCOPE, ANONYMOUS)), await request.body()))
+
+
+async def routes() -> Response:
+    """GET /v1/routes (the guard authenticated the key): each canary route's versions, weight and decision."""
+    return JSONResponse({"object": "list", "data": await current_ingress().canary.view()})
+
+
 async def api_error(request: Request, error: Exception) -> Response:
     return _error_response(error if isinstance(error, APIError) else translate_exception(error))
 
@@ -221,6 +248,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="BigModel", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/v1/routes", routes, methods=["GET"])
+    app.add_api_route("/v1/feedback", feedback, methods=["POST"])
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(OpenAIHTTPException, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -312,9 +341,11 @@ class BigModelIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, lora_paths=None)
         self.app_name = app_name
         self.base_model = next(iter(model_cards))
+        self.canary = CanaryRouter(app_name, self.base_model)
         self.config = IngressConfig.model_validate({"auth": {"mode": "none"}})
         self.key_store: ApiKeyStore | None = None
         self.request_log: RequestLogger | None = None
+        self.feedback: FeedbackClient | None = None
         self._quota_leases: QuotaLeases | None = None
         self.created = int(time.time())
         _replica["ingress"] = self
@@ -330,6 +361,8 @@ class BigModelIngress(OpenAiIngress):
             self.key_store = ApiKeyStore(keys_dir)
         if config.request_log != self.config.request_log or self.request_log is None:
             self.request_log = RequestLogger.from_args(config.request_log)
+        self.canary.configure(config.routes)
+        self._configure_feedback(config)
         self.config = config
         logger.info(
             "bigmodel: auth %s, quotas %s, adapters %s",
@@ -337,6 +370,28 @@ class BigModelIngress(OpenAiIngress):
             "on" if config.quotas.enabled else "off",
             ", ".join(adapter.name for adapter in config.adapters) or "none",
         )
+
+    def _configure_feedback(self, config: IngressConfig) -> None:
+        if self.feedback is not None and self.feedback.args == config.feedback:
+            return
+        if config.feedback.enabled or self.feedback is not None:  # a disabled actor forgets nothing new
+            try:
+                app_name = serve.get_replica_context().app_name
+            except Exception:
+                app_name = self.app_name
+            client = FeedbackClient(config.feedback, feedback_actor(app_name))
+            self.feedback = client if config.feedback.enabled else None
+
+    def _remember(self, body: Any, raw_request: Request | None, completion_id: str | None, answer: str) -> None:
+        """Send an answered completion to the feedback actor (not awaited)."""
+        if self.feedback is None or raw_request is None:
+            return
+        if isinstance(body, ChatCompletionRequest):
+            conversation = conversation_of(messages=body.messages)
+        else:
+            conversation = conversation_of(prompt=body.prompt)
+        key = str(raw_request.scope.get(KEY_SCOPE, ANONYMOUS))
+        self.feedback.remember(completion_id, key, str(body.model), conversation, answer)
 
     # ---- guard hooks ----
 
@@ -392,12 +447,14 @@ class BigModelIngress(OpenAiIngress):
             logger.warning("bigmodel: engine metrics unavailable: %r", error)
             replies = []
         engine = merge_engine_metrics((str(index), text) for index, text in enumerate(replies))
-        return engine + render_usage(usage)
+        engine += await self.canary.metrics_text()
+        feedback_text = await self.feedback.metrics_text() if self.feedback is not None else ""
+        return engine + render_usage(usage) + feedback_text
 
     # ---- models ----
 
     def _adapter_ids(self) -> list[str]:
-        return [f"{self.base_model}:{adapter.name}" for adapter in self.config.adapters]
+        return [f"{self.base_model}:{adapter.name}" for adapter in self.config.adapters] + self.canary.model_ids()
 
     async def model(self, model_id: str) -> ModelCard | None:
         if model_id in self._model_cards:
@@ -433,6 +490,10 @@ class BigModelIngress(OpenAiIngress):
         raw_request: Request | None = None,
     ) -> AsyncGenerator[Any, None]:
         model = body.model or self.base_model
+        key = raw_request.scope.get(KEY_SCOPE, ANONYMOUS) if raw_request is not None else ANONYMOUS
+        choice = self.canary.choose(model, key)  # a canary route: the version this key gets
+        if choice is not None:
+            model = choice.engine_model
         if model != self.base_model and model not in self._adapter_ids():
             raise model_not_found(model)
         body.model = model
@@ -448,18 +509,22 @@ class BigModelIngress(OpenAiIngress):
             strip_usage = True
         usage: dict[str, Any] = {}
         texts: list[str] = []
+        capture = StreamCapture() if stream and self.feedback is not None else None
         try:
-            async for item in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
+            async for item in self._engine_stream(body, call_method, raw_request, choice):
                 if not stream:
                     found = getattr(item, "usage", None)
                     if found is not None:
                         usage = found.model_dump() if hasattr(found, "model_dump") else dict(found)
                         texts = self._texts_of(item)
+                        self._remember(body, raw_request, *answer_of(item))
                     yield item
                     continue
                 chunks = item if isinstance(item, list) else [item]
                 kept = []
                 for chunk in chunks:
+                    if capture is not None:
+                        capture.feed(chunk)
                     if isinstance(chunk, str):
                         found_usage, usage_only = _usage_of_sse(chunk)
                         if found_usage:
@@ -469,6 +534,8 @@ class BigModelIngress(OpenAiIngress):
                     kept.append(chunk)
                 if kept:
                     yield kept if isinstance(item, list) else kept[0]
+            if capture is not None:  # the stream ended normally: remember the whole answer
+                self._remember(body, raw_request, capture.id, capture.text)
         except (BackPressureError, DeploymentUnavailableError) as error:
             raise translate_exception(error) from None
         finally:
@@ -476,6 +543,22 @@ class BigModelIngress(OpenAiIngress):
             if raw_request is not None:
                 raw_request.scope[USAGE_SCOPE] = (prompt, completion)
             await self._log(body, raw_request, texts, usage)
+
+    def _engine_stream(
+        self, body: Any, call_method: str, raw_request: Request | None, choice: Any
+    ) -> AsyncGenerator[Any, None]:
+        """Ray's router call; for a canary route, through the router's signals, fallback and renaming."""
+        parent = super()._get_response
+
+        def open_stream(engine_model: str) -> AsyncGenerator[Any, None]:
+            body.model = engine_model
+            if raw_request is not None and choice is not None:
+                raw_request.scope[MODEL_SCOPE] = engine_model
+            return parent(body=body, call_method=call_method, raw_request=raw_request)
+
+        if choice is None:
+            return open_stream(body.model)
+        return self.canary.serve(choice, open_stream, lambda error: translate_exception(error).status)
 
     @staticmethod
     def _texts_of(response: Any) -> list[str]:

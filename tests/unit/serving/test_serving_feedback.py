@@ -1,0 +1,277 @@
+"""Feedback: request parsing, what the ingress captures, the bounded store, the actor and the JSONL sink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+
+from bigmodel_serving.args import FeedbackArgs, IngressConfig
+from bigmodel_serving.errors import APIError
+from bigmodel_serving.feedback import (
+    CompletionStore,
+    FeedbackActor,
+    FeedbackSinkError,
+    StreamCapture,
+    answer_of,
+    conversation_of,
+    open_sink,
+    parse_feedback_request,
+    render_feedback_metrics,
+)
+
+EMAIL = "jane.doe@example.com"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _records(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in sorted(directory.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+# ---- POST /v1/feedback bodies ----
+
+
+def test_a_valid_body_parses() -> None:
+    request = parse_feedback_request(b'{"id": "chatcmpl-1", "rating": 5, "correction": "better"}')
+    assert (request.id, request.rating, request.correction) == ("chatcmpl-1", 5, "better")
+    assert parse_feedback_request(b'{"id": "cmpl-2", "rating": 1}').correction is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"id": "x", "rating": 0}', "rating"),
+        (b'{"id": "x", "rating": 6}', "rating"),
+        (b'{"id": "x", "rating": "5"}', "rating"),
+        (b'{"id": "x", "rating": 4.0}', "rating"),
+        (b'{"id": "x", "rating": true}', "rating"),
+        (b'{"rating": 3}', "id"),
+        (b'{"id": "", "rating": 3}', "id"),
+        (b'{"id": "x", "rating": 3, "correction": 7}', "correction"),
+        (b'{"id": "x", "rating": 3, "comment": "?"}', "comment"),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b"", None),
+    ],
+)
+def test_a_bad_body_is_a_400_naming_the_field(body: bytes, param: str | None) -> None:
+    with pytest.raises(APIError) as caught:
+        parse_feedback_request(body)
+    assert caught.value.status == 400
+    assert caught.value.param == param
+
+
+# ---- what the ingress captures ----
+
+
+def test_chat_conversations_keep_text_turns_only() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "image_url", "image_url": {}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "t"},
+        {"role": "user", "content": [{"type": "text", "text": "there"}]},
+    ]
+    assert conversation_of(messages=messages) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi "},
+        {"role": "user", "content": "there"},
+    ]
+    assert conversation_of(messages=[{"role": "tool", "content": "x"}]) is None
+
+
+def test_completion_prompts_become_one_user_turn() -> None:
+    assert conversation_of(prompt="Hello") == [{"role": "user", "content": "Hello"}]
+    assert conversation_of(prompt=["Hello"]) == [{"role": "user", "content": "Hello"}]
+    assert conversation_of(prompt=[1, 2, 3]) is None
+    assert conversation_of(prompt=["a", "b"]) is None
+
+
+def test_non_streamed_answers_give_id_and_first_choice() -> None:
+    class Message:
+        content = "the answer"
+
+    class Choice:
+        message = Message()
+
+    class Chat:
+        id = "chatcmpl-abc"
+        choices: ClassVar = [Choice()]
+
+    class TextChoice:
+        text = "more"
+
+    class Completion:
+        id = "cmpl-abc"
+        choices: ClassVar = [TextChoice()]
+
+    assert answer_of(Chat()) == ("chatcmpl-abc", "the answer")
+    assert answer_of(Completion()) == ("cmpl-abc", "more")
+    assert answer_of(object()) == (None, "")
+
+
+def test_streams_are_captured_from_their_events() -> None:
+    capture = StreamCapture()
+    chunk = {"id": "chatcmpl-s", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
+    capture.feed(f"data: {json.dumps(chunk)}\n\n")
+    capture.feed(None)
+    more = {"id": "chatcmpl-s", "choices": [{"index": 0, "delta": {"content": "lo"}}, {"index": 1, "delta": {}}]}
+    capture.feed(f"data: {json.dumps(more)}\n\ndata: {{broken\n\n")
+    capture.feed('data: {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": 1}}\n\n')
+    capture.feed("data: [DONE]\n\n")
+    assert (capture.id, capture.text) == ("chatcmpl-s", "Hello")
+    text = StreamCapture()
+    text.feed('data: {"id": "cmpl-t", "choices": [{"index": 0, "text": "abc"}]}\n\n')
+    assert (text.id, text.text) == ("cmpl-t", "abc")
+
+
+# ---- the store ----
+
+
+def _turns(text: str = "hi") -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+
+
+def test_the_store_answers_only_the_key_that_asked_and_forgets_after_the_ttl() -> None:
+    clock = Clock()
+    store = CompletionStore(ttl_s=60, clock=clock)
+    store.remember("c1", "alice", "m", _turns(), at=0)
+    assert store.get("c1", "alice") is not None
+    assert store.get("c1", "bob") is None
+    assert store.get("c2", "alice") is None
+    clock.now += 61
+    assert store.get("c1", "alice") is None
+    assert store.bytes == 0 and not store.entries
+
+
+def test_the_store_is_bounded_by_entries_and_bytes() -> None:
+    store = CompletionStore(max_entries=3, clock=Clock())
+    for index in range(5):
+        store.remember(f"c{index}", "k", "m", _turns(), at=0)
+    assert list(store.entries) == ["c2", "c3", "c4"]
+    small = CompletionStore(max_bytes=2000, clock=Clock())
+    for index in range(5):
+        small.remember(f"c{index}", "k", "m", _turns("x" * 500), at=0)
+    assert small.bytes <= 2000 and list(small.entries)[-1] == "c4" and len(small.entries) < 5
+    small.remember("huge", "k", "m", _turns("x" * 5000), at=0)
+    assert "huge" not in small.entries
+
+
+# ---- the sink and the actor (its class, without Ray) ----
+
+
+def test_sinks_by_location(tmp_path: Path) -> None:
+    assert open_sink(FeedbackArgs(enabled=True, sink_path=str(tmp_path))).location == str(tmp_path)
+    assert open_sink(FeedbackArgs(enabled=True, sink_uri=tmp_path.as_uri())).location == str(tmp_path)
+    with pytest.raises(FeedbackSinkError, match="s3:// sinks are not supported by this build"):
+        open_sink(FeedbackArgs(enabled=True, sink_uri="s3://bucket/feedback"))
+
+
+def _actor(tmp_path: Path, clock: Clock | None = None, **settings: Any) -> FeedbackActor:
+    actor = FeedbackActor(clock=clock or Clock())
+    problem = actor.configure({"enabled": True, "sink_path": str(tmp_path), **settings})
+    assert problem is None
+    return actor
+
+
+def test_feedback_appends_a_redacted_chat_record(tmp_path: Path) -> None:
+    actor = _actor(tmp_path)
+    conversation = [
+        {"role": "system", "content": "Support bot."},
+        {"role": "user", "content": f"My email is {EMAIL}, reset my password"},
+        {"role": "assistant", "content": "Done."},
+    ]
+    actor.remember("chatcmpl-1", "alice", "tiny:support.ftj-1", conversation)
+    assert actor.feedback("chatcmpl-1", "alice", 2, f"Sent a link to {EMAIL}.") == {"status": "recorded"}
+    [record] = _records(tmp_path)
+    assert set(record) == {"messages", "rating", "correction", "model", "key", "id", "ts", "answered_at"}
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+    assert record["messages"][2]["content"] == "Done."
+    assert EMAIL not in json.dumps(record)
+    assert "EMAIL" in record["messages"][1]["content"] and "EMAIL" in record["correction"]
+    assert (record["rating"], record["model"], record["key"], record["id"]) == (
+        2,
+        "tiny:support.ftj-1",
+        "alice",
+        "chatcmpl-1",
+    )
+    assert record["ts"].endswith("Z")
+    assert actor.scores("tiny:support.ftj-1") == (1, 2.0)
+    assert actor.scores("other") == (0, 0.0)
+
+
+def test_unknown_other_keys_and_expired_ids_are_not_found(tmp_path: Path) -> None:
+    clock = Clock()
+    actor = _actor(tmp_path, clock, ttl_s=10)
+    actor.remember("cmpl-1", "alice", "tiny", _turns())
+    assert actor.feedback("cmpl-1", "bob", 5, None) == {"status": "not_found"}
+    assert actor.feedback("cmpl-nope", "alice", 5, None) == {"status": "not_found"}
+    clock.now += 11
+    assert actor.feedback("cmpl-1", "alice", 5, None) == {"status": "not_found"}
+    assert _records(tmp_path) == []
+
+
+def test_answers_are_redacted_in_the_background_before_any_feedback(tmp_path: Path) -> None:
+    actor = _actor(tmp_path)
+    actor.remember(
+        "c", "k", "m", [{"role": "user", "content": f"mail {EMAIL}"}, {"role": "assistant", "content": "ok"}]
+    )
+    actor.redact_pending()
+    entry = actor.book.store.entries["c"]
+    assert entry.redacted and EMAIL not in entry.messages[0]["content"]
+    assert actor.redact_pending() == 0
+
+
+def test_scores_and_metrics_per_model(tmp_path: Path) -> None:
+    actor = _actor(tmp_path)
+    for index, (model, rating) in enumerate([("m:a.v1", 5), ("m:a.v1", 3), ("m:a.v2", 1)]):
+        actor.remember(f"c{index}", "k", model, _turns())
+        actor.feedback(f"c{index}", "k", rating, None)
+    assert actor.all_scores() == {"m:a.v1": (2, 4.0), "m:a.v2": (1, 1.0)}
+    families = {f.name: f for f in text_string_to_metric_families(render_feedback_metrics(actor.all_scores()))}
+    totals = {s.labels["model"]: s.value for s in families["bigmodel_feedback"].samples}
+    means = {s.labels["model"]: s.value for s in families["bigmodel_feedback_rating_mean"].samples}
+    assert totals == {"m:a.v1": 2, "m:a.v2": 1} and means == {"m:a.v1": 4.0, "m:a.v2": 1.0}
+
+
+def test_an_unusable_sink_or_disabled_feedback_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    actor = FeedbackActor(clock=Clock())
+    assert "not supported" in str(actor.configure({"enabled": True, "sink_uri": "s3://bucket/prefix"}))
+    actor.remember("c", "k", "m", _turns())
+    result = actor.feedback("c", "k", 5, None)
+    assert result["status"] == "unavailable" and "s3://" in result["message"]
+    assert "not enabled" in str(actor.configure({"enabled": False}))
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the sink directory should be")
+    actor = _actor(blocked / "sub")
+    actor.remember("c", "k", "m", _turns())
+    result = actor.feedback("c", "k", 5, None)
+    assert result["status"] == "unavailable" and "could not be written" in result["message"]
+
+
+def test_reconfiguring_keeps_remembered_answers(tmp_path: Path) -> None:
+    actor = _actor(tmp_path)
+    actor.remember("c", "k", "m", _turns())
+    assert actor.configure({"enabled": True, "sink_path": str(tmp_path / "new"), "max_entries": 10}) is None
+    assert actor.feedback("c", "k", 4, None) == {"status": "recorded"}
+    assert len(_records(tmp_path / "new")) == 1
+
+
+def test_feedback_args_need_one_sink_inside_its_mount() -> None:
+    assert not IngressConfig.model_validate({"auth": {"mode": "none"}}).feedback.enabled
+    with pytest.raises(ValidationError, match=r"required when feedback\.enabled"):
+        FeedbackArgs(enabled=True)
+    with pytest.raises(ValidationError, match="not both"):
+        FeedbackArgs(sink_path="/a", sink_uri="file:///b")
+    with pytest.raises(ValidationError, match=r"'\.\.' segment"):
+        FeedbackArgs(enabled=True, sink_path="/mnt/feedback/../../etc")
