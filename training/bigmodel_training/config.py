@@ -169,6 +169,46 @@ class ProgressConfig(_Model):
         return self
 
 
+class GateConfig(_Model):
+    """Thresholds of the eval gate; the trainer decides `passed` and says why."""
+
+    max_loss_ratio: float = Field(
+        default=1.0, gt=0, description="Largest adapted / base held-out loss that passes (1.0: no worse)."
+    )
+    min_score: float | None = Field(
+        default=None, ge=0, le=1, description="Smallest eval-set score (share passed) of the adapted model."
+    )
+
+
+class EvaluationConfig(_Model):
+    """After training: held-out loss of the base and the adapted model, and an optional scored eval set."""
+
+    dataset_uri: str | None = Field(
+        default=None, description='Eval set (JSONL): {"prompt", "reference"} or {"messages": [...]}.'
+    )
+    dataset_local_path: str | None = Field(default=None, description="Where the operator mounted the eval set.")
+    scorer: Literal["exact", "contains", "json", "regex"] = "exact"
+    pattern: str | None = Field(default=None, description="Regular expression for scorer regex (else the reference).")
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    max_examples: int = Field(default=200, ge=1, le=10_000)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluationConfig:
+        if self.dataset_uri is not None:
+            _check_uri(self.dataset_uri)
+        if self.pattern is not None:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"evaluation.pattern is not a valid regular expression: {exc}") from exc
+        if self.gate.min_score is not None and self.dataset_uri is None:
+            raise ValueError("evaluation.gate.min_score needs evaluation.dataset_uri (an eval set to score)")
+        return self
+
+
 class TrainerConfig(_Model):
     """Everything one fine-tuning run needs. Rendered by the operator, parsed by the trainer."""
 
@@ -181,6 +221,7 @@ class TrainerConfig(_Model):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     progress: ProgressConfig = Field(default_factory=ProgressConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     hf_token_env: str | None = Field(
         default="HF_TOKEN", description="Name of the environment variable that holds the Hugging Face token."
     )

@@ -6,7 +6,8 @@ The trainer sends a JSON merge patch to the status subresource of its own FineTu
     Content-Type: application/merge-patch+json
     {"status": {"progress": {"step", "totalSteps", "percent", "epoch", "loss", "evalLoss",
                              "etaSeconds", "tokensPerSecond"},
-                "checkpoint": "<uri>", "adapterUri": "<uri>", "redactions": {"EMAIL": 3}}}
+                "checkpoint": "<uri>", "adapterUri": "<uri>", "redactions": {"EMAIL": 3},
+                "evaluation": {"baseLoss", "adaptedLoss", ..., "passed", "reasons"}}}
 
 Credentials: `BIGMODEL_KUBECONFIG` or `KUBECONFIG` (a kubeconfig with a token or client
 certificate; used by tests and local runs), else the pod's service account (token, ca.crt and
@@ -275,5 +276,12 @@ class ProgressReporter:
             status["redactions"] = dict(redactions)
         self._last = now
         ok = self.sink.send({"status": status})
+        self.sent += 1
+        return ok
+
+    def report_evaluation(self, evaluation: dict[str, Any]) -> bool:
+        """Send the eval gate's result (status.evaluation) now; True if delivered."""
+        self._last = self.clock()
+        ok = self.sink.send({"status": {"evaluation": evaluation}})
         self.sent += 1
         return ok

@@ -3,8 +3,9 @@
 1. resolve the output and dataset locations, validate the dataset's structure (no model yet);
 2. pick the device (QLoRA without CUDA stops here), resolve the base model, load the tokenizer;
 3. redact, tokenize, check lengths (still before the model is loaded);
-4. load the model, train (resuming from the newest complete checkpoint), save the result and
-   metrics.json, and report the output URI into the FineTuneJob status.
+4. load the model, train (resuming from the newest complete checkpoint), save the result;
+5. the eval gate (evaluate.py: base vs adapted held-out loss, optional scored eval set), then
+   metrics.json, and the gate's verdict and the output URI into the FineTuneJob status.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def run(
     hp = config.hyperparameters
     scratch = scratch or Path(tempfile.mkdtemp(prefix="bigmodel-train-"))
     output_dir = sources.resolve_output_dir(config.output)
+    remote = sources.remote_output(config.output, output_dir)
+    if remote is not None:
+        remote.restore()  # the fingerprint and newest checkpoint of an earlier attempt
     claim_output(output_dir, {"fingerprint": fingerprint(config)})  # a changed config fails before any download
     reporter = ProgressReporter(make_sink(config), config.progress.interval_s)
 
@@ -116,6 +120,7 @@ def run(
         max_line_bytes=source.max_line_bytes, max_file_bytes=source.max_file_bytes,
     )  # fmt: skip
     log.info("dataset OK: %d examples", len(validated.examples))
+    eval_items = _load_eval_set(config, scratch)  # a broken eval set fails now, not after training
 
     import torch
 
@@ -143,17 +148,32 @@ def run(
         torch.backends.cuda.matmul.allow_tf32 = True
     probe = min(train, key=len)  # the model's own loss must equal ours on it (modeling.check_objective)
     model = modeling.load_model(model_dir, config.method, hp, runtime, probe=probe)
+    step_hook = on_step
+    if remote is not None:
+
+        def step_hook(step: int) -> None:
+            remote.sync_checkpoints()  # each checkpoint reaches the bucket before training goes on
+            if on_step is not None:
+                on_step(step)
+
     trainer = Trainer(
         model=model, data=prepared, config=config, runtime=runtime, output_dir=output_dir,
-        pad_id=int(tokenizer.pad_token_id), reporter=reporter, on_step=on_step,
+        pad_id=int(tokenizer.pad_token_id), reporter=reporter, on_step=step_hook,
     )  # fmt: skip
     reporter.report(step=trainer.step, total_steps=trainer.total_steps, epoch=0.0, redactions=redactions, force=True)
     metrics = trainer.train()
 
     _save_output(model, tokenizer, output_dir, config)
+    from bigmodel_training.evaluate import evaluate
+
+    gate = evaluate(trainer, tokenizer, eval_items, config.evaluation, config.method.type)
+    metrics["evaluation"] = gate.to_status()
     metrics["wall_time_s"] = round(time.monotonic() - started, 3)
     metrics["output_uri"] = config.output.uri
     _write_json_atomic(output_dir / "metrics.json", metrics)
+    if remote is not None:
+        remote.finish()  # the adapter, then metrics.json, in the bucket before the status names it
+    reporter.report_evaluation(gate.to_status())
     trainer.report_done(config.output.uri)
     log.info(
         "done: %d steps, loss %s, eval loss %s -> %s",
@@ -163,6 +183,24 @@ def run(
         config.output.uri,
     )
     return metrics
+
+
+def _load_eval_set(config: TrainerConfig, scratch: Path) -> list[Any]:
+    """The eval set's items (empty without one), parsed before any model is loaded."""
+    from bigmodel_training import sources
+    from bigmodel_training.config import DatasetSource
+    from bigmodel_training.evaluate import load_eval_set
+
+    evaluation = config.evaluation
+    if evaluation.dataset_uri is None:
+        return []
+    source = DatasetSource(
+        uri=evaluation.dataset_uri, format=config.dataset.format, local_path=evaluation.dataset_local_path
+    )
+    path = sources.resolve_dataset_file(source, config.hf_token_env, scratch / "eval")
+    items = load_eval_set(path, config.dataset.format, evaluation.max_examples, config.dataset.max_line_bytes)
+    log.info("eval set OK: %d examples", len(items))
+    return items
 
 
 def _save_output(model: Any, tokenizer: Any, output_dir: Path, config: TrainerConfig) -> None:
