@@ -25,7 +25,9 @@ def _status(config: TrainerConfig) -> dict[str, Any]:
 
 
 def _eval_set(path: Path) -> Path:
-    rows: list[dict[str, Any]] = [{"prompt": f"What is the capital of {country}?", "reference": city} for country, city in CAPITALS]
+    rows: list[dict[str, Any]] = [
+        {"prompt": f"What is the capital of {country}?", "reference": city} for country, city in CAPITALS
+    ]
     rows.append(
         {
             "messages": [
