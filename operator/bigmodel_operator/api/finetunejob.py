@@ -190,10 +190,10 @@ class CanarySpec(ApiModel):
     )
     min_feedback_delta: float | None = Field(
         default=None,
-        ge=-100,
+        ge=0,
         le=100,
-        description="Roll back when the candidate's mean feedback rating minus the stable's falls below this "
-        "(default: feedback not judged).",
+        description="Roll back when the candidate's mean feedback rating is lower than the stable's by more than "
+        "this (default: feedback not judged).",
     )
 
 
