@@ -6,9 +6,10 @@
 - file:///abs/path → /abs/path.
 - hf://org/name (models) → a snapshot downloaded with huggingface_hub, token from the env variable
   named by `hf_token_env`; hf://datasets/org/name/path/file.jsonl (data) → that one file.
-- http(s):// (data) → downloaded with urllib. s3:// and gs:// (data) → boto3 /
-  google-cloud-storage when the image has them.
-Outputs must be local (pvc://, file:// or a mounted `local_path`).
+- http(s):// (data) → downloaded with urllib. s3:// (data, models) → boto3 (storage.py), endpoint and
+  credentials from AWS_* variables; gs:// (data) → google-cloud-storage when the image has it.
+- Outputs: pvc://, file:// or a mounted `local_path`; s3:// is staged in a local folder and uploaded
+  (remote_output.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_operator.safe_paths import PathEscapeError, resolve_inside
+from bigmodel_training import storage
 from bigmodel_training.config import DEFAULT_MOUNT_ROOT, BaseModelSource, DatasetSource, OutputTarget
 from bigmodel_training.errors import SourceError, UnsupportedError
+from bigmodel_training.remote_output import RemoteOutput
 
 MOUNT_ROOT_ENV = "BIGMODEL_MOUNT_ROOT"
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
@@ -78,9 +81,12 @@ def resolve_model_dir(source: BaseModelSource, hf_token_env: str | None, scratch
         except Exception as exc:
             hint = "" if _token(hf_token_env) else " (no Hugging Face token given: gated models need one)"
             raise SourceError(f"cannot download {source.uri}: {exc}{hint}") from exc
-    raise UnsupportedError(
-        f"base model {source.uri}: s3:// and gs:// models must be mounted by the operator (local_path)"
-    )
+    if source.uri.startswith("s3://"):
+        local = storage.download_prefix(source.uri, storage.cache_dir_for(source.uri), MODEL_FILES)
+        if not (local / "config.json").is_file():
+            raise SourceError(f"base model {source.uri}: no config.json under this prefix")
+        return local
+    raise UnsupportedError(f"base model {source.uri}: gs:// models must be mounted by the operator (local_path)")
 
 
 def resolve_dataset_file(source: DatasetSource, hf_token_env: str | None, scratch: Path) -> Path:
@@ -124,13 +130,7 @@ def _from_hub(uri: str, hf_token_env: str | None, scratch: Path) -> Path:
 
 
 def _from_s3(uri: str, target: Path) -> Path:
-    try:
-        import boto3  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise UnsupportedError("s3:// datasets need boto3 in the trainer image, or a pvc:// copy") from exc
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    boto3.client("s3").download_file(bucket, key, str(target))
-    return target
+    return storage.download_file(uri, target)
 
 
 def _from_gcs(uri: str, target: Path) -> Path:
@@ -145,13 +145,26 @@ def _from_gcs(uri: str, target: Path) -> Path:
     return target
 
 
+def remote_output(target: OutputTarget, output_dir: Path) -> RemoteOutput | None:
+    """The bucket mirror of an s3:// output staged in `output_dir`; None for a local output."""
+    if target.local_path or not target.uri.startswith("s3://"):
+        return None
+    return RemoteOutput(target.uri, output_dir)
+
+
 def resolve_output_dir(target: OutputTarget) -> Path:
-    """The local directory results and checkpoints are written to (created if missing)."""
+    """The local directory results and checkpoints are written to (created if missing).
+
+    An s3:// output without a mounted `local_path` is staged under the S3 cache folder (one per URI,
+    so a restarted container finds its checkpoints) and uploaded by `remote_output`.
+    """
     path = Path(target.local_path) if target.local_path else local_path_of(target.uri)
+    if path is None and target.uri.startswith("s3://"):
+        storage.split_uri(target.uri)
+        path = storage.cache_dir_for(target.uri) / "output"
     if path is None:
         raise UnsupportedError(
-            f"output {target.uri}: s3:// and gs:// outputs need a mounted local_path "
-            "(checkpoints must survive restarts)"
+            f"output {target.uri}: gs:// outputs need a mounted local_path (checkpoints must survive restarts)"
         )
     try:
         path.mkdir(parents=True, exist_ok=True)
