@@ -12,6 +12,7 @@ import it without torch.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +59,13 @@ class BaseModelSource(_Model):
         return self
 
 
+class FeedbackFilter(_Model):
+    """Build the dataset from a BigModel's feedback sink (`uri` is the sink: a directory of JSONL files)."""
+
+    min_rating: int = Field(default=1, ge=1, le=5, description="Keep records rated at least this (1..5).")
+    since: datetime | None = Field(default=None, description="Keep records given at or after this time.")
+
+
 class DatasetSource(_Model):
     """Training data: one JSON object per line (JSONL)."""
 
@@ -72,10 +80,15 @@ class DatasetSource(_Model):
     max_file_bytes: int = Field(
         default=4 * 2**30, ge=1024, description="Larger files are refused before parsing (file_too_large)."
     )
+    feedback: FeedbackFilter | None = Field(
+        default=None, description="Set: `uri`/`local_path` is a feedback sink directory, read as chat records."
+    )
 
     @model_validator(mode="after")
     def _uri(self) -> DatasetSource:
         _check_uri(self.uri)
+        if self.feedback is not None and self.format != "chat":
+            raise ValueError("dataset.feedback records are chat conversations: format must be chat")
         return self
 
 

@@ -93,6 +93,10 @@ def resolve_dataset_file(source: DatasetSource, hf_token_env: str | None, scratc
     """A local JSONL file (downloaded into `scratch` when remote)."""
     uri = source.uri
     path = Path(source.local_path) if source.local_path else local_path_of(uri)
+    if source.feedback is not None:  # a feedback sink: a directory of records, filtered into chat JSONL
+        from bigmodel_training.feedback import feedback_dataset
+
+        return feedback_dataset(source, path, scratch)
     if path is not None:
         if not path.is_file():
             raise SourceError(f"dataset {uri}: {path} is not a file")
