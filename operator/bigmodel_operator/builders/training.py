@@ -12,6 +12,7 @@ from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import GROUP, FineTuneJobSpec
+from bigmodel_operator.builders.feedback import dataset_source
 from bigmodel_operator.builders.rayservice import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from bigmodel_operator.builders.volumes import (
     Mounts,
@@ -35,6 +36,15 @@ GRACE_MAX_SECONDS = 3600
 CHECKPOINT_WRITE_MIB_S = 100  # a slow network volume
 
 
+S3_CACHE_DIR = "/home/trainer/.cache/bigmodel/s3"
+
+
+def _uses_s3(config_map: dict[str, Any]) -> bool:
+    """Whether the rendered trainer config reads or writes any s3:// location."""
+    rendered = json.loads(config_map["data"]["config.json"])
+    return any(str(rendered[part]["uri"]).startswith("s3://") for part in ("base_model", "dataset", "output"))
+
+
 def _meta(body: dict[str, Any], name: str, component: str) -> dict[str, Any]:
     owner = body["metadata"]["name"]
     return {
@@ -51,22 +61,30 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_trainer_config(
-    body: dict[str, Any], spec: FineTuneJobSpec, base_uri: str, base_revision: str | None, mounts: Mounts
+    body: dict[str, Any],
+    spec: FineTuneJobSpec,
+    base_uri: str,
+    base_revision: str | None,
+    mounts: Mounts,
+    feedback_sink: str | None = None,
 ) -> dict[str, Any]:
-    """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case."""
+    """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case.
+
+    `feedback_sink`: the BigModel's sink (builders/feedback.py sink_uri) for `dataset.fromFeedback`.
+    """
     meta = body["metadata"]
     base: dict[str, Any] = {"uri": base_uri}
     if base_revision:
         base["revision"] = base_revision
     if local := mounts.local_path(base_uri):
         base["local_path"] = local
-    dataset: dict[str, Any] = {"uri": spec.dataset.uri, "format": spec.dataset.format}
+    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink)
     if spec.dataset.validation_split is not None:
         dataset["validation_split"] = spec.dataset.validation_split
     for limit in ("max_line_bytes", "max_file_bytes"):
         if (value := getattr(spec.dataset, limit)) is not None:
             dataset[limit] = value
-    if local := mounts.local_path(spec.dataset.uri):
+    if local := mounts.local_path(dataset["uri"]):
         dataset["local_path"] = local
     output: dict[str, Any] = {"uri": spec.output.uri}
     if local := mounts.local_path(spec.output.uri, read_only=False):
@@ -188,6 +206,9 @@ def build_job(
         # The config hash makes a changed config roll into a new pod template (and a new Job hash).
         {"name": "BIGMODEL_CONFIG_HASH", "value": config_map["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]},
     ]
+    if _uses_s3(config_map):
+        # s3:// models and outputs are downloaded / staged here: the writable cache, not the read-only root.
+        env.append({"name": "BIGMODEL_S3_CACHE", "value": S3_CACHE_DIR})
     creds = spec.credentials
     if creds and creds.hf_token_secret_ref:
         ref = creds.hf_token_secret_ref
