@@ -215,7 +215,8 @@ class RouteState:
             decision, reason = self.verdict.decision, self.verdict.reason
             weight = 1.0 if decision == "promoted" else 0.0
         else:
-            decision, weight, reason = "canary", route.weight, f"canary at weight {route.weight:g}"
+            decision, weight = "canary", route.weight
+            reason = f"splitting keys; deciding after {route.min_requests} candidate requests"
         if self.decision == "pinned" and decision == "pinned":
             weight, reason = self.weight, self.reason  # pin freezes what was in force
         changed = (decision, weight) != (self.decision, self.weight) or not self.since

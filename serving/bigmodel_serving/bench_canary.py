@@ -1,0 +1,102 @@
+"""Micro-benchmark of the canary split's cost in the ingress (target: ≤ 0.5 ms p50 per request).
+
+    python -m bigmodel_serving.bench_canary [--requests 20000]
+
+Measures, per request, on this machine and without Ray (the actor is an in-process fake; it is off the
+request path anyway: a replica talks to it every `SYNC_INTERVAL_S`, not per request):
+
+- `choose`: the version a key gets for a route (a dict look-up and one BLAKE2b hash);
+- `serve`: the wrapper around the engine stream (signals, `model` renamed in each chunk) minus the same
+  stream iterated bare, for a streamed answer of 16 SSE chunks;
+- total: `choose` + the wrapper, the canary's whole overhead on the request path.
+
+Prints one JSON object with p50/p99 in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from bigmodel_serving.args import AdapterRoute
+from bigmodel_serving.canary import CanaryActor, CanaryRouter
+
+BASE = "bench"
+CHUNKS = 16
+
+
+class _Method:
+    def __init__(self, fn: Callable[..., Awaitable[Any]]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> Awaitable[Any]:
+        return self.fn(*args)
+
+
+class _InProcessActor:
+    def __init__(self) -> None:
+        self.sync = _Method(CanaryActor("bench", BASE).sync)
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    return {
+        "p50_us": round(ordered[len(ordered) // 2] / 1000, 2),
+        "p99_us": round(ordered[int(len(ordered) * 0.99)] / 1000, 2),
+        "mean_us": round(statistics.fmean(ordered) / 1000, 2),
+    }
+
+
+async def _stream(engine_model: str) -> AsyncGenerator[Any, None]:
+    for index in range(CHUNKS):
+        yield f'data: {{"id":"cmpl-1","model":"{engine_model}","choices":[{{"text":"t{index}"}}]}}\n\n'
+
+
+async def _measure(requests: int) -> dict[str, Any]:
+    router = CanaryRouter("bench", BASE, actor_factory=lambda app, base: _InProcessActor())
+    router.configure([AdapterRoute(name="bot", stable="bot.v1", candidate="bot.v2", weight=0.2)])
+    await router.ensure_syncing()
+    keys = [f"key-{index:04d}" for index in range(500)]
+    choose_ns, bare_ns, wrapped_ns = [], [], []
+    for index in range(requests):
+        key = keys[index % len(keys)]
+        started = time.perf_counter_ns()
+        choice = router.choose("bench:bot", key)
+        choose_ns.append(time.perf_counter_ns() - started)
+        assert choice is not None
+        started = time.perf_counter_ns()
+        async for _ in _stream(choice.engine_model):
+            pass
+        bare_ns.append(time.perf_counter_ns() - started)
+        started = time.perf_counter_ns()
+        async for _ in router.serve(choice, _stream, lambda error: 500):
+            pass
+        wrapped_ns.append(time.perf_counter_ns() - started)
+        if len(router._pending) > 1000:  # the background sync would send these; keep the buffer small
+            router._pending.clear()
+    overhead = [max(0, wrapped - bare) for wrapped, bare in zip(wrapped_ns, bare_ns, strict=True)]
+    total = [c + o for c, o in zip(choose_ns, overhead, strict=True)]
+    return {
+        "requests": requests,
+        "chunks_per_answer": CHUNKS,
+        "choose": _percentiles(choose_ns),
+        "serve_wrapper": _percentiles(overhead),
+        "total": _percentiles(total),
+        "target_p50_us": 500,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(_measure(args.requests)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
