@@ -56,9 +56,11 @@ test-unit: dev ## unit tests (pure, no cluster)
 test-integration: dev ## integration tests on the real control plane (built and started on demand)
 	$(PYTEST) tests/integration
 
-test: dev check-crds ## what CI runs: unit + integration on the real control plane, then RBAC as the chart's account
+E2E ?= 1
+test: dev check-crds ## what CI runs: unit + integration on the real control plane, RBAC as the chart's account, then make e2e (E2E=0: without it)
 	$(PYTEST) tests/unit tests/integration
 	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller
+	@if [ "$(E2E)" = 1 ]; then $(MAKE) e2e; else echo "make e2e skipped (E2E=$(E2E))"; fi
 
 test-as-chart: dev ## the controller scenarios with the operator authenticated as the chart's ServiceAccount
 	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable
@@ -174,6 +175,24 @@ def imported() -> dict[str, str]:
         return {}
 
 
+def _missing_base_blobs(archive: Path, index: dict) -> str | None:
+    """A thin archive (docs/images/thin_export.py) names the full archive holding the layers it leaves out:
+    that archive's name when some of those layers are not in containerd's store yet, else None."""
+    bases = {m.get("annotations", {}).get("bigmodel.io/base-archive") for m in index["manifests"]} - {None}
+    if not bases:
+        return None
+    with tarfile.open(archive) as tar:
+        inside = {Path(n).name for n in tar.getnames()}
+        needed = set()
+        for entry in index["manifests"]:
+            member = tar.extractfile(f"blobs/sha256/{entry['digest'].split(':', 1)[1]}")
+            assert member is not None
+            needed |= {layer["digest"].split(":", 1)[1] for layer in json.load(member)["layers"]}
+    ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "content", "ls", "-q")
+    have = {d.split(":", 1)[-1] for d in sh(*ctr).stdout.split()}
+    return None if needed - inside <= have else str(sorted(bases)[0])
+
+
 def import_images(archives: list[Path]) -> None:
     """`ctr images import` each OCI archive under the name it carries, once per archive content."""
     done = imported()
@@ -185,6 +204,11 @@ def import_images(archives: list[Path]) -> None:
         if all(done.get(ref) == real.name and ref in have for ref in refs):
             log(f"image {', '.join(refs)} already imported ({real.name})")
             continue
+        base = _missing_base_blobs(real, index)
+        if base:
+            log(f"{real.name} reuses layers of {base}: importing that first")
+            import_images([real.parent / base])
+            done = imported()
         start = time.monotonic()
         sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "import", str(real)), timeout=1800)
         for ref in refs:
