@@ -58,6 +58,9 @@ class Reason:
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     BASE_MODEL_NOT_FOUND = "BaseModelNotFound"
+    FEEDBACK_SOURCE_NOT_FOUND = "FeedbackSourceNotFound"  # dataset.fromFeedback names no BigModel
+    FEEDBACK_NOT_ENABLED = "FeedbackNotEnabled"  # ... or one without spec.feedback
+    NO_MATCHING_FEEDBACK = "NoMatchingFeedback"  # the trainer found no record passing the filter
     TRAINING_ERROR = "TrainingError"
 
 

@@ -22,6 +22,7 @@ from bigmodel_operator.api.base import (
     map_keys_match,
     no_parent_segments,
 )
+from bigmodel_operator.api.feedback import FeedbackSpec
 from bigmodel_operator.planning import ServingPlan
 
 MODEL_URI_PATTERN = (
@@ -409,6 +410,9 @@ class BigModelSpec(ApiModel):
     node_selector: NodeSelector | None = None
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Extra tolerations for the model pods."
+    )
+    feedback: FeedbackSpec | None = Field(
+        default=None, description="POST /v1/feedback and the sink its records go to (off by default)."
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
@@ -22,6 +22,7 @@ from bigmodel_operator.api.base import (
     no_parent_segments,
 )
 from bigmodel_operator.api.bigmodel import MODEL_URI_PATTERN
+from bigmodel_operator.api.feedback import FromFeedbackSpec, rules
 from bigmodel_operator.planning import TrainingPlan
 
 DATA_URI_PATTERN = r"^(hf://\S+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|https?://\S+)$"
@@ -66,19 +67,39 @@ class BaseModelSpec(ApiModel):
 
 
 class DatasetSpec(ApiModel):
-    """Training data: JSON Lines in one of three formats."""
+    """Training data: a JSON Lines file in one of three formats, or a BigModel's feedback."""
 
-    uri: Annotated[str, NoParentSegments] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            "has(self.uri) != has(self.fromFeedback)",
+            "set exactly one of dataset.uri or dataset.fromFeedback",
+            ".uri",
+            "!has(self.uri) || has(self.format)",
+            "dataset.uri needs dataset.format",
+            ".format",
+            "!has(self.fromFeedback) || !has(self.format) || self.format == 'chat'",
+            "feedback records are chat conversations: dataset.format must be chat (or left out)",
+            ".format",
+        )
+    )
+
+    uri: Annotated[str | None, NoParentSegments] = Field(
+        default=None,
         max_length=2048,
         pattern=DATA_URI_PATTERN,
         description="JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:/// (no '..' segments).",
         json_schema_extra=no_parent_segments("dataset.uri"),
     )
-    format: Literal["chat", "instruction", "completion"] = Field(
+    from_feedback: FromFeedbackSpec | None = Field(
+        default=None,
+        description="Instead of uri: the feedback a BigModel collected (its spec.feedback.sink), read-only.",
+    )
+    format: Literal["chat", "instruction", "completion"] | None = Field(
+        default=None,
         description=(
             'chat: {"messages": [{"role", "content"}...]}; instruction: {"instruction", '
-            '"input", "output"}; completion: {"prompt", "completion"}.'
-        )
+            '"input", "output"}; completion: {"prompt", "completion"}. Required with uri; fromFeedback is chat.'
+        ),
     )
     validation_split: float | None = Field(
         default=None, ge=0, le=0.5, description="Fraction held out for eval loss (default 0)."
@@ -95,6 +116,16 @@ class DatasetSpec(ApiModel):
         le=2**40,
         description="Largest dataset file (default 4 GiB); the trainer holds the parsed examples in memory.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.uri is None) == (self.from_feedback is None):
+            raise ValueError("set exactly one of dataset.uri or dataset.fromFeedback")
+        if self.uri is not None and self.format is None:
+            raise ValueError("dataset.uri needs dataset.format")
+        if self.from_feedback is not None and self.format not in (None, "chat"):
+            raise ValueError("feedback records are chat conversations: dataset.format must be chat (or left out)")
+        return self
 
 
 class MethodSpec(ApiModel):

@@ -8,6 +8,7 @@ import yaml
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.feedback import sink_mounts, sink_volumes
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
@@ -71,8 +72,8 @@ def _worker_pod_spec(
     sizes = scratch_sizes(place.weight_bytes, downloads_remote(spec.model.uri, spec.model.tokenizer))
     cache, cache_mount = scratch_volume("model-cache", "/home/ray/.cache", sizes.cache if sizes else None)
     tmp, tmp_mount = scratch_volume("tmp", "/tmp")
-    volumes = [shm, cache, tmp, *mounts.volumes]
-    volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts]
+    volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
+    volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
@@ -130,11 +131,11 @@ def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig,
                         {"name": "client", "containerPort": 10001},
                         {"name": "serve", "containerPort": config.serve_port},
                     ],
-                    "volumeMounts": [tmp_mount],
+                    "volumeMounts": [tmp_mount, *sink_mounts(spec)],
                     "securityContext": restricted_container_security(),
                 }
             ],
-            "volumes": [tmp],
+            "volumes": [tmp, *sink_volumes(spec)],
         },
     }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.engine_check import parse_extra_args
+from bigmodel_operator.builders.feedback import ingress_feedback
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.vllm_engine_args import ENGINE_ARGS
 from bigmodel_operator.builders.volumes import Mounts
@@ -159,6 +160,8 @@ def ingress_config(name: str, spec: BigModelSpec, adapters: list[dict[str, Any]]
     quotas = spec.auth.quotas if spec.auth else None
     if quotas:
         out["quotas"] = quotas.model_dump(exclude_none=True)
+    if feedback := ingress_feedback(name, spec):
+        out["feedback"] = feedback
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import GROUP, FineTuneJobSpec
+from bigmodel_operator.builders.feedback import dataset_source
 from bigmodel_operator.builders.rayservice import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from bigmodel_operator.builders.volumes import (
     Mounts,
@@ -60,22 +61,30 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_trainer_config(
-    body: dict[str, Any], spec: FineTuneJobSpec, base_uri: str, base_revision: str | None, mounts: Mounts
+    body: dict[str, Any],
+    spec: FineTuneJobSpec,
+    base_uri: str,
+    base_revision: str | None,
+    mounts: Mounts,
+    feedback_sink: str | None = None,
 ) -> dict[str, Any]:
-    """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case."""
+    """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case.
+
+    `feedback_sink`: the BigModel's sink (builders/feedback.py sink_uri) for `dataset.fromFeedback`.
+    """
     meta = body["metadata"]
     base: dict[str, Any] = {"uri": base_uri}
     if base_revision:
         base["revision"] = base_revision
     if local := mounts.local_path(base_uri):
         base["local_path"] = local
-    dataset: dict[str, Any] = {"uri": spec.dataset.uri, "format": spec.dataset.format}
+    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink)
     if spec.dataset.validation_split is not None:
         dataset["validation_split"] = spec.dataset.validation_split
     for limit in ("max_line_bytes", "max_file_bytes"):
         if (value := getattr(spec.dataset, limit)) is not None:
             dataset[limit] = value
-    if local := mounts.local_path(spec.dataset.uri):
+    if local := mounts.local_path(dataset["uri"]):
         dataset["local_path"] = local
     output: dict[str, Any] = {"uri": spec.output.uri}
     if local := mounts.local_path(spec.output.uri, read_only=False):

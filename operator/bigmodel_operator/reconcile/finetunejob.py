@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from bigmodel_operator import conditions as c
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.builders.feedback import sink_uri
 from bigmodel_operator.builders.training import build_config_map, build_identity, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Reason
@@ -60,6 +61,30 @@ class FineTuneJobReconciler:
         bm_spec = BigModelSpec.model_validate(bm.get("spec") or {})
         return bm_spec.model.uri, bm_spec.model.revision, base.config or bm_spec.model.config
 
+    async def _feedback_sink(self, namespace: str, spec: FineTuneJobSpec, obs: FineTuneJobObservation) -> str | None:
+        """The feedback sink `dataset.fromFeedback` reads; a missing BigModel or sink is a blocker (retried)."""
+        wanted = spec.dataset.from_feedback
+        if wanted is None:
+            return None
+        ref = wanted.big_model
+        bm = self.state.get("BigModel", namespace, ref) or await self.kube.get("BigModel", namespace, ref)
+        if bm is None:
+            where = "spec.dataset.fromFeedback.bigModel"
+            obs.blockers.append((Reason.FEEDBACK_SOURCE_NOT_FOUND, f"BigModel {ref} ({where}) not found"))
+            return None
+        try:
+            uri = sink_uri(ref, BigModelSpec.model_validate(bm.get("spec") or {}))
+        except ValidationError:
+            uri = None
+        if uri is None:
+            obs.blockers.append(
+                (
+                    Reason.FEEDBACK_NOT_ENABLED,
+                    f"BigModel {ref} collects no feedback: set its spec.feedback.enabled and spec.feedback.sink",
+                )
+            )
+        return uri
+
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
@@ -91,6 +116,7 @@ class FineTuneJobReconciler:
                 obs.blockers.append(
                     (Reason.GATED_MODEL_NO_TOKEN, f"Secret {creds.name} with key {creds.key} does not exist")
                 )
+        feedback_sink = await self._feedback_sink(namespace, spec, obs)
         if base_uri is None:
             ref = spec.base_model.big_model_ref.name if spec.base_model.big_model_ref else "?"
             obs.blockers.append((Reason.BASE_MODEL_NOT_FOUND, f"BigModel {ref} (spec.baseModel.bigModelRef) not found"))
@@ -111,7 +137,7 @@ class FineTuneJobReconciler:
                     (Reason.NO_MATCHING_GPU_NODES, f"no node carries nvidia.com/gpu.product={gpu.product}")
                 )
             if not obs.blockers:
-                rejected = await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid)
+                rejected = await self._apply(body, spec, base_uri, base_revision, gpus, obs, uid, feedback_sink)
         obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
         obs.pods = [
             p
@@ -161,10 +187,11 @@ class FineTuneJobReconciler:
         gpus: int,
         obs: FineTuneJobObservation,
         uid: str,
+        feedback_sink: str | None = None,
     ) -> ApiError | None:
         """Create the children; a write the apiserver refuses becomes a blocker and is returned."""
         mounts = Mounts(root=self.config.model_mount_root)
-        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts)
+        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink)
         config_map = build_config_map(body, trainer_config)
         try:
             for child in [*build_identity(body), config_map]:

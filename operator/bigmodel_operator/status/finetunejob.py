@@ -17,7 +17,11 @@ _JOB_REASONS = {
     "DeadlineExceeded": Reason.DEADLINE_EXCEEDED,
     "BackoffLimitExceeded": Reason.BACKOFF_LIMIT_EXCEEDED,
 }
-_TRAINER_REASONS = {"DatasetInvalid": Reason.DATASET_INVALID, "OutOfMemory": Reason.OUT_OF_MEMORY}
+_TRAINER_REASONS = {
+    "DatasetInvalid": Reason.DATASET_INVALID,
+    "OutOfMemory": Reason.OUT_OF_MEMORY,
+    "NoMatchingFeedback": Reason.NO_MATCHING_FEEDBACK,
+}
 
 
 @dataclass
