@@ -21,6 +21,7 @@ from bigmodel_operator.metrics import ReconcileStats, serve_metrics
 from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
 from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.finetunejob import FineTuneJobReconciler
+from bigmodel_operator.reconcile.promotion import deploying_jobs
 from bigmodel_operator.reconcile.runner import KeyedRunner
 from bigmodel_operator.reconcile.state import ClusterState
 
@@ -143,15 +144,27 @@ async def bigmodel_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     operator = _op(memo)
     body = _track(operator, event)
     if body:
-        operator.trigger("BigModel", body["metadata"]["namespace"], body["metadata"]["name"])
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        operator.trigger("BigModel", namespace, name)
+        # Finished FineTuneJobs that deploy here read status.adapters for their Promoted condition.
+        for ftj in deploying_jobs(operator.state, namespace, name):
+            if (ftj.get("status") or {}).get("phase") == "Succeeded":
+                operator.trigger("FineTuneJob", namespace, ftj["metadata"]["name"])
 
 
 @kopf.on.event(GROUP, VERSION, "finetunejobs")
 async def finetunejob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     operator = _op(memo)
     body = _track(operator, event)
+    raw: dict[str, Any] = dict(event.get("object") or {})
     if body:
         operator.trigger("FineTuneJob", body["metadata"]["namespace"], body["metadata"]["name"])
+    # The BigModel it deploys to renders its adapter (also when the job is deleted: the version goes).
+    # Progress reports (MODIFIED while running) change nothing there: skip them.
+    target = ((raw.get("spec") or {}).get("deployTo") or {}).get("bigModel")
+    finished = (raw.get("status") or {}).get("phase") == "Succeeded"
+    if target and raw.get("metadata", {}).get("namespace") and (finished or event.get("type") != "MODIFIED"):
+        operator.trigger("BigModel", raw["metadata"]["namespace"], target)
 
 
 def _owner_from_labels(body: dict[str, Any], label: str) -> str | None:

@@ -14,6 +14,7 @@ from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
     ENGINE_REPLICA_CPUS,
     HF_TOKEN_ENV,
+    Promotions,
     api_keys_secret_name,
     render_application,
     scaling_args,
@@ -152,13 +153,18 @@ def worker_group_bounds(spec: BigModelSpec, place: Placement, config: OperatorCo
 
 
 def build_rayservice(
-    body: dict[str, Any], spec: BigModelSpec, place: Placement, config: OperatorConfig
+    body: dict[str, Any],
+    spec: BigModelSpec,
+    place: Placement,
+    config: OperatorConfig,
+    promotions: Promotions | None = None,
 ) -> dict[str, Any]:
-    """The desired RayService for a BigModel body (metadata) and its parsed spec."""
+    """The desired RayService for a BigModel body (metadata), its parsed spec and the adapter versions
+    FineTuneJobs deploy to it (reconcile/promotion.py)."""
     name = body["metadata"]["name"]
     labels = naming.labels(naming.LABEL_BIGMODEL, name, "model-server")
     mounts = Mounts(root=config.model_mount_root)
-    application = render_application(name, spec, place, mounts, config)
+    application = render_application(name, spec, place, mounts, config, promotions)
     group = "gpu-workers" if place.gpus_per_pod else "cpu-workers"
     rayservice_spec = {
         "serveConfigV2": yaml.dump(serve_config(application), Dumper=_DUMPER, sort_keys=True),

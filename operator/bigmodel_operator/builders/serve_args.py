@@ -9,6 +9,7 @@ the operator and the workload share only the data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_operator.api import BigModelSpec
@@ -36,6 +37,64 @@ ENGINE_REPLICA_CPUS = 1
 """Ray logical CPUs of one engine replica. A slot, not a core count: a CPU worker pod advertises exactly
 this many (rayStartParams num-cpus), so it hosts one replica, whose vLLM uses every core of the container
 and sizes its KV cache from the container's memory limit."""
+
+
+MAX_ENGINE_ADAPTER_NAME = 100  # bigmodel_serving.args.AdapterSource.name
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One FineTuneJob's adapter served from a BigModel: `<name>.<version>` on the engine."""
+
+    name: str  # what clients call: <servedName>:<name>
+    version: str  # the FineTuneJob's name
+    uri: str
+
+    @property
+    def engine_name(self) -> str:
+        return f"{self.name}.{self.version}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """An adapter name clients call, split between a stable and a candidate version."""
+
+    name: str
+    stable: AdapterVersion | None
+    candidate: AdapterVersion | None
+    weight: float  # the candidate's share, 0..1
+    mode: str  # auto | promote | rollback | pin
+    canary: tuple[tuple[str, Any], ...] = ()  # snake_case AdapterRoute settings the FineTuneJob set
+
+    def versions(self) -> list[AdapterVersion]:
+        return [v for v in (self.stable, self.candidate) if v is not None]
+
+    def render(self) -> dict[str, Any]:
+        """bigmodel_serving.args.AdapterRoute."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "stable": self.stable.engine_name if self.stable else None,
+            "candidate": self.candidate.engine_name if self.candidate else None,
+            "weight": self.weight,
+            "mode": self.mode,
+        }
+        out.update(dict(self.canary))
+        return out
+
+
+@dataclass(frozen=True)
+class Promotions:
+    """What FineTuneJobs with deployTo add to a BigModel's rendering.
+
+    `routes` change only user_config (applied in place). `mount_uris` and `lora_rank`/`adapter_names`
+    come from every FineTuneJob that targets the BigModel, whatever its phase, so the pod template
+    and the LoRA slots are settled when the job is created, not when its adapter is promoted.
+    """
+
+    routes: tuple[Route, ...] = ()
+    mount_uris: tuple[str, ...] = ()
+    lora_rank: int | None = None
+    adapter_names: int = 0
 
 
 def served_name(name: str, spec: BigModelSpec) -> str:
@@ -97,30 +156,38 @@ def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
     return args
 
 
-def lora_args(spec: BigModelSpec) -> dict[str, Any] | None:
+def lora_args(spec: BigModelSpec, promotions: Promotions | None = None) -> dict[str, Any] | None:
     """LoRA slots of every replica, sized from the adapters (None: LoRA off).
 
     max_lora_rank is the smallest rank vLLM accepts that holds the largest adapter (and
     spec.engine.maxLoraRank, set it to add larger adapters later without an engine reload).
+    FineTuneJobs that deploy to this BigModel count from their creation: two versions (stable and
+    candidate) per adapter name, at their LoRA rank, so promoting one never changes these args.
     """
     eng = spec.engine
     adapters = spec.adapters or []
+    promoted = promotions or Promotions()
     wanted_rank = eng.max_lora_rank if eng and eng.max_lora_rank else None
-    if not adapters and wanted_rank is None:
+    if not adapters and wanted_rank is None and not promoted.adapter_names:
         return None
-    rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0])
+    rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0, promoted.lora_rank or 0])
     allowed = sorted(int(str(v)) for v in ENGINE_ARGS["max_lora_rank"][1])
     max_lora_rank = next((v for v in allowed if v >= rank), allowed[-1])
-    max_loras = (eng.max_loras if eng and eng.max_loras else None) or max(1, min(len(adapters), MAX_LORAS_DEFAULT))
-    return {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "max_cpu_loras": max(max_loras, len(adapters))}
+    count = len(adapters) + 2 * promoted.adapter_names
+    max_loras = (eng.max_loras if eng and eng.max_loras else None) or max(1, min(count, MAX_LORAS_DEFAULT))
+    return {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "max_cpu_loras": max(max_loras, count)}
 
 
-def adapters_config(spec: BigModelSpec, mounts: Mounts) -> list[dict[str, Any]]:
-    """Adapters by name and mounted path (pvc://) or image path (file://)."""
+def adapters_config(spec: BigModelSpec, mounts: Mounts, promotions: Promotions | None = None) -> list[dict[str, Any]]:
+    """Adapters by name and mounted path (pvc://) or image path (file://): the spec's own, then each
+    route's versions (`<name>.<version>`), in a stable order so the same inputs render the same YAML."""
     out = []
-    for adapter in spec.adapters or []:
-        entry: dict[str, Any] = {"name": adapter.name, "uri": adapter.uri}
-        local = mounts.local_path(adapter.uri)
+    sources = [(a.name, a.uri) for a in spec.adapters or []]
+    for route in (promotions or Promotions()).routes:
+        sources += [(v.engine_name, v.uri) for v in route.versions()]
+    for name, uri in sources:
+        entry: dict[str, Any] = {"name": name, "uri": uri}
+        local = mounts.local_path(uri)
         if local:
             entry["local_path"] = local
         out.append(entry)
@@ -128,7 +195,12 @@ def adapters_config(spec: BigModelSpec, mounts: Mounts) -> list[dict[str, Any]]:
 
 
 def render_serve_args(
-    name: str, spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig
+    name: str,
+    spec: BigModelSpec,
+    place: Placement,
+    mounts: Mounts,
+    config: OperatorConfig,
+    promotions: Promotions | None = None,
 ) -> dict[str, Any]:
     """The application's `args` (heavy: a change reloads the engines), in the app's snake_case contract."""
     model: dict[str, Any] = {"uri": spec.model.uri, "served_name": served_name(name, spec)}
@@ -146,17 +218,21 @@ def render_serve_args(
         "request_timeout_s": REQUEST_TIMEOUT_S,
         "hf_token_env": HF_TOKEN_ENV,
     }
-    lora = lora_args(spec)
+    lora = lora_args(spec, promotions)
     if lora:
         args["lora"] = lora
     return args
 
 
-def ingress_config(name: str, spec: BigModelSpec, adapters: list[dict[str, Any]]) -> dict[str, Any]:
-    """user_config of the ingress deployment: keys, quotas, adapters (applied in place)."""
+def ingress_config(
+    name: str, spec: BigModelSpec, adapters: list[dict[str, Any]], routes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """user_config of the ingress deployment: keys, quotas, adapters, canary routes (applied in place)."""
     secret = api_keys_secret_name(name, spec)
     auth = {"mode": "api_keys", "keys_dir": API_KEYS_DIR} if secret else {"mode": "none"}
     out: dict[str, Any] = {"auth": auth, "adapters": adapters}
+    if routes:
+        out["routes"] = routes
     quotas = spec.auth.quotas if spec.auth else None
     if quotas:
         out["quotas"] = quotas.model_dump(exclude_none=True)
@@ -166,7 +242,11 @@ def ingress_config(name: str, spec: BigModelSpec, adapters: list[dict[str, Any]]
 
 
 def deployment_options(
-    name: str, spec: BigModelSpec, adapters: list[dict[str, Any]], config: OperatorConfig
+    name: str,
+    spec: BigModelSpec,
+    adapters: list[dict[str, Any]],
+    config: OperatorConfig,
+    routes: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The per-deployment options Serve applies to running replicas (no engine reload)."""
     scaling = scaling_args(spec, config)
@@ -182,7 +262,7 @@ def deployment_options(
                 "max_replicas": max(1, scaling["max_replicas"]),
                 "target_ongoing_requests": INGRESS_TARGET_ONGOING,
             },
-            "user_config": ingress_config(name, spec, adapters),
+            "user_config": ingress_config(name, spec, [dict(a) for a in adapters], routes),
         },
         {
             "name": ENGINE_DEPLOYMENT,
@@ -195,16 +275,26 @@ def deployment_options(
 
 
 def render_application(
-    name: str, spec: BigModelSpec, place: Placement, mounts: Mounts, config: OperatorConfig
+    name: str,
+    spec: BigModelSpec,
+    place: Placement,
+    mounts: Mounts,
+    config: OperatorConfig,
+    promotions: Promotions | None = None,
 ) -> dict[str, Any]:
     """One `applications[]` entry: import path, heavy args, light deployment options."""
-    args = render_serve_args(name, spec, place, mounts, config)
+    promoted = promotions or Promotions()
+    args = render_serve_args(name, spec, place, mounts, config, promoted)
+    adapters = adapters_config(spec, mounts, promoted)
+    for uri in promoted.mount_uris:  # every targeting FineTuneJob's output, mounted before it is promoted
+        mounts.local_path(uri)
+    routes = [route.render() for route in promoted.routes]
     return {
         "name": name,
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
         "args": args,
-        "deployments": deployment_options(name, spec, adapters_config(spec, mounts), config),
+        "deployments": deployment_options(name, spec, adapters, config, routes),
     }
 
 

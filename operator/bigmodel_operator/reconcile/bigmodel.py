@@ -17,7 +17,7 @@ from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.serve_args import api_keys_secret_name, scaling_args
+from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, scaling_args
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube, path_of
@@ -31,6 +31,7 @@ from bigmodel_operator.reconcile.children import (
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
+from bigmodel_operator.reconcile.promotion import bigmodel_promotions
 from bigmodel_operator.reconcile.spec_checks import name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
@@ -70,6 +71,7 @@ class BigModelReconciler:
         self.config = config
         self.emit = emit
         self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
+        self.adapter_phases: dict[str, dict[str, str]] = {}  # BigModel uid -> engine adapter name -> phase
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -83,10 +85,14 @@ class BigModelReconciler:
             await self._write_status(body, compute_status(obs, self._previous_status(body)))
             return
         obs, place = await self._observe(body, spec)
+        promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
         rejected: ApiError | None = None
         if not any(b.blocks_deploy for b in obs.blockers):
-            rejected = await self._apply_children(body, spec, place, obs)
-        await self._write_status(body, compute_status(obs, self._previous_status(body)))
+            rejected = await self._apply_children(body, spec, place, obs, promoted.promotions)
+        status = compute_status(obs, self._previous_status(body))
+        status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
+        await self._write_status(body, status)
+        self._announce_adapters(body, promoted.adapters, promoted.notes)
         if rejected is not None:
             raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
 
@@ -182,7 +188,12 @@ class BigModelReconciler:
         return obs, place
 
     async def _apply_children(
-        self, body: dict[str, Any], spec: BigModelSpec, place: Placement, obs: BigModelObservation
+        self,
+        body: dict[str, Any],
+        spec: BigModelSpec,
+        place: Placement,
+        obs: BigModelObservation,
+        promotions: Promotions,
     ) -> ApiError | None:
         """Apply the children; a write the apiserver refuses becomes a blocker (and is returned, so
         the reconcile fails after writing status and the runner retries with backoff)."""
@@ -199,7 +210,8 @@ class BigModelReconciler:
             )
             if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
                 await self._create_api_keys(body, keys)
-            result = await ensure_child(self.kube, self.state, build_rayservice(body, spec, place, self.config), uid)
+            rayservice = build_rayservice(body, spec, place, self.config, promotions)
+            result = await ensure_child(self.kube, self.state, rayservice, uid)
             obs.rayservice = result.body
             self._announce(body, result)
             desired_ingress = build_ingress(body, spec, self.config)
@@ -256,6 +268,35 @@ class BigModelReconciler:
         if event := result.event():
             self.emit(body, "Normal", *event)
 
+    def _previous_adapters(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """status.adapters as we last wrote them: only the operator writes them, so what it wrote
+        last is newest, even when the watch has not delivered it or the spec moved on since."""
+        meta = body["metadata"]
+        written = self.state.written_status.get(("BigModel", meta["namespace"], meta["name"]))
+        if written is not None:
+            adapters: list[dict[str, Any]] | None = written.get("adapters")
+            return adapters
+        return (body.get("status") or {}).get("adapters")
+
+    def _announce_adapters(self, body: dict[str, Any], adapters: list[dict[str, Any]], notes: list[str]) -> None:
+        """An Event for each adapter version that changed phase, and once for each override that cannot act."""
+        uid = body["metadata"]["uid"]
+        seen = self.adapter_phases.setdefault(uid, {})
+        first = not seen
+        if first:  # after a restart: what the status said is what was already announced
+            for entry in (body.get("status") or {}).get("adapters") or []:
+                seen[entry.get("engineName", "")] = entry.get("phase", "")
+        for entry in adapters:
+            name, phase = entry.get("engineName", ""), entry.get("phase", "")
+            if seen.get(name) != phase:
+                seen[name] = phase
+                kind = "Warning" if phase in {"RolledBack", "Refused"} else "Normal"
+                self.emit(body, kind, f"Adapter{phase}", f"{name}: {entry.get('message', phase)}")
+        for note in notes:
+            if note not in seen:
+                seen[note] = "noted"
+                self.emit(body, "Warning", "RolloutIgnored", note)
+
     def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The status we last wrote (the watch may not have delivered it yet), else the body's."""
         meta = body["metadata"]
@@ -297,7 +338,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that also clears status fields we no longer report (e.g. a plan that went away)."""
     patch = dict(desired)
-    for key in ("plan", "url", "selector", "rayService"):
+    for key in ("plan", "url", "selector", "rayService", "adapters"):
         if key in current and key not in desired:
             patch[key] = None
     return patch

@@ -21,6 +21,7 @@ from bigmodel_operator.reconcile.children import AlreadyReportedError, NotContro
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import TrainingPlanResult, training_plan
+from bigmodel_operator.reconcile.promotion import GATE_FAILED, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
 
@@ -94,7 +95,10 @@ class FineTuneJobReconciler:
         if previous.get("phase") in {"Succeeded", "Failed"} and previous.get("observedGeneration") == meta.get(
             "generation"
         ):
-            return  # finished: nothing changes any more (the spec is immutable)
+            # Finished: the Job and the plan never change (the spec is immutable); only the adapter's
+            # promotion into its BigModel still moves.
+            await self._write_status(body, {k: previous[k] for k in _OURS if k in previous})
+            return
         try:
             spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
@@ -214,14 +218,41 @@ class FineTuneJobReconciler:
             self.emit(body, "Normal", *event)
         return None
 
+    def _with_promotion(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """`status` with the Promoted condition of a finished job that deploys to a BigModel."""
+        merged = {**(body.get("status") or {}), **status}
+        target = ((body.get("spec") or {}).get("deployTo") or {}).get("bigModel")
+        bigmodel = self.state.get("BigModel", body["metadata"]["namespace"], target) if target else None
+        verdict = promoted_condition({**body, "status": merged}, bigmodel)
+        if verdict is None:
+            return status
+        promoted, reason, message = verdict
+        conds = c.set_condition(
+            status.get("conditions"), PROMOTED, promoted, reason, message, body["metadata"].get("generation")
+        )
+        return {**status, "conditions": conds}
+
+    def _announce_promotion(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        before = c.get_condition(old.get("conditions"), PROMOTED) or {}
+        after = c.get_condition(new.get("conditions"), PROMOTED)
+        if after is None or (before.get("status"), before.get("reason")) == (after["status"], after["reason"]):
+            return
+        if after["status"] == "True":
+            self.emit(body, "Normal", PROMOTED, after["message"])
+        elif after["reason"] in {GATE_FAILED, "RolledBack", "Refused", "BigModelNotFound"}:
+            self.emit(body, "Warning", after["reason"], after["message"])
+
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
         key = ("FineTuneJob", meta["namespace"], meta["name"])
         current = body.get("status") or {}
+        status = self._with_promotion(body, status)
+        before = self.state.written_status.get(key) or current
         if all(current.get(k) == status.get(k) for k in _OURS) or self.state.written_status.get(key) == status:
             return
         await self.kube.patch_status("FineTuneJob", meta["namespace"], meta["name"], status)
         self.state.written_status[key] = status
+        self._announce_promotion(body, before, status)
         if current.get("phase") != status.get("phase"):
             failed = c.get_condition(status.get("conditions"), c.FAILED) or {}
             if status["phase"] == "Failed":
