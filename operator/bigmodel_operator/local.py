@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,22 @@ from bigmodel_operator.builders.serve_args import render_application
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import load_config
 
+FEEDBACK_DIR_ENV = "BIGMODEL_FEEDBACK_DIR"
 
-def local_application(manifest: dict[str, Any], keys_dir: str | None = None) -> dict[str, Any]:
+
+def local_feedback_dir(name: str) -> Path:
+    """Where `bigmodel serve` writes feedback of a pvc sink: $BIGMODEL_FEEDBACK_DIR, or ./bigmodel-feedback/<name>."""
+    return Path(os.environ.get(FEEDBACK_DIR_ENV) or Path.cwd() / "bigmodel-feedback" / name).absolute()
+
+
+def local_application(
+    manifest: dict[str, Any], keys_dir: str | None = None, feedback_dir: Path | None = None
+) -> dict[str, Any]:
     """The application the operator would render, adjusted for one CPU replica on a laptop.
 
     Keys: the manifest's `auth.mode: none` serves openly; otherwise `keys_dir` holds the key files
-    (no Secret to mount here).
+    (no Secret to mount here). Feedback with a pvc sink goes to `feedback_dir` (default
+    `local_feedback_dir`); an s3:// sink stays as it is.
     """
     spec = BigModelSpec.model_validate(manifest["spec"])
     name = manifest["metadata"]["name"]
@@ -33,6 +44,8 @@ def local_application(manifest: dict[str, Any], keys_dir: str | None = None) -> 
         user_config = deployment["user_config"]
         if "auth" in user_config and user_config["auth"]["mode"] != "none":
             user_config["auth"] = {"mode": "api_keys", "keys_dir": keys_dir} if keys_dir else {"mode": "none"}
+        if "sink_path" in user_config.get("feedback", {}):
+            user_config["feedback"]["sink_path"] = str(feedback_dir or local_feedback_dir(name))
     return app
 
 
@@ -66,5 +79,8 @@ def serve_manifest(path: Path, *, host: str, port: int) -> int:
         return 2
     from bigmodel_serving.local import run_local
 
+    ingress = next(d for d in app["deployments"] if d["name"] == "BigModelIngress")
+    if sink := ingress["user_config"].get("feedback", {}).get("sink_path"):
+        print(f"bigmodel: feedback (POST /v1/feedback) is written to {sink}", file=sys.stderr)
     run_local(app, host=host, port=port, block=True)
     return 0

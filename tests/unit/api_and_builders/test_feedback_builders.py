@@ -173,3 +173,21 @@ def test_the_crd_carries_the_rules_with_field_paths() -> None:
     text = "".join(render(info) for info in ALL_CRDS)
     assert "has(self.uri) != has(self.fromFeedback)" in text
     assert "fieldPath: .uri" in text and "fieldPath: .sink" in text
+
+
+def test_bigmodel_serve_writes_a_pvc_sink_to_a_local_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bigmodel_operator.local import local_application
+
+    manifest = load_example("bigmodel-tiny-cpu.yaml")
+    manifest["spec"]["feedback"] = PVC_SINK
+    app = local_application(copy.deepcopy(manifest), "/tmp/keys", tmp_path / "fb")
+    assert _ingress_user_config(app)["feedback"]["sink_path"] == str(tmp_path / "fb")
+    monkeypatch.setenv("BIGMODEL_FEEDBACK_DIR", str(tmp_path / "env"))
+    assert _ingress_user_config(local_application(manifest, "/tmp/keys"))["feedback"]["sink_path"] == str(
+        tmp_path / "env"
+    )
+    monkeypatch.delenv("BIGMODEL_FEEDBACK_DIR")
+    monkeypatch.chdir(tmp_path)
+    name = manifest["metadata"]["name"]
+    default = _ingress_user_config(local_application(manifest, "/tmp/keys"))["feedback"]["sink_path"]
+    assert default == str(tmp_path / "bigmodel-feedback" / name)
