@@ -450,6 +450,7 @@ class CanaryRouter:
         self.clock = clock
         self.routes: dict[str, AdapterRoute] = {}  # by "<base>:<route>"
         self.weights: dict[str, float] = {}  # by route name: the weight in force here
+        self._decisions: dict[str, tuple[str, float]] = {}  # by route name, to log each change once
         self.states: dict[Pair, dict[str, Any]] = {}  # the actor's view of each pair
         self.totals: list[list[Any]] = []
         self._pending: list[list[Any]] = []
@@ -465,18 +466,19 @@ class CanaryRouter:
         return list(self.routes)
 
     def _reweigh(self) -> None:
+        """The weight in force per route: the shared decision when it is for this config, else the local one."""
         weights = {}
         for route in self.routes.values():
             known = self.states.get(pair_of(route))
             if known is not None and known["mode"] == route.mode and known["configured_weight"] == route.weight:
-                weights[route.name] = float(known["weight"])  # the shared decision
-                continue
-            pinned = self.weights.get(route.name, route.weight)
-            manual = manual_decision(route, pinned)
-            weights[route.name] = manual[1] if manual is not None else route.weight
-        for name, weight in weights.items():
-            if self.weights.get(name) != weight:
-                logger.info("bigmodel: route %s: candidate weight %g on this replica", name, weight)
+                decision, weight, reason = str(known["decision"]), float(known["weight"]), str(known["reason"])
+            else:
+                manual = manual_decision(route, self.weights.get(route.name, route.weight))
+                decision, weight, reason = manual or ("canary", route.weight, "splitting keys")
+            weights[route.name] = weight
+            if self._decisions.get(route.name) != (decision, weight):
+                self._decisions[route.name] = (decision, weight)
+                logger.info("bigmodel: route %s: %s, candidate weight %g: %s", route.name, decision, weight, reason)
         self.weights = weights
 
     # ---- the request path ----
