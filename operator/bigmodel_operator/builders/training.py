@@ -105,7 +105,21 @@ def render_trainer_config(
     }
     if every:
         config["checkpoint"] = {"every_steps": every}
+    if spec.evaluation:
+        config["evaluation"] = _evaluation(spec, mounts)
     return config
+
+
+def _evaluation(spec: FineTuneJobSpec, mounts: Mounts) -> dict[str, Any]:
+    """The eval gate's settings (bigmodel_training.config.EvaluationConfig); the eval set mounted read-only."""
+    evaluation = spec.evaluation
+    assert evaluation is not None
+    out: dict[str, Any] = evaluation.model_dump(exclude_none=True, exclude={"gate"})
+    if evaluation.gate:
+        out["gate"] = evaluation.gate.model_dump(exclude_none=True)
+    if evaluation.dataset_uri and (local := mounts.local_path(evaluation.dataset_uri)):
+        out["dataset_local_path"] = local
+    return out
 
 
 def build_config_map(body: dict[str, Any], trainer_config: dict[str, Any]) -> dict[str, Any]:

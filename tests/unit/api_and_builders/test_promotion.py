@@ -199,3 +199,29 @@ def test_promoted_condition_of_the_finetunejob() -> None:
     gone["status"]["adapters"][0]["phase"] = "RolledBack"
     assert promoted_condition(_ftj("ftj-1"), gone)[:2] == (False, "RolledBack")  # type: ignore[index]
     assert promoted_condition(_ftj("ftj-9"), bigmodel)[:2] == (False, "PromotionPending")  # type: ignore[index]
+
+
+def test_evaluation_spec_reaches_the_trainer_config() -> None:
+    from bigmodel_operator.api import FineTuneJobSpec
+    from bigmodel_operator.builders.training import render_trainer_config
+    from bigmodel_operator.builders.volumes import Mounts
+    from bigmodel_training.config import TrainerConfig
+
+    body = load_example("finetunejob-lora.yaml")
+    body["metadata"]["namespace"] = "ns"
+    body["spec"]["evaluation"] = {
+        "datasetUri": "pvc://evals/support.jsonl",
+        "scorer": "regex",
+        "pattern": "^[A-Z]",
+        "maxNewTokens": 32,
+        "gate": {"maxLossRatio": 0.95, "minScore": 0.6},
+    }
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    config = TrainerConfig.model_validate(render_trainer_config(body, spec, "hf://org/base", None, Mounts("/mnt/bm")))
+    evaluation = config.evaluation
+    assert (evaluation.scorer, evaluation.pattern, evaluation.max_new_tokens) == ("regex", "^[A-Z]", 32)
+    assert evaluation.dataset_local_path == "/mnt/bm/pvc/evals/support.jsonl"
+    assert (evaluation.gate.max_loss_ratio, evaluation.gate.min_score) == (0.95, 0.6)
+    default = FineTuneJobSpec.model_validate({**body["spec"], "evaluation": None})
+    rendered = render_trainer_config(body, default, "hf://org/base", None, Mounts("/mnt/bm"))
+    assert "evaluation" not in rendered  # the trainer's defaults: held-out loss no worse than the base's
