@@ -236,7 +236,7 @@ class AdapterSource(_Args):
     """A LoRA adapter, served as the model name `<served_name>:<name>`."""
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    uri: str
+    uri: str = Field(description="file:///dir, or s3://bucket/prefix (downloaded by the replica on first use).")
     local_path: str | None = Field(default=None, description="Where the operator mounted the adapter.")
 
     _paths_contained = field_validator("uri", "local_path")(_contained)
@@ -247,8 +247,8 @@ class AdapterSource(_Args):
 
     @model_validator(mode="after")
     def _local(self) -> AdapterSource:
-        if self.resolved_local_path() is None:
-            raise ValueError(f"adapter {self.name!r}: needs local_path (or a file:// uri); vLLM loads from disk")
+        if self.resolved_local_path() is None and not self.uri.startswith("s3://"):
+            raise ValueError(f"adapter {self.name!r}: needs local_path, a file:// or an s3:// uri")
         return self
 
 

@@ -1,7 +1,9 @@
 """The engine deployment: Ray Serve LLM's `LLMServer` (vLLM), plus what Ray's does not do for us.
 
-- Adapters come from mounted directories named in the deployment's `user_config` (`EngineConfig`),
-  applied by `reconfigure()` without restarting the engine; Ray's own loader only reads S3/GCS/Azure.
+- Adapters come from mounted directories or s3:// prefixes named in the deployment's `user_config`
+  (`EngineConfig`), applied by `reconfigure()` without restarting the engine. An s3:// adapter (or
+  model) is downloaded by the replica into its cache (storage.py: endpoint and keys from AWS_*
+  variables, so any S3-compatible store works) on first use; Ray's own loader has no endpoint setting.
   vLLM loads an adapter on its first request (Serve's multiplexing keeps at most
   `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
 - `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,6 +25,7 @@ from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig,
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 
+from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
 
 logger = logging.getLogger("ray.serve")
@@ -61,12 +65,32 @@ class MountedAdapterLoader(LoraModelLoader):
         path = self.paths.get(lora_model_id)
         if path is None:
             raise HTTPException(404, f"The model `{lora_model_id}` does not exist.")
+        if path.startswith("s3://"):
+            try:
+                path = str(await asyncio.to_thread(storage.fetch_dir, path))
+            except storage.StorageError as exc:
+                logger.warning("bigmodel: adapter %s: %s", lora_model_id, exc)
+                raise HTTPException(503, f"The adapter of `{lora_model_id}` could not be downloaded.") from exc
         return DiskMultiplexConfig(
             model_id=lora_model_id,
             max_total_tokens=None,
             local_path=path,
             lora_assigned_int_id=global_id_manager.next(),
         )
+
+
+async def _download_s3_model(llm_config: LLMConfig) -> None:
+    """An s3:// model is downloaded into the replica's cache first; vLLM then loads the directory."""
+    loading: Any = llm_config.model_loading_config
+    source = loading.get("model_source") if isinstance(loading, dict) else loading.model_source
+    if not (isinstance(source, str) and source.startswith("s3://")):
+        return
+    local = str(await asyncio.to_thread(storage.fetch_dir, source))
+    logger.info("bigmodel: %s downloaded to %s", source, local)
+    if isinstance(loading, dict):
+        loading["model_source"] = local
+    else:
+        loading.model_source = local
 
 
 class BigModelEngine(LLMServer):
@@ -85,6 +109,7 @@ class BigModelEngine(LLMServer):
         self._adapter_paths: dict[str, str] = {}
         loader = type("ReplicaAdapterLoader", (MountedAdapterLoader,), {"paths": self._adapter_paths})
         started = time.monotonic()
+        await _download_s3_model(llm_config)
         await super().__init__(llm_config, model_downloader=loader)
         self._load_s = time.monotonic() - started
         self._loaded_at = time.time()
@@ -94,7 +119,9 @@ class BigModelEngine(LLMServer):
         """Serve calls this with the deployment's `user_config` at start and whenever it changes."""
         config: EngineConfig = parse_engine_config(user_config)
         base = self._llm_config.model_id
-        paths = {f"{base}:{adapter.name}": str(adapter.resolved_local_path()) for adapter in config.adapters}
+        paths = {
+            f"{base}:{adapter.name}": str(adapter.resolved_local_path() or adapter.uri) for adapter in config.adapters
+        }
         self._adapter_paths.clear()
         self._adapter_paths.update(paths)
         logger.info("bigmodel: adapters %s", ", ".join(sorted(paths)) or "none")

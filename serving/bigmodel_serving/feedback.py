@@ -296,8 +296,17 @@ def _directory_sink(uri: str) -> FeedbackSink:
     return DirectorySink(Path(unquote(urlparse(uri).path)))
 
 
-# Writers by URI scheme; an object-store writer registers here (e.g. "s3": a function of the URI).
-SINK_SCHEMES: dict[str, Callable[[str], FeedbackSink]] = {"file": _directory_sink}
+def _s3_sink(uri: str) -> FeedbackSink:
+    from bigmodel_serving.storage import S3Sink, StorageError
+
+    try:
+        return S3Sink(uri)
+    except StorageError as exc:
+        raise FeedbackSinkError(str(exc)) from exc
+
+
+# Writers by URI scheme (each a function of the URI).
+SINK_SCHEMES: dict[str, Callable[[str], FeedbackSink]] = {"file": _directory_sink, "s3": _s3_sink}
 
 
 def open_sink(args: FeedbackArgs) -> FeedbackSink:

@@ -218,8 +218,9 @@ class AdapterSpec(ApiModel):
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description=(
-            "Adapter location in PEFT layout: pvc://claim/path (mounted) or file:///path (in the image); "
-            "vLLM loads adapters from disk. No '..' segments."
+            "Adapter location in PEFT layout: pvc://claim/path (mounted), file:///path (in the image), or "
+            "s3://bucket/prefix (each replica downloads it on first use; keys from credentials.storageSecretName). "
+            "No '..' segments."
         ),
         json_schema_extra=no_parent_segments("adapters[].uri"),
     )
@@ -234,8 +235,8 @@ class AdapterSpec(ApiModel):
     @field_validator("uri")
     @classmethod
     def _from_disk(cls, uri: str) -> str:
-        if not uri.startswith(("pvc://", "file://")):
-            raise ValueError("adapters are loaded from disk: use pvc:// or file:// URIs")
+        if not uri.startswith(("pvc://", "file://", "s3://")):
+            raise ValueError("adapters are loaded from disk or S3: use pvc://, file:// or s3:// URIs")
         return uri
 
 
@@ -367,6 +368,16 @@ class CredentialsSpec(ApiModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with a Hugging Face token, for gated hf:// models."
     )
+    storage_secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "Secret whose keys become the Ray pods' environment, for s3:// models, adapters and feedback "
+            "sinks: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and for an S3-compatible store "
+            "AWS_ENDPOINT_URL (and AWS_REGION)."
+        ),
+    )
 
 
 class BigModelSpec(ApiModel):
@@ -379,8 +390,9 @@ class BigModelSpec(ApiModel):
             "(self.engine.tensorParallelSize * (has(self.engine.pipelineParallelSize) ? "
             "self.engine.pipelineParallelSize : 1)) == 0",
             "resources.gpu.count must be a multiple of engine.tensorParallelSize x engine.pipelineParallelSize",
-            "!has(self.adapters) || self.adapters.all(a, a.uri.startsWith('pvc://') || a.uri.startsWith('file://'))",
-            "adapters are loaded from disk: use pvc:// or file:// URIs",
+            "!has(self.adapters) || self.adapters.all(a, a.uri.startsWith('pvc://') || a.uri.startsWith('file://') "
+            "|| a.uri.startsWith('s3://'))",
+            "adapters are loaded from disk or S3: use pvc://, file:// or s3:// URIs",
         )
     )
 

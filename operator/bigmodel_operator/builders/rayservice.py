@@ -102,6 +102,7 @@ def _worker_pod_spec(
                     "env": env,
                     "volumeMounts": volume_mounts,
                     "securityContext": restricted_container_security(),
+                    **_storage_env_from(spec),
                 }
             ],
             "volumes": volumes,
@@ -112,6 +113,12 @@ def _worker_pod_spec(
     if tolerations:
         pod["spec"]["tolerations"] = tolerations
     return pod
+
+
+def _storage_env_from(spec: BigModelSpec) -> dict[str, Any]:
+    """The storage Secret as environment (AWS_*: s3:// models, adapters, the feedback sink), if named."""
+    name = spec.credentials.storage_secret_name if spec.credentials else None
+    return {"envFrom": [{"secretRef": {"name": name}}]} if name else {}
 
 
 def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]) -> dict:
@@ -134,6 +141,7 @@ def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig,
                     ],
                     "volumeMounts": [tmp_mount, *sink_mounts(spec)],
                     "securityContext": restricted_container_security(),
+                    **_storage_env_from(spec),
                 }
             ],
             "volumes": [tmp, *sink_volumes(spec)],

@@ -64,3 +64,33 @@ def test_no_s3_no_cache_variable() -> None:
     job = build_job(body, spec, 0, mounts, OperatorConfig(), build_config_map(body, rendered))
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert all(e["name"] != "BIGMODEL_S3_CACHE" for e in container["env"])
+
+
+def test_bigmodel_storage_secret_becomes_the_ray_pods_environment() -> None:
+    from bigmodel_operator.api import BigModelSpec
+    from bigmodel_operator.builders.placement import placement
+    from bigmodel_operator.builders.rayservice import build_rayservice
+
+    body = copy.deepcopy(load_example("bigmodel-tiny-cpu.yaml"))
+    body["spec"]["adapters"] = [{"name": "support", "uri": "s3://adapters/support/v1", "rank": 8}]
+    body["spec"]["credentials"] = {"storageSecretName": "s3-creds"}
+    spec = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, spec, placement(spec, None), OperatorConfig())
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert "s3-creds" not in str(rs["spec"]["serveConfigV2"])  # a reference, never the values
+
+
+def test_no_storage_secret_no_env_from() -> None:
+    from bigmodel_operator.api import BigModelSpec
+    from bigmodel_operator.builders.placement import placement
+    from bigmodel_operator.builders.rayservice import build_rayservice
+
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    spec = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, spec, placement(spec, None), OperatorConfig())
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in head
