@@ -10,6 +10,7 @@ tests that change the deployment restore it.
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
 
 @pytest.fixture(scope="session")
 def serving(
-    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory, s3_server: Any
 ) -> Iterator[ServingStack]:
     from bigmodel_serving.local import run_local
 
@@ -117,6 +118,9 @@ def serving(
     for name, key in keys.items():
         (keys_dir / name).write_text(key + "\n")
     application = tiny_application(tiny_model_dir, tiny_adapter_dir, keys_dir)
+    # The storage Secret's variables, as a pod has them: Ray's workers inherit them (test_serving_s3.py).
+    os.environ.update(s3_server.env())
+    os.environ["BIGMODEL_S3_CACHE"] = str(tmp_path_factory.mktemp("s3-cache"))
     server = run_local(application, port=_free_port(), block=False, num_cpus=4)
     try:
         yield ServingStack(server.url, keys_dir, keys, copy.deepcopy(application), server)
