@@ -450,7 +450,7 @@ class CanaryRouter:
         self.clock = clock
         self.routes: dict[str, AdapterRoute] = {}  # by "<base>:<route>"
         self.weights: dict[str, float] = {}  # by route name: the weight in force here
-        self._decisions: dict[str, tuple[str, float]] = {}  # by route name, to log each change once
+        self._decisions: dict[str, tuple[str, float, str, str]] = {}  # (decision, weight, reason, since) by route
         self.states: dict[Pair, dict[str, Any]] = {}  # the actor's view of each pair
         self.totals: list[list[Any]] = []
         self._pending: list[list[Any]] = []
@@ -472,13 +472,18 @@ class CanaryRouter:
             known = self.states.get(pair_of(route))
             if known is not None and known["mode"] == route.mode and known["configured_weight"] == route.weight:
                 decision, weight, reason = str(known["decision"]), float(known["weight"]), str(known["reason"])
+                shared_since: str | None = str(known["since"])
             else:
                 manual = manual_decision(route, self.weights.get(route.name, route.weight))
                 decision, weight, reason = manual or ("canary", route.weight, "splitting keys")
+                shared_since = None
             weights[route.name] = weight
-            if self._decisions.get(route.name) != (decision, weight):
-                self._decisions[route.name] = (decision, weight)
+            previous = self._decisions.get(route.name)
+            if previous is None or previous[:2] != (decision, weight):
                 logger.info("bigmodel: route %s: %s, candidate weight %g: %s", route.name, decision, weight, reason)
+                previous = None
+            since = shared_since or (previous[3] if previous is not None else _rfc3339(time.time()))
+            self._decisions[route.name] = (decision, weight, reason, since)
         self.weights = weights
 
     # ---- the request path ----
@@ -607,10 +612,12 @@ class CanaryRouter:
         await self.ensure_syncing()
         out = []
         for model, route in self.routes.items():
-            state = self.states.get(pair_of(route))
-            entry: dict[str, Any] = dict(state) if state is not None else {"name": route.name, "decision": None}
-            entry.update(id=model, object="route", stable=route.stable, candidate=route.candidate, mode=route.mode)
-            entry["weight"] = self.weights.get(route.name, 0.0)
+            state = self.states.get(pair_of(route)) or {}
+            decision, weight, reason, since = self._decisions[route.name]
+            entry: dict[str, Any] = {"id": model, "object": "route", "name": route.name}
+            entry.update(stable=route.stable, candidate=route.candidate, mode=route.mode)
+            entry.update(configured_weight=route.weight, weight=weight, decision=decision, reason=reason, since=since)
+            entry["signals"] = state.get("signals", {"stable": None, "candidate": None})
             out.append(entry)
         return out
 
