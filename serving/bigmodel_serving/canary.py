@@ -59,11 +59,6 @@ def actor_name(app_name: str) -> str:
     return f"bigmodel-canary:{app_name}"
 
 
-def feedback_actor_name(app_name: str) -> str:
-    """The feedback store's actor (feedback.py); asked for `scores(model)` when a route rolls back on ratings."""
-    return f"bigmodel-feedback:{app_name}"
-
-
 def key_share(key: str, route: str, candidate: str) -> float:
     """Where an API key falls in [0, 1) for a route's candidate; below the weight means the candidate."""
     digest = hashlib.blake2b(f"{key}\x00{route}\x00{candidate}".encode(), digest_size=8).digest()
@@ -341,7 +336,7 @@ class CanaryBook:
 # --------------------------------------------------------------------------------------------
 
 
-def _mean(value: Any) -> float | None:
+def mean_rating(value: Any) -> float | None:
     """The mean rating from the feedback actor's `scores(model)`: (count, mean), None without ratings."""
     if isinstance(value, list | tuple) and len(value) == 2:
         count, mean = value
@@ -387,14 +382,16 @@ class CanaryActor:
         self._feedback_at = time.monotonic()
         import ray
 
-        try:
-            store = ray.get_actor(feedback_actor_name(self.app_name), namespace=ACTOR_NAMESPACE)
+        from bigmodel_serving import feedback
+
+        try:  # the feedback store's actor answers scores(model) -> (count, mean rating)
+            store = ray.get_actor(feedback.actor_name(self.app_name), namespace=feedback.ACTOR_NAMESPACE)
         except ValueError:
             return  # no feedback store in this application
         for version in versions:
             model = version if version == self.base_model else f"{self.base_model}:{version}"
             try:
-                self.book.feedback[version] = _mean(await store.scores.remote(model))
+                self.book.feedback[version] = mean_rating(await store.scores.remote(model))
             except Exception as error:  # ratings are optional: decide on the other signals
                 logger.warning("bigmodel: feedback scores of %s unavailable: %r", model, error)
 

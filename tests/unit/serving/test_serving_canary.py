@@ -18,6 +18,7 @@ from bigmodel_serving.canary import (
     VersionSignals,
     judge,
     key_share,
+    mean_rating,
     picks_candidate,
 )
 from bigmodel_serving.errors import APIError
@@ -332,3 +333,17 @@ def test_routes_must_name_served_adapters() -> None:
     for message, routes in bad.items():
         with pytest.raises(InvalidServeArgsError, match=message):
             _config(routes)
+
+
+def test_book_rolls_back_on_ratings_from_the_feedback_store() -> None:
+    book = CanaryBook(wall=_Clock())
+    route = _route(min_requests=5, min_feedback_delta=0.5)
+    book.configure([route], BASE)
+    assert book.wants_feedback() == ["bot.v1", "bot.v2"]
+    book.feedback.update({"bot.v1": mean_rating((12, 4.5)), "bot.v2": mean_rating((6, 3.0))})
+    assert mean_rating((0, 0.0)) is None  # no ratings yet: no opinion
+    _record(book, route, "stable", 20)
+    lines = _record(book, route, "candidate", 5)
+    assert len(lines) == 1 and "mean rating 3.00 < stable 4.50 - 0.5" in lines[0]
+    assert _state(book, route)["signals"]["candidate"]["feedback_mean"] == 3.0
+    assert book.wants_feedback() == []  # decided: no more look-ups
