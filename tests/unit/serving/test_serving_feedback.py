@@ -173,8 +173,9 @@ def test_the_store_is_bounded_by_entries_and_bytes() -> None:
 def test_sinks_by_location(tmp_path: Path) -> None:
     assert open_sink(FeedbackArgs(enabled=True, sink_path=str(tmp_path))).location == str(tmp_path)
     assert open_sink(FeedbackArgs(enabled=True, sink_uri=tmp_path.as_uri())).location == str(tmp_path)
-    with pytest.raises(FeedbackSinkError, match="s3:// sinks are not supported by this build"):
-        open_sink(FeedbackArgs(enabled=True, sink_uri="s3://bucket/feedback"))
+    assert open_sink(FeedbackArgs(enabled=True, sink_uri="s3://bucket/feedback")).location == "s3://bucket/feedback"
+    with pytest.raises(FeedbackSinkError, match="gs:// sinks are not supported by this build"):
+        open_sink(FeedbackArgs(enabled=True, sink_uri="gs://bucket/feedback"))
 
 
 def _actor(tmp_path: Path, clock: Clock | None = None, **settings: Any) -> FeedbackActor:
@@ -246,10 +247,10 @@ def test_scores_and_metrics_per_model(tmp_path: Path) -> None:
 
 def test_an_unusable_sink_or_disabled_feedback_is_unavailable_not_a_crash(tmp_path: Path) -> None:
     actor = FeedbackActor(clock=Clock())
-    assert "not supported" in str(actor.configure({"enabled": True, "sink_uri": "s3://bucket/prefix"}))
+    assert "not supported" in str(actor.configure({"enabled": True, "sink_uri": "gs://bucket/prefix"}))
     actor.remember("c", "k", "m", _turns())
     result = actor.feedback("c", "k", 5, None)
-    assert result["status"] == "unavailable" and "s3://" in result["message"]
+    assert result["status"] == "unavailable" and "gs://" in result["message"]
     assert "not enabled" in str(actor.configure({"enabled": False}))
     blocked = tmp_path / "file"
     blocked.write_text("a file where the sink directory should be")
