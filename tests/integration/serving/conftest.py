@@ -52,6 +52,7 @@ class ServingStack:
     keys: dict[str, str]
     application: dict[str, Any]
     server: Any = field(repr=False)
+    feedback_dir: Path | None = None  # the feedback sink (test_serving_feedback.py)
 
     @property
     def api_key(self) -> str:
@@ -118,11 +119,14 @@ def serving(
     for name, key in keys.items():
         (keys_dir / name).write_text(key + "\n")
     application = tiny_application(tiny_model_dir, tiny_adapter_dir, keys_dir)
+    feedback_dir = tmp_path_factory.mktemp("feedback")
+    ingress = next(d for d in application["deployments"] if d["name"] == "BigModelIngress")
+    ingress["user_config"]["feedback"] = {"enabled": True, "sink_path": str(feedback_dir)}
     # The storage Secret's variables, as a pod has them: Ray's workers inherit them (test_serving_s3.py).
     os.environ.update(s3_server.env())
     os.environ["BIGMODEL_S3_CACHE"] = str(tmp_path_factory.mktemp("s3-cache"))
     server = run_local(application, port=_free_port(), block=False, num_cpus=4)
     try:
-        yield ServingStack(server.url, keys_dir, keys, copy.deepcopy(application), server)
+        yield ServingStack(server.url, keys_dir, keys, copy.deepcopy(application), server, feedback_dir)
     finally:
         server.shutdown()
