@@ -54,8 +54,8 @@ class FeedbackSinkSpec(ApiModel):
         max_length=2048,
         pattern=S3_SINK_PATTERN,
         description=(
-            "s3://bucket/prefix; needs object-storage support in the serving image (the ingress reports "
-            "feedback as unavailable, with the reason, when it lacks it)."
+            "s3://bucket/prefix (S3 or an S3-compatible store): one JSONL object per feedback under "
+            "<prefix>/feedback-YYYY-MM-DD/, with the keys of credentials.storageSecretName."
         ),
         json_schema_extra=no_parent_segments("feedback.sink.uri"),
     )
