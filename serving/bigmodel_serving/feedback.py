@@ -536,7 +536,11 @@ class FeedbackClient:
     async def submit(self, key: str, raw: bytes) -> dict[str, Any]:
         """Validate and record one feedback; raises APIError 400/404/503."""
         request = parse_feedback_request(raw)
-        result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
+        try:
+            result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
+        except Exception as error:  # the actor is restarting (it keeps no answers across a restart)
+            logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error)
+            raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
         if result["status"] == NOT_FOUND:
             raise feedback_not_found(request.id)
         if result["status"] != RECORDED:
@@ -544,4 +548,8 @@ class FeedbackClient:
         return {"id": request.id, "object": "feedback", "status": "recorded"}
 
     async def metrics_text(self) -> str:
-        return render_feedback_metrics(await self.actor.all_scores.remote())
+        try:
+            return render_feedback_metrics(await self.actor.all_scores.remote())
+        except Exception as error:  # /metrics goes on without the feedback families
+            logger.warning("bigmodel feedback: scores unavailable: %r", error)
+            return ""

@@ -276,3 +276,51 @@ def test_feedback_args_need_one_sink_inside_its_mount() -> None:
         FeedbackArgs(sink_path="/a", sink_uri="file:///b")
     with pytest.raises(ValidationError, match=r"'\.\.' segment"):
         FeedbackArgs(enabled=True, sink_path="/mnt/feedback/../../etc")
+
+
+class _Remote:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def remote(self, *args: Any) -> Any:
+        async def call() -> Any:
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+        return call()
+
+
+class _FakeActor:
+    """Stands in for the Ray actor handle: each method's `.remote()` returns an awaitable."""
+
+    def __init__(self, feedback: Any, scores: Any) -> None:
+        self.configure = _Remote(None)
+        self.remember = _Remote(None)
+        self.feedback = _Remote(feedback)
+        self.all_scores = _Remote(scores)
+
+
+def test_the_client_maps_the_actors_answers_to_http() -> None:
+    import asyncio
+
+    from bigmodel_serving.feedback import FeedbackClient
+
+    args = FeedbackArgs(enabled=True, sink_path="/tmp/unused")
+    body = b'{"id": "chatcmpl-1", "rating": 3}'
+    recorded = FeedbackClient(args, _FakeActor({"status": "recorded"}, {"m": (1, 3.0)}))
+    assert asyncio.run(recorded.submit("alice", body)) == {
+        "id": "chatcmpl-1",
+        "object": "feedback",
+        "status": "recorded",
+    }
+    assert "bigmodel_feedback_total" in asyncio.run(recorded.metrics_text())
+    for answer, status in (
+        ({"status": "not_found"}, 404),
+        ({"status": "unavailable", "message": "disk full"}, 503),
+        (RuntimeError("actor restarting"), 503),
+    ):
+        with pytest.raises(APIError) as caught:
+            asyncio.run(FeedbackClient(args, _FakeActor(answer, {})).submit("alice", body))
+        assert caught.value.status == status
+    assert asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text()) == ""
