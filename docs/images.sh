@@ -18,8 +18,8 @@
 # dependency layers of the last full archive (<image>-<key>.oci.tar, written by `buildah push` when the
 # dependencies changed). tests/cluster/node.py imports the archives into the e2e node's containerd.
 # The images are built from the working tree, one after the other: build them all in one run so they carry
-# the same code. (A copy of the tree as context made buildah miss its cache of the pip layers, measured:
-# 40 minutes each; the same tree directory keeps it.)
+# the same code. (A copy of the tree as context, `tar` or `git archive`, made buildah miss its cache of the
+# lock's COPY and so of the pip layer, a 40-minute reinstall; building in the tree itself keeps it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)}

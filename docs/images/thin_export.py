@@ -110,7 +110,7 @@ class Hashing(io.RawIOBase):
 def compressed_layer(diff_id: str) -> tuple[bytes, dict[str, Any]]:
     """The layer gzip-compressed (checked against diff_id) and its descriptor."""
     raw = io.BytesIO()
-    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
         tee = Hashing(gz)  # type: ignore[arg-type]
         write_layer_tar(storage_layer(diff_id), tee)  # type: ignore[arg-type]
     got = f"sha256:{tee.sha.hexdigest()}"

@@ -40,6 +40,9 @@ DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
 # Small requests: the e2e node has 2 CPUs for the add-ons, the trainer and, during a RayService upgrade,
 # two Ray clusters (KubeRay rounds a worker's CPU up for Ray's num-cpus, so 400m still gives the engine 1).
 WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "400m")
+# The example's 2Gi is too little for a Ray worker with vLLM's CPU engine: Ray's memory monitor (95% of the
+# pod's limit) killed the replica while vLLM started (seen on the e2e node).
+WORKER_MEMORY = os.environ.get("BIGMODEL_E2E_WORKER_MEMORY", "4Gi")
 BOUNDS_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_BOUNDS_TIMEOUT", "120"))
 # 1: a known gap (the RayCluster not following a bounds edit) fails the test instead of being reported.
 STRICT = os.environ.get("BIGMODEL_E2E_STRICT") == "1"
@@ -111,6 +114,7 @@ def _bigmodel() -> dict[str, Any]:
     body = yaml.safe_load((EXAMPLES / "bigmodel-tiny-cpu.yaml").read_text())
     body["spec"]["model"]["uri"] = MODEL_URI
     body["spec"]["resources"]["cpu"] = WORKER_CPU
+    body["spec"]["resources"]["memory"] = WORKER_MEMORY
     return body
 
 
