@@ -44,6 +44,7 @@ logger = logging.getLogger("ray.serve")
 
 ACTOR_NAMESPACE = "bigmodel"
 SYNC_INTERVAL_S = 0.4  # records out, decisions in, per ingress replica
+FIRST_SYNC_TIMEOUT_S = 10.0  # a replica's first request waits this long at most for the shared state
 LATENCY_SAMPLES = 512  # per version: the p50 is over the latest this many successful requests
 MAX_PAIRS = 1024  # (route, stable, candidate) states kept by the actor
 FEEDBACK_TTL_S = 5.0
@@ -573,8 +574,8 @@ class CanaryRouter:
         self._syncer = asyncio.get_running_loop().create_task(self._sync_forever())
         if first:
             try:
-                await self.sync()
-            except Exception as error:  # never fail a request for it: route by the local view
+                await asyncio.wait_for(self.sync(), FIRST_SYNC_TIMEOUT_S)
+            except Exception as error:  # never fail or hold a request for it: route by the local view
                 logger.warning("bigmodel: canary sync failed: %r", error)
 
     async def _sync_forever(self) -> None:
