@@ -70,7 +70,7 @@ def parse_feedback_request(raw: bytes) -> FeedbackRequest:
     """The validated body; any defect is a 400 naming the field."""
     try:
         data = json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise APIError(400, "The body must be a JSON object.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, 'The body must be a JSON object: {"id", "rating", "correction"?}.')

@@ -62,6 +62,8 @@ def test_a_valid_body_parses() -> None:
         (b'{"id": "x", "rating": 3, "comment": "?"}', "comment"),
         (b"[1, 2]", None),
         (b"not json", None),
+        (b"\xff\xfe", None),
+        (b"[" * 200_000 + b"]" * 200_000, None),
         (b"", None),
     ],
 )
