@@ -82,7 +82,9 @@ class BigModelReconciler:
         except ValidationError as error:
             obs = BigModelObservation(meta.get("generation"), 0, None, Reason.INVALID_SPEC, str(error))
             obs.blockers.append(Blocker(Reason.INVALID_SPEC, f"spec does not parse: {error}"))
-            await self._write_status(body, compute_status(obs, self._previous_status(body)))
+            status = compute_status(obs, self._previous_status(body))
+            status["adapters"] = self._previous_adapters(body) or None  # promotion state survives a bad edit
+            await self._write_status(body, status)
             return
         obs, place = await self._observe(body, spec)
         promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
@@ -90,9 +92,13 @@ class BigModelReconciler:
         if not any(b.blocks_deploy for b in obs.blockers):
             rejected = await self._apply_children(body, spec, place, obs, promoted.promotions)
         status = compute_status(obs, self._previous_status(body))
-        status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
-        await self._write_status(body, status)
-        self._announce_adapters(body, promoted.adapters, promoted.notes)
+        if rejected is None and not any(b.blocks_deploy for b in obs.blockers):
+            status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
+            await self._write_status(body, status)
+            self._announce_adapters(body, promoted.adapters, promoted.notes)
+        else:  # nothing was rendered: the versions keep the phases they had (no Promoted=True on paper)
+            status["adapters"] = self._previous_adapters(body) or None
+            await self._write_status(body, status)
         if rejected is not None:
             raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
 
@@ -338,7 +344,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that also clears status fields we no longer report (e.g. a plan that went away)."""
     patch = dict(desired)
-    for key in ("plan", "url", "selector", "rayService", "adapters"):
+    for key in ("plan", "url", "selector", "rayService"):
         if key in current and key not in desired:
             patch[key] = None
     return patch

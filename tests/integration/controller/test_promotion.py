@@ -166,3 +166,20 @@ def test_rollback_override_takes_the_candidate_out_and_keeps_the_stable(
     bm = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", "tiny-cpu")
     assert bm["spec"]["rollouts"] == rollouts["spec"]["rollouts"], "the operator never writes the spec"
     assert wait_until(lambda: _promoted(custom, namespace, "ftj-2", "RolledBack"), timeout=30)["status"] == "False"
+
+
+def test_a_bigmodel_that_cannot_deploy_promotes_nothing_until_it_can(
+    custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["engine"]["extraArgs"] = ["--swap-space", "4"]  # refused: nothing is deployed
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", body)
+    _finetune(custom, namespace, "ftj-wait", PASSED)
+    pending = wait_until(lambda: _promoted(custom, namespace, "ftj-wait", "PromotionPending"), timeout=150)
+    assert pending["status"] == "False" and _adapters(custom, namespace) == {}
+    assert _app(custom, namespace) is None
+
+    fix = {"spec": {"engine": {"extraArgs": None}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", "tiny-cpu", fix)
+    wait_until(lambda: _promoted(custom, namespace, "ftj-wait", "Stable"), timeout=60)
+    assert _routes(_app(custom, namespace))[0]["stable"] == "support-bot.ftj-wait"
