@@ -37,9 +37,10 @@ MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-
 TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-operator/trainer:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
-# Small requests: the e2e node has 2 CPUs for the add-ons, the trainer and, during a RayService upgrade,
-# two Ray clusters (KubeRay rounds a worker's CPU up for Ray's num-cpus, so 400m still gives the engine 1).
-WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "400m")
+# The e2e node has 2 CPUs for the add-ons (~1 CPU requested with the Ray head), the worker and the trainer.
+# A CPU worker advertises one Ray CPU whatever its limit (the engine replica's slot), so this only sets how
+# fast vLLM starts (it compiles the model at start-up).
+WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "1")
 # The example's 2Gi is too little for a Ray worker with vLLM's CPU engine: Ray's memory monitor (95% of the
 # pod's limit) killed the replica while vLLM started (seen on the e2e node).
 WORKER_MEMORY = os.environ.get("BIGMODEL_E2E_WORKER_MEMORY", "4Gi")
