@@ -43,7 +43,7 @@ PROMPT = "Hello there, how are you today? Tell me about latency and throughput."
 SECTION = "## Serving path"
 RAW_RESULTS = Path(".bench/serving.json")  # the last run's raw numbers (git-ignored)
 BENCH_KEY_NAME, BENCH_KEY = "bench", "bm-bench-key-not-secret"
-START_TIMEOUT_S = 900
+START_TIMEOUT_S = 1800  # a shared 2-core machine under load: vLLM engines took > 15 min to start
 QUOTA_CALLS = 500
 # The same engine for all three servers: eager (no torch.compile on 2 cores); the KV cache is sized per
 # model (`kv_cache_bytes`): a share of host RAM fails on CPU when the process already holds more than it.
@@ -354,7 +354,7 @@ def _run_child(model: str) -> dict[str, Any]:
         out_json = Path(scratch) / "result.json"
         print(f"bench: serving {model} ...", flush=True)
         command = [sys.executable, "-m", "bigmodel_serving.bench", "--child", model, "--json", str(out_json)]
-        result = subprocess.run(command, check=False, timeout=1800)
+        result = subprocess.run(command, check=False, timeout=2 * START_TIMEOUT_S + 1200)
         if result.returncode != 0 or not out_json.exists():
             print(f"bench: {model} failed (exit {result.returncode})", flush=True)
             return {"model": model, "failed": result.returncode, "date": _now()}
