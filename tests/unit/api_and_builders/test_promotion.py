@@ -225,3 +225,14 @@ def test_evaluation_spec_reaches_the_trainer_config() -> None:
     default = FineTuneJobSpec.model_validate({**body["spec"], "evaluation": None})
     rendered = render_trainer_config(body, default, "hf://org/base", None, Mounts("/mnt/bm"))
     assert "evaluation" not in rendered  # the trainer's defaults: held-out loss no worse than the base's
+
+
+def test_an_s3_output_is_served_from_object_storage_without_a_mount() -> None:
+    ftj = _ftj("ftj-s3")
+    ftj["status"]["adapterUri"] = ftj["spec"]["output"]["uri"] = "s3://adapters/support-bot/ftj-s3"
+    rayservice, _ = _render([ftj])
+    parsed = parse_application(_app(rayservice))
+    (adapter,) = parsed.engine_config().adapters
+    assert (adapter.name, adapter.uri, adapter.local_path) == ("support-bot.ftj-s3", ftj["status"]["adapterUri"], None)
+    volumes = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"]
+    assert not [v for v in volumes if "persistentVolumeClaim" in v]
