@@ -447,6 +447,16 @@ class AdapterVersionStatus(ApiModel):
     message: str | None = Field(default=None, description="Why it is in this phase.")
 
 
+class RolloutDecision(ApiModel):
+    """An automatic canary decision, written by the ingress (never by the operator), read by the operator."""
+
+    route: str = Field(description="The adapter name clients call.")
+    stable: str | None = Field(default=None, description="Engine name of the stable version it was compared to.")
+    decision: Literal["promote", "rollback"] = Field(description="What the ingress decided.")
+    reason: str = Field(description="Why, with the numbers.")
+    time: str = Field(description="When (RFC 3339).")
+
+
 class BigModelStatus(ApiModel):
     """Observed state of a served model."""
 
@@ -464,6 +474,13 @@ class BigModelStatus(ApiModel):
     ray_service: str | None = Field(default=None, description="Name of the RayService child.")
     adapters: list[AdapterVersionStatus] | None = Field(
         default=None, description="Versions of deployTo adapters: which serve, with which weight, and why."
+    )
+    rollout_decisions: dict[str, RolloutDecision] | None = Field(
+        default=None,
+        description=(
+            "Automatic canary decisions by candidate engine name (`<name>.<version>`), merge-patched by the "
+            "ingress; the operator turns them into `adapters` phases and never writes this field."
+        ),
     )
 
 
