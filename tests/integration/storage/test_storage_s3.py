@@ -61,3 +61,23 @@ def test_wrong_secret_is_refused_on_both_sides(s3_env: Any, monkeypatch: pytest.
         serving_storage.S3Sink("s3://bigmodel-data/x").append({"id": "a"})
     with pytest.raises(SourceError, match="storage Secret"):
         training_storage.list_objects("s3://bigmodel-data/x")
+
+
+def test_engine_adapter_loader_downloads_s3_adapters(s3_env: Any) -> None:
+    """The replica's loader (without Ray): an s3:// adapter resolves to its downloaded folder; a prefix
+    with nothing under it is a 503, not a crash."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from bigmodel_serving.engine import MountedAdapterLoader
+
+    prefix = f"engine-{secrets.token_hex(4)}/lora"
+    s3_env.client().put_object(Bucket="bigmodel-models", Key=f"{prefix}/adapter_config.json", Body=b"{}")
+    paths = {"m:a": f"s3://bigmodel-models/{prefix}", "m:gone": f"s3://bigmodel-models/{prefix}-gone"}
+    loader = type("Loader", (MountedAdapterLoader,), {"paths": paths})()
+    loaded = asyncio.run(loader.load_model_from_config("m:a", llm_config=None))
+    assert (Path(loaded.local_path) / "adapter_config.json").read_bytes() == b"{}"
+    with pytest.raises(HTTPException) as gone:
+        asyncio.run(loader.load_model_from_config("m:gone", llm_config=None))
+    assert gone.value.status_code == 503
