@@ -388,6 +388,14 @@ class FeedbackArgs(_Args):
         return self
 
 
+class RolloutReportArgs(_Args):
+    """Where the ingress reports automatic canary decisions (bigmodel_serving.rollout_report): the
+    status of this BigModel and Events on it. Rendered by the operator; absent: decisions stay local."""
+
+    namespace: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    bigmodel: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 class IngressConfig(_Args):
     """`user_config` of the ingress deployment: applied in place, no engine reload."""
 
@@ -398,6 +406,7 @@ class IngressConfig(_Args):
     feedback: FeedbackArgs = Field(default_factory=FeedbackArgs)
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
     routes: list[AdapterRoute] = Field(default_factory=list, max_length=256, description="Canary routes.")
+    rollout_report: RolloutReportArgs | None = None
 
     @field_validator("adapters")
     @classmethod

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from bigmodel_serving.args import AdapterRoute
+from bigmodel_serving.args import AdapterRoute, RolloutReportArgs
+from bigmodel_serving.rollout_report import Decision as DecisionReport
+from bigmodel_serving.rollout_report import RolloutReporter
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,6 +50,7 @@ FIRST_SYNC_TIMEOUT_S = 10.0  # a replica's first request waits this long at most
 LATENCY_SAMPLES = 512  # per version: the p50 is over the latest this many successful requests
 MAX_PAIRS = 1024  # (route, stable, candidate) states kept by the actor
 FEEDBACK_TTL_S = 5.0
+REPORT_RETRY_S = 30.0  # an undelivered decision report is sent again this often
 MODEL_HEADER = "x-bigmodel-model"
 
 Role = Literal["stable", "candidate"]
@@ -364,17 +367,66 @@ class CanaryActor:
         self.base_model = base_model
         self.book = CanaryBook()
         self._feedback_at = 0.0
+        self.reporter: RolloutReporter | None = None
+        self._report_to: dict[str, Any] | None = None
+        self.unreported: list[DecisionReport] = []
+        self._reported_at = 0.0
+        self._reporting: asyncio.Task[None] | None = None
 
-    async def sync(self, routes: list[dict[str, Any]], records: list[list[Any]]) -> dict[str, Any]:
-        """Take one replica's routes and finished requests; answer every pair's state."""
+    async def sync(
+        self, routes: list[dict[str, Any]], records: list[list[Any]], report: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Take one replica's routes and finished requests (and where to report decisions); answer every
+        pair's state."""
+        self._configure_report(report)
         for line in self.book.configure([AdapterRoute.model_validate(raw) for raw in routes], self.base_model):
             logger.info(line)
         await self._refresh_feedback()
         for route, stable, candidate, role, error, latency in records:
-            decided = self.book.record((route, stable, candidate), role, bool(error), latency)
+            pair = (route, stable, candidate)
+            decided = self.book.record(pair, role, bool(error), latency)
             if decided:
                 logger.warning(decided)
+                self._queue_report(pair)
+        self._send_reports()
         return self.book.snapshot()
+
+    def _configure_report(self, report: dict[str, Any] | None) -> None:
+        if report is None or report == self._report_to:
+            return
+        target = RolloutReportArgs.model_validate(report)
+        self._report_to = report
+        self.reporter = RolloutReporter(target.namespace, target.bigmodel)
+
+    def _queue_report(self, pair: Pair) -> None:
+        """An automatic verdict goes to Kubernetes (the operator makes it durable); manual ones came from there."""
+        state = self.book.states.get(pair)
+        if self.reporter is None or state is None or state.verdict is None or state.route.candidate is None:
+            return
+        verdict = state.verdict
+        decision = self.reporter.decision(
+            state.route.name, state.route.stable, state.route.candidate, verdict.decision, verdict.reason
+        )
+        if decision is not None:
+            self.unreported.append(decision)
+            self._reported_at = 0.0
+
+    def _send_reports(self) -> None:
+        """Off the event loop, one batch at a time; what fails is retried every REPORT_RETRY_S."""
+        if not self.unreported or self.reporter is None:
+            return
+        if self._reporting is not None and not self._reporting.done():
+            return
+        if time.monotonic() - self._reported_at < REPORT_RETRY_S and self._reported_at:
+            return
+        self._reported_at = time.monotonic()
+        self._reporting = asyncio.get_running_loop().create_task(self._deliver(self.reporter))
+
+    async def _deliver(self, reporter: RolloutReporter) -> None:
+        batch, self.unreported = self.unreported, []
+        for decision in batch:
+            if not await asyncio.to_thread(reporter.report, decision):
+                self.unreported.append(decision)
 
     async def _refresh_feedback(self) -> None:
         versions = self.book.wants_feedback()
@@ -453,11 +505,13 @@ class CanaryRouter:
         self.totals: list[list[Any]] = []
         self._pending: list[list[Any]] = []
         self._syncer: asyncio.Task[None] | None = None
+        self.report_to: dict[str, Any] | None = None  # RolloutReportArgs, for the actor
 
     # ---- configuration ----
 
-    def configure(self, routes: Iterable[AdapterRoute]) -> None:
+    def configure(self, routes: Iterable[AdapterRoute], report: RolloutReportArgs | None = None) -> None:
         self.routes = {f"{self.base_model}:{route.name}": route for route in routes}
+        self.report_to = None if report is None else report.model_dump()
         self._reweigh()
 
     def model_ids(self) -> list[str]:
@@ -594,7 +648,7 @@ class CanaryRouter:
         records, self._pending = self._pending, []
         routes = [route.model_dump() for route in self.routes.values()]
         try:
-            snapshot = await self._get_actor().sync.remote(routes, records)
+            snapshot = await self._get_actor().sync.remote(routes, records, self.report_to)
         except Exception:
             self._pending = records + self._pending  # try again next time
             raise

@@ -361,7 +361,7 @@ class BigModelIngress(OpenAiIngress):
             self.key_store = ApiKeyStore(keys_dir)
         if config.request_log != self.config.request_log or self.request_log is None:
             self.request_log = RequestLogger.from_args(config.request_log)
-        self.canary.configure(config.routes)
+        self.canary.configure(config.routes, config.rollout_report)
         self._configure_feedback(config)
         self.config = config
         logger.info(
