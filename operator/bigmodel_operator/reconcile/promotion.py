@@ -49,7 +49,8 @@ def bigmodel_promotions(
     """What the BigModel serves of its FineTuneJobs, and its new status.adapters."""
     meta = body["metadata"]
     jobs = [job_of(ftj) for ftj in deploying_jobs(state, meta["namespace"], meta["name"])]
-    return plan_promotions(jobs, body.get("spec") or {}, previous_adapters, c.now())
+    decisions = (body.get("status") or {}).get("rolloutDecisions")  # the ingress's, never written here
+    return plan_promotions(jobs, body.get("spec") or {}, previous_adapters, c.now(), decisions)
 
 
 def promoted_condition(ftj: dict[str, Any], bigmodel: dict[str, Any] | None) -> tuple[bool, str, str] | None:

@@ -17,6 +17,12 @@ FineTuneJobs that Succeeded with a passed eval gate, ordered by completion time:
 
 Phases: Stable, Candidate, RolledBack, Refused (gate failed, or the name cannot be served), Retired
 (superseded by a newer stable or candidate), Waiting (held back by a pin).
+
+Automatic canary decisions come from the ingress through `status.rolloutDecisions` (keyed by the
+candidate's engine name; the ingress writes it, the operator only reads it). While the adapter has
+no hand override (action auto), a decision about the version in force as Candidate, taken after it
+became Candidate, acts like the overrides: rollback → RolledBack (its route weight 0 from then on,
+so a restarted ingress never canaries it again), promote → Stable (the old stable Retired).
 """
 
 from __future__ import annotations
@@ -113,8 +119,10 @@ def plan_promotions(
     spec: dict[str, Any],
     previous: list[dict[str, Any]] | None,
     now: str,
+    decisions: dict[str, Any] | None = None,
 ) -> PromotionResult:
-    """Routes, mounts, LoRA sizing and the new status.adapters (see the module docstring)."""
+    """Routes, mounts, LoRA sizing and the new status.adapters (see the module docstring);
+    `decisions` is the BigModel's status.rolloutDecisions."""
     plain = {a.get("name") for a in spec.get("adapters") or []}
     rollouts = {r["adapter"]: r for r in spec.get("rollouts") or [] if r.get("adapter")}
     before = {(e.get("name"), e.get("version")): e for e in previous or []}
@@ -123,7 +131,8 @@ def plan_promotions(
     notes: list[str] = []
     for name in sorted({job.adapter for job in jobs}):
         mine = sorted((j for j in jobs if j.adapter == name), key=lambda j: (j.completed, j.version))
-        phases, route, note = _decide(name, mine, plain, rollouts.get(name), before)
+        decided = {j.version: d for j in mine if isinstance(d := (decisions or {}).get(j.engine_name), dict)}
+        phases, route, note = _decide(name, mine, plain, rollouts.get(name), before, decided)
         notes += note
         if route is not None:
             routes.append(route)
@@ -148,8 +157,10 @@ def _decide(
     plain: set[Any],
     override: dict[str, Any] | None,
     before: dict[tuple[Any, Any], dict[str, Any]],
+    decided: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, tuple[str, str]], Route | None, list[str]]:
-    """Phases by version, the route (None: nothing serves) and notes about the override."""
+    """Phases by version, the route (None: nothing serves) and notes about the override; `decided`:
+    the ingress's automatic decisions by version."""
     phases: dict[str, tuple[str, str]] = {}
     eligible: list[Job] = []
     for job in jobs:
@@ -171,7 +182,11 @@ def _decide(
     order = {job.version: i for i, job in enumerate(eligible)}
     by_version = {job.version: job for job in eligible}
     rolled = {v for v, phase in was.items() if phase == ROLLED_BACK}
-    stable = next((j for j in reversed(eligible) if was[j.version] == STABLE), None)
+    action = (override or {}).get("action") or "auto"
+    automatic = _automatic(decided or {}, was, before, name) if action == "auto" else {}
+    rolled |= {v for v, decision in automatic.items() if decision == "rollback"}
+    promoted = [j for j in eligible if automatic.get(j.version) == "promote"]
+    stable = promoted[-1] if promoted else next((j for j in reversed(eligible) if was[j.version] == STABLE), None)
     fresh = [
         j
         for j in eligible
@@ -181,7 +196,6 @@ def _decide(
     ]
     candidate = fresh[-1] if fresh else None
     waiting: set[str] = set()
-    action = (override or {}).get("action") or "auto"
     wanted = (override or {}).get("version")
     notes: list[str] = []
     if wanted and action != "auto" and wanted not in by_version:
@@ -210,10 +224,19 @@ def _decide(
     if candidate is not None and candidate.weight >= 1:
         stable, candidate = candidate, None  # weight 100: no canary
     for job in eligible:
+        ingress = (decided or {}).get(job.version) or {}
         if job is stable:
-            phases[job.version] = (STABLE, _stable_message(action, candidate))
+            if ingress.get("decision") == "promote" and candidate is None and action == "auto":
+                phases[job.version] = (STABLE, f"promoted by the ingress's canary: {ingress.get('reason', '')}")
+            else:
+                phases[job.version] = (STABLE, _stable_message(action, candidate))
         elif job is candidate:
             phases[job.version] = (CANDIDATE, f"canary: {round(job.weight * 100)} % of {name}'s API keys")
+        elif job.version in rolled and ingress.get("decision") == "rollback":
+            phases[job.version] = (
+                ROLLED_BACK,
+                f"rolled back by the ingress's canary: {ingress.get('reason', '')}; never served again unless pinned",
+            )
         elif job.version in rolled:
             phases[job.version] = (ROLLED_BACK, "rolled back; never served again unless pinned")
         elif job.version in waiting:
@@ -234,6 +257,23 @@ def _decide(
         canary=settings,
     )
     return phases, route, notes
+
+
+def _automatic(
+    decided: dict[str, dict[str, Any]],
+    was: dict[str, str | None],
+    before: dict[tuple[Any, Any], dict[str, Any]],
+    name: str,
+) -> dict[str, str]:
+    """The ingress's decisions that act now: about a version in force as Candidate, taken after it became
+    one (a decision left from an earlier job of the same name never acts on a new one)."""
+    out = {}
+    for version, decision in decided.items():
+        since = str((before.get((name, version)) or {}).get("since") or "")
+        acts = decision.get("decision") in {"promote", "rollback"} and str(decision.get("time") or "") >= since
+        if was.get(version) == CANDIDATE and acts:
+            out[version] = str(decision["decision"])
+    return out
 
 
 def _stable_message(action: str, candidate: Job | None) -> str:
