@@ -79,11 +79,9 @@ def _worker_pod_spec(
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
         env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}})
-    keys = api_keys_secret_name(body_name, spec)
-    if keys:
-        # The whole Secret: one file per key, named by its data key; the kubelet swaps the files on an edit.
-        volumes.append({"name": "api-keys", "secret": {"secretName": keys, "defaultMode": 0o440}})
-        volume_mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    keys_volumes, keys_mounts = _api_keys(body_name, spec)
+    volumes += keys_volumes
+    volume_mounts += keys_mounts
     node_selector = dict(spec.node_selector or {})
     gpu = spec.resources.gpu if spec.resources else None
     if gpu_pod and gpu and gpu.product:
@@ -121,8 +119,22 @@ def _storage_env_from(spec: BigModelSpec) -> dict[str, Any]:
     return {"envFrom": [{"secretRef": {"name": name}}]} if name else {}
 
 
-def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]) -> dict:
+def _api_keys(body_name: str, spec: BigModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The API-key Secret as a volume and its mount, for every Ray pod: the ingress replicas (0 CPUs) may be
+    placed on any Ray node, the head included (seen on the e2e node: every key refused there)."""
+    keys = api_keys_secret_name(body_name, spec)
+    if not keys:
+        return [], []
+    # The whole Secret: one file per key, named by its data key; the kubelet swaps the files on an edit.
+    volume = {"name": "api-keys", "secret": {"secretName": keys, "defaultMode": 0o440}}
+    return [volume], [{"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}]
+
+
+def _head_pod_spec(
+    body_name: str, spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]
+) -> dict:
     tmp, tmp_mount = scratch_volume("tmp", "/tmp")
+    keys_volumes, keys_mounts = _api_keys(body_name, spec)
     limits = {"cpu": config.head_cpu, "memory": config.head_memory}
     return {
         "metadata": {"labels": dict(pod_labels)},
@@ -139,12 +151,12 @@ def _head_pod_spec(spec: BigModelSpec, place: Placement, config: OperatorConfig,
                         {"name": "client", "containerPort": 10001},
                         {"name": "serve", "containerPort": config.serve_port},
                     ],
-                    "volumeMounts": [tmp_mount, *sink_mounts(spec)],
+                    "volumeMounts": [tmp_mount, *sink_mounts(spec), *keys_mounts],
                     "securityContext": restricted_container_security(),
                     **_storage_env_from(spec),
                 }
             ],
-            "volumes": [tmp, *sink_volumes(spec)],
+            "volumes": [tmp, *sink_volumes(spec), *keys_volumes],
         },
     }
 
@@ -196,7 +208,7 @@ def build_rayservice(
             },
             "headGroupSpec": {
                 "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                "template": _head_pod_spec(spec, place, config, labels),
+                "template": _head_pod_spec(name, spec, place, config, labels),
             },
             "workerGroupSpecs": [
                 {

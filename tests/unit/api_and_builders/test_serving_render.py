@@ -187,6 +187,19 @@ def test_auth_modes_and_quotas() -> None:
     assert not [v for v in _worker(rs)["template"]["spec"]["volumes"] if v["name"] == "api-keys"]
 
 
+def test_api_keys_reach_every_ray_pod() -> None:
+    """The ingress (0 CPUs) may be placed on the head as well as on a worker (seen on the e2e node)."""
+    rs, _ = _render(load_example("bigmodel-tiny-cpu.yaml"))
+    cluster = rs["spec"]["rayClusterConfig"]
+    for template in (cluster["headGroupSpec"]["template"], _worker(rs)["template"]):
+        pod = template["spec"]
+        assert {"name": "api-keys", "secret": {"secretName": "tiny-cpu-api-keys", "defaultMode": 0o440}} in pod[
+            "volumes"
+        ]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "api-keys", "mountPath": "/etc/bigmodel/api-keys", "readOnly": True} in mounts
+
+
 def test_generated_keys_secret() -> None:
     body = load_example("bigmodel-tiny-cpu.yaml")
     key = generate_api_key()
