@@ -81,3 +81,22 @@ def test_engine_adapter_loader_downloads_s3_adapters(s3_env: Any) -> None:
     with pytest.raises(HTTPException) as gone:
         asyncio.run(loader.load_model_from_config("m:gone", llm_config=None))
     assert gone.value.status_code == 503
+
+
+def test_engine_downloads_an_s3_model_before_vllm_loads_it(s3_env: Any, tiny_model_dir: Path) -> None:
+    """An s3:// model_source becomes the local folder the replica downloaded (what vLLM then loads)."""
+    import asyncio
+
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    from bigmodel_serving.engine import _download_s3_model
+
+    prefix = f"model-{secrets.token_hex(4)}/tiny"
+    s3 = s3_env.client()
+    for path in tiny_model_dir.iterdir():
+        if path.is_file():
+            s3.upload_file(str(path), "bigmodel-models", f"{prefix}/{path.name}")
+    config = LLMConfig(model_loading_config={"model_id": "tiny", "model_source": f"s3://bigmodel-models/{prefix}"})
+    asyncio.run(_download_s3_model(config))
+    local = Path(config.model_loading_config.model_source)
+    assert (local / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
