@@ -20,6 +20,7 @@ from bigmodel_operator.builders.serve_args import (
     scaling_args,
     serve_config,
 )
+from bigmodel_operator.builders.serving_identity import serving_account_name
 from bigmodel_operator.builders.volumes import (
     Mounts,
     downloads_remote,
@@ -91,6 +92,7 @@ def _worker_pod_spec(
     pod: dict[str, Any] = {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
+            "serviceAccountName": serving_account_name(body_name),  # reports canary decisions (rollout_report)
             "securityContext": restricted_pod_security(),
             "containers": [
                 {
@@ -139,6 +141,7 @@ def _head_pod_spec(
     return {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
+            "serviceAccountName": serving_account_name(body_name),  # the canary actor may run here too
             "securityContext": restricted_pod_security(),
             "containers": [
                 {

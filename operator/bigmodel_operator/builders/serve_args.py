@@ -95,6 +95,7 @@ class Promotions:
     mount_uris: tuple[str, ...] = ()
     lora_rank: int | None = None
     adapter_names: int = 0
+    report_to: tuple[str, str] | None = None  # (namespace, BigModel): where the ingress reports canary decisions
 
 
 def served_name(name: str, spec: BigModelSpec) -> str:
@@ -289,12 +290,16 @@ def render_application(
     for uri in promoted.mount_uris:  # every targeting FineTuneJob's output, mounted before it is promoted
         mounts.local_path(uri)
     routes = [route.render() for route in promoted.routes]
+    deployments = deployment_options(name, spec, adapters, config, routes)
+    if routes and promoted.report_to:  # bigmodel_serving.rollout_report: decisions into status
+        namespace, bigmodel = promoted.report_to
+        deployments[0]["user_config"]["rollout_report"] = {"namespace": namespace, "bigmodel": bigmodel}
     return {
         "name": name,
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
         "args": args,
-        "deployments": deployment_options(name, spec, adapters, config, routes),
+        "deployments": deployments,
     }
 
 

@@ -18,6 +18,7 @@ from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, scaling_args
+from bigmodel_operator.builders.serving_identity import build_serving_identity
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube, path_of
@@ -216,6 +217,8 @@ class BigModelReconciler:
             )
             if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
                 await self._create_api_keys(body, keys)
+            for child in build_serving_identity(body):  # before the pods that run as it
+                await ensure_child(self.kube, self.state, child, uid)
             rayservice = build_rayservice(body, spec, place, self.config, promotions)
             result = await ensure_child(self.kube, self.state, rayservice, uid)
             obs.rayservice = result.body

@@ -9,6 +9,7 @@ BigModel it deploys to, an event on a BigModel triggers its finished FineTuneJob
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from bigmodel_operator import conditions as c
@@ -50,7 +51,9 @@ def bigmodel_promotions(
     meta = body["metadata"]
     jobs = [job_of(ftj) for ftj in deploying_jobs(state, meta["namespace"], meta["name"])]
     decisions = (body.get("status") or {}).get("rolloutDecisions")  # the ingress's, never written here
-    return plan_promotions(jobs, body.get("spec") or {}, previous_adapters, c.now(), decisions)
+    result = plan_promotions(jobs, body.get("spec") or {}, previous_adapters, c.now(), decisions)
+    result.promotions = replace(result.promotions, report_to=(meta["namespace"], meta["name"]))
+    return result
 
 
 def promoted_condition(ftj: dict[str, Any], bigmodel: dict[str, Any] | None) -> tuple[bool, str, str] | None:
