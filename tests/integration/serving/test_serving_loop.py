@@ -1,0 +1,586 @@
+"""The whole loop (issue 12), end to end, with real parts: serve → feedback → FineTuneJob from feedback →
+eval gate → canary → promote; then a candidate the gate refuses and one that fails under canary.
+
+Who plays what:
+- control plane and operator: the real apiserver and `bigmodel operator` (watching this test's namespace);
+- KubeRay: `KubeRay` below. It reads the RayService the operator rendered and, on every change, deploys
+  the engine's and ingress's user_config from its serveConfigV2 application (adapters, routes) onto the
+  session's Serve application through Serve's declarative API, as KubeRay does. The session application is
+  the same `render_application` output for the same BigModel, adjusted for one CPU replica; the PVC mount
+  paths are mapped to local directories (`/output/<job>` → a temporary directory, the feedback claim → the
+  session's sink directory);
+- the training pod: KWOK runs the pod of the Job the operator created; the test runs the real trainer as a
+  local process from the ConfigMap the operator rendered (paths mapped the same way, progress to the
+  FineTuneJob status through the kubeconfig), then marks the pod Succeeded so the Job controller completes
+  the Job and the FineTuneJob Succeeds.
+
+Speeds are printed (and recorded in docs/benchmarks.md, "Loop"), never asserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from ray import serve
+
+from bigmodel_serving.args import ENGINE_DEPLOYMENT, INGRESS_DEPLOYMENT
+from bigmodel_serving.canary import MODEL_HEADER, key_share
+
+from .conftest import MODEL, ServingStack
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from controller.conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none  # noqa: E402
+
+BIGMODEL = "tiny-cpu"
+ADAPTER = "support-bot"
+ROUTE = f"{MODEL}:{ADAPTER}"
+FEEDBACK_MOUNT_CLAIM = "feedback"
+CANARY_KEYS = 250  # x 2 requests = 500 for the observed split
+COUNTRIES = [
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Canada", "Ottawa"), ("Norway", "Oslo"),
+    ("Chile", "Santiago"), ("India", "Delhi"), ("Cuba", "Havana"), ("Greece", "Athens"), ("Ireland", "Dublin"),
+    ("Poland", "Warsaw"), ("Sweden", "Stockholm"), ("Austria", "Vienna"), ("Mexico", "Mexico City"),
+    ("Ghana", "Accra"), ("Nepal", "Kathmandu"), ("Fiji", "Suva"), ("Mali", "Bamako"), ("Chad", "Ndjamena"),
+    ("Laos", "Vientiane"),
+]  # fmt: skip
+
+STEPS: dict[str, float] = {}
+
+
+def _step(name: str, started: float) -> None:
+    STEPS[name] = time.monotonic() - started
+    print(f"[loop] {name}: {STEPS[name]:.1f} s", flush=True)
+
+
+# --- the operator and the control plane -----------------------------------------------------------
+
+
+@pytest.fixture
+def operator(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The real operator, watching only this test's namespace."""
+    config_file = tmp_path / "operator.yaml"
+    config_file.write_text(yaml.safe_dump({"resync_seconds": 3, "images": {"vllm": "example.com/vllm:test"}}))
+    log_dir = REPO / ".cluster" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    op = OperatorProcess(kubeconfig, log_dir, config_file, ("--namespace", namespace), f"operator-{namespace}.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+class Cluster:
+    def __init__(self, api_client: Any, namespace: str, wait_until: Callable[..., Any]) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.ns = namespace
+        self.wait_until = wait_until
+
+    def create(self, plural: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, plural, body)
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+        return got
+
+    def rayservice(self) -> dict[str, Any] | None:
+        got = or_none(self.custom.get_namespaced_custom_object, "ray.io", "v1", self.ns, "rayservices", BIGMODEL)
+        return got if isinstance(got, dict) else None
+
+    def adapters(self) -> dict[str, str]:
+        status = self.get("bigmodels", BIGMODEL).get("status") or {}
+        return {entry["version"]: entry["phase"] for entry in status.get("adapters") or []}
+
+    def feedback_claim(self) -> None:
+        """The feedback sink's claim, bound to a PersistentVolume (the test cluster has no provisioner)."""
+        volume = {
+            "metadata": {"name": f"{self.ns}-{FEEDBACK_MOUNT_CLAIM}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": "/var/lib/bigmodel-test/feedback"},
+                "claimRef": {"namespace": self.ns, "name": FEEDBACK_MOUNT_CLAIM},
+            },
+        }
+        self.core.create_persistent_volume(volume)
+        claim = {
+            "metadata": {"name": FEEDBACK_MOUNT_CLAIM},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume["metadata"]["name"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+        self.core.create_namespaced_persistent_volume_claim(self.ns, claim)
+
+    def delete_feedback_volume(self) -> None:
+        or_none(self.core.delete_persistent_volume, f"{self.ns}-{FEEDBACK_MOUNT_CLAIM}")
+
+    def events(self, name: str, reason: str) -> list[Any]:
+        items = self.core.list_namespaced_event(self.ns).items
+        return [e for e in items if e.involved_object.name == name and e.reason == reason]
+
+
+# --- KubeRay: the operator's RayService onto the session's Serve application --------------------------
+
+
+class KubeRay:
+    """Deploys the RayService's adapters and routes (user_config) on every change of its serveConfigV2."""
+
+    def __init__(self, cluster: Cluster, serving: ServingStack, outputs: Path) -> None:
+        self.cluster, self.serving, self.outputs = cluster, serving, outputs
+        self.rendered: str | None = None
+        self.deployed: dict[str, Any] = {}
+        self.deploys = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kuberay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _local(self, path: str) -> str:
+        return path.replace("file:///output/", f"{self.outputs.as_uri()}/").replace("/output/", f"{self.outputs}/")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.sync()
+            except Exception as error:  # kept for the test's assertion message; KubeRay retries too
+                self.errors.append(repr(error))
+
+    def sync(self) -> None:
+        rayservice = self.cluster.rayservice()
+        if rayservice is None or rayservice["spec"]["serveConfigV2"] == self.rendered:
+            return
+        rendered = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
+        application = copy.deepcopy(self.serving.application)
+        for deployment in application["deployments"]:
+            source = next(d for d in rendered["deployments"] if d["name"] == deployment["name"])["user_config"]
+            config = deployment["user_config"]
+            config["adapters"] = [
+                {key: self._local(value) if key in ("uri", "local_path") else value for key, value in entry.items()}
+                for entry in source.get("adapters") or []
+            ]
+            if "routes" in source:
+                config["routes"] = source["routes"]
+        self.serving.redeploy(application)
+        self.rendered = rayservice["spec"]["serveConfigV2"]
+        self.deployed = {d["name"]: d["user_config"] for d in application["deployments"]}
+        self.deploys += 1
+
+    def routes(self) -> list[dict[str, Any]]:
+        return list(self.deployed.get(INGRESS_DEPLOYMENT, {}).get("routes") or [])
+
+
+# --- the training pod: the real trainer from the operator's ConfigMap ----------------------------------
+
+
+def _train(cluster: Cluster, job: str, kubeconfig: Path, local: dict[str, Path], tmp: Path) -> None:
+    """Runs the trainer the operator configured for `job` locally, then lets the Job complete."""
+    config_map = cluster.wait_until(
+        lambda: or_none(cluster.core.read_namespaced_config_map, f"{job}-trainer-config", cluster.ns),
+        timeout=120,
+        what=f"{job}'s trainer ConfigMap",
+    )
+    config = json.loads(config_map.data["config.json"])
+    assert config["dataset"]["feedback"]["min_rating"] == 4
+    assert config["dataset"]["uri"].startswith(f"pvc://{FEEDBACK_MOUNT_CLAIM}"), config["dataset"]
+    config["dataset"] = {**config["dataset"], "uri": local["feedback"].as_uri()}  # the claim, mounted here
+    config["dataset"].pop("local_path", None)
+    config["base_model"] = {"uri": local["model"].as_uri()}  # the BigModel's model, as the image has it
+    assert config["output"]["uri"] == f"file:///output/{job}"
+    config["output"]["uri"] = (local["outputs"] / job).as_uri()
+    config_file = tmp / f"{job}-config.json"
+    config_file.write_text(json.dumps(config))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    with (tmp / f"{job}-trainer.log").open("wb") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "bigmodel_training", "--config", str(config_file)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+            check=False,
+        )
+    assert done.returncode == 0, (tmp / f"{job}-trainer.log").read_text()[-4000:]
+
+
+def _complete_pod(cluster: Cluster, job: str) -> None:
+    """The pod's container exits 0 (KWOK plays the pod): the Job controller marks the Job Complete."""
+    pods = cluster.wait_until(
+        lambda: [
+            p
+            for p in cluster.core.list_namespaced_pod(cluster.ns, label_selector=f"job-name={job}-train").items
+            if p.status and p.status.phase == "Running"
+        ],
+        timeout=120,
+        what=f"{job}'s running pod",
+    )
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for pod in pods:
+        statuses = [
+            {
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now, "startedAt": now}},
+            }
+            for c in pod.spec.containers
+        ]
+        body = {"status": {"phase": "Succeeded", "containerStatuses": statuses}}
+        cluster.core.patch_namespaced_pod_status(pod.metadata.name, cluster.ns, body)
+
+
+def _finetunejob(name: str, since: str, *, steps: int, max_loss_ratio: float, canary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        # KWOK would finish the pod at once; the test finishes it when the trainer is done.
+        "metadata": {"name": name, "annotations": {"bigmodel.io/kwok-complete-after": "24h"}},
+        "spec": {
+            "baseModel": {"bigModelRef": {"name": BIGMODEL}},
+            "dataset": {
+                "fromFeedback": {"bigModel": BIGMODEL, "minRating": 4, "since": since},
+                "format": "chat",
+                "validationSplit": 0.25,
+            },
+            "method": {"type": "lora", "rank": 8, "dropout": 0.0},
+            "hyperparameters": {
+                "maxSteps": steps,
+                "learningRate": 0.01,
+                "batchSize": 4,
+                "maxSeqLength": 128,
+                "seed": 7,
+            },
+            "resources": {"gpu": {"count": 0}, "cpu": 1, "memory": "2Gi"},
+            "output": {"uri": f"file:///output/{name}"},
+            "evaluation": {"gate": {"maxLossRatio": max_loss_ratio}},
+            "deployTo": {"bigModel": BIGMODEL, "adapterName": ADAPTER, "canary": canary},
+        },
+    }
+
+
+# --- clients ---------------------------------------------------------------------------------------------
+
+
+def _engine_replicas(app_name: str) -> list[dict[str, Any]]:
+    handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=app_name)
+    return sorted(handle.broadcast("replica_info").results(), key=lambda info: info["replica_id"])
+
+
+def _complete(client: httpx.Client, model: str, prompt: str = "The loop") -> httpx.Response:
+    body = {"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+    return client.post("/v1/completions", json=body)
+
+
+def _route_state(serving: ServingStack) -> dict[str, Any]:
+    with serving.http() as client:
+        response = client.get("/v1/routes")
+    assert response.status_code == 200, response.text
+    return next((e for e in response.json()["data"] if e["id"] == ROUTE), {})
+
+
+class Load:
+    """A steady client on the route (~20 requests/s at most), keyed as `key`: counts what failed."""
+
+    def __init__(self, serving: ServingStack, key: str, rate: float = 20.0) -> None:
+        self.serving, self.key, self.period = serving, key, 1.0 / rate
+        self.sent = 0
+        self.failed: list[str] = []
+        self.versions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.elapsed = 0.0
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=300)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed else 0.0
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        with self.serving.http(self.key) as client:
+            while not self._stop.is_set():
+                tick = time.monotonic()
+                try:
+                    response = _complete(client, ROUTE)
+                    if response.status_code != 200:
+                        self.failed.append(f"{response.status_code} {response.text[:200]}")
+                    else:
+                        version = response.headers.get(MODEL_HEADER, "")
+                        self.versions[version] = self.versions.get(version, 0) + 1
+                except httpx.HTTPError as error:
+                    self.failed.append(repr(error))
+                self.sent += 1
+                self.elapsed = time.monotonic() - started
+                self._stop.wait(max(0.0, self.period - (time.monotonic() - tick)))
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- the test ----------------------------------------------------------------------------------------------
+
+
+def test_the_whole_loop(
+    serving: ServingStack,
+    operator: OperatorProcess,
+    api_client: Any,
+    namespace: str,
+    kubeconfig: Path,
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+    tiny_model_dir: Path,
+) -> None:
+    assert serving.feedback_dir is not None
+    cluster = Cluster(api_client, namespace, wait_until)
+    outputs = tmp_path / "output"
+    outputs.mkdir()
+    app_name = serving.application["name"]
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    loop_started = time.monotonic()
+    # Many named keys (files in the keys directory, reloaded by the ingress) for the per-key split.
+    canary_keys = {f"loop-{index:03d}": f"sk-loop-{index:03d}-{os.urandom(6).hex()}" for index in range(CANARY_KEYS)}
+    for name, key in canary_keys.items():
+        (serving.keys_dir / name).write_text(key + "\n")
+    kuberay = KubeRay(cluster, serving, outputs)
+    local = {"feedback": serving.feedback_dir, "model": tiny_model_dir, "outputs": outputs}
+
+    def trained(job: str) -> float:
+        """Trains `job`, completes its pod; the time its FineTuneJob Succeeded (monotonic)."""
+        started = time.monotonic()
+        _train(cluster, job, kubeconfig, local, tmp_path)
+        _step(f"{job}: trainer run", started)
+        return started
+
+    def succeeded(job: str) -> float:
+        wait_until(lambda: cluster.get("finetunejobs", job).get("status", {}).get("phase") == "Succeeded", 120)
+        return time.monotonic()
+
+    try:
+        # 1. Serve: the BigModel with feedback on; KubeRay deploys what the operator rendered.
+        started = time.monotonic()
+        body = load_example("bigmodel-tiny-cpu.yaml")
+        body["spec"]["feedback"] = {"enabled": True, "sink": {"pvc": {"claimName": FEEDBACK_MOUNT_CLAIM}}}
+        cluster.feedback_claim()
+        cluster.create("bigmodels", body)
+        kuberay.start()
+        wait_until(lambda: kuberay.deploys >= 1, timeout=180, what=f"RayService deployed; {kuberay.errors}")
+        before = _engine_replicas(app_name)
+        _step("BigModel to deployed", started)
+
+        # 2. 50 requests with two keys, feedback (a rating and a correction) on 20 of them.
+        started = time.monotonic()
+        answered: list[tuple[str, str, str, str]] = []
+        for index in range(50):
+            key = ("alice", "bob")[index % 2]
+            country, city = COUNTRIES[index % len(COUNTRIES)]
+            with serving.http(serving.keys[key]) as client:
+                response = client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": MODEL,
+                        "messages": [{"role": "user", "content": f"What is the capital of {country}?"}],
+                        "max_tokens": 8,
+                        "temperature": 0,
+                    },
+                )
+            assert response.status_code == 200, response.text
+            answered.append((key, response.json()["id"], country, city))
+        _step("50 chat requests", started)
+        started = time.monotonic()
+        feedback_ms: list[float] = []
+        for key, completion_id, country, city in answered[:20]:
+            with serving.http(serving.keys[key]) as client:
+                sent = time.perf_counter()
+                response = client.post(
+                    "/v1/feedback",
+                    json={"id": completion_id, "rating": 5, "correction": f"The capital of {country} is {city}."},
+                )
+                feedback_ms.append((time.perf_counter() - sent) * 1000)
+            assert response.status_code in (200, 201, 202, 204), response.text
+        _step("20 feedback posts", started)
+        print(
+            f"[loop] feedback endpoint: p50 {statistics.median(feedback_ms):.2f} ms, "
+            f"p99 {_p(feedback_ms, 0.99):.2f} ms over {len(feedback_ms)} (client-side, keep-alive off)",
+            flush=True,
+        )
+
+        # 3. FineTuneJob from that feedback (~20 steps); its gate passes; the first version is stable.
+        cluster.create("finetunejobs", _finetunejob("ftj-v1", since, steps=20, max_loss_ratio=1.0, canary={}))
+        trained("ftj-v1")
+        _complete_pod(cluster, "ftj-v1")
+        done = succeeded("ftj-v1")
+        evaluation = cluster.get("finetunejobs", "ftj-v1")["status"]["evaluation"]
+        assert evaluation["passed"] is True, evaluation
+        print(f"[loop] ftj-v1 gate: {evaluation['reasons']}", flush=True)
+        with serving.http(serving.keys["alice"]) as client:
+
+            def answers(version: str) -> bool:
+                response = _complete(client, ROUTE)
+                return response.status_code == 200 and response.headers.get(MODEL_HEADER) == f"{MODEL}:{version}"
+
+            wait_until(lambda: answers(f"{ADAPTER}.ftj-v1"), timeout=180, what=f"ftj-v1 answering; {kuberay.errors}")
+        print(f"[loop] ftj-v1 Succeeded -> answering on the replica: {time.monotonic() - done:.1f} s", flush=True)
+        assert cluster.adapters() == {"ftj-v1": "Stable"}
+
+        # 4. A second version from the same feedback (another seed): a candidate at 20 %.
+        # The split is measured, not judged: no automatic decision during these 500 requests (the engine keeps
+        # one LoRA in memory, so the two versions' latencies differ by the swaps).
+        split_only = {"weight": 20, "windowRequests": 1_000_000, "maxLatencyRatio": 1000, "minRequests": 1_000_000}
+        body = _finetunejob("ftj-v2", since, steps=20, max_loss_ratio=1.0, canary=split_only)
+        body["spec"]["hyperparameters"]["seed"] = 11
+        cluster.create("finetunejobs", body)
+        trained("ftj-v2")
+        _complete_pod(cluster, "ftj-v2")
+        done = succeeded("ftj-v2")
+        wait_until(
+            lambda: [r for r in kuberay.routes() if r.get("candidate") == f"{ADAPTER}.ftj-v2"],
+            timeout=120,
+            what=f"ftj-v2 rendered as the candidate; {kuberay.errors}",
+        )
+        route = kuberay.routes()[0]
+        assert (route["stable"], route["weight"]) == (f"{ADAPTER}.ftj-v1", 0.2)
+        with serving.http(serving.keys["alice"]) as client:
+            direct = _complete(client, f"{MODEL}:{ADAPTER}.ftj-v2")
+            assert direct.status_code == 200, direct.text
+        print(f"[loop] ftj-v2 Succeeded -> candidate answering: {time.monotonic() - done:.1f} s", flush=True)
+
+        # The split: 500 requests, 2 per key over 250 named keys; the version each one got.
+        started = time.monotonic()
+        got: dict[str, str] = {}
+        for name, key in canary_keys.items():
+            with serving.http(key) as client:
+                for _ in range(2):
+                    response = _complete(client, ROUTE)
+                    assert response.status_code == 200, response.text
+                    version = response.headers[MODEL_HEADER]
+                    assert got.setdefault(name, version) == version, "sticky per key"
+        share = sum(v == f"{MODEL}:{ADAPTER}.ftj-v2" for v in got.values()) / len(got)
+        expected = sum(key_share(name, ADAPTER, f"{ADAPTER}.ftj-v2") < 0.2 for name in canary_keys) / len(got)
+        _step("500 requests on the canary", started)
+        print(f"[loop] observed candidate share {share:.3f} (target 0.20 +- 0.05; hash says {expected:.3f})")
+        assert abs(share - 0.2) <= 0.05, share
+        assert share == expected
+
+        # 5. Promote (rollouts promote of that version) under a steady load: nothing fails.
+        started = time.monotonic()
+        with Load(serving, "alice") as load:
+            promote = {"spec": {"rollouts": [{"adapter": ADAPTER, "action": "promote", "version": "ftj-v2"}]}}
+            cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", BIGMODEL, promote)
+            wait_until(lambda: cluster.adapters().get("ftj-v2") == "Stable", timeout=120, what="ftj-v2 Stable")
+            wait_until(
+                lambda: [r for r in kuberay.routes() if r["stable"] == f"{ADAPTER}.ftj-v2" and not r.get("candidate")],
+                timeout=120,
+                what="the promoted route deployed",
+            )
+            for name, key in list(canary_keys.items())[:20]:
+                with serving.http(key) as client:
+                    response = _complete(client, ROUTE)
+                    assert response.headers[MODEL_HEADER] == f"{MODEL}:{ADAPTER}.ftj-v2", name
+            time.sleep(2)
+        _step("promotion", started)
+        print(f"[loop] promotion under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
+        assert load.failed == [] and load.sent > 0
+        phases = cluster.adapters()
+        assert phases["ftj-v2"] == "Stable" and phases["ftj-v1"] != "Stable", phases
+        after = _engine_replicas(app_name)
+        assert after == before, "no engine replica restarted, the base model loaded once"
+
+        # 6. A candidate the gate refuses: not promoted, Promoted=False GateFailed and a Warning Event.
+        started = time.monotonic()
+        cluster.create("finetunejobs", _finetunejob("ftj-bad", since, steps=4, max_loss_ratio=0.01, canary={}))
+        trained("ftj-bad")
+        _complete_pod(cluster, "ftj-bad")
+        succeeded("ftj-bad")
+        refused = wait_until(
+            lambda: (
+                (c := condition(cluster.get("finetunejobs", "ftj-bad"), "Promoted")).get("reason") == "GateFailed" and c
+            ),
+            timeout=120,
+        )
+        assert refused["status"] == "False" and "maxLossRatio 0.01" in refused["message"], refused
+        event = wait_until(lambda: cluster.events("ftj-bad", "GateFailed"), timeout=60)[0]
+        assert event.type == "Warning"
+        wait_until(lambda: cluster.adapters().get("ftj-bad") == "Refused", timeout=60)
+        assert all(f"{ADAPTER}.ftj-bad" not in json.dumps(r) for r in kuberay.routes())
+        _step("gate refusal", started)
+
+        # 7. A candidate that passes the gate and fails under canary (its files corrupted after the job):
+        #    the ingress rolls it back by itself; stable untouched; the steady client sees no failure.
+        started = time.monotonic()
+        canary = {"weight": 20, "minRequests": 5, "maxLatencyRatio": 1000}
+        cluster.create("finetunejobs", _finetunejob("ftj-broken", since, steps=20, max_loss_ratio=1.0, canary=canary))
+        trained("ftj-broken")
+        (outputs / "ftj-broken" / "adapter_config.json").write_text("{ not an adapter")
+        for weights in (outputs / "ftj-broken").glob("*.safetensors"):
+            weights.write_bytes(b"\x00" * 64)
+        _complete_pod(cluster, "ftj-broken")
+        succeeded("ftj-broken")
+        with Load(serving, "alice") as load:
+            wait_until(
+                lambda: [r for r in kuberay.routes() if r.get("candidate") == f"{ADAPTER}.ftj-broken"],
+                timeout=120,
+                what="ftj-broken rendered as the candidate",
+            )
+            deadline = time.monotonic() + 300
+            statuses: list[int] = []
+            while _route_state(serving).get("decision") != "rolled_back":
+                assert time.monotonic() < deadline, _route_state(serving)
+                for key in list(canary_keys.values())[:40]:
+                    with serving.http(key) as client:
+                        statuses.append(_complete(client, ROUTE).status_code)
+        _step("automatic rollback", started)
+        print(f"[loop] rollback under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
+        state = _route_state(serving)
+        assert state["stable"] == f"{ADAPTER}.ftj-v2" and state["weight"] == 0.0, state
+        assert load.failed == []
+        assert set(statuses) == {200}, "the candidate's failures were answered by the stable version"
+        assert cluster.adapters()["ftj-v2"] == "Stable"
+        assert _engine_replicas(app_name) == before
+        assert kuberay.errors == []
+    finally:
+        kuberay.stop()
+        cluster.delete_feedback_volume()
+        for name in canary_keys:
+            (serving.keys_dir / name).unlink(missing_ok=True)
+        serving.redeploy(serving.application)
+        print(f"[loop] steps: {json.dumps({k: round(v, 1) for k, v in STEPS.items()})}", flush=True)
+        print(f"[loop] total: {time.monotonic() - loop_started:.1f} s", flush=True)
