@@ -36,7 +36,7 @@ def _events(api_client: Any, namespace: str, kind: str, name: str) -> dict[str, 
     from kubernetes import client
 
     items = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
-    return {e.reason: e for e in items if e.involved_object.name == name and e.involved_object.kind == kind}
+    return {str(e.reason): e for e in items if e.involved_object.name == name and e.involved_object.kind == kind}
 
 
 def _canary(custom: Any, namespace: str, candidate: str, wait_until: Callable[..., Any]) -> None:
@@ -72,7 +72,9 @@ def test_decisions_from_the_ingress_token_become_status_routes_conditions_and_ev
     rbac = client.RbacAuthorizationV1Api(api_client)
     wait_until(lambda: or_none(rbac.read_namespaced_role_binding, ACCOUNT, namespace), timeout=30, what="binding")
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
-    token = core.create_namespaced_service_account_token(ACCOUNT, namespace, request).status.token
+    issued = core.create_namespaced_service_account_token(ACCOUNT, namespace, request).status
+    assert issued is not None and issued.token
+    token = str(issued.token)
     pods_kubeconfig = _token_kubeconfig(kubeconfig, token, tmp_path / "ray-pods.kubeconfig")
     reporter = RolloutReporter(namespace, "tiny-cpu", Connection.from_kubeconfig(pods_kubeconfig))
 
