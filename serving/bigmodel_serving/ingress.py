@@ -517,6 +517,13 @@ class BigModelIngress(OpenAiIngress):
                     if found is not None:
                         usage = found.model_dump() if hasattr(found, "model_dump") else dict(found)
                         texts = self._texts_of(item)
+                        if raw_request is not None:
+                            # Now, not in `finally`: Ray's router answers from the first item and drops this
+                            # generator, whose `finally` may then run after the guard recorded the request.
+                            raw_request.scope[USAGE_SCOPE] = (
+                                int(usage.get("prompt_tokens") or 0),
+                                int(usage.get("completion_tokens") or 0),
+                            )
                         self._remember(body, raw_request, *answer_of(item))
                     yield item
                     continue
