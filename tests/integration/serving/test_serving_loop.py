@@ -384,14 +384,14 @@ def test_the_whole_loop(
     kuberay = KubeRay(cluster, serving, outputs)
     local = {"feedback": serving.feedback_dir, "model": tiny_model_dir, "outputs": outputs}
 
-    def trained(job: str) -> float:
-        """Trains `job`, completes its pod; the time its FineTuneJob Succeeded (monotonic)."""
+    def trained(job: str) -> None:
+        """Runs `job`'s trainer (its pod is completed by the caller)."""
         started = time.monotonic()
         _train(cluster, job, kubeconfig, local, tmp_path)
         _step(f"{job}: trainer run", started)
-        return started
 
     def succeeded(job: str) -> float:
+        """When the test saw `job` Succeeded (monotonic)."""
         wait_until(lambda: cluster.get("finetunejobs", job).get("status", {}).get("phase") == "Succeeded", 120)
         return time.monotonic()
 
@@ -427,20 +427,32 @@ def test_the_whole_loop(
             answered.append((key, response.json()["id"], country, city))
         _step("50 chat requests", started)
         started = time.monotonic()
-        feedback_ms: list[float] = []
         for key, completion_id, country, city in answered[:20]:
             with serving.http(serving.keys[key]) as client:
-                sent = time.perf_counter()
                 response = client.post(
                     "/v1/feedback",
                     json={"id": completion_id, "rating": 5, "correction": f"The capital of {country} is {city}."},
                 )
-                feedback_ms.append((time.perf_counter() - sent) * 1000)
             assert response.status_code in (200, 201, 202, 204), response.text
         _step("20 feedback posts", started)
+        # The endpoint's latency: the same 20 records sent again 10 times over keep-alive connections (the
+        # trainer keeps one record per completion id, so the dataset is unchanged).
+        feedback_ms: list[float] = []
+        clients = {key: serving.http(serving.keys[key]) for key in ("alice", "bob")}
+        try:
+            for _ in range(10):
+                for key, completion_id, country, city in answered[:20]:
+                    body = {"id": completion_id, "rating": 5, "correction": f"The capital of {country} is {city}."}
+                    sent = time.perf_counter()
+                    response = clients[key].post("/v1/feedback", json=body)
+                    feedback_ms.append((time.perf_counter() - sent) * 1000)
+                    assert response.status_code in (200, 201, 202, 204), response.text
+        finally:
+            for client in clients.values():
+                client.close()
         print(
-            f"[loop] feedback endpoint: p50 {statistics.median(feedback_ms):.2f} ms, "
-            f"p99 {_p(feedback_ms, 0.99):.2f} ms over {len(feedback_ms)} (client-side, keep-alive off)",
+            f"[loop] feedback endpoint (client-side, keep-alive): p50 {statistics.median(feedback_ms):.2f} ms, "
+            f"p99 {_p(feedback_ms, 0.99):.2f} ms over {len(feedback_ms)} posts",
             flush=True,
         )
 
