@@ -340,8 +340,11 @@ def _child(model: str, out_json: Path) -> None:
                 "load_average_before": load_before,
                 "ready_s": ready_s,
                 "load": asyncio.run(_measure(servers, model)),
-                "quota": asyncio.run(_quota_check_cost(f"ours-{model}", keys_dir)),
             }
+            try:
+                result["quota"] = asyncio.run(_quota_check_cost(f"ours-{model}", keys_dir))
+            except Exception as error:  # keep the load numbers of a long run
+                result["quota"] = {"error": repr(error)}
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -99,6 +99,8 @@ def model_section(run: dict[str, Any]) -> list[str]:
 
 
 def quota_lines(quota: dict[str, Any]) -> list[str]:
+    if "error" in quota:
+        return [f"Quota check: not measured ({quota['error']})."]
     if "admit_p50_ms" not in quota:  # runs from before the leases: one actor call per request
         return [
             f"Quota check (one round trip to the quota actor per request, {QUOTA_TARGET_MS} ms target): p50 "
