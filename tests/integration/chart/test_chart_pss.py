@@ -122,9 +122,16 @@ def test_operator_pod(
 
 
 @pytest.mark.parametrize("path", RAYSERVICES, ids=[p.name.split(".rayservice")[0] for p in RAYSERVICES])
-def test_ray_head_and_worker_pods(path: Path, kubectl: Callable[..., Any], restricted: str) -> None:
+def test_ray_head_and_worker_pods(path: Path, api_client: Any, kubectl: Callable[..., Any], restricted: str) -> None:
+    from kubernetes import client
+
     pods = ray_pods(yaml.safe_load(path.read_text()))
     assert len(pods) >= 2
+    # The operator creates the account the Ray pods run as (<bigmodel>-serving) before the RayService.
+    for account in sorted({str(pod["spec"]["serviceAccountName"]) for pod in pods}):
+        client.CoreV1Api(api_client).create_namespaced_service_account(
+            restricted, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+        )
     for pod in pods:
         _assert_admitted(kubectl, restricted, pod)
 
