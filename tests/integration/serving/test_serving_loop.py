@@ -214,7 +214,8 @@ def _train(cluster: Cluster, job: str, kubeconfig: Path, local: dict[str, Path],
     config["dataset"].pop("local_path", None)
     config["base_model"] = {"uri": local["model"].as_uri()}  # the BigModel's model, as the image has it
     assert config["output"]["uri"] == f"file:///output/{job}"
-    config["output"]["uri"] = (local["outputs"] / job).as_uri()
+    config["output"] = {**config["output"], "uri": (local["outputs"] / job).as_uri()}
+    config["output"].pop("local_path", None)  # the mount: /output/<job> in the pod
     config_file = tmp / f"{job}-config.json"
     config_file.write_text(json.dumps(config))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
