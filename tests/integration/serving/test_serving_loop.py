@@ -164,7 +164,10 @@ class KubeRay:
         self._thread.join(timeout=120)
 
     def _local(self, path: str) -> str:
-        return path.replace("file:///output/", f"{self.outputs.as_uri()}/").replace("/output/", f"{self.outputs}/")
+        for mounted, here in (("file:///output/", f"{self.outputs.as_uri()}/"), ("/output/", f"{self.outputs}/")):
+            if path.startswith(mounted):
+                return here + path.removeprefix(mounted)
+        return path
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
