@@ -313,7 +313,7 @@ def _route_state(serving: ServingStack) -> dict[str, Any]:
 
 
 class Load:
-    """A steady client on the route (~20 requests/s at most), keyed as `key`: counts what failed."""
+    """A steady client on the route (~20 requests/s at most) sending API key `key`: counts what failed."""
 
     def __init__(self, serving: ServingStack, key: str, rate: float = 20.0) -> None:
         self.serving, self.key, self.period = serving, key, 1.0 / rate
@@ -519,7 +519,7 @@ def test_the_whole_loop(
 
         # 5. Promote (rollouts promote of that version) under a steady load: nothing fails.
         started = time.monotonic()
-        with Load(serving, "alice") as load:
+        with Load(serving, serving.keys["alice"]) as load:
             promote = {"spec": {"rollouts": [{"adapter": ADAPTER, "action": "promote", "version": "ftj-v2"}]}}
             cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", BIGMODEL, promote)
             wait_until(lambda: cluster.adapters().get("ftj-v2") == "Stable", timeout=120, what="ftj-v2 Stable")
@@ -571,7 +571,7 @@ def test_the_whole_loop(
             weights.write_bytes(b"\x00" * 64)
         _complete_pod(cluster, "ftj-broken")
         succeeded("ftj-broken")
-        with Load(serving, "alice") as load:
+        with Load(serving, serving.keys["alice"]) as load:
             wait_until(
                 lambda: [r for r in kuberay.routes() if r.get("candidate") == f"{ADAPTER}.ftj-broken"],
                 timeout=120,
