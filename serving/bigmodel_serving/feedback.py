@@ -158,6 +158,7 @@ class StreamCapture:
 
     id: str | None = None
     parts: list[str] = field(default_factory=list)
+    done: bool = False  # the `[DONE]` marker went by: the answer is whole
 
     def feed(self, chunk: Any) -> None:
         if not isinstance(chunk, str):
@@ -167,8 +168,11 @@ class StreamCapture:
             if not payload.startswith("data:"):
                 continue
             payload = payload[5:].strip()
+            if payload == "[DONE]":
+                self.done = True
+                continue
             if not payload.startswith("{"):
-                continue  # [DONE]
+                continue
             try:
                 data = json.loads(payload)
             except ValueError:

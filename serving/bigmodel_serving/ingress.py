@@ -510,6 +510,7 @@ class BigModelIngress(OpenAiIngress):
         usage: dict[str, Any] = {}
         texts: list[str] = []
         capture = StreamCapture() if stream and self.feedback is not None else None
+        remembered = False
         try:
             async for item in self._engine_stream(body, call_method, raw_request, choice):
                 if not stream:
@@ -539,9 +540,14 @@ class BigModelIngress(OpenAiIngress):
                         if usage_only and strip_usage:
                             continue
                     kept.append(chunk)
+                if capture is not None and capture.done and not remembered:
+                    # Before the last chunk goes out: a client that got `[DONE]` may hang up at once, and
+                    # the proxy then cancels this generator at its next `yield`.
+                    remembered = True
+                    self._remember(body, raw_request, capture.id, capture.text)
                 if kept:
                     yield kept if isinstance(item, list) else kept[0]
-            if capture is not None:  # the stream ended normally: remember the whole answer
+            if capture is not None and not remembered:  # the stream ended without `[DONE]`
                 self._remember(body, raw_request, capture.id, capture.text)
         except (BackPressureError, DeploymentUnavailableError) as error:
             raise translate_exception(error) from None

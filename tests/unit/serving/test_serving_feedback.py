@@ -130,7 +130,9 @@ def test_streams_are_captured_from_their_events() -> None:
     more = {"id": "chatcmpl-s", "choices": [{"index": 0, "delta": {"content": "lo"}}, {"index": 1, "delta": {}}]}
     capture.feed(f"data: {json.dumps(more)}\n\ndata: {{broken\n\n")
     capture.feed('data: {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": 1}}\n\n')
+    assert not capture.done
     capture.feed("data: [DONE]\n\n")
+    assert capture.done
     assert (capture.id, capture.text) == ("chatcmpl-s", "Hello")
     text = StreamCapture()
     text.feed('data: {"id": "cmpl-t", "choices": [{"index": 0, "text": "abc"}]}\n\n')
