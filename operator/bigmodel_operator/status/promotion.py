@@ -13,14 +13,17 @@ FineTuneJobs that Succeeded with a passed eval gate, ordered by completion time:
   version of a name (no stable yet) becomes stable at once, as does one whose canary weight is 100;
 - a hand override (`spec.rollouts[]`) then acts: promote (candidate or `version` becomes stable),
   rollback (candidate or `version` is marked RolledBack; rolling back the stable falls back to the
-  newest older version), pin (`version` is the only one served; newer ones wait).
+  newest older version), pin (`version` is the only one served; newer ones wait). A promote or rollback
+  entry naming a `version` is about that version only: newer versions go through the canary (route
+  mode auto) and the ingress's decisions act on them.
 
 Phases: Stable, Candidate, RolledBack, Refused (gate failed, or the name cannot be served), Retired
 (superseded by a newer stable or candidate), Waiting (held back by a pin).
 
 Automatic canary decisions come from the ingress through `status.rolloutDecisions` (keyed by the
 candidate's engine name; the ingress writes it, the operator only reads it). While the adapter has
-no hand override (action auto), a decision about the version in force as Candidate, taken after it
+no hand override about that version (action auto, or an entry naming an older version), a decision
+about the version in force as Candidate, taken after it
 became Candidate, acts like the overrides: rollback → RolledBack (its route weight 0 from then on,
 so a restarted ingress never canaries it again), promote → Stable (the old stable Retired).
 """
@@ -183,7 +186,17 @@ def _decide(
     by_version = {job.version: job for job in eligible}
     rolled = {v for v, phase in was.items() if phase == ROLLED_BACK}
     action = (override or {}).get("action") or "auto"
-    automatic = _automatic(decided or {}, was, before, name) if action == "auto" else {}
+    wanted = (override or {}).get("version")
+    notes: list[str] = []
+    if wanted and action != "auto" and wanted not in by_version:
+        notes.append(f"rollouts[{name}]: version {wanted} is not a servable version of {name}; nothing changed")
+        wanted, action = None, "auto"
+    automatic = _automatic(decided or {}, was, before, name)
+    if action in {"promote", "rollback"} and wanted:
+        # An entry naming a version is about that version: the ingress still decides on newer ones.
+        automatic = {v: d for v, d in automatic.items() if order[v] > order[wanted]}
+    elif action != "auto":
+        automatic = {}  # about whichever version is the candidate (or a pin): the hand wins
     rolled |= {v for v, decision in automatic.items() if decision == "rollback"}
     promoted = [j for j in eligible if automatic.get(j.version) == "promote"]
     stable = promoted[-1] if promoted else next((j for j in reversed(eligible) if was[j.version] == STABLE), None)
@@ -196,14 +209,9 @@ def _decide(
     ]
     candidate = fresh[-1] if fresh else None
     waiting: set[str] = set()
-    wanted = (override or {}).get("version")
-    notes: list[str] = []
-    if wanted and action != "auto" and wanted not in by_version:
-        notes.append(f"rollouts[{name}]: version {wanted} is not a servable version of {name}; nothing changed")
-        wanted, action = None, "auto"
     if action == "promote":
         target = by_version.get(wanted) if wanted else candidate
-        if target is not None and target.version not in rolled and target is not stable:
+        if target is not None and target.version not in rolled and target is not stable and not promoted:
             stable, candidate = target, None
     elif action == "rollback":
         target = by_version.get(wanted) if wanted else candidate
@@ -253,7 +261,10 @@ def _decide(
         stable=stable.as_version() if stable else None,
         candidate=candidate.as_version() if candidate else None,
         weight=candidate.weight if candidate else 0.0,
-        mode=action,
+        # A candidate left standing after the override is one it was not about (an entry naming an older
+        # version): the ingress judges it. Rendering the entry's mode here would, e.g., send every key to an
+        # unjudged candidate as "promoted by hand".
+        mode=action if candidate is None else "auto",
         canary=settings,
     )
     return phases, route, notes

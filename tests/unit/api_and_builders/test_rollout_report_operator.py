@@ -85,6 +85,32 @@ def test_a_decision_older_than_the_candidacy_or_about_another_phase_does_nothing
     assert _phases(_plan(garbage)) == {"v1": "Stable", "v2": "Candidate"}
 
 
+def test_an_entry_naming_a_version_leaves_newer_candidates_to_the_ingress() -> None:
+    """`promote version: v2` stays in the spec (GitOps); v3 comes later: a canary the ingress judges, not a
+    "promoted by hand" route that would send every key to an unjudged version."""
+    promote_v2 = [{"adapter": "bot", "action": "promote", "version": "v2"}]
+    jobs = [*JOBS, job_of(_ftj("v3", T3))]
+    before = [
+        {"name": "bot", "version": "v1", "phase": "Retired", "since": T2},
+        {"name": "bot", "version": "v2", "phase": "Stable", "since": T2},
+    ]
+    canary = plan_promotions(jobs, {"rollouts": promote_v2}, before, T3)
+    assert _phases(canary) == {"v1": "Retired", "v2": "Stable", "v3": "Candidate"}
+    route = canary.promotions.routes[0].render()
+    assert (route["stable"], route["candidate"], route["mode"]) == ("bot.v2", "bot.v3", "auto")
+    rollback = {"bot.v3": {"route": "bot", "stable": "bot.v2", "decision": "rollback", "reason": "r", "time": T4}}
+    rolled = plan_promotions(jobs, {"rollouts": promote_v2}, canary.adapters, T4, rollback)
+    assert _phases(rolled) == {"v1": "Retired", "v2": "Stable", "v3": "RolledBack"}
+    assert rolled.promotions.routes[0].render()["candidate"] is None
+    # The ingress promoting v3 wins over the older entry (it is about v2, which it already made stable).
+    promote = {"bot.v3": {**rollback["bot.v3"], "decision": "promote"}}
+    promoted = plan_promotions(jobs, {"rollouts": promote_v2}, canary.adapters, T4, promote)
+    assert _phases(promoted) == {"v1": "Retired", "v2": "Retired", "v3": "Stable"}
+    # An entry about the candidate itself still wins over the ingress.
+    keep = plan_promotions(jobs, {"rollouts": [{"adapter": "bot", "action": "promote"}]}, canary.adapters, T4, rollback)
+    assert _phases(keep)["v3"] == "Stable"
+
+
 def test_the_finetunejob_condition_says_rolled_back_with_the_numbers() -> None:
     result = _plan(_decision("rollback"))
     ftj = _ftj("v2", T2)
