@@ -328,3 +328,72 @@ def test_the_client_maps_the_actors_answers_to_http() -> None:
             asyncio.run(FeedbackClient(args, _FakeActor(answer, {})).submit("alice", body))
         assert caught.value.status == status
     assert asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text()) == ""
+
+
+# ---- the benchmark's report (bench_feedback.py) ----
+
+
+def _http(p50: float, p99: float) -> dict[str, Any]:
+    return {"requests": 400, "rps": 60.0, "latency_p50_ms": p50, "latency_p99_ms": p99, "status_counts": {"200": 400}}
+
+
+def _piece(p50: float, p99: float) -> dict[str, Any]:
+    return {"calls": 400, "p50_ms": p50, "p99_ms": p99}
+
+
+def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path: Path) -> None:
+    from bigmodel_serving.bench_feedback import SECTION, render_section, summary
+    from bigmodel_serving.bench_report import replace_section
+
+    run = {
+        "date": "2026-11-30 08:00 UTC",
+        "answers": 50,
+        "posts": 400,
+        "load_average_before": 1.2,
+        "http": {
+            "1": {
+                "models": _http(6.0, 9.0),
+                "refused": _http(6.5, 9.5),
+                "recorded": _http(8.0, 12.0),
+                "load_average": 1.5,
+            },
+            "8": {"refused": _http(20.0, 30.0), "recorded": _http(22.0, 35.0), "load_average": 2.5},
+        },
+        "server": {
+            "ingress_refused": _piece(0.2, 0.4),
+            "ingress_recorded": _piece(1.2, 2.0),
+            "actor_call": _piece(0.9, 1.5),
+            "actor_work": _piece(0.03, 0.1),
+            "sink_append": _piece(0.02, 0.05),
+            "load_average": 1.4,
+        },
+    }
+    text = render_section(run, machine="a test machine")
+    assert text.startswith(SECTION + "\n")
+    assert "p99 12.0 ms (**no**)" in text  # end to end misses 5 ms ...
+    assert "recording adds 1.5 ms at p50 and 2.5 ms at p99 (yes)" in text  # ... what we add over the floor meets it
+    assert "| 8 | `POST /v1/feedback` recorded (200) | 22 | 35 | 60 | 200: 400 | 2.5 |" in text
+    assert "6.8 ms outside our ingress code" in text
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Loop\n\nrows\n")
+    replace_section(doc, SECTION, text)
+    assert doc.read_text().startswith("# Benchmarks\n\n## Loop\n\nrows\n\n" + SECTION)
+    assert summary([0.001, 0.002, 0.003]) == {"calls": 3, "p50_ms": 2.0, "p99_ms": 2.98}
+
+
+def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
+    import asyncio
+
+    from bigmodel_serving.bench_feedback import asgi_post
+
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen["headers"] = dict(scope["headers"])
+        seen["body"] = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    assert asyncio.run(asgi_post(app, "/v1/feedback", b'{"a": 1}', {"Authorization": "Bearer k"})) == 201
+    assert seen["body"] == b'{"a": 1}'
+    assert seen["headers"][b"authorization"] == b"Bearer k" and seen["headers"][b"content-length"] == b"8"
