@@ -2,7 +2,8 @@
 
 Only reconcile and handlers use this module. It speaks to the apiserver address from the kubeconfig
 (or the in-cluster service) and nothing else: never to a pod or Service address.
-Writes are server-side apply with one field manager, or merge patches of our own status.
+Writes are server-side apply with one field manager, merge patches of our own status, or a JSON patch of
+the worker bounds of a RayCluster our RayService controls (reconcile/raycluster_bounds.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 from bigmodel_operator.config import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
+JsonPatch = list[dict[str, Any]]  # RFC 6902 operations (named here: `Kube.list` shadows the builtin in its body)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ KINDS: dict[str, Kind] = {
     "BigModel": Kind("/apis/bigmodel.io/v1alpha1", "bigmodels"),
     "FineTuneJob": Kind("/apis/bigmodel.io/v1alpha1", "finetunejobs"),
     "RayService": Kind("/apis/ray.io/v1", "rayservices"),
+    "RayCluster": Kind("/apis/ray.io/v1", "rayclusters"),
     "Ingress": Kind("/apis/networking.k8s.io/v1", "ingresses"),
     "NetworkPolicy": Kind("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("/apis/batch/v1", "jobs"),
@@ -242,6 +245,12 @@ class Kube:
         """Merge-patch the status subresource."""
         path = path_of(kind, namespace, name, "status")
         result = await self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+        return result or {}
+
+    async def json_patch(self, kind: str, namespace: str, name: str, ops: JsonPatch) -> dict[str, Any]:
+        """Apply RFC 6902 operations to an object (a failed `test` op makes the apiserver refuse all of them)."""
+        path = path_of(kind, namespace, name)
+        result = await self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
         return result or {}
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:

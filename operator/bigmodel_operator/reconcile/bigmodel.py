@@ -33,6 +33,7 @@ from bigmodel_operator.reconcile.model_source import model_config_for, read_secr
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.promotion import bigmodel_promotions
+from bigmodel_operator.reconcile.raycluster_bounds import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
@@ -73,6 +74,7 @@ class BigModelReconciler:
         self.emit = emit
         self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
         self.adapter_phases: dict[str, dict[str, str]] = {}  # BigModel uid -> engine adapter name -> phase
+        self.worker_bounds = WorkerBoundsSync(kube, emit)  # KubeRay does not carry bound edits to the cluster
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -223,6 +225,7 @@ class BigModelReconciler:
             result = await ensure_child(self.kube, self.state, rayservice, uid)
             obs.rayservice = result.body
             self._announce(body, result)
+            await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
             desired_ingress = build_ingress(body, spec, self.config)
             if desired_ingress is not None:
                 ing = await ensure_child(self.kube, self.state, desired_ingress, uid)
