@@ -256,7 +256,10 @@ def local_part() -> None:
 
     manifest = yaml.safe_load((REPO / "docs/examples/bigmodel-tiny-cpu.yaml").read_text())
     say("bigmodel serve docs/examples/bigmodel-tiny-cpu.yaml (tiny random Llama, generated offline)")
-    make_tiny_model(Path("/tmp/bigmodel/tiny-llama"))
+    # The example names the path the CPU image bakes the model at; locally any directory will do.
+    model_dir = Path.home() / ".cache" / "bigmodel" / "demo" / "tiny-llama"
+    make_tiny_model(model_dir)
+    manifest["spec"]["model"]["uri"] = model_dir.as_uri()
     keys_dir = tempfile.mkdtemp(prefix="bigmodel-demo-keys-")
     (Path(keys_dir) / "demo").write_text("demo-key")  # a key named "demo"; /v1/* without it gets 401
     server = run_local(local_application(manifest, keys_dir), port=8765, block=False)

@@ -22,6 +22,8 @@ from bigmodel_operator.builders.serve_args import (
 )
 from bigmodel_operator.builders.serving_identity import serving_account_name
 from bigmodel_operator.builders.volumes import (
+    CACHE_MOUNT,
+    TMP_MOUNT,
     Mounts,
     downloads_remote,
     restricted_container_security,
@@ -72,8 +74,8 @@ def _worker_pod_spec(
     shm, shm_mount = shm_volume("16Gi" if gpu_pod else "1Gi")
     # The cache receives downloaded weights: sized from the plan so the scheduler places the pod where they fit.
     sizes = scratch_sizes(place.weight_bytes, downloads_remote(spec.model.uri, spec.model.tokenizer))
-    cache, cache_mount = scratch_volume("model-cache", "/home/ray/.cache", sizes.cache if sizes else None)
-    tmp, tmp_mount = scratch_volume("tmp", "/tmp")
+    cache, cache_mount = scratch_volume("model-cache", CACHE_MOUNT, sizes.cache if sizes else None)
+    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT)
     volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
@@ -135,7 +137,7 @@ def _api_keys(body_name: str, spec: BigModelSpec) -> tuple[list[dict[str, Any]],
 def _head_pod_spec(
     body_name: str, spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]
 ) -> dict:
-    tmp, tmp_mount = scratch_volume("tmp", "/tmp")
+    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT)
     keys_volumes, keys_mounts = _api_keys(body_name, spec)
     limits = {"cpu": config.head_cpu, "memory": config.head_memory}
     return {

@@ -49,6 +49,9 @@ def _volume_name(claim: str) -> str:
 
 
 REMOTE_SCHEMES = ("hf", "s3", "gs", "oci")
+TMP_MOUNT, CACHE_MOUNT, SHM_MOUNT = "/tmp", "/home/ray/.cache", "/dev/shm"
+SCRATCH_MOUNTS = (TMP_MOUNT, CACHE_MOUNT, SHM_MOUNT)
+"""Where the serving pods mount empty scratch volumes: whatever the image has under them is hidden."""
 CACHE_BASE_GIB = 4
 """Besides downloaded weights, the cache holds tokenizers, hub metadata and vLLM's compile caches."""
 SCRATCH_GIB = 10
@@ -81,7 +84,7 @@ def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A memory-backed /dev/shm (NCCL and vLLM's tensor parallel workers need more than 64 MiB)."""
     return (
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "dshm", "mountPath": SHM_MOUNT},
     )
 
 

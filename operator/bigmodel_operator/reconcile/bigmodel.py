@@ -34,7 +34,7 @@ from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.promotion import bigmodel_promotions
 from bigmodel_operator.reconcile.raycluster_bounds import WorkerBoundsSync
-from bigmodel_operator.reconcile.spec_checks import name_problem
+from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
 
@@ -126,6 +126,7 @@ class BigModelReconciler:
         warnings: list[Blocker] = []
         if problem := name_problem(name):  # objects admitted before the CRD's name rule
             blockers.append(Blocker(Reason.INVALID_SPEC, problem))
+        blockers += [Blocker(Reason.INVALID_SPEC, problem) for problem in hidden_path_problems(spec)]
         for problem in check_extra_args(spec.engine.extra_args if spec.engine else None):
             blockers.append(Blocker(Reason.INVALID_ENGINE_ARGS, f"spec.engine.{problem}"))
         token = None

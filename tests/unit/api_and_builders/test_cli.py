@@ -47,7 +47,7 @@ def test_serve_renders_the_operators_args_for_one_local_replica() -> None:
     app = local_application(load_example("bigmodel-tiny-cpu.yaml"), "/tmp/keys")
     args = app["args"]
     assert args["resources"] == {"accelerator": "cpu", "num_cpus": 1}
-    assert args["model"]["local_path"] == "/tmp/bigmodel/tiny-llama"
+    assert args["model"]["local_path"] == "/opt/bigmodel/tiny-llama"
     for deployment in app["deployments"]:
         scaling = deployment["autoscaling_config"]
         assert scaling["min_replicas"] == scaling["max_replicas"] == 1

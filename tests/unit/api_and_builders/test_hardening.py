@@ -23,7 +23,7 @@ from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
 from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.model_source import MAX_CONFIG_BYTES, check_inline_config, parse_config_text
 from bigmodel_operator.reconcile.offload import off_loop
-from bigmodel_operator.reconcile.spec_checks import name_problem, suggest_name
+from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem, suggest_name
 from bigmodel_operator.reconcile.state import ClusterState
 
 from .conftest import load_example
@@ -130,6 +130,22 @@ def test_name_rule_is_kuberays(name: str, valid: bool) -> None:
 def test_suggested_names_pass_the_rule(name: str) -> None:
     assert name_problem(suggest_name(name)) is None
     assert suggest_name(name) in (name_problem(name) or "")
+
+
+def test_file_sources_under_the_pods_scratch_mounts_are_refused() -> None:
+    """The CPU example's model used to sit in /tmp, which the serving pods' emptyDir hides."""
+    spec = load_example("bigmodel-tiny-cpu.yaml")["spec"]
+    assert hidden_path_problems(BigModelSpec.model_validate(spec)) == []
+    hidden = {
+        **spec,
+        "model": {**spec["model"], "uri": "file:///tmp/bigmodel/tiny-llama", "tokenizer": "file:///dev/shm/tok"},
+        "adapters": [{"name": "a", "uri": "file:///home/ray/.cache/a"}, {"name": "b", "uri": "file:///opt/b"}],
+    }
+    problems = hidden_path_problems(BigModelSpec.model_validate(hidden))
+    assert [p.split(" ")[0] for p in problems] == ["spec.model.uri", "spec.model.tokenizer", "spec.adapters[0].uri"]
+    assert "lies under /tmp, where the serving pods mount an empty scratch volume" in problems[0]
+    beside = {**spec, "model": {**spec["model"], "uri": "file:///tmpfiles/model"}}
+    assert hidden_path_problems(BigModelSpec.model_validate(beside)) == []
 
 
 def test_categories_do_not_shadow_a_resource_name() -> None:
