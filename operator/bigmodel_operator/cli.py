@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a BigModel manifest locally (Ray Serve on 127.0.0.1, CPU)")
     serve.add_argument("file", help="BigModel manifest (YAML)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=None, help="default: the operator config's serve_port (8000)")
     serve.set_defaults(func=_cmd_serve)
 
     dev = sub.add_parser("dev", help="developer helpers")

@@ -39,6 +39,7 @@ class Reason:
     RECONCILE_ERROR = "ReconcileError"
     RAYSERVICE_CREATED = "RayServiceCreated"
     RAYSERVICE_DEPLOYING = "Deploying"
+    STARTUP_SLOW = "StartupSlow"  # still Deploying/NoServeEndpoints after status/bigmodel.py's startup budget
     RAYSERVICE_READY = "ServeEndpointsReady"
     RAYSERVICE_FAILED = "ServeApplicationFailed"
     NO_SERVE_ENDPOINTS = "NoServeEndpoints"

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FIELD_MANAGER = "bigmodel-operator"
+RAY_RESERVED_PORTS = {6379: "GCS", 8080: "metrics", 8265: "dashboard", 10001: "client", 52365: "dashboard agent"}
+"""Ports KubeRay gives the Ray containers: the Serve proxy cannot share one of them."""
 
 
 class Images(BaseModel):
@@ -47,7 +49,16 @@ class OperatorConfig(BaseModel):
     hub_endpoint: str = "https://huggingface.co"
     resync_seconds: float = Field(default=120, gt=0, description="Period of the level-based resync.")
     model_mount_root: str = "/mnt/bigmodel"
-    serve_port: int = 8000
+    serve_port: int = Field(
+        default=8000,
+        ge=1024,
+        le=65535,
+        description=(
+            "Port of Ray Serve's HTTP proxy on every Ray pod: serveConfigV2 http_options.port, the containers' "
+            "`serve` port (KubeRay's Serve Service and worker readiness probe use it), the Ingress backend and "
+            "the NetworkPolicy. At least 1024: the pods run without NET_BIND_SERVICE."
+        ),
+    )
     head_cpu: str = "2"
     head_memory: str = "8Gi"
     check_secrets: bool = Field(
@@ -60,6 +71,13 @@ class OperatorConfig(BaseModel):
     metrics_address: str | None = Field(
         default=None, description="host:port for the operator's Prometheus /metrics (e.g. 0.0.0.0:8081); off if empty."
     )
+
+    @field_validator("serve_port")
+    @classmethod
+    def _serve_port_free(cls, port: int) -> int:
+        if port in RAY_RESERVED_PORTS:
+            raise ValueError(f"{port} is Ray's {RAY_RESERVED_PORTS[port]} port; pick another serve_port")
+        return port
 
 
 def load_config(path: str | None = None) -> OperatorConfig:

@@ -59,8 +59,9 @@ def _local_keys_dir() -> str:
     return str(local_keys_dir(key))
 
 
-def serve_manifest(path: Path, *, host: str, port: int) -> int:
-    """Serve the first BigModel in `path` until Ctrl-C."""
+def serve_manifest(path: Path, *, host: str, port: int | None = None) -> int:
+    """Serve the first BigModel in `path` until Ctrl-C, on `port` (default: the operator config's serve_port),
+    under the same route prefix as in the cluster (`spec.expose.ingress.path`, default /)."""
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "BigModel"]
     if not docs:
         print(f"bigmodel: {path} holds no BigModel", file=sys.stderr)
@@ -82,5 +83,5 @@ def serve_manifest(path: Path, *, host: str, port: int) -> int:
     ingress = next(d for d in app["deployments"] if d["name"] == "BigModelIngress")
     if sink := ingress["user_config"].get("feedback", {}).get("sink_path"):
         print(f"bigmodel: feedback (POST /v1/feedback) is written to {sink}", file=sys.stderr)
-    run_local(app, host=host, port=port, block=True)
+    run_local(app, host=host, port=load_config().serve_port if port is None else port, block=True)
     return 0

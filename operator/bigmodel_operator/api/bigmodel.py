@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
@@ -21,6 +22,7 @@ from bigmodel_operator.api.base import (
     cel,
     map_keys_match,
     no_parent_segments,
+    re2_literal,
 )
 from bigmodel_operator.api.feedback import FeedbackSpec
 from bigmodel_operator.planning import ServingPlan
@@ -267,6 +269,19 @@ class RolloutSpec(ApiModel):
     )
 
 
+INGRESS_PATH_PATTERN = r"^/$|^(/[-A-Za-z0-9_.~]+)+$"
+"""`/` or segments: no empty segment (`//`, a trailing `/`), nothing Ray Serve's route_prefix or an Ingress
+Prefix path refuses (braces, `%`, spaces)."""
+DOT_SEGMENT_RE2 = r"(^|/)\.\.?(/|$)"
+DOT_SEGMENT_MESSAGE = "expose.ingress.path must not contain '.' or '..' segments (the Ingress refuses them)"
+
+
+def _refuse_dot_segments(value: str | None) -> str | None:
+    if value is not None and re.search(DOT_SEGMENT_RE2, value):
+        raise ValueError(DOT_SEGMENT_MESSAGE)
+    return value
+
+
 class IngressSpec(ApiModel):
     """An Ingress in front of the OpenAI endpoint."""
 
@@ -283,11 +298,16 @@ class IngressSpec(ApiModel):
     tls_secret_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="TLS Secret for `host`."
     )
-    path: str | None = Field(
+    path: Annotated[str | None, AfterValidator(_refuse_dot_segments)] = Field(
         default=None,
         max_length=256,
-        pattern=r"^/([-a-zA-Z0-9_.~/]*[^/])?$",
-        description="Path prefix in front of /v1 and /health (default /).",
+        pattern=INGRESS_PATH_PATTERN,
+        description=(
+            "Path prefix in front of /v1 and /health (default /), e.g. /team-a: clients call /team-a/v1/... "
+            "The Serve application is mounted at this prefix, so no rewrite annotation is needed. '/' or "
+            "'/'-separated segments of letters, digits, '-', '_', '.', '~'; no trailing '/', no '.' or '..' segment."
+        ),
+        json_schema_extra=cel(f"!self.matches('{re2_literal(DOT_SEGMENT_RE2)}')", DOT_SEGMENT_MESSAGE),
     )
     annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
         default=None,

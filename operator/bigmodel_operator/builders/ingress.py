@@ -1,4 +1,8 @@
-"""Build the Ingress in front of KubeRay's Serve Service: only the OpenAI paths and health."""
+"""Build the Ingress in front of KubeRay's Serve Service: only the OpenAI paths and health.
+
+`spec.expose.ingress.path` needs no rewrite annotation: the Serve application is mounted at that path
+(`route_prefix`), so `<path>/v1/models` reaches Serve unchanged and the app sees `/v1/models`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.serve_args import route_prefix
 from bigmodel_operator.config import OperatorConfig
 
 EXPOSED_PATHS = ("/v1", "/health")
@@ -17,7 +22,7 @@ def build_ingress(body: dict[str, Any], spec: BigModelSpec, config: OperatorConf
     if ingress is None:
         return None
     name = body["metadata"]["name"]
-    prefix = (ingress.path or "/").rstrip("/")
+    prefix = route_prefix(spec).rstrip("/")
     backend = {"service": {"name": naming.serve_service_name(name), "port": {"number": config.serve_port}}}
     rule: dict[str, Any] = {
         "http": {"paths": [{"path": f"{prefix}{p}", "pathType": "Prefix", "backend": backend} for p in EXPOSED_PATHS]}
@@ -51,4 +56,4 @@ def ingress_url(spec: BigModelSpec) -> str | None:
     if not ingress or not ingress.host:
         return None
     scheme = "https" if ingress.tls_secret_name else "http"
-    return f"{scheme}://{ingress.host}{(ingress.path or '').rstrip('/')}/v1"
+    return f"{scheme}://{ingress.host}{route_prefix(spec).rstrip('/')}/v1"

@@ -39,8 +39,6 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-# A 16 GB model takes minutes to download; KubeRay must not recreate the cluster meanwhile.
-STARTUP_BUDGET_SECONDS = 1800
 
 
 def _image(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> str:
@@ -101,6 +99,9 @@ def _worker_pod_spec(
                     "name": "ray-worker",
                     "image": _image(spec, place, config),
                     "resources": _worker_resources(spec, place, sizes.total if sizes else None),
+                    # KubeRay's readiness probe of a worker checks the Serve proxy on this pod's `serve` port
+                    # (8000 when absent), so it is named here too.
+                    "ports": [_serve_port(config)],
                     "env": env,
                     "volumeMounts": volume_mounts,
                     "securityContext": restricted_container_security(),
@@ -115,6 +116,11 @@ def _worker_pod_spec(
     if tolerations:
         pod["spec"]["tolerations"] = tolerations
     return pod
+
+
+def _serve_port(config: OperatorConfig) -> dict[str, Any]:
+    """The container port KubeRay looks up by name: its Serve Service and the worker readiness probe."""
+    return {"name": "serve", "containerPort": config.serve_port}
 
 
 def _storage_env_from(spec: BigModelSpec) -> dict[str, Any]:
@@ -154,7 +160,7 @@ def _head_pod_spec(
                         {"name": "gcs", "containerPort": 6379},
                         {"name": "dashboard", "containerPort": 8265},
                         {"name": "client", "containerPort": 10001},
-                        {"name": "serve", "containerPort": config.serve_port},
+                        _serve_port(config),
                     ],
                     "volumeMounts": [tmp_mount, *sink_mounts(spec), *keys_mounts],
                     "securityContext": restricted_container_security(),
@@ -192,9 +198,9 @@ def build_rayservice(
     application = render_application(name, spec, place, mounts, config, promotions)
     group = "gpu-workers" if place.gpus_per_pod else "cpu-workers"
     rayservice_spec = {
-        "serveConfigV2": yaml.dump(serve_config(application), Dumper=_DUMPER, sort_keys=True),
-        "deploymentUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
-        "serviceUnhealthySecondThreshold": STARTUP_BUDGET_SECONDS,
+        # No deployment/serviceUnhealthySecondThreshold: KubeRay >= 1.1 ignores both (docs/development.md);
+        # a slow start shows as Ready=False StartupSlow instead (status/bigmodel.py).
+        "serveConfigV2": yaml.dump(serve_config(application, config), Dumper=_DUMPER, sort_keys=True),
         "rayClusterConfig": {
             "rayVersion": config.ray_version,
             # Ray's token auth (Ray >= 2.52, KubeRay >= 1.5.1): KubeRay generates a Secret and sets

@@ -296,21 +296,31 @@ def render_application(
         deployments[0]["user_config"]["rollout_report"] = {"namespace": namespace, "bigmodel": bigmodel}
     return {
         "name": name,
-        "route_prefix": "/",
+        "route_prefix": route_prefix(spec),
         "import_path": APP_IMPORT_PATH,
         "args": args,
         "deployments": deployments,
     }
 
 
-def serve_config(application: dict[str, Any]) -> dict[str, Any]:
-    """serveConfigV2 with our one application.
+def route_prefix(spec: BigModelSpec) -> str:
+    """Where Serve mounts the application: `spec.expose.ingress.path` (default `/`).
+
+    The Ingress forwards `<path>/v1` and `<path>/health` unchanged; Serve's proxy matches the prefix and
+    moves it into the ASGI `root_path`, so the app still sees `/v1/...` (no controller-specific rewrite).
+    """
+    ingress = spec.expose.ingress if spec.expose else None
+    return ((ingress.path if ingress else None) or "").rstrip("/") or "/"
+
+
+def serve_config(application: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """serveConfigV2 with our one application, its proxies on `config.serve_port` (the containers' `serve` port).
 
     The proxy's own timeout sits just above the app's, so the app answers 504 with an OpenAI-style
     body before the proxy cuts the connection.
     """
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": 8000, "request_timeout_s": REQUEST_TIMEOUT_S + 5},
+        "http_options": {"host": "0.0.0.0", "port": config.serve_port, "request_timeout_s": REQUEST_TIMEOUT_S + 5},
         "applications": [application],
     }

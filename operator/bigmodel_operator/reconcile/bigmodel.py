@@ -17,7 +17,7 @@ from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, scaling_args
+from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, route_prefix, scaling_args
 from bigmodel_operator.builders.serving_identity import build_serving_identity
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
@@ -47,8 +47,10 @@ def _selector(name: str) -> str:
     return f"{naming.LABEL_BIGMODEL}={name},{naming.LABEL_COMPONENT}=model-server"
 
 
-def _in_cluster_url(name: str, namespace: str, config: OperatorConfig) -> str:
-    return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}/v1"
+def _in_cluster_url(name: str, namespace: str, spec: BigModelSpec, config: OperatorConfig) -> str:
+    """KubeRay's Serve Service on the Serve port, under the application's route prefix (the ingress path)."""
+    prefix = route_prefix(spec).rstrip("/")
+    return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}{prefix}/v1"
 
 
 def _desired_replicas(
@@ -177,7 +179,7 @@ class BigModelReconciler:
             )
         rayservice = self.state.get("RayService", namespace, naming.rayservice_name(name))
         ingress = self.state.get("Ingress", namespace, naming.ingress_name(name))
-        url = ingress_url(spec) or _in_cluster_url(name, namespace, self.config)
+        url = ingress_url(spec) or _in_cluster_url(name, namespace, spec, self.config)
         obs = BigModelObservation(
             generation=meta.get("generation"),
             desired_replicas=_desired_replicas(spec, rayservice, place.pods_per_replica, self.config),

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bigmodel_operator import conditions as c
 from bigmodel_operator.conditions import Reason, set_condition
+
+STARTUP_BUDGET_SECONDS = 1800
+"""How long the RayService may stay not ready before Ready says StartupSlow. A 16 GB model downloads in
+minutes, a 140 GB one in tens of minutes. KubeRay itself waits indefinitely (it ignores the old
+*UnhealthySecondThreshold fields), so this only explains a slow start; nothing is restarted."""
+STARTING_REASONS = frozenset({Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS})
 
 
 @dataclass
@@ -76,6 +83,43 @@ def _rayservice_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
     return False, Reason.RAYSERVICE_DEPLOYING, message
 
 
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def startup_overdue(
+    previous_conditions: list[dict[str, Any]] | None, now: datetime, budget_s: float = STARTUP_BUDGET_SECONDS
+) -> str | None:
+    """When RayServiceReady turned False (its lastTransitionTime, which moves only on a flip), if that was
+    more than `budget_s` before `now`; None while within the budget, ready, or never recorded."""
+    cond = c.get_condition(previous_conditions, c.RAYSERVICE_READY)
+    if cond is None or cond.get("status") != "False":
+        return None
+    since = _parse_time(cond.get("lastTransitionTime"))
+    if since is None or (now - since).total_seconds() <= budget_s:
+        return None
+    return str(cond["lastTransitionTime"])
+
+
+def startup_slow_message(since: str, detail: str, selector: str | None, rayservice: str | None) -> str:
+    """Ready's message for a slow start: since when (a timestamp, so resyncs write nothing new), KubeRay's
+    own message, and where to look."""
+    pods = f"kubectl get pods -l {selector}" if selector else "kubectl get pods"
+    head = f"kubectl logs -l ray.io/node-type=head,{selector} -c ray-head" if selector else "the Ray head's log"
+    describe = f"kubectl describe rayservice {rayservice}" if rayservice else "kubectl describe rayservice"
+    return (
+        f"not ready since {since} (over {STARTUP_BUDGET_SECONDS // 60} min): {detail.rstrip('.')}. "
+        f"KubeRay keeps waiting; look at `{pods}` (Pending: no capacity; ImagePullBackOff: the image), "
+        f"`{describe}` and the Serve log on the head (`{head}`: model download, engine start)"
+    )
+
+
 def _ingress_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
     if not obs.ingress_requested:
         return True, Reason.INGRESS_NOT_REQUESTED, "spec.expose.ingress is not set"
@@ -88,13 +132,24 @@ def _ingress_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
     return False, Reason.INGRESS_PENDING, "waiting for the ingress controller to assign an address"
 
 
-def compute_status(obs: BigModelObservation, previous: dict[str, Any] | None) -> dict[str, Any]:
-    """The full desired status block; conditions keep their transition times when unchanged."""
+def compute_status(
+    obs: BigModelObservation, previous: dict[str, Any] | None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The full desired status block; conditions keep their transition times when unchanged.
+
+    `now` (default: the clock) only decides whether a start is overdue (StartupSlow)."""
     gen = obs.generation
     conds = list((previous or {}).get("conditions") or [])
     planned_ok = obs.plan_reason == Reason.PLANNED
     conds = set_condition(conds, c.PLANNED, planned_ok, obs.plan_reason, obs.plan_message, gen)
     rs_ready, rs_reason, rs_message = _rayservice_condition(obs)
+    if not rs_ready and rs_reason in STARTING_REASONS and obs.rayservice is not None:
+        since = startup_overdue(conds, now or datetime.now(UTC))
+        if since:
+            rs_reason, rs_message = (
+                Reason.STARTUP_SLOW,
+                startup_slow_message(since, rs_message, obs.selector, obs.rayservice_name),
+            )
     ing_ready, ing_reason, ing_message = _ingress_condition(obs)
     conds = set_condition(conds, c.RAYSERVICE_READY, rs_ready, rs_reason, rs_message, gen)
     conds = set_condition(conds, c.INGRESS_READY, ing_ready, ing_reason, ing_message, gen)
@@ -114,8 +169,8 @@ def compute_status(obs: BigModelObservation, previous: dict[str, Any] | None) ->
         ready, reason, message = True, Reason.AS_EXPECTED, f"serving at {obs.url}" if obs.url else "serving"
     if obs.warnings and not ready:
         message = "; ".join([message, *(w.message for w in obs.warnings)])
-        if reason in {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS}:
-            reason = obs.warnings[0].reason
+        if reason in STARTING_REASONS | {Reason.STARTUP_SLOW}:
+            reason = obs.warnings[0].reason  # the more specific cause (no GPU node) names the fix
     conds = set_condition(conds, c.READY, ready, reason, message, gen)
     deg_reason = Reason.PARTIALLY_READY if degraded else Reason.AS_EXPECTED
     deg_message = f"{ready_replicas}/{obs.desired_replicas} replicas ready" if degraded else "no degradation"

@@ -89,6 +89,9 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bm-revision-ctrl", _bm(spec__model__revision="main\r\nX: y"), "spec.model.revision"),
     ("bm-ann-key", _bm(spec__expose__ingress={"annotations": {"bad key": "v"}}), "every key must be a qualified"),
     ("bm-class-name", _bm(spec__expose__ingress={"className": "my_class"}), "spec.expose.ingress.className"),
+    # issue 11: the ingress path is the Serve route_prefix: no '.'/'..' segment, no empty segment
+    ("bm-path-dots", _bm(spec__expose__ingress={"path": "/team-a/../b"}), "must not contain '.' or '..' segments"),
+    ("bm-path-trailing", _bm(spec__expose__ingress={"path": "/team-a/"}), "spec.expose.ingress.path"),
     ("bm-node-key", _bm(spec__nodeSelector={"bad key": "v"}), "every key must be a label key"),
     ("bm-node-value", _bm(spec__nodeSelector={"zone": "a b"}), "spec.nodeSelector"),
     (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+
+import pytest
 
 from bigmodel_operator import conditions as c
 from bigmodel_operator.conditions import Reason, set_condition
-from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
+from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status, startup_overdue
 from bigmodel_operator.status.finetunejob import FineTuneJobObservation
 from bigmodel_operator.status.finetunejob import compute_status as ftj_status
 
@@ -138,3 +141,60 @@ def test_finetunejob_failure_reason_from_trainer() -> None:
     assert _cond(oom, "Failed")["reason"] == Reason.OUT_OF_MEMORY
     deadline = _ftj(_job("Failed", "DeadlineExceeded"), [])
     assert _cond(deadline, "Failed")["reason"] == Reason.DEADLINE_EXCEEDED
+
+
+def _deploying_since(since: str, reason: str = Reason.RAYSERVICE_DEPLOYING) -> dict[str, Any]:
+    """A previous status whose RayServiceReady turned False at `since`."""
+    return {"conditions": set_condition(None, c.RAYSERVICE_READY, False, reason, "starting", 3, timestamp=since)}
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_startup_overdue_only_after_the_budget() -> None:
+    previous = _deploying_since("2026-11-30T07:00:00Z")["conditions"]
+    assert startup_overdue(previous, _at("2026-11-30T07:29:59Z")) is None
+    assert startup_overdue(previous, _at("2026-11-30T07:30:01Z")) == "2026-11-30T07:00:00Z"
+    ready = set_condition(
+        None, c.RAYSERVICE_READY, True, Reason.RAYSERVICE_READY, "ok", 3, timestamp="2020-01-01T00:00:00Z"
+    )
+    assert startup_overdue(ready, _at("2026-11-30T07:30:01Z")) is None
+    assert startup_overdue(None, _at("2026-11-30T07:30:01Z")) is None
+    garbled = set_condition(None, c.RAYSERVICE_READY, False, "x", "m", 3, timestamp="yesterday")
+    assert startup_overdue(garbled, _at("2026-11-30T07:30:01Z")) is None
+
+
+@pytest.mark.parametrize("endpoints", [0, 1])
+def test_slow_start_is_explained_with_where_to_look(endpoints: int) -> None:
+    rayservice = _rayservice(0, "DEPLOYING") if not endpoints else _rayservice(0, "RUNNING")
+    obs = _obs(rayservice=rayservice, selector="bigmodel.io/bigmodel=m", rayservice_name="m")
+    previous = _deploying_since("2026-11-30T07:00:00Z")
+    early = compute_status(obs, previous, now=_at("2026-11-30T07:10:00Z"))
+    assert _cond(early, "Ready")["reason"] in {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS}
+    late = compute_status(obs, previous, now=_at("2026-11-30T08:00:00Z"))
+    ready = _cond(late, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", Reason.STARTUP_SLOW)
+    assert "not ready since 2026-11-30T07:00:00Z (over 30 min)" in ready["message"]
+    assert "kubectl get pods -l bigmodel.io/bigmodel=m" in ready["message"]
+    assert "kubectl describe rayservice m" in ready["message"]
+    assert _cond(late, c.RAYSERVICE_READY)["lastTransitionTime"] == "2026-11-30T07:00:00Z"
+    # Level-based and quiet: the next resync computes the same status, so nothing is written again.
+    again = compute_status(obs, late, now=_at("2026-11-30T09:00:00Z"))
+    assert again["conditions"] == late["conditions"]
+
+
+def test_a_failure_or_a_blocker_is_not_called_slow() -> None:
+    previous = _deploying_since("2026-11-30T07:00:00Z")
+    failed = compute_status(_obs(rayservice=_rayservice(0, "DEPLOY_FAILED")), previous, now=_at("2026-11-30T09:00:00Z"))
+    assert _cond(failed, "Ready")["reason"] == Reason.RAYSERVICE_FAILED
+    blocked = _obs(rayservice=_rayservice(0, "DEPLOYING"), blockers=[Blocker(Reason.GATED_MODEL_NO_TOKEN, "no token")])
+    assert _cond(compute_status(blocked, previous, now=_at("2026-11-30T09:00:00Z")), "Ready")["reason"] == (
+        Reason.GATED_MODEL_NO_TOKEN
+    )
+    no_gpu = _obs(
+        rayservice=_rayservice(0, "DEPLOYING"),
+        warnings=[Blocker(Reason.NO_MATCHING_GPU_NODES, "no H100 node", blocks_deploy=False)],
+    )
+    ready = _cond(compute_status(no_gpu, previous, now=_at("2026-11-30T09:00:00Z")), "Ready")
+    assert ready["reason"] == Reason.NO_MATCHING_GPU_NODES and "not ready since" in ready["message"]
