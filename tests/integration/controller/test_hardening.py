@@ -89,8 +89,9 @@ def test_hostile_burst_does_not_delay_an_innocent_bigmodel(
     print(f"innocent BigModel status: {alone:.2f}s alone, {during:.2f}s right after 24 hostile ones")
     assert condition(bm, "Planned")["status"] == "True", bm["status"]
     # Measured, not a speed test: a stalled event loop showed up as no status at all (timeout above);
-    # the bound is generous for a shared 2-core machine.
-    assert during < alone + 10, f"{during:.2f}s vs {alone:.2f}s alone"
+    # the bound is generous for a shared 2-core machine (+10 s failed once at load average 8: 15.9 s vs
+    # 2.0 s). It still catches hostile objects served one after another (24 × ~1.3 s or more).
+    assert during < alone + 30, f"{during:.2f}s vs {alone:.2f}s alone"
 
     for name, reason in hostile:
         body = wait_until(lambda n=name: _has_status(custom, namespace, n), timeout=60)
