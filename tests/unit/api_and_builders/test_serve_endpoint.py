@@ -4,6 +4,7 @@ port, the Ingress, the NetworkPolicy and the URLs in status."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.local import local_application
+from bigmodel_operator.local import local_application, serve_manifest
 from bigmodel_operator.reconcile.bigmodel import _in_cluster_url
 
 from .conftest import load_example
@@ -116,3 +117,21 @@ def test_dot_segments_get_a_clear_message() -> None:
     with pytest.raises(ValidationError, match=re.escape("must not contain '.' or '..' segments")):
         IngressSpec.model_validate({"path": "/team-a/../admin"})
     assert IngressSpec.model_validate({"path": "/.well-known"}).path == "/.well-known"  # a dot inside a segment is fine
+
+
+def test_bigmodel_serve_listens_on_the_configured_serve_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bigmodel_serving.local
+
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["model"]["uri"] = "hf://org/tiny"  # nothing to find on disk
+    body["spec"]["auth"] = {"mode": "none"}
+    manifest = tmp_path / "bm.yaml"
+    manifest.write_text(yaml.safe_dump(body))
+    config = tmp_path / "config.yaml"
+    config.write_text("serve_port: 9000\n")
+    monkeypatch.setenv("BIGMODEL_OPERATOR_CONFIG", str(config))
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(bigmodel_serving.local, "run_local", lambda app, **kw: calls.append(kw))
+    assert serve_manifest(manifest, host="127.0.0.1") == 0
+    assert serve_manifest(manifest, host="127.0.0.1", port=8123) == 0  # --port still wins
+    assert [c["port"] for c in calls] == [9000, 8123]
