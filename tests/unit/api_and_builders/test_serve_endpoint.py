@@ -135,3 +135,12 @@ def test_bigmodel_serve_listens_on_the_configured_serve_port(tmp_path: Path, mon
     assert serve_manifest(manifest, host="127.0.0.1") == 0
     assert serve_manifest(manifest, host="127.0.0.1", port=8123) == 0  # --port still wins
     assert [c["port"] for c in calls] == [9000, 8123]
+
+
+def test_prefixed_application_parses_as_the_workloads_contract() -> None:
+    from bigmodel_serving.args import parse_application
+
+    body, spec = _body("bigmodel-tiny-cpu.yaml", path="/team-a")
+    rayservice = build_rayservice(body, spec, placement(spec, None), OperatorConfig(serve_port=9000))
+    (app,) = _serve_config(rayservice)["applications"]
+    assert parse_application(app).route_prefix == "/team-a"
