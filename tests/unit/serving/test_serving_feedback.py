@@ -356,6 +356,7 @@ def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path:
                 "refused": _http(6.5, 9.5),
                 "recorded": _http(8.0, 12.0),
                 "load_average": 1.5,
+                "access_logs": {"proxy": {"200": _piece(7.0, 11.0)}, "replica": {"200": _piece(4.0, 6.0)}},
             },
             "8": {"refused": _http(20.0, 30.0), "recorded": _http(22.0, 35.0), "load_average": 2.5},
         },
@@ -374,6 +375,7 @@ def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path:
     assert "recording adds 1.5 ms at p50 and 2.5 ms at p99 (yes)" in text  # ... what we add over the floor meets it
     assert "| 8 | `POST /v1/feedback` recorded (200) | 22 | 35 | 60 | 200: 400 | 2.5 |" in text
     assert "6.8 ms outside our ingress code" in text
+    assert "| recorded, as the ingress replica timed it (its access log, concurrency 1 above) | 4 | 6 |" in text
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Loop\n\nrows\n")
     replace_section(doc, SECTION, text)
@@ -397,3 +399,23 @@ def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
     assert asyncio.run(asgi_post(app, "/v1/feedback", b'{"a": 1}', {"Authorization": "Bearer k"})) == 201
     assert seen["body"] == b'{"a": 1}'
     assert seen["headers"][b"authorization"] == b"Bearer k" and seen["headers"][b"content-length"] == b"8"
+
+
+def test_the_benchmark_reads_serves_access_logs_from_a_mark_on(tmp_path: Path) -> None:
+    from bigmodel_serving.bench_feedback import ServeLogs
+
+    replica = tmp_path / "replica_app_BigModelIngress_abc.log"
+    proxy = tmp_path / "proxy_127.0.0.1.log"
+    replica.write_text("INFO 08:00 app_BigModelIngress abc id -- POST /v1/feedback 200 9.0ms\n")
+    proxy.write_text("")
+    logs = ServeLogs(tmp_path, "app")
+    mark = logs.mark()
+    with replica.open("a") as handle:
+        handle.write("INFO 08:01 app_BigModelIngress abc id -- POST /v1/feedback 200 2.0ms\n")
+        handle.write("INFO 08:01 app_BigModelIngress abc id -- POST /v1/feedback 400 1.0ms\n")
+        handle.write("INFO 08:01 app_BigModelIngress abc id -- GET /v1/models 200 0.5ms\n")
+    proxy.write_text("INFO 08:01 proxy 127.0.0.1 id -- POST /v1/feedback 200 3.0ms\n")
+    times = logs.feedback_times(mark)
+    assert times["replica"]["200"] == {"calls": 1, "p50_ms": 2.0, "p99_ms": 2.0}
+    assert times["replica"]["400"]["p50_ms"] == 1.0
+    assert times["proxy"] == {"200": {"calls": 1, "p50_ms": 3.0, "p99_ms": 3.0}}
