@@ -313,45 +313,56 @@ def _route_state(serving: ServingStack) -> dict[str, Any]:
 
 
 class Load:
-    """A steady client on the route (~20 requests/s at most) sending API key `key`: counts what failed."""
+    """A steady client on the route sending API key `key` at `rate` requests/s in all (paced, from `clients`
+    threads, each on its own keep-alive connection, so one slow answer does not lower the rate): counts
+    what failed."""
 
-    def __init__(self, serving: ServingStack, key: str, rate: float = 20.0) -> None:
-        self.serving, self.key, self.period = serving, key, 1.0 / rate
+    def __init__(self, serving: ServingStack, key: str, rate: float = 20.0, clients: int = 8) -> None:
+        self.serving, self.key, self.period = serving, key, clients / rate
         self.sent = 0
         self.failed: list[str] = []
         self.versions: dict[str, int] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"load-{i}", daemon=True) for i in range(clients)]
+        self._started = 0.0
         self.elapsed = 0.0
 
     def __enter__(self) -> Load:
-        self._thread.start()
+        self._started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=300)
+        for thread in self._threads:
+            thread.join(timeout=300)
+        self.elapsed = time.monotonic() - self._started
 
     @property
     def rate(self) -> float:
         return self.sent / self.elapsed if self.elapsed else 0.0
 
     def _run(self) -> None:
-        started = time.monotonic()
         with self.serving.http(self.key) as client:
             while not self._stop.is_set():
                 tick = time.monotonic()
+                failure, version = None, ""
                 try:
                     response = _complete(client, ROUTE)
                     if response.status_code != 200:
-                        self.failed.append(f"{response.status_code} {response.text[:200]}")
+                        failure = f"{response.status_code} {response.text[:200]}"
                     else:
                         version = response.headers.get(MODEL_HEADER, "")
-                        self.versions[version] = self.versions.get(version, 0) + 1
                 except httpx.HTTPError as error:
-                    self.failed.append(repr(error))
-                self.sent += 1
-                self.elapsed = time.monotonic() - started
+                    failure = repr(error)
+                with self._lock:
+                    self.sent += 1
+                    if failure is not None:
+                        self.failed.append(failure)
+                    else:
+                        self.versions[version] = self.versions.get(version, 0) + 1
                 self._stop.wait(max(0.0, self.period - (time.monotonic() - tick)))
 
 
@@ -560,45 +571,38 @@ def test_the_whole_loop(
         assert all(f"{ADAPTER}.ftj-bad" not in json.dumps(r) for r in kuberay.routes())
         _step("gate refusal", started)
 
-        # Step 7 has not passed in a whole run yet (the ingress's automatic rollback is shown by
-        # test_serving_canary.py); opt in with BIGMODEL_LOOP_ROLLBACK=1.
-        if os.environ.get("BIGMODEL_LOOP_ROLLBACK") == "1":
-            # 7. A candidate that passes the gate and fails under canary (its files corrupted after the job):
-            #    the ingress rolls it back by itself; stable untouched; the steady client sees no failure.
-            started = time.monotonic()
-            canary = {"weight": 20, "minRequests": 5, "maxLatencyRatio": 1000}
-            cluster.create(
-                "finetunejobs", _finetunejob("ftj-broken", since, steps=20, max_loss_ratio=1.0, canary=canary)
+        # 7. A candidate that passes the gate and fails under canary (its files corrupted after the job):
+        #    the ingress rolls it back by itself; stable untouched; the steady client sees no failure.
+        started = time.monotonic()
+        canary = {"weight": 20, "minRequests": 5, "maxLatencyRatio": 1000}
+        cluster.create("finetunejobs", _finetunejob("ftj-broken", since, steps=20, max_loss_ratio=1.0, canary=canary))
+        trained("ftj-broken")
+        (outputs / "ftj-broken" / "adapter_config.json").write_text("{ not an adapter")
+        for weights in (outputs / "ftj-broken").glob("*.safetensors"):
+            weights.write_bytes(b"\x00" * 64)
+        _complete_pod(cluster, "ftj-broken")
+        succeeded("ftj-broken")
+        with Load(serving, serving.keys["alice"]) as load:
+            wait_until(
+                lambda: [r for r in kuberay.routes() if r.get("candidate") == f"{ADAPTER}.ftj-broken"],
+                timeout=120,
+                what="ftj-broken rendered as the candidate",
             )
-            trained("ftj-broken")
-            (outputs / "ftj-broken" / "adapter_config.json").write_text("{ not an adapter")
-            for weights in (outputs / "ftj-broken").glob("*.safetensors"):
-                weights.write_bytes(b"\x00" * 64)
-            _complete_pod(cluster, "ftj-broken")
-            succeeded("ftj-broken")
-            with Load(serving, serving.keys["alice"]) as load:
-                wait_until(
-                    lambda: [r for r in kuberay.routes() if r.get("candidate") == f"{ADAPTER}.ftj-broken"],
-                    timeout=120,
-                    what="ftj-broken rendered as the candidate",
-                )
-                deadline = time.monotonic() + 300
-                statuses: list[int] = []
-                while _route_state(serving).get("decision") != "rolled_back":
-                    assert time.monotonic() < deadline, _route_state(serving)
-                    for key in list(canary_keys.values())[:40]:
-                        with serving.http(key) as client:
-                            statuses.append(_complete(client, ROUTE).status_code)
-            _step("automatic rollback", started)
-            print(
-                f"[loop] rollback under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed"
-            )
-            state = _route_state(serving)
-            assert state["stable"] == f"{ADAPTER}.ftj-v2" and state["weight"] == 0.0, state
-            assert load.failed == []
-            assert set(statuses) == {200}, "the candidate's failures were answered by the stable version"
-            assert cluster.adapters()["ftj-v2"] == "Stable"
-            assert _engine_replicas(app_name) == before
+            deadline = time.monotonic() + 300
+            statuses: list[int] = []
+            while _route_state(serving).get("decision") != "rolled_back":
+                assert time.monotonic() < deadline, _route_state(serving)
+                for key in list(canary_keys.values())[:40]:
+                    with serving.http(key) as client:
+                        statuses.append(_complete(client, ROUTE).status_code)
+        _step("automatic rollback", started)
+        print(f"[loop] rollback under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
+        state = _route_state(serving)
+        assert state["stable"] == f"{ADAPTER}.ftj-v2" and state["weight"] == 0.0, state
+        assert load.failed == []
+        assert set(statuses) == {200}, "the candidate's failures were answered by the stable version"
+        assert cluster.adapters()["ftj-v2"] == "Stable"
+        assert _engine_replicas(app_name) == before
         print(f"[loop] KubeRay: {kuberay.deploys} deploys, errors retried: {kuberay.errors}", flush=True)
     finally:
         kuberay.stop()
