@@ -422,7 +422,9 @@ def render_section(run: dict[str, Any], *, machine: str) -> str:
         f"At p50, recorded feedback spends {outside} ms outside our ingress code (the client, Serve's proxy, "
         f"the hops to the replica and back) and {server['ingress_recorded']['p50_ms']} ms in it, of which "
         f"{server['actor_call']['p50_ms']} ms is the actor round trip and {server['actor_work']['p50_ms']} ms "
-        "the actor's own work.",
+        "the actor's own work. Serve's access logs: the replica's time is its whole handling of the request "
+        "(the body fetched back from the proxy included); the proxy's ends when its call to the replica has "
+        "finished, after the client has the answer, so it can exceed the client's.",
         "",
     ]
     return "\n".join(lines)
