@@ -150,17 +150,6 @@ async def _interleaved(calls: dict[str, Callable[[int], Awaitable[Any]]], count:
     return times
 
 
-async def _timed(call: Callable[[int], Awaitable[Any]], count: int, warmup: int = 20) -> list[float]:
-    for index in range(warmup):
-        await call(index)
-    took = []
-    for index in range(count):
-        started = time.perf_counter()
-        await call(index)
-        took.append(time.perf_counter() - started)
-    return took
-
-
 async def asgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> int:
     """One POST through an ASGI app in this process; returns the status."""
     raw_headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
@@ -261,8 +250,8 @@ async def measure_server_side(
         async def sink_append(_: int) -> None:
             sink.append(record)
 
-        out["actor_work"] = summary(await _timed(actor_work, posts))
-        out["sink_append"] = summary(await _timed(sink_append, posts))
+        times = await _interleaved({"actor_work": actor_work, "sink_append": sink_append}, posts)
+        out |= {name: summary(values) for name, values in times.items()}
     out["load_average"] = max(loads)
     return out
 
