@@ -284,15 +284,35 @@ async def _answer(url: str, headers: dict[str, str], count: int) -> list[str]:
 
 def run(answers: int, posts: int) -> dict[str, Any]:
     """Start the application, measure, stop it."""
-    from bigmodel_serving.bench import BENCH_KEY, BENCH_KEY_NAME, _free_port, _model_dir, _now, load_average
-    from bigmodel_serving.local import run_local
+    from bigmodel_serving.bench import _now, load_average
 
     started = time.perf_counter()
     load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="bench-feedback-") as scratch:
+        keys_dir, sink = Path(scratch) / "keys", Path(scratch) / "sink"
+        measured = _serve_and_measure(keys_dir, sink, answers, posts)
+        records = sum(len(path.read_text().splitlines()) for path in sink.glob("*.jsonl"))
+    return {
+        "date": _now(),
+        "answers": answers,
+        "posts": posts,
+        "load_average_before": load_before,
+        **measured,
+        "records_written": records,
+        "seconds": round(time.perf_counter() - started),
+    }
+
+
+def _serve_and_measure(keys_dir: Path, sink: Path, answers: int, posts: int) -> dict[str, Any]:
+    import ray._private.worker
+
+    from bigmodel_serving.bench import BENCH_KEY, BENCH_KEY_NAME, _free_port, _model_dir
+    from bigmodel_serving.local import run_local
+
+    started = time.perf_counter()
     directory, _ = _model_dir("tiny")
-    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    keys_dir.mkdir(mode=0o700)
     (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
-    sink = Path(tempfile.mkdtemp(prefix="bench-feedback-"))
     app = _application(directory, keys_dir, sink)
     server = run_local(app, port=_free_port(), block=False, num_cpus=4)
     try:
@@ -307,8 +327,6 @@ def run(answers: int, posts: int) -> dict[str, Any]:
             FLOOR_REFUSED: http_request("POST", url, headers, lambda: REFUSED_BODY),
             RECORDED: http_request("POST", url, headers, lambda: {"id": next(cycle), "rating": 5}),
         }
-        import ray._private.worker
-
         node: Any = ray._private.worker._global_node  # this driver started Ray: its logs are here
         logs = ServeLogs(Path(node.get_logs_dir_path()) / "serve", APP_NAME)
         http = asyncio.run(measure_http(targets, posts, logs))
@@ -316,18 +334,7 @@ def run(answers: int, posts: int) -> dict[str, Any]:
         server_side = asyncio.run(measure_server_side(ingress["user_config"], ids, (BENCH_KEY_NAME, BENCH_KEY), posts))
     finally:
         server.shutdown()
-    records = sum(len(path.read_text().splitlines()) for path in sink.glob("*.jsonl"))
-    return {
-        "date": _now(),
-        "answers": answers,
-        "posts": posts,
-        "load_average_before": load_before,
-        "ready_s": ready_s,
-        "http": http,
-        "server": server_side,
-        "records_written": records,
-        "seconds": round(time.perf_counter() - started),
-    }
+    return {"ready_s": ready_s, "http": http, "server": server_side}
 
 
 def _p(times: dict[str, Any]) -> list[float]:
