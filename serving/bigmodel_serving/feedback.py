@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -517,6 +518,10 @@ def feedback_actor(app_name: str) -> Any:
     ).remote()
 
 
+NOT_FOUND_RETRIES_S = (0.05, 0.2)
+"""Waits before asking again about an id the store does not know (see FeedbackClient.submit)."""
+
+
 class FeedbackClient:
     """What an ingress replica holds: sends answers to the actor, answers POST /v1/feedback."""
 
@@ -540,11 +545,17 @@ class FeedbackClient:
     async def submit(self, key: str, raw: bytes) -> dict[str, Any]:
         """Validate and record one feedback; raises APIError 400/404/503."""
         request = parse_feedback_request(raw)
-        try:
-            result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
-        except Exception as error:  # the actor is restarting (it keeps no answers across a restart)
-            logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error)
-            raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
+        for delay in (*NOT_FOUND_RETRIES_S, None):
+            try:
+                result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
+            except Exception as error:  # the actor is restarting (it keeps no answers across a restart)
+                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error)
+                raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
+            if result["status"] != NOT_FOUND or delay is None:
+                break
+            # Another ingress replica may have answered that completion a moment ago: Ray orders only
+            # one caller's calls, so its `remember` can reach the actor after this feedback.
+            await asyncio.sleep(delay)
         if result["status"] == NOT_FOUND:
             raise feedback_not_found(request.id)
         if result["status"] != RECORDED:

@@ -330,6 +330,44 @@ def test_the_client_maps_the_actors_answers_to_http() -> None:
     assert asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text()) == ""
 
 
+class _Answers:
+    """`.remote()` answers from a list, one per call (the last repeats); counts the calls."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers, self.calls = list(answers), 0
+
+    def remote(self, *args: Any) -> Any:
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+
+        async def call() -> Any:
+            return answer
+
+        return call()
+
+
+def test_an_id_another_replica_just_answered_is_asked_about_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray orders one caller's calls only: replica A's `remember` may reach the actor after the feedback
+    that came in through replica B. The client asks again before answering 404."""
+    import asyncio
+
+    from bigmodel_serving import feedback as module
+    from bigmodel_serving.feedback import FeedbackClient
+
+    monkeypatch.setattr(module, "NOT_FOUND_RETRIES_S", (0.0, 0.0))
+    args = FeedbackArgs(enabled=True, sink_path="/tmp/unused")
+    body = b'{"id": "chatcmpl-1", "rating": 3}'
+    late = _FakeActor(None, {})
+    late.feedback = _Answers({"status": "not_found"}, {"status": "recorded"})
+    assert asyncio.run(FeedbackClient(args, late).submit("alice", body))["status"] == "recorded"
+    assert late.feedback.calls == 2
+    unknown = _FakeActor(None, {})
+    unknown.feedback = _Answers({"status": "not_found"})
+    with pytest.raises(APIError) as caught:
+        asyncio.run(FeedbackClient(args, unknown).submit("alice", body))
+    assert caught.value.status == 404 and unknown.feedback.calls == 3
+
+
 # ---- the benchmark's report (bench_feedback.py) ----
 
 
