@@ -61,11 +61,19 @@ COUNTRIES = [
 ]  # fmt: skip
 
 STEPS: dict[str, float] = {}
+SAID: list[str] = []
+NUMBERS_FILE = REPO / ".bench" / "loop-last.txt"  # the last run's printed numbers, for docs/benchmarks.md
+
+
+def _say(line: str) -> None:
+    """Print one of the loop's numbers (`-s` shows them) and keep it for NUMBERS_FILE."""
+    SAID.append(f"{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f} {line}")
+    print(line, flush=True)
 
 
 def _step(name: str, started: float) -> None:
     STEPS[name] = time.monotonic() - started
-    print(f"[loop] {name}: {STEPS[name]:.1f} s", flush=True)
+    _say(f"[loop] {name}: {STEPS[name]:.1f} s")
 
 
 # --- the operator and the control plane -----------------------------------------------------------
@@ -465,10 +473,9 @@ def test_the_whole_loop(
         finally:
             for client in clients.values():
                 client.close()
-        print(
+        _say(
             f"[loop] feedback endpoint (client-side, keep-alive): p50 {statistics.median(feedback_ms):.2f} ms, "
-            f"p99 {_p(feedback_ms, 0.99):.2f} ms over {len(feedback_ms)} posts",
-            flush=True,
+            f"p99 {_p(feedback_ms, 0.99):.2f} ms over {len(feedback_ms)} posts"
         )
 
         # 3. FineTuneJob from that feedback (~20 steps); its gate passes; the first version is stable.
@@ -478,7 +485,7 @@ def test_the_whole_loop(
         done = succeeded("ftj-v1")
         evaluation = cluster.get("finetunejobs", "ftj-v1")["status"]["evaluation"]
         assert evaluation["passed"] is True, evaluation
-        print(f"[loop] ftj-v1 gate: {evaluation['reasons']}", flush=True)
+        _say(f"[loop] ftj-v1 gate: {evaluation['reasons']}")
         with serving.http(serving.keys["alice"]) as client:
 
             def answers(version: str) -> bool:
@@ -486,7 +493,7 @@ def test_the_whole_loop(
                 return response.status_code == 200 and response.headers.get(MODEL_HEADER) == f"{MODEL}:{version}"
 
             wait_until(lambda: answers(f"{ADAPTER}.ftj-v1"), timeout=180, what=f"ftj-v1 answering; {kuberay.errors}")
-        print(f"[loop] ftj-v1 Succeeded -> answering on the replica: {time.monotonic() - done:.1f} s", flush=True)
+        _say(f"[loop] ftj-v1 Succeeded -> answering on the replica: {time.monotonic() - done:.1f} s")
         wait_until(lambda: cluster.adapters() == {"ftj-v1": "Stable"}, timeout=60, what="status.adapters")
 
         # 4. A second version from the same feedback (another seed): a candidate at 20 %.
@@ -509,7 +516,7 @@ def test_the_whole_loop(
         with serving.http(serving.keys["alice"]) as client:
             direct = _complete(client, f"{MODEL}:{ADAPTER}.ftj-v2")
             assert direct.status_code == 200, direct.text
-        print(f"[loop] ftj-v2 Succeeded -> candidate answering: {time.monotonic() - done:.1f} s", flush=True)
+        _say(f"[loop] ftj-v2 Succeeded -> candidate answering: {time.monotonic() - done:.1f} s")
 
         # The split: 500 requests, 2 per key over 250 named keys; the version each one got.
         started = time.monotonic()
@@ -524,7 +531,7 @@ def test_the_whole_loop(
         share = sum(v == f"{MODEL}:{ADAPTER}.ftj-v2" for v in got.values()) / len(got)
         expected = sum(key_share(name, ADAPTER, f"{ADAPTER}.ftj-v2") < 0.2 for name in canary_keys) / len(got)
         _step("500 requests on the canary", started)
-        print(f"[loop] observed candidate share {share:.3f} (target 0.20 +- 0.05; hash says {expected:.3f})")
+        _say(f"[loop] observed candidate share {share:.3f} (target 0.20 +- 0.05; hash says {expected:.3f})")
         assert abs(share - 0.2) <= 0.05, share
         assert share == expected
 
@@ -545,7 +552,7 @@ def test_the_whole_loop(
                     assert response.headers[MODEL_HEADER] == f"{MODEL}:{ADAPTER}.ftj-v2", name
             time.sleep(2)
         _step("promotion", started)
-        print(f"[loop] promotion under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
+        _say(f"[loop] promotion under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
         assert load.failed == [] and load.sent > 0
         phases = cluster.adapters()
         assert phases["ftj-v2"] == "Stable" and phases["ftj-v1"] != "Stable", phases
@@ -596,19 +603,21 @@ def test_the_whole_loop(
                     with serving.http(key) as client:
                         statuses.append(_complete(client, ROUTE).status_code)
         _step("automatic rollback", started)
-        print(f"[loop] rollback under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
+        _say(f"[loop] rollback under load: {load.sent} requests at {load.rate:.1f} req/s, {len(load.failed)} failed")
         state = _route_state(serving)
         assert state["stable"] == f"{ADAPTER}.ftj-v2" and state["weight"] == 0.0, state
         assert load.failed == []
         assert set(statuses) == {200}, "the candidate's failures were answered by the stable version"
         assert cluster.adapters()["ftj-v2"] == "Stable"
         assert _engine_replicas(app_name) == before
-        print(f"[loop] KubeRay: {kuberay.deploys} deploys, errors retried: {kuberay.errors}", flush=True)
+        _say(f"[loop] KubeRay: {kuberay.deploys} deploys, errors retried: {kuberay.errors}")
     finally:
         kuberay.stop()
         cluster.delete_feedback_volume()
         for name in canary_keys:
             (serving.keys_dir / name).unlink(missing_ok=True)
         serving.redeploy(serving.application)
-        print(f"[loop] steps: {json.dumps({k: round(v, 1) for k, v in STEPS.items()})}", flush=True)
-        print(f"[loop] total: {time.monotonic() - loop_started:.1f} s", flush=True)
+        _say(f"[loop] steps: {json.dumps({k: round(v, 1) for k, v in STEPS.items()})}")
+        _say(f"[loop] total: {time.monotonic() - loop_started:.1f} s")
+        NUMBERS_FILE.parent.mkdir(exist_ok=True)
+        NUMBERS_FILE.write_text("\n".join(SAID) + "\n")
