@@ -12,7 +12,8 @@
 # Image builds (PyPI, Debian) run in the host's namespace; everything that talks to pods or Services runs
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
 # (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options, BUILD_IMAGES=0 uses the
-# images built last (~/.cache/bigmodel/images/<image>-$VERSION.oci.tar) even if the code changed since.
+# images built last (~/.cache/bigmodel/images/<image>-$VERSION.oci.tar) even if the code changed since;
+# E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export VERSION=${VERSION:-e2e}
@@ -24,7 +25,7 @@ step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
 
 if [ "${BUILD_IMAGES:-1}" = 1 ]; then
   step "images $VERSION (buildah, content-addressed cache)"
-  IMAGES="operator serving-cpu trainer" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh
+  IMAGES="${E2E_IMAGES:-operator serving-cpu trainer}" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh
 fi
 
 step "helm"
