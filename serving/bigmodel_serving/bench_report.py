@@ -138,9 +138,8 @@ def render_section(runs: list[dict[str, Any]], *, machine: str, engine_kwargs: d
         "the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with the `LLMConfig` our app derives; "
         "(c) our application as the operator renders it, API keys and per-key quotas on (limits high enough "
         "never to refuse, so every request pays for the key lookup and the quota check). Streamed "
-        "`/v1/completions`, 16 tokens each (`ignore_eos`), greedy; at concurrency 1, 40 requests per server, "
-        "one at a time in turn (a, b, c, a, b, c, …); at 8 and 32, 2 × concurrency requests per server and "
-        "round, 2 rounds with the servers taking turns. TTFT is the time to the "
+        "`/v1/completions`, 16 tokens each (`ignore_eos`), greedy; per server and round 24 requests at "
+        "concurrency 1, 2 × concurrency at 8 and 32; 2 rounds with the servers taking turns. TTFT is the time to the "
         "first streamed text, ITL the gap between texts. The machine is shared: the load average (1 min, "
         "highest seen during the row) is next to the numbers; compare servers within one row, measured "
         "side by side. Speed is measured here, never asserted in tests.",
