@@ -37,6 +37,9 @@ MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-
 TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-operator/trainer:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
+# The FineTuneJob deploys to the BigModel (issue 12): its adapter is promoted through KubeRay and answers.
+PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "1") == "1"
+ADAPTER = "support"
 # The e2e node has 2 CPUs for the add-ons (~1 CPU requested with the Ray head), the worker and the trainer.
 # A CPU worker advertises one Ray CPU whatever its limit (the engine replica's slot), so this only sets how
 # fast vLLM starts (it compiles the model at start-up).
@@ -194,6 +197,7 @@ def _finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
             "hyperparameters": {"epochs": 1, "maxSteps": 20, "batchSize": 4, "maxSeqLength": 128},
             "resources": {"gpu": {"count": 0}, "cpu": TRAINER_CPU, "memory": "3Gi"},
             "output": {"uri": "pvc://e2e-data/adapters/tiny-lora"},
+            **({"deployTo": {"bigModel": "tiny-cpu", "adapterName": ADAPTER}} if PROMOTE else {}),
         },
     }
 
@@ -253,14 +257,12 @@ def _api_key(kubectl: Kubectl, namespace: str, name: str) -> str:
     return base64.b64decode(secret["data"]["default"]).decode().strip()
 
 
-def _chat(base_url: str, api_key: str) -> Any:
+def _chat(base_url: str, api_key: str, model: str = "tiny-llama") -> Any:
     """One chat completion with the openai client, as a user of the BigModel would make it."""
     from openai import OpenAI
 
     client = OpenAI(base_url=base_url, api_key=api_key, timeout=300, max_retries=0)
-    answer = client.chat.completions.create(
-        model="tiny-llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
-    )
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
     assert isinstance(answer.choices[0].message.content, str)
     assert answer.usage is not None and answer.usage.completion_tokens >= 1
     return answer
@@ -373,6 +375,37 @@ def test_bigmodel_and_finetunejob_end_to_end(
         assert _condition(done, "Complete")["status"] == "True"
         listing = _run_job(kubectl, namespace, _job(namespace, "e2e-check", "ls /data/adapters/tiny-lora"))
         assert "adapter_config.json" in listing, listing
+
+    if PROMOTE:
+        with steps(f"promote: the adapter answers as tiny-llama:{ADAPTER} through KubeRay (Stable in the status)"):
+
+            def stable() -> Any:
+                status = _get(kubectl, namespace, "bigmodel", "tiny-cpu").get("status") or {}
+                return next(
+                    (
+                        a
+                        for a in status.get("adapters") or []
+                        if a.get("name") == ADAPTER and a.get("phase") == "Stable"
+                    ),
+                    None,
+                )
+
+            entry = _wait(stable, READY_TIMEOUT, f"{ADAPTER} Stable in the BigModel's status.adapters")
+            print(f"status.adapters: {entry}")
+            failures: list[str] = []
+
+            def answers() -> Any:
+                try:  # 404 until the cluster that mounts the job's output serves the new route
+                    return _chat(base, key, model=f"tiny-llama:{ADAPTER}")
+                except Exception as error:
+                    failures.append(repr(error)[:300])
+                    return None
+
+            answer = _wait(answers, READY_TIMEOUT, f"tiny-llama:{ADAPTER} answering; last errors: {failures[-3:]}", 5)
+            print(f"tiny-llama:{ADAPTER} answered {answer.choices[0].message.content!r} after {len(failures)} tries")
+            promoted = _condition(_get(kubectl, namespace, "finetunejob", "tiny-lora"), "Promoted")
+            assert promoted["status"] == "True", promoted
+            _chat(base, key)  # the base model still answers
 
     with steps("delete both; every child is garbage-collected"):
         kubectl("delete", "-n", namespace, "bigmodel/tiny-cpu", "finetunejob/tiny-lora", "--wait=true", timeout=300)
