@@ -37,8 +37,9 @@ MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-
 TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-operator/trainer:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
-# The FineTuneJob deploys to the BigModel (issue 12): its adapter is promoted through KubeRay and answers.
-PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "1") == "1"
+# BIGMODEL_E2E_PROMOTE=1: the FineTuneJob deploys to the BigModel (issue 12), its adapter is promoted through
+# KubeRay and answers (not yet run on the e2e node: it needs the trainer image rebuilt since boto3 joined its lock).
+PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "0") == "1"
 ADAPTER = "support"
 # The e2e node has 2 CPUs for the add-ons (~1 CPU requested with the Ray head), the worker and the trainer.
 # A CPU worker advertises one Ray CPU whatever its limit (the engine replica's slot), so this only sets how
