@@ -38,7 +38,10 @@ TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-o
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
 # BIGMODEL_E2E_PROMOTE=1: the FineTuneJob deploys to the BigModel (issue 12), its adapter is promoted through
-# KubeRay and answers (not yet run on the e2e node: it needs the trainer image rebuilt since boto3 joined its lock).
+# KubeRay and answers. Opt-in: run once on the e2e node (2026-11-30), the adapter became Stable in the status,
+# but its output claim was not yet mounted by the Ray pods, so the operator added the mount, KubeRay started a
+# second Ray cluster for it (a zero-downtime upgrade), and on the node's 2 CPUs that cluster stayed Pending
+# (Insufficient cpu). Until a BigModel can declare its adapter claim up front, use s3:// outputs for this.
 PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "0") == "1"
 ADAPTER = "support"
 # The e2e node has 2 CPUs for the add-ons (~1 CPU requested with the Ray head), the worker and the trainer.
