@@ -37,12 +37,12 @@ MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-
 TRAINER_IMAGE = os.environ.get("BIGMODEL_E2E_TRAINER_IMAGE", "ghcr.io/bigmodel-operator/trainer:0.1.0")
 READY_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_TIMEOUT", "1200"))
 DIRECT = os.environ.get("BIGMODEL_E2E_DIRECT") == "1"
-# BIGMODEL_E2E_PROMOTE=1: the FineTuneJob deploys to the BigModel (issue 12), its adapter is promoted through
-# KubeRay and answers. Opt-in: run once on the e2e node (2026-11-30), the adapter became Stable in the status,
-# but its output claim was not yet mounted by the Ray pods, so the operator added the mount, KubeRay started a
-# second Ray cluster for it (a zero-downtime upgrade), and on the node's 2 CPUs that cluster stayed Pending
-# (Insufficient cpu). Until a BigModel can declare its adapter claim up front, use s3:// outputs for this.
-PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "0") == "1"
+# The FineTuneJob deploys to the BigModel (issue 12): its adapter is promoted through KubeRay and answers.
+# The BigModel declares the job's output claim in spec.adapterClaims, so its Ray pods mount it from the start
+# and the promotion changes no pod (the first run on the node, before that field existed, made KubeRay start
+# a second Ray cluster for the new mount, which stayed Pending on the node's 2 CPUs). BIGMODEL_E2E_PROMOTE=0
+# skips the step.
+PROMOTE = os.environ.get("BIGMODEL_E2E_PROMOTE", "1") == "1"
 ADAPTER = "support"
 # The e2e node has 2 CPUs for the add-ons (~1 CPU requested with the Ray head), the worker and the trainer.
 # A CPU worker advertises one Ray CPU whatever its limit (the engine replica's slot), so this only sets how
@@ -121,6 +121,8 @@ def _bigmodel() -> dict[str, Any]:
     body["spec"]["model"]["uri"] = MODEL_URI
     body["spec"]["resources"]["cpu"] = WORKER_CPU
     body["spec"]["resources"]["memory"] = WORKER_MEMORY
+    if PROMOTE:  # the claim the FineTuneJob writes its adapter to, mounted from the start
+        body["spec"]["adapterClaims"] = ["e2e-data"]
     return body
 
 
@@ -277,6 +279,9 @@ def test_bigmodel_and_finetunejob_end_to_end(
     kubectl: Kubectl, namespace: str, steps: Steps, port_forward: Callable[[str, str, int], int]
 ) -> None:
     bigmodel = _bigmodel()
+    if PROMOTE:  # the Ray pods mount the data claim (spec.adapterClaims): it exists before they are scheduled
+        for obj in _data_objects(namespace)[:2]:
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
     with steps("apply the CPU BigModel; wait for Ready (RayService -> KubeRay -> Ray pods -> Serve RUNNING)"):
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(bigmodel))
 
@@ -409,6 +414,9 @@ def test_bigmodel_and_finetunejob_end_to_end(
             print(f"tiny-llama:{ADAPTER} answered {answer.choices[0].message.content!r} after {len(failures)} tries")
             promoted = _condition(_get(kubectl, namespace, "finetunejob", "tiny-lora"), "Promoted")
             assert promoted["status"] == "True", promoted
+            assert _raycluster(kubectl, namespace)["metadata"]["name"] == cluster, "promotion replaced the RayCluster"
+            assert _worker_pods(kubectl, namespace) == before_pods, "promotion replaced or restarted a Ray worker pod"
+            print("same RayCluster and Ray worker pods as before the FineTuneJob (no reload of the base model)")
             _chat(base, key)  # the base model still answers
 
     with steps("delete both; every child is garbage-collected"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
@@ -426,6 +426,18 @@ class BigModelSpec(ApiModel):
         max_length=64,
         description="LoRA adapters served with the model.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    adapter_claims: list[Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)]] | None = Field(
+        default=None,
+        max_length=16,
+        description=(
+            "PersistentVolumeClaims mounted read-only on every engine pod from the start, at "
+            "<modelMountRoot>/pvc/<claim>: list the claims FineTuneJobs write the adapters they deploy here "
+            "to (spec.output.uri pvc://<claim>/...). A deployTo job whose claim is not mounted yet adds the "
+            "mount, a pod-template change: KubeRay then replaces the Ray cluster once and the base model loads "
+            "again (Warning Event AdapterClaimNotMounted)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     rollouts: list[RolloutSpec] | None = Field(
         default=None,

@@ -287,6 +287,8 @@ def render_application(
     promoted = promotions or Promotions()
     args = render_serve_args(name, spec, place, mounts, config, promoted)
     adapters = adapters_config(spec, mounts, promoted)
+    for claim in spec.adapter_claims or ():  # declared up front: a job's output there changes no pod template
+        mounts.local_path(f"pvc://{claim}")
     for uri in promoted.mount_uris:  # every targeting FineTuneJob's output, mounted before it is promoted
         mounts.local_path(uri)
     routes = [route.render() for route in promoted.routes]

@@ -43,6 +43,20 @@ class Mounts:
         return f"{mount_path}/{sub}" if sub else mount_path
 
 
+def pvc_claim(uri: str | None) -> str | None:
+    """The claim of a pvc:// URI, else None."""
+    parsed = urlparse(uri or "")
+    return parsed.netloc or None if parsed.scheme == "pvc" else None
+
+
+def claims_in_spec(spec: dict[str, Any]) -> set[str]:
+    """Claims a BigModel's engine pods mount whatever FineTuneJobs target it: the model's, the adapters'
+    and spec.adapterClaims (a raw spec, as the watch cache holds it)."""
+    uris = [(spec.get("model") or {}).get("uri")] + [a.get("uri") for a in spec.get("adapters") or []]
+    claims = {claim for uri in uris if (claim := pvc_claim(uri))}
+    return claims | {str(claim) for claim in spec.get("adapterClaims") or []}
+
+
 def _volume_name(claim: str) -> str:
     name = "pvc-" + re.sub(r"[^a-z0-9-]", "-", claim)
     return name[:63].rstrip("-")

@@ -100,7 +100,7 @@ class BigModelReconciler:
         if rejected is None and not any(b.blocks_deploy for b in obs.blockers):
             status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
             await self._write_status(body, status)
-            self._announce_adapters(body, promoted.adapters, promoted.notes)
+            self._announce_adapters(body, promoted.adapters, promoted.notes, promoted.unmounted)
         else:  # nothing was rendered: the versions keep the phases they had (no Promoted=True on paper)
             status["adapters"] = self._previous_adapters(body) or None
             await self._write_status(body, status)
@@ -293,8 +293,11 @@ class BigModelReconciler:
             return adapters
         return (body.get("status") or {}).get("adapters")
 
-    def _announce_adapters(self, body: dict[str, Any], adapters: list[dict[str, Any]], notes: list[str]) -> None:
-        """An Event for each adapter version that changed phase, and once for each override that cannot act."""
+    def _announce_adapters(
+        self, body: dict[str, Any], adapters: list[dict[str, Any]], notes: list[str], unmounted: list[str] | None = None
+    ) -> None:
+        """An Event for each adapter version that changed phase, and once for each override that cannot act
+        and each adapter output on a claim the spec does not mount."""
         uid = body["metadata"]["uid"]
         seen = self.adapter_phases.setdefault(uid, {})
         first = not seen
@@ -311,6 +314,10 @@ class BigModelReconciler:
             if note not in seen:
                 seen[note] = "noted"
                 self.emit(body, "Warning", "RolloutIgnored", note)
+        for note in unmounted or []:
+            if note not in seen:
+                seen[note] = "noted"
+                self.emit(body, "Warning", "AdapterClaimNotMounted", note)
 
     def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The status we last wrote (the watch may not have delivered it yet), else the body's."""

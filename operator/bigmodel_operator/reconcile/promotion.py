@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from bigmodel_operator import conditions as c
+from bigmodel_operator.builders.volumes import claims_in_spec, pvc_claim
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.promotion import PromotionResult, job_of, plan_promotions, targets
 
@@ -53,6 +54,16 @@ def bigmodel_promotions(
     decisions = (body.get("status") or {}).get("rolloutDecisions")  # the ingress's, never written here
     result = plan_promotions(jobs, body.get("spec") or {}, previous_adapters, c.now(), decisions)
     result.promotions = replace(result.promotions, report_to=(meta["namespace"], meta["name"]))
+    mounted = claims_in_spec(body.get("spec") or {})
+    for job in jobs:
+        claim = pvc_claim(job.uri)
+        if claim and claim not in mounted:
+            result.unmounted.append(
+                f"FineTuneJob {job.version} writes its adapter to claim {claim}, which the engine pods do not "
+                "mount yet: the operator adds the mount, a pod-template change, so KubeRay replaces the Ray "
+                "cluster once (the base model loads again, and the new cluster needs room while the old one "
+                f"serves). Add {claim} to spec.adapterClaims to mount it from the start"
+            )
     return result
 
 

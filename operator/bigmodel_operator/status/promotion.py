@@ -115,6 +115,7 @@ class PromotionResult:
     promotions: Promotions
     adapters: list[dict[str, Any]] = field(default_factory=list)  # status.adapters
     notes: list[str] = field(default_factory=list)  # overrides that could not act, for an Event
+    unmounted: list[str] = field(default_factory=list)  # outputs on claims the spec does not mount, for an Event
 
 
 def plan_promotions(

@@ -11,7 +11,8 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.reconcile.promotion import promoted_condition
+from bigmodel_operator.reconcile.promotion import bigmodel_promotions, promoted_condition
+from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.promotion import job_of, plan_promotions
 from bigmodel_serving.args import parse_application
 
@@ -143,9 +144,10 @@ def test_a_name_taken_by_a_hand_written_adapter_is_refused() -> None:
     assert "spec.adapters already has an adapter named support-bot" in result.adapters[0]["message"]
 
 
-def _render(ftjs: list[dict[str, Any]], previous: list[dict[str, Any]] | None = None) -> tuple[dict, Any]:
+def _render(ftjs: list[dict[str, Any]], previous: list[dict[str, Any]] | None = None, **extra: Any) -> tuple[dict, Any]:
     body = load_example("bigmodel-tiny-cpu.yaml")
     body["metadata"]["namespace"] = "ns"
+    body["spec"].update(extra)
     spec = BigModelSpec.model_validate(body["spec"])
     result = _plan(ftjs, previous)
     return build_rayservice(body, spec, placement(spec, None), OperatorConfig(), result.promotions), result
@@ -236,3 +238,50 @@ def test_an_s3_output_is_served_from_object_storage_without_a_mount() -> None:
     assert (adapter.name, adapter.uri, adapter.local_path) == ("support-bot.ftj-s3", ftj["status"]["adapterUri"], None)
     volumes = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"]
     assert not [v for v in volumes if "persistentVolumeClaim" in v]
+
+
+def test_adapter_claims_are_mounted_from_the_start_so_a_deploying_job_changes_no_pod() -> None:
+    """KubeRay replaces the whole Ray cluster on a pod-template change: with the output claim declared in
+    spec.adapterClaims, neither a job targeting the BigModel nor its promotion touches rayClusterConfig."""
+    alone, _ = _render([], adapterClaims=["adapters"])
+    training, _ = _render([_ftj("ftj-1", phase="Running")], adapterClaims=["adapters"])
+    served, _ = _render([_ftj("ftj-1")], adapterClaims=["adapters"])
+    assert (
+        alone["spec"]["rayClusterConfig"] == training["spec"]["rayClusterConfig"] == served["spec"]["rayClusterConfig"]
+    )
+    volumes = alone["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"]
+    assert {"name": "pvc-adapters", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in volumes
+    without, _ = _render([])
+    assert without["spec"]["rayClusterConfig"] != training["spec"]["rayClusterConfig"]  # what the field avoids
+
+
+def _state_with(bigmodel_spec: dict[str, Any], *ftjs: dict[str, Any]) -> tuple[ClusterState, dict[str, Any]]:
+    state = ClusterState()
+    body = {"kind": "BigModel", "metadata": {"name": "tiny-cpu", "namespace": "ns", "uid": "u"}, "spec": bigmodel_spec}
+    state.put(body)
+    for ftj in ftjs:
+        state.put({"kind": "FineTuneJob", **ftj})
+    return state, body
+
+
+def test_a_deploying_job_on_a_claim_the_spec_does_not_mount_is_announced() -> None:
+    s3 = _ftj("ftj-s3")
+    s3["status"]["adapterUri"] = s3["spec"]["output"]["uri"] = "s3://adapters/ftj-s3"
+    model = {"model": {"uri": "pvc://models/tiny"}}
+    state, body = _state_with(model, _ftj("ftj-1", phase="Running"), s3)
+    (note,) = bigmodel_promotions(state, body, None).unmounted
+    assert "FineTuneJob ftj-1" in note and "claim adapters" in note and "spec.adapterClaims" in note
+    for spec in ({**model, "adapterClaims": ["adapters"]}, {"model": {"uri": "pvc://adapters/base"}}):
+        state, body = _state_with(spec, _ftj("ftj-1", phase="Running"), s3)
+        assert bigmodel_promotions(state, body, None).unmounted == []
+
+
+def test_adapter_claims_must_be_claim_names() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    base = load_example("bigmodel-tiny-cpu.yaml")["spec"]
+    assert BigModelSpec.model_validate({**base, "adapterClaims": ["adapters", "team.a"]}).adapter_claims
+    for bad in (["Adapters"], ["a/b"], ["x" * 254], ["c"] * 17):
+        with pytest.raises(ValidationError):
+            BigModelSpec.model_validate({**base, "adapterClaims": bad})
