@@ -1,9 +1,13 @@
-"""Carry a BigModel's scaling bounds to the RayCluster its RayService runs on.
+"""Carry a BigModel's scaling bounds and tolerations to the RayCluster its RayService runs on.
 
 KubeRay leaves worker `replicas`/`minReplicas`/`maxReplicas` out of the hash that decides whether a
 RayService's RayCluster changes (builders/raycluster_bounds.py), so after the RayService is applied the
 operator patches the bounds of the clusters the RayService names in its status (the active one, and the
-pending one during an upgrade) itself. Only clusters whose controller is that RayService are touched.
+pending one during an upgrade) itself. Tolerations, also outside that hash (builders/raycluster_tolerations.py),
+are patched into the cluster's templates the same way, and the cluster's Pending, unscheduled pods of a
+changed group are deleted so that KubeRay recreates them with the new tolerations (running pods are left
+alone). Only clusters whose controller is that RayService, and pods whose controller is that cluster, are
+touched.
 Failures never fail the reconcile: they are logged and reported once as a Warning Event, and the next
 reconcile (at the latest the periodic resync) tries again.
 """
@@ -19,6 +23,13 @@ import aiohttp
 
 from bigmodel_operator import naming
 from bigmodel_operator.builders.raycluster_bounds import bounds_changes, describe, json_patch
+from bigmodel_operator.builders.raycluster_tolerations import (
+    TolerationsChange,
+    is_unscheduled,
+    pod_group,
+    tolerations_changes,
+    tolerations_patch,
+)
 from bigmodel_operator.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -26,6 +37,7 @@ log = logging.getLogger(__name__)
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
 SYNCED = "WorkerBoundsSynced"
 SYNC_FAILED = "WorkerBoundsSyncFailed"
+TOLERATIONS_SYNCED = "TolerationsSynced"
 _STATUS_KEYS = ("activeServiceStatus", "pendingServiceStatus")
 
 
@@ -36,7 +48,9 @@ def _signature(rayservice: dict[str, Any]) -> str:
         [g.get("groupName"), g.get("replicas"), g.get("minReplicas"), g.get("maxReplicas")]
         for g in config.get("workerGroupSpecs") or []
     ]
-    return json.dumps([bool(config.get("enableInTreeAutoscaling")), groups])
+    templates = [config.get("headGroupSpec"), *(config.get("workerGroupSpecs") or [])]
+    tolerations = [(((g or {}).get("template") or {}).get("spec") or {}).get("tolerations") for g in templates]
+    return json.dumps([bool(config.get("enableInTreeAutoscaling")), groups, tolerations])
 
 
 def cluster_names(rayservice: dict[str, Any] | None) -> list[str]:
@@ -89,12 +103,44 @@ class WorkerBoundsSync:
             log.debug("RayCluster %s/%s is not controlled by RayService uid %s: not touching it", namespace, name, uid)
             return False
         changes = bounds_changes(desired, cluster)
+        tolerations = tolerations_changes(desired, cluster)
+        if changes or tolerations:
+            ops = json_patch(changes, cluster) + tolerations_patch(tolerations)
+            await self.kube.json_patch("RayCluster", namespace, name, ops)
         if changes:
-            await self.kube.json_patch("RayCluster", namespace, name, json_patch(changes, cluster))
             message = f"Updated the worker bounds of RayCluster {name}: {describe(changes)}"
             log.info("%s/%s: %s", namespace, body["metadata"]["name"], message)
             self.emit(body, "Normal", SYNCED, message)
+        if tolerations:
+            recreated = await self._recreate_unscheduled(cluster, tolerations)
+            groups = ", ".join(change.group for change in tolerations)
+            message = (
+                f"Updated the tolerations of RayCluster {name} ({groups}); recreated {recreated} Pending "
+                "unscheduled pod(s) with them; running pods keep theirs until they are replaced"
+            )
+            log.info("%s/%s: %s", namespace, body["metadata"]["name"], message)
+            self.emit(body, "Normal", TOLERATIONS_SYNCED, message)
         return True
+
+    async def _recreate_unscheduled(self, cluster: dict[str, Any], changes: list[TolerationsChange]) -> int:
+        """Delete the cluster's Pending, unscheduled pods of the changed groups; KubeRay recreates them from
+        the patched templates. Returns how many were deleted."""
+        meta = cluster["metadata"]
+        groups = {change.group for change in changes}
+        pods = await self.kube.list("Pod", meta["namespace"], f"ray.io/cluster={meta['name']}")
+        deleted = 0
+        for pod in pods:
+            if not is_unscheduled(pod) or pod_group(pod) not in groups:
+                continue
+            if not naming.is_controlled_by(pod, meta.get("uid", "")):
+                continue
+            try:
+                await self.kube.delete("Pod", meta["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid"))
+                deleted += 1
+            except ApiError as error:
+                if error.status not in (404, 409):  # gone, or replaced meanwhile (uid precondition)
+                    raise
+        return deleted
 
     def _warn(self, body: dict[str, Any], key: tuple[str, str, str], message: str) -> None:
         log.warning("%s/%s: %s", key[0], body["metadata"]["name"], message)

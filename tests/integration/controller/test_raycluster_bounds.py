@@ -115,3 +115,58 @@ def test_scaling_edit_reaches_the_owned_raycluster_and_no_other(
     assert _bounds(after) == (1, 1, 1)
     assert _bounds(_raycluster(custom, namespace, "tiny-cpu-active")) == (2, 3, 2), "no longer named: untouched"
     assert not _events(api_client, namespace, "WorkerBoundsSyncFailed")
+
+
+def _pending_pod(core: Any, namespace: str, cluster: dict[str, Any], name: str) -> Any:
+    """A worker pod as KubeRay creates it, held Pending by a node selector no node matches."""
+    from kubernetes import client
+
+    meta = cluster["metadata"]
+    owner = client.V1OwnerReference(
+        api_version="ray.io/v1", kind="RayCluster", name=meta["name"], uid=meta["uid"], controller=True
+    )
+    labels = {"ray.io/cluster": meta["name"], "ray.io/node-type": "worker", "ray.io/group": "cpu-workers"}
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels, owner_references=[owner]),
+        spec=client.V1PodSpec(
+            node_selector={"bigmodel.io/e2e-nowhere": "true"},
+            containers=[client.V1Container(name="ray-worker", image="example.invalid/ray:0")],
+        ),
+    )
+    return core.create_namespaced_pod(namespace, pod)
+
+
+def test_tolerations_edit_reaches_the_raycluster_and_recreates_its_pending_pods(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """KubeRay leaves tolerations out of its hash too: the operator adds them to the cluster's templates and
+    deletes the cluster's Pending, unscheduled pods (KubeRay recreates them from the templates)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", body)
+    rayservice = wait_until(lambda: _rayservice(custom, namespace), timeout=60, what="the RayService")
+    _create_raycluster(custom, namespace, "tiny-cpu-active", rayservice, controller=True)
+    cluster = _raycluster(custom, namespace, "tiny-cpu-active")
+    pending = _pending_pod(core, namespace, cluster, "tiny-cpu-active-worker-pending")
+    _name_active_cluster(custom, namespace, "tiny-cpu-active")
+
+    toleration = {"key": "team", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}
+    patch = {"spec": {"tolerations": [toleration]}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", NAME, patch)
+
+    def template_tolerations() -> Any:
+        group = _raycluster(custom, namespace, "tiny-cpu-active")["spec"]["workerGroupSpecs"][0]
+        return group["template"]["spec"].get("tolerations")
+
+    assert wait_until(template_tolerations, timeout=60, what="the tolerations in the RayCluster") == [toleration]
+
+    def gone() -> bool:
+        pods = core.list_namespaced_pod(namespace, label_selector="ray.io/cluster=tiny-cpu-active").items
+        return not [p for p in pods if p.metadata.uid == pending.metadata.uid]
+
+    wait_until(gone, timeout=60, what="the Pending pod deleted (KubeRay recreates it with the tolerations)")
+    events = wait_until(lambda: _events(api_client, namespace, "TolerationsSynced"), timeout=60, what="the Event")
+    assert "recreated 1 Pending" in events[0].message, events[0].message
+    assert not _events(api_client, namespace, "WorkerBoundsSyncFailed")
