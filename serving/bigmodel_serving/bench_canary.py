@@ -23,9 +23,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from bigmodel_serving.args import AdapterRoute
