@@ -416,7 +416,11 @@ def test_bigmodel_and_finetunejob_end_to_end(
             assert promoted["status"] == "True", promoted
             assert _raycluster(kubectl, namespace)["metadata"]["name"] == cluster, "promotion replaced the RayCluster"
             assert _worker_pods(kubectl, namespace) == before_pods, "promotion replaced or restarted a Ray worker pod"
-            print("same RayCluster and Ray worker pods as before the FineTuneJob (no reload of the base model)")
+            now = _serve_state(kubectl, namespace)
+            assert now and now["replicas"] == after["replicas"], (
+                f"Serve replicas changed since the knob step (an engine reload?): {after['replicas']} -> {now}"
+            )
+            print(f"same RayCluster, Ray worker pods and Serve replicas as before the FineTuneJob: {now['replicas']}")
             _chat(base, key)  # the base model still answers
 
     with steps("delete both; every child is garbage-collected"):

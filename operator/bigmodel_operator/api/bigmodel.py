@@ -432,10 +432,11 @@ class BigModelSpec(ApiModel):
         max_length=16,
         description=(
             "PersistentVolumeClaims mounted read-only on every engine pod from the start, at "
-            "<modelMountRoot>/pvc/<claim>: list the claims FineTuneJobs write the adapters they deploy here "
-            "to (spec.output.uri pvc://<claim>/...). A deployTo job whose claim is not mounted yet adds the "
-            "mount, a pod-template change: KubeRay then replaces the Ray cluster once and the base model loads "
-            "again (Warning Event AdapterClaimNotMounted)."
+            "/mnt/bigmodel/pvc/<claim>: list the claims FineTuneJobs write the adapters they deploy here "
+            "to (spec.output.uri pvc://<claim>/...). Setting it also gives the engine LoRA slots from the start "
+            "(rank 16, or engine.maxLoraRank), so the first promotion reloads nothing. A deployTo job whose "
+            "claim is not mounted yet adds the mount, a pod-template change: KubeRay then replaces the Ray "
+            "cluster once and the base model loads again (Warning Event AdapterClaimNotMounted)."
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )

@@ -162,19 +162,26 @@ def lora_args(spec: BigModelSpec, promotions: Promotions | None = None) -> dict[
 
     max_lora_rank is the smallest rank vLLM accepts that holds the largest adapter (and
     spec.engine.maxLoraRank, set it to add larger adapters later without an engine reload).
-    FineTuneJobs that deploy to this BigModel count from their creation: two versions (stable and
-    candidate) per adapter name, at their LoRA rank, so promoting one never changes these args.
+    A BigModel that expects FineTuneJobs to deploy to it — it declares `adapterClaims` or
+    `engine.maxLoraRank`, or a job already targets it — gets LoRA from the start, at rank 16 at least,
+    with room for one adapter name's two versions (stable and candidate): the first job's promotion then
+    changes no engine argument (vLLM cannot turn LoRA on without reloading the model). Each job counts
+    from its creation, at its LoRA rank, so promoting one never changes these args; only a new adapter
+    name beyond the room or a larger rank does.
     """
     eng = spec.engine
     adapters = spec.adapters or []
     promoted = promotions or Promotions()
     wanted_rank = eng.max_lora_rank if eng and eng.max_lora_rank else None
-    if not adapters and wanted_rank is None and not promoted.adapter_names:
+    expects_jobs = bool(spec.adapter_claims) or wanted_rank is not None or promoted.adapter_names > 0
+    if not adapters and not expects_jobs:
         return None
-    rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0, promoted.lora_rank or 0])
+    floor = [DEFAULT_LORA_RANK] if expects_jobs else []
+    rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0, promoted.lora_rank or 0] + floor)
     allowed = sorted(int(str(v)) for v in ENGINE_ARGS["max_lora_rank"][1])
     max_lora_rank = next((v for v in allowed if v >= rank), allowed[-1])
-    count = len(adapters) + 2 * promoted.adapter_names
+    names = max(promoted.adapter_names, 1) if expects_jobs else 0
+    count = len(adapters) + 2 * names
     max_loras = (eng.max_loras if eng and eng.max_loras else None) or max(1, min(count, MAX_LORAS_DEFAULT))
     return {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "max_cpu_loras": max(max_loras, count)}
 

@@ -249,6 +249,7 @@ def test_adapter_claims_are_mounted_from_the_start_so_a_deploying_job_changes_no
     assert (
         alone["spec"]["rayClusterConfig"] == training["spec"]["rayClusterConfig"] == served["spec"]["rayClusterConfig"]
     )
+    assert _app(alone)["args"] == _app(training)["args"] == _app(served)["args"], "LoRA slots from the start"
     volumes = alone["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"]
     assert {"name": "pvc-adapters", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in volumes
     without, _ = _render([])

@@ -28,7 +28,9 @@ LLAMA_8B = json.loads(
 )
 
 
-def _render(body: dict[str, Any], *, plan: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def _render(
+    body: dict[str, Any], *, plan: bool = False, promotions: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(RayService, its one application) for a BigModel body, planned on an H100 when `plan`."""
     spec = BigModelSpec.model_validate(body["spec"])
     serving_plan = None
@@ -40,7 +42,7 @@ def _render(body: dict[str, Any], *, plan: bool = False) -> tuple[dict[str, Any]
             max_model_len=spec.engine.max_model_len if spec.engine else None,
             max_gpus=gpu.count if gpu else None,
         )
-    rs = build_rayservice(body, spec, placement(spec, serving_plan), CONFIG)
+    rs = build_rayservice(body, spec, placement(spec, serving_plan), CONFIG, promotions)
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
     parse_application(app)  # the contract: whatever we render, the serving app accepts
     return rs, app
@@ -131,8 +133,25 @@ def test_lora_slots_hold_the_largest_adapter(ranks: list[int | None], max_lora_r
     _, app = _render(body)
     lora = app["args"]["lora"]
     assert lora["max_lora_rank"] == expected
-    assert lora["max_loras"] == max(1, min(len(ranks), 4))
+    room = 2 if max_lora_rank else 0  # maxLoraRank expects FineTuneJobs: one adapter name's two versions
+    assert lora["max_loras"] == max(1, min(len(ranks) + room, 4))
     assert lora["max_cpu_loras"] >= len(ranks)
+
+
+def test_declared_adapter_claims_turn_lora_on_so_the_first_job_reloads_nothing() -> None:
+    """vLLM cannot turn LoRA on in a running engine: a BigModel that declares where adapters land gets LoRA
+    slots from the start, and the first FineTuneJob to deploy there (rank 8 or 16) changes no engine arg."""
+    from bigmodel_operator.builders.serve_args import Promotions
+
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["adapterClaims"] = ["adapters"]
+    _, before = _render(body)
+    assert before["args"]["lora"] == {"max_lora_rank": 16, "max_loras": 2, "max_cpu_loras": 2}
+    for rank in (8, 16):
+        _, after = _render(body, promotions=Promotions(adapter_names=1, lora_rank=rank))
+        assert after["args"] == before["args"], rank
+    _, larger = _render(body, promotions=Promotions(adapter_names=1, lora_rank=64))
+    assert larger["args"]["lora"]["max_lora_rank"] == 64, "a larger rank needs larger slots (engine.maxLoraRank)"
 
 
 def test_no_adapters_no_lora() -> None:
