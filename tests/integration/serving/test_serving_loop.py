@@ -161,6 +161,8 @@ class KubeRay:
         self.deployed: dict[str, Any] = {}
         self.deploys = 0
         self.errors: list[str] = []
+        self.first: dict[str, Any] | None = None  # the first rendering's engine args and Ray cluster
+        self.reloads: list[str] = []  # renderings that would make real KubeRay reload engines or replace pods
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kuberay", daemon=True)
 
@@ -189,6 +191,12 @@ class KubeRay:
         if rayservice is None or rayservice["spec"]["serveConfigV2"] == self.rendered:
             return
         rendered = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
+        heavy = {"args": rendered["args"], "rayClusterConfig": rayservice["spec"]["rayClusterConfig"]}
+        if self.first is None:
+            self.first = heavy
+        for part in ("args", "rayClusterConfig"):  # real KubeRay/Serve: new code version or a new cluster
+            if heavy[part] != self.first[part] and not any(r.startswith(f"{part} ") for r in self.reloads):
+                self.reloads.append(f"{part} changed at deploy {self.deploys + 1}")
         application = copy.deepcopy(self.serving.application)
         for deployment in application["deployments"]:
             source = next(d for d in rendered["deployments"] if d["name"] == deployment["name"])["user_config"]
@@ -423,6 +431,9 @@ def test_the_whole_loop(
         started = time.monotonic()
         body = load_example("bigmodel-tiny-cpu.yaml")
         body["spec"]["feedback"] = {"enabled": True, "sink": {"pvc": {"claimName": FEEDBACK_MOUNT_CLAIM}}}
+        # The FineTuneJobs write to file:// outputs (no claim to declare): LoRA slots from the start, as
+        # docs/loop.md says, so that no job changes the engine's args.
+        body["spec"].setdefault("engine", {})["maxLoraRank"] = 16
         cluster.feedback_claim()
         cluster.create("bigmodels", body)
         kuberay.start()
@@ -611,6 +622,9 @@ def test_the_whole_loop(
         assert cluster.adapters()["ftj-v2"] == "Stable"
         assert _engine_replicas(app_name) == before
         _say(f"[loop] KubeRay: {kuberay.deploys} deploys, errors retried: {kuberay.errors}")
+        assert not kuberay.reloads, (
+            f"the operator's rendering would reload engines under real KubeRay: {kuberay.reloads}"
+        )
     finally:
         kuberay.stop()
         cluster.delete_feedback_volume()
