@@ -154,7 +154,8 @@ class EngineSpec(ApiModel):
         default=None,
         ge=1,
         le=256,
-        description="Adapters one batch can mix (default: the number of adapters, at most 4).",
+        description="Adapters one batch can mix (default: the number of adapters, at most 4; 4 when maxLoraRank or "
+        "adapterClaims is set, so adding adapters reloads nothing).",
     )
     extra_args: list[str] | None = Field(
         default=None,

@@ -164,10 +164,11 @@ def lora_args(spec: BigModelSpec, promotions: Promotions | None = None) -> dict[
     spec.engine.maxLoraRank, set it to add larger adapters later without an engine reload).
     A BigModel that expects FineTuneJobs to deploy to it — it declares `adapterClaims` or
     `engine.maxLoraRank`, or a job already targets it — gets LoRA from the start, at rank 16 at least,
-    with room for one adapter name's two versions (stable and candidate): the first job's promotion then
-    changes no engine argument (vLLM cannot turn LoRA on without reloading the model). Each job counts
-    from its creation, at its LoRA rank, so promoting one never changes these args; only a new adapter
-    name beyond the room or a larger rank does.
+    with a fixed room (`engine.maxLoras`, default 4 adapters per batch; at least 8 kept in the replica's
+    CPU cache, beyond which vLLM evicts the least recently used): the first job's promotion, a second
+    adapter name or a spec.adapters edit then changes no engine argument (vLLM cannot turn LoRA on
+    without reloading the model). Each job counts from its creation, at its LoRA rank, so promoting one
+    never changes these args; only a larger rank, or more adapters than that cache, does.
     """
     eng = spec.engine
     adapters = spec.adapters or []
@@ -180,9 +181,16 @@ def lora_args(spec: BigModelSpec, promotions: Promotions | None = None) -> dict[
     rank = max([a.rank or DEFAULT_LORA_RANK for a in adapters] + [wanted_rank or 0, promoted.lora_rank or 0] + floor)
     allowed = sorted(int(str(v)) for v in ENGINE_ARGS["max_lora_rank"][1])
     max_lora_rank = next((v for v in allowed if v >= rank), allowed[-1])
-    names = max(promoted.adapter_names, 1) if expects_jobs else 0
-    count = len(adapters) + 2 * names
-    max_loras = (eng.max_loras if eng and eng.max_loras else None) or max(1, min(count, MAX_LORAS_DEFAULT))
+    count = len(adapters) + 2 * promoted.adapter_names
+    wanted_loras = eng.max_loras if eng and eng.max_loras else None
+    if expects_jobs:  # fixed room: adding adapters or a second adapter name changes nothing up to it
+        max_loras = wanted_loras or MAX_LORAS_DEFAULT
+        return {
+            "max_lora_rank": max_lora_rank,
+            "max_loras": max_loras,
+            "max_cpu_loras": max(max_loras, count, 2 * MAX_LORAS_DEFAULT),
+        }
+    max_loras = wanted_loras or max(1, min(count, MAX_LORAS_DEFAULT))
     return {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "max_cpu_loras": max(max_loras, count)}
 
 

@@ -87,7 +87,9 @@ def test_worker_template_schedules_on_matching_gpu_node(
 ) -> None:
     from kubernetes import client
 
-    _create(custom, namespace, _llama_with_secrets(api_client, namespace))
+    body = _llama_with_secrets(api_client, namespace)
+    assert body["spec"]["adapterClaims"] == ["adapters"], "the example changed: adjust the claim below"
+    _create(custom, namespace, body)
     rs = wait_until(lambda: _rayservice(custom, namespace, "llama-3-1-8b"), timeout=30)
     template = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
     pod = {
@@ -97,14 +99,42 @@ def test_worker_template_schedules_on_matching_gpu_node(
         "spec": template["spec"],
     }
     core = client.CoreV1Api(api_client)
-    core.create_namespaced_pod(namespace, pod)
+    volume = f"adapters-{namespace}"  # the claim the example mounts (adapterClaims), bound to a static volume
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=volume),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadWriteMany"],
+                host_path=client.V1HostPathVolumeSource(path=f"/tmp/{volume}"),
+                storage_class_name="",
+                claim_ref=client.V1ObjectReference(namespace=namespace, name="adapters"),
+            ),
+        )
+    )
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="adapters"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteMany"],
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                    storage_class_name="",
+                    volume_name=volume,
+                ),
+            ),
+        )
+        core.create_namespaced_pod(namespace, pod)
 
-    def running() -> Any:
-        got = core.read_namespaced_pod("worker-probe", namespace)
-        return got if got.status.phase == "Running" else None
+        def running() -> Any:
+            got = core.read_namespaced_pod("worker-probe", namespace)
+            return got if got.status.phase == "Running" else None
 
-    got = wait_until(running, timeout=60)
-    assert got.spec.node_name == "gpu-h100-0"
+        got = wait_until(running, timeout=60)
+        assert got.spec.node_name == "gpu-h100-0"
+    finally:
+        core.delete_persistent_volume(volume)
 
 
 def test_ready_with_url_after_kuberay_reports_serving(
