@@ -175,11 +175,16 @@ def imported() -> dict[str, str]:
         return {}
 
 
+def _base_archive(index: dict) -> str | None:
+    bases = {m.get("annotations", {}).get("bigmodel.io/base-archive") for m in index["manifests"]} - {None}
+    return str(sorted(bases)[0]) if bases else None
+
+
 def _missing_base_blobs(archive: Path, index: dict) -> str | None:
     """A thin archive (docs/images/thin_export.py) names the full archive holding the layers it leaves out:
     that archive's name when some of those layers are not in containerd's store yet, else None."""
-    bases = {m.get("annotations", {}).get("bigmodel.io/base-archive") for m in index["manifests"]} - {None}
-    if not bases:
+    base = _base_archive(index)
+    if not base:
         return None
     with tarfile.open(archive) as tar:
         inside = {Path(n).name for n in tar.getnames()}
@@ -190,32 +195,46 @@ def _missing_base_blobs(archive: Path, index: dict) -> str | None:
             needed |= {layer["digest"].split(":", 1)[1] for layer in json.load(member)["layers"]}
     ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "content", "ls", "-q")
     have = {d.split(":", 1)[-1] for d in sh(*ctr).stdout.split()}
-    return None if needed - inside <= have else str(sorted(bases)[0])
+    return None if needed - inside <= have else base
 
 
-def import_images(archives: list[Path]) -> None:
-    """`ctr images import` each OCI archive under the name it carries, once per archive content."""
+def _import_base(real: Path, base: str, refs: list[str]) -> None:
+    log(f"{real.name} reuses layers of {base}: importing that first")
+    import_images([real.parent / base], force=True)
+    # Keep the base image under a name of its own: once the thin image takes over the tag, containerd's
+    # garbage collector removed the base's layers (seen: each later thin import re-imported 3 GB).
+    ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images")
+    for ref in refs:
+        sh(*ctr, "tag", "--force", ref, f"bigmodel.local/base/{Path(base).stem.replace('.', '-')}:kept")
+
+
+def import_images(archives: list[Path], force: bool = False) -> None:
+    """`ctr images import` each OCI archive under the name it carries, once per archive content (`force`:
+    again)."""
     done = imported()
     have = set(sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "ls", "-q")).stdout.split())
     for archive in archives:
         real = archive.resolve()
         index = json.loads(sh("tar", "-xOf", str(real), "index.json").stdout)
         refs = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
-        if all(done.get(ref) == real.name and ref in have for ref in refs):
+        if not force and all(done.get(ref) == real.name and ref in have for ref in refs):
             log(f"image {', '.join(refs)} already imported ({real.name})")
             continue
         base = _missing_base_blobs(real, index)
         if base:
-            log(f"{real.name} reuses layers of {base}: importing that first")
-            import_images([real.parent / base])
-            # Keep the base image under a name of its own: once the thin image takes over the tag, containerd's
-            # garbage collector removed the base's layers (seen: each later thin import re-imported 3 GB).
-            ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images")
-            for ref in refs:
-                sh(*ctr, "tag", "--force", ref, f"bigmodel.local/base/{Path(base).stem.replace('.', '-')}:kept")
-            done = imported()
+            _import_base(real, base, refs)
         start = time.monotonic()
-        sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "import", str(real)), timeout=1800)
+        argv = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "import", str(real))
+        out = sh(*argv, check=False, timeout=1800)
+        if out.returncode != 0 and not base and (base := _base_archive(index)) and "snapshot" in out.stderr:
+            # The base's blobs are in the content store but containerd's garbage collector removed their
+            # unpacked snapshots (seen: "parent snapshot ... does not exist"): unpack the base again, retry.
+            log(f"importing {real.name} failed ({out.stderr.strip().splitlines()[-1][:200]}); retrying")
+            _import_base(real, base, refs)
+            out = sh(*argv, check=False, timeout=1800)
+        if out.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {out.returncode}:\n{out.stderr}{out.stdout}")
+        done = imported()
         for ref in refs:
             done[ref] = real.name
         (CONTAINERD_ROOT / "imported.json").write_text(json.dumps(done, indent=2))
