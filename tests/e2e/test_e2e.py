@@ -364,6 +364,32 @@ def test_bigmodel_and_finetunejob_end_to_end(
         print(f"engine and ingress replicas unchanged: {after['replicas']}")
         _chat(base, key)
 
+    with steps("edit the tolerations; they reach the RayCluster's worker template, no pod or cluster replaced"):
+        # KubeRay 1.6 leaves tolerations out of its cluster hash as well: the operator adds them to the
+        # RayCluster's templates (and would recreate Pending pods; here all pods run, so none is touched).
+        toleration = {"key": "bigmodel.io/e2e", "operator": "Exists", "effect": "NoSchedule"}
+        _merge_patch(kubectl, namespace, "bigmodel", "tiny-cpu", {"spec": {"tolerations": [toleration]}})
+
+        def tolerated() -> Any:
+            live = _raycluster(kubectl, namespace)
+            groups = (live.get("spec") or {}).get("workerGroupSpecs") or [{}]
+            return toleration in ((groups[0].get("template") or {}).get("spec") or {}).get("tolerations", []) and live
+
+        live = _wait(tolerated, BOUNDS_TIMEOUT, "the toleration in the RayCluster's worker template")
+        assert live["metadata"]["name"] == cluster, "a tolerations edit replaced the RayCluster"
+        events = _wait(
+            lambda: [
+                e
+                for e in _list(kubectl, namespace, "events")
+                if e.get("reason") == "TolerationsSynced" and e["involvedObject"].get("name") == "tiny-cpu"
+            ],
+            60,
+            "the TolerationsSynced Event on the BigModel",
+        )
+        print(f"event: {events[0]['message']}")
+        assert "recreated 0 Pending" in events[0]["message"], events
+        assert _worker_pods(kubectl, namespace) == before_pods, "a running Ray worker pod was replaced"
+
     tiny = bigmodel["spec"]["model"]["config"]
     with steps("prepare the data PVC (tiny model + chat dataset)"):
         for obj in _data_objects(namespace)[:2]:
