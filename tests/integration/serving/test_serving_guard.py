@@ -129,16 +129,22 @@ def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> N
 
 def test_a_full_engine_queue_is_an_openai_429(serving: ServingStack) -> None:
     """More requests than the engine runs (8) and queues (16): the rest get 429 + Retry-After as JSON."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    body = {**COMPLETION, "max_tokens": 64, "ignore_eos": True}
+    # Long enough answers, sent at once (a barrier): the first 24 must still be running or queued when the
+    # rest arrive (64 tokens each let a quick engine drain the queue while the threads were still starting).
+    body = {**COMPLETION, "max_tokens": 256, "ignore_eos": True}
+    calls = 48
+    start = threading.Barrier(calls)
 
     def call(_: int) -> httpx.Response:
         with serving.http() as client:
+            start.wait(timeout=60)
             return client.post("/v1/completions", json=body)
 
-    with ThreadPoolExecutor(max_workers=40) as pool:
-        responses = list(pool.map(call, range(40)))
+    with ThreadPoolExecutor(max_workers=calls) as pool:
+        responses = list(pool.map(call, range(calls)))
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 429}, statuses
     busy = [response for response in responses if response.status_code == 429]
