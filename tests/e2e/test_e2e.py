@@ -208,6 +208,19 @@ def _finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _bigmodel_events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
+    """The Events with `reason` on BigModel tiny-cpu, waited for up to 60 s."""
+    return _wait(
+        lambda: [
+            e
+            for e in _list(kubectl, namespace, "events")
+            if e.get("reason") == reason and e["involvedObject"].get("name") == "tiny-cpu"
+        ],
+        60,
+        f"the {reason} Event on the BigModel",
+    )
+
+
 def _raycluster(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     clusters = _list(kubectl, namespace, "rayclusters")
     return clusters[0] if len(clusters) == 1 else {}
@@ -332,15 +345,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
         # one for this edit. The operator patches the worker group of the cluster the RayService names.
         cluster = _wait(follows, BOUNDS_TIMEOUT, "the RayCluster's worker group to get minReplicas 1, maxReplicas 2")
         assert cluster["metadata"]["name"] == first, f"a bounds edit replaced RayCluster {first}"
-        synced = _wait(
-            lambda: [
-                e
-                for e in _list(kubectl, namespace, "events")
-                if e.get("reason") == "WorkerBoundsSynced" and e["involvedObject"].get("name") == "tiny-cpu"
-            ],
-            60,
-            "the WorkerBoundsSynced Event on the BigModel",
-        )
+        synced = _bigmodel_events(kubectl, namespace, "WorkerBoundsSynced")
         assert f"RayCluster {first}" in synced[0]["message"], synced
         _wait(ready, READY_TIMEOUT, "BigModel tiny-cpu Ready again")
 
@@ -377,15 +382,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
 
         live = _wait(tolerated, BOUNDS_TIMEOUT, "the toleration in the RayCluster's worker template")
         assert live["metadata"]["name"] == cluster, "a tolerations edit replaced the RayCluster"
-        events = _wait(
-            lambda: [
-                e
-                for e in _list(kubectl, namespace, "events")
-                if e.get("reason") == "TolerationsSynced" and e["involvedObject"].get("name") == "tiny-cpu"
-            ],
-            60,
-            "the TolerationsSynced Event on the BigModel",
-        )
+        events = _bigmodel_events(kubectl, namespace, "TolerationsSynced")
         print(f"event: {events[0]['message']}")
         assert "recreated 0 Pending" in events[0]["message"], events
         assert _worker_pods(kubectl, namespace) == before_pods, "a running Ray worker pod was replaced"

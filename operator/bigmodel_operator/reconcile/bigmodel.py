@@ -310,14 +310,11 @@ class BigModelReconciler:
                 seen[name] = phase
                 kind = "Warning" if phase in {"RolledBack", "Refused"} else "Normal"
                 self.emit(body, kind, f"Adapter{phase}", f"{name}: {entry.get('message', phase)}")
-        for note in notes:
-            if note not in seen:
-                seen[note] = "noted"
-                self.emit(body, "Warning", "RolloutIgnored", note)
-        for note in unmounted or []:
-            if note not in seen:
-                seen[note] = "noted"
-                self.emit(body, "Warning", "AdapterClaimNotMounted", note)
+        for reason, texts in (("RolloutIgnored", notes), ("AdapterClaimNotMounted", unmounted or [])):
+            for note in texts:
+                if note not in seen:
+                    seen[note] = "noted"
+                    self.emit(body, "Warning", reason, note)
 
     def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The status we last wrote (the watch may not have delivered it yet), else the body's."""
