@@ -7,6 +7,9 @@
 #   BUILDER   docker or buildah (default: docker when a Docker daemon answers, else buildah)
 #   PUSH=1    push after building (docker only)
 #   CA_BUNDLE CA certificates the buildah RUN steps trust (default: this machine's bundle)
+#   PLAN=1    build nothing (buildah): print each image's state and exit 1 when one needs a cold build
+#             (`cached`: its archive for this tree is there; `code`: only our code's layers are rebuilt,
+#             seconds to minutes; `cold`: its dependency layers too, ~45 min each on 2 cores)
 #
 # With buildah (no Docker daemon, no registry: the CI machines) the same Dockerfiles are built with
 # `buildah bud --isolation chroot` on a Debian bookworm base made by mmdebstrap (PYTHON_IMAGE build-arg),
@@ -52,6 +55,13 @@ labels=(--label "org.opencontainers.image.version=$VERSION"
 
 size() { du -sh "$1" | cut -f1; }
 
+# What an image's heavy layers depend on: its Dockerfile, the pinned requirements and the base. A build
+# leaves <image>-deps-<this>.stamp; while buildah's layer cache still holds that base, a later build with
+# the same dependencies only rebuilds our code's layers.
+deps_hash() {
+  cat "$1" docs/images/*.lock docs/images/*.txt docs/images/serving-cpu.torch-version | sha256sum | cut -c1-16
+}
+
 # The build context as the Dockerfiles see it (.dockerignore), hashed file by file.
 context_hash() {
   { cat "$1"; find pyproject.toml README.md operator/bigmodel_operator serving/bigmodel_serving \
@@ -67,6 +77,7 @@ python_base() {
         | sha256sum | cut -c1-16)
   tar="$CACHE/python-base-$key.tar"
   name="localhost/bigmodel/python-base:$key"
+  if [ "${1:-}" = --name-only ]; then echo "$name"; return; fi
   if [ ! -f "$tar" ]; then
     start=$(date +%s)
     mmdebstrap --quiet --format=tar --variant=minbase --aptopt='APT::Install-Recommends "false"' \
@@ -98,12 +109,19 @@ build_docker() {
 }
 
 build_buildah() {
-  local image=$1 tag=$2 base=$3 file key out thin start built full=() old
+  local image=$1 tag=$2 base=$3 file key out thin stamp start built full=() old
   file=$(dockerfile "$image")
   key=$(printf '%s\n' "$(context_hash "$file")" "$base" "$tag" | sha256sum | cut -c1-16)
   out="$CACHE/$image-$key.oci.tar"
   thin="$CACHE/$image-$key.thin.oci.tar"
   if [ -f "$thin" ]; then out=$thin; fi
+  stamp="$CACHE/$image-deps-$(printf '%s\n' "$(deps_hash "$file")" "$base" | sha256sum | cut -c1-16).stamp"
+  if [ "${PLAN:-0}" = 1 ]; then
+    if [ -f "$out" ]; then echo "cached $image: $out"
+    elif [ -f "$stamp" ] && buildah inspect --type image "$base" >/dev/null 2>&1; then echo "code $image"
+    else echo "cold $image (no build with these dependencies in buildah's cache)"; cold=1; fi
+    return
+  fi
   if [ -f "$out" ]; then
     echo "== cached $tag: $out ($(size "$out"))"
   else
@@ -117,6 +135,10 @@ build_buildah() {
     for old in "$CACHE/$image"-????????????????.oci.tar; do [ -f "$old" ] && full+=(--reuse "$old"); done
     if [ ${#full[@]} -gt 0 ] && python3 docs/images/thin_export.py "$tag" "$thin" --ref "$tag" "${full[@]}"; then
       out=$thin
+      # Thin archives of older code are not needed again (each can carry a few hundred MB of new layers).
+      for old in "$CACHE/$image"-????????????????.thin.oci.tar; do
+        if [ -f "$old" ] && [ "$old" != "$out" ]; then rm -f "$old"; fi
+      done
     else
       # zstd: a fraction of gzip's CPU time; containerd 1.6 unpacks it.
       buildah push --quiet --compression-format zstd "$tag" "oci-archive:$out.partial:$tag"
@@ -126,6 +148,7 @@ build_buildah() {
         if [ -f "$old" ] && [ "$old" != "$out" ]; then rm -f "$old"; fi
       done
     fi
+    date -u +%FT%TZ > "$stamp"
     echo "== built $tag in $(( $(date +%s) - start ))s (export $(( $(date +%s) - built ))s): $out ($(size "$out"))"
   fi
   ln -sfn "$(basename "$out")" "$CACHE/$image-$VERSION.oci.tar"
@@ -138,11 +161,13 @@ case "$BUILDER" in
       command -v "$tool" >/dev/null || { echo "BUILDER=buildah needs $tool (apt-get install buildah mmdebstrap)" >&2; exit 1; }
     done
     mkdir -p "$CACHE"
-    base=$(python_base) ;;
+    if [ "${PLAN:-0}" = 1 ]; then base=$(python_base --name-only); else base=$(python_base); fi ;;
   *) echo "BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
 esac
 
+cold=0
 for image in $IMAGES; do
   tag="$REGISTRY/$image:$VERSION"
   if [ "$BUILDER" = docker ]; then build_docker "$image" "$tag"; else build_buildah "$image" "$tag" "$base"; fi
 done
+exit "$cold"

@@ -2,16 +2,17 @@
 
     python -m bigmodel_serving.bench [--out docs/benchmarks.md] [--models tiny,m100] [--render-only]
 
-For each model, three servers load it with the same engine arguments and run side by side on 127.0.0.1:
-(a) `vllm serve`, vLLM's own OpenAI server: the engine's floor; (b) Ray Serve LLM's stock
-`build_openai_app` with the same `LLMConfig` the serving app derives; (c) our application as the
-operator renders it, with API keys and per-key quotas on (limits high enough never to refuse, so every
-request pays the auth and quota checks). At concurrency 1, 8 and 32 each server gets the same bounded
-request loop of streamed completions, rotating between the servers in rounds so the machine's drift hits
-all three alike. Then the quota check is timed alone: our ingress' own `admit()` against the running
-app's quota actor, when the key's local lease covers the request (what nearly every request pays) and
-when it does not (a round trip to the actor). The KV cache is sized per model (`kv_cache_memory_bytes`,
-for all three servers alike), for `max_num_seqs` sequences of `max_model_len` tokens.
+For each model, three servers load it with the same engine arguments and run side by side on 127.0.0.1: (a)
+`vllm serve`, vLLM's own OpenAI server: the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with
+the same `LLMConfig` the serving app derives; (c) our application as the operator renders it, with API keys
+and per-key quotas on (limits high enough never to refuse, so every request pays the auth and quota checks).
+At concurrency 1, 8 and 32 each server gets the same bounded request loop of streamed completions, in rounds
+that take the servers in every order (a server's turn follows each other server's equally often, after a pause
+that lets the previous engine's threads go idle), so neither the machine's drift nor the order favours one.
+Then the quota check is timed alone: our ingress' own `admit()` against the running app's quota actor, when
+the key's local lease covers the request (what nearly every request pays) and when it does not (a round trip
+to the actor). The KV cache is sized per model (`kv_cache_memory_bytes`, for all three servers alike), for
+`max_num_seqs` sequences of `max_model_len` tokens.
 
 Each model's run (servers, date, load average) is kept in .bench/serving.json; `--models m100` re-measures
 only that model and keeps the others' runs. The "## Serving path" section of the output file is
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -37,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 CONCURRENCY = (1, 8, 32)
-ROUNDS = 2
-SOLO_REQUESTS = 24  # per server and round at concurrency 1
+ROUNDS = 6  # every order of the three servers once: each follows each other one equally often
+SOLO_REQUESTS = 12  # per server and round at concurrency 1
+SETTLE_S = 3.0  # a pause before each turn: vLLM's CPU threads spin on after the last step of the server before
 MAX_TOKENS = 16
 PROMPT = "Hello there, how are you today? Tell me about latency and throughput."
 SECTION = "## Serving path"
@@ -250,9 +253,10 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
         total = SOLO_REQUESTS if concurrency == 1 else max(8, 2 * concurrency)
         merged = {name: RunStats() for name in servers}
         loads = [load_average()]
+        orders = list(itertools.permutations(servers))
         for round_index in range(ROUNDS):
-            order = list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
-            for name in order:
+            for name in orders[round_index % len(orders)]:
+                await asyncio.sleep(SETTLE_S)
                 url, headers = servers[name]
                 one = streaming_request(f"{url}/v1/completions", body, headers=headers)
                 stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
@@ -416,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = merge_runs(kept, [_run_child(model) for model in options.models.split(",")])
         RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RAW_RESULTS.write_text(json.dumps(runs, indent=1))
-    section = render_section(runs, machine=_machine(), engine_kwargs=ENGINE_KWARGS)
+    method = {"solo_requests": SOLO_REQUESTS, "rounds": ROUNDS, "settle_s": SETTLE_S}
+    section = render_section(runs, machine=_machine(), engine_kwargs=ENGINE_KWARGS, method=method)
     replace_section(options.out, SECTION, section)
     print(section)
     return 0 if all("failed" not in run for run in runs) else 1

@@ -58,7 +58,7 @@ class RunStats:
 
         return {
             "requests": self.requests,
-            "rps": round(self.requests / self.elapsed, 1) if self.elapsed else 0.0,
+            "rps": round(self.requests / self.elapsed, 3) if self.elapsed else 0.0,  # ratios are taken from it
             "latency_p50_ms": ms(self.latencies, 50),
             "latency_p99_ms": ms(self.latencies, 99),
             "ttft_p50_ms": ms(self.ttfts, 50),

@@ -127,7 +127,9 @@ def quota_lines(quota: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_section(runs: list[dict[str, Any]], *, machine: str, engine_kwargs: dict[str, Any]) -> str:
+def render_section(
+    runs: list[dict[str, Any]], *, machine: str, engine_kwargs: dict[str, Any], method: dict[str, Any]
+) -> str:
     engine = ", ".join(f"{key}={value}" for key, value in engine_kwargs.items())
     lines = [
         "## Serving path",
@@ -138,8 +140,10 @@ def render_section(runs: list[dict[str, Any]], *, machine: str, engine_kwargs: d
         "the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with the `LLMConfig` our app derives; "
         "(c) our application as the operator renders it, API keys and per-key quotas on (limits high enough "
         "never to refuse, so every request pays for the key lookup and the quota check). Streamed "
-        "`/v1/completions`, 16 tokens each (`ignore_eos`), greedy; per server and round 24 requests at "
-        "concurrency 1, 2 × concurrency at 8 and 32; 2 rounds with the servers taking turns. TTFT is the time to the "
+        "`/v1/completions`, 16 tokens each (`ignore_eos`), greedy; per server and round "
+        f"{method['solo_requests']} requests at concurrency 1, 2 × concurrency at 8 and 32; {method['rounds']} "
+        "rounds, one in each order of the three servers (each server's turn follows each other server's "
+        f"equally often), every turn after a {method['settle_s']:g} s pause. TTFT is the time to the "
         "first streamed text, ITL the gap between texts. The machine is shared: the load average (1 min, "
         "highest seen during the row) is next to the numbers; compare servers within one row, measured "
         "side by side. Speed is measured here, never asserted in tests.",

@@ -23,6 +23,9 @@ NODE="$PY tests/cluster/node.py"
 CACHE=${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}
 step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
 
+step "Debian packages"
+tests/e2e/debian_packages.sh
+
 if [ "${BUILD_IMAGES:-1}" = 1 ]; then
   step "images $VERSION (buildah, content-addressed cache)"
   IMAGES="${E2E_IMAGES:-operator serving-cpu trainer}" REGISTRY="$REGISTRY" BUILDER=buildah docs/images.sh

@@ -57,7 +57,12 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
     }
     old = {**run, "model": "old", "quota": {"actor_p50_ms": 1.7, "actor_p99_ms": 4.5, "in_process_p50_ms": 0.002}}
     failed = {"model": "m100", "failed": 1, "date": "d"}
-    text = render_section([run, old, failed], machine="m", engine_kwargs={"x": 1})
+    text = render_section(
+        [run, old, failed],
+        machine="m",
+        engine_kwargs={"x": 1},
+        method={"solo_requests": 12, "rounds": 6, "settle_s": 3.0},
+    )
     assert "| 1 | 0.989 | yes | 2 | yes | 0.89 |" in text  # within 5% and 3 ms of (b)
     assert "| 8 | 0.667 | **no** | 10 | **no** | 0.5 |" in text
     assert "| admitted from the replica's lease (0 actor calls) | 0.004 | 0.02 | yes |" in text
