@@ -252,6 +252,7 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
         # server that follows another in turn pays for the other's spinning; measured: +1 s TTFT.)
         total = SOLO_REQUESTS if concurrency == 1 else max(8, 2 * concurrency)
         merged = {name: RunStats() for name in servers}
+        round_ttft: dict[str, list[float]] = {name: [] for name in servers}  # each round's p50, per server
         loads = [load_average()]
         orders = list(itertools.permutations(servers))
         for round_index in range(ROUNDS):
@@ -261,9 +262,13 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
                 one = streaming_request(f"{url}/v1/completions", body, headers=headers)
                 stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
                 merged[name].merge(stats)
+                round_ttft[name].append(stats.summary()["ttft_p50_ms"])
             loads.append(load_average())
         results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
         results[str(concurrency)]["load_average"] = max(loads)
+        # (c) − (b) within each round: both measured minutes apart at most, in a different order each round.
+        pairs = zip(round_ttft["b"], round_ttft["c"], strict=True)
+        results[str(concurrency)]["round_ttft_diff_ms"] = [round(c - b, 2) for b, c in pairs]
     return results
 
 
@@ -353,6 +358,13 @@ def _child(model: str, out_json: Path) -> None:
                 result["quota"] = asyncio.run(_quota_check_cost(f"ours-{model}", keys_dir))
             except Exception as error:  # keep the load numbers of a long run
                 result["quota"] = {"error": repr(error)}
+            try:
+                from bigmodel_serving.bench_ingress import compare
+
+                config, key = _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"
+                result["ingress_alone"] = asyncio.run(compare(f"ours-{model}", config, key, model))
+            except Exception as error:
+                result["ingress_alone"] = {"error": repr(error)}
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -32,6 +32,10 @@ def _stats(rps: float, ttft: float) -> dict[str, float | int]:
     return {"rps": rps, "ttft_p50_ms": ttft, "ttft_p99_ms": 2 * ttft, "itl_p50_ms": 5.0, "itl_p99_ms": 9.0, "errors": 0}
 
 
+def _alone(ttft: float) -> dict[str, float | int]:
+    return {"requests": 256, "ttft_p50_ms": ttft, "ttft_p99_ms": 2 * ttft}
+
+
 def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
     from bigmodel_serving.bench_report import render_section
 
@@ -42,7 +46,18 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
         "seconds": 200,
         "load": {
             "1": {"a": _stats(10.0, 20.0), "b": _stats(9.0, 22.0), "c": _stats(8.9, 24.0)},
-            "8": {"a": _stats(40.0, 30.0), "b": _stats(30.0, 35.0), "c": _stats(20.0, 45.0)},
+            "8": {
+                "a": _stats(40.0, 30.0),
+                "b": _stats(30.0, 35.0),
+                "c": _stats(20.0, 45.0),
+                "round_ttft_diff_ms": [12.0, -40.5, 8.0],
+            },
+        },
+        "ingress_alone": {
+            "first_token_s": 0.02,
+            "inter_token_s": 0.005,
+            "tokens": 16,
+            "load": {"32": {"b": _alone(21.5), "c": _alone(22.25), "diff_p50_ms": 0.75}},
         },
         "quota": {
             "admit_p50_ms": 0.004,
@@ -63,8 +78,10 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
         engine_kwargs={"x": 1},
         method={"solo_requests": 12, "rounds": 6, "settle_s": 3.0},
     )
-    assert "| 1 | 0.989 | yes | 2 | yes | 0.89 |" in text  # within 5% and 3 ms of (b)
-    assert "| 8 | 0.667 | **no** | 10 | **no** | 0.5 |" in text
+    assert "| 1 | 0.989 | yes | 2 | yes | n/a | 0.89 |" in text  # within 5% and 3 ms of (b)
+    assert "| 8 | 0.667 | **no** | 10 | **no** | 8 (-40.5 … 12) | 0.5 |" in text  # median of the rounds' diffs
+    assert "| 32 | 21.5 | 22.25 | 0.75 | yes | 43 | 44.5 | 256 |" in text  # the ingress alone
+    assert "Ingress alone" in text and "first text after 20 ms, then one every 5 ms" in text
     assert "| admitted from the replica's lease (0 actor calls) | 0.004 | 0.02 | yes |" in text
     assert "| lease empty: round trip to the quota actor | 1.7 | 4 |  |" in text
     assert "p50 1.7 ms (**no**)" in text  # an older run without leases still renders
