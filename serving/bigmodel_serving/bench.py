@@ -253,6 +253,7 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
         total = SOLO_REQUESTS if concurrency == 1 else max(8, 2 * concurrency)
         merged = {name: RunStats() for name in servers}
         round_ttft: dict[str, list[float]] = {name: [] for name in servers}  # each round's p50, per server
+        round_rps: dict[str, list[float]] = {name: [] for name in servers}
         loads = [load_average()]
         orders = list(itertools.permutations(servers))
         for round_index in range(ROUNDS):
@@ -263,12 +264,15 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
                 stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
                 merged[name].merge(stats)
                 round_ttft[name].append(stats.summary()["ttft_p50_ms"])
+                round_rps[name].append(stats.requests / stats.elapsed if stats.elapsed else 0.0)
             loads.append(load_average())
         results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
         results[str(concurrency)]["load_average"] = max(loads)
         # (c) − (b) within each round: both measured minutes apart at most, in a different order each round.
         pairs = zip(round_ttft["b"], round_ttft["c"], strict=True)
         results[str(concurrency)]["round_ttft_diff_ms"] = [round(c - b, 2) for b, c in pairs]
+        pairs = zip(round_rps["b"], round_rps["c"], strict=True)
+        results[str(concurrency)]["round_rps_ratio"] = [round(c / b, 3) if b else 0.0 for b, c in pairs]
     return results
 
 

@@ -51,13 +51,14 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
                 "b": _stats(30.0, 35.0),
                 "c": _stats(20.0, 45.0),
                 "round_ttft_diff_ms": [12.0, -40.5, 8.0],
+                "round_rps_ratio": [0.6, 0.9, 0.7],
             },
         },
         "ingress_alone": {
             "first_token_s": 0.02,
             "inter_token_s": 0.005,
             "tokens": 16,
-            "load": {"32": {"b": _alone(21.5), "c": _alone(22.25), "diff_p50_ms": 0.75}},
+            "load": {"32": {"b": _alone(21.5), "c": _alone(22.25), "diff_p50_ms": 0.75, "total_diff_p50_ms": 1.5}},
         },
         "quota": {
             "admit_p50_ms": 0.004,
@@ -78,9 +79,10 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
         engine_kwargs={"x": 1},
         method={"solo_requests": 12, "rounds": 6, "settle_s": 3.0},
     )
-    assert "| 1 | 0.989 | yes | 2 | yes | n/a | 0.89 |" in text  # within 5% and 3 ms of (b)
-    assert "| 8 | 0.667 | **no** | 10 | **no** | 8 (-40.5 … 12) | 0.5 |" in text  # median of the rounds' diffs
-    assert "| 32 | 21.5 | 22.25 | 0.75 | yes | 43 | 44.5 | 256 |" in text  # the ingress alone
+    assert "| 1 | 0.989 | yes | n/a | 2 | yes | n/a | 0.89 |" in text  # within 5% and 3 ms of (b)
+    # the medians of the rounds' ratios and differences
+    assert "| 8 | 0.667 | **no** | 0.7 (0.6 … 0.9) | 10 | **no** | 8 (-40.5 … 12) | 0.5 |" in text
+    assert "| 32 | 21.5 | 22.25 | 0.75 | yes | 43 | 44.5 | 1.5 | 256 |" in text  # the ingress alone
     assert "Ingress alone" in text and "first text after 20 ms, then one every 5 ms" in text
     assert "| admitted from the replica's lease (0 actor calls) | 0.004 | 0.02 | yes |" in text
     assert "| lease empty: round trip to the quota actor | 1.7 | 4 |  |" in text
