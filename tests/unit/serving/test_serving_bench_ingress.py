@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray.llm")
+
+
+@pytest.fixture(autouse=True)
+def _no_quota_actor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Usage would be flushed to the quota actor, and a Ray call starts a local Ray in this pytest process,
+    whose workers then lack what later tests set up (seen: the serving tier's S3 credentials)."""
+    import ray
+
+    from bigmodel_serving.quota_leases import QuotaLeases
+
+    async def close(self: QuotaLeases) -> None:
+        return None
+
+    monkeypatch.setattr(QuotaLeases, "_start_flusher", lambda self: None)
+    monkeypatch.setattr(QuotaLeases, "close", close)
+    yield
+    assert not ray.is_initialized(), "the test started Ray"
 
 
 def test_both_ingresses_stream_from_the_stand_in_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
