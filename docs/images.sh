@@ -55,6 +55,15 @@ labels=(--label "org.opencontainers.image.version=$VERSION"
 
 size() { du -sh "$1" | cut -f1; }
 
+# remove_others KEEP FILE...: delete the FILEs that exist, except KEEP.
+remove_others() {
+  local keep=$1 old
+  shift
+  for old in "$@"; do
+    if [ -f "$old" ] && [ "$old" != "$keep" ]; then rm -f "$old"; fi
+  done
+}
+
 # What an image's heavy layers depend on: its Dockerfile, the pinned requirements and the base. A build
 # leaves <image>-deps-<this>.stamp; while buildah's layer cache still holds that base, a later build with
 # the same dependencies only rebuilds our code's layers.
@@ -136,17 +145,13 @@ build_buildah() {
     if [ ${#full[@]} -gt 0 ] && python3 docs/images/thin_export.py "$tag" "$thin" --ref "$tag" "${full[@]}"; then
       out=$thin
       # Thin archives of older code are not needed again (each can carry a few hundred MB of new layers).
-      for old in "$CACHE/$image"-????????????????.thin.oci.tar; do
-        if [ -f "$old" ] && [ "$old" != "$out" ]; then rm -f "$old"; fi
-      done
+      remove_others "$out" "$CACHE/$image"-????????????????.thin.oci.tar
     else
       # zstd: a fraction of gzip's CPU time; containerd 1.6 unpacks it.
       buildah push --quiet --compression-format zstd "$tag" "oci-archive:$out.partial:$tag"
       mv "$out.partial" "$out"
       # Archives of older dependency sets (and the thin archives resting on them) are not needed again.
-      for old in "$CACHE/$image"-????????????????.oci.tar "$CACHE/$image"-????????????????.thin.oci.tar; do
-        if [ -f "$old" ] && [ "$old" != "$out" ]; then rm -f "$old"; fi
-      done
+      remove_others "$out" "$CACHE/$image"-????????????????.oci.tar "$CACHE/$image"-????????????????.thin.oci.tar
     fi
     date -u +%FT%TZ > "$stamp"
     echo "== built $tag in $(( $(date +%s) - start ))s (export $(( $(date +%s) - built ))s): $out ($(size "$out"))"

@@ -263,8 +263,9 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
                 one = streaming_request(f"{url}/v1/completions", body, headers=headers)
                 stats = await run_load(one, total=total, concurrency=concurrency, warmup=2)
                 merged[name].merge(stats)
-                round_ttft[name].append(stats.summary()["ttft_p50_ms"])
-                round_rps[name].append(stats.requests / stats.elapsed if stats.elapsed else 0.0)
+                this_round = stats.summary()
+                round_ttft[name].append(this_round["ttft_p50_ms"])
+                round_rps[name].append(this_round["rps"])
             loads.append(load_average())
         results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
         results[str(concurrency)]["load_average"] = max(loads)

@@ -185,3 +185,23 @@ async def time_rejections(url: str, body: dict[str, Any], *, fill: int, probes: 
 
 def mean_ms(values: list[float]) -> float:
     return round(statistics.fmean(values) * 1000, 2) if values else float("nan")
+
+
+def asgi_post_scope(path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST from 127.0.0.1, for driving an app in this process (no socket)."""
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": raw,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }

@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bigmodel_serving.bench_client import OneRequest, RunStats, percentile
+from bigmodel_serving.bench_client import OneRequest, RunStats, asgi_post_scope, percentile
 
 SECTION = "## Feedback endpoint"
 RAW_RESULTS = Path(".bench/feedback.json")
@@ -152,22 +152,7 @@ async def _interleaved(calls: dict[str, Callable[[int], Awaitable[Any]]], count:
 
 async def asgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> int:
     """One POST through an ASGI app in this process; returns the status."""
-    raw_headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    raw_headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": raw_headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = asgi_post_scope(path, body, headers)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     status = 0
 

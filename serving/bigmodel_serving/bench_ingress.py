@@ -85,13 +85,9 @@ def completions_app(ingress: Any) -> App:
 
 async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple[float, int, float]:
     """(seconds to the first text chunk, status, seconds to the end) of one streamed POST /v1/completions."""
-    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    raw += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v1/completions", "raw_path": b"/v1/completions", "root_path": "", "query_string": b"",
-        "headers": raw, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
+    from bigmodel_serving.bench_client import asgi_post_scope
+
+    scope = asgi_post_scope("/v1/completions", body, headers)
     pending = [{"type": "http.request", "body": body, "more_body": False}]
     done = asyncio.Event()
     started = time.perf_counter()

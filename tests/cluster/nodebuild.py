@@ -81,12 +81,16 @@ def _buildah(*args: str) -> str:
     return proc.stdout.strip()
 
 
+def _slug(ref: str) -> str:
+    """The archive name's prefix for an image reference: `bigmodel.local/pause:busybox` -> `pause-busybox`."""
+    return ref.rsplit("/", maxsplit=1)[-1].replace(":", "-")
+
+
 def static_image(ref: str, files: dict[str, Path], entrypoint: list[str], user: str = "65532:65532") -> Path:
     """An image of a few static files on an empty base, as a cached OCI archive; returns the archive."""
     cache = image_cache()
     cache.mkdir(parents=True, exist_ok=True)
-    slug = ref.rsplit("/", maxsplit=1)[-1].replace(":", "-")
-    out = cache / f"{slug}-{_image_key(ref + user, list(files.values()), entrypoint)}.oci.tar"
+    out = cache / f"{_slug(ref)}-{_image_key(ref + user, list(files.values()), entrypoint)}.oci.tar"
     if out.exists():
         print(f"cached image {ref}: {out}", flush=True)
         return out
@@ -182,8 +186,7 @@ def missing() -> list[str]:
     ]
     absent += [f"{path.name}" for path in layout.binaries().values() if not path.exists()]
     for ref in (PAUSE_IMAGE, COREDNS_IMAGE, KUBERAY_IMAGE):
-        slug = ref.rsplit("/", maxsplit=1)[-1].replace(":", "-")
-        if not any(image_cache().glob(f"{slug}-*.oci.tar")):
+        if not any(image_cache().glob(f"{_slug(ref)}-*.oci.tar")):
             absent.append(f"image {ref}")
     return absent
 
