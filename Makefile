@@ -81,7 +81,7 @@ cluster-down: ## stop every process cluster-up started
 	@if [ -x $(PY) ]; then $(CLUSTER) down; else python3 tests/cluster/devcluster.py down; fi
 
 demo: cluster-up ## the whole loop on this machine: apply examples to the cluster, then serve a tiny model locally
-	$(PY) -m bigmodel_operator.demo
+	$(PY) tests/devtools/demo.py
 
 bench: dev ## benchmarks; results go to docs/benchmarks.md
 	$(PY) tests/bench/run_all.py

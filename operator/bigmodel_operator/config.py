@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FIELD_MANAGER = "bigmodel-operator"
 RAY_RESERVED_PORTS = {6379: "GCS", 8080: "metrics", 8265: "dashboard", 10001: "client", 52365: "dashboard agent"}
@@ -24,9 +24,24 @@ class Images(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vllm: str = Field(default="ghcr.io/bigmodel-operator/serving-vllm:0.1.0", description="Ray + vLLM (GPU).")
-    transformers: str = Field(
-        default="ghcr.io/bigmodel-operator/serving-cpu:0.1.0", description="Ray + transformers (CPU)."
+    cpu: str = Field(
+        default="ghcr.io/bigmodel-operator/serving-cpu:0.1.0",
+        description="Ray + vLLM's CPU build (BigModels without GPUs).",
     )
+    transformers: str | None = Field(
+        default=None,
+        description=(
+            "Deprecated since 0.2: the old name of `cpu` (it has meant the vLLM CPU image since 0.1); "
+            "used when `cpu` is not set."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _deprecated_transformers(self) -> Images:
+        if self.transformers and "cpu" not in self.model_fields_set:
+            self.cpu = self.transformers
+        return self
+
     trainer: str = Field(default="ghcr.io/bigmodel-operator/trainer:0.1.0", description="torch + peft trainer.")
 
 

@@ -18,10 +18,10 @@ from bigmodel_operator.api import GROUP, VERSION
 from bigmodel_operator.config import OperatorConfig, load_config
 from bigmodel_operator.kube import Kube, load_credentials, post_event
 from bigmodel_operator.metrics import ReconcileStats, serve_metrics
-from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
+from bigmodel_operator.reconcile.adapter_promotion import deploying_jobs
+from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
 from bigmodel_operator.reconcile.children import AlreadyReportedError
-from bigmodel_operator.reconcile.finetunejob import FineTuneJobReconciler
-from bigmodel_operator.reconcile.promotion import deploying_jobs
+from bigmodel_operator.reconcile.finetunejob_reconcile import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
 from bigmodel_operator.reconcile.state import ClusterState
 
@@ -93,9 +93,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # we post our own, user-facing Events only
     settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 600
-    settings.persistence.finalizer = "bigmodel.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="bigmodel.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="bigmodel.io")
     config = memo.get("config") or load_config()
     operator = Operator(config, Kube(load_credentials()))
     memo["operator"] = operator

@@ -3,7 +3,7 @@
 Only reconcile and handlers use this module. It speaks to the apiserver address from the kubeconfig
 (or the in-cluster service) and nothing else: never to a pod or Service address.
 Writes are server-side apply with one field manager, merge patches of our own status, or a JSON patch of
-the worker bounds of a RayCluster our RayService controls (reconcile/raycluster_bounds.py).
+the worker bounds of a RayCluster our RayService controls (reconcile/raycluster_sync.py).
 """
 
 from __future__ import annotations

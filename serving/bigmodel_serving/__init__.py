@@ -1,1 +1,1 @@
-"""Ray Serve application for BigModel (OpenAI API; vLLM on GPU, transformers on CPU)."""
+"""Ray Serve application for BigModel (OpenAI API; vLLM on GPU, vLLM's CPU build on CPU)."""

@@ -45,7 +45,7 @@ step "bigmodel-operator chart"
 helm upgrade --install bigmodel-operator charts/bigmodel-operator \
   --namespace bigmodel-system --create-namespace --wait --timeout 5m \
   --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
-  --set operatorConfig.images.transformers="$REGISTRY/serving-cpu:$VERSION" \
+  --set operatorConfig.images.cpu="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false
 

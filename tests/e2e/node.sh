@@ -46,7 +46,7 @@ step "bigmodel-operator chart"
 $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
   --namespace bigmodel-system --create-namespace --wait --timeout 5m \
   --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
-  --set operatorConfig.images.transformers="$REGISTRY/serving-cpu:$VERSION" \
+  --set operatorConfig.images.cpu="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.vllm="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \

@@ -31,7 +31,7 @@ class GroupChange:
     new: dict[str, int] = field(default_factory=dict)
 
 
-def _int(value: Any) -> int | None:
+def _plain_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -50,14 +50,14 @@ def _rendered_groups(rayservice: dict[str, Any]) -> tuple[dict[str, dict[str, An
 
 def _wanted(rendered: dict[str, Any], live: dict[str, Any], autoscaling: bool) -> dict[str, int]:
     """The bound fields this live group should carry (only those the rendering sets)."""
-    low, high = _int(rendered.get("minReplicas")), _int(rendered.get("maxReplicas"))
+    low, high = _plain_int(rendered.get("minReplicas")), _plain_int(rendered.get("maxReplicas"))
     wanted: dict[str, int] = {}
     if low is not None:
         wanted["minReplicas"] = low
     if high is not None:
         wanted["maxReplicas"] = high
-    rendered_replicas = _int(rendered.get("replicas"))
-    current = _int(live.get("replicas"))
+    rendered_replicas = _plain_int(rendered.get("replicas"))
+    current = _plain_int(live.get("replicas"))
     if not autoscaling or (low is not None and low == high):
         if rendered_replicas is not None:
             wanted["replicas"] = rendered_replicas
@@ -81,7 +81,7 @@ def bounds_changes(rayservice: dict[str, Any], raycluster: dict[str, Any]) -> li
         if live["groupName"] not in rendered_groups:
             continue
         wanted = _wanted(rendered_groups[live["groupName"]], live, autoscaling)
-        old = {k: live.get(k) for k in BOUND_FIELDS if k in wanted and _int(live.get(k)) != wanted[k]}
+        old = {k: live.get(k) for k in BOUND_FIELDS if k in wanted and _plain_int(live.get(k)) != wanted[k]}
         if old:
             new = {k: wanted[k] for k in BOUND_FIELDS if k in old}
             changes.append(GroupChange(index, live["groupName"], old, new))
@@ -100,11 +100,6 @@ def json_patch(changes: list[GroupChange], raycluster: dict[str, Any]) -> list[d
             verb = "replace" if key in live_groups[change.index] else "add"
             ops.append({"op": verb, "path": f"{base}/{key}", "value": value})
     return ops
-
-
-def raycluster_bounds_patch(rayservice: dict[str, Any], raycluster: dict[str, Any]) -> list[dict[str, Any]]:
-    """The JSON patch that brings `raycluster`'s worker bounds to `rayservice`'s; [] when they agree."""
-    return json_patch(bounds_changes(rayservice, raycluster), raycluster)
 
 
 def describe(changes: list[GroupChange]) -> str:

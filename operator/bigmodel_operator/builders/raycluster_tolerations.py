@@ -6,7 +6,7 @@ queueing controllers such as Kueue inject them). An edit of a BigModel's `spec.t
 the RayService and nothing else: the pods, typically Pending on a taint the user is trying to tolerate, stay
 Pending. The operator adds the missing ones to the live RayCluster's templates (so KubeRay creates new pods
 with them) and recreates the cluster's Pending, unscheduled pods of the changed groups
-(reconcile/raycluster_bounds.py); running pods keep theirs until they are replaced. It only adds: the
+(reconcile/raycluster_sync.py); running pods keep theirs until they are replaced. It only adds: the
 tolerations KubeRay mutes are the ones queueing controllers inject, which must stay, and a toleration the
 user removed only widens where pods may go until KubeRay next replaces the cluster. This module computes
 the patch, purely.

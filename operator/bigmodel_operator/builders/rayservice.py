@@ -8,7 +8,7 @@ import yaml
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec
-from bigmodel_operator.builders.feedback import sink_mounts, sink_volumes
+from bigmodel_operator.builders.feedback_sink import sink_mounts, sink_volumes
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
@@ -44,7 +44,7 @@ GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedu
 def _image(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> str:
     if spec.runtime and spec.runtime.image:
         return spec.runtime.image
-    return config.images.vllm if place.on_gpu else config.images.transformers
+    return config.images.vllm if place.on_gpu else config.images.cpu
 
 
 def _worker_resources(spec: BigModelSpec, place: Placement, ephemeral: str | None) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from typing import Any
 
 from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.engine_check import parse_extra_args
-from bigmodel_operator.builders.feedback import ingress_feedback
+from bigmodel_operator.builders.feedback_sink import ingress_feedback
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.builders.vllm_engine_args import ENGINE_ARGS
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.planning.serving import DEFAULT_MAX_NUM_SEQS
+from bigmodel_operator.planning.serving_plan import DEFAULT_MAX_NUM_SEQS
 
 API_KEYS_DIR = "/etc/bigmodel/api-keys"
 HF_TOKEN_ENV = "HF_TOKEN"

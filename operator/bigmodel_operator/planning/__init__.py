@@ -16,8 +16,8 @@ from .estimate import ParamCount, count_parameters, kv_bytes_per_token, weight_b
 from .gpus import GPU_PRODUCTS, GpuLookupError, GpuProduct, gpu_table, lookup_gpu
 from .model_config import ModelShape, parse_model_config
 from .precision import Quantization
-from .serving import ServingPlan, plan_serving
-from .training import TrainingPlan, plan_training
+from .serving_plan import ServingPlan, plan_serving
+from .training_plan import TrainingPlan, plan_training
 from .units import human_params
 
 __all__ = [

@@ -132,7 +132,7 @@ def _get(cfg: Mapping[str, Any], field: str) -> Any:
     return None
 
 
-def _int(cfg: Mapping[str, Any], field: str, *, required: bool = False) -> int | None:
+def _config_int(cfg: Mapping[str, Any], field: str, *, required: bool = False) -> int | None:
     value = _get(cfg, field)
     if value is None:
         if required:
@@ -196,22 +196,22 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
     if isinstance(text, Mapping):
         cfg.update({k: v for k, v in text.items() if v is not None})
     model_type = str(cfg.get("model_type") or "") or None
-    hidden = _int(cfg, "hidden_size", required=True)
-    layers = _int(cfg, "num_hidden_layers", required=True)
-    heads = _int(cfg, "num_attention_heads", required=True)
-    vocab = _int(cfg, "vocab_size", required=True)
+    hidden = _config_int(cfg, "hidden_size", required=True)
+    layers = _config_int(cfg, "num_hidden_layers", required=True)
+    heads = _config_int(cfg, "num_attention_heads", required=True)
+    vocab = _config_int(cfg, "vocab_size", required=True)
     # required=True never returns None
     assert hidden is not None
     assert layers is not None
     assert heads is not None
     assert vocab is not None
     gated = model_type not in _PLAIN_MLP
-    inner = _int(cfg, "intermediate_size")
+    inner = _config_int(cfg, "intermediate_size")
     if not inner:
         if gated and not cfg.get("moe_intermediate_size"):
             raise ModelConfigError("config.json has no 'intermediate_size'", key="intermediate_size")
         inner = 4 * hidden  # GPT-2 style default (n_inner: null)
-    head_dim = _int(cfg, "head_dim")
+    head_dim = _config_int(cfg, "head_dim")
     if not head_dim:
         if hidden % heads:
             raise ModelConfigError(
@@ -228,19 +228,19 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
     if quant_cfg is not None and not isinstance(quant_cfg, Mapping):
         raise ModelConfigError("quantization_config must be an object", key="quantization_config")
 
-    experts = _int(cfg, "num_experts") or 0
-    moe_inner = _int(cfg, "moe_intermediate_size") or (inner if experts > 1 else 0)
-    shared = _int(cfg, "shared_expert_intermediate_size") or 0
-    if not shared and (n_shared := _int(cfg, "n_shared_experts")):
+    experts = _config_int(cfg, "num_experts") or 0
+    moe_inner = _config_int(cfg, "moe_intermediate_size") or (inner if experts > 1 else 0)
+    shared = _config_int(cfg, "shared_expert_intermediate_size") or 0
+    if not shared and (n_shared := _config_int(cfg, "n_shared_experts")):
         shared = n_shared * moe_inner  # DeepSeek: n_shared_experts × expert width
-    dense_layers = _int(cfg, "first_k_dense_replace") or 0
+    dense_layers = _config_int(cfg, "first_k_dense_replace") or 0
     mlp_only = cfg.get("mlp_only_layers")
     for key in ("architectures", "mlp_only_layers"):
         if isinstance(cfg.get(key), list) and len(cfg[key]) > MAX_LIST_ITEMS:
             raise ModelConfigOutOfBoundsError(f"config.json {key!r} has more than {MAX_LIST_ITEMS} items", key=key)
     if isinstance(mlp_only, list):
         dense_layers = max(dense_layers, len(mlp_only))
-    window = _int(cfg, "sliding_window")
+    window = _config_int(cfg, "sliding_window")
     if cfg.get("use_sliding_window") is False:
         window = None
     bias = cfg.get("attention_bias", cfg.get("qkv_bias"))
@@ -253,25 +253,25 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelShape:
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            num_key_value_heads=_int(cfg, "num_key_value_heads") or heads,
+            num_key_value_heads=_config_int(cfg, "num_key_value_heads") or heads,
             head_dim=head_dim,
             intermediate_size=inner,
             vocab_size=vocab,
             tie_word_embeddings=bool(tied) if tied is not None else model_type in _TIED_BY_DEFAULT,
-            max_position_embeddings=_int(cfg, "max_position_embeddings"),
+            max_position_embeddings=_config_int(cfg, "max_position_embeddings"),
             dtype=dtype,
             attention_bias=bool(bias) if bias is not None else model_type in _QKV_BIAS,
             gated_mlp=gated,
             num_experts=experts if experts > 1 else 0,
-            num_experts_per_tok=(_int(cfg, "num_experts_per_tok") or 1) if experts > 1 else 0,
+            num_experts_per_tok=(_config_int(cfg, "num_experts_per_tok") or 1) if experts > 1 else 0,
             moe_intermediate_size=moe_inner if experts > 1 else 0,
             shared_expert_intermediate_size=shared if experts > 1 else 0,
             num_dense_layers=min(dense_layers, layers) if experts > 1 else 0,
-            kv_lora_rank=_int(cfg, "kv_lora_rank"),
-            q_lora_rank=_int(cfg, "q_lora_rank"),
-            qk_rope_head_dim=_int(cfg, "qk_rope_head_dim") or 0,
-            qk_nope_head_dim=_int(cfg, "qk_nope_head_dim") or 0,
-            v_head_dim=_int(cfg, "v_head_dim") or 0,
+            kv_lora_rank=_config_int(cfg, "kv_lora_rank"),
+            q_lora_rank=_config_int(cfg, "q_lora_rank"),
+            qk_rope_head_dim=_config_int(cfg, "qk_rope_head_dim") or 0,
+            qk_nope_head_dim=_config_int(cfg, "qk_nope_head_dim") or 0,
+            v_head_dim=_config_int(cfg, "v_head_dim") or 0,
             sliding_window=window or None,
             quantization=parse_quantization_config(quant_cfg) if quant_cfg else None,
             vision_parameters=_vision_parameters(config.get("vision_config")),

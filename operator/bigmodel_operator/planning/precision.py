@@ -83,7 +83,7 @@ def bnb_4bit(double_quant: bool = True) -> Quantization:
     return Quantization(method="bitsandbytes", bits=4, group_size=64, scale_bytes_per_weight=scale)
 
 
-def _int(cfg: Mapping[str, Any], *keys: str, default: int | None) -> int | None:
+def _first_int(cfg: Mapping[str, Any], *keys: str, default: int | None) -> int | None:
     for key in keys:
         value = cfg.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -102,8 +102,8 @@ def parse_quantization_config(cfg: Mapping[str, Any]) -> Quantization:
 def _parse_quantization(cfg: Mapping[str, Any]) -> Quantization:
     method = str(cfg.get("quant_method", "")).lower().replace("_marlin", "").replace("marlin", "gptq")
     if method in ("awq", "gptq"):
-        bits = _int(cfg, "bits", "w_bit", default=4) or 4
-        group = _int(cfg, "group_size", "q_group_size", default=128)
+        bits = _first_int(cfg, "bits", "w_bit", default=4) or 4
+        group = _first_int(cfg, "group_size", "q_group_size", default=128)
         return _grouped(method, bits, group)
     if method in ("fp8", "fbgemm_fp8", "ptpc_fp8"):
         return Quantization(method="fp8", bits=8)
@@ -137,10 +137,10 @@ def _compressed_tensors(cfg: Mapping[str, Any]) -> Quantization:
             "compressed-tensors quantization_config has no config_groups.*.weights",
             key="quantization_config.config_groups",
         )
-    bits = _int(weights, "num_bits", default=8) or 8
+    bits = _first_int(weights, "num_bits", default=8) or 8
     if weights.get("type") == "float":
         return Quantization(method="compressed-tensors", bits=bits)
-    group = _int(weights, "group_size", default=None) if weights.get("strategy") == "group" else None
+    group = _first_int(weights, "group_size", default=None) if weights.get("strategy") == "group" else None
     return _grouped("compressed-tensors", bits, group, zero_point=not weights.get("symmetric", True))
 
 

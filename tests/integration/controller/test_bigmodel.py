@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from bigmodel_operator.demo import kuberay_serving_status
+from kuberay_standin import kuberay_serving_status
 
 from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none
 

@@ -134,7 +134,7 @@ def test_grace_period_comes_from_the_plan(
     api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
     from bigmodel_operator.api import FineTuneJobSpec
-    from bigmodel_operator.builders.training import GRACE_DEFAULT_SECONDS, termination_grace_seconds
+    from bigmodel_operator.builders.trainer_job import GRACE_DEFAULT_SECONDS, termination_grace_seconds
 
     body = _ftj("graceful")
     body["spec"]["baseModel"]["config"] = LLAMA_8B_CONFIG

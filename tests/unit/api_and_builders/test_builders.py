@@ -12,7 +12,7 @@ from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.training import build_config_map, build_identity, build_job, render_trainer_config
+from bigmodel_operator.builders.trainer_job import build_config_map, build_identity, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 

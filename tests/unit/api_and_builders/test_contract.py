@@ -11,7 +11,7 @@ import yaml
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.training import render_trainer_config
+from bigmodel_operator.builders.trainer_job import render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_serving.args import parse_application

@@ -11,10 +11,10 @@ import yaml
 from pydantic import ValidationError
 
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.builders.feedback import FEEDBACK_MOUNT, FEEDBACK_VOLUME, sink_uri
+from bigmodel_operator.builders.feedback_sink import FEEDBACK_MOUNT, FEEDBACK_VOLUME, sink_uri
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.training import build_config_map, build_job, render_trainer_config
+from bigmodel_operator.builders.trainer_job import build_config_map, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_serving.args import parse_application

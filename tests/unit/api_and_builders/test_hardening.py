@@ -19,7 +19,7 @@ from bigmodel_operator.api.base import DNS_1035_LABEL, has_parent_segment
 from bigmodel_operator.conditions import Reason, get_condition
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError
-from bigmodel_operator.reconcile.bigmodel import BigModelReconciler
+from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
 from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.model_source import MAX_CONFIG_BYTES, check_inline_config, parse_config_text
 from bigmodel_operator.reconcile.offload import off_loop
@@ -312,7 +312,7 @@ def test_hostile_layer_count_is_refused_and_deploys_nothing() -> None:
     ],
 )
 def test_finetunejob_spec_caused_plan_errors_are_final(reason: str, phase: str) -> None:
-    from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
+    from bigmodel_operator.status.finetunejob_status import FineTuneJobObservation, compute_status
 
     obs = FineTuneJobObservation(1, None, reason, "why", "j-train", "pvc://out/a")
     obs.blockers.append((reason, "why"))

@@ -11,9 +11,9 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.reconcile.promotion import bigmodel_promotions, promoted_condition
+from bigmodel_operator.reconcile.adapter_promotion import bigmodel_promotions, promoted_condition
 from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.promotion import job_of, plan_promotions
+from bigmodel_operator.status.adapter_versions import job_of, plan_promotions
 from bigmodel_serving.args import parse_application
 
 from .conftest import assert_golden, load_example
@@ -205,7 +205,7 @@ def test_promoted_condition_of_the_finetunejob() -> None:
 
 def test_evaluation_spec_reaches_the_trainer_config() -> None:
     from bigmodel_operator.api import FineTuneJobSpec
-    from bigmodel_operator.builders.training import render_trainer_config
+    from bigmodel_operator.builders.trainer_job import render_trainer_config
     from bigmodel_operator.builders.volumes import Mounts
     from bigmodel_training.config import TrainerConfig
 

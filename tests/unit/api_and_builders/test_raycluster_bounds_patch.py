@@ -10,13 +10,19 @@ import pytest
 
 from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import placement
-from bigmodel_operator.builders.raycluster_bounds import bounds_changes, describe, raycluster_bounds_patch
+from bigmodel_operator.builders.raycluster_bounds import bounds_changes, describe, json_patch
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError
-from bigmodel_operator.reconcile.raycluster_bounds import SYNC_FAILED, SYNCED, WorkerBoundsSync, cluster_names
+from bigmodel_operator.reconcile.raycluster_sync import SYNC_FAILED, SYNCED, WorkerBoundsSync, cluster_names
 
 from .conftest import load_example
+
+
+def raycluster_bounds_patch(rayservice: dict[str, Any], raycluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """What reconcile/raycluster_sync.py sends: the changes as a JSON patch of the live cluster."""
+    return json_patch(bounds_changes(rayservice, raycluster), raycluster)
+
 
 RS_UID = "rs-uid-1"
 

@@ -12,7 +12,7 @@ from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.raycluster_tolerations import tolerations_changes, tolerations_patch
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.reconcile.raycluster_bounds import TOLERATIONS_SYNCED, WorkerBoundsSync
+from bigmodel_operator.reconcile.raycluster_sync import TOLERATIONS_SYNCED, WorkerBoundsSync
 
 from .conftest import load_example
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from bigmodel_operator.builders.serving_identity import build_serving_identity, rollout_report
-from bigmodel_operator.reconcile.promotion import promoted_condition
-from bigmodel_operator.status.promotion import job_of, plan_promotions
+from bigmodel_operator.reconcile.adapter_promotion import promoted_condition
+from bigmodel_operator.status.adapter_versions import job_of, plan_promotions
 
 T1, T2, T3, T4 = "2026-11-30T06:00:00Z", "2026-11-30T07:00:00Z", "2026-11-30T08:00:00Z", "2026-11-30T09:00:00Z"
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from bigmodel_operator.api import FineTuneJobSpec
-from bigmodel_operator.builders.training import S3_CACHE_DIR, build_config_map, build_job, render_trainer_config
+from bigmodel_operator.builders.trainer_job import S3_CACHE_DIR, build_config_map, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_training.config import TrainerConfig

@@ -19,7 +19,7 @@ from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.local import local_application, serve_manifest
-from bigmodel_operator.reconcile.bigmodel import _in_cluster_url
+from bigmodel_operator.reconcile.bigmodel_reconcile import _in_cluster_url
 
 from .conftest import load_example
 

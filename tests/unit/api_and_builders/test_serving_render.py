@@ -86,7 +86,7 @@ def test_cpu_replica_runs_vllms_cpu_build_with_a_small_memory_share() -> None:
     assert app["args"]["resources"] == {"accelerator": "cpu", "num_cpus": 1}
     assert app["args"]["engine_args"]["gpu_memory_utilization"] == 0.05
     assert "nvidia.com/gpu" not in _worker(rs)["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert _worker(rs)["template"]["spec"]["containers"][0]["image"] == CONFIG.images.transformers
+    assert _worker(rs)["template"]["spec"]["containers"][0]["image"] == CONFIG.images.cpu
 
 
 def test_ephemeral_storage_follows_the_planned_weights() -> None:

@@ -9,9 +9,9 @@ import pytest
 
 from bigmodel_operator import conditions as c
 from bigmodel_operator.conditions import Reason, set_condition
-from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status, startup_overdue
-from bigmodel_operator.status.finetunejob import FineTuneJobObservation
-from bigmodel_operator.status.finetunejob import compute_status as ftj_status
+from bigmodel_operator.status.bigmodel_status import BigModelObservation, Blocker, compute_status, startup_overdue
+from bigmodel_operator.status.finetunejob_status import FineTuneJobObservation
+from bigmodel_operator.status.finetunejob_status import compute_status as ftj_status
 
 
 def test_transition_time_moves_only_on_flip() -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from bigmodel_operator import crdgen
 from bigmodel_operator.api import FineTuneJobSpec
-from bigmodel_operator.builders.training import (
+from bigmodel_operator.builders.trainer_job import (
     GRACE_DEFAULT_SECONDS,
     build_config_map,
     build_job,

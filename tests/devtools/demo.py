@@ -21,6 +21,9 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kuberay_standin import kuberay_serving_status  # noqa: E402
+
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 NAMESPACE = "bigmodel-demo"
 GROUP, VERSION = "bigmodel.io", "v1alpha1"
@@ -191,29 +194,6 @@ def _bigmodel_story(custom: Any, networking: Any) -> None:
     )
     print("Ready=False", _cond(refused, "Ready")["reason"], "-", _cond(refused, "Ready")["message"])
     print(kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=BigModel"))
-
-
-def kuberay_serving_status(name: str, workers: int = 1) -> dict[str, Any]:
-    """The RayService status KubeRay writes once the Serve application runs (KubeRay itself is not run
-    here: it would dial pod addresses). Shared with the integration tests."""
-    return {
-        "serviceStatus": "Running",
-        "numServeEndpoints": workers,
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "NonZeroServeEndpoints",
-                "message": "",
-                "lastTransitionTime": "2026-01-01T00:00:00Z",
-            }
-        ],
-        "activeServiceStatus": {
-            "rayClusterName": f"{name}-abcde",
-            "applicationStatuses": {name: {"status": "RUNNING", "serveDeploymentStatuses": {}}},
-            "rayClusterStatus": {"readyWorkerReplicas": workers, "desiredWorkerReplicas": workers},
-        },
-    }
 
 
 def _finetune_story(custom: Any) -> None:

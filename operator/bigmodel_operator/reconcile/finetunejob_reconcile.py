@@ -11,19 +11,19 @@ from pydantic import ValidationError
 from bigmodel_operator import conditions as c
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.builders.feedback import sink_uri
-from bigmodel_operator.builders.training import build_config_map, build_identity, build_job, render_trainer_config
+from bigmodel_operator.builders.feedback_sink import sink_uri
+from bigmodel_operator.builders.trainer_job import build_config_map, build_identity, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.children import AlreadyReportedError, NotControlledError, ensure_child
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import TrainingPlanResult, training_plan
-from bigmodel_operator.reconcile.promotion import GATE_FAILED, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.finetunejob import FineTuneJobObservation, compute_status
+from bigmodel_operator.status.finetunejob_status import FineTuneJobObservation, compute_status
 
 log = logging.getLogger(__name__)
 EventSink = Callable[[dict[str, Any], str, str, str], None]

@@ -15,7 +15,7 @@ from typing import Any
 from bigmodel_operator import conditions as c
 from bigmodel_operator.builders.volumes import claims_in_spec, pvc_claim
 from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.promotion import PromotionResult, job_of, plan_promotions, targets
+from bigmodel_operator.status.adapter_versions import PromotionResult, job_of, plan_promotions, targets
 
 PROMOTED = "Promoted"
 GATE_FAILED = "GateFailed"

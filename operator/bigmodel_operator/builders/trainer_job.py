@@ -12,7 +12,7 @@ from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import GROUP, FineTuneJobSpec
-from bigmodel_operator.builders.feedback import dataset_source
+from bigmodel_operator.builders.feedback_sink import dataset_source
 from bigmodel_operator.builders.rayservice import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from bigmodel_operator.builders.volumes import (
     Mounts,

@@ -22,6 +22,7 @@ from bigmodel_operator.builders.serving_identity import build_serving_identity
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube, path_of
+from bigmodel_operator.reconcile.adapter_promotion import bigmodel_promotions
 from bigmodel_operator.reconcile.children import (
     AlreadyReportedError,
     ApplyResult,
@@ -32,11 +33,10 @@ from bigmodel_operator.reconcile.children import (
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
-from bigmodel_operator.reconcile.promotion import bigmodel_promotions
-from bigmodel_operator.reconcile.raycluster_bounds import WorkerBoundsSync
+from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.bigmodel import BigModelObservation, Blocker, compute_status
+from bigmodel_operator.status.bigmodel_status import BigModelObservation, Blocker, compute_status
 
 log = logging.getLogger(__name__)
 
