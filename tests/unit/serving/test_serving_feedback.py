@@ -368,7 +368,7 @@ def test_an_id_another_replica_just_answered_is_asked_about_again(monkeypatch: p
     assert caught.value.status == 404 and unknown.feedback.calls == 3
 
 
-# ---- the benchmark's report (bench_feedback.py) ----
+# ---- the benchmark's report (feedback_bench.py) ----
 
 
 def _http(p50: float, p99: float) -> dict[str, Any]:
@@ -380,8 +380,8 @@ def _piece(p50: float, p99: float) -> dict[str, Any]:
 
 
 def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path: Path) -> None:
-    from bigmodel_serving.bench_feedback import SECTION, render_section, summary
-    from bigmodel_serving.bench_report import replace_section
+    from feedback_bench import SECTION, render_section, summary
+    from serving_bench_report import replace_section
 
     run = {
         "date": "2026-11-30 08:00 UTC",
@@ -424,7 +424,7 @@ def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path:
 def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
     import asyncio
 
-    from bigmodel_serving.bench_feedback import asgi_post
+    from feedback_bench import asgi_post
 
     seen: dict[str, Any] = {}
 
@@ -440,7 +440,7 @@ def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
 
 
 def test_the_benchmark_reads_serves_access_logs_from_a_mark_on(tmp_path: Path) -> None:
-    from bigmodel_serving.bench_feedback import ServeLogs
+    from feedback_bench import ServeLogs
 
     replica = tmp_path / "replica_app_BigModelIngress_abc.log"
     proxy = tmp_path / "proxy_127.0.0.1.log"

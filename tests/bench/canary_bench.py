@@ -1,6 +1,6 @@
 """Micro-benchmark of the canary split's cost in the ingress (target: ≤ 0.5 ms p50 per request).
 
-    python -m bigmodel_serving.bench_canary [--requests 20000] [--out docs/benchmarks.md]
+    python tests/bench/canary_bench.py [--requests 20000] [--out docs/benchmarks.md]
 
 Measures, per request, on this machine and without Ray (the actor is an in-process fake; it is off the
 request path anyway: a replica talks to it every `SYNC_INTERVAL_S`, not per request):
@@ -110,7 +110,7 @@ def render_section(result: dict[str, Any], *, machine: str, date: str, load: flo
     lines = [
         SECTION,
         "",
-        f"`python -m bigmodel_serving.bench_canary` on {machine}, {date}; load average {load:.2f} (1 min) at "
+        f"`python tests/bench/canary_bench.py` on {machine}, {date}; load average {load:.2f} (1 min) at "
         f"the start. {result['requests']} requests over 500 API keys on one route (weight 20 %), in process "
         "without Ray (the canary actor is off the request path: a replica syncs with it every few seconds). "
         f"Target (issue 12): the split's ingress overhead ≤ {target} µs p50.",
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     result = asyncio.run(_measure(args.requests))
     print(json.dumps(result, indent=2))
     if args.out:
-        from bigmodel_serving.bench_report import replace_section
+        from serving_bench_report import replace_section
 
         cpu = platform.processor() or platform.machine()
         machine = f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

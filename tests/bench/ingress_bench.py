@@ -1,8 +1,8 @@
 """What our ingress adds to a streamed request over Ray Serve LLM's stock ingress, the engine taken out.
 
-Run by `python -m bigmodel_serving.bench` in its Ray driver, after the servers are measured.
+Run by `python tests/bench/serving_bench.py` in its Ray driver, after the servers are measured.
 
-End to end (bench.py), at concurrency 8 and 32 the engine's steps (tens of ms on CPU) decide when a request's
+End to end (serving_bench.py), at concurrency 8 and 32 the engine's steps (tens of ms on CPU) decide when a request's
 first token comes, and the servers' TTFT p50 differ by whole steps from run to run, either way. Here the
 engine is taken out: both ingresses run in this process on one event loop, as in a Serve replica — (b) Ray's
 `OpenAiIngress`, (c) our `BigModelIngress` behind its `GuardMiddleware`, keys and quotas on (the running
@@ -85,7 +85,7 @@ def completions_app(ingress: Any) -> App:
 
 async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple[float, int, float]:
     """(seconds to the first text chunk, status, seconds to the end) of one streamed POST /v1/completions."""
-    from bigmodel_serving.bench_client import asgi_post_scope
+    from http_load import asgi_post_scope
 
     scope = asgi_post_scope("/v1/completions", body, headers)
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -117,10 +117,10 @@ async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple
 
 async def compare(app_name: str, user_config: dict[str, Any], key: str, model: str = "bench") -> dict[str, Any]:
     """TTFT p50/p99 of (b) and (c) at each concurrency in PLAN; the two take turns, batch by batch."""
+    from http_load import percentile
     from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
     from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 
-    from bigmodel_serving.bench_client import percentile
     from bigmodel_serving.ingress import BigModelIngress, GuardMiddleware, _replica
 
     card = ModelCard(id=model, object="model", owned_by="bench", permission=[], metadata={})
