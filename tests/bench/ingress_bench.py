@@ -1,6 +1,7 @@
 """What our ingress adds to a streamed request over Ray Serve LLM's stock ingress, the engine taken out.
 
-Run by `python tests/bench/serving_bench.py` in its Ray driver, after the servers are measured.
+Run by `python tests/bench/serving_bench.py` in its Ray driver, after the servers are measured; alone
+(`python tests/bench/ingress_bench.py`: a local Ray for the quota actor, no vLLM) it prints the same JSON.
 
 End to end (serving_bench.py), at concurrency 8 and 32 the engine's steps (tens of ms on CPU) decide when a request's
 first token comes, and the servers' TTFT p50 differ by whole steps from run to run, either way. Here the
@@ -165,3 +166,28 @@ async def compare(app_name: str, user_config: dict[str, Any], key: str, model: s
             await ours._quota_leases.close()
         _replica.pop("ingress", None)
     return {"first_token_s": FIRST_TOKEN_S, "inter_token_s": INTER_TOKEN_S, "tokens": TOKENS, "load": results}
+
+
+def main() -> int:
+    """Alone (no vLLM): a local Ray for the quota actor, then `compare` with keys and quotas on, as JSON."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    from serving_bench import BENCH_KEY, BENCH_KEY_NAME, _ingress_user_config
+
+    from bigmodel_serving.local import start_local_ray
+
+    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
+    start_local_ray(num_cpus=2)
+    try:
+        result = asyncio.run(compare("ingress-bench", _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"))
+    finally:
+        ray.shutdown()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
