@@ -17,6 +17,8 @@ validated here by `ServeApplication`:
             max_ongoing_requests: <n>
             max_queued_requests: <n>
             user_config: <EngineConfig>        # adapters (name -> mounted path)
+        # BigModelMetrics (METRICS_DEPLOYMENT): one replica on the Ray head serving GET /metrics on
+        # args.metrics.port, a port of its own (no options to render).
 
 Why the split: Ray Serve hashes an application's `import_path`, `runtime_env` and `args` into its
 code version, and a new code version restarts every replica (the model loads again). Deployment
@@ -39,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 APP_IMPORT_PATH = "bigmodel_serving.app:build_app"
 INGRESS_DEPLOYMENT = "BigModelIngress"
 ENGINE_DEPLOYMENT = "BigModelEngine"
+METRICS_DEPLOYMENT = "BigModelMetrics"
+DEFAULT_METRICS_PORT = 8079
 URI_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "oci")
 
 # Settings the typed fields (or the app itself) own; `EngineArgs.extra` may not set them.
@@ -204,6 +208,13 @@ class ReplicaResources(_Args):
         return self.accelerator == "cpu"
 
 
+class MetricsListener(_Args):
+    """Where the metrics deployment serves GET /metrics: a port the Ingress and the Serve Service do not expose."""
+
+    host: str = Field(default="0.0.0.0", min_length=1, max_length=253, description="Address to bind.")
+    port: int = Field(default=DEFAULT_METRICS_PORT, ge=1, le=65_535)
+
+
 class ServeArgs(_Args):
     """The application's `args`: everything whose change needs a new engine."""
 
@@ -216,6 +227,11 @@ class ServeArgs(_Args):
     )
     hf_token_env: str | None = Field(
         default="HF_TOKEN", description="Name of the env var that carries the HF token (never the token)."
+    )
+    metrics: MetricsListener | None = Field(
+        default_factory=MetricsListener,
+        description="GET /metrics (vLLM's engine metrics, per-key usage, canary, feedback) on the Ray head; "
+        "null: no metrics listener.",
     )
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, RETRY_AFTER_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
 
@@ -103,7 +104,12 @@ def feedback_disabled() -> APIError:
 
 
 def feedback_unavailable(reason: str) -> APIError:
-    return APIError(503, f"Feedback is not available: {reason}", code="feedback_unavailable")
+    return APIError(
+        503,
+        f"Feedback is not available: {reason}",
+        code="feedback_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,60 +145,6 @@ def conversation_of(messages: Iterable[Any] | None = None, prompt: Any = None) -
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else None
-
-
-def answer_of(response: Any) -> tuple[str | None, str]:
-    """(id, text of the first choice) of a non-streamed chat or completions response."""
-    choices = getattr(response, "choices", None) or []
-    text = ""
-    if choices:
-        message = getattr(choices[0], "message", None)
-        found = getattr(message, "content", None) if message is not None else getattr(choices[0], "text", None)
-        text = found if isinstance(found, str) else ""
-    found_id = getattr(response, "id", None)
-    return (found_id if isinstance(found_id, str) else None), text
-
-
-@dataclass
-class StreamCapture:
-    """Collects the id and the first choice's text from server-sent event chunks."""
-
-    id: str | None = None
-    parts: list[str] = field(default_factory=list)
-    done: bool = False  # the `[DONE]` marker went by: the answer is whole
-
-    def feed(self, chunk: Any) -> None:
-        if not isinstance(chunk, str):
-            return
-        for line in chunk.splitlines():
-            payload = line.strip()
-            if not payload.startswith("data:"):
-                continue
-            payload = payload[5:].strip()
-            if payload == "[DONE]":
-                self.done = True
-                continue
-            if not payload.startswith("{"):
-                continue
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                continue
-            if not isinstance(data, dict):
-                continue
-            if self.id is None and isinstance(data.get("id"), str):
-                self.id = data["id"]
-            for choice in data.get("choices") or []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str):
-                    self.parts.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,9 +499,10 @@ class FeedbackClient:
         request = parse_feedback_request(raw)
         for delay in (*NOT_FOUND_RETRIES_S, None):
             try:
-                result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
-            except Exception as error:  # the actor is restarting (it keeps no answers across a restart)
-                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error)
+                pending = self.actor.feedback.remote(request.id, key, request.rating, request.correction)
+                result = await call_actor("feedback store", pending)
+            except DependencyUnavailableError as error:  # restarting (it keeps no answers across a restart)
+                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error.underlying)
                 raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
             if result["status"] != NOT_FOUND or delay is None:
                 break
@@ -563,8 +516,6 @@ class FeedbackClient:
         return {"id": request.id, "object": "feedback", "status": "recorded"}
 
     async def metrics_text(self) -> str:
-        try:
-            return render_feedback_metrics(await self.actor.all_scores.remote())
-        except Exception as error:  # /metrics goes on without the feedback families
-            logger.warning("bigmodel feedback: scores unavailable: %r", error)
-            return ""
+        """The feedback families; raises DependencyUnavailableError (/metrics goes on without them)."""
+        scores = await call_actor("feedback store", self.actor.all_scores.remote(), BACKGROUND_TIMEOUT_S)
+        return render_feedback_metrics(scores)

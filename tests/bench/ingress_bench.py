@@ -72,7 +72,7 @@ class StubEngine:
 
 def completions_app(ingress: Any) -> App:
     """The ASGI path both ingresses take: parse the body, call `completions`, stream the response."""
-    from ray.llm._internal.serve.core.configs.openai_api_models import CompletionRequest
+    from ray.serve.llm.openai_api_models import CompletionRequest
     from starlette.requests import Request
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -119,12 +119,12 @@ async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple
 async def compare(app_name: str, user_config: dict[str, Any], key: str, model: str = "bench") -> dict[str, Any]:
     """TTFT p50/p99 of (b) and (c) at each concurrency in PLAN; the two take turns, batch by batch."""
     from http_load import percentile
-    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
-    from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+    from ray.serve.llm.ingress import OpenAiIngress
 
-    from bigmodel_serving.ingress import BigModelIngress, GuardMiddleware, _replica
+    from bigmodel_serving.ingress import BigModelIngress
+    from bigmodel_serving.ingress_guard import GuardMiddleware, unregister
 
-    card = ModelCard(id=model, object="model", owned_by="bench", permission=[], metadata={})
+    card = {"id": model, "object": "model", "owned_by": "bench", "permission": [], "metadata": {}}
     stock = OpenAiIngress({model: StubEngine(model)}, {model: card})  # type: ignore[dict-item]
     ours = BigModelIngress({model: StubEngine(model)}, {model: card}, app_name=app_name)
     ours.reconfigure(user_config)
@@ -164,7 +164,7 @@ async def compare(app_name: str, user_config: dict[str, Any], key: str, model: s
     finally:
         if ours._quota_leases is not None:
             await ours._quota_leases.close()
-        _replica.pop("ingress", None)
+        unregister()
     return {"first_token_s": FIRST_TOKEN_S, "inter_token_s": INTER_TOKEN_S, "tokens": TOKENS, "load": results}
 
 

@@ -47,12 +47,12 @@ def test_both_ingresses_stream_from_the_stand_in_engine(tmp_path: Path, monkeypa
 
 def test_a_wrong_key_is_refused_on_the_guarded_path(tmp_path: Path) -> None:
     from ingress_bench import StubEngine, completions_app, timed_request
-    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 
-    from bigmodel_serving.ingress import BigModelIngress, GuardMiddleware, _replica
+    from bigmodel_serving.ingress import BigModelIngress
+    from bigmodel_serving.ingress_guard import GuardMiddleware, unregister
 
     (tmp_path / "bench").write_text("k-bench-test")
-    card = ModelCard(id="tiny", object="model", owned_by="bench", permission=[], metadata={})
+    card = {"id": "tiny", "object": "model", "owned_by": "bench", "permission": [], "metadata": {}}
     ours = BigModelIngress({"tiny": StubEngine("tiny")}, {"tiny": card}, app_name="unit-bench")
     ours.reconfigure({"auth": {"mode": "api_keys", "keys_dir": str(tmp_path)}})
     app = GuardMiddleware(completions_app(ours))
@@ -61,4 +61,4 @@ def test_a_wrong_key_is_refused_on_the_guarded_path(tmp_path: Path) -> None:
         assert asyncio.run(timed_request(app, body, {"Authorization": "Bearer nope"}))[1] == 401
         assert asyncio.run(timed_request(app, body, {"Authorization": "Bearer k-bench-test"}))[1] == 200
     finally:
-        _replica.pop("ingress", None)
+        unregister()
