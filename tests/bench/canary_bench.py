@@ -6,8 +6,9 @@ Measures, per request, on this machine and without Ray (the actor is an in-proce
 request path anyway: a replica talks to it every `SYNC_INTERVAL_S`, not per request):
 
 - `choose`: the version a key gets for a route (a dict look-up and one BLAKE2b hash);
-- `serve`: the wrapper around the engine stream (signals, `model` renamed in each chunk) minus the same
-  stream iterated bare, for a streamed answer of 16 SSE chunks;
+- the wrapper: `CanaryRouter.open` + `AnswerWatch` around the engine stream (signals, `model` renamed in
+  each chunk through openai_stream) minus the same stream iterated bare, for a streamed answer of 16 SSE
+  chunks;
 - total: `choose` + the wrapper, the canary's whole overhead on the request path.
 
 Prints one JSON object with p50/p99 in microseconds; with `--out`, also replaces the "## Canary split"
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bigmodel_serving.answer_watch import AnswerWatch
 from bigmodel_serving.args import AdapterRoute
 from bigmodel_serving.canary import CanaryActor, CanaryRouter
 
@@ -62,6 +64,16 @@ async def _stream(engine_model: str) -> AsyncGenerator[Any, None]:
         yield f'data: {{"id":"cmpl-1","model":"{engine_model}","choices":[{{"text":"t{index}"}}]}}\n\n'
 
 
+async def _answer(engine_model: str) -> Any:
+    from starlette.responses import StreamingResponse
+
+    return StreamingResponse(_stream(engine_model), media_type="text/event-stream")
+
+
+async def _no_log(texts: list[str], usage: dict[str, Any]) -> None:
+    return None
+
+
 async def _measure(requests: int) -> dict[str, Any]:
     router = CanaryRouter("bench", BASE, actor_factory=lambda app, base: _InProcessActor())
     router.configure([AdapterRoute(name="bot", stable="bot.v1", candidate="bot.v2", weight=0.2)])
@@ -75,11 +87,13 @@ async def _measure(requests: int) -> dict[str, Any]:
         choose_ns.append(time.perf_counter_ns() - started)
         assert choice is not None
         started = time.perf_counter_ns()
-        async for _ in _stream(choice.engine_model):
+        async for _ in (await _answer(choice.engine_model)).body_iterator:
             pass
         bare_ns.append(time.perf_counter_ns() - started)
         started = time.perf_counter_ns()
-        async for _ in router.serve(choice, _stream, lambda error: 500):
+        opened = await router.open(choice, _answer, lambda error: 500)
+        watch = AnswerWatch({}, strip_usage=False, remember=None, log=_no_log, canary=router, opened=opened)
+        async for _ in (await watch.watch(opened.answer)).body_iterator:
             pass
         wrapped_ns.append(time.perf_counter_ns() - started)
         if len(router._pending) > 1000:  # the background sync would send these; keep the buffer small

@@ -14,6 +14,8 @@ from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
     ENGINE_REPLICA_CPUS,
     HF_TOKEN_ENV,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
     Promotions,
     api_keys_secret_name,
     render_application,
@@ -161,6 +163,8 @@ def _head_pod_spec(
                         {"name": "dashboard", "containerPort": 8265},
                         {"name": "client", "containerPort": 10001},
                         _serve_port(config),
+                        # The serving app's GET /metrics (its metrics deployment runs on the head).
+                        {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
                     ],
                     "volumeMounts": [tmp_mount, *sink_mounts(spec), *keys_mounts],
                     "securityContext": restricted_container_security(),
