@@ -12,12 +12,14 @@ One scrape asks, each with a timeout and on its own:
   routes, feedback scores), each of which the ingress guards the same way;
 and adds `bigmodel_metrics_source_up{source}` for each. A source that fails never takes the others down.
 
-A port that cannot be bound is logged and the replica runs on without it: metrics must never take the
-application down.
+The port is bound with SO_REUSEPORT, so a replica replacing another (a new code version) binds while
+the old one still holds it; a port that cannot be bound is logged and tried again every few seconds,
+and the replica runs on meanwhile: metrics must never take the application down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +31,7 @@ from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_
 logger = logging.getLogger("ray.serve")
 
 METRICS_PATH = "/metrics"
+BIND_RETRY_S = 3.0
 
 
 class BigModelMetrics:
@@ -41,9 +44,11 @@ class BigModelMetrics:
         self.app_name = replica_app_name(app_name or "default")
         self.host, self.port = host, port
         self._runner: Any = None
-        await self._listen()
+        self._retrying: asyncio.Task[None] | None = None
+        if not await self._listen():
+            self._retrying = asyncio.get_running_loop().create_task(self._listen_until_bound())
 
-    async def _listen(self) -> None:
+    async def _listen(self) -> bool:
         from aiohttp import web
 
         app = web.Application()
@@ -52,13 +57,20 @@ class BigModelMetrics:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True, reuse_port=True).start()
         except OSError as error:
             logger.error("bigmodel: metrics listener on %s:%d not started: %r", self.host, self.port, error)
             await runner.cleanup()
-            return
+            return False
         self._runner = runner
         logger.info("bigmodel: metrics on http://%s:%d%s", self.host, self.port, METRICS_PATH)
+        return True
+
+    async def _listen_until_bound(self) -> None:
+        while True:
+            await asyncio.sleep(BIND_RETRY_S)
+            if await self._listen():
+                return
 
     async def _metrics(self, request: Any) -> Any:
         from aiohttp import web
@@ -101,6 +113,8 @@ class BigModelMetrics:
         """Serve's health check: the replica answers (a listener that could not bind is only logged)."""
 
     async def __del__(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -324,17 +324,26 @@ def test_metrics_serve_what_answers(engine: Any, app: Any, up: dict[str, int], m
         assert samples[("vllm:num_requests_running", (("replica", "0"),))] == 1
 
 
-def test_a_taken_metrics_port_does_not_fail_the_replica() -> None:
+def test_a_taken_metrics_port_does_not_fail_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bigmodel_serving import metrics_server
     from bigmodel_serving.metrics_server import BigModelMetrics
 
+    monkeypatch.setattr(metrics_server, "BIND_RETRY_S", 0.05)
+
     async def scenario() -> None:
-        with socket.socket() as taken:
+        server = BigModelMetrics.__new__(BigModelMetrics)
+        with socket.socket() as taken:  # held by something else (without SO_REUSEPORT)
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            server = BigModelMetrics.__new__(BigModelMetrics)
             port = taken.getsockname()[1]
             await BigModelMetrics.__init__(server, _EngineHandle([]), host="127.0.0.1", port=port, app_name="unit")
             assert server._runner is None
             await server.check_health()
+        for _ in range(100):  # freed: the replica binds it on its own
+            await asyncio.sleep(0.05)
+            if server._runner is not None:
+                break
+        assert server._runner is not None
+        await server.__del__()
 
     asyncio.run(scenario())
