@@ -12,9 +12,10 @@ One scrape asks, each with a timeout and on its own:
   routes, feedback scores), each of which the ingress guards the same way;
 and adds `bigmodel_metrics_source_up{source}` for each. A source that fails never takes the others down.
 
-The port is bound with SO_REUSEPORT, so a replica replacing another (a new code version) binds while
-the old one still holds it; a port that cannot be bound is logged and tried again every few seconds,
-and the replica runs on meanwhile: metrics must never take the application down.
+A port that cannot be bound (a replica replacing another while the old one still holds it, or another
+program) is logged and tried again every few seconds, and the replica runs on meanwhile: metrics must
+never take the application down. (No SO_REUSEPORT: two applications on one machine would then share
+a port without a word.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BigModelMetrics:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True, reuse_port=True).start()
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
         except OSError as error:
             logger.error("bigmodel: metrics listener on %s:%d not started: %r", self.host, self.port, error)
             await runner.cleanup()

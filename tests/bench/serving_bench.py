@@ -112,6 +112,7 @@ def _serve_args(name: str, directory: Path, engine: dict[str, Any]) -> dict[str,
         "model": {"uri": directory.as_uri(), "served_name": name},
         "engine_args": {**typed, "extra": extra},
         "resources": {"accelerator": "cpu", "num_cpus": 1},
+        "metrics": None,  # no metrics listener: not on the request path, and 8079 may be taken here
     }
 
 
