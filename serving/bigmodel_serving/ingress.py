@@ -427,7 +427,8 @@ def _running_engine_replicas(app_name: str) -> int:
     deployment = application.deployments.get(ENGINE_DEPLOYMENT) if application is not None else None
     if deployment is None:
         return 0
-    return sum(count for state, count in deployment.replica_states.items() if str(state.value) == "RUNNING")
+    states = deployment.replica_states.items()
+    return sum(count for state, count in states if str(getattr(state, "value", state)) == "RUNNING")
 
 
 APP = create_app()
