@@ -99,7 +99,7 @@ WORKDIR /home/trainer
 ENTRYPOINT ["python", "-m", "bigmodel_training"]
 
 # The GPU serving runtime: Ray (Serve) + vLLM + our Serve application on the rayproject/ray base (its user
-# `ray`, uid 1000, home /home/ray, is the one the RayService pods run as; pip installs into its conda Python).
+# `ray`, uid 1000, home /home/ray, is the one the RayService pods run as; uv installs into its conda Python).
 # KubeRay starts `ray start` in it; the operator's RayService imports bigmodel_serving.app:build_app.
 FROM ${RAY_IMAGE} AS serving-vllm
 ENV HF_HOME=/home/ray/.cache/huggingface
