@@ -16,7 +16,7 @@
 #                                  $REGISTRY/<image>:$VERSION    the same image: the one built last
 # An image whose key is in the layout is not rebuilt. Layers are stored uncompressed and once: skopeo skips
 # the blobs the layout already has, so a code change writes only our code's layers (MBs), and serving-cpu and
-# trainer share their biggest layer (docs/images/shared.lock); older builds are dropped (umoci rm + gc).
+# trainer share their biggest layer (docs/images/shared.lock); older builds are dropped (docs/images/layout.py).
 # tests/cluster/node.py imports from the layout only the blobs the e2e node's containerd lacks.
 # buildah's layer cache (--layers) and uv's build cache (a RUN cache mount) make a rebuild after a code or
 # lock change redo only what changed. Build every image from one tree state, in one run, so that they carry
@@ -98,15 +98,11 @@ build_docker() {
 # Each line of the build's output with the time of day, so that a slow step shows in the log.
 stamp() { while IFS= read -r line; do printf '%(%T)T %s\n' -1 "$line"; done; }
 
-# The tags the layout holds, one a line.
-layout_tags() { if [ -f "$LAYOUT/index.json" ]; then umoci ls --layout "$LAYOUT"; fi; }
-
 build_buildah() {
-  local image=$1 tag=$2 base=$3 repo key ref start built old
-  repo=${tag%:*}
+  local image=$1 tag=$2 base=$3 key ref start built
   key=$(printf '%s\n' "$(context_hash)" "$base" "$tag" | sha256sum | cut -c1-16)
-  ref="$repo:$key"
-  if layout_tags | grep -qxF "$ref"; then
+  ref="${tag%:*}:$key"
+  if python3 docs/images/layout.py has "$LAYOUT" "$ref"; then
     echo "== cached $tag: $ref in $LAYOUT"
   else
     start=$(date +%s)
@@ -119,17 +115,13 @@ build_buildah() {
     skopeo copy --quiet --dest-oci-accept-uncompressed-layers "containers-storage:$tag" "oci:$LAYOUT:$ref"
     echo "== built $tag in $(( built - start ))s, copied into the layout in $(( $(date +%s) - built ))s"
   fi
-  umoci tag --image "$LAYOUT:$ref" "$tag"
-  # Older builds of this image are not needed again (a dependency change leaves GBs of unreachable blobs).
-  for old in $(layout_tags | grep -F "$repo:" || true); do
-    if [ "$old" != "$ref" ] && [ "$old" != "$tag" ]; then umoci rm --image "$LAYOUT:$old"; fi
-  done
+  kept+=("$ref=$tag")
 }
 
 case "$BUILDER" in
   docker) ;;
   buildah)
-    for tool in buildah mmdebstrap skopeo umoci; do
+    for tool in buildah mmdebstrap skopeo; do
       command -v "$tool" >/dev/null || { echo "BUILDER=buildah needs $tool (see tests/e2e/debian_packages.sh)" >&2
                                          exit 1; }
     done
@@ -138,11 +130,13 @@ case "$BUILDER" in
   *) echo "BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
 esac
 
+kept=()
 for image in $IMAGES; do
   tag="$REGISTRY/$image:$VERSION"
   if [ "$BUILDER" = docker ]; then build_docker "$image" "$tag"; else build_buildah "$image" "$tag" "$base"; fi
 done
 if [ "$BUILDER" = buildah ]; then
-  umoci gc --layout "$LAYOUT"
+  # Tag each build $VERSION; older builds of these images are not needed again (a dependency change leaves GBs).
+  python3 docs/images/layout.py keep "$LAYOUT" "${kept[@]}"
   echo "== image layout $LAYOUT: $(du -sh "$LAYOUT" | cut -f1)"
 fi

@@ -10,6 +10,9 @@ the operator's defaults and the chart.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -172,3 +175,36 @@ def test_pinned_requirements_cover_the_project_dependencies() -> None:
         pinned = {name.lower() for name in _pins(lock.name)}
         missing = [name for name in names if name.replace("_", "-") not in pinned]
         assert not missing, f"{lock.name} lacks {missing}: run docs/images/lock.sh"
+
+
+def test_layout_keep_tags_the_build_and_sweeps_older_ones(tmp_path: Path) -> None:
+    """docs/images/layout.py: the build gets its tag, older builds of that image go, shared blobs stay."""
+    spec = importlib.util.spec_from_file_location("image_layout", LOCKS / "layout.py")
+    assert spec and spec.loader
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    blobs = tmp_path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    def image(*layers: bytes) -> dict:
+        manifest = {"config": {"digest": put(b"{}" + layers[-1])}, "layers": [{"digest": put(x)} for x in layers]}
+        return {"digest": put(json.dumps(manifest).encode())}
+
+    old, new, other = image(b"torch", b"code v1"), image(b"torch", b"code v2"), image(b"operator")
+    names = {"r/serving:old": old, "r/serving:e2e": old, "r/serving:new": new, "r/operator:e2e": other}
+    index = {"manifests": [{**d, "annotations": {layout.REF: n}} for n, d in names.items()]}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    removed = layout.keep(tmp_path, [("r/serving:new", "r/serving:e2e")])
+    index = json.loads((tmp_path / "index.json").read_text())
+    after = {m["annotations"][layout.REF]: m["digest"] for m in index["manifests"]}
+    assert after == {"r/operator:e2e": other["digest"], "r/serving:new": new["digest"], "r/serving:e2e": new["digest"]}
+    gone = {hashlib.sha256(x).hexdigest() for x in (b"code v1", b"{}code v1")} | {old["digest"].split(":")[1]}
+    assert {p.name for p in removed} == gone
+    assert (blobs / hashlib.sha256(b"torch").hexdigest()).exists()
+    assert layout.main(["has", str(tmp_path), "r/serving:e2e"]) == 0
+    assert layout.main(["has", str(tmp_path), "r/serving:old"]) == 1
