@@ -6,8 +6,9 @@
                                           repositories; delete the blobs nothing names any more
 
 skopeo writes the images into the layout (`skopeo copy ... oci:LAYOUT:NAME`); this only edits index.json and
-removes unreferenced blobs, a mark and sweep over index -> manifest -> config and layers. (`umoci gc` does the
-same but read every blob first: 5.6 min for a 7.8 GB layout on the 2-core machine.) Standard library only.
+removes unreferenced blobs, a mark and sweep over index -> manifest -> config and layers, in well under a second.
+(umoci's tag, rm and gc did this first and took 5.7 min after three cached builds of a 7.8 GB layout on the
+2-core machine, 2026-12-06.) Standard library only.
 """
 
 from __future__ import annotations
