@@ -21,7 +21,7 @@ REGISTRY=${REGISTRY:-ghcr.io/bigmodel-operator}
 PY=${PY:-.venv/bin/python}
 NODE="$PY tests/cluster/node.py"
 CACHE=${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}
-step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
+step() { printf '\n== %s (at %ss, %(%T)T)\n' "$1" "$SECONDS" -1; }
 
 step "Debian packages"
 tests/e2e/debian_packages.sh
