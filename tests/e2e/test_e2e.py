@@ -30,7 +30,7 @@ from .conftest import Steps
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
-# The CPU serving image bakes the tiny model here (serving/Dockerfile.cpu): /tmp would be hidden by the
+# The CPU serving image bakes the tiny model here (the Dockerfile, serving-cpu): /tmp would be hidden by the
 # emptyDir the RayService pods mount on /tmp.
 MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-llama")
 # Helper pods (the data PVC, the adapter check) run in the trainer image, which has `bigmodel dev tiny-model`.
