@@ -142,7 +142,7 @@ class FineTuneJobReconciler(BaseReconciler):
                     lambda: self._apply(body, spec, base_uri, base_revision, result.gpus, obs, feedback_sink),
                 )
         obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
-        obs.pods = self.state.children("FineTuneJob", namespace, name, kind="Pod")
+        obs.pods = self.state.children("Pod", "FineTuneJob", namespace, name)
         await self._write(body, compute_status(obs, previous))
         self.finish(outcome)
 

@@ -20,7 +20,7 @@ from typing import Any
 from bigmodel_operator import naming
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
-Bucket = tuple[str, str, str]  # (index, namespace, value): ("children:BigModel", ns, owner), ("deploying", ns, bm)
+Bucket = tuple[str, str, str]  # (index, namespace, value): ("Pod of FineTuneJob", ns, owner), ("deploying", ns, bm)
 SLIM_KINDS = frozenset(
     {"RayService", "Ingress", "NetworkPolicy", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"}
 )
@@ -113,7 +113,7 @@ class ClusterState:
         labels = body["metadata"].get("labels") or {}
         for label, owner_kind in OWNER_LABELS.items():
             if owner := labels.get(label):
-                out.append((f"children:{owner_kind}", namespace, owner))
+                out.append((f"{kind} of {owner_kind}", namespace, owner))
         if kind == "FineTuneJob":
             target = ((body.get("spec") or {}).get("deployTo") or {}).get("bigModel")
             if target:
@@ -157,10 +157,9 @@ class ClusterState:
             reads.buckets.setdefault(bucket, self._bucket_versions.get(bucket, 0))
         return [self._objects[key] for key in sorted(self._buckets.get(bucket, ()))]
 
-    def children(self, owner_kind: str, namespace: str, owner: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """Objects that name `owner` in their owner label (of one kind, when given), in key order."""
-        found = self._bucket((f"children:{owner_kind}", namespace, owner))
-        return [body for body in found if kind is None or body["kind"] == kind]
+    def children(self, kind: str, owner_kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """Objects of `kind` that name `owner` in their owner label, by name."""
+        return self._bucket((f"{kind} of {owner_kind}", namespace, owner))
 
     def deploying_to(self, namespace: str, bigmodel: str) -> list[dict[str, Any]]:
         """FineTuneJobs whose spec.deployTo.bigModel is `bigmodel`, by name."""
