@@ -207,8 +207,8 @@ class BigModelReconciler(BaseReconciler):
                     blocks_deploy=False,
                 )
             )
-        rayservice = self.state.get("RayService", namespace, naming.rayservice_name(name))
-        ingress = self.state.get("Ingress", namespace, naming.ingress_name(name))
+        rayservice = self._own("RayService", body, naming.rayservice_name(name))
+        ingress = self._own("Ingress", body, naming.ingress_name(name))
         url = ingress_url(spec) or _in_cluster_url(name, namespace, spec, self.config)
         obs = BigModelObservation(
             generation=meta.get("generation"),
@@ -228,6 +228,11 @@ class BigModelReconciler(BaseReconciler):
             rayservice_name=naming.rayservice_name(name),
         )
         return obs, place
+
+    def _own(self, kind: str, body: dict[str, Any], child: str) -> dict[str, Any] | None:
+        """A cached child, if this BigModel controls it (an earlier one's RayService must not report Ready)."""
+        found = self.state.get(kind, body["metadata"]["namespace"], child)
+        return found if found and naming.is_controlled_by(found, body["metadata"]["uid"]) else None
 
     async def _apply_children(
         self,

@@ -141,8 +141,11 @@ class FineTuneJobReconciler(BaseReconciler):
                     obs.blockers,
                     lambda: self._apply(body, spec, base_uri, base_revision, result.gpus, obs, feedback_sink),
                 )
-        obs.job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
-        obs.pods = self.state.children("Pod", "FineTuneJob", namespace, name)
+        job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
+        obs.job = job if job and naming.is_controlled_by(job, meta["uid"]) else None  # not an earlier job's
+        job_uid = (obs.job or {}).get("metadata", {}).get("uid", "")
+        pods = self.state.children("Pod", "FineTuneJob", namespace, name)
+        obs.pods = [pod for pod in pods if job_uid and naming.is_controlled_by(pod, job_uid)]
         await self._write(body, compute_status(obs, previous))
         self.finish(outcome)
 
