@@ -60,6 +60,7 @@ class KeyedRunner:
         self._generation: dict[Hashable, object] = {}
         self._failures: dict[Hashable, _Backoff] = {}
         self._waits: dict[Hashable, int] = {}
+        self._wait_due: dict[Hashable, float] = {}  # loop.time() of the pending wait's timer
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.running = 0
@@ -126,6 +127,7 @@ class KeyedRunner:
                 else:
                     self._failures.pop(key, None)
                     self._waits.pop(key, None)
+                    self._wait_due.pop(key, None)
                 if key not in self._dirty:
                     return
         finally:
@@ -133,16 +135,21 @@ class KeyedRunner:
 
     def _again(self, key: Hashable, error: Exception, generation: object) -> None:
         """Schedule the next run after a failure (backoff) or a wait."""
+        loop = asyncio.get_running_loop()
         if isinstance(error, RetryLaterError):
             self._failures.pop(key, None)
+            due = self._wait_due.get(key)
+            if due is not None and due > loop.time():  # an event ran it before its timer: keep that timer's time
+                self._later(key, due - loop.time())
+                return
             count = self._waits[key] = self._waits.get(key, 0) + 1
             delay = backoff_delay(count, MAX_WAIT)
+            self._wait_due[key] = loop.time() + delay
             log.info("%s %s waits (%d), again in %.1fs: %s", self.name, key, count, delay, error)
         else:
             failed = self._failures.get(key)
             count = (failed.attempts if failed else 0) + 1
             delay = backoff_delay(count, MAX_BACKOFF)
-            loop = asyncio.get_running_loop()
             self._failures[key] = _Backoff(generation, count, loop.time() + delay)
             log.warning("%s %s failed (attempt %d), retrying in %.1fs: %s", self.name, key, count, delay, error)
         self._later(key, delay)
@@ -151,7 +158,7 @@ class KeyedRunner:
         """Drop every trace of a deleted object: pending retry, backoff, generation, work."""
         if timer := self._timers.pop(key, None):
             timer.cancel()
-        for table in (self._failures, self._waits, self._work, self._generation):
+        for table in (self._failures, self._waits, self._wait_due, self._work, self._generation):
             table.pop(key, None)
         self._dirty.discard(key)
 
@@ -165,7 +172,8 @@ class KeyedRunner:
 
     def tracked(self) -> int:
         """Keys with any state here (for the leak test: 0 once every object is gone)."""
-        return len(self._work) + len(self._timers) + len(self._failures) + len(self._waits) + len(self._generation)
+        tables = (self._work, self._timers, self._failures, self._waits, self._wait_due, self._generation)
+        return sum(len(table) for table in tables)
 
     async def drain(self) -> None:
         """Wait for every run in progress (tests)."""
