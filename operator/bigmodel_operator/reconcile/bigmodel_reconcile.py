@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,8 @@ from bigmodel_operator.reconcile.children import (
     OldChildError,
     check_control,
     ensure_child,
+    ensure_children,
+    first_failure,
     remove_child,
 )
 from bigmodel_operator.reconcile.model_source import HUB_CACHE_SECONDS, model_config_for, read_secret_key
@@ -245,13 +248,16 @@ class BigModelReconciler(BaseReconciler):
         """Apply the children in order (write_children turns what the apiserver refuses into blockers)."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        # The policy first, so the Ray pods never run with their ports open.
+        # Everything the Ray pods need first, together: the policy (so they never run with their ports open),
+        # the keys Secret they mount and the identity they run as.
         policy = build_network_policy(body, spec, self.config)
-        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
+        before: list[Awaitable[Any]] = [
+            self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
+            ensure_children(self.kube, self.state, build_serving_identity(body), body),
+        ]
         if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
-            await self._create_api_keys(body, keys)
-        for child in build_serving_identity(body):  # before the pods that run as it
-            await ensure_child(self.kube, self.state, child, body)
+            before.append(self._create_api_keys(body, keys))
+        await first_failure(*before)
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body

@@ -19,7 +19,7 @@ from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Blocker, Reason
 from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.base_reconciler import PROBLEM_REASONS, BaseReconciler, ChildWrites
-from bigmodel_operator.reconcile.children import ensure_child
+from bigmodel_operator.reconcile.children import ensure_child, ensure_children
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import TrainingPlanResult, training_plan
@@ -173,8 +173,7 @@ class FineTuneJobReconciler(BaseReconciler):
         mounts = Mounts(root=self.config.model_mount_root)
         trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink)
         config_map = build_config_map(body, trainer_config)
-        for child in [*build_identity(body), config_map]:
-            await ensure_child(self.kube, self.state, child, body)
+        await ensure_children(self.kube, self.state, [*build_identity(body), config_map], body)
         job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan)
         result = await ensure_child(self.kube, self.state, job, body, create_only=True)
         obs.job = result.body

@@ -37,13 +37,14 @@ def test_events_do_not_cut_a_failure_backoff_short() -> None:
 
         start = loop.time()
         runner.trigger("k", failing, generation=1)
-        while loop.time() - start < 0.75:  # a storm of watch events for the same generation
+        while loop.time() - start < 0.55:  # a storm of watch events for the same generation
             runner.trigger("k", failing, generation=1)
             await asyncio.sleep(0.005)
-        # Runs at 0, then after 0.1, 0.2, 0.4 s of backoff: four, whatever the events.
-        assert len(runs) == 4, [round(t - start, 2) for t in runs]
+        # Runs at 0, then after 0.1 and 0.2 s of backoff (the next one is due at 0.7 s), whatever the events:
+        # never more (a slow machine may run them late, never early).
+        assert 2 <= len(runs) <= 3, [round(t - start, 2) for t in runs]
         gaps = [b - a for a, b in itertools.pairwise(runs)]
-        assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.1, 0.2, 0.4], strict=False)), gaps
+        assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.1, 0.2], strict=False)), gaps
         assert runner.backing_off() == 1
         runner.forget("k")
 
