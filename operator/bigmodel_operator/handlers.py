@@ -30,6 +30,7 @@ MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
 TRAINER_POD_SELECTOR = f"{MANAGED_SELECTOR},{naming.LABEL_COMPONENT}=trainer"
 EVENT_QUEUE = 10_000
+EVENT_HOLD_SECONDS = 5.0
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CHILD_RESOURCES = (  # (group, version, plural) of every kind we create and watch
     ("ray.io", "v1", "rayservices"),
@@ -71,8 +72,14 @@ class Operator:
             self.events_dropped += 1
 
     async def post_events(self) -> None:
+        """Post queued Events; while reconciles run, hold each back up to EVENT_HOLD_SECONDS, so a burst's
+        writes of children and status go first."""
+        loop = asyncio.get_running_loop()
         while True:
             body, type_, reason, message = await self.events.get()
+            held = loop.time()
+            while self.runner.running and loop.time() - held < EVENT_HOLD_SECONDS:
+                await asyncio.sleep(0.05)
             await post_event(self.kube, body, type_, reason, message)
 
     def reconciler(self, kind: str) -> BaseReconciler:
