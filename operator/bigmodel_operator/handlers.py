@@ -8,6 +8,7 @@ a batching delay. Retries and coalescing live in reconcile.runner. See docs/deve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -74,12 +75,10 @@ class Operator:
     async def post_events(self) -> None:
         """Post queued Events; while reconciles run, hold each back up to EVENT_HOLD_SECONDS, so a burst's
         writes of children and status go first."""
-        loop = asyncio.get_running_loop()
         while True:
             body, type_, reason, message = await self.events.get()
-            held = loop.time()
-            while self.runner.running and loop.time() - held < EVENT_HOLD_SECONDS:
-                await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.runner.idle.wait(), EVENT_HOLD_SECONDS)
             await post_event(self.kube, body, type_, reason, message)
 
     def reconciler(self, kind: str) -> BaseReconciler:

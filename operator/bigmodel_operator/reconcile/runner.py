@@ -64,6 +64,8 @@ class KeyedRunner:
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.running = 0
+        self.idle = asyncio.Event()  # set while no reconcile runs
+        self.idle.set()
 
     def trigger(self, key: Hashable, work: Work, generation: object = None) -> None:
         """Ask for `work` to run for `key` soon: now, right after the run in progress, or, while a failure
@@ -112,10 +114,13 @@ class KeyedRunner:
                 try:
                     async with self._slots:
                         self.running += 1
+                        self.idle.clear()
                         try:
                             await work()
                         finally:
                             self.running -= 1
+                            if not self.running:
+                                self.idle.set()
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
