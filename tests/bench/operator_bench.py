@@ -39,6 +39,11 @@ from bigmodel_operator.status.bigmodel_status import BigModelObservation, comput
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 COUNT = int(os.environ.get("BIGMODEL_BENCH_COUNT", "1000"))
+JOBS, JOB_TARGETS = (
+    int(os.environ.get("BIGMODEL_BENCH_JOBS", "200")),
+    int(os.environ.get("BIGMODEL_BENCH_JOB_TARGETS", "50")),
+)
+IDLE_SECONDS = int(os.environ.get("BIGMODEL_BENCH_IDLE_SECONDS", "45"))
 CONCURRENCY = 32
 WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"}
 sys.path.insert(0, str(Path(__file__).parent))
@@ -176,7 +181,7 @@ async def paced_latency(kube: Kube, namespace: str, kind: str, bodies: list[dict
     await asyncio.sleep(0.5)
     started = await create_all(kube, bodies, kind, namespace, rate=RATE)
     deadline = time.monotonic() + 120
-    while len(seen) < len(bodies) and time.monotonic() < deadline:
+    while not all(n in seen for n in started) and time.monotonic() < deadline:  # the namespace may hold others
         await asyncio.sleep(0.05)
     stop.set()
     watcher.cancel()
@@ -335,7 +340,7 @@ async def ours(kube: Kube, operator: psutil.Process, namespace: str) -> dict[str
     rss1 = operator.memory_info().rss / 2**20
     events_tail = await events_drained(kube)
     before_idle = await operator_writes(kube)
-    idle_seconds = 45
+    idle_seconds = IDLE_SECONDS
     idle_cpu0 = sum(operator.cpu_times()[:2])
     await asyncio.sleep(idle_seconds)
     idle_cpu = sum(operator.cpu_times()[:2]) - idle_cpu0
@@ -398,8 +403,8 @@ async def scenario(kube: Kube, config_path: Path, namespace: str, finetunejobs: 
             process = process.children()[0]
         settled = None
         if finetunejobs:
-            print(f"{namespace}: 50 BigModels and 200 FineTuneJobs deploying to them ...", flush=True)
-            settled = await populate_finetunejobs(kube, namespace, 50, 200)
+            print(f"{namespace}: {JOB_TARGETS} BigModels and {JOBS} FineTuneJobs deploying to them ...", flush=True)
+            settled = await populate_finetunejobs(kube, namespace, JOB_TARGETS, JOBS)
             await asyncio.sleep(10)
         print(f"{namespace}: {COUNT} BigModels ...", flush=True)
         result = await ours(kube, process, namespace)
@@ -483,11 +488,11 @@ operator). Latency is from the client's create call to the RayService's ADDED ev
 bare client in the same run that creates the same BigModels and makes, for each, the writes the operator
 makes (NetworkPolicy, API-keys Secret, ServiceAccount, Role, RoleBinding, RayService, status: {writes_floor}
 writes with the create), {CONCURRENCY} BigModels in flight; its paced row is a RayService create → ADDED (the
-watch's own latency). "With FineTuneJobs": the same run into a namespace that already holds 50 BigModels and
-200 FineTuneJobs deploying to them (their Jobs ran on KWOK; every job had a status after
+watch's own latency). "With FineTuneJobs": the same run into a namespace that already holds {JOB_TARGETS} BigModels and
+{JOBS} FineTuneJobs deploying to them (their Jobs ran on KWOK; every job had a status after
 {jobs.get("populated_s") or 0:.0f} s). Operator resync period 15 s.
 
-| measure | floor (bare client) | operator | operator, with 200 FineTuneJobs on 50 BigModels |
+| measure | floor (bare client) | operator | operator, with {JOBS} FineTuneJobs on {JOB_TARGETS} BigModels |
 |---|---|---|---|
 {table}
 
