@@ -63,6 +63,14 @@ class OperatorConfig(BaseModel):
     )
     hub_endpoint: str = "https://huggingface.co"
     resync_seconds: float = Field(default=120, gt=0, description="Period of the level-based resync.")
+    max_concurrent_reconciles: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "Reconciles running at once (the rest wait their turn; one object never runs twice at once). Each "
+            "makes a few API calls in sequence, so this also bounds the operator's requests in flight."
+        ),
+    )
     model_mount_root: str = "/mnt/bigmodel"
     serve_port: int = Field(
         default=8000,

@@ -312,10 +312,11 @@ def test_hostile_layer_count_is_refused_and_deploys_nothing() -> None:
     ],
 )
 def test_finetunejob_spec_caused_plan_errors_are_final(reason: str, phase: str) -> None:
+    from bigmodel_operator.conditions import Blocker
     from bigmodel_operator.status.finetunejob_status import FineTuneJobObservation, compute_status
 
     obs = FineTuneJobObservation(1, None, reason, "why", "j-train", "pvc://out/a")
-    obs.blockers.append((reason, "why"))
+    obs.blockers.append(Blocker(reason, "why"))
     status = compute_status(obs, None)
     assert status["phase"] == phase
     assert (get_condition(status["conditions"], "Complete") or {})["reason"] == reason
