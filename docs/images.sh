@@ -73,7 +73,7 @@ deps_hash() {
 
 # The build context as the Dockerfiles see it (.dockerignore), hashed file by file.
 context_hash() {
-  { cat "$1"; find pyproject.toml README.md operator/bigmodel_operator serving/bigmodel_serving \
+  { cat "$1"; find pyproject.toml README.md contract/bigmodel_contract operator/bigmodel_operator serving/bigmodel_serving \
       training/bigmodel_training docs/images -type f ! -path '*/__pycache__/*' -print0 \
       | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
 }

@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from bigmodel_operator import crdgen
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.api.base import DNS_1035_LABEL, has_parent_segment
+from bigmodel_operator.api.base import (
+    DNS_1035_LABEL,
+    HIDDEN_CHARACTER_RE2,
+    PARENT_SEGMENT_RE2,
+    PRIVATE_HTTP_HOST_RE2,
+    has_parent_segment,
+    re2_literal,
+)
 from bigmodel_operator.conditions import Reason, get_condition
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError
@@ -81,24 +88,43 @@ def test_finetunejob_paths_and_adapter_name_are_validated() -> None:
             FineTuneJobSpec.model_validate(spec)
 
 
-def _walk_rules(node: Any) -> list[str]:
-    rules: list[str] = []
-    if isinstance(node, dict):
-        rules += [r["rule"] for r in node.get("x-kubernetes-validations", [])]
-        for value in node.values():
-            rules += _walk_rules(value)
-    elif isinstance(node, list):
-        for value in node:
-            rules += _walk_rules(value)
-    return rules
+def _fields_with_rule(node: Any, needle: str, path: str = "") -> set[str]:
+    found = {path} if any(needle in r["rule"] for r in node.get("x-kubernetes-validations", [])) else set()
+    for name, sub in (node.get("properties") or {}).items():
+        found |= _fields_with_rule(sub, needle, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        found |= _fields_with_rule(node["items"], needle, f"{path}[]")
+    return found
 
 
-def test_every_uri_field_carries_the_cel_rule() -> None:
-    for info, count in ((crdgen.BIGMODEL, 7), (crdgen.FINETUNEJOB, 5)):
-        rules = _walk_rules(crdgen.crd(info))
-        # model.uri, revision, tokenizer, adapters[].uri, feedback.sink.pvc.path, feedback.sink.uri,
-        # expose.ingress.path ('.' and '..') / baseModel.uri, revision, dataset.uri, output.uri, evaluation.datasetUri
-        assert sum("\\\\.\\\\." in r for r in rules) == count, info.kind
+URI_FIELDS = {
+    "BigModel": {
+        ".spec.model.uri",
+        ".spec.model.revision",
+        ".spec.model.tokenizer",
+        ".spec.adapters[].uri",
+        ".spec.feedback.sink.pvc.path",
+        ".spec.feedback.sink.uri",
+        ".spec.runtime.image",
+    },
+    "FineTuneJob": {
+        ".spec.baseModel.uri",
+        ".spec.baseModel.revision",
+        ".spec.dataset.uri",
+        ".spec.output.uri",
+        ".spec.evaluation.datasetUri",
+    },
+}
+
+
+@pytest.mark.parametrize("info", [crdgen.BIGMODEL, crdgen.FINETUNEJOB], ids=lambda i: i.kind)
+def test_every_uri_field_carries_the_cel_rules(info: crdgen.CrdInfo) -> None:
+    """No '..' segment (also encoded) and no hidden character in every URI; http(s) hosts where fetched."""
+    root = crdgen.crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert _fields_with_rule(root, re2_literal(PARENT_SEGMENT_RE2)) == URI_FIELDS[info.kind]
+    assert _fields_with_rule(root, re2_literal(HIDDEN_CHARACTER_RE2)) == URI_FIELDS[info.kind]
+    fetched = {".spec.dataset.uri", ".spec.evaluation.datasetUri"} if info.kind == "FineTuneJob" else set()
+    assert _fields_with_rule(root, re2_literal(PRIVATE_HTTP_HOST_RE2)) == fetched
 
 
 # --- names KubeRay accepts (its rule: k8s.io/apimachinery IsDNS1035Label) ---------------------------
