@@ -70,9 +70,9 @@ def refused_address(address: str | IPAddress) -> str | None:
             return why
     if isinstance(ip, ipaddress.IPv6Address):
         for v4 in _embedded_v4(ip):
-            why = refused_address(v4)
-            if why:
-                return f"{why}, embedded in {ip}"
+            inner = refused_address(v4)
+            if inner:
+                return f"{inner}, embedded in {ip}"
     return None
 
 

@@ -130,13 +130,13 @@ def trainer_scratch_sizes(
         source = rendered.get(part) or {}
         return not source.get("local_path") and urlparse(str(source.get("uri") or "")).scheme in REMOTE_DATA
 
-    weights = (plan or {}).get("weightBytes")
+    weights = int((plan or {}).get("weightBytes") or 0)
     downloads_model = fetched("base_model")
     if downloads_model and not weights:
         return ScratchSizes.flat(fallback)
     gib = CACHE_BASE_GIB + SCRATCH_GIB
     if downloads_model:
-        gib += math.ceil(int(weights) * 1.05 / _GIB)
+        gib += math.ceil(weights * 1.05 / _GIB)
     if fetched("dataset"):
         dataset_bytes = (rendered.get("dataset") or {}).get("max_file_bytes") or DEFAULT_DATASET_GIB * _GIB
         gib += math.ceil(int(dataset_bytes) / _GIB)
@@ -144,7 +144,7 @@ def trainer_scratch_sizes(
     if not output.get("local_path") and str(output.get("uri") or "").startswith("s3://"):
         gib += TRAINER_STAGED_CHECKPOINTS * math.ceil(float((plan or {}).get("checkpointGiB") or 0))
         if (plan or {}).get("method") == "full" and weights:
-            gib += math.ceil(int(weights) / _GIB)
+            gib += math.ceil(weights / _GIB)
     return ScratchSizes.flat(f"{gib}Gi")
 
 
