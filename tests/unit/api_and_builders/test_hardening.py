@@ -345,3 +345,84 @@ def test_finetunejob_spec_caused_plan_errors_are_final(reason: str, phase: str) 
     status = compute_status(obs, None)
     assert status["phase"] == phase
     assert (get_condition(status["conditions"], "Complete") or {})["reason"] == reason
+
+
+# --- issue 21: hidden characters, internal http hosts, the inline config's shape, CPU parallelism ----
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _bm_spec(uri="hf://org/na\u00a0me"),
+        _bm_spec(uri="hf://org/name\u200b"),
+        _bm_spec(uri="pvc://models/%2e%2e/x"),
+        _bm_spec(tokenizer="pvc://models/..\\x"),
+        {"model": {"uri": "hf://org/name"}, "runtime": {"image": "repo/img:1\u202e"}},
+        _bm_spec(config={"x": "y" * (1 << 20)}),
+        _bm_spec(config={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}),
+        _bm_spec(config={"a": list(range(5000))}),
+        {"model": {"uri": "hf://org/name"}, "resources": {"gpu": {"count": 0}}, "engine": {"tensorParallelSize": 4}},
+        {"model": {"uri": "hf://org/name"}, "resources": {"gpu": {"count": 0}}, "engine": {"pipelineParallelSize": 2}},
+    ],
+)
+def test_issue_21_bigmodel_inputs_the_operator_refuses(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        BigModelSpec.model_validate(spec)
+
+
+def test_a_real_nested_config_and_cpu_without_parallelism_pass() -> None:
+    quantized = {"quantization_config": {"config_groups": {"group_0": {"weights": {"num_bits": 4}}}}, "rope": None}
+    BigModelSpec.model_validate(_bm_spec(config=quantized))
+    BigModelSpec.model_validate({**_bm_spec(), "resources": {"gpu": {"count": 0}}, "engine": {"tensorParallelSize": 1}})
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://2852039166/",
+        "https://localhost/x.jsonl",
+        "http://[::ffff:10.0.0.1]/x",
+        "https://example.com/da\u00a0ta.jsonl",
+    ],
+)
+def test_finetunejob_datasets_on_internal_hosts_are_refused(uri: str) -> None:
+    body = load_example("finetunejob-lora.yaml")
+    for field in ("dataset", "evaluation"):
+        spec = dict(body["spec"])
+        if field == "dataset":
+            spec["dataset"] = {**spec["dataset"], "uri": uri}
+        else:
+            spec["evaluation"] = {"datasetUri": uri}
+        with pytest.raises(ValidationError):
+            FineTuneJobSpec.model_validate(spec)
+
+
+def test_a_public_http_dataset_passes() -> None:
+    body = load_example("finetunejob-lora.yaml")
+    FineTuneJobSpec.model_validate(
+        {**body["spec"], "dataset": {**body["spec"]["dataset"], "uri": "https://example.com/d.jsonl"}}
+    )
+
+
+def test_the_crds_are_not_in_the_all_category() -> None:
+    """`kubectl delete all --all` must not delete BigModels and FineTuneJobs."""
+    for info in crdgen.ALL_CRDS:
+        assert "all" not in crdgen.crd(info)["spec"]["names"]["categories"]
+
+
+def test_trainer_disk_follows_the_plan() -> None:
+    from bigmodel_operator.builders.volumes import trainer_scratch_sizes
+
+    rendered = {
+        "base_model": {"uri": "hf://org/m"},
+        "dataset": {"uri": "https://example.com/d.jsonl", "max_file_bytes": 2 * 2**30},
+        "output": {"uri": "s3://bucket/out"},
+    }
+    plan = {"weightBytes": 16 * 2**30, "checkpointGiB": 0.2, "method": "lora"}
+    # 4 cache + 10 tmp + 17 weights (+5 %) + 2 dataset + 3 staged checkpoints of 1 GiB (rounded up)
+    assert trainer_scratch_sizes(rendered, plan, None, "100Gi").total == "36Gi"
+    assert trainer_scratch_sizes(rendered, None, None, "100Gi").total == "100Gi"
+    assert trainer_scratch_sizes(rendered, plan, "500Gi", "100Gi").cache == "500Gi"
+    mounted = {"base_model": {"uri": "pvc://m/x", "local_path": "/mnt/x"}, "dataset": {"uri": "pvc://d/x"}}
+    assert trainer_scratch_sizes(mounted, None, None, "100Gi").total == "14Gi"
