@@ -17,6 +17,7 @@ FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY docs/images/uv.sh /opt/bigmodel/
 COPY pyproject.toml README.md ./
+COPY contract/bigmodel_contract contract/bigmodel_contract
 COPY operator/bigmodel_operator operator/bigmodel_operator
 COPY serving/bigmodel_serving serving/bigmodel_serving
 COPY training/bigmodel_training training/bigmodel_training

@@ -52,7 +52,7 @@ labels=(--label "org.opencontainers.image.version=$VERSION"
 
 # The build context as the Dockerfile sees it (.dockerignore lets through no more than these), file by file.
 context_hash() {
-  { cat Dockerfile .dockerignore; find pyproject.toml README.md operator/bigmodel_operator serving/bigmodel_serving \
+  { cat Dockerfile .dockerignore; find pyproject.toml README.md contract/bigmodel_contract operator/bigmodel_operator serving/bigmodel_serving \
       training/bigmodel_training docs/images -type f -name '*' ! -path '*/__pycache__/*' -print0 \
       | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
 }

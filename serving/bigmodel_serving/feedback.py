@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -41,6 +42,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bigmodel_contract.safe_paths import PathEscapeError, resolve_inside
 from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, RETRY_AFTER_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
@@ -231,17 +233,31 @@ class FeedbackSink(Protocol):
 
 
 class DirectorySink:
-    """One JSONL file per UTC day in a directory (a mounted PVC): feedback-YYYY-MM-DD.jsonl."""
+    """One JSONL file per UTC day in a directory (a mounted PVC): feedback-YYYY-MM-DD.jsonl.
 
-    def __init__(self, directory: Path) -> None:
+    With `root` (the claim's mount) every write is resolved inside it first: a symlink someone put on
+    the volume (the directory, or a day's file) cannot make the ingress append somewhere else."""
+
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
         self.directory = directory
+        self.root = root
         self.location = str(directory)
 
     def append(self, record: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         day = datetime.now(UTC).strftime("%Y-%m-%d")
+        name = f"feedback-{day}.jsonl"
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with open(self.directory / f"feedback-{day}.jsonl", "a", encoding="utf-8") as handle:
+        if self.root is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            target = self.directory / name
+        else:
+            relative = os.path.relpath(self.directory, self.root)
+            try:
+                resolve_inside(self.root, relative).mkdir(parents=True, exist_ok=True)
+                target = resolve_inside(self.root, f"{relative}/{name}")
+            except PathEscapeError as exc:
+                raise FeedbackSinkError(f"feedback sink {self.location}: {exc}") from exc
+        with open(target, "a", encoding="utf-8") as handle:
             handle.write(line)
 
 
@@ -269,7 +285,7 @@ SINK_SCHEMES: dict[str, Callable[[str], FeedbackSink]] = {"file": _directory_sin
 def open_sink(args: FeedbackArgs) -> FeedbackSink:
     """The writer for `args.sink_path` or `args.sink_uri`; FeedbackSinkError says why not."""
     if args.sink_path:
-        return DirectorySink(Path(args.sink_path))
+        return DirectorySink(Path(args.sink_path), Path(args.sink_root) if args.sink_root else None)
     uri = args.sink_uri or ""
     scheme = urlparse(uri).scheme
     opener = SINK_SCHEMES.get(scheme)

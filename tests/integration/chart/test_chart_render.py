@@ -95,7 +95,7 @@ def test_rendered_config_is_what_the_operator_loads(render: Callable[..., list[d
     values = yaml.safe_load((CHART / "values.yaml").read_text())["operatorConfig"]
     for key, value in values.items():
         default = getattr(defaults, key)
-        assert (default.model_dump() if hasattr(default, "model_dump") else default) == value, (
+        assert (default.model_dump(exclude_none=True) if hasattr(default, "model_dump") else default) == value, (
             f"values.yaml operatorConfig.{key} differs from the operator's default"
         )
 
