@@ -361,7 +361,7 @@ class BigModelIngress(OpenAiIngress):
             self.key_store = ApiKeyStore(keys_dir)
         if config.request_log != self.config.request_log or self.request_log is None:
             self.request_log = RequestLogger.from_args(config.request_log)
-        self.canary.configure(config.routes, config.rollout_report)
+        self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
         self.config = config
         logger.info(
@@ -382,8 +382,8 @@ class BigModelIngress(OpenAiIngress):
             client = FeedbackClient(config.feedback, feedback_actor(app_name))
             self.feedback = client if config.feedback.enabled else None
 
-    def _remember(self, body: Any, raw_request: Request | None, completion_id: str | None, answer: str) -> None:
-        """Send an answered completion to the feedback actor (not awaited)."""
+    async def _remember(self, body: Any, raw_request: Request | None, completion_id: str | None, answer: str) -> None:
+        """Journal an answered completion for feedback; returns once it is durable (feedback.py)."""
         if self.feedback is None or raw_request is None:
             return
         if isinstance(body, ChatCompletionRequest):
@@ -391,7 +391,7 @@ class BigModelIngress(OpenAiIngress):
         else:
             conversation = conversation_of(prompt=body.prompt)
         key = str(raw_request.scope.get(KEY_SCOPE, ANONYMOUS))
-        self.feedback.remember(completion_id, key, str(body.model), conversation, answer)
+        await self.feedback.remember(completion_id, key, str(body.model), conversation, answer)
 
     # ---- guard hooks ----
 
@@ -525,7 +525,7 @@ class BigModelIngress(OpenAiIngress):
                                 int(usage.get("prompt_tokens") or 0),
                                 int(usage.get("completion_tokens") or 0),
                             )
-                        self._remember(body, raw_request, *answer_of(item))
+                        await self._remember(body, raw_request, *answer_of(item))
                     yield item
                     continue
                 chunks = item if isinstance(item, list) else [item]
@@ -544,11 +544,11 @@ class BigModelIngress(OpenAiIngress):
                     # Before the last chunk goes out: a client that got `[DONE]` may hang up at once, and
                     # the proxy then cancels this generator at its next `yield`.
                     remembered = True
-                    self._remember(body, raw_request, capture.id, capture.text)
+                    await self._remember(body, raw_request, capture.id, capture.text)
                 if kept:
                     yield kept if isinstance(item, list) else kept[0]
             if capture is not None and not remembered:  # the stream ended without `[DONE]`
-                self._remember(body, raw_request, capture.id, capture.text)
+                await self._remember(body, raw_request, capture.id, capture.text)
         except (BackPressureError, DeploymentUnavailableError) as error:
             raise translate_exception(error) from None
         finally:
