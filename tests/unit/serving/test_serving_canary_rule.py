@@ -13,6 +13,7 @@ import math
 import random
 
 import pytest
+from canary_montecarlo import Outcome, Scenario, lower_bound, simulate, upper_bound
 
 from bigmodel_serving.canary_rule import (
     SIGNALS,
@@ -24,7 +25,6 @@ from bigmodel_serving.canary_rule import (
     is_bad,
     verdicts,
 )
-from canary_montecarlo import Outcome, Scenario, lower_bound, simulate, upper_bound
 
 TRIALS = 2000
 HORIZON_EQUAL = 10_000  # requests (2,000 on the candidate at weight 20 %)
