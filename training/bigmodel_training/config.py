@@ -64,6 +64,11 @@ class FeedbackFilter(_Model):
 
     min_rating: int = Field(default=1, ge=1, le=5, description="Keep records rated at least this (1..5).")
     since: datetime | None = Field(default=None, description="Keep records given at or after this time.")
+    until: datetime | None = Field(
+        default=None,
+        description="The snapshot's end: records given after it are not read (the FineTuneJob's creation time), "
+        "so a retried or resumed run trains on exactly the same rows.",
+    )
 
 
 class DatasetSource(_Model):
@@ -190,6 +195,11 @@ class GateConfig(_Model):
     )
     min_score: float | None = Field(
         default=None, ge=0, le=1, description="Smallest eval-set score (share passed) of the adapted model."
+    )
+    require_held_out: bool = Field(
+        default=True,
+        description="Without held-out data (no validation split, no eval set) the gate does not pass: nothing was "
+        "compared. false: pass anyway (the adapter is then judged by the canary alone).",
     )
 
 

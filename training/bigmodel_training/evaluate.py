@@ -31,6 +31,7 @@ from bigmodel_training.errors import DatasetError
 
 log = logging.getLogger(__name__)
 REPORTED_DEFECTS = 20
+PASSED, FAILED, NOT_COMPARED = "Passed", "Failed", "NotCompared"
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GateResult:
     scorer: str | None = None
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
+    outcome: str = PASSED  # Passed | Failed | NotCompared (no held-out data)
 
     @property
     def loss_ratio(self) -> float | None:
@@ -76,6 +78,7 @@ class GateResult:
             "examples": self.examples or None,
             "scorer": self.scorer,
             "passed": self.passed,
+            "outcome": self.outcome,
             "reasons": list(self.reasons),
         }
         return {key: value for key, value in status.items() if value is not None}
@@ -212,6 +215,16 @@ def decide(result: GateResult, gate: GateConfig, *, base_comparable: bool = True
     if result.adapted_loss is not None and not math.isfinite(result.adapted_loss):
         passed = False
         reasons.append(f"adapted held-out loss is {result.adapted_loss}: training diverged")
+    elif result.held_out_examples == 0 and result.score is None:
+        if gate.require_held_out:
+            passed = False
+            result.outcome = NOT_COMPARED
+            reasons.append(
+                "no held-out data: dataset.validationSplit is 0 and no evaluation.datasetUri, so nothing was "
+                "compared; not promoted (set one of them, or evaluation.gate.requireHeldOut: false)"
+            )
+        else:
+            reasons.append("no held-out data: not compared (evaluation.gate.requireHeldOut is false)")
     elif result.held_out_examples == 0:
         reasons.append("no held-out examples (dataset.validationSplit is 0): held-out loss not compared")
     elif not base_comparable or result.loss_ratio is None:
@@ -238,6 +251,8 @@ def decide(result: GateResult, gate: GateConfig, *, base_comparable: bool = True
             )
     result.passed = passed
     result.reasons = reasons
+    if result.outcome != NOT_COMPARED:
+        result.outcome = PASSED if passed else FAILED
     return result
 
 

@@ -295,6 +295,13 @@ class EvalGateSpec(ApiModel):
         le=1,
         description="Smallest share of eval-set examples the adapted model must pass (default: not checked).",
     )
+    require_held_out: bool | None = Field(
+        default=None,
+        description=(
+            "Without held-out data (dataset.validationSplit 0 and no datasetUri) nothing is compared and the adapter "
+            "is not promoted (default true; the job still succeeds). false: promote anyway, the canary alone judges."
+        ),
+    )
 
 
 class EvaluationSpec(ApiModel):
@@ -424,6 +431,9 @@ class EvaluationResult(ApiModel):
     examples: int | None = Field(default=None, description="Eval-set examples scored.")
     scorer: str | None = Field(default=None, description="Scorer used on the eval set.")
     passed: bool | None = Field(default=None, description="Whether the gate passed.")
+    outcome: Literal["Passed", "Failed", "NotCompared"] | None = Field(
+        default=None, description="NotCompared: no held-out data, so not promoted (evaluation.gate.requireHeldOut)."
+    )
     reasons: list[str] | None = Field(default=None, description="Why the gate passed or failed, one line per check.")
 
 

@@ -78,7 +78,7 @@ def render_trainer_config(
         base["revision"] = base_revision
     if local := mounts.local_path(base_uri):
         base["local_path"] = local
-    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink)
+    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink, meta.get("creationTimestamp"))
     if spec.dataset.validation_split is not None:
         dataset["validation_split"] = spec.dataset.validation_split
     for limit in ("max_line_bytes", "max_file_bytes"):

@@ -17,7 +17,7 @@ from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube
-from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, PROMOTED, promoted_condition
+from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, NO_HELD_OUT_DATA, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.children import AlreadyReportedError, NotControlledError, ensure_child
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
@@ -239,7 +239,7 @@ class FineTuneJobReconciler:
             return
         if after["status"] == "True":
             self.emit(body, "Normal", PROMOTED, after["message"])
-        elif after["reason"] in {GATE_FAILED, "RolledBack", "Refused", "BigModelNotFound"}:
+        elif after["reason"] in {GATE_FAILED, NO_HELD_OUT_DATA, "RolledBack", "Refused", "BigModelNotFound"}:
             self.emit(body, "Warning", after["reason"], after["message"])
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ class Job:
     gate_message: str
     canary: dict[str, Any]
     orphan: bool = False  # its FineTuneJob is gone; served from what the status recorded
+    not_compared: bool = False  # the gate had no held-out data (evaluation.outcome NotCompared)
 
     @property
     def engine_name(self) -> str:
@@ -108,6 +109,7 @@ def job_of(body: dict[str, Any]) -> Job:
         passed=evaluation.get("passed"),
         gate_message="; ".join(str(r) for r in reasons)[:1000],
         canary=dict(deploy.get("canary") or {}),
+        not_compared=evaluation.get("outcome") == "NotCompared",
     )
 
 
@@ -208,7 +210,8 @@ def _decide(
         if job.phase != "Succeeded" or job.passed is None:
             continue  # still training, failed, or the trainer has not reported its evaluation yet
         if job.passed is False:
-            phases[job.version] = (REFUSED, f"eval gate failed: {job.gate_message}")
+            what = "not promoted" if job.not_compared else "eval gate failed"
+            phases[job.version] = (REFUSED, f"{what}: {job.gate_message}")
         elif name in plain:
             phases[job.version] = (REFUSED, f"spec.adapters already has an adapter named {name}")
         elif len(job.engine_name) > MAX_ENGINE_ADAPTER_NAME:

@@ -311,3 +311,22 @@ def test_a_promoted_adapter_outlives_its_finetunejob_until_it_is_rolled_back_by_
     removed = _plan([], gone.adapters, rollouts=rollback)
     assert _phases(removed) == {"ftj-1": ("RolledBack", None)} and removed.promotions.routes == ()
     assert _plan([], removed.adapters, rollouts=rollback).adapters == []
+
+
+def test_no_held_out_data_is_not_promoted_and_says_why() -> None:
+    ftj = _ftj("ftj-1", passed=False)
+    ftj["status"]["evaluation"] = {"passed": False, "outcome": "NotCompared", "reasons": ["no held-out data: ..."]}
+    result = _plan([ftj])
+    assert _phases(result) == {"ftj-1": ("Refused", None)} and result.promotions.routes == ()
+    assert result.adapters[0]["message"].startswith("not promoted: no held-out data")
+    promoted, reason, message = promoted_condition(ftj, {"status": {}}) or (None, None, None)
+    assert (promoted, reason) == (False, "NoHeldOutData") and "no held-out data" in str(message)
+
+
+def test_a_feedback_dataset_is_a_snapshot_that_ends_when_the_job_was_created() -> None:
+    from bigmodel_operator.api.finetunejob import DatasetSpec
+    from bigmodel_operator.builders.feedback_sink import dataset_source
+
+    spec = DatasetSpec.model_validate({"fromFeedback": {"bigModel": "tiny-cpu", "minRating": 4}})
+    rendered = dataset_source(spec, "pvc://feedback/tiny-cpu", "2026-12-06T10:00:00Z")
+    assert rendered["feedback"] == {"min_rating": 4, "until": "2026-12-06T10:00:00Z"}
