@@ -203,6 +203,20 @@ class GateConfig(_Model):
     )
 
 
+class IncumbentAdapter(_Model):
+    """The version this run's adapter would replace (the stable adapter of its BigModel), compared on the same
+    held-out examples and eval set; none: the base model is the incumbent."""
+
+    name: str = Field(min_length=1, description="Its engine name, e.g. support-bot.ftj-v1 (for the status).")
+    uri: str = Field(description="Where its adapter files are: pvc://, file:/// or s3://.")
+    local_path: str | None = Field(default=None, description="Where the operator mounted it.")
+
+    @model_validator(mode="after")
+    def _uri(self) -> IncumbentAdapter:
+        _check_uri(self.uri)
+        return self
+
+
 class EvaluationConfig(_Model):
     """After training: held-out loss of the base and the adapted model, and an optional scored eval set."""
 
@@ -215,6 +229,7 @@ class EvaluationConfig(_Model):
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
     max_examples: int = Field(default=200, ge=1, le=10_000)
     gate: GateConfig = Field(default_factory=GateConfig)
+    incumbent: IncumbentAdapter | None = Field(default=None, description="The adapter version it would replace.")
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:

@@ -417,6 +417,19 @@ class TrainingProgress(ApiModel):
     percent: int | None = Field(default=None, description="step / totalSteps in percent.")
 
 
+class EvaluationComparison(ApiModel):
+    """The candidate against the version it would replace, on the same examples."""
+
+    metric: Literal["heldOutLoss", "evalScore"] = Field(description="Held-out token loss, or the eval-set score.")
+    candidate: float | None = Field(default=None, description="The new adapter's value.")
+    incumbent: float | None = Field(default=None, description="The incumbent's value on the same examples.")
+    n: int | None = Field(default=None, description="Examples compared.")
+    ratio: float | None = Field(default=None, description="heldOutLoss: candidate / incumbent.")
+    difference: float | None = Field(default=None, description="evalScore: candidate - incumbent.")
+    ci95: list[float] | None = Field(default=None, max_length=2, description="95 % confidence interval of it.")
+    passed: bool | None = Field(default=None, description="Whether this comparison passed.")
+
+
 class EvaluationResult(ApiModel):
     """What the trainer measured after training, and whether the gate passed."""
 
@@ -431,6 +444,12 @@ class EvaluationResult(ApiModel):
     examples: int | None = Field(default=None, description="Eval-set examples scored.")
     scorer: str | None = Field(default=None, description="Scorer used on the eval set.")
     passed: bool | None = Field(default=None, description="Whether the gate passed.")
+    incumbent: str | None = Field(
+        default=None, description="The version compared with: the stable adapter it would replace, or 'base model'."
+    )
+    comparisons: list[EvaluationComparison] | None = Field(
+        default=None, max_length=8, description="Candidate against the incumbent: metric, both values, N, 95 % CI."
+    )
     outcome: Literal["Passed", "Failed", "NotCompared"] | None = Field(
         default=None, description="NotCompared: no held-out data, so not promoted (evaluation.gate.requireHeldOut)."
     )

@@ -195,7 +195,8 @@ class FineTuneJobReconciler:
     ) -> ApiError | None:
         """Create the children; a write the apiserver refuses becomes a blocker and is returned."""
         mounts = Mounts(root=self.config.model_mount_root)
-        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink)
+        incumbent = self._incumbent(body, spec)
+        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink, incumbent)
         config_map = build_config_map(body, trainer_config)
         try:
             for child in [*build_identity(body), config_map]:
@@ -216,6 +217,21 @@ class FineTuneJobReconciler:
         obs.job = result.body
         if event := result.event():
             self.emit(body, "Normal", *event)
+        return None
+
+    def _incumbent(self, body: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, str] | None:
+        """{name, uri} of the stable version this job's adapter would replace (the gate compares with it);
+        None: no stable adapter of that name yet, so the base model is the incumbent."""
+        deploy = spec.deploy_to
+        if deploy is None:
+            return None
+        meta = body["metadata"]
+        bigmodel = self.state.get("BigModel", meta["namespace"], deploy.big_model) or {}
+        adapter = deploy.adapter_name or meta["name"]
+        for entry in (bigmodel.get("status") or {}).get("adapters") or []:
+            mine = entry.get("name") == adapter and entry.get("version") != meta["name"]
+            if mine and entry.get("phase") == "Stable" and entry.get("uri") and entry.get("engineName"):
+                return {"name": str(entry["engineName"]), "uri": str(entry["uri"])}
         return None
 
     def _with_promotion(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

@@ -510,7 +510,7 @@ def test_the_whole_loop(
         # 4. A second version from the same feedback (another seed): a candidate at 20 %.
         # The split is measured, not judged: no automatic decision during these 500 requests (the engine keeps
         # one LoRA in memory, so the two versions' latencies differ by the swaps).
-        split_only = {"weight": 20, "windowRequests": 1_000_000, "maxLatencyRatio": 1000, "minRequests": 1_000_000}
+        split_only = {"weight": 20, "maxLatencyRatio": 1000, "minRequests": 1_000_000}
         body = _finetunejob("ftj-v2", since, steps=20, max_loss_ratio=1.0, canary=split_only)
         body["spec"]["hyperparameters"]["seed"] = 11
         cluster.create("finetunejobs", body)
