@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -24,6 +25,7 @@ from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.finetunejob_reconcile import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
 from bigmodel_operator.reconcile.state import ClusterState
+from bigmodel_operator.status.startup_phases import pod_record
 
 log = logging.getLogger(__name__)
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -201,6 +203,22 @@ async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
 async def trainer_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
+
+
+@kopf.on.event(
+    "", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "model-server"}
+)
+async def model_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Ray pods of a BigModel: their times (cold start phases) and resources (cost), kept in compact form."""
+    operator = _op(memo)
+    body: dict[str, Any] = dict(event.get("object") or {})
+    owner = _owner_from_labels(body, naming.LABEL_BIGMODEL)
+    namespace = (body.get("metadata") or {}).get("namespace")
+    if not owner or not namespace:
+        return
+    deleted = datetime.now(UTC).replace(microsecond=0) if event.get("type") == "DELETED" else None
+    operator.state.put_model_pod(namespace, owner, pod_record(body, deleted))
+    operator.trigger("BigModel", namespace, owner)
 
 
 @kopf.on.event("", "v1", "nodes", labels={GPU_PRODUCT_LABEL: kopf.PRESENT})

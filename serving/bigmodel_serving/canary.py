@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from bigmodel_serving.args import AdapterRoute, RolloutReportArgs
+from bigmodel_serving.head_placement import head_pinning
 from bigmodel_serving.rollout_report import Decision as DecisionReport
 from bigmodel_serving.rollout_report import RolloutReporter
 
@@ -455,7 +456,11 @@ def canary_actor(app_name: str, base_model: str) -> Any:
 
     remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1)(CanaryActor)
     return remote_cls.options(
-        name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=actor_name(app_name),
+        namespace=ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **head_pinning(),  # outlives worker pods that scale to zero
     ).remote(app_name, base_model)
 
 

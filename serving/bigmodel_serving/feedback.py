@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
+from bigmodel_serving.head_placement import head_pinning
 
 logger = logging.getLogger(__name__)
 
@@ -514,7 +515,11 @@ def feedback_actor(app_name: str) -> Any:
 
     remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=1)(FeedbackActor)
     return remote_cls.options(
-        name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=actor_name(app_name),
+        namespace=ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **head_pinning(),  # outlives worker pods that scale to zero
     ).remote()
 
 

@@ -71,6 +71,9 @@ from bigmodel_serving.metrics import CONTENT_TYPE, merge_engine_metrics, render_
 from bigmodel_serving.quota import quota_actor, retry_after_header
 from bigmodel_serving.quota_leases import QuotaLeases
 from bigmodel_serving.request_log import RequestLogger
+from bigmodel_serving.startup_report import report_target
+from bigmodel_serving.usage_report import BusyClock
+from bigmodel_serving.wake import first_within_wake_bound, running_engine_replicas
 
 logger = logging.getLogger("ray.serve")
 
@@ -82,6 +85,7 @@ Send = Callable[[Message], Awaitable[None]]
 KEY_SCOPE = "bigmodel.key"  # the API key's name, set by the guard
 MODEL_SCOPE = "bigmodel.model"  # the engine model (adapter version) that answered, for the response header
 USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a generation ends
+CALLED_MODEL_SCOPE = "bigmodel.called_model"  # the model the client asked for (usage by model and adapter)
 ANONYMOUS = "anonymous"
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 # Ray's OpenAI routes we serve (method name on OpenAiIngress -> route); the rest stay unrouted.
@@ -176,6 +180,9 @@ class GuardMiddleware:
                     raise _BodyTooLargeError
             return message
 
+        busy = ingress.busy_clock() if scope["method"] == "POST" and path in GENERATION_PATHS else None
+        if busy is not None:
+            busy.enter()
         try:
             await self.app(scope, capped_receive, tracking_send)
         except _BodyTooLargeError:
@@ -184,6 +191,8 @@ class GuardMiddleware:
             status = 499  # the client went away; Serve cancelled the request
             raise
         finally:
+            if busy is not None:
+                busy.exit()
             self._record(scope, status)
 
     @staticmethod
@@ -191,7 +200,7 @@ class GuardMiddleware:
         ingress = _replica.get("ingress")
         if ingress is not None and KEY_SCOPE in scope:
             prompt, completion = scope.get(USAGE_SCOPE, (0, 0))
-            ingress.record(scope[KEY_SCOPE], status, prompt, completion)
+            ingress.record(scope[KEY_SCOPE], status, prompt, completion, scope.get(CALLED_MODEL_SCOPE))
 
 
 def _error_response(error: APIError) -> Response:
@@ -347,6 +356,7 @@ class BigModelIngress(OpenAiIngress):
         self.request_log: RequestLogger | None = None
         self.feedback: FeedbackClient | None = None
         self._quota_leases: QuotaLeases | None = None
+        self._usage_reported = False
         self.created = int(time.time())
         _replica["ingress"] = self
 
@@ -364,6 +374,7 @@ class BigModelIngress(OpenAiIngress):
         self.canary.configure(config.routes, config.rollout_report)
         self._configure_feedback(config)
         self.config = config
+        self._report_usage()
         logger.info(
             "bigmodel: auth %s, quotas %s, adapters %s",
             config.auth.mode,
@@ -431,12 +442,30 @@ class BigModelIngress(OpenAiIngress):
         if wait > 0:
             raise quota_exceeded(key, retry_after_header(wait))
 
-    def record(self, key: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def record(
+        self, key: str, status: int, prompt_tokens: int, completion_tokens: int, model: str | None = None
+    ) -> None:
         """Charge the lease and count usage locally; both reach the quota actor within a second."""
         try:
-            self._actor().record(key, self._quota(key), status, prompt_tokens, completion_tokens)
+            self._actor().record(key, self._quota(key), status, prompt_tokens, completion_tokens, model)
         except Exception:  # usage is best effort; the answer already went out
             logger.exception("bigmodel: could not record usage")
+
+    def busy_clock(self) -> BusyClock:
+        """When this replica has generation requests in flight (idle time of the model's GPUs)."""
+        return self._actor().busy
+
+    def _report_usage(self) -> None:
+        """Once per replica: tell the quota actor which BigModel's status.usage it reports to (in a cluster)."""
+        if self._usage_reported:
+            return
+        self._usage_reported = True
+        try:
+            target = report_target(serve.get_replica_context().app_name)
+            if target is not None:
+                self._actor().actor().report_usage_to.remote(*target)
+        except Exception as error:  # cost accounting is best effort; serving goes on
+            logger.warning("bigmodel: usage will not be reported: %r", error)
 
     async def metrics_text(self) -> str:
         usage = await self._actor().snapshot()
@@ -491,6 +520,8 @@ class BigModelIngress(OpenAiIngress):
     ) -> AsyncGenerator[Any, None]:
         model = body.model or self.base_model
         key = raw_request.scope.get(KEY_SCOPE, ANONYMOUS) if raw_request is not None else ANONYMOUS
+        if raw_request is not None and (model == self.base_model or model in self._adapter_ids()):
+            raw_request.scope[CALLED_MODEL_SCOPE] = model
         choice = self.canary.choose(model, key)  # a canary route: the version this key gets
         if choice is not None:
             model = choice.engine_model
@@ -512,7 +543,7 @@ class BigModelIngress(OpenAiIngress):
         capture = StreamCapture() if stream and self.feedback is not None else None
         remembered = False
         try:
-            async for item in self._engine_stream(body, call_method, raw_request, choice):
+            async for item in self._wake_bounded(self._engine_stream(body, call_method, raw_request, choice)):
                 if not stream:
                     found = getattr(item, "usage", None)
                     if found is not None:
@@ -556,6 +587,27 @@ class BigModelIngress(OpenAiIngress):
             if raw_request is not None:
                 raw_request.scope[USAGE_SCOPE] = (prompt, completion)
             await self._log(body, raw_request, texts, usage)
+
+    async def _wake_bounded(self, stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+        """`stream`, whose first item may wait for an engine replica to wake from zero: held up to
+        `wake_timeout_s`, then 503 model_not_ready (wake.py)."""
+        try:
+            try:
+                first = await first_within_wake_bound(stream, self.config.wake_timeout_s, self._running_engines)
+            except StopAsyncIteration:
+                return
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
+
+    async def _running_engines(self) -> int:
+        try:
+            app_name = serve.get_replica_context().app_name
+        except Exception:
+            app_name = self.app_name
+        return await running_engine_replicas(app_name)
 
     def _engine_stream(
         self, body: Any, call_method: str, raw_request: Request | None, choice: Any

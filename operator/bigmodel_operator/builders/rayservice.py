@@ -31,6 +31,7 @@ from bigmodel_operator.builders.volumes import (
     scratch_sizes,
     scratch_volume,
     shm_volume,
+    weight_cache_volume,
 )
 from bigmodel_operator.config import OperatorConfig
 
@@ -70,13 +71,19 @@ def _worker_pod_spec(
 ) -> dict[str, Any]:
     gpu_pod = place.gpus_per_pod > 0
     shm, shm_mount = shm_volume("16Gi" if gpu_pod else "1Gi")
-    # The cache receives downloaded weights: sized from the plan so the scheduler places the pod where they fit.
-    sizes = scratch_sizes(place.weight_bytes, downloads_remote(spec.model.uri, spec.model.tokenizer))
+    # The cache receives downloaded weights: sized from the plan so the scheduler places the pod where they fit
+    # (unless a shared weight cache receives them instead).
+    remote = downloads_remote(spec.model.uri, spec.model.tokenizer) and spec.weight_cache is None
+    sizes = scratch_sizes(place.weight_bytes, remote)
     cache, cache_mount = scratch_volume("model-cache", CACHE_MOUNT, sizes.cache if sizes else None)
     tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT)
     volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
+    shared_volumes, shared_mounts, shared_env = weight_cache_volume(spec)
+    volumes += shared_volumes
+    volume_mounts += shared_mounts
+    env += shared_env
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
         env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}})
@@ -210,7 +217,8 @@ def build_rayservice(
             "enableInTreeAutoscaling": True,
             "autoscalerOptions": {
                 "upscalingMode": "Default",
-                "idleTimeoutSeconds": 300,
+                # After the last engine replica on a worker stopped (scale down, scale to zero), its pod goes.
+                "idleTimeoutSeconds": config.worker_idle_timeout_seconds,
                 "securityContext": restricted_container_security(),
                 "resources": {
                     "requests": {"cpu": "200m", "memory": "512Mi"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,7 +18,14 @@ from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, route_prefix, scaling_args
+from bigmodel_operator.builders.serve_args import (
+    Promotions,
+    api_keys_secret_name,
+    route_prefix,
+    scales_to_zero,
+    scaling_args,
+    wake_timeout_seconds,
+)
 from bigmodel_operator.builders.serving_identity import build_serving_identity
 from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
@@ -30,7 +38,8 @@ from bigmodel_operator.reconcile.children import (
     ensure_child,
     remove_child,
 )
-from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
+from bigmodel_operator.reconcile.coldstart_cost import ColdStartsAndCost, ColdStartTracker
+from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key, resolve_hub_revision
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
@@ -77,6 +86,7 @@ class BigModelReconciler:
         self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
         self.adapter_phases: dict[str, dict[str, str]] = {}  # BigModel uid -> engine adapter name -> phase
         self.worker_bounds = WorkerBoundsSync(kube, emit)  # KubeRay does not carry bound edits to the cluster
+        self.coldstarts = ColdStartTracker(state, config, emit)  # startup phases, cost, their Events
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -91,21 +101,57 @@ class BigModelReconciler:
             status["adapters"] = self._previous_adapters(body) or None  # promotion state survives a bad edit
             await self._write_status(body, status)
             return
+        now = datetime.now(UTC)
         obs, place = await self._observe(body, spec)
+        revision = await self._resolved_revision(body, spec)
+        rendered = spec_at_revision(spec, revision)
         promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
         rejected: ApiError | None = None
         if not any(b.blocks_deploy for b in obs.blockers):
-            rejected = await self._apply_children(body, spec, place, obs, promoted.promotions)
-        status = compute_status(obs, self._previous_status(body))
+            rejected = await self._apply_children(body, rendered, place, obs, promoted.promotions)
+        seen = self.coldstarts.observe(body, spec, place, self._previous_status(body), now)
+        self._engine_counts(obs, spec, seen)
+        status = compute_status(obs, self._previous_status(body), now)
+        status.update(seen.status_fields())
+        if revision:
+            status["resolvedRevision"] = revision
         if rejected is None and not any(b.blocks_deploy for b in obs.blockers):
             status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
-            await self._write_status(body, status)
+            await self._write_status(body, status, seen.prune_patch())
             self._announce_adapters(body, promoted.adapters, promoted.notes, promoted.unmounted)
         else:  # nothing was rendered: the versions keep the phases they had (no Promoted=True on paper)
             status["adapters"] = self._previous_adapters(body) or None
-            await self._write_status(body, status)
+            await self._write_status(body, status, seen.prune_patch())
+        self.coldstarts.announce(body, seen, now)
         if rejected is not None:
             raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
+
+    def _engine_counts(self, obs: BigModelObservation, spec: BigModelSpec, seen: ColdStartsAndCost) -> None:
+        """Scale to zero: engine replicas as the replicas report them (KubeRay counts pods, and an idle
+        worker pod outlives its replica until the Ray autoscaler releases it)."""
+        obs.scale_to_zero = scales_to_zero(spec)
+        obs.wake_timeout_s = wake_timeout_seconds(spec)
+        found = seen.startups
+        if found.reporting or found.last is not None:
+            obs.engine_ready = found.ready_replicas
+        obs.engine_starting = found.starting
+        obs.startup_phase = (found.current or {}).get("phase")
+
+    async def _resolved_revision(self, body: dict[str, Any], spec: BigModelSpec) -> str | None:
+        """hf:// models: the commit the revision names, resolved once per generation (a branch that moves
+        later does not reload the engines; an edit of the BigModel resolves again)."""
+        if not spec.model.uri.startswith("hf://"):
+            return None
+        previous = self._previous_status(body) or {}
+        if previous.get("resolvedRevision") and previous.get("observedGeneration") == body["metadata"].get(
+            "generation"
+        ):
+            return str(previous["resolvedRevision"])
+        token = None
+        creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+        if creds:
+            token = await read_secret_key(self.kube, body["metadata"]["namespace"], creds.name, creds.key, self.config)
+        return await resolve_hub_revision(spec.model.uri.removeprefix("hf://"), spec.model.revision, token, self.config)
 
     async def report_failure(self, body: dict[str, Any], error: BaseException) -> None:
         """A reconcile that raised: Ready=False with reason ReconcileError and the error's text, and a
@@ -325,14 +371,17 @@ class BigModelReconciler:
             return written
         return current
 
-    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+    async def _write_status(
+        self, body: dict[str, Any], status: dict[str, Any], extra_patch: dict[str, Any] | None = None
+    ) -> None:
         meta = body["metadata"]
         key = ("BigModel", meta["namespace"], meta["name"])
         current = body.get("status") or {}
         written = self.state.written_status.get(key)
-        if _same(current, status) or (written is not None and _same(written, status)):
+        if not extra_patch and (_same(current, status) or (written is not None and _same(written, status))):
             return
-        await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], _with_removals(current, status))
+        patch = {**_with_removals(current, status), **(extra_patch or {})}
+        await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], patch)
         self.state.written_status[key] = status
         self._emit_transitions(body, written or current, status)
 
@@ -350,6 +399,13 @@ class BigModelReconciler:
 _PROGRESS_REASONS = {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS, Reason.INGRESS_PENDING}
 
 
+def spec_at_revision(spec: BigModelSpec, revision: str | None) -> BigModelSpec:
+    """The spec as rendered: an hf:// revision pinned to the commit it resolved to (the exact cache key)."""
+    if not revision or revision == spec.model.revision:
+        return spec
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"revision": revision})})
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == v for k, v in b.items())
 
@@ -357,7 +413,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that also clears status fields we no longer report (e.g. a plan that went away)."""
     patch = dict(desired)
-    for key in ("plan", "url", "selector", "rayService"):
+    for key in ("plan", "url", "selector", "rayService", "startup", "resolvedRevision"):
         if key in current and key not in desired:
             patch[key] = None
     return patch

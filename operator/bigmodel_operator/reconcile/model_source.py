@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,36 @@ async def fetch_hub_config(
         return parsed
     _hub_cache[(repo, rev)] = (time.monotonic(), parsed.config)
     return parsed
+
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+async def resolve_hub_revision(
+    repo: str, revision: str | None, token: str | None, config: OperatorConfig
+) -> str | None:
+    """The commit an hf:// revision (branch, tag; default main) names now, from the Hub's model API; a
+    40-hex revision is a commit already. None when the Hub cannot say (offline, refused, unknown)."""
+    rev = revision or "main"
+    if COMMIT_RE.match(rev):
+        return rev
+    if not config.fetch_hub_config:
+        return None
+    url = f"{config.hub_endpoint}/api/models/{repo}/revision/{quote(rev, safe='')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url, headers=headers) as response,
+        ):
+            if response.status != 200:
+                return None
+            answer = json.loads((await response.content.read(MAX_CONFIG_BYTES)).decode("utf-8", "replace"))
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        log.info("could not resolve hf://%s@%s to a commit: %s", repo, rev, error)
+        return None
+    sha = answer.get("sha") if isinstance(answer, dict) else None
+    return sha if isinstance(sha, str) and COMMIT_RE.match(sha) else None
 
 
 def _too_big(size: int, where: str) -> ModelConfigResult:

@@ -1,0 +1,58 @@
+"""Hold a request while the engine wakes from zero replicas, up to a bound.
+
+Ray Serve queues a request whose deployment has no replica (min_replicas 0) and its autoscaler starts
+one: the request waits in this ingress replica's handle and is answered when the engine is ready, with
+no polling of ours. What Serve does not do is give up: the request would wait until Ray Serve LLM's
+router timeout (408). So the ingress races the engine's first item against `wake_timeout_s`; when the
+bound passes and the engine still has no RUNNING replica, it closes the stream (Serve drops the queued
+request; the replica keeps starting for the next client) and answers 503 `model_not_ready` with
+Retry-After. A replica that runs but is slow to answer (a long non-streamed generation) is not cut off:
+the router's own timeout applies to it, as to any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from bigmodel_serving.args import ENGINE_DEPLOYMENT
+from bigmodel_serving.errors import model_not_ready
+
+T = TypeVar("T")
+
+
+async def first_within_wake_bound(
+    stream: AsyncIterator[T], bound_s: float, running_replicas: Callable[[], Awaitable[int]]
+) -> T:
+    """The first item of `stream`. If none came within `bound_s` and `running_replicas()` says the engine has
+    none, the pending read is cancelled and `model_not_ready` raised; else it keeps waiting."""
+    started = time.monotonic()
+    first = asyncio.ensure_future(stream.__anext__())
+    try:
+        done, _ = await asyncio.wait({first}, timeout=bound_s)
+        if not done and await running_replicas() == 0 and not first.done():
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await first
+            raise model_not_ready(time.monotonic() - started)
+        return await first
+    except asyncio.CancelledError:
+        first.cancel()  # the client went away while held
+        raise
+
+
+async def running_engine_replicas(app_name: str) -> int:
+    """RUNNING replicas of this application's engine deployment, from Serve's controller (public API)."""
+    from ray import serve
+
+    def count() -> int:
+        app = serve.status().applications.get(app_name)
+        deployment = app.deployments.get(ENGINE_DEPLOYMENT) if app else None
+        if deployment is None:
+            return 0
+        return sum(n for state, n in (deployment.replica_states or {}).items() if state == "RUNNING")
+
+    return await asyncio.to_thread(count)
