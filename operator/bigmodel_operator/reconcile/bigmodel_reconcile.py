@@ -132,7 +132,8 @@ class BigModelReconciler:
         obs.scale_to_zero = scales_to_zero(spec)
         obs.wake_timeout_s = wake_timeout_seconds(spec)
         found = seen.startups
-        if found.reporting or found.last is not None or found.starting:
+        # No worker pod means no engine replica (the head advertises no CPUs or GPUs for one).
+        if found.reporting or found.last is not None or found.starting or not seen.workers_alive:
             obs.engine_ready = found.ready_replicas
         obs.engine_starting = found.starting
         obs.startup_phase = (found.current or {}).get("phase")

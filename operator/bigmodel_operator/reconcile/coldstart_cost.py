@@ -28,6 +28,7 @@ class ColdStartsAndCost:
 
     startups: Startups
     cost: dict[str, Any] | None
+    workers_alive: int = 0  # Ray worker pods that have not ended
 
     def status_fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -78,7 +79,7 @@ class ColdStartTracker:
             product = next((self.state.gpu_nodes.get(p.node or "") for p in workers if p.node), None)
             product = product or (gpu.product if gpu else None)
             cost = accrue(cost, workers, usage, pricing_for(place.on_gpu, product, self.config.prices), now)
-        return ColdStartsAndCost(found, cost)
+        return ColdStartsAndCost(found, cost, sum(1 for p in workers if p.ended is None))
 
     def announce(self, body: dict[str, Any], seen: ColdStartsAndCost, now: datetime) -> None:
         """Events: each finished cold start with its phases; a slow phase or stalled download once."""
