@@ -134,3 +134,17 @@ def test_pricing_from_the_chart() -> None:
     assert pricing_for(True, "NVIDIA-H100-80GB-HBM3", prices).price_per_hour == 2.49
     assert pricing_for(True, "NVIDIA-L4", prices).price_per_hour == 1.5
     assert pricing_for(False, None, prices).price_per_hour == 0.04
+
+
+def test_operator_metrics_carry_each_bigmodels_cost() -> None:
+    from bigmodel_operator.metrics import cost_lines
+
+    written = {
+        ("BigModel", "team-a", "llama"): {"cost": {"currency": "USD", "total": {"gpuSeconds": 7200.0, "cost": 5.0}}},
+        ("BigModel", "team-a", "other"): {"conditions": []},
+        ("FineTuneJob", "team-a", "job"): {"cost": {"total": {"gpuSeconds": 1.0}}},
+    }
+    text = "\n".join(cost_lines(written))
+    assert 'bigmodel_gpu_seconds_total{namespace="team-a",bigmodel="llama"} 7200.0' in text
+    assert 'bigmodel_cost_total{namespace="team-a",bigmodel="llama",currency="USD"} 5.0' in text
+    assert "other" not in text and "job" not in text
