@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from bigmodel_operator.api import BigModelSpec
+    from bigmodel_operator.api.bigmodel import WeightCacheSpec
 
 
 @dataclass
@@ -147,10 +148,15 @@ def quantity_bytes(value: int | str) -> int:
     return int(float(text))
 
 
-def weight_cache_volume(spec: BigModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The shared weight cache (spec.weightCache) as (volumes, mounts, env) of a model pod: s3:// downloads
-    (BIGMODEL_S3_CACHE) and the Hugging Face hub cache (HF_HUB_CACHE, keyed by commit) live on the claim."""
-    cache = spec.weight_cache
+def weight_cache_volume(
+    source: BigModelSpec | WeightCacheSpec | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shared weight cache (a BigModel's spec.weightCache) as (volumes, mounts, env) of a model or trainer
+    pod: s3:// downloads (BIGMODEL_S3_CACHE) and the Hugging Face hub cache (HF_HUB_CACHE, keyed by commit)
+    live on the claim."""
+    from bigmodel_operator.api.bigmodel import WeightCacheSpec
+
+    cache = source if isinstance(source, WeightCacheSpec) or source is None else source.weight_cache
     if cache is None:
         return [], [], []
     volume = {"name": WEIGHT_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.claim_name}}

@@ -151,3 +151,34 @@ def test_awake_is_as_expected() -> None:
     status = compute_status(_obs(engine_ready=1), None)
     ready = c.get_condition(status["conditions"], c.READY) or {}
     assert ready["reason"] == Reason.AS_EXPECTED and (status["replicas"], status["readyReplicas"]) == (1, 1)
+
+
+def test_the_trainer_of_a_bigmodel_reads_its_weight_cache() -> None:
+    from bigmodel_operator.api import FineTuneJobSpec
+    from bigmodel_operator.api.bigmodel import WeightCacheSpec
+    from bigmodel_operator.builders.trainer_job import build_job
+    from bigmodel_operator.builders.volumes import Mounts
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"bigModelRef": {"name": "tiny"}},
+            "dataset": {"uri": "s3://data/chats.jsonl", "format": "chat"},
+            "method": {"type": "lora"},
+            "output": {"uri": "s3://out/tiny-lora"},
+        }
+    )
+    body = {"metadata": {"name": "ftj", "namespace": "ns", "uid": "u2"}, "kind": "FineTuneJob"}
+    config_map = {"metadata": {"name": "ftj-config", "annotations": {"bigmodel.io/spec-hash": "h"}}, "data": {}}
+    job = build_job(
+        body,
+        spec,
+        0,
+        Mounts(root="/mnt/bigmodel"),
+        CONFIG,
+        config_map,
+        weight_cache=WeightCacheSpec(claim_name="weights"),
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "weight-cache", "persistentVolumeClaim": {"claimName": "weights"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["BIGMODEL_S3_CACHE"] == "/mnt/bigmodel/weight-cache/s3"  # the same folder per URI as serving
