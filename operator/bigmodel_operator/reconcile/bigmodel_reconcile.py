@@ -39,7 +39,7 @@ from bigmodel_operator.reconcile.children import (
     remove_child,
 )
 from bigmodel_operator.reconcile.coldstart_cost import ColdStartsAndCost, ColdStartTracker
-from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key, resolve_hub_revision
+from bigmodel_operator.reconcile.model_source import model_config_for, pinned_revision, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
@@ -103,7 +103,7 @@ class BigModelReconciler:
             return
         now = datetime.now(UTC)
         obs, place = await self._observe(body, spec)
-        revision = await self._resolved_revision(body, spec)
+        revision = await pinned_revision(self.kube, body, spec, self._previous_status(body), self.config)
         rendered = spec_at_revision(spec, revision)
         promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
         rejected: ApiError | None = None
@@ -137,22 +137,6 @@ class BigModelReconciler:
             obs.engine_ready = found.ready_replicas
         obs.engine_starting = found.starting
         obs.startup_phase = (found.current or {}).get("phase")
-
-    async def _resolved_revision(self, body: dict[str, Any], spec: BigModelSpec) -> str | None:
-        """hf:// models: the commit the revision names, resolved once per generation (a branch that moves
-        later does not reload the engines; an edit of the BigModel resolves again)."""
-        if not spec.model.uri.startswith("hf://"):
-            return None
-        previous = self._previous_status(body) or {}
-        if previous.get("resolvedRevision") and previous.get("observedGeneration") == body["metadata"].get(
-            "generation"
-        ):
-            return str(previous["resolvedRevision"])
-        token = None
-        creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
-        if creds:
-            token = await read_secret_key(self.kube, body["metadata"]["namespace"], creds.name, creds.key, self.config)
-        return await resolve_hub_revision(spec.model.uri.removeprefix("hf://"), spec.model.revision, token, self.config)
 
     async def report_failure(self, body: dict[str, Any], error: BaseException) -> None:
         """A reconcile that raised: Ready=False with reason ReconcileError and the error's text, and a

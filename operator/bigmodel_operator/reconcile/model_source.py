@@ -237,3 +237,20 @@ async def model_config_for(
         f"the operator cannot read {uri.split('://', maxsplit=1)[0]}:// sources: put the model's config.json in "
         "spec.model.config or spec.model.configMapRef to get a GPU plan",
     )
+
+
+async def pinned_revision(
+    kube: Kube, body: dict[str, Any], spec: Any, previous: dict[str, Any] | None, config: OperatorConfig
+) -> str | None:
+    """hf:// models: the commit the revision names, resolved once per generation (status.resolvedRevision), so
+    a branch that moves later does not reload the engines and an edit of the BigModel resolves again."""
+    if not spec.model.uri.startswith("hf://"):
+        return None
+    previous = previous or {}
+    if previous.get("resolvedRevision") and previous.get("observedGeneration") == body["metadata"].get("generation"):
+        return str(previous["resolvedRevision"])
+    token = None
+    creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+    if creds:
+        token = await read_secret_key(kube, body["metadata"]["namespace"], creds.name, creds.key, config)
+    return await resolve_hub_revision(spec.model.uri.removeprefix("hf://"), spec.model.revision, token, config)
