@@ -19,6 +19,7 @@ where vLLM aborts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -600,7 +601,8 @@ class BigModelIngress(OpenAiIngress):
             async for item in stream:
                 yield item
         finally:
-            await stream.aclose()
+            with contextlib.suppress(RuntimeError):  # still running in a read that is being cancelled
+                await stream.aclose()
 
     async def _running_engines(self) -> int:
         try:
