@@ -8,6 +8,9 @@
   `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
 - `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
   ingress merges into `GET /metrics`.
+- Its cold start (Downloading with bytes, or `cached` from the shared weight cache; Loading; Compiling;
+  ready) goes into the BigModel's `status.replicaStartups` while it happens (startup_report.py), and its
+  entry is removed when Serve stops the replica (scale down, scale to zero).
 """
 
 from __future__ import annotations
