@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import HTTPException
-from ray.llm._internal.common.models import global_id_manager
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.deployment import LLMServer
 
 from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
+from bigmodel_serving.ray_internals import LoraModelLoader, adapter_config
 from bigmodel_serving.startup_report import (
     LogFollower,
     StartupTimeline,
@@ -73,7 +72,7 @@ class MountedAdapterLoader(LoraModelLoader):
     # Filled by BigModelEngine.reconfigure; shared with the loader Ray's LLMServer creates.
     paths: ClassVar[dict[str, str]] = {}
 
-    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> DiskMultiplexConfig:
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
         path = self.paths.get(lora_model_id)
         if path is None:
             raise HTTPException(404, f"The model `{lora_model_id}` does not exist.")
@@ -83,12 +82,7 @@ class MountedAdapterLoader(LoraModelLoader):
             except storage.StorageError as exc:
                 logger.warning("bigmodel: adapter %s: %s", lora_model_id, exc)
                 raise HTTPException(503, f"The adapter of `{lora_model_id}` could not be downloaded.") from exc
-        return DiskMultiplexConfig(
-            model_id=lora_model_id,
-            max_total_tokens=None,
-            local_path=path,
-            lora_assigned_int_id=global_id_manager.next(),
-        )
+        return adapter_config(lora_model_id, path)
 
 
 async def _download_s3_model(llm_config: LLMConfig, timeline: StartupTimeline) -> None:
@@ -146,6 +140,7 @@ class BigModelEngine(LLMServer):
             llm_config.update_engine_kwargs(kv_cache_memory_bytes=kv_bytes)
         if hf_token_env and hf_token_env != "HF_TOKEN" and os.environ.get(hf_token_env):
             os.environ.setdefault("HF_TOKEN", os.environ[hf_token_env])
+        self._model_id = llm_config.model_id
         self._adapter_paths: dict[str, str] = {}
         loader = type("ReplicaAdapterLoader", (MountedAdapterLoader,), {"paths": self._adapter_paths})
         started = time.monotonic()
@@ -177,7 +172,7 @@ class BigModelEngine(LLMServer):
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config` at start and whenever it changes."""
         config: EngineConfig = parse_engine_config(user_config)
-        base = self._llm_config.model_id
+        base = self._model_id
         paths = {
             f"{base}:{adapter.name}": str(adapter.resolved_local_path() or adapter.uri) for adapter in config.adapters
         }

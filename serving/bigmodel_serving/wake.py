@@ -23,6 +23,7 @@ from bigmodel_serving.args import ENGINE_DEPLOYMENT
 from bigmodel_serving.errors import model_not_ready
 
 T = TypeVar("T")
+WAKE_TIMEOUT_DEFAULT_S = 300.0  # args.IngressConfig.wake_timeout_s
 logger = logging.getLogger("ray.serve")
 
 
@@ -62,3 +63,22 @@ async def running_engine_replicas(app_name: str) -> int:
     except Exception as error:  # the controller cannot say: the bound stands (503 rather than wait on)
         logger.warning("bigmodel: could not read the engine's replicas from Serve: %r", error)
         return 0
+
+
+async def within_wake_bound(call: Awaitable[T], bound_s: float, running_replicas: Callable[[], Awaitable[int]]) -> T:
+    """`call` (Ray's router: it returns once the engine's first item is in); if it has not returned within
+    `bound_s` and `running_replicas()` says the engine has none, it is cancelled and `model_not_ready` raised;
+    else it keeps waiting (Ray's own router timeout applies)."""
+    started = time.monotonic()
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=bound_s)
+        if not done and await running_replicas() == 0 and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise model_not_ready(time.monotonic() - started)
+        return await task
+    except asyncio.CancelledError:
+        task.cancel()  # the client went away while held
+        raise

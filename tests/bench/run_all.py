@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = [
     ("control plane", [sys.executable, "tests/cluster/devcluster.py", "up"]),
     ("operator: 1,000 BigModels", [sys.executable, "tests/bench/operator_bench.py"]),
-    ("serving path", [sys.executable, "-m", "bigmodel_serving.bench", "--out", "docs/benchmarks.md"]),
-    ("canary split", [sys.executable, "-m", "bigmodel_serving.bench_canary", "--out", "docs/benchmarks.md"]),
-    ("feedback endpoint", [sys.executable, "-m", "bigmodel_serving.bench_feedback", "--out", "docs/benchmarks.md"]),
+    ("serving path", [sys.executable, "tests/bench/serving_bench.py", "--out", "docs/benchmarks.md"]),
+    ("canary split", [sys.executable, "tests/bench/canary_bench.py", "--out", "docs/benchmarks.md"]),
+    ("feedback endpoint", [sys.executable, "tests/bench/feedback_bench.py", "--out", "docs/benchmarks.md"]),
 ]
 
 

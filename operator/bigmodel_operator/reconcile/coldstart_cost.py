@@ -7,6 +7,7 @@ and remembers what it announced, so each Event is posted once per operator run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,10 +16,11 @@ from typing import Any
 from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.config import OperatorConfig
-from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.cost_accounting import accrual_due, accrue, pricing_for
-from bigmodel_operator.status.startup_phases import Startups, slow_phase, startups, summary
+from bigmodel_operator.reconcile.state import ClusterState, note_deadline
+from bigmodel_operator.status.cost_accounting import ACCRUAL_PERIOD_S, accrual_due, accrue, pricing_for
+from bigmodel_operator.status.startup_phases import Startups, parse_time, slow_phase, startups, summary
 
+STARTUP_REFRESH_S = 30.0  # a cold start in progress is re-read this often (its seconds so far, slow phases)
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
 
 
@@ -79,7 +81,14 @@ class ColdStartTracker:
             product = next((self.state.gpu_nodes.get(p.node or "") for p in workers if p.node), None)
             product = product or (gpu.product if gpu else None)
             cost = accrue(cost, workers, usage, pricing_for(place.on_gpu, product, self.config.prices), now)
-        return ColdStartsAndCost(found, cost, sum(1 for p in workers if p.ended is None))
+        alive = sum(1 for p in workers if p.ended is None)
+        # The outcome moves with the clock: a cold start's seconds, and the account every period with pods.
+        if found.current is not None:
+            note_deadline(time.time() + STARTUP_REFRESH_S)
+        accrued = parse_time((cost or {}).get("accruedUntil"))
+        if alive and accrued is not None:
+            note_deadline(accrued.timestamp() + ACCRUAL_PERIOD_S)
+        return ColdStartsAndCost(found, cost, alive)
 
     def announce(self, body: dict[str, Any], seen: ColdStartsAndCost, now: datetime) -> None:
         """Events: each finished cold start with its phases; a slow phase or stalled download once."""
