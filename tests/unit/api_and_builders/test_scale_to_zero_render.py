@@ -168,7 +168,10 @@ def test_the_trainer_of_a_bigmodel_reads_its_weight_cache() -> None:
         }
     )
     body = {"metadata": {"name": "ftj", "namespace": "ns", "uid": "u2"}, "kind": "FineTuneJob"}
-    config_map = {"metadata": {"name": "ftj-config", "annotations": {"bigmodel.io/spec-hash": "h"}}, "data": {}}
+    config_map = {
+        "metadata": {"name": "ftj-config", "annotations": {"bigmodel.io/spec-hash": "h"}},
+        "data": {"config.json": "{}"},
+    }
     job = build_job(
         body,
         spec,
