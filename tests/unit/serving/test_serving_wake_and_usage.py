@@ -138,3 +138,26 @@ def test_eviction_plan_is_lru_and_spares_recent_use() -> None:
     # "new" was used within the grace period: kept even though the bound is not met
     assert eviction_plan(entries, used=120, needed=200, max_bytes=120, now=10_000.0) == ["old", "mid"]
     assert eviction_plan(entries, used=10, needed=10, max_bytes=120, now=10_000.0) == []
+
+
+def test_the_router_call_is_bounded_the_same_way() -> None:
+    from bigmodel_serving.wake import within_wake_bound
+
+    async def answer(after_s: float) -> str:
+        await asyncio.sleep(after_s)
+        return "response"
+
+    async def held() -> str:
+        return await within_wake_bound(answer(0.05), 5.0, _replicas(0))
+
+    async def refused() -> str:
+        return await within_wake_bound(answer(10), 0.05, _replicas(0))
+
+    async def slow_but_running() -> str:
+        return await within_wake_bound(answer(0.2), 0.05, _replicas(1))
+
+    assert asyncio.run(held()) == "response"
+    assert asyncio.run(slow_but_running()) == "response"
+    with pytest.raises(APIError) as caught:
+        asyncio.run(refused())
+    assert caught.value.status == 503 and caught.value.body()["error"]["code"] == "model_not_ready"
