@@ -50,7 +50,8 @@ class Reason:
     INGRESS_PENDING = "AddressPending"
     INGRESS_READY = "AddressAssigned"
     INGRESS_NOT_REQUESTED = "NotRequested"
-    SCALED_TO_ZERO = "ScaledToZero"
+    SCALED_TO_ZERO = "ScaledToZero"  # Ready=True: no engine replica; a request wakes one and is held
+    WAKING = "Waking"  # Ready=True: an engine replica is starting from zero; requests are held meanwhile
     AS_EXPECTED = "AsExpected"
     PARTIALLY_READY = "ReplicasNotReady"
     # FineTuneJob

@@ -47,6 +47,30 @@ class Images(BaseModel):
     trainer: str = Field(default="ghcr.io/bigmodel-operator/trainer:0.1.0", description="torch + peft trainer.")
 
 
+class Prices(BaseModel):
+    """What the model's resources cost, for status.cost (per BigModel) and the operator's metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = Field(default="USD", max_length=16, description="Currency of the prices below.")
+    gpu_hour: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price of one GPU-hour by nvidia.com/gpu.product, e.g. {NVIDIA-H100-80GB-HBM3: 2.49}.",
+    )
+    default_gpu_hour: float | None = Field(
+        default=None, ge=0, description="Price of one GPU-hour of a product not in gpu_hour (empty: not priced)."
+    )
+    cpu_core_hour: float | None = Field(
+        default=None, ge=0, description="Price of one CPU-core-hour, for models served on CPU (empty: not priced)."
+    )
+    window_hours: int = Field(default=24, ge=1, le=168, description="Hours in status.cost.window.")
+
+    def gpu_price(self, product: str | None) -> float | None:
+        if product and product in self.gpu_hour:
+            return self.gpu_hour[product]
+        return self.default_gpu_hour
+
+
 class OperatorConfig(BaseModel):
     """Everything the operator can be told at start-up."""
 
@@ -123,6 +147,20 @@ class OperatorConfig(BaseModel):
             "missing Secret shows up as the pod's CreateContainerConfigError instead of GatedModelNoToken."
         ),
     )
+    worker_idle_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description=(
+            "Ray autoscaler's idle timeout of a worker pod (autoscalerOptions.idleTimeoutSeconds): how long after "
+            "its last engine replica stopped the pod, and its GPU, is released. Part of every RayCluster's spec: "
+            "a change starts a new Ray cluster for each model."
+        ),
+    )
+    download_stall_seconds: int = Field(
+        default=300, ge=30, description="A weight download without progress for this long gets a DownloadStalled Event."
+    )
+    prices: Prices = Field(default_factory=Prices, description="Prices for status.cost.")
     metrics_address: str | None = Field(
         default=None, description="host:port for the operator's Prometheus /metrics (e.g. 0.0.0.0:8081); off if empty."
     )

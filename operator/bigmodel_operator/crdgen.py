@@ -214,6 +214,8 @@ BIGMODEL = CrdInfo(
         _col("Ready", '.status.conditions[?(@.type=="Ready")].status'),
         _col("URL", ".status.url"),
         _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+        _col("Available", ".status.readyReplicas", "integer", priority=1, desc="Engine replicas serving"),
+        _col("Startup", ".status.startup.phase", priority=1, desc="Phase of the cold start in progress"),
         _AGE,
     ],
     root_rules=[

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -25,11 +26,13 @@ from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
 from bigmodel_operator.reconcile.finetunejob_reconcile import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
 from bigmodel_operator.reconcile.state import OWNER_LABELS, ClusterState, note_outside
+from bigmodel_operator.status.startup_phases import pod_record
 
 log = logging.getLogger(__name__)
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-TRAINER_POD_SELECTOR = f"{MANAGED_SELECTOR},{naming.LABEL_COMPONENT}=trainer"
+# Pods we watch: trainer pods, and a BigModel's Ray pods (cold start phases, GPU-seconds).
+OUR_POD_SELECTOR = f"{MANAGED_SELECTOR},{naming.LABEL_COMPONENT} in (trainer,model-server)"
 EVENT_QUEUE = 10_000
 EVENT_HOLD_SECONDS = 5.0
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -118,7 +121,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 600
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = MANAGED_SELECTOR
-    settings.watching.label_selectors["", "v1", "pods"] = TRAINER_POD_SELECTOR
+    settings.watching.label_selectors["", "v1", "pods"] = OUR_POD_SELECTOR
     config = memo.get("config") or load_config()
     operator = Operator(config, Kube(load_credentials()))
     memo["operator"] = operator
@@ -252,6 +255,22 @@ async def role_binding_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
 async def trainer_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     await _child_event(event, memo)
+
+
+@kopf.on.event(
+    "", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "model-server"}
+)
+async def model_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Ray pods of a BigModel: their times (cold start phases) and resources (cost), kept in compact form."""
+    operator = _op(memo)
+    body: dict[str, Any] = dict(event.get("object") or {})
+    owner = ((body.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_BIGMODEL)
+    namespace = (body.get("metadata") or {}).get("namespace")
+    if not owner or not namespace:
+        return
+    deleted = datetime.now(UTC).replace(microsecond=0) if event.get("type") == "DELETED" else None
+    operator.state.put_model_pod(namespace, owner, pod_record(body, deleted))
+    operator.trigger("BigModel", namespace, owner)
 
 
 @kopf.on.event("", "v1", "nodes", labels={GPU_PRODUCT_LABEL: kopf.PRESENT})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -76,10 +76,45 @@ def render(operator: Operator) -> str:
         "# TYPE bigmodel_operator_events_queued gauge",
         f"bigmodel_operator_events_queued {operator.events.qsize()}",
     ]
+    lines += cost_lines(operator.state.written_status)
     lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
     for kind in operator.state.kinds():
         lines.append(f'bigmodel_operator_tracked_objects{{kind="{kind}"}} {operator.state.count(kind)}')
     return "\n".join(lines) + "\n"
+
+
+COST_METRICS = (
+    ("gpuSeconds", "bigmodel_gpu_seconds_total", "GPU-seconds held by a BigModel's replica pods."),
+    ("idleGpuSeconds", "bigmodel_idle_gpu_seconds_total", "Of those, GPU-seconds with no request in flight."),
+    ("cpuSeconds", "bigmodel_cpu_seconds_total", "CPU-core-seconds held by a BigModel's replica pods."),
+    ("idleCpuSeconds", "bigmodel_idle_cpu_seconds_total", "Of those, with no request in flight."),
+    ("promptTokens", "bigmodel_prompt_tokens_total", "Prompt tokens a BigModel processed."),
+    ("completionTokens", "bigmodel_completion_tokens_total", "Completion tokens a BigModel generated."),
+    ("cost", "bigmodel_cost_total", "What a BigModel's replicas cost at the configured prices (label: currency)."),
+)
+
+
+def cost_lines(written: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]:
+    """Per-BigModel cost counters from the status.cost the operator last wrote (status/cost_accounting.py)."""
+    costs = {
+        (namespace, name): status.get("cost") or {}
+        for (kind, namespace, name), status in sorted(written.items())
+        if kind == "BigModel" and status.get("cost")
+    }
+    lines: list[str] = []
+    for field, metric, text in COST_METRICS:
+        samples = []
+        for (namespace, name), cost in costs.items():
+            value = (cost.get("total") or {}).get(field)
+            if value is None:
+                continue
+            labels = f'namespace="{namespace}",bigmodel="{name}"'
+            if field == "cost":
+                labels += f',currency="{cost.get("currency", "")}"'
+            samples.append(f"{metric}{{{labels}}} {value}")
+        if samples:
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter", *samples]
+    return lines
 
 
 async def serve_metrics(operator: Operator, address: str) -> web.AppRunner:

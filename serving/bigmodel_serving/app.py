@@ -29,6 +29,7 @@ from bigmodel_serving.args import (
     parse_serve_args,
 )
 from bigmodel_serving.engine_args import check_extra_engine_args, installed_vllm_arg_names, llm_config_fields
+from bigmodel_serving.head_placement import head_pinning
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -50,6 +51,7 @@ def ingress_options(args: ServeArgs) -> dict[str, Any]:
         "ray_actor_options": {
             "num_cpus": 0,
             "runtime_env": {"env_vars": {ROUTER_TIMEOUT_ENV: str(args.request_timeout_s)}},
+            **head_pinning(),  # on the head, which scale to zero keeps (head_placement.py)
         },
         "user_config": DEFAULT_INGRESS_CONFIG,
         "health_check_period_s": 10,

@@ -438,6 +438,15 @@ class IngressConfig(_Args):
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
     routes: list[AdapterRoute] = Field(default_factory=list, max_length=256, description="Canary routes.")
     rollout_report: RolloutReportArgs | None = None
+    wake_timeout_s: float = Field(
+        default=300,
+        gt=0,
+        le=3_600,
+        description=(
+            "A request that finds no engine replica (scaled to zero, or restarting) is held this long while one "
+            "starts; past it the client gets 503 `model_not_ready`."
+        ),
+    )
 
     @field_validator("adapters")
     @classmethod
@@ -473,6 +482,9 @@ class Autoscaling(_Args):
     max_replicas: int = Field(default=1, ge=1)
     initial_replicas: int | None = Field(default=None, ge=0)
     target_ongoing_requests: float = Field(default=16, gt=0)
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None, ge=0, description="Scale to zero: seconds without requests before the last replica stops."
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Autoscaling:

@@ -50,6 +50,7 @@ from bigmodel_serving.canary_book import (
     rfc3339,
 )
 from bigmodel_serving.canary_state import SAVE_INTERVAL_S, CanaryStateStore, open_state_store
+from bigmodel_serving.head_placement import head_pinning
 from bigmodel_serving.rollout_report import Decision as DecisionReport
 from bigmodel_serving.rollout_report import RolloutReporter
 
@@ -273,7 +274,11 @@ def canary_actor(app_name: str, base_model: str) -> Any:
 
     remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1)(CanaryActor)
     return remote_cls.options(
-        name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=actor_name(app_name),
+        namespace=ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **head_pinning(),  # outlives worker pods that scale to zero
     ).remote(app_name, base_model)
 
 

@@ -8,6 +8,9 @@
   `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
 - `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
   ingress merges into `GET /metrics`.
+- Its cold start (Downloading with bytes, or `cached` from the shared weight cache; Loading; Compiling;
+  ready) goes into the BigModel's `status.replicaStartups` while it happens (startup_report.py), and its
+  entry is removed when Serve stops the replica (scale down, scale to zero).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +30,14 @@ from ray.serve.llm.deployment import LLMServer
 from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
 from bigmodel_serving.ray_internals import LoraModelLoader, adapter_config
+from bigmodel_serving.startup_report import (
+    LogFollower,
+    StartupTimeline,
+    StatusReporter,
+    first_engine_on_pod,
+    own_output_files,
+    report_target,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -73,18 +85,46 @@ class MountedAdapterLoader(LoraModelLoader):
         return adapter_config(lora_model_id, path)
 
 
-async def _download_s3_model(llm_config: LLMConfig) -> None:
-    """An s3:// model is downloaded into the replica's cache first; vLLM then loads the directory."""
+async def _download_s3_model(llm_config: LLMConfig, timeline: StartupTimeline) -> None:
+    """An s3:// model is downloaded into the replica's (or the shared weight) cache first; vLLM then loads
+    the directory. The Downloading phase reports bytes as they arrive, or `cached` when nothing was needed."""
     loading: Any = llm_config.model_loading_config
     source = loading.get("model_source") if isinstance(loading, dict) else loading.model_source
     if not (isinstance(source, str) and source.startswith("s3://")):
         return
-    local = str(await asyncio.to_thread(storage.fetch_dir, source))
-    logger.info("bigmodel: %s downloaded to %s", source, local)
+    timeline.begin("Downloading", "download")
+    fetched = await asyncio.to_thread(storage.fetch, source, timeline.progress)
+    timeline.downloaded(fetched.bytes_total, fetched.cached)
+    what = "found complete in the cache" if fetched.cached else f"downloaded ({fetched.bytes_downloaded} bytes)"
+    logger.info("bigmodel: %s %s at %s", source, what, fetched.path)
+    local = str(fetched.path)
     if isinstance(loading, dict):
         loading["model_source"] = local
     else:
         loading.model_source = local
+
+
+def _startup_timeline(llm_config: LLMConfig) -> tuple[StartupTimeline, StatusReporter | None]:
+    """This replica's timeline, reporting into its BigModel's status when it runs in a cluster."""
+    from ray import serve
+
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    timeline = StartupTimeline(
+        pod=socket.gethostname() if in_cluster else None,
+        constructed=time.time(),
+        first_on_pod=first_engine_on_pod() if in_cluster else None,
+    )
+    try:
+        context = serve.get_replica_context()
+        replica_id, app_name = context.replica_id.unique_id, context.app_name
+    except Exception:  # not in a Serve replica (unit tests)
+        return timeline, None
+    target = report_target(app_name)
+    if target is None:
+        return timeline, None
+    reporter = StatusReporter(*target, "replicaStartups", replica_id)
+    timeline.on_change = lambda urgent: reporter.submit(timeline.report(), urgent)
+    return timeline, reporter
 
 
 class BigModelEngine(LLMServer):
@@ -104,11 +144,30 @@ class BigModelEngine(LLMServer):
         self._adapter_paths: dict[str, str] = {}
         loader = type("ReplicaAdapterLoader", (MountedAdapterLoader,), {"paths": self._adapter_paths})
         started = time.monotonic()
-        await _download_s3_model(llm_config)
-        await super().__init__(llm_config, model_downloader=loader)
+        timeline, self._startup_reporter = _startup_timeline(llm_config)
+        timeline.on_change(True)  # the replica exists: its entry appears before the download starts
+        follower = LogFollower(timeline, own_output_files()).start()
+        try:
+            await _download_s3_model(llm_config, timeline)
+            timeline.begin("Loading", "engine")
+            await super().__init__(llm_config, model_downloader=loader)
+        except BaseException as error:
+            follower.stop()
+            timeline.finish(failed=f"{type(error).__name__}: {error}")
+            raise
+        follower.stop()
+        timeline.finish()
+        self.startup = timeline
         self._load_s = time.monotonic() - started
         self._loaded_at = time.time()
         logger.info("bigmodel: %s engine started in %.1f s", llm_config.model_id, self._load_s)
+
+    async def __del__(self) -> None:  # Serve calls it when the replica stops (scale down, scale to zero)
+        reporter = getattr(self, "_startup_reporter", None)
+        if reporter is not None:
+            reporter.submit(None)  # the replica's entry leaves the BigModel's status
+            await asyncio.to_thread(reporter.close)
+        await super().__del__()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config` at start and whenever it changes."""
@@ -130,6 +189,7 @@ class BigModelEngine(LLMServer):
             "pid": os.getpid(),
             "loaded_at": self._loaded_at,
             "load_s": self._load_s,
+            "startup": self.startup.report(),
         }
 
     async def metrics_text(self) -> str:

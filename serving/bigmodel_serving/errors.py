@@ -129,3 +129,14 @@ def dependency_unavailable(what: str, retry_after_s: int) -> APIError:
 
 def internal_error() -> APIError:
     return APIError(500, "The server failed to process the request.", code="internal_error")
+
+
+def model_not_ready(waited_s: float, retry_after_s: int = 30) -> APIError:
+    """A request held while the engine scaled up from zero, past the BigModel's wake timeout."""
+    return APIError(
+        503,
+        f"The model is starting (it was scaled to zero) and no replica was ready after {waited_s:.0f} s; "
+        f"retry in {retry_after_s} s.",
+        code="model_not_ready",
+        headers={"Retry-After": str(retry_after_s)},
+    )

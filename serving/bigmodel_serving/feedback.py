@@ -48,6 +48,7 @@ from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
 from bigmodel_serving.feedback_journal import AnswerJournal, JournalReader, sink_files
 from bigmodel_serving.feedback_store import Answered, CompletionStore, FeedbackBook, FeedbackSink
+from bigmodel_serving.head_placement import head_pinning
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +404,11 @@ def feedback_actor(app_name: str) -> Any:
     options = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1, "max_concurrency": 1}
     remote_cls = cast(Any, ray.remote)(**options)(FeedbackActor)
     return remote_cls.options(
-        name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=actor_name(app_name),
+        namespace=ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **head_pinning(),  # outlives worker pods that scale to zero
     ).remote()
 
 

@@ -61,6 +61,7 @@ from bigmodel_serving.errors import (
 from bigmodel_serving.feedback import FeedbackClient, conversation_of, feedback_actor, feedback_disabled
 from bigmodel_serving.ingress_guard import (
     ANONYMOUS,
+    CALLED_MODEL_SCOPE,
     ENDPOINT_SCOPE,
     KEY_SCOPE,
     MODEL_SCOPE,
@@ -75,6 +76,9 @@ from bigmodel_serving.metrics import render_usage
 from bigmodel_serving.quota import quota_actor, retry_after_header
 from bigmodel_serving.quota_leases import QuotaLeases
 from bigmodel_serving.request_log import RequestLogger
+from bigmodel_serving.startup_report import report_target
+from bigmodel_serving.usage_report import BusyClock
+from bigmodel_serving.wake import WAKE_TIMEOUT_DEFAULT_S, within_wake_bound
 
 logger = logging.getLogger("ray.serve")
 
@@ -177,6 +181,7 @@ class BigModelIngress(OpenAiIngress):
         self.feedback: FeedbackClient | None = None
         self._quota_leases: QuotaLeases | None = None
         self._engine_state: tuple[float, int] = (0.0, 0)
+        self._usage_reported = False
         register(self)
 
     # ---- configuration (Serve calls reconfigure at start and on every user_config change) ----
@@ -193,6 +198,7 @@ class BigModelIngress(OpenAiIngress):
         self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
         self.config = config
+        self._report_usage()
         logger.info(
             "bigmodel: auth %s, quotas %s, adapters %s",
             config.auth.mode,
@@ -255,14 +261,34 @@ class BigModelIngress(OpenAiIngress):
         if wait > 0:
             raise quota_exceeded(key, retry_after_header(wait))
 
-    def record(self, key: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """Charge the lease and count usage locally; both reach the quota actor within a second."""
+    def record(
+        self, key: str, status: int, prompt_tokens: int, completion_tokens: int, model: str | None = None
+    ) -> None:
+        """Charge the lease and count usage locally (by key, and by model for the cost); both reach the quota
+        actor within a second."""
         if self.config is None:
             return
         try:
-            self._actor().record(key, self._quota(key), status, prompt_tokens, completion_tokens)
+            self._actor().record(key, self._quota(key), status, prompt_tokens, completion_tokens, model)
         except Exception:  # usage is best effort; the answer already went out
             logger.exception("bigmodel: could not record usage")
+
+    @property
+    def busy(self) -> BusyClock:
+        """When this replica has generation requests in flight (the guard enters and exits it)."""
+        return self._actor().busy
+
+    def _report_usage(self) -> None:
+        """Once per replica: tell the quota actor which BigModel's status.usage it reports to (in a cluster)."""
+        if self._usage_reported:
+            return
+        self._usage_reported = True
+        try:
+            target = report_target(self.app_name)
+            if target is not None:
+                self._actor().actor().report_usage_to.remote(*target)
+        except Exception as error:  # cost accounting is best effort; serving goes on
+            logger.warning("bigmodel: usage will not be reported: %r", error)
 
     # ---- readiness and metrics ----
 
@@ -345,6 +371,7 @@ class BigModelIngress(OpenAiIngress):
         model = choice.engine_model if choice is not None else requested
         if model != self.base_model and model not in self._adapter_ids():
             raise model_not_found(model)
+        request.scope[CALLED_MODEL_SCOPE] = requested
         body.model = model
         if isinstance(body, ChatCompletionRequest):
             check_messages(body.messages)
@@ -366,10 +393,13 @@ class BigModelIngress(OpenAiIngress):
 
         opened = None
         try:
+            # At zero engine replicas Serve holds the call while one starts; the wake bound ends the wait.
+            bound = self.config.wake_timeout_s if self.config is not None else WAKE_TIMEOUT_DEFAULT_S
             if choice is None:
-                response = await answer(body, request)
+                response = await within_wake_bound(answer(body, request), bound, self.engine_replicas)
             else:
-                opened = await self.canary.open(choice, open_version, status_of)
+                opening = self.canary.open(choice, open_version, status_of)
+                opened = await within_wake_bound(opening, bound, self.engine_replicas)
                 response = opened.answer
         except Exception:
             await self._log(body, key, [], {})

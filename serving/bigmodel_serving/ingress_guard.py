@@ -25,6 +25,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 KEY_SCOPE = "bigmodel.key"  # the API key's name, set by the guard
 MODEL_SCOPE = "bigmodel.model"  # the engine model (adapter version) that answered, for the response header
 USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a generation ends
+CALLED_MODEL_SCOPE = "bigmodel.called_model"  # the model the client asked for (usage by model and adapter)
 ENDPOINT_SCOPE = "bigmodel.endpoint"  # set when a route's handler starts: the request body was parsed by then
 ANONYMOUS = "anonymous"
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -41,7 +42,9 @@ class GuardedIngress(Protocol):
 
     async def admit(self, key: str) -> None: ...
 
-    def record(self, key: str, status: int, prompt_tokens: int, completion_tokens: int) -> None: ...
+    def record(
+        self, key: str, status: int, prompt_tokens: int, completion_tokens: int, model: str | None = None
+    ) -> None: ...
 
 
 _replica: dict[str, GuardedIngress] = {}  # "ingress": the ingress object of this replica process
@@ -135,6 +138,9 @@ class GuardMiddleware:
                     raise _BodyTooLargeError
             return message
 
+        busy = getattr(ingress, "busy", None) if scope["method"] == "POST" and path in GENERATION_PATHS else None
+        if busy is not None:
+            busy.enter()  # the model's busy time (usage_report.py): idle GPU-seconds are the rest
         try:
             await self.app(scope, capped_receive, tracking_send)
         except _BodyTooLargeError:
@@ -143,6 +149,8 @@ class GuardMiddleware:
             status = 499  # the client went away; Serve cancelled the request
             raise
         finally:
+            if busy is not None:
+                busy.exit()
             self._record(scope, status)
 
     @staticmethod
@@ -150,4 +158,4 @@ class GuardMiddleware:
         ingress = replica_ingress()
         if ingress is not None and KEY_SCOPE in scope:
             prompt, completion = scope.get(USAGE_SCOPE, (0, 0))
-            ingress.record(scope[KEY_SCOPE], status, prompt, completion)
+            ingress.record(scope[KEY_SCOPE], status, prompt, completion, scope.get(CALLED_MODEL_SCOPE))

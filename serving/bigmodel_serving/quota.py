@@ -15,12 +15,14 @@ lease slices of the buckets (quota_leases.py).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from bigmodel_serving.args import Quota
+from bigmodel_serving.head_placement import head_pinning
 
 ACTOR_NAMESPACE = "bigmodel"
 
@@ -166,10 +168,16 @@ Return = tuple[str, dict[str, Any], float, float]
 
 
 class QuotaActor:
-    """The Ray actor holding one application's `QuotaBook` (created with ray.remote in `quota_actor`)."""
+    """The Ray actor holding one application's `QuotaBook` (created with ray.remote in `quota_actor`),
+    and its `UsageLedger` (usage_report.py), reported into the BigModel's status once told where."""
 
     def __init__(self) -> None:
+        from bigmodel_serving.usage_report import UsageLedger
+
         self.book = QuotaBook()
+        self.ledger = UsageLedger()
+        self.reporter: Any = None
+        self._usage_lock = threading.Lock()  # the reporter thread reads what settle() writes
 
     def admit(self, key: str, quota: dict[str, Any]) -> float:
         return self.book.admit(key, Quota.model_validate(quota))
@@ -188,18 +196,42 @@ class QuotaActor:
         grant = self.book.lease(key, typed, *wanted, admit=admit)
         return grant.wait, grant.requests, grant.tokens
 
-    def settle(self, returns: list[Return], usage: dict[str, dict[str, Any]]) -> None:
-        """Expired leases and token debts from a replica, and its usage counters since the last call."""
+    def settle(
+        self,
+        returns: list[Return],
+        usage: dict[str, dict[str, Any]],
+        models: dict[str, dict[str, Any]] | None = None,
+        busy: list[tuple[float, float]] | None = None,
+    ) -> None:
+        """Expired leases and token debts from a replica, its usage counters by key and by model since the
+        last call, and the intervals it had requests in flight."""
         for key, quota, requests, tokens in returns:
             self.book.give_back(key, Quota.model_validate(quota), requests, tokens)
-        for key, counts in usage.items():
-            self.book.count(key, counts["responses"], counts["prompt_tokens"], counts["completion_tokens"])
+        with self._usage_lock:
+            for key, counts in usage.items():
+                self.book.count(key, counts["responses"], counts["prompt_tokens"], counts["completion_tokens"])
+            self.ledger.add_models(models or {})
+            self.ledger.busy.add(list(busy or []))
 
     def record(self, key: str, quota: dict[str, Any], status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        self.book.record(key, Quota.model_validate(quota), status, prompt_tokens, completion_tokens)
+        with self._usage_lock:
+            self.book.record(key, Quota.model_validate(quota), status, prompt_tokens, completion_tokens)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return self.book.snapshot()
+        with self._usage_lock:
+            return self.book.snapshot()
+
+    def usage_report(self) -> dict[str, Any]:
+        """The `status.usage` block (also what the reporter sends)."""
+        with self._usage_lock:
+            return self.ledger.report(self.book.snapshot())
+
+    def report_usage_to(self, namespace: str, bigmodel: str) -> None:
+        """Start reporting into this BigModel's status (the first ingress replica tells; later calls no-op)."""
+        from bigmodel_serving.usage_report import UsageReporter
+
+        if self.reporter is None:
+            self.reporter = UsageReporter(namespace, bigmodel, self.usage_report)
 
 
 def quota_actor(app_name: str) -> Any:
@@ -208,5 +240,9 @@ def quota_actor(app_name: str) -> Any:
 
     remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=1)(QuotaActor)
     return remote_cls.options(
-        name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=actor_name(app_name),
+        namespace=ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **head_pinning(),  # outlives worker pods that scale to zero
     ).remote()

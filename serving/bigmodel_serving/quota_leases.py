@@ -30,6 +30,7 @@ from typing import Any, cast
 from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import Quota
 from bigmodel_serving.quota import KeyUsage, Return, limited
+from bigmodel_serving.usage_report import BusyClock
 
 LEASE_SHARE = 0.05  # a lease: 5 % of a key's per-minute limits (3 s of its steady rate)
 LEASE_TTL_S = 5.0  # an unused lease goes back to the actor after this long
@@ -90,6 +91,8 @@ class QuotaLeases:
         self._leases: dict[str, _Lease] = {}
         self._returns: list[Return] = []
         self._usage: dict[str, KeyUsage] = {}
+        self._models: dict[str, KeyUsage] = {}  # by the model clients called (base model, `<model>:<adapter>`)
+        self.busy = BusyClock()  # when this replica had generation requests in flight (usage_report.py)
         self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self.hits = 0  # admitted from a local lease
@@ -192,9 +195,14 @@ class QuotaLeases:
             self._returns.append(lease.returned(key))
             lease.requests = lease.tokens = 0.0
 
-    def record(self, key: str, quota: Quota, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count a finished request; charge the tokens it used to the key's lease (a debt if beyond it)."""
+    def record(
+        self, key: str, quota: Quota, status: int, prompt_tokens: int, completion_tokens: int, model: str | None = None
+    ) -> None:
+        """Count a finished request (by key, and by model when known); charge the tokens it used to the key's
+        lease (a debt if beyond it)."""
         self._usage.setdefault(key, KeyUsage()).add({status: 1}, prompt_tokens, completion_tokens)
+        if model is not None:
+            self._models.setdefault(model, KeyUsage()).add({status: 1}, prompt_tokens, completion_tokens)
         used = max(0, prompt_tokens) + max(0, completion_tokens)
         if quota.tokens_per_minute and used:
             lease = self._leases.get(key)
@@ -218,9 +226,12 @@ class QuotaLeases:
                 returns.append((key, lease.quota.model_dump(), 0.0, lease.tokens))
                 lease.tokens = 0.0
         usage, self._usage = self._usage, {}
-        if returns or usage:
+        models, self._models = self._models, {}
+        busy = self.busy.take()
+        if returns or usage or models or busy:
             counts = {key: counts.as_dict() for key, counts in usage.items()}
-            await self._call("settle", returns, counts, timeout_s=BACKGROUND_TIMEOUT_S)
+            by_model = {model: counts.as_dict() for model, counts in models.items()}
+            await self._call("settle", returns, counts, by_model, busy, timeout_s=BACKGROUND_TIMEOUT_S)
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Usage of every key over all replicas (this replica's is sent first); DependencyUnavailableError."""

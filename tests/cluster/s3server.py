@@ -115,8 +115,9 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def start_s3(buckets: list[str], data_dir: Path | None = None) -> Iterator[S3Server]:
-    """Start the server on 127.0.0.1 (a free port) with fresh credentials and these buckets; stop it after."""
+def start_s3(buckets: list[str], data_dir: Path | None = None, listen: str = "127.0.0.1:0") -> Iterator[S3Server]:
+    """Start the server on `listen` (default 127.0.0.1, a free port) with fresh credentials and these buckets;
+    stop it after. The e2e listens on the node's address, which the pods reach."""
     binary = build()
     owned = data_dir is None
     root = Path(tempfile.mkdtemp(prefix="bigmodel-s3-")) if data_dir is None else data_dir
@@ -126,7 +127,7 @@ def start_s3(buckets: list[str], data_dir: Path | None = None) -> Iterator[S3Ser
     secret_key = secrets.token_urlsafe(24)
     log = open(root / "s3server.log", "ab")  # noqa: SIM115 (closed in finally)
     cmd = [str(binary), "-dir", str(root / "data"), "-addr-file", str(addr_file), "-access-key", access_key]
-    cmd += ["-buckets", ",".join(buckets)]
+    cmd += ["-buckets", ",".join(buckets), "-listen", listen]
     process = subprocess.Popen(
         cmd, env={**os.environ, "S3SERVER_SECRET_KEY": secret_key}, stdout=log, stderr=subprocess.STDOUT
     )

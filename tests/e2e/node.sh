@@ -42,7 +42,8 @@ $NODE import "$CACHE/images/oci" "$REGISTRY"/{operator,serving-cpu,trainer}:"$VE
 
 step "bigmodel-operator chart"
 # The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs,
-# 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM).
+# 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM). Worker pods go 30 s after their
+# last engine replica (default 300 s), so the scale-to-zero step sees 0 worker pods soon.
 $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
   --namespace bigmodel-system --create-namespace --wait --timeout 5m \
   --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
@@ -50,7 +51,8 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.images.vllm="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \
-  --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi
+  --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi \
+  --set operatorConfig.worker_idle_timeout_seconds=30
 
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
 # A node kept from an earlier run (KEEP=1) may hold an older image under the same tag: restart onto this one.

@@ -5,6 +5,12 @@ serve the tiny model; it answers an OpenAI chat completion through its Service; 
 RayCluster; an autoscaling knob does not restart the engine; a CPU FineTuneJob trains in the trainer image
 and writes its adapter to a PVC; deleting both garbage-collects every child.
 
+Then scale to zero (make e2e only): a CPU BigModel with minReplicas 0 whose weights come from s3:// (the
+tests' S3 server on the node's address) through a weight-cache claim; at zero the endpoint answers; a
+streamed chat is held while the engine wakes and answered, with 5 more sent during the wake; after the idle
+period the engine replica and then the worker pod go; the second wake finds the weights in the cache (its
+Downloading phase says `cached`); status.lastColdStart shows each phase and status.cost moves.
+
 Run by tests/e2e/node.sh (`make e2e`: a real node in a private network namespace; the Service is called
 directly, BIGMODEL_E2E_DIRECT=1) or tests/e2e/kind.sh (`make e2e-kind`: through a port-forward), or on any
 cluster with KubeRay and the chart: `BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_TRAINER_IMAGE=<image>
@@ -475,3 +481,207 @@ def test_bigmodel_and_finetunejob_end_to_end(
         while any((left := leftovers()).values()) and time.monotonic() < deadline:
             time.sleep(3)
         assert not any(left.values()), f"not garbage-collected after 300s: {left}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scale to zero that holds requests, cold starts in status, the shared weight cache, cost (issue 18)
+# ------------------------------------------------------------------------------------------------------------
+
+ZERO_IDLE_S = int(os.environ.get("BIGMODEL_E2E_IDLE_SECONDS", "30"))
+# How long the BigModel holds a request while its engine starts: a CPU replica on the 2-CPU node starts in
+# minutes (vLLM imports and compiles), so the bound is wide here; the default is 300 s.
+ZERO_WAKE_TIMEOUT_S = int(os.environ.get("BIGMODEL_E2E_WAKE_TIMEOUT", "900"))
+# tests/cluster/nodeconfig.py: the node's address, which its pods reach (the S3 server listens there).
+NODE_IP = "10.200.0.1"
+
+
+def _s3_server(stack: Any) -> Any:
+    """The tests' S3-compatible server (tests/cluster/s3server.py) on the node's address, when the pods reach it."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "cluster"))
+    try:
+        from s3server import start_s3
+    finally:
+        sys.path.pop(0)
+    return stack.enter_context(start_s3(["bigmodel-models"], listen=f"{NODE_IP}:0"))
+
+
+def _upload_tiny_model(server: Any, prefix: str) -> int:
+    """The tiny model, made offline by the training package, into s3://bigmodel-models/<prefix>; its bytes."""
+    from bigmodel_training.tinymodel import make_tiny_model
+
+    model_dir = Path(make_tiny_model())
+    client, total = server.client(), 0
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), "bigmodel-models", f"{prefix}/{path.relative_to(model_dir).as_posix()}")
+            total += path.stat().st_size
+    return total
+
+
+def _stream_chat(base: str, key: str, timeout: float) -> dict[str, Any]:
+    """A streamed chat completion; when its first chunk and its end arrived, and the chunks."""
+    import httpx
+
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "stream": True}
+    started, first, events = time.monotonic(), None, []
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream("POST", f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                first = first or time.monotonic() - started
+                events.append(line[5:].strip())
+        return {"status": r.status_code, "first": first, "seconds": time.monotonic() - started, "events": events}
+
+
+def _plain_chat(base: str, key: str, timeout: float) -> tuple[int, float]:
+    import httpx
+
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    started = time.monotonic()
+    answer = httpx.post(
+        f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+    )
+    return answer.status_code, time.monotonic() - started
+
+
+def _wake(base: str, key: str, extra: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    """A streamed chat at zero, and `extra` requests sent during the wake (threads), all held and answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(extra + 1) as pool:
+        streamed = pool.submit(_stream_chat, base, key, ZERO_WAKE_TIMEOUT_S + 60)
+        time.sleep(3)  # the wake has begun
+        others = [pool.submit(_plain_chat, base, key, ZERO_WAKE_TIMEOUT_S + 60) for _ in range(extra)]
+        return streamed.result(), [f.result() for f in others]
+
+
+def _ready_reason(kubectl: Kubectl, namespace: str) -> str:
+    return str(_condition(_get(kubectl, namespace, "bigmodel", "tiny-cpu"), "Ready").get("reason", ""))
+
+
+def _phases(timeline: dict[str, Any]) -> str:
+    return ", ".join(f"{p['name']} {p.get('seconds', 0)} s" for p in timeline.get("phases") or [])
+
+
+@pytest.mark.timeout(4 * READY_TIMEOUT)
+def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
+    kubectl: Kubectl, namespace: str, steps: Steps, port_forward: Callable[[str, str, int], int]
+) -> None:
+    import contextlib
+
+    if not DIRECT:
+        pytest.skip("needs the pods to reach an S3 server on the node (make e2e); kind has no route to it")
+    stack = contextlib.ExitStack()
+    with stack, steps("S3 server on the node with the tiny model; storage Secret; weight-cache claim"):
+        server = _s3_server(stack)
+        model_bytes = _upload_tiny_model(server, "tiny-llama")
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "e2e-storage", "namespace": namespace},
+            "stringData": server.env(),
+        }
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "e2e-weights", "namespace": namespace},
+            # One node here; in a cluster with several nodes: ReadWriteMany (docs/operations.md).
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}},
+        }
+        for obj in (secret, claim):
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+        print(f"s3://bigmodel-models/tiny-llama: {model_bytes} bytes at {server.endpoint}")
+
+        bigmodel = _bigmodel()
+        bigmodel["spec"].pop("adapterClaims", None)
+        bigmodel["spec"]["model"]["uri"] = "s3://bigmodel-models/tiny-llama"
+        bigmodel["spec"]["credentials"] = {"storageSecretName": "e2e-storage"}
+        bigmodel["spec"]["weightCache"] = {"claimName": "e2e-weights", "maxSize": "1Gi"}
+        bigmodel["spec"]["scaling"] = {
+            "minReplicas": 0,
+            "maxReplicas": 1,
+            "idleSeconds": ZERO_IDLE_S,
+            "wakeTimeoutSeconds": ZERO_WAKE_TIMEOUT_S,
+        }
+
+        with steps("apply a CPU BigModel with minReplicas 0: Ready, ScaledToZero, 0/0 replicas, no worker pod"):
+            kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(bigmodel))
+
+            def scaled_to_zero() -> Any:
+                bm = _get(kubectl, namespace, "bigmodel", "tiny-cpu")
+                ready = _condition(bm, "Ready")
+                return ready.get("status") == "True" and ready.get("reason") == "ScaledToZero" and bm
+
+            bm = _wait(scaled_to_zero, READY_TIMEOUT, "BigModel tiny-cpu Ready with reason ScaledToZero")
+            assert (bm["status"]["replicas"], bm["status"]["readyReplicas"]) == (0, 0), bm["status"]
+            assert not _list(kubectl, namespace, "pods", "ray.io/node-type=worker")
+            base = bm["status"]["url"]
+            key = _api_key(kubectl, namespace, "tiny-cpu")
+            import httpx
+
+            models = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            assert models.status_code == 200, models.text  # head and ingress answer at zero
+            assert httpx.get(f"{base}/models", timeout=60).status_code == 401
+
+        with steps("first wake: a streamed chat at zero is held and answered; 5 sent during the wake all 200"):
+            held, others = _wake(base, key, 5)
+            assert held["status"] == 200 and held["events"][-1] == "[DONE]", held
+            assert [status for status, _ in others] == [200] * 5, others
+            first_wake = held["seconds"]
+
+            def cold_start_done() -> Any:
+                status = _get(kubectl, namespace, "bigmodel", "tiny-cpu").get("status") or {}
+                last = status.get("lastColdStart") or {}
+                return last.get("phase") == "Ready" and last
+
+            first = _wait(cold_start_done, 120, "status.lastColdStart of the first wake")
+            print(f"first wake: first chunk after {held['first']:.1f} s, answered after {first_wake:.1f} s; "
+                  f"the 5 others after {', '.join(f'{s:.1f}' for _, s in others)} s")  # fmt: skip
+            print(f"status.lastColdStart: {first['seconds']} s: {_phases(first)}")
+            download = next(p for p in first["phases"] if p["name"] == "Downloading")
+            assert download.get("cached") is False and download["bytesTotal"] == model_bytes, download
+            assert {"Scheduling", "PullingImage", "StartingRay", "Loading", "Ready"} <= {
+                p["name"] for p in first["phases"]
+            }, first
+
+        with steps(f"idle {ZERO_IDLE_S} s: 0 engine replicas (ScaledToZero), then 0 Ray worker pods"):
+            _wait(lambda: _ready_reason(kubectl, namespace) == "ScaledToZero", 600, "Ready reason ScaledToZero")
+            _wait(
+                lambda: not _list(kubectl, namespace, "pods", "ray.io/node-type=worker"),
+                900,
+                "the Ray worker pod to go (the Ray autoscaler's idle timeout)",
+            )
+
+        with steps("second wake: weights from the weight cache, the download phase vanishes"):
+            held, _ = _wake(base, key, 0)
+            assert held["status"] == 200 and held["events"][-1] == "[DONE]", held
+
+            def second_done() -> Any:
+                last = (_get(kubectl, namespace, "bigmodel", "tiny-cpu").get("status") or {}).get("lastColdStart") or {}
+                return last.get("phase") == "Ready" and last.get("startedAt") != first.get("startedAt") and last
+
+            second = _wait(second_done, 120, "status.lastColdStart of the second wake")
+            print(f"second wake: answered after {held['seconds']:.1f} s (first: {first_wake:.1f} s)")
+            print(f"status.lastColdStart: {second['seconds']} s: {_phases(second)}")
+            download = next(p for p in second["phases"] if p["name"] == "Downloading")
+            assert download.get("cached") is True, download
+            first_download = next(p for p in first["phases"] if p["name"] == "Downloading")
+            print(f"Downloading: {first_download['seconds']} s cold, {download['seconds']} s from the cache")
+
+        with steps("status.cost: CPU-seconds, idle seconds and tokens moved"):
+
+            def costed() -> Any:
+                cost = (_get(kubectl, namespace, "bigmodel", "tiny-cpu").get("status") or {}).get("cost") or {}
+                total = cost.get("total") or {}
+                return total.get("cpuSeconds", 0) > 0 and total.get("completionTokens", 0) > 0 and cost
+
+            cost = _wait(costed, 180, "status.cost with CPU-seconds and tokens")
+            print(f"status.cost.total: {json.dumps(cost['total'], sort_keys=True)}")
+            assert cost["total"]["idleCpuSeconds"] > 0, cost["total"]
+            assert cost["byKey"]["default"]["completionTokens"] > 0, cost
+            events = {e.get("reason") for e in _list(kubectl, namespace, "events")}
+            assert "ReplicaStarted" in events, events

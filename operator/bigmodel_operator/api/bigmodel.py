@@ -17,6 +17,7 @@ from bigmodel_operator.api.base import (
     Condition,
     InlineModelConfig,
     NodeSelector,
+    Quantity,
     ResourcesSpec,
     SafeLocation,
     SecretKeyRef,
@@ -27,7 +28,9 @@ from bigmodel_operator.api.base import (
     re2_literal,
     rules,
 )
+from bigmodel_operator.api.cost_status import CostStatus, UsageReport
 from bigmodel_operator.api.feedback import FeedbackSpec
+from bigmodel_operator.api.startup_status import ReplicaStartupReport, StartupTimeline
 from bigmodel_operator.planning import ServingPlan
 
 MODEL_URI_PATTERN = (
@@ -228,6 +231,28 @@ class ScalingSpec(ApiModel):
         le=100_000,
         description="Requests in flight per replica the autoscaler aims for (default 16).",
     )
+    idle_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=604_800,
+        description=(
+            "Scale to zero (minReplicas 0 or replicas 0): seconds without requests before the last engine replica "
+            "stops and frees its GPU (default 900: a GPU cold start costs minutes, so a short lull is not worth "
+            "one). The Ray worker pod goes after the cluster's node idle timeout (operator config "
+            "workerIdleTimeoutSeconds); the head and the ingress stay, so /v1/models, 401 and 429 answer as usual."
+        ),
+    )
+    wake_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3_600,
+        description=(
+            "Scale to zero: how long a request that finds no engine replica is held while one starts (default "
+            "300: a GPU replica's cold start with weights from the cache, inside OpenAI clients' 600 s timeout). "
+            "Held requests are answered normally, streams included; past the bound they get 503 "
+            "`model_not_ready` with Retry-After. The engine keeps starting."
+        ),
+    )
 
 
 class AdapterSpec(ApiModel):
@@ -418,6 +443,28 @@ class CredentialsSpec(ApiModel):
     )
 
 
+class WeightCacheSpec(ApiModel):
+    """A PersistentVolumeClaim shared by every replica of this namespace's models (and their trainers)."""
+
+    claim_name: str = Field(
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "A ReadWriteMany claim in this namespace (NFS, EFS, Filestore, CephFS, ...): s3:// and hf:// weights "
+            "are downloaded into it once and every replica, every wake from zero and FineTuneJobs of this model "
+            "read them from there. hf:// revisions are resolved to a commit, s3:// objects are checked by size "
+            "and ETag, so a cached copy is exact. Mounted at /mnt/bigmodel/weight-cache."
+        ),
+    )
+    max_size: Quantity | None = Field(
+        default=None,
+        description=(
+            "Bound of the cache (default: no bound beyond the claim's size). Before a download, replicas evict "
+            "the least recently used models not used for an hour until the new one fits."
+        ),
+    )
+
+
 class BigModelSpec(ApiModel):
     """Desired state of a served model."""
 
@@ -489,6 +536,9 @@ class BigModelSpec(ApiModel):
     feedback: FeedbackSpec | None = Field(
         default=None, description="POST /v1/feedback and the sink its records go to (off by default)."
     )
+    weight_cache: WeightCacheSpec | None = Field(
+        default=None, description="Shared weight cache: download a model once, not on every replica and wake."
+    )
 
     @model_validator(mode="after")
     def _cpu_runs_one_engine_process(self) -> BigModelSpec:
@@ -553,6 +603,29 @@ class BigModelStatus(ApiModel):
     adapters: list[AdapterVersionStatus] | None = Field(
         default=None, description="Versions of deployTo adapters: which serve, with which weight, and why."
     )
+    startup: StartupTimeline | None = Field(
+        default=None, description="The cold start in progress: each phase with its duration (empty when none)."
+    )
+    last_cold_start: StartupTimeline | None = Field(
+        default=None, description="The last finished (or failed) cold start: where the time went."
+    )
+    replica_startups: dict[str, ReplicaStartupReport] | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "What each engine replica reports about its start, by Serve replica id; written by the replicas, "
+            "pruned by the operator when their pod is gone."
+        ),
+    )
+    resolved_revision: str | None = Field(
+        default=None,
+        max_length=256,
+        description="hf:// models: the commit spec.model.revision (default main) resolved to, the exact cache key.",
+    )
+    usage: UsageReport | None = Field(
+        default=None, description="Requests and tokens counted by the serving application (written by it)."
+    )
+    cost: CostStatus | None = Field(default=None, description="GPU/CPU-seconds, idle time, tokens and cost.")
     rollout_decisions: dict[str, RolloutDecision] | None = Field(
         default=None,
         description=(

@@ -33,6 +33,7 @@ from bigmodel_operator.builders.volumes import (
     scratch_sizes,
     scratch_volume,
     shm_volume,
+    weight_cache_volume,
 )
 from bigmodel_operator.config import OperatorConfig
 
@@ -75,7 +76,8 @@ def _worker_pod_spec(
     # Without a plan (remote weights of unknown size) the operator's default_ephemeral_storage applies.
     sizes = scratch_sizes(
         place.weight_bytes,
-        downloads_remote(spec.model.uri, spec.model.tokenizer),
+        # a shared weight cache receives the weights instead of the pod's own volume
+        downloads_remote(spec.model.uri, spec.model.tokenizer) and spec.weight_cache is None,
         spec.resources.ephemeral_storage if spec.resources else None,
         config.default_ephemeral_storage,
     )
@@ -84,6 +86,10 @@ def _worker_pod_spec(
     volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
+    shared_volumes, shared_mounts, shared_env = weight_cache_volume(spec)
+    volumes += shared_volumes
+    volume_mounts += shared_mounts
+    env += shared_env
     creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
     if creds:
         env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": creds.key}}})
@@ -220,7 +226,8 @@ def build_rayservice(
             "enableInTreeAutoscaling": True,
             "autoscalerOptions": {
                 "upscalingMode": "Default",
-                "idleTimeoutSeconds": 300,
+                # After the last engine replica on a worker stopped (scale down, scale to zero), its pod goes.
+                "idleTimeoutSeconds": config.worker_idle_timeout_seconds,
                 "securityContext": restricted_container_security(),
                 "resources": {
                     "requests": {"cpu": "200m", "memory": "512Mi"},

@@ -118,8 +118,30 @@ def api_keys_secret_name(name: str, spec: BigModelSpec) -> str | None:
     return (auth.secret_name if auth else None) or f"{name}-api-keys"
 
 
+DEFAULT_IDLE_SECONDS = 900
+"""Scale to zero: a GPU replica's cold start costs minutes (pod, image, weights, compile), so the last one
+stops only after 15 idle minutes; short lulls in traffic keep it."""
+DEFAULT_WAKE_TIMEOUT_SECONDS = 300
+"""Scale to zero: how long a request is held while a replica starts. A GPU replica of an 8B model with its
+weights in the cache starts in 1-2 minutes on a node that has the image; 300 s leaves room for a slower
+node and, within OpenAI clients' default 600 s timeout, for the answer."""
+
+
+def scales_to_zero(spec: BigModelSpec) -> bool:
+    """Whether the engine may have no replica: minReplicas 0 or replicas 0."""
+    scaling = spec.scaling
+    if scaling is None:
+        return False
+    if scaling.replicas is not None:
+        return scaling.replicas == 0
+    return scaling.min_replicas == 0
+
+
 def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
-    """Serve replica bounds from the one `spec.scaling` block (fixed replicas => min == max)."""
+    """Serve replica bounds from the one `spec.scaling` block (fixed replicas => min == max).
+
+    With scale to zero, the last replica stops after `idleSeconds` without requests (Serve's
+    downscale_to_zero_delay_s); a request that arrives then is queued by Serve and wakes one."""
     scaling = spec.scaling
     target = (scaling.target_ongoing_requests if scaling else None) or config.default_target_ongoing_requests
     if scaling and scaling.replicas is not None:
@@ -128,7 +150,16 @@ def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
     else:
         low = scaling.min_replicas if scaling and scaling.min_replicas is not None else 1
         high = scaling.max_replicas if scaling and scaling.max_replicas is not None else max(1, low)
-    return {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+    out: dict[str, Any] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+    if low == 0:
+        out["downscale_to_zero_delay_s"] = (scaling.idle_seconds if scaling else None) or DEFAULT_IDLE_SECONDS
+    return out
+
+
+def wake_timeout_seconds(spec: BigModelSpec) -> int:
+    """How long the ingress holds a request while an engine replica starts (scale to zero)."""
+    scaling = spec.scaling
+    return (scaling.wake_timeout_seconds if scaling else None) or DEFAULT_WAKE_TIMEOUT_SECONDS
 
 
 def max_num_seqs(spec: BigModelSpec) -> int:
@@ -259,6 +290,8 @@ def ingress_config(
         out["quotas"] = quotas.model_dump(exclude_none=True)
     if feedback := ingress_feedback(name, spec):
         out["feedback"] = feedback
+    if scales_to_zero(spec):
+        out["wake_timeout_s"] = wake_timeout_seconds(spec)
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.api import GROUP, FineTuneJobSpec
+from bigmodel_operator.api.bigmodel import WeightCacheSpec
 from bigmodel_operator.builders.feedback_sink import dataset_source
 from bigmodel_operator.builders.rayservice import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from bigmodel_operator.builders.volumes import (
@@ -21,6 +22,7 @@ from bigmodel_operator.builders.volumes import (
     scratch_volume,
     shm_volume,
     trainer_scratch_sizes,
+    weight_cache_volume,
 )
 from bigmodel_operator.config import OperatorConfig
 
@@ -214,8 +216,12 @@ def build_job(
     config: OperatorConfig,
     config_map: dict[str, Any],
     plan: dict[str, Any] | None = None,
+    weight_cache: WeightCacheSpec | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node."""
+    """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node.
+
+    `weight_cache`: the BigModel's (baseModel.bigModelRef) shared weight cache, whose s3:// copies the trainer
+    reads instead of downloading the base model again (the same folder per URI as the serving replicas)."""
     owner = body["metadata"]["name"]
     shm, shm_mount = shm_volume("8Gi" if gpus else "512Mi")
     sizes = trainer_scratch_sizes(
@@ -234,7 +240,10 @@ def build_job(
         # The config hash makes a changed config roll into a new pod template (and a new Job hash).
         {"name": "BIGMODEL_CONFIG_HASH", "value": config_map["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]},
     ]
-    if _uses_s3(config_map):
+    shared_volumes, shared_mounts, shared_env = weight_cache_volume(weight_cache)
+    if shared_env:
+        env += [e for e in shared_env if e["name"] == "BIGMODEL_S3_CACHE"]
+    elif _uses_s3(config_map):
         # s3:// models and outputs are downloaded / staged here: the writable cache, not the read-only root.
         env.append({"name": "BIGMODEL_S3_CACHE", "value": S3_CACHE_DIR})
     creds = spec.credentials
@@ -247,7 +256,7 @@ def build_job(
         "command": ["python", "-m", "bigmodel_training", "--config", CONFIG_FILE],
         "env": env,
         "resources": _resources(spec, gpus, sizes.total),
-        "volumeMounts": [cfg_mount, shm_mount, tmp_mount, cache_mount, *mounts.mounts],
+        "volumeMounts": [cfg_mount, shm_mount, tmp_mount, cache_mount, *mounts.mounts, *shared_mounts],
         "securityContext": restricted_container_security(read_only_root=True),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -260,7 +269,7 @@ def build_job(
         "serviceAccountName": naming.trainer_account_name(owner),
         "securityContext": restricted_pod_security(),
         "containers": [container],
-        "volumes": [cfg_volume, shm, tmp, cache, *mounts.volumes],
+        "volumes": [cfg_volume, shm, tmp, cache, *mounts.volumes, *shared_volumes],
     }
     node_selector = dict(spec.node_selector or {})
     gpu = spec.resources.gpu if spec.resources else None

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from bigmodel_operator.api import BigModelSpec
+    from bigmodel_operator.api.bigmodel import WeightCacheSpec
 
 
 @dataclass
@@ -181,3 +185,40 @@ def restricted_container_security(read_only_root: bool = False) -> dict[str, Any
         "readOnlyRootFilesystem": read_only_root,
         "runAsNonRoot": True,
     }
+
+
+WEIGHT_CACHE_MOUNT = "/mnt/bigmodel/weight-cache"
+WEIGHT_CACHE_VOLUME = "weight-cache"
+
+
+def quantity_bytes(value: int | str) -> int:
+    """A Kubernetes quantity (16Gi, 500M, 1e9, 1024) in bytes."""
+    text = str(value).strip()
+    suffixes = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+    suffixes |= {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
+def weight_cache_volume(
+    source: BigModelSpec | WeightCacheSpec | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shared weight cache (a BigModel's spec.weightCache) as (volumes, mounts, env) of a model or trainer
+    pod: s3:// downloads (BIGMODEL_S3_CACHE) and the Hugging Face hub cache (HF_HUB_CACHE, keyed by commit)
+    live on the claim."""
+    from bigmodel_operator.api.bigmodel import WeightCacheSpec
+
+    cache = source if isinstance(source, WeightCacheSpec) or source is None else source.weight_cache
+    if cache is None:
+        return [], [], []
+    volume = {"name": WEIGHT_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    mount = {"name": WEIGHT_CACHE_VOLUME, "mountPath": WEIGHT_CACHE_MOUNT}
+    env = [
+        {"name": "BIGMODEL_S3_CACHE", "value": f"{WEIGHT_CACHE_MOUNT}/s3"},
+        {"name": "HF_HUB_CACHE", "value": f"{WEIGHT_CACHE_MOUNT}/hf"},
+    ]
+    if cache.max_size is not None:
+        env.append({"name": "BIGMODEL_WEIGHT_CACHE_MAX_BYTES", "value": str(quantity_bytes(cache.max_size))})
+    return [volume], [mount], env

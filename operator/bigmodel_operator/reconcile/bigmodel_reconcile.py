@@ -23,7 +23,14 @@ from bigmodel_operator.builders.ingress import build_ingress, ingress_url
 from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, route_prefix, scaling_args
+from bigmodel_operator.builders.serve_args import (
+    Promotions,
+    api_keys_secret_name,
+    route_prefix,
+    scales_to_zero,
+    scaling_args,
+    wake_timeout_seconds,
+)
 from bigmodel_operator.builders.serving_identity import build_serving_identity
 from bigmodel_operator.conditions import Blocker, Reason
 from bigmodel_operator.config import OperatorConfig
@@ -39,7 +46,13 @@ from bigmodel_operator.reconcile.children import (
     first_failure,
     remove_child,
 )
-from bigmodel_operator.reconcile.model_source import HUB_CACHE_SECONDS, model_config_for, read_secret_key
+from bigmodel_operator.reconcile.coldstart_cost import ColdStartsAndCost, ColdStartTracker
+from bigmodel_operator.reconcile.model_source import (
+    HUB_CACHE_SECONDS,
+    model_config_for,
+    pinned_revision,
+    read_secret_key,
+)
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
@@ -102,8 +115,19 @@ class BigModelReconciler(BaseReconciler):
         "selector",
         "rayService",
         "adapters",
+        "startup",
+        "lastColdStart",
+        "cost",
+        "resolvedRevision",
     )
-    cleared_fields = ("plan", "url", "selector", "rayService")  # e.g. a plan that went away
+    cleared_fields = (
+        "plan",
+        "url",
+        "selector",
+        "rayService",
+        "startup",
+        "resolvedRevision",
+    )  # e.g. a plan that went away
     progress_reasons = _PROGRESS_REASONS  # normal progress is in the conditions; an Event each would double the writes
 
     def __init__(self, kube: Kube, state: ClusterState, config: OperatorConfig, emit: EventSink) -> None:
@@ -111,11 +135,25 @@ class BigModelReconciler(BaseReconciler):
         self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
         self.adapter_phases: dict[str, dict[str, str]] = {}  # BigModel uid -> engine adapter name -> phase
         self.worker_bounds = WorkerBoundsSync(kube, emit)  # KubeRay does not carry bound edits to the cluster
+        self.coldstarts = ColdStartTracker(state, config, emit)  # startup phases, cost, their Events
+
+    def _engine_counts(self, obs: BigModelObservation, spec: BigModelSpec, seen: ColdStartsAndCost) -> None:
+        """Scale to zero: engine replicas as the replicas report them (KubeRay counts pods, and an idle
+        worker pod outlives its replica until the Ray autoscaler releases it)."""
+        obs.scale_to_zero = scales_to_zero(spec)
+        obs.wake_timeout_s = wake_timeout_seconds(spec)
+        found = seen.startups
+        # No worker pod means no engine replica (the head advertises no CPUs or GPUs for one).
+        if found.reporting or found.last is not None or found.starting or not seen.workers_alive:
+            obs.engine_ready = found.ready_replicas
+        obs.engine_starting = found.starting
+        obs.startup_phase = (found.current or {}).get("phase")
 
     def forget(self, body: dict[str, Any]) -> None:
         uid = body["metadata"].get("uid", "")
         self.keys_created.discard(uid)
         self.adapter_phases.pop(uid, None)
+        self.coldstarts.forget(uid)
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -130,19 +168,30 @@ class BigModelReconciler(BaseReconciler):
             status["adapters"] = self._previous_adapters(body) or None  # promotion state survives a bad edit
             await self.write_status(body, status)
             return
+        now = datetime.now(UTC)
         obs, place = await self._observe(body, spec)
+        revision = await pinned_revision(self.kube, body, spec, self.previous_status(body), self.config)
+        rendered = spec_at_revision(spec, revision)
         promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
         outcome = ChildWrites()
         if not any(b.blocks_deploy for b in obs.blockers):
             outcome = await self.write_children(
-                obs.blockers, lambda: self._apply_children(body, spec, place, obs, promoted.promotions)
+                obs.blockers, lambda: self._apply_children(body, rendered, place, obs, promoted.promotions)
             )
         deployed = not any(b.blocks_deploy for b in obs.blockers)
-        status = compute_status(obs, self.previous_status(body))
+        seen = self.coldstarts.observe(body, spec, place, self.previous_status(body), now)
+        self._engine_counts(obs, spec, seen)
+        status = compute_status(obs, self.previous_status(body), now)
+        status.update(seen.status_fields())
+        if revision:
+            status["resolvedRevision"] = revision
         # Nothing rendered: the versions keep the phases they had (no Promoted=True on paper). None clears what
         # the last FineTuneJob left.
         status["adapters"] = (promoted.adapters if deployed else self._previous_adapters(body)) or None
         await self.write_status(body, status)
+        if prune := seen.prune_patch():  # reports of replicas whose pod is gone (the replicas' own field)
+            await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], prune)
+        self.coldstarts.announce(body, seen, now)
         if deployed:
             self._announce_adapters(body, promoted.adapters, promoted.notes, promoted.unmounted)
         if (deadline := startup_deadline(status["conditions"])) is not None:
@@ -359,3 +408,10 @@ class BigModelReconciler(BaseReconciler):
                 if note not in seen:
                     seen[note] = "noted"
                     self.emit(body, "Warning", reason, note)
+
+
+def spec_at_revision(spec: BigModelSpec, revision: str | None) -> BigModelSpec:
+    """The spec as rendered: an hf:// revision pinned to the commit it resolved to (the exact cache key)."""
+    if not revision or revision == spec.model.revision:
+        return spec
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"revision": revision})})

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from bigmodel_operator import conditions as c
 from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
+from bigmodel_operator.api.bigmodel import WeightCacheSpec
 from bigmodel_operator.builders.feedback_sink import sink_uri
 from bigmodel_operator.builders.trainer_job import build_config_map, build_identity, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
@@ -58,6 +59,16 @@ class FineTuneJobReconciler(BaseReconciler):
             return None, None, None
         bm_spec = BigModelSpec.model_validate(bm.get("spec") or {})
         return bm_spec.model.uri, bm_spec.model.revision, base.config or bm_spec.model.config
+
+    async def _weight_cache(self, namespace: str, spec: FineTuneJobSpec) -> WeightCacheSpec | None:
+        """The shared weight cache of the BigModel `baseModel.bigModelRef` names: the trainer reads its copy."""
+        ref = spec.base_model.big_model_ref
+        if ref is None:
+            return None
+        bm = self.state.get("BigModel", namespace, ref.name) or await self.kube.get("BigModel", namespace, ref.name)
+        if bm is None:
+            return None
+        return BigModelSpec.model_validate(bm.get("spec") or {}).weight_cache
 
     async def _feedback_sink(self, namespace: str, spec: FineTuneJobSpec, obs: FineTuneJobObservation) -> str | None:
         """The feedback sink `dataset.fromFeedback` reads; a missing BigModel or sink is a blocker (retried)."""
@@ -175,7 +186,8 @@ class FineTuneJobReconciler(BaseReconciler):
         trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink, incumbent)
         config_map = build_config_map(body, trainer_config)
         await ensure_children(self.kube, self.state, [*build_identity(body), config_map], body)
-        job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan)
+        cache = await self._weight_cache(body["metadata"]["namespace"], spec)
+        job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan, weight_cache=cache)
         result = await ensure_child(self.kube, self.state, job, body, create_only=True)
         obs.job = result.body
         self.announce_child(body, result)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -164,6 +165,36 @@ async def fetch_hub_config(
     return parsed
 
 
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+async def resolve_hub_revision(
+    repo: str, revision: str | None, token: str | None, config: OperatorConfig
+) -> str | None:
+    """The commit an hf:// revision (branch, tag; default main) names now, from the Hub's model API; a
+    40-hex revision is a commit already. None when the Hub cannot say (offline, refused, unknown)."""
+    rev = revision or "main"
+    if COMMIT_RE.match(rev):
+        return rev
+    if not config.fetch_hub_config:
+        return None
+    url = f"{config.hub_endpoint}/api/models/{repo}/revision/{quote(rev, safe='')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url, headers=headers) as response,
+        ):
+            if response.status != 200:
+                return None
+            answer = json.loads((await response.content.read(MAX_CONFIG_BYTES)).decode("utf-8", "replace"))
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        log.info("could not resolve hf://%s@%s to a commit: %s", repo, rev, error)
+        return None
+    sha = answer.get("sha") if isinstance(answer, dict) else None
+    return sha if isinstance(sha, str) and COMMIT_RE.match(sha) else None
+
+
 async def _read_capped(response: aiohttp.ClientResponse, cap: int = MAX_CONFIG_BYTES) -> bytes | None:
     """The body, or None as soon as it is known to exceed `cap` (Content-Length, or bytes read so far):
     a hostile or broken endpoint never makes the operator hold more than `cap` plus one chunk."""
@@ -284,3 +315,20 @@ async def model_config_for(
         f"the operator cannot read {uri.split('://', maxsplit=1)[0]}:// sources: put the model's config.json in "
         "spec.model.config or spec.model.configMapRef to get a GPU plan",
     )
+
+
+async def pinned_revision(
+    kube: Kube, body: dict[str, Any], spec: Any, previous: dict[str, Any] | None, config: OperatorConfig
+) -> str | None:
+    """hf:// models: the commit the revision names, resolved once per generation (status.resolvedRevision), so
+    a branch that moves later does not reload the engines and an edit of the BigModel resolves again."""
+    if not spec.model.uri.startswith("hf://"):
+        return None
+    previous = previous or {}
+    if previous.get("resolvedRevision") and previous.get("observedGeneration") == body["metadata"].get("generation"):
+        return str(previous["resolvedRevision"])
+    token = None
+    creds = spec.credentials.hf_token_secret_ref if spec.credentials else None
+    if creds:
+        token = await read_secret_key(kube, body["metadata"]["namespace"], creds.name, creds.key, config)
+    return await resolve_hub_revision(spec.model.uri.removeprefix("hf://"), spec.model.revision, token, config)

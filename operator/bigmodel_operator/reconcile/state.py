@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigmodel_operator import naming
+from bigmodel_operator.status.startup_phases import PodRecord
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 Bucket = tuple[str, str, str]  # (index, namespace, value): ("Pod of FineTuneJob", ns, owner), ("deploying", ns, bm)
+ENDED_POD_KEEP_S = 3600.0
 SLIM_KINDS = frozenset(
     {"RayService", "Ingress", "NetworkPolicy", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"}
 )
@@ -74,6 +76,26 @@ class ClusterState:
     _changes: int = 0
     _gpu_version: int = 0
     _settled: dict[Key, Reads] = field(default_factory=dict)
+    # (namespace, BigModel) -> pod name -> the Ray pod's times and resources (cold starts, cost); pods that
+    # ended stay an hour, so the cost account counts their last interval.
+    model_pods: dict[tuple[str, str], dict[str, PodRecord]] = field(default_factory=dict)
+
+    def put_model_pod(self, namespace: str, bigmodel: str, record: PodRecord) -> None:
+        pods = self.model_pods.setdefault((namespace, bigmodel), {})
+        pods[record.name] = record
+        horizon = record.ended or record.created
+        if horizon is not None:
+            for name, pod in list(pods.items()):
+                if pod.ended is not None and (horizon - pod.ended).total_seconds() > ENDED_POD_KEEP_S:
+                    del pods[name]
+        self._changes += 1  # a reconcile that read this BigModel's pods is no longer settled
+        self._bucket_versions[("model pods", namespace, bigmodel)] = self._changes
+
+    def pods_of(self, namespace: str, bigmodel: str) -> dict[str, PodRecord]:
+        bucket = ("model pods", namespace, bigmodel)
+        if (reads := _recording.get()) is not None:
+            reads.buckets.setdefault(bucket, self._bucket_versions.get(bucket, 0))
+        return dict(self.model_pods.get((namespace, bigmodel), {}))
 
     # --- writes (watch events, our own applies) ---
 
@@ -89,6 +111,8 @@ class ClusterState:
         self._index(key, body)
 
     def drop(self, kind: str, namespace: str, name: str) -> None:
+        if kind == "BigModel":
+            self.model_pods.pop((namespace, name), None)
         key = (kind, namespace, name)
         self._unindex(key, self._objects.pop(key, None))
         self._kinds.get(kind, {}).pop((namespace, name), None)

@@ -34,6 +34,11 @@ class BigModelObservation:
     url: str | None = None
     selector: str | None = None
     rayservice_name: str | None = None
+    scale_to_zero: bool = False  # minReplicas 0 (or replicas 0)
+    engine_ready: int | None = None  # engine replicas that reported ready (None: no replica reports)
+    engine_starting: int = 0  # replicas, or new worker pods, in a cold start
+    wake_timeout_s: int | None = None
+    startup_phase: str | None = None  # the phase of the cold start in progress
 
 
 def _app_statuses(rayservice: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +127,22 @@ def startup_slow_message(since: str, detail: str, selector: str | None, rayservi
     )
 
 
+def scaled_to_zero(obs: BigModelObservation) -> tuple[str, str] | None:
+    """(reason, message) of a Ready=True BigModel whose engine has no ready replica: ScaledToZero while
+    none starts, Waking while one does. The endpoint answers (head and ingress stay); generation requests
+    are held up to the wake timeout. None when the engine has a ready replica or cannot scale to zero."""
+    if not obs.scale_to_zero or obs.engine_ready is None or obs.engine_ready > 0:
+        return None
+    hold = f"held up to {obs.wake_timeout_s} s" if obs.wake_timeout_s else "held"
+    if obs.engine_starting:
+        phase = f" (phase {obs.startup_phase})" if obs.startup_phase else ""
+        return Reason.WAKING, f"an engine replica is starting from zero{phase}; requests are {hold} meanwhile"
+    return (
+        Reason.SCALED_TO_ZERO,
+        f"no engine replica runs (scaled to zero when idle); the next request wakes one and is {hold}",
+    )
+
+
 def _ingress_condition(obs: BigModelObservation) -> tuple[bool, str, str]:
     if not obs.ingress_requested:
         return True, Reason.INGRESS_NOT_REQUESTED, "spec.expose.ingress is not set"
@@ -169,6 +190,11 @@ def compute_status(
         ready, reason, message = False, ing_reason, ing_message
     else:
         ready, reason, message = True, Reason.AS_EXPECTED, f"serving at {obs.url}" if obs.url else "serving"
+        zero = scaled_to_zero(obs)
+        if zero is not None:
+            reason, message = zero
+            ready_replicas = obs.engine_ready or 0
+            degraded = False
     if obs.warnings and not ready:
         message = "; ".join([message, *(w.message for w in obs.warnings)])
         if reason in STARTING_REASONS | {Reason.STARTUP_SLOW}:
@@ -183,6 +209,9 @@ def compute_status(
         "replicas": obs.desired_replicas,
         "readyReplicas": ready_replicas,
     }
+    if obs.scale_to_zero and obs.engine_ready is not None:  # the engine's own count: 0/0 at zero, honestly
+        status["replicas"] = obs.engine_ready + obs.engine_starting
+        status["readyReplicas"] = obs.engine_ready if rs_ready else 0
     for key, value in (
         ("plan", obs.plan),
         ("url", obs.url if ready or obs.url else None),
