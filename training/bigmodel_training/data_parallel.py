@@ -24,8 +24,10 @@ that keyword the model's own forward runs (generation, the objective check).
 
 Checkpoints and the final output use torch's distributed state-dict API: the trainable parameters
 and the optimizer state, gathered as full tensors on rank 0's CPU (`full_state_dict`,
-`cpu_offload`, `ignore_frozen_params`), and loaded back by rank 0 and broadcast. A checkpoint is
-the same files whatever the number of processes that wrote it.
+`cpu_offload`, `ignore_frozen_params`); rank 0 writes and reads them. A checkpoint is
+the same files whatever the number of processes that wrote it. On resume rank 0 reads it and
+sends it to every rank (fine for LoRA's few MB; a full fine-tune's state is 12 B per parameter on
+every rank's host: sharded `torch.distributed.checkpoint` files are not implemented yet).
 """
 
 from __future__ import annotations
@@ -133,9 +135,7 @@ class Parallel:
 
         if save:
             return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-        return StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=self.world.distributed, strict=False, ignore_frozen_params=True
-        )
+        return StateDictOptions(full_state_dict=True, strict=False, ignore_frozen_params=True)
 
     def state_for_checkpoint(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
         """(trainable tensors, optimizer state), full and on the CPU, keyed by parameter name; only
@@ -148,12 +148,13 @@ class Parallel:
     def load_checkpoint_state(
         self, tensors: dict[str, Any], optim_state: dict[str, Any], optimizer: torch.optim.Optimizer
     ) -> None:
-        """Load what rank 0 read from a checkpoint (the others pass empty dicts and receive it)."""
+        """Load a checkpoint's full tensors and optimizer state (every rank has them) into this rank's
+        parameters, whole or sharded."""
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         missing = trainable - set(tensors)
-        if self.world.main and missing:
+        if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
         set_state_dict(
             self.model,

@@ -246,14 +246,13 @@ class Trainer:
                 with torch.no_grad():
                     param.copy_(saved.tensors[name].to(param.device, param.dtype))
             self.optimizer.load_state_dict(saved.optimizer_state)
-        else:
-            self.parallel.load_checkpoint_state(
-                saved.tensors if saved else {}, saved.optimizer_state if saved else {}, self.optimizer
-            )
-        restored: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]] = dist.broadcast_object(
-            (saved.scheduler_state, saved.state, saved.rng) if saved else ({}, {}, []), self.world
-        )
-        scheduler_state, state, rngs = restored
+        # Rank 0's copy goes to every rank (trainable state only: a LoRA checkpoint is a few MB); each
+        # rank then loads the full tensors into its own (whole or sharded) parameters.
+        saved = dist.broadcast_object(saved, self.world)
+        assert saved is not None
+        if not legacy:
+            self.parallel.load_checkpoint_state(saved.tensors, saved.optimizer_state, self.optimizer)
+        scheduler_state, state, rngs = saved.scheduler_state, saved.state, saved.rng
         self.scheduler.load_state_dict(scheduler_state)
         if len(rngs) == self.world.size:
             set_rng_state(rngs[self.world.rank])
