@@ -60,6 +60,8 @@ class Reason:
     SUCCEEDED = "Succeeded"
     DATASET_INVALID = "DatasetInvalid"
     OUT_OF_MEMORY = "OutOfMemory"
+    LOSS_NOT_FINITE = "LossNotFinite"  # the trainer stopped on a NaN/inf loss or gradient norm
+    QUEUED = "Queued"  # the training Job is suspended until Kueue admits it
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     BASE_MODEL_NOT_FOUND = "BaseModelNotFound"

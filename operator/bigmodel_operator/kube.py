@@ -49,6 +49,9 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("/apis/batch/v1", "jobs"),
     "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Service": Kind("/api/v1", "services"),
+    # Kueue (optional): read only, for why a queued training Job waits. v1beta1 is served by every release.
+    "Workload": Kind("/apis/kueue.x-k8s.io/v1beta1", "workloads"),
     "Secret": Kind("/api/v1", "secrets"),
     "ServiceAccount": Kind("/api/v1", "serviceaccounts"),
     "Pod": Kind("/api/v1", "pods"),

@@ -4,6 +4,7 @@ and a tuned TRL SFTTrainer.
     PYTHONPATH=training python tests/gpu/bench_lora.py --all --out $OUT      # every case, a table
     PYTHONPATH=training python tests/gpu/bench_lora.py --case 8b-ours --out $OUT
     PYTHONPATH=training python tests/gpu/bench_lora.py --all --smoke          # CPU, tiny model
+    tests/gpu/run_training_bench.sh                                          # issue 20: 8B ours, TRL tuned, QLoRA
 
 Models are random-initialised from LlamaConfigs shaped like Llama-3.1-8B and Llama-3.2-1B (no
 download), created directly in bf16 on the GPU. LoRA r=16, alpha=32, dropout 0 on all linear layers
@@ -74,6 +75,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "8b-ours-sdpa-eager": ("8b", "ours", {"batch": 4, "attention": "sdpa", "compile": False}),
     "1b-ours-sdpa": ("1b", "ours", {"batch": 8, "attention": "sdpa"}),
     "8b-trl-tuned": ("8b", "trl", {"batch": 4}),
+    "8b-qlora": ("8b", "ours", {"batch": 4, "method": "qlora"}),
     "1b-trl-tuned": ("1b", "trl", {"batch": 8}),
 }
 CASE_TIMEOUT_S = 300
@@ -116,7 +118,7 @@ def model_flops(model: Any, lengths: list[int]) -> float:
     frozen = lora = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
-            n = module.weight.numel()
+            n = module.in_features * module.out_features  # not weight.numel(): 4-bit weights are packed
             if "lora_" in name:
                 lora += n
             elif module.weight.requires_grad:
@@ -141,6 +143,8 @@ def build_model(shape: str, attention: str, device: str) -> Any:
 
 
 def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
+    import importlib.util
+
     import torch
 
     from bigmodel_training.config import TrainerConfig
@@ -148,10 +152,13 @@ def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> di
     from bigmodel_training.modeling import attention_implementation, prepare_model, select_runtime
     from bigmodel_training.trainer import Trainer
 
+    method = options.get("method", "lora")
+    if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        return {"skipped": "bitsandbytes not installed (pip install bitsandbytes)"}
     config = TrainerConfig.model_validate({
         "base_model": {"uri": "file:///dev/null"}, "dataset": {"uri": "file:///dev/null"},
         "output": {"uri": "file:///tmp/bench"},
-        "method": {"type": "lora", "rank": 16, "alpha": 32, "dropout": options.get("dropout", 0.0)},
+        "method": {"type": method, "rank": 16, "alpha": 32, "dropout": options.get("dropout", 0.0)},
         "hyperparameters": {
             "batch_size": options["batch"], "gradient_accumulation_steps": options.get("accumulation", 1),
             "max_steps": steps + WARMUP_STEPS, "max_seq_length": 2048, "packing": True, "warmup_ratio": 0.0,
@@ -162,8 +169,16 @@ def run_ours(shape: str, options: dict[str, Any], steps: int, device: str) -> di
     })  # fmt: skip
     hp = config.hyperparameters
     runtime = select_runtime(config.method)
-    model = build_model(shape, attention_implementation(hp, runtime) or "sdpa", device)
-    model = prepare_model(model, config.method, hp, runtime)
+    if method == "qlora":  # bitsandbytes quantizes while loading: write the random model, load it in 4 bits
+        from bigmodel_training.modeling import load_model
+
+        scratch = tempfile.mkdtemp(prefix="bench-qlora-")
+        build_model(shape, "sdpa", device).save_pretrained(scratch, safe_serialization=True)
+        torch.cuda.empty_cache()
+        model = load_model(scratch, config.method, hp, runtime)
+    else:
+        model = build_model(shape, attention_implementation(hp, runtime) or "sdpa", device)
+        model = prepare_model(model, config.method, hp, runtime)
     examples = synthetic_examples(4000, SHAPES[shape]["vocab_size"], 2048)
     with tempfile.TemporaryDirectory() as out:
         marks: list[tuple[float, int]] = []

@@ -6,8 +6,11 @@ either the previous checkpoints or the new, complete one, never a half-written d
 restart would trust. Only complete checkpoints are resumed from; the newest `keep` are kept.
 
 Contents: `trainable.safetensors` (the parameters that train: LoRA matrices, or every weight for
-full fine-tuning), `optimizer.pt`, `scheduler.pt`, `rng.pt` (CPU and CUDA generator states) and
-`state.json` (step, epoch, position in the epoch, loss history, counters).
+full fine-tuning), `optimizer.pt` (keyed by parameter name, so any number of processes can load
+it), `scheduler.pt`, `rng.pt` (CPU and CUDA generator states of every rank) and `state.json`
+(step, epoch, position in the epoch, loss history, counters, the number of processes). With
+several processes only rank 0 writes and reads these files; the state is gathered to it and
+broadcast from it (data_parallel.py).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 COMPLETE = "COMPLETE"
+FORMAT = 2  # 2: optimizer state keyed by parameter name, one RNG state per rank
 DIRNAME = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -63,13 +68,18 @@ def save_checkpoint(
     output_dir: Path,
     step: int,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    tensors: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    rng: list[dict[str, Any]],
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write a complete checkpoint for `step`, then prune all but the newest `keep`."""
+    """Write a complete checkpoint for `step`, then prune all but the newest `keep` (rank 0 only).
+
+    `tensors` are the trainable parameters by name, `optimizer_state` is keyed by parameter name
+    (torch.distributed.checkpoint.state_dict), `rng` holds one RNG state per rank.
+    """
     from safetensors.torch import save_file
 
     root = checkpoint_dir(output_dir)
@@ -78,12 +88,11 @@ def save_checkpoint(
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    _write_json(tmp / "state.json", state)
+    save_file({n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
+    torch.save({"ranks": rng}, tmp / "rng.pt")
+    _write_json(tmp / "state.json", {**state, "format": FORMAT})
     _write_json(tmp / COMPLETE, {"step": step})
     _fsync_dir(tmp)
     if final.exists():  # the same step saved by an earlier attempt: replace it
@@ -95,25 +104,45 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return its state.json."""
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, as read from disk (on rank 0)."""
+
+    tensors: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    rng: list[dict[str, Any]]  # per rank; one entry for checkpoints written before format 2
+    state: dict[str, Any]
+
+    @property
+    def legacy_optimizer(self) -> bool:
+        """An optimizer state keyed by parameter index (format 1: one process only)."""
+        groups = self.optimizer_state.get("param_groups") or [{}]
+        return any(isinstance(p, int) for p in groups[0].get("params", []))
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read every file of a complete checkpoint."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "trainable.safetensors"))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing = set(params) - set(tensors)
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[name].to(param.device, param.dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
-    state: dict[str, Any] = json.loads((path / "state.json").read_text())
-    return state
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    return Checkpoint(
+        tensors=load_file(str(path / "trainable.safetensors")),
+        optimizer_state=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+        scheduler_state=torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
+        rng=list(rng["ranks"]) if "ranks" in rng else [rng],
+        state=json.loads((path / "state.json").read_text()),
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (CPU, and the CUDA devices when there are any)."""
+    return _rng_state()
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    _set_rng_state(state)
 
 
 def _rng_state() -> dict[str, Any]:

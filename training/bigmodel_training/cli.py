@@ -1,4 +1,5 @@
-"""Command line: `python -m bigmodel_training --config FILE` (the training Job's entrypoint) and
+"""Command line: `python -m bigmodel_training --config FILE` (the training Job's entrypoint),
+`python -m bigmodel_training launch <torchrun arguments>` (several processes: launch.py) and
 `python -m bigmodel_training validate FILE --format chat` (check a dataset on a laptop).
 
 Exit codes and the termination message are described in `bigmodel_training.errors`.
@@ -91,11 +92,11 @@ def train_main(argv: Sequence[str]) -> int:
             raise
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc)
-        write_termination_message(exc.reason, str(exc))
+        write_termination_message(exc.reason, str(exc), exc.exit_code)
         return exc.exit_code
     except Exception as exc:
         log.exception("training failed")
-        write_termination_message(REASON_ERROR, f"{type(exc).__name__}: {exc}")
+        write_termination_message(REASON_ERROR, f"{type(exc).__name__}: {exc}", EXIT_ERROR)
         return EXIT_ERROR
     return EXIT_OK
 
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "validate":
         return validate_main(argv[1:])
+    if argv and argv[0] == "launch":
+        from bigmodel_training.launch import main as launch_main
+
+        return launch_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

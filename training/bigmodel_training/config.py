@@ -90,10 +90,20 @@ class DatasetSource(_Model):
         default=16 * 2**20, ge=1024, description="Longer lines are reported (line_too_large) and never read whole."
     )
     max_file_bytes: int = Field(
-        default=4 * 2**30, ge=1024, description="Larger files are refused before parsing (file_too_large)."
+        default=64 * 2**30,
+        ge=1024,
+        description="Larger files are refused before parsing (file_too_large). The file is streamed into a "
+        "memory-mapped token cache, never held in memory whole.",
     )
     feedback: FeedbackFilter | None = Field(
         default=None, description="Set: `uri`/`local_path` is a feedback sink directory, read as chat records."
+    )
+    preprocessing_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes that parse, redact and tokenize the dataset (default: the CPUs this container may "
+        "use, at most 8). The result is a memory-mapped token cache reused by every rank and every retry.",
     )
 
     @model_validator(mode="after")
@@ -152,6 +162,25 @@ class Hyperparameters(_Model):
     )
     eval_every_steps: int | None = Field(
         default=None, ge=1, description="Eval loss every N steps (default: at every checkpoint and at the end)."
+    )
+
+
+class DistributedConfig(_Model):
+    """How several processes (torchrun workers: one per GPU, or per CPU pod) share the work.
+
+    Read only when the trainer runs under torchrun (WORLD_SIZE > 1); one process ignores it.
+    `batch_size` and `gradient_accumulation_steps` are per process: one optimizer step trains on
+    batch_size × accumulation × processes rows.
+    """
+
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description="ddp: every process holds the whole model (DistributedDataParallel); fsdp: weights, gradients "
+        "and optimizer state sharded over the processes (FSDP2, torch.distributed.fsdp.fully_shard). auto: fsdp for "
+        "method full, ddp otherwise (the operator renders its plan's choice).",
+    )
+    timeout_s: float = Field(
+        default=1800.0, ge=60, description="How long a collective waits for a slow or lost peer before failing."
     )
 
 
@@ -267,6 +296,7 @@ class TrainerConfig(_Model):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     progress: ProgressConfig = Field(default_factory=ProgressConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     hf_token_env: str | None = Field(
         default="HF_TOKEN", description="Name of the environment variable that holds the Hugging Face token."
     )

@@ -37,12 +37,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    """Tokenized examples ready for packing."""
+    """Tokenized examples ready for packing: lists, or subsets of a memory-mapped token cache
+    (tokencache.TokenSubset), which also carry `lengths` and `loss_counts` arrays."""
 
-    train: list[Tokenized]
-    eval: list[Tokenized]
+    train: Any  # Sequence[Tokenized]
+    eval: Any  # Sequence[Tokenized]
     redactions: dict[str, int] = field(default_factory=dict)
     lines: int = 0
+
+
+def lengths_of(items: Any) -> list[int]:
+    """Token count of each example."""
+    lengths = getattr(items, "lengths", None)
+    return [int(n) for n in lengths] if lengths is not None else [len(x) for x in items]
+
+
+def loss_counts_of(items: Any) -> list[int]:
+    """Trained (labelled) positions of each example."""
+    counts = getattr(items, "loss_counts", None)
+    return [int(n) for n in counts] if counts is not None else [x.loss_tokens for x in items]
 
 
 def load_and_validate(
@@ -52,11 +65,14 @@ def load_and_validate(
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    keep_examples: bool = True,
 ) -> ValidationResult:
-    """Pass 1; raises DatasetError with the report when anything is wrong."""
+    """Pass 1; raises DatasetError with the report when anything is wrong (`keep_examples=False`:
+    streamed, only the count is kept)."""
     result = validate_file(
-        path, fmt, min_examples=min_examples, max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes
-    )
+        path, fmt, min_examples=min_examples, max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes,
+        keep_examples=keep_examples,
+    )  # fmt: skip
     if not result.ok:
         raise DatasetError(result.report())
     return result
@@ -105,15 +121,22 @@ def tokenize_checked(examples: list[Example], tokenizer: Any, max_seq_length: in
     return [tokenized[e.line] for e in examples]
 
 
+def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) example indices, each in dataset order: `fraction` of the examples (at
+    least one when fraction > 0) held out, chosen by `seed`."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(n - 1, max(1, math.floor(n * fraction)))
+    held = set(order[:n_eval])
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
 def split(items: list[Tokenized], fraction: float, seed: int) -> tuple[list[Tokenized], list[Tokenized]]:
     """Hold out `fraction` of the examples (at least one when fraction > 0), chosen by `seed`."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(len(items) - 1, max(1, math.floor(len(items) * fraction)))
-    held = set(order[:n_eval])
-    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+    train, held = split_indices(len(items), fraction, seed)
+    return [items[i] for i in train], [items[i] for i in held]
 
 
 def prepare(

@@ -28,10 +28,10 @@ Format = Literal["chat", "instruction", "completion"]
 FORMATS: tuple[Format, ...] = ("chat", "instruction", "completion")
 ROLES = ("system", "user", "assistant")
 DEFAULT_REPORT_LIMIT = 50
-# One line may hold a whole long-context conversation (1 M tokens is ~4 MB of text); a file of
-# 4 GiB of JSONL already needs well over 10 GiB of memory once parsed.
+# One line may hold a whole long-context conversation (1 M tokens is ~4 MB of text). Files are
+# streamed (tokencache.py), so the file limit bounds disk and preprocessing time, not memory.
 DEFAULT_MAX_LINE_BYTES = 16 * 2**20
-DEFAULT_MAX_FILE_BYTES = 4 * 2**30
+DEFAULT_MAX_FILE_BYTES = 64 * 2**30
 _READ_CHUNK = 2**20
 
 # Defect codes (stable; documented in docs/training.md).
@@ -85,6 +85,11 @@ class Example:
         payload = json.dumps([self.messages, self.prompt, self.completion], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
+    def short_key(self) -> int:
+        """The first 64 bits of `key()`: what duplicate detection keeps per example (a false match
+        among 10 million examples has a chance of about 3 in a million)."""
+        return int(self.key()[:16], 16)
+
 
 @dataclass
 class ValidationResult:
@@ -93,6 +98,7 @@ class ValidationResult:
     examples: list[Example] = field(default_factory=list)
     defects: list[Defect] = field(default_factory=list)
     lines: int = 0
+    valid: int = 0  # valid examples (also when they were not kept)
 
     @property
     def ok(self) -> bool:
@@ -101,7 +107,7 @@ class ValidationResult:
 
     def report(self, limit: int = DEFAULT_REPORT_LIMIT) -> str:
         """A human-readable report of the first `limit` defects plus a count of the rest."""
-        return format_report(self.defects, limit=limit, examples=len(self.examples), lines=self.lines)
+        return format_report(self.defects, limit=limit, examples=self.valid, lines=self.lines)
 
 
 def format_report(
@@ -143,18 +149,27 @@ def validate_file(
     min_examples: int = 1,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    keep_examples: bool = True,
 ) -> ValidationResult:
-    """Parse and check every line of a JSONL file (everything but length, which needs a tokenizer)."""
+    """Parse and check every line of a JSONL file (everything but length, which needs a tokenizer).
+
+    `keep_examples=False` streams: only defects and the count are kept (`examples` stays empty),
+    so a file of any size is checked in constant memory (plus 8 bytes per example for duplicates).
+    """
     size = Path(path).stat().st_size
     if size > max_file_bytes:
         result = ValidationResult()
         result.defects.append(
             Defect(0, FILE_TOO_LARGE, f"{size} bytes, more than max_file_bytes {max_file_bytes}; split the dataset "
-                   "or raise dataset.maxFileBytes (the trainer holds the parsed examples in memory)")
+                   "or raise dataset.maxFileBytes")
         )  # fmt: skip
         return result
     return validate_lines(
-        read_lines(path, max_line_bytes), fmt, min_examples=min_examples, max_line_bytes=max_line_bytes
+        read_lines(path, max_line_bytes),
+        fmt,
+        min_examples=min_examples,
+        max_line_bytes=max_line_bytes,
+        keep_examples=keep_examples,
     )
 
 
@@ -164,12 +179,18 @@ def validate_lines(
     *,
     min_examples: int = 1,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    keep_examples: bool = True,
+    seen: dict[int, int] | None = None,
 ) -> ValidationResult:
-    """Validate numbered raw lines (None: a line over `max_line_bytes`); see `validate_file`."""
+    """Validate numbered raw lines (None: a line over `max_line_bytes`); see `validate_file`.
+
+    `seen` (example key → line) carries duplicate detection across calls (chunks of one file).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     result = ValidationResult()
-    seen: dict[str, int] = {}
+    seen = {} if seen is None else seen
+    valid = 0
     for number, line in lines:
         result.lines = number
         if line is None or len(line) > max_line_bytes:
@@ -205,16 +226,17 @@ def validate_lines(
         if surrogate:
             result.defects.append(Defect(number, ENCODING, surrogate))
             continue
-        digest = example.key()
+        digest = example.short_key()
         if digest in seen:
             result.defects.append(Defect(number, DUPLICATE, f"duplicate of line {seen[digest]}"))
             continue
         seen[digest] = number
-        result.examples.append(example)
-    if len(result.examples) < min_examples:
-        result.defects.append(
-            Defect(0, TOO_FEW, f"{len(result.examples)} valid example(s); at least {min_examples} needed")
-        )
+        valid += 1
+        if keep_examples:
+            result.examples.append(example)
+    result.valid = valid
+    if valid < min_examples:
+        result.defects.append(Defect(0, TOO_FEW, f"{valid} valid example(s); at least {min_examples} needed"))
     return result
 
 

@@ -13,6 +13,7 @@ termination message path and exits with a code that names the failure class. The
 | 4         | OutOfMemory     | the accelerator (or host) ran out of memory |
 | 5         | Error           | the method cannot run here (e.g. QLoRA without a CUDA GPU) |
 | 6         | Error           | the base model, dataset or output location could not be read or written |
+| 7         | LossNotFinite   | the loss or gradient norm became NaN or infinite (the last checkpoint is kept) |
 | 143       | Error           | stopped by SIGTERM (preemption) after saving a checkpoint; a retry resumes |
 """
 
@@ -23,6 +24,8 @@ import os
 from pathlib import Path
 
 TERMINATION_LOG_ENV = "BIGMODEL_TERMINATION_LOG"
+# Set by `launch` (torchrun): each worker reports into <dir>/rank-<RANK>.json, the launcher picks one.
+RANK_REPORTS_ENV = "BIGMODEL_RANK_REPORTS"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message; stay well under it.
 MAX_MESSAGE_BYTES = 3500
@@ -34,10 +37,12 @@ EXIT_DATASET = 3
 EXIT_OOM = 4
 EXIT_UNSUPPORTED = 5
 EXIT_IO = 6
+EXIT_NOT_FINITE = 7
 EXIT_TERMINATED = 143
 
 REASON_DATASET_INVALID = "DatasetInvalid"
 REASON_OUT_OF_MEMORY = "OutOfMemory"
+REASON_LOSS_NOT_FINITE = "LossNotFinite"
 REASON_ERROR = "Error"
 
 
@@ -80,6 +85,13 @@ class SourceError(TrainerError):
     exit_code = EXIT_IO
 
 
+class NonFiniteLossError(TrainerError):
+    """The loss or the gradient norm is NaN or infinite: training diverged; retrying would repeat it."""
+
+    reason = REASON_LOSS_NOT_FINITE
+    exit_code = EXIT_NOT_FINITE
+
+
 class TerminatedError(TrainerError):
     """SIGTERM arrived; a checkpoint was saved and the next attempt resumes from it."""
 
@@ -91,14 +103,25 @@ def termination_log_path() -> Path:
     return Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
 
 
-def write_termination_message(reason: str, message: str) -> None:
-    """Write `{"reason", "message"}` as one JSON line; never raise (the pod is failing already)."""
+def write_termination_message(reason: str, message: str, exit_code: int | None = None) -> None:
+    """Write `{"reason", "message"}` as one JSON line; never raise (the pod is failing already).
+
+    A worker under `launch` (torchrun) writes its report, with `exit_code`, to its own file in
+    $BIGMODEL_RANK_REPORTS instead; the launcher writes the termination message (launch.py).
+    """
     encoded = message.encode("utf-8")
     if len(encoded) > MAX_MESSAGE_BYTES:
         message = encoded[: MAX_MESSAGE_BYTES - 3].decode("utf-8", errors="ignore") + "..."
-    line = json.dumps({"reason": reason, "message": message}, ensure_ascii=False)
+    payload: dict[str, object] = {"reason": reason, "message": message}
+    path = termination_log_path()
+    reports, rank = os.environ.get(RANK_REPORTS_ENV), os.environ.get("RANK")
+    if reports and rank is not None:
+        import time
+
+        payload.update(exit_code=exit_code, rank=int(rank), time=time.time())
+        path = Path(reports) / f"rank-{rank}.json"
+    line = json.dumps(payload, ensure_ascii=False)
     try:
-        path = termination_log_path()
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(line + "\n")
     except OSError:

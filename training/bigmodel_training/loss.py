@@ -191,3 +191,22 @@ def objective_gap(model: Any, input_ids: list[int], labels: list[int]) -> tuple[
     finally:
         model.train(was_training)
     return ours, reference
+
+
+def objective_gap_via(root: Any, input_ids: list[int], labels: list[int], device: Any) -> tuple[float, float]:
+    """`objective_gap` through a wrapped model's own forward (FSDP: its hooks gather the weights);
+    the model must accept `completion_labels` (data_parallel.install_loss_forward)."""
+    ids = torch.tensor([input_ids], device=device)
+    target = torch.tensor([labels], device=device)
+    positions = torch.arange(ids.shape[1], device=device)[None]
+    count = int((target[:, 1:] != IGNORE_INDEX).sum())
+    was_training = root.training
+    root.eval()
+    try:
+        with torch.no_grad():
+            ours = float(root(input_ids=ids, position_ids=positions, completion_labels=target).item()) / max(1, count)
+            out = root(input_ids=ids, position_ids=positions, labels=target, use_cache=False)
+            reference = float(out.loss.item())
+    finally:
+        root.train(was_training)
+    return ours, reference

@@ -115,10 +115,9 @@ def family_problem(config: Any) -> str | None:
     return None
 
 
-def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runtime: Runtime, probe: Any = None) -> Any:
-    """Load the base model with `from_pretrained`, check its objective on `probe` (a tokenized
-    example), then `prepare_model` it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def read_config(path: str | Path) -> Any:
+    """The base model's config; refuses families the trainer cannot train (recurrent layers)."""
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(path))
@@ -127,10 +126,44 @@ def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runt
     problem = family_problem(config)
     if problem:
         raise UnsupportedError(problem)
+    return config
+
+
+def _model_kwargs(hp: Hyperparameters, runtime: Runtime) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"dtype": runtime.weight_dtype}
     attention = attention_implementation(hp, runtime)
     if attention is not None:
         kwargs["attn_implementation"] = attention
+    return kwargs
+
+
+def model_from_config(config: Any, hp: Hyperparameters, runtime: Runtime) -> Any:
+    """The model's architecture without weights (call under `torch.device("meta")` to allocate nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config, **_model_kwargs(hp, runtime))
+
+
+def host_runtime(runtime: Runtime) -> Runtime:
+    """The same weight precision on the host CPU (where rank 0 reads the weights for FSDP)."""
+    return Runtime(torch.device("cpu"), runtime.weight_dtype, None)
+
+
+def load_model(
+    path: str | Path,
+    method: MethodConfig,
+    hp: Hyperparameters,
+    runtime: Runtime,
+    probe: Any = None,
+    *,
+    prepare: bool = True,
+) -> Any:
+    """Load the base model with `from_pretrained`, check its objective on `probe` (a tokenized
+    example), then `prepare_model` it (unless `prepare` is False)."""
+    from transformers import AutoModelForCausalLM
+
+    read_config(path)
+    kwargs = _model_kwargs(hp, runtime)
     if method.type == "qlora":
         kwargs.update(_qlora_kwargs(runtime))
     try:
@@ -141,21 +174,25 @@ def load_model(path: str | Path, method: MethodConfig, hp: Hyperparameters, runt
         model.to(runtime.device)
     if probe is not None:
         check_objective(model, probe, runtime)
-    return prepare_model(model, method, hp, runtime)
+    return prepare_model(model, method, hp, runtime) if prepare else model
 
 
 PROBE_TOKENS = 512
 
 
-def check_objective(model: Any, probe: Any, runtime: Runtime) -> None:
+def check_objective(model: Any, probe: Any, runtime: Runtime, root: Any = None) -> None:
     """Refuse a model whose own `forward(labels=...)` loss differs from ours on one example: its
     logits go through a transform `loss.LogitTransform` does not know, and training would optimise
-    another objective. fp32 agrees to ~1e-6; bf16 autocast to ~1e-3 (tolerances 1e-3 and 2e-2)."""
-    from bigmodel_training.loss import objective_gap
+    another objective. fp32 agrees to ~1e-6; bf16 autocast to ~1e-3 (tolerances 1e-3 and 2e-2).
+    `root`: a sharded model, whose forward must run through its own hooks (data_parallel.py)."""
+    from bigmodel_training.loss import objective_gap, objective_gap_via
 
-    ids, labels = probe.input_ids[-PROBE_TOKENS:], probe.labels[-PROBE_TOKENS:]
+    ids, labels = list(probe.input_ids[-PROBE_TOKENS:]), list(probe.labels[-PROBE_TOKENS:])
     with runtime.autocast():
-        ours, reference = objective_gap(model, ids, labels)
+        if root is None:
+            ours, reference = objective_gap(model, ids, labels)
+        else:
+            ours, reference = objective_gap_via(root, ids, labels, runtime.device)
     tolerance = 1e-3 if runtime.autocast_dtype is None else 2e-2
     log.info("objective check: our loss %.6f, the model's own %.6f", ours, reference)
     if not abs(ours - reference) <= tolerance * max(1.0, abs(reference)):
@@ -178,36 +215,47 @@ def activation_bytes(config: Any, tokens: int) -> int:
     return 2 * (10 * hidden + 4 * intermediate) * int(config.num_hidden_layers) * tokens
 
 
-def use_checkpointing(model: Any, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> bool:
-    """The explicit setting, else: on when a full micro-batch's activations would not fit on the GPU."""
+def use_checkpointing(model: Any, method: MethodConfig, hp: Hyperparameters, runtime: Runtime, shards: int = 1) -> bool:
+    """The explicit setting, else: on when a full micro-batch's activations would not fit on the GPU
+    (`shards`: the processes FSDP spreads the weights and optimizer state over)."""
     if hp.gradient_checkpointing is not None:
         return hp.gradient_checkpointing
     if runtime.device.type != "cuda":
         return False
     need = activation_bytes(model.config, hp.batch_size * hp.max_seq_length)
     if method.type == "full":  # fp32 gradients and two AdamW moments, allocated after loading
-        need += 12 * sum(p.numel() for p in model.parameters())
+        need += 12 * sum(p.numel() for p in model.parameters()) // shards
     free, _ = torch.cuda.mem_get_info(runtime.device)
     enable = need > 0.85 * free - 2 * 2**30
     log.info("gradient checkpointing %s: ~%.1f GiB activations, %.1f GiB free", enable, need / 2**30, free / 2**30)
     return enable
 
 
-def prepare_model(model: Any, method: MethodConfig, hp: Hyperparameters, runtime: Runtime) -> Any:
-    """Make the right parameters trainable (LoRA adapters, or everything) and apply speed-ups."""
+def prepare_model(
+    model: Any,
+    method: MethodConfig,
+    hp: Hyperparameters,
+    runtime: Runtime,
+    *,
+    shards: int = 1,
+    speedups: bool = True,
+) -> Any:
+    """Make the right parameters trainable (LoRA adapters, or everything) and apply speed-ups
+    (`speedups=False`: only the trainable parameters, for a copy that is read, never trained)."""
     from bigmodel_training.speed import compile_layers, fuse_lora_adds
 
     model.config.use_cache = False
-    checkpointing = use_checkpointing(model, method, hp, runtime)
+    checkpointing = speedups and use_checkpointing(model, method, hp, runtime, shards)
     if method.type == "full":
         model.requires_grad_(True)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model = _add_lora(model, method, checkpointing, runtime)
-        fuse_lora_adds(model)
+        if speedups:
+            fuse_lora_adds(model)
     use_compile = hp.torch_compile if hp.torch_compile is not None else runtime.device.type == "cuda"
-    if use_compile:
+    if use_compile and speedups:
         compile_layers(model_parts(model)[0])
     return model
 
@@ -280,16 +328,25 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_final(model: Any, tokenizer: Any, directory: Path, method: MethodConfig, base_uri: str) -> None:
-    """PEFT layout (adapter_config.json + adapter_model.safetensors) or a full HF model directory."""
+def save_final(
+    model: Any,
+    tokenizer: Any,
+    directory: Path,
+    method: MethodConfig,
+    base_uri: str,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
+    """PEFT layout (adapter_config.json + adapter_model.safetensors) or a full HF model directory.
+    `state_dict`: the gathered weights of a sharded (FSDP) model, whose own tensors are shards."""
     directory.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {"state_dict": state_dict} if state_dict is not None else {}
     if method.type == "full":
-        model.save_pretrained(directory, safe_serialization=True)
+        model.save_pretrained(directory, safe_serialization=True, **extra)
         tokenizer.save_pretrained(directory)
         return
     # Base weights never change under LoRA, so never copy embeddings into the adapter (peft would,
     # with a warning, when lm_head is among the targets).
-    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False, **extra)
     # Name the base model the way a server finds it (hub id, or the URI as given), not the local
     # path it happened to be mounted at in the training pod.
     config_file = directory / "adapter_config.json"

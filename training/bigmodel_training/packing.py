@@ -121,37 +121,31 @@ def collate(
     multiple: int = PAD_MULTIPLE,
 ) -> Batch:
     """Build the tensors of one micro-batch of rows, padded to a multiple of `multiple` tokens."""
+    import numpy as np
     import torch
 
-    ids_rows, label_rows, pos_rows = [], [], []
-    for row in micro:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for index in row:
-            example = examples[index]
-            ids.extend(example.input_ids)
-            labels.extend(example.labels)
-            positions.extend(range(len(example.input_ids)))
-        ids_rows.append(ids)
-        label_rows.append(labels)
-        pos_rows.append(positions)
-    width = max(len(r) for r in ids_rows)
-    width = -(-width // multiple) * multiple
-    tokens = sum(len(r) for r in ids_rows)
-    mask_rows = []
-    for ids, labels, positions in zip(ids_rows, label_rows, pos_rows, strict=True):
-        pad = width - len(ids)
-        mask_rows.append([1] * len(ids) + [0] * pad)
-        ids.extend([pad_id] * pad)
-        labels.extend([IGNORE_INDEX] * pad)
-        positions.extend(range(pad))
-    input_ids = torch.tensor(ids_rows, dtype=torch.long)
-    label_t = torch.tensor(label_rows, dtype=torch.long)
-    position_ids = torch.tensor(pos_rows, dtype=torch.long)
-    attention_mask = None if packing else torch.tensor(mask_rows, dtype=torch.long)
+    rows = [[examples[index] for index in row] for row in micro]
+    row_lengths = [sum(len(example) for example in row) for row in rows]
+    width = -(-max(row_lengths) // multiple) * multiple
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example)
+            input_ids[r, at : at + n] = example.input_ids
+            labels[r, at : at + n] = example.labels
+            positions[r, at : at + n] = np.arange(n)
+            at += n
+        mask[r, :at] = 1
+        positions[r, at:] = np.arange(width - at)  # padding forms its own "example", never attended to
+    label_t = torch.from_numpy(labels)
     loss_tokens = int((label_t[:, 1:] != IGNORE_INDEX).sum())
+    ids_t, pos_t = torch.from_numpy(input_ids), torch.from_numpy(positions)
+    mask_t = None if packing else torch.from_numpy(mask)
     if pin:
-        input_ids, label_t, position_ids = input_ids.pin_memory(), label_t.pin_memory(), position_ids.pin_memory()
-        attention_mask = attention_mask.pin_memory() if attention_mask is not None else None
-    return Batch(input_ids, label_t, position_ids, attention_mask, tokens, loss_tokens)
+        ids_t, label_t, pos_t = ids_t.pin_memory(), label_t.pin_memory(), pos_t.pin_memory()
+        mask_t = mask_t.pin_memory() if mask_t is not None else None
+    return Batch(ids_t, label_t, pos_t, mask_t, sum(row_lengths), loss_tokens)

@@ -1,9 +1,12 @@
 """One fine-tuning run from a `TrainerConfig`, in the order that spends the least on bad input:
 
-1. resolve the output and dataset locations, validate the dataset's structure (no model yet);
-2. pick the device (QLoRA without CUDA stops here), resolve the base model, load the tokenizer;
-3. redact, tokenize, check lengths (still before the model is loaded);
-4. load the model, train (resuming from the newest complete checkpoint), save the result;
+1. claim the output (a changed config fails at once), pick the device (QLoRA without CUDA stops);
+2. resolve the dataset and validate its structure, streamed (no model yet), then the eval set and
+   the base model (node_inputs.py, once per node);
+3. redact and tokenize into the memory-mapped token cache with several workers, check lengths
+   (tokencache.py, still before the model is loaded);
+4. load the model (single, DDP or FSDP2: data_parallel.py), train (resuming from the newest
+   complete checkpoint), save the result;
 5. the eval gate (evaluate.py: base vs adapted held-out loss, optional scored eval set), then
    metrics.json, and the gate's verdict and the output URI into the FineTuneJob status.
 """
@@ -15,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,55 +101,103 @@ _LABELS = {
 def run(
     config: TrainerConfig, *, scratch: Path | None = None, on_step: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Train as configured; return the metrics (also written to <output>/metrics.json)."""
+    """Train as configured; return the metrics (also written to <output>/metrics.json).
+
+    Under torchrun every worker calls this: rank 0 owns the output and the reports, each node's
+    first worker prepares the inputs (node_inputs.py), and all of them train (data_parallel.py).
+    """
+    from bigmodel_training import distributed
+
+    world = distributed.world_from_env()
+    if world.distributed:
+        import torch
+
+        distributed.init(world, torch.cuda.is_available(), config.distributed.timeout_s)
+    metrics = _run(config, world, scratch, on_step)
+    distributed.shutdown(world)
+    return metrics
+
+
+def _run(
+    config: TrainerConfig, world: Any, scratch: Path | None, on_step: Callable[[int], None] | None
+) -> dict[str, Any]:
     started = time.monotonic()
-    from bigmodel_training import data, sources
-    from bigmodel_training.progress import ProgressReporter, make_sink
+    from bigmodel_training import distributed, node_inputs, sources, tokencache
+    from bigmodel_training.progress import NullSink, ProgressReporter, make_sink
 
     hp = config.hyperparameters
-    scratch = scratch or Path(tempfile.mkdtemp(prefix="bigmodel-train-"))
-    output_dir = sources.resolve_output_dir(config.output)
-    remote = sources.remote_output(config.output, output_dir)
-    if remote is not None:
-        remote.restore()  # the fingerprint and newest checkpoint of an earlier attempt
-    claim_output(output_dir, {"fingerprint": fingerprint(config)})  # a changed config fails before any download
-    reporter = ProgressReporter(make_sink(config), config.progress.interval_s)
+    scratch = node_inputs.node_scratch(world, scratch)
+    output_dir = sources.resolve_output_dir(config.output) if world.main else Path(scratch / "not-rank-0")
+    remote = sources.remote_output(config.output, output_dir) if world.main else None
 
-    dataset_file = sources.resolve_dataset_file(config.dataset, config.hf_token_env, scratch)
-    source = config.dataset
-    validated = data.load_and_validate(
-        dataset_file, source.format, source.min_examples,
-        max_line_bytes=source.max_line_bytes, max_file_bytes=source.max_file_bytes,
-    )  # fmt: skip
-    log.info("dataset OK: %d examples", len(validated.examples))
-    eval_items = _load_eval_set(config, scratch)  # a broken eval set fails now, not after training
+    def claim_config() -> None:
+        if remote is not None:
+            remote.restore()  # the fingerprint and newest checkpoint of an earlier attempt
+        claim_output(output_dir, {"fingerprint": fingerprint(config)})  # a changed config fails before any download
+
+    distributed.on_main(claim_config, world)
+    reporter = ProgressReporter(make_sink(config) if world.main else NullSink(), config.progress.interval_s)
 
     import torch
 
-    from bigmodel_training import modeling
+    from bigmodel_training import data, data_parallel, modeling
+    from bigmodel_training.evaluate import load_eval_set
     from bigmodel_training.trainer import Trainer
 
-    runtime = modeling.select_runtime(config.method)
-    model_dir = sources.resolve_model_dir(config.base_model, config.hf_token_env, scratch)
-    claim_output(
-        output_dir,
-        {"fingerprint": fingerprint(config), "dataset_sha256": file_digest(dataset_file),
-         "model_digest": model_digest(model_dir)},
+    runtime = modeling.select_runtime(config.method)  # QLoRA without CUDA stops here, before any download
+    strategy = data_parallel.resolve_strategy(config.distributed.strategy, config.method.type, world)
+
+    def gather() -> node_inputs.NodeInputs:
+        found = node_inputs.gather(config, scratch)
+        found.save(scratch)
+        return found
+
+    inputs = distributed.on_local_main(gather, world) or node_inputs.NodeInputs.load(scratch)
+    distributed.on_main(
+        lambda: claim_output(
+            output_dir,
+            {"fingerprint": fingerprint(config), "dataset_sha256": inputs.dataset_sha256,
+             "model_digest": inputs.model_digest, "processes": str(world.size)},
+        ),
+        world,
     )  # fmt: skip
-    tokenizer = modeling.load_tokenizer(model_dir)
-    redactions = data.redact_examples(validated.examples) if config.privacy.redact_pii else {}
-    tokenized = data.tokenize_checked(validated.examples, tokenizer, hp.max_seq_length, validated.lines)
-    train, held_out = data.split(tokenized, config.dataset.validation_split, hp.seed)
-    prepared = data.PreparedData(train, held_out, redactions, validated.lines)
-    log.info(
-        "%d train / %d eval examples, redactions %s, %s", len(train), len(held_out), redactions, runtime.describe()
+
+    def tokenize() -> node_inputs.NodeInputs:
+        inputs.cache_dir = node_inputs.build_cache(config, inputs)
+        inputs.save(scratch)
+        return inputs
+
+    inputs = distributed.on_local_main(tokenize, world) or node_inputs.NodeInputs.load(scratch)
+    assert inputs.cache_dir is not None
+    cache = tokencache.TokenCache(Path(inputs.cache_dir))
+    tokencache.check(cache, hp.max_seq_length, config.dataset.min_examples)
+    train_idx, eval_idx = data.split_indices(len(cache), config.dataset.validation_split, hp.seed)
+    redactions = cache.redactions
+    prepared = data.PreparedData(cache.subset(train_idx), cache.subset(eval_idx), redactions, inputs.dataset_lines)
+    evaluation = config.evaluation
+    eval_items = (
+        load_eval_set(
+            Path(inputs.eval_file), config.dataset.format, evaluation.max_examples, config.dataset.max_line_bytes
+        )
+        if inputs.eval_file
+        else []
     )
+    tokenizer = modeling.load_tokenizer(inputs.model_dir)
+    log.info(
+        "%d train / %d eval examples, redactions %s, %s, %s, %s",
+        len(train_idx), len(eval_idx), redactions, runtime.describe(), strategy, world.describe(),
+    )  # fmt: skip
 
     torch.manual_seed(hp.seed)
     if runtime.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    probe = min(train, key=len)  # the model's own loss must equal ours on it (modeling.check_objective)
-    model = modeling.load_model(model_dir, config.method, hp, runtime, probe=probe)
+    lengths = prepared.train.lengths
+    probe = prepared.train[int(lengths.argmin())]  # the model's own loss must equal ours on it (check_objective)
+    if strategy == data_parallel.FSDP:
+        parallel = data_parallel.load_sharded(inputs.model_dir, config.method, hp, runtime, world, probe=probe)
+    else:
+        model = modeling.load_model(inputs.model_dir, config.method, hp, runtime, probe=probe)
+        parallel = data_parallel.wrap(model, strategy, world, runtime)
     step_hook = on_step
     if remote is not None:
 
@@ -157,24 +207,30 @@ def run(
                 on_step(step)
 
     trainer = Trainer(
-        model=model, data=prepared, config=config, runtime=runtime, output_dir=output_dir,
+        parallel=parallel, data=prepared, config=config, runtime=runtime, output_dir=output_dir,
         pad_id=int(tokenizer.pad_token_id), reporter=reporter, on_step=step_hook,
     )  # fmt: skip
     reporter.report(step=trainer.step, total_steps=trainer.total_steps, epoch=0.0, redactions=redactions, force=True)
     metrics = trainer.train()
 
-    _save_output(model, tokenizer, output_dir, config)
+    full_state = parallel.full_state_for_output()  # fsdp: gathered on rank 0 (every rank takes part)
+    distributed.on_main(lambda: _save_output(parallel.model, tokenizer, output_dir, config, full_state), world)
     from bigmodel_training.evaluate import evaluate
 
-    gate = evaluate(trainer, tokenizer, eval_items, config.evaluation, config.method.type)
+    with parallel.gathered():  # every rank evaluates (fsdp: in lockstep); rank 0 reports
+        gate = evaluate(trainer, tokenizer, eval_items, config.evaluation, config.method.type)
     metrics["evaluation"] = gate.to_status()
     metrics["wall_time_s"] = round(time.monotonic() - started, 3)
     metrics["output_uri"] = config.output.uri
-    _write_json_atomic(output_dir / "metrics.json", metrics)
-    if remote is not None:
-        remote.finish()  # the adapter, then metrics.json, in the bucket before the status names it
-    reporter.report_evaluation(gate.to_status())
-    trainer.report_done(config.output.uri)
+
+    def finish() -> None:
+        _write_json_atomic(output_dir / "metrics.json", metrics)
+        if remote is not None:
+            remote.finish()  # the adapter, then metrics.json, in the bucket before the status names it
+        reporter.report_evaluation(gate.to_status())
+        trainer.report_done(config.output.uri)
+
+    distributed.on_main(finish, world)
     log.info(
         "done: %d steps, loss %s, eval loss %s -> %s",
         metrics["steps"],
@@ -185,31 +241,16 @@ def run(
     return metrics
 
 
-def _load_eval_set(config: TrainerConfig, scratch: Path) -> list[Any]:
-    """The eval set's items (empty without one), parsed before any model is loaded."""
-    from bigmodel_training import sources
-    from bigmodel_training.config import DatasetSource
-    from bigmodel_training.evaluate import load_eval_set
-
-    evaluation = config.evaluation
-    if evaluation.dataset_uri is None:
-        return []
-    source = DatasetSource(
-        uri=evaluation.dataset_uri, format=config.dataset.format, local_path=evaluation.dataset_local_path
-    )
-    path = sources.resolve_dataset_file(source, config.hf_token_env, scratch / "eval")
-    items = load_eval_set(path, config.dataset.format, evaluation.max_examples, config.dataset.max_line_bytes)
-    log.info("eval set OK: %d examples", len(items))
-    return items
-
-
-def _save_output(model: Any, tokenizer: Any, output_dir: Path, config: TrainerConfig) -> None:
-    """Save into a staging folder, then move each file into place (a reader never sees half a file)."""
+def _save_output(
+    model: Any, tokenizer: Any, output_dir: Path, config: TrainerConfig, state: dict[str, Any] | None = None
+) -> None:
+    """Save into a staging folder, then move each file into place (a reader never sees half a file).
+    `state`: the gathered state dict of a sharded model."""
     from bigmodel_training.modeling import save_final
 
     staging = output_dir / ".final-tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    save_final(model, tokenizer, staging, config.method, config.base_model.uri)
+    save_final(model, tokenizer, staging, config.method, config.base_model.uri, state_dict=state)
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     shutil.rmtree(staging, ignore_errors=True)

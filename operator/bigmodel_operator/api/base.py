@@ -128,7 +128,8 @@ class GpuResources(ApiModel):
             "BigModel: the most GPUs one replica may use; the plan picks the smallest layout that fits within "
             "it, and worker pods, engine parallelism and Serve all use exactly status.plan.gpusPerReplica "
             "(set engine.tensorParallelSize to use more). 0 serves on CPU with vLLM's CPU build. "
-            "FineTuneJob: the GPUs of the training pod. Empty: from the plan."
+            "FineTuneJob: the GPUs of each training pod, one worker process per GPU (distributed.nodes pods). "
+            "Empty: from the plan."
         ),
     )
     product: str | None = Field(

@@ -124,7 +124,7 @@ class DatasetSpec(ApiModel):
         default=None,
         ge=1024,
         le=2**40,
-        description="Largest dataset file (default 4 GiB); the trainer holds the parsed examples in memory.",
+        description="Largest dataset file (default 64 GiB); it is streamed into a memory-mapped token cache.",
     )
 
     @model_validator(mode="after")
@@ -367,6 +367,29 @@ class TrainingCredentialsSpec(ApiModel):
     )
 
 
+class DistributedSpec(ApiModel):
+    """Training on several GPUs or nodes (torchrun workers: one per GPU, or one per pod on the CPU)."""
+
+    nodes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "Pods of the job, each with resources.gpu.count GPUs: more than 1 renders an Indexed Job and a headless "
+            "Service for the workers' rendezvous. Empty: the plan's count (one pod unless the model needs more GPUs "
+            "than one node has; status.plan.layout says why)."
+        ),
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] | None = Field(
+        default=None,
+        description=(
+            "ddp: every GPU holds the whole model (DistributedDataParallel); fsdp: weights, gradients and optimizer "
+            "state sharded over all GPUs (FSDP2). auto (default): ddp when the model and its optimizer state fit on "
+            "one GPU, else fsdp. batchSize and gradientAccumulationSteps are per GPU."
+        ),
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired fine-tuning run. Immutable once created."""
 
@@ -378,10 +401,10 @@ class FineTuneJobSpec(ApiModel):
             "qlora loads the base model in 4 bits with bitsandbytes and needs a GPU: set resources.gpu.count >= 1",
             "!has(self.deployTo) || !has(self.method) || !has(self.method.type) || self.method.type != 'full'",
             "deployTo attaches a LoRA adapter; full fine-tuning produces a whole model",
-            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
-            "self.resources.gpu.count <= 1",
-            "the trainer uses one GPU (multi-GPU FSDP training is not supported yet): set resources.gpu.count to 1, "
-            "or to 0 for the CPU; use method qlora or a larger GPU product for models that do not fit",
+            "!has(self.method) || !has(self.method.type) || self.method.type != 'qlora' || "
+            "!has(self.distributed) || !has(self.distributed.strategy) || self.distributed.strategy != 'fsdp'",
+            "qlora cannot be sharded with fsdp (bitsandbytes' 4-bit weights are not FSDP2 tensors): use strategy ddp "
+            "(each GPU holds the whole 4-bit model) or method lora with fsdp",
         )
     )
 
@@ -413,6 +436,19 @@ class FineTuneJobSpec(ApiModel):
     credentials: TrainingCredentialsSpec | None = Field(default=None, description="Credentials.")
     node_selector: NodeSelector | None = None
     tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Extra tolerations.")
+    distributed: DistributedSpec | None = Field(
+        default=None, description="Several GPUs or nodes: how many pods, and whether the model is sharded."
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description=(
+            "Kueue LocalQueue to submit the training Job to: the Job carries the label kueue.x-k8s.io/queue-name and "
+            "is created suspended; Kueue starts it when the queue admits it (status phase Queued until then). The "
+            "label kueue.x-k8s.io/queue-name on the FineTuneJob itself does the same."
+        ),
+    )
 
 
 class TrainingProgress(ApiModel):
@@ -476,7 +512,9 @@ class FineTuneJobStatus(ApiModel):
         description="Planned, Complete, Failed, Promoted (deployTo only).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = Field(default=None, description="Phase.")
+    phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = Field(
+        default=None, description="Phase (Queued: the Job waits for Kueue to admit it)."
+    )
     start_time: datetime | None = Field(default=None, description="When the training pod started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
     progress: TrainingProgress | None = Field(default=None, description="Training progress.")

@@ -1,13 +1,27 @@
-"""Build a FineTuneJob's children: trainer config (ConfigMap), a least-privilege identity, and the Job.
+"""Build a FineTuneJob's children: trainer config (ConfigMap), a least-privilege identity, the Job,
+and for several pods the headless Service their workers meet through.
 
 The trainer reports progress by merge-patching the status of its own FineTuneJob. It runs as a
 per-job ServiceAccount whose Role allows exactly `patch` on `finetunejobs/status` with resourceNames
 set to this one job — nothing else (see docs/training.md for why this beats reading pod logs).
+
+Layouts (docs/training.md, "Several GPUs and nodes"):
+- one pod, at most one GPU: `python -m bigmodel_training --config ...`, as always;
+- one pod with N GPUs: `python -m bigmodel_training launch --standalone --nproc-per-node=N ...`
+  (torchrun: N workers, one per GPU);
+- M pods × N GPUs: an Indexed Job (completions = parallelism = M) whose pods are
+  `<job>-<index>.<service>`, a headless Service `<job>` (publishNotReadyAddresses, so the names
+  resolve before anything is ready), and torchrun's c10d rendezvous on `<job>-0.<service>:29400` —
+  the pattern of Kubeflow Trainer and JobSet. torch's elastic agent restarts every worker of every
+  pod from the last checkpoint when one fails or a pod is replaced (--max-restarts).
+- `queueName`: the Job carries `kueue.x-k8s.io/queue-name` and is created suspended; Kueue admits
+  it by unsuspending it (the Job is never updated by us afterwards: create-only).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_operator import naming
@@ -40,6 +54,33 @@ CHECKPOINT_WRITE_MIB_S = 100  # a slow network volume
 
 
 S3_CACHE_DIR = "/home/trainer/.cache/bigmodel/s3"
+EXIT_LOSS_NOT_FINITE = 7
+RENDEZVOUS_PORT = 29400
+RENDEZVOUS_JOIN_TIMEOUT_S = 1800  # pods of one job may start minutes apart (image pulls, node scale-up)
+SHUTDOWN_MARGIN_S = 10  # torchrun waits the grace period minus this for its workers' checkpoint
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the Job spreads the training: GPUs (worker processes) per pod, pods, and the strategy."""
+
+    gpus: int = 1  # per pod; 0: one CPU worker per pod
+    nodes: int = 1
+    strategy: str = "auto"
+
+    @property
+    def workers_per_pod(self) -> int:
+        return max(1, self.gpus)
+
+    @property
+    def distributed(self) -> bool:
+        return self.nodes > 1 or self.workers_per_pod > 1
+
+
+def queue_name(body: dict[str, Any], spec: FineTuneJobSpec) -> str | None:
+    """The Kueue LocalQueue: spec.queueName, else the label kueue.x-k8s.io/queue-name on the FineTuneJob."""
+    return spec.queue_name or (body["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
 
 
 def _uses_s3(config_map: dict[str, Any]) -> bool:
@@ -71,11 +112,13 @@ def render_trainer_config(
     mounts: Mounts,
     feedback_sink: str | None = None,
     incumbent: dict[str, str] | None = None,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case.
 
     `feedback_sink`: the BigModel's sink (builders/feedback.py sink_uri) for `dataset.fromFeedback`.
     `incumbent`: {name, uri} of the stable adapter the result would replace (the gate compares with it).
+    `layout`: several workers get the plan's strategy (ddp or fsdp).
     """
     meta = body["metadata"]
     base: dict[str, Any] = {"uri": base_uri}
@@ -117,6 +160,8 @@ def render_trainer_config(
         if local := mounts.local_path(stable["uri"]):
             stable["local_path"] = local
         config.setdefault("evaluation", {})["incumbent"] = stable
+    if layout is not None and layout.distributed and layout.strategy in ("ddp", "fsdp"):
+        config["distributed"] = {"strategy": layout.strategy}
     return config
 
 
@@ -173,9 +218,15 @@ def build_identity(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _resources(spec: FineTuneJobSpec, gpus: int, ephemeral: str) -> dict[str, Any]:
+    """Requests = limits. Defaults: 2 CPUs and 8Gi on the CPU; 8 and 64Gi for one GPU; 6 CPUs and
+    32Gi per GPU for several (a worker each, the tokenizer pool, and FSDP's rank 0 reading the
+    weights once per node: Llama-70B in bf16 is 131 GiB of the 256Gi an 8-GPU pod gets)."""
     res = spec.resources
-    cpu = (res.cpu if res and res.cpu is not None else None) or ("8" if gpus else "2")
-    memory = (res.memory if res and res.memory is not None else None) or ("64Gi" if gpus else "8Gi")
+    default_cpu, default_memory = (
+        ("2", "8Gi") if not gpus else ("8", "64Gi") if gpus == 1 else (str(6 * gpus), f"{32 * gpus}Gi")
+    )
+    cpu = (res.cpu if res and res.cpu is not None else None) or default_cpu
+    memory = (res.memory if res and res.memory is not None else None) or default_memory
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory), "ephemeral-storage": ephemeral}
     if gpus:
         limits[GPU_RESOURCE] = str(gpus)
@@ -183,17 +234,60 @@ def _resources(spec: FineTuneJobSpec, gpus: int, ephemeral: str) -> dict[str, An
 
 
 _SKIPPED_ANNOTATIONS = ("kubectl.kubernetes.io/", "bigmodel.io/spec-hash")
+_SKIPPED_LABELS = ("kueue.x-k8s.io/",)  # Kueue reads the Job's; on pods they would ask its pod integration too
 
 
 def _pod_metadata(body: dict[str, Any]) -> dict[str, Any]:
     """The FineTuneJob's own labels and annotations (at creation) plus ours, for the training pod."""
     meta = body["metadata"]
-    labels = {**(meta.get("labels") or {}), **naming.labels(naming.LABEL_FINETUNEJOB, meta["name"], "trainer")}
+    own = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith(_SKIPPED_LABELS)}
+    labels = {**own, **naming.labels(naming.LABEL_FINETUNEJOB, meta["name"], "trainer")}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_SKIPPED_ANNOTATIONS)}
     out: dict[str, Any] = {"labels": labels}
     if annotations:
         out["annotations"] = annotations
     return out
+
+
+def build_rendezvous_service(body: dict[str, Any]) -> dict[str, Any]:
+    """The headless Service that gives every pod of a several-pod Job a DNS name
+    (`<job>-<index>.<job>`) and torchrun's rendezvous an address (`<job>-0.<job>:29400`)."""
+    owner = body["metadata"]["name"]
+    name = naming.job_name(owner)
+    return _hashed(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(body, name, "trainer-rendezvous"),
+            "spec": {
+                "clusterIP": "None",
+                # The names must resolve while the pods start (no readiness probe says "ready" then).
+                "publishNotReadyAddresses": True,
+                "selector": {naming.LABEL_FINETUNEJOB: owner, naming.LABEL_COMPONENT: "trainer"},
+                "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+            },
+        }
+    )
+
+
+def trainer_command(owner: str, layout: Layout, max_restarts: int, grace_seconds: int) -> list[str]:
+    """The container's command: the trainer itself, or torchrun (`launch`) starting one worker per GPU."""
+    train = ["python", "-m", "bigmodel_training", "--config", CONFIG_FILE]
+    if not layout.distributed:
+        return train
+    job = naming.job_name(owner)
+    command = [
+        "python", "-m", "bigmodel_training", "launch", f"--nproc-per-node={layout.workers_per_pod}",
+        f"--max-restarts={max_restarts}", f"--shutdown-timeout={max(10, grace_seconds - SHUTDOWN_MARGIN_S)}",
+    ]  # fmt: skip
+    if layout.nodes > 1:
+        command += [
+            f"--nnodes={layout.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={job}-0.{job}:{RENDEZVOUS_PORT}",
+            f"--rdzv-id={job}", f"--rdzv-conf=join_timeout={RENDEZVOUS_JOIN_TIMEOUT_S}",
+        ]  # fmt: skip
+    else:
+        command.append("--standalone")
+    return [*command, "-m", "bigmodel_training", "--config", CONFIG_FILE]
 
 
 def termination_grace_seconds(spec: FineTuneJobSpec, plan: dict[str, Any] | None) -> int:
@@ -217,12 +311,14 @@ def build_job(
     config_map: dict[str, Any],
     plan: dict[str, Any] | None = None,
     weight_cache: WeightCacheSpec | None = None,
+    nodes: int = 1,
 ) -> dict[str, Any]:
-    """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node.
+    """The batch/v1 Job running the trainer: `gpus` GPUs in each of `nodes` pods (module docstring).
 
     `weight_cache`: the BigModel's (baseModel.bigModelRef) shared weight cache, whose s3:// copies the trainer
     reads instead of downloading the base model again (the same folder per URI as the serving replicas)."""
     owner = body["metadata"]["name"]
+    layout = Layout(gpus=gpus, nodes=nodes)
     shm, shm_mount = shm_volume("8Gi" if gpus else "512Mi")
     sizes = trainer_scratch_sizes(
         json.loads(config_map["data"]["config.json"]),
@@ -250,10 +346,12 @@ def build_job(
     if creds and creds.hf_token_secret_ref:
         ref = creds.hf_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    grace = termination_grace_seconds(spec, plan)
+    backoff = spec.backoff_limit if spec.backoff_limit is not None else DEFAULT_BACKOFF_LIMIT
     container: dict[str, Any] = {
         "name": "trainer",
         "image": config.images.trainer,
-        "command": ["python", "-m", "bigmodel_training", "--config", CONFIG_FILE],
+        "command": trainer_command(owner, layout, backoff, grace),
         "env": env,
         "resources": _resources(spec, gpus, sizes.total),
         "volumeMounts": [cfg_mount, shm_mount, tmp_mount, cache_mount, *mounts.mounts, *shared_mounts],
@@ -265,7 +363,7 @@ def build_job(
         container["envFrom"] = [{"secretRef": {"name": creds.storage_secret_name}}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": termination_grace_seconds(spec, plan),
+        "terminationGracePeriodSeconds": grace,
         "serviceAccountName": naming.trainer_account_name(owner),
         "securityContext": restricted_pod_security(),
         "containers": [container],
@@ -280,8 +378,11 @@ def build_job(
     tolerations = ([GPU_TOLERATION] if gpus else []) + [t.to_wire() for t in spec.tolerations or []]
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if nodes > 1:
+        pod_spec["subdomain"] = naming.job_name(owner)  # <job>-<index>.<job>: the headless Service's names
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit if spec.backoff_limit is not None else DEFAULT_BACKOFF_LIMIT,
+        # Several pods: a failure of the gang costs one pod failure per pod.
+        "backoffLimit": backoff * nodes,
         # Bad data or config never gets better on retry: fail the Job at once for those exit codes.
         "podFailurePolicy": {
             "rules": [
@@ -290,7 +391,7 @@ def build_job(
                     "onExitCodes": {
                         "containerName": "trainer",
                         "operator": "In",
-                        "values": [EXIT_CONFIG_INVALID, EXIT_DATASET_INVALID, EXIT_UNSUPPORTED],
+                        "values": [EXIT_CONFIG_INVALID, EXIT_DATASET_INVALID, EXIT_UNSUPPORTED, EXIT_LOSS_NOT_FINITE],
                     },
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -300,10 +401,11 @@ def build_job(
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _meta(body, naming.job_name(owner), "trainer"),
-        "spec": job_spec,
-    }
+    if nodes > 1:
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+    meta = _meta(body, naming.job_name(owner), "trainer")
+    if queue := queue_name(body, spec):
+        meta["labels"][KUEUE_QUEUE_LABEL] = queue
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
     return _hashed(job)

@@ -18,13 +18,20 @@ The parts are added although the loss's peak and a checkpointed layer's recomput
 different times: with checkpointing the plan is a few GiB conservative (Llama-3.1-8B LoRA, batch
 8 × 2,048: 51.7 GiB planned before overhead, 47.1 GiB measured peak on an H100).
 
-When one GPU is not enough, weights and trainable state are sharded FSDP/ZeRO-3 style over N GPUs
-(each also holds two gathered layers); activations do not shrink, ``batch_size`` is per GPU.
+Layout (``nodes`` pods × ``gpus_per_pod`` GPUs, one worker process per GPU): the first layout that
+fits, in the order 1, 2, ..., ``gpus_per_node`` GPUs in one pod, then 2, 3, ... whole nodes
+(``gpus_per_node`` each), up to ``DEFAULT_MAX_NODES``; a count or node number the job sets is
+kept. With more than one GPU the strategy is **ddp** when weights, optimizer state, activations
+and logits fit on one GPU (every GPU holds a copy, ``need(1)``), else **fsdp**: weights and
+trainable state sharded FSDP/ZeRO-3 style over all N GPUs (each also holds two gathered layers),
+``need(N)``; activations do not shrink, ``batch_size`` is per GPU. QLoRA is never sharded
+(bitsandbytes' 4-bit weights are not FSDP2 tensors). ``layout`` says which and why.
 
 A SIGTERM (preemption, node drain, deletion) lets the trainer finish its optimizer step and write
 a checkpoint; ``checkpoint_gib`` (fp32 trainable weights + two AdamW moments, 12 B per trainable
 parameter) and ``micro_batch_seconds`` (6·P FLOPs per token at ``STEP_MFU`` = 25 % of the GPU's
-datasheet bf16 rate, 100 TFLOP/s when unknown) size the Job's ``terminationGracePeriodSeconds``
+datasheet bf16 rate, 100 TFLOP/s when unknown; every GPU computes its own micro-batch, with ddp and
+fsdp alike) size the Job's ``terminationGracePeriodSeconds``
 (builders/training.py) instead of Kubernetes' 30 s default.
 
 Families the trainer cannot train correctly are refused before any memory is planned
@@ -74,6 +81,7 @@ RECURRENT_FAMILIES = (
 _RECURRENT_WORDS = re.compile(r"mamba|hybrid|linear|rwkv|xlstm|recurrent|ssm|deltanet", re.IGNORECASE)
 
 Method = Literal["lora", "qlora", "full"]
+Strategy = Literal["auto", "ddp", "fsdp"]
 
 
 class TrainingPlan(PlanModel):
@@ -98,8 +106,12 @@ class TrainingPlan(PlanModel):
     gpu_product: str = Field(description="GPU product planned for.")
     gpu_memory_gib: float = Field(description="Memory of one GPU, GiB.")
     usable_per_gpu_gib: float = Field(description="Memory the plan may use per GPU (95 %).")
-    gpus_needed: int = Field(description="GPUs for one training job.")
+    gpus_needed: int = Field(description="GPUs for one training job (nodes × gpusPerPod).")
     sharded: bool = Field(description="Weights and optimizer state sharded (FSDP/ZeRO-3).")
+    nodes: int = Field(default=1, description="Pods of the job (an Indexed Job with a headless Service when > 1).")
+    gpus_per_pod: int = Field(default=1, description="GPUs (worker processes) per pod.")
+    strategy: str = Field(default="single", description="single, ddp (a copy per GPU) or fsdp (sharded).")
+    layout: str = Field(default="", description="Why this many GPUs and pods, and this strategy.")
     checkpoint_gib: float = Field(default=0.0, description="What one resumable checkpoint writes (GiB).")
     micro_batch_seconds: float = Field(
         default=0.0, description="Pessimistic time of one micro-batch (forward + backward), seconds."
@@ -137,12 +149,16 @@ def plan_training(
     fused_attention: bool = True,
     gpus_per_node: int = 8,
     max_gpus: int | None = None,
+    gpus_per_pod: int | None = None,
+    nodes: int | None = None,
+    strategy: Strategy = "auto",
 ) -> TrainingPlan:
     """Plan a fine-tuning job of ``shape`` on ``gpu`` (formulas in the module docstring).
 
-    ``batch_size`` is the per-GPU micro-batch; ``max_gpus`` (the job's GPU count, if set) bounds
-    the sharding, otherwise up to 8 nodes of ``gpus_per_node``. Returns ``fits=False`` with a reason
-    when no allowed GPU count fits; raises :class:`PlanningError` for invalid settings.
+    ``batch_size`` is the per-GPU micro-batch. ``gpus_per_pod`` and ``nodes`` (the job's own
+    settings, if any) fix that part of the layout; the rest is chosen (module docstring), within
+    ``max_gpus`` in all when given. Returns ``fits=False`` with a reason when no allowed layout fits;
+    raises :class:`PlanningError` for invalid settings.
     """
     if method not in ("lora", "qlora", "full"):
         raise PlanningError(f"method must be lora, qlora or full, got {method!r}")
@@ -154,6 +170,10 @@ def plan_training(
             raise PlanningError(f"{name} must be at least 1, got {value}")
     if max_gpus is not None and max_gpus < 1:
         raise PlanningError(f"the GPU count must be at least 1, got {max_gpus}")
+    if (gpus_per_pod is not None and gpus_per_pod < 1) or (nodes is not None and nodes < 1):
+        raise PlanningError(f"GPUs per pod and nodes must be at least 1, got {gpus_per_pod} and {nodes}")
+    if strategy not in ("auto", "ddp", "fsdp"):
+        raise PlanningError(f"strategy must be auto, ddp or fsdp, got {strategy!r}")
     try:
         dtype = normalize_dtype(dtype)
     except ValueError as exc:
@@ -207,13 +227,26 @@ def plan_training(
     def need(n: int) -> int:
         return fixed + shardable if n == 1 else fixed + -(-shardable // n) + gather
 
-    allowed = max_gpus if max_gpus is not None else gpus_per_node * DEFAULT_MAX_NODES
-    counts = [n for n in range(1, gpus_per_node + 1) if n <= allowed]
-    counts += list(range(2 * gpus_per_node, allowed + 1, gpus_per_node))
-    chosen = next((n for n in counts if need(n) <= usable), None)
+    layouts = _layouts(gpus_per_pod, nodes, gpus_per_node, max_gpus)
+    if not layouts:
+        raise PlanningError(f"no layout of at most {max_gpus} GPUs")
+
+    def choose(pods: int, per_pod: int) -> tuple[str, int]:
+        """(strategy, bytes per GPU) of a layout."""
+        total = pods * per_pod
+        one = need(1)
+        if total == 1:
+            return "single", one
+        if strategy == "ddp" or method == "qlora" or (strategy == "auto" and one <= usable):
+            return "ddp", one
+        return "fsdp", need(total)
+
+    chosen = next(((p, g) for p, g in layouts if choose(p, g)[1] <= usable), None)
     # Sharding cannot help when what every GPU holds anyway is already too much.
     hopeless = fixed + gather >= usable
-    n = chosen or (1 if hopeless else counts[-1])
+    pods, per_pod = chosen or (layouts[0] if hopeless else layouts[-1])
+    n = pods * per_pod
+    chosen_strategy, per_gpu = choose(pods, per_pod)
     plan = TrainingPlan(
         method=method,
         parameters=params.total,
@@ -230,15 +263,18 @@ def plan_training(
         logits_gib=gib(logits),
         overhead_gib=gib(overhead),
         total_gib=gib(fixed + shardable),
-        per_gpu_gib=gib(need(n)),
+        per_gpu_gib=gib(per_gpu),
         gpu_product=gpu.product,
         gpu_memory_gib=gpu.memory_gib,
         usable_per_gpu_gib=gib(usable),
         gpus_needed=n,
-        sharded=n > 1,
+        sharded=chosen_strategy == "fsdp",
+        nodes=pods,
+        gpus_per_pod=per_pod,
+        strategy=chosen_strategy,
         checkpoint_gib=gib(trainable * CHECKPOINT_BYTES),
         micro_batch_seconds=round(
-            6 * params.total * tokens / (STEP_MFU * (gpu.bf16_tflops or UNKNOWN_GPU_TFLOPS) * 1e12 * n), 2
+            6 * params.total * tokens / (STEP_MFU * (gpu.bf16_tflops or UNKNOWN_GPU_TFLOPS) * 1e12), 2
         ),
         fits=chosen is not None,
         summary="",
@@ -248,12 +284,18 @@ def plan_training(
         f"{method} of {plan.parameters_human} {shape.name} ({human_params(trainable)} trainable, {share}), "
         f"batch {batch_size} × {max_seq_length} tokens"
     )
-    where = f"{n} × {gpu.product}" + (" sharded (FSDP/ZeRO-3)" if n > 1 else "")
+    where = f"{n} × {gpu.product}" + (f" in {pods} pods" if pods > 1 else "")
+    where += {"fsdp": " sharded (FSDP/ZeRO-3)", "ddp": " data-parallel (DDP)"}.get(chosen_strategy, "")
+    plan.layout = _why(plan, gib(need(1)), gpus_per_pod is None and nodes is None, gpus_per_node)
     if chosen is not None:
         plan.summary = f"{what}: {plan.per_gpu_gib:g} of {plan.usable_per_gpu_gib:g} GiB per GPU on {where}"
         return plan
     hints = [] if gradient_checkpointing else ["enable gradient checkpointing"]
     hints += ["lower batchSize or maxSeqLength"] + (["use qlora"] if method != "qlora" and not hopeless else [])
+    if strategy == "ddp" and method != "qlora":
+        hints.append("use distributed.strategy fsdp (ddp keeps the whole model on every GPU)")
+    if method == "qlora" and not hopeless:
+        hints.append("use method lora with fsdp (QLoRA's 4-bit weights cannot be sharded)")
     on_each = f"activations {plan.activation_gib:g} + logits {plan.logits_gib:g} + overhead {plan.overhead_gib:g}"
     if hopeless:
         plan.reason = (
@@ -264,7 +306,45 @@ def plan_training(
         plan.reason = (
             f"needs {plan.per_gpu_gib:g} GiB per GPU on {where} (weights {plan.weight_gib:g} + optimizer state "
             f"{plan.trainable_state_gib:g} over {n} GPUs, {on_each} on each) but {gpu.product} gives "
-            f"{plan.usable_per_gpu_gib:g} GiB; {', '.join(hints)} or allow more GPUs"
+            f"{plan.usable_per_gpu_gib:g} GiB; {', '.join(hints)} or allow more GPUs "
+            "(resources.gpu.count, distributed.nodes)"
         )
     plan.summary = f"{what} does not fit on {where}"
     return plan
+
+
+def _layouts(
+    gpus_per_pod: int | None, nodes: int | None, gpus_per_node: int, max_gpus: int | None
+) -> list[tuple[int, int]]:
+    """(pods, GPUs per pod) to try, smallest first; what the job sets is kept."""
+    if gpus_per_pod is not None and nodes is not None:
+        layouts = [(nodes, gpus_per_pod)]
+    elif gpus_per_pod is not None:
+        layouts = [(k, gpus_per_pod) for k in range(1, DEFAULT_MAX_NODES + 1)]
+    elif nodes is not None:
+        layouts = [(nodes, g) for g in range(1, gpus_per_node + 1)]
+    else:
+        layouts = [(1, g) for g in range(1, gpus_per_node + 1)]
+        layouts += [(k, gpus_per_node) for k in range(2, DEFAULT_MAX_NODES + 1)]
+    return [(p, g) for p, g in layouts if max_gpus is None or p * g <= max_gpus]
+
+
+def _why(plan: TrainingPlan, one_gpu_gib: float, proposed: bool, gpus_per_node: int) -> str:
+    """One line: how many GPUs and pods, which strategy, and the numbers that decided it."""
+    n, usable = plan.gpus_needed, plan.usable_per_gpu_gib
+    count = f"{n} GPU{'s' if n > 1 else ''}" + (f" ({plan.nodes} pods × {plan.gpus_per_pod})" if plan.nodes > 1 else "")
+    if plan.strategy == "single":
+        text = f"1 GPU: {one_gpu_gib:g} of {usable:g} GiB"
+    elif plan.strategy == "ddp":
+        text = (
+            f"{count}, ddp: the model with its optimizer state fits on one GPU ({one_gpu_gib:g} of {usable:g} GiB), "
+            "so every GPU holds a copy and trains on its share of each step"
+        )
+    else:
+        text = (
+            f"{count}, fsdp: one GPU would need {one_gpu_gib:g} GiB of {usable:g}; weights and optimizer state "
+            f"sharded over {n} GPUs need {plan.per_gpu_gib:g} GiB on each"
+        )
+    if proposed and plan.nodes > 1:
+        text += f"; {plan.nodes} pods because one node has {gpus_per_node} GPUs"
+    return text

@@ -15,9 +15,18 @@ from bigmodel_operator import naming
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
 from bigmodel_operator.api.bigmodel import WeightCacheSpec
 from bigmodel_operator.builders.feedback_sink import sink_uri
-from bigmodel_operator.builders.trainer_job import build_config_map, build_identity, build_job, render_trainer_config
+from bigmodel_operator.builders.trainer_job import (
+    Layout,
+    build_config_map,
+    build_identity,
+    build_job,
+    build_rendezvous_service,
+    queue_name,
+    render_trainer_config,
+)
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Blocker, Reason
+from bigmodel_operator.kube import ApiError
 from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, NO_HELD_OUT_DATA, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.base_reconciler import PROBLEM_REASONS, BaseReconciler, ChildWrites
 from bigmodel_operator.reconcile.children import ensure_child, ensure_children
@@ -143,6 +152,7 @@ class FineTuneJobReconciler(BaseReconciler):
             obs.plan_reason, obs.plan_message = result.reason, result.message
             if result.reason in c.BLOCKING_PLAN_REASONS:
                 obs.blockers.append(Blocker(result.reason, result.message))
+            layout = Layout(gpus=result.gpus, nodes=result.nodes, strategy=result.strategy)
             gpu = spec.resources.gpu if spec.resources else None
             if result.gpus and gpu and gpu.product and gpu.product not in self.state.gpu_products():
                 message = f"no node carries nvidia.com/gpu.product={gpu.product}"
@@ -150,25 +160,47 @@ class FineTuneJobReconciler(BaseReconciler):
             if not obs.blockers:
                 outcome = await self.write_children(
                     obs.blockers,
-                    lambda: self._apply(body, spec, base_uri, base_revision, result.gpus, obs, feedback_sink),
+                    lambda: self._apply(body, spec, base_uri, base_revision, layout, obs, feedback_sink),
                 )
         job = obs.job or self.state.get("Job", namespace, naming.job_name(name))
         obs.job = job if job and naming.is_controlled_by(job, meta["uid"]) else None  # not an earlier job's
         job_uid = (obs.job or {}).get("metadata", {}).get("uid", "")
         pods = self.state.children("Pod", "FineTuneJob", namespace, name)
         obs.pods = [pod for pod in pods if job_uid and naming.is_controlled_by(pod, job_uid)]
+        obs.queue = queue_name(body, spec)
+        if obs.queue and obs.job and (obs.job.get("spec") or {}).get("suspend"):
+            obs.queue_message = await self._workload_message(namespace, obs.job)
         await self._write(body, compute_status(obs, previous))
         self.finish(outcome)
 
+    async def _workload_message(self, namespace: str, job: dict[str, Any]) -> str | None:
+        """Why Kueue has not admitted the Job: its Workload's newest condition message (None without
+        Kueue, or when the operator may not read Workloads)."""
+        uid = (job.get("metadata") or {}).get("uid")
+        if not uid:
+            return None
+        try:
+            workloads = await self.kube.list("Workload", namespace, label_selector=f"kueue.x-k8s.io/job-uid={uid}")
+        except ApiError as error:
+            if error.status in (403, 404):
+                return None
+            raise
+        conditions = [c for w in workloads for c in (w.get("status") or {}).get("conditions") or []]
+        conditions.sort(key=lambda c: str(c.get("lastTransitionTime") or ""))
+        return str(conditions[-1].get("message") or "") or None if conditions else None
+
     async def _plan(self, spec: FineTuneJobSpec, source: Any) -> TrainingPlanResult:
+        wanted = spec.distributed
+        nodes = wanted.nodes if wanted and wanted.nodes else 1
+        strategy = wanted.strategy if wanted and wanted.strategy else "auto"
         if source.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS:
             fallback = spec.resources.gpu.count if spec.resources and spec.resources.gpu else None
-            return TrainingPlanResult(None, source.reason, source.message, fallback or 1)
+            return TrainingPlanResult(None, source.reason, source.message, 1 if fallback is None else fallback, nodes)
         try:
             return await off_loop(lambda: training_plan(spec, source, self.config))
         except TimeoutError:
             message = f"planning took longer than {PLAN_TIMEOUT_SECONDS:g} s and was abandoned"
-            return TrainingPlanResult(None, Reason.PLANNING_TIMED_OUT, message, 1)
+            return TrainingPlanResult(None, Reason.PLANNING_TIMED_OUT, message, 1, nodes, strategy)
 
     async def _apply(
         self,
@@ -176,18 +208,33 @@ class FineTuneJobReconciler(BaseReconciler):
         spec: FineTuneJobSpec,
         base_uri: str,
         base_revision: str | None,
-        gpus: int,
+        layout: Layout,
         obs: FineTuneJobObservation,
         feedback_sink: str | None = None,
     ) -> None:
         """Create the children in order (write_children turns what the apiserver refuses into blockers)."""
         mounts = Mounts(root=self.config.model_mount_root)
         incumbent = self._incumbent(body, spec)
-        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink, incumbent)
+        trainer_config = render_trainer_config(
+            body, spec, base_uri, base_revision, mounts, feedback_sink, incumbent, layout=layout
+        )
         config_map = build_config_map(body, trainer_config)
-        await ensure_children(self.kube, self.state, [*build_identity(body), config_map], body)
+        children = [*build_identity(body), config_map]
+        if layout.nodes > 1:
+            children.append(build_rendezvous_service(body))
+        await ensure_children(self.kube, self.state, children, body)
         cache = await self._weight_cache(body["metadata"]["namespace"], spec)
-        job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan, weight_cache=cache)
+        job = build_job(
+            body,
+            spec,
+            layout.gpus,
+            mounts,
+            self.config,
+            config_map,
+            plan=obs.plan,
+            weight_cache=cache,
+            nodes=layout.nodes,
+        )
         result = await ensure_child(self.kube, self.state, job, body, create_only=True)
         obs.job = result.body
         self.announce_child(body, result)

@@ -37,7 +37,9 @@ class TrainingPlanResult:
     plan: TrainingPlan | None
     reason: str
     message: str
-    gpus: int
+    gpus: int  # per pod
+    nodes: int = 1
+    strategy: str = "auto"  # what the trainer is told (its own auto: fsdp for full, ddp otherwise)
 
 
 def _gpu(product: str | None, memory_gib: float | None, config: OperatorConfig):  # type: ignore[no-untyped-def]
@@ -90,14 +92,23 @@ def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: Operator
 
 
 def training_plan(spec: FineTuneJobSpec, source: ModelConfigResult, config: OperatorConfig) -> TrainingPlanResult:
-    """The training memory plan and the GPUs the Job asks for."""
+    """The training memory plan and the layout the Job gets: GPUs per pod, pods, ddp or fsdp.
+
+    A count or node number the spec sets is kept; the plan fills in the rest (planning/training_plan.py).
+    Without a readable model config the spec's own settings are used (one GPU by default).
+    """
     gpu_spec = spec.resources.gpu if spec.resources else None
     explicit = gpu_spec.count if gpu_spec and gpu_spec.count is not None else None
-    fallback = 1 if explicit is None else explicit
+    wanted = spec.distributed
+    nodes = wanted.nodes if wanted and wanted.nodes else None
+    strategy = wanted.strategy if wanted and wanted.strategy else "auto"
+    fallback = TrainingPlanResult(None, "", "", 1 if explicit is None else explicit, nodes or 1, strategy)
     if source.config is None:
-        return TrainingPlanResult(None, source.reason, source.message, fallback)
+        fallback.reason, fallback.message = source.reason, source.message
+        return fallback
     method = spec.method
     hyper = spec.hyperparameters
+    cpu = explicit == 0
     try:
         shape = parse_model_config(source.config)
         gpu = _gpu(gpu_spec.product if gpu_spec else None, gpu_spec.memory_gib if gpu_spec else None, config)
@@ -110,17 +121,19 @@ def training_plan(spec: FineTuneJobSpec, source: ModelConfigResult, config: Oper
             batch_size=(hyper.batch_size if hyper and hyper.batch_size else 8),
             max_seq_length=(hyper.max_seq_length if hyper and hyper.max_seq_length else 2048),
             gradient_checkpointing=True,
-            max_gpus=explicit or config.gpus_per_node,
+            gpus_per_node=config.gpus_per_node,
+            # On the CPU (count 0) the plan is only a memory estimate for one device.
+            gpus_per_pod=1 if cpu else explicit,
+            nodes=1 if cpu else nodes,
+            strategy=strategy,
         )
     except (ModelConfigError, GpuLookupError, PlanningError) as error:
-        return TrainingPlanResult(None, *_why(error), fallback)
+        fallback.reason, fallback.message = _why(error)
+        return fallback
+    if cpu:  # CPU workers (gloo): the layout is the spec's, no GPU memory to fit
+        return TrainingPlanResult(plan, Reason.PLANNED, plan.summary, 0, nodes or 1, strategy)
     if not plan.fits:
-        return TrainingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason, fallback)
-    if plan.gpus_needed > 1 and explicit is None:
-        return TrainingPlanResult(
-            plan,
-            Reason.MODEL_TOO_LARGE_FOR_GPU,
-            f"{plan.summary}; the trainer runs on one GPU: use method lora/qlora or a larger GPU",
-            fallback,
-        )
-    return TrainingPlanResult(plan, Reason.PLANNED, plan.summary, explicit if explicit is not None else 1)
+        return TrainingPlanResult(plan, Reason.MODEL_TOO_LARGE_FOR_GPU, plan.reason, fallback.gpus, fallback.nodes)
+    chosen = plan.strategy if plan.strategy != "single" else strategy
+    message = f"{plan.summary}; {plan.layout}"
+    return TrainingPlanResult(plan, Reason.PLANNED, message, plan.gpus_per_pod, plan.nodes, chosen)

@@ -20,6 +20,7 @@ _JOB_REASONS = {
 _TRAINER_REASONS = {
     "DatasetInvalid": Reason.DATASET_INVALID,
     "OutOfMemory": Reason.OUT_OF_MEMORY,
+    "LossNotFinite": Reason.LOSS_NOT_FINITE,
     "NoMatchingFeedback": Reason.NO_MATCHING_FEEDBACK,
 }
 
@@ -39,6 +40,8 @@ class FineTuneJobObservation:
     warnings: list[Blocker] = field(default_factory=list)
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
+    queue: str | None = None  # Kueue LocalQueue the Job was submitted to
+    queue_message: str | None = None  # why Kueue has not admitted it (its Workload's condition)
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -123,6 +126,14 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
         conds = set_condition(conds, c.FAILED, True, reason, message, gen)
         failed = _job_condition(job, "Failed") or {}
         status["completionTime"] = failed.get("lastTransitionTime") or prev.get("completionTime")
+    elif (job.get("spec") or {}).get("suspend") and not _running(obs.pods):
+        phase = "Queued"
+        message = f"the Job is suspended until Kueue admits it from LocalQueue {obs.queue}"
+        if not obs.queue:
+            message = "the Job is suspended (spec.suspend); it starts when it is resumed"
+        if obs.queue_message:
+            message = f"{message}: {obs.queue_message}"
+        conds = set_condition(conds, c.COMPLETE, False, Reason.QUEUED, message, gen)
     elif _running(obs.pods) or ((job.get("status") or {}).get("ready") or 0) > 0:
         phase = "Running"
         conds = set_condition(conds, c.COMPLETE, False, Reason.RUNNING, "training", gen)
@@ -140,7 +151,7 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
         start = (job.get("status") or {}).get("startTime") or prev.get("startTime")
         if start:
             status["startTime"] = start
-    if phase in {"Pending", "Running"}:
+    if phase in {"Pending", "Queued", "Running"}:
         conds = set_condition(conds, c.FAILED, False, phase, "not failed", gen)
     status["phase"] = phase
     status["conditions"] = conds

@@ -122,6 +122,21 @@ def test_finetunejob_children_golden() -> None:
     assert volumes["pvc-training-data"]["persistentVolumeClaim"]["readOnly"] is True
 
 
+def test_finetunejob_multinode_children_golden() -> None:
+    """2 pods × 8 GPUs through a Kueue queue: an Indexed Job, a headless Service, torchrun's rendezvous."""
+    from bigmodel_operator.builders.trainer_job import Layout, build_rendezvous_service
+
+    body = load_example("finetunejob-multinode-70b.yaml")
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    mounts = Mounts(root=OperatorConfig().model_mount_root)
+    layout = Layout(gpus=8, nodes=2, strategy="fsdp")
+    trainer_config = render_trainer_config(body, spec, spec.base_model.uri or "", None, mounts, layout=layout)
+    config_map = build_config_map(body, trainer_config)
+    job = build_job(body, spec, 8, mounts, OperatorConfig(), config_map, nodes=2)
+    service = build_rendezvous_service(body)
+    assert_golden("finetunejob-multinode-70b.children.yaml", {"configMap": config_map, "job": job, "service": service})
+
+
 def test_trainer_role_is_limited_to_its_own_status() -> None:
     body = load_example("finetunejob-lora.yaml")
     _, role, binding = build_identity(body)

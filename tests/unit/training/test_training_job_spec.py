@@ -1,5 +1,5 @@
-"""What the operator renders for the trainer: the grace period from the plan, one GPU at most,
-and the dataset size limits passed through to the trainer's config."""
+"""What the operator renders for the trainer: the grace period from the plan and the dataset size
+limits passed through to the trainer's config (layouts of several GPUs: test_training_job_layouts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from bigmodel_operator import crdgen
 from bigmodel_operator.api import FineTuneJobSpec
 from bigmodel_operator.builders.trainer_job import (
     GRACE_DEFAULT_SECONDS,
@@ -68,14 +67,6 @@ def test_grace_period_scales_with_gradient_accumulation() -> None:
     body["spec"].setdefault("hyperparameters", {})["gradientAccumulationSteps"] = 8
     eight = termination_grace_seconds(FineTuneJobSpec.model_validate(body["spec"]), plan)
     assert eight - one >= 7 * plan["microBatchSeconds"] - 1
-
-
-def test_more_than_one_gpu_is_refused_by_a_cel_rule() -> None:
-    schema = crdgen.openapi_schema(FineTuneJobSpec)
-    rules = {rule["rule"]: rule["message"] for rule in schema["x-kubernetes-validations"]}
-    text = "\n".join(f"{rule} -> {message}" for rule, message in rules.items())
-    assert "self.resources.gpu.count <= 1" in text
-    assert "the trainer uses one GPU" in text
 
 
 def test_dataset_size_limits_reach_the_trainer() -> None:
