@@ -608,6 +608,8 @@ class CanaryRouter:
             return [CanaryRouter.rename(part, choice) for part in item]
         if isinstance(item, str):
             return item.replace(f'"model":"{choice.engine_model}"', f'"model":"{choice.requested}"')
+        if isinstance(item, dict):  # a Responses answer
+            return {**item, "model": choice.requested} if item.get("model") == choice.engine_model else item
         if getattr(item, "model", None) == choice.engine_model:
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 item.model = choice.requested

@@ -8,6 +8,10 @@
   `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
 - `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
   ingress merges into `GET /metrics`.
+- `responses()` serves `POST /v1/responses` with vLLM's own Responses implementation (the one `vllm serve`
+  mounts), which Ray Serve LLM 2.60 does not route: its engine builds vLLM's serving state, Responses
+  included, and we call that. vLLM keeps no responses (its store is off unless
+  `VLLM_ENABLE_RESPONSES_API_STORE=1`), so `previous_response_id` answers 404 on every replica alike.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -136,6 +141,43 @@ class BigModelEngine(LLMServer):
             "loaded_at": self._loaded_at,
             "load_s": self._load_s,
         }
+
+    async def responses(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
+        """`POST /v1/responses`: vLLM's Responses API on this replica's engine.
+
+        Yields one dict (the response, OpenAI's shape) or Ray's ErrorResponse; streamed, server-sent event
+        strings (`event: <type>` + `data: {...}`), batched like chat and completions streams."""
+        await self._maybe_add_request_id_to_request(request)
+        await self._maybe_resolve_lora_from_multiplex()
+        events = self._responses_events(request, raw_request_info)
+        return self._batch_output_stream(events) if request.stream else events
+
+    async def _responses_events(self, request: Any, raw_request_info: Any) -> AsyncGenerator[Any, None]:
+        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
+        from ray.llm._internal.serve.core.protocol import RawRequestInfo
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorResponse
+
+        state = getattr(self.engine, "_app_state", None)
+        handler = getattr(state, "openai_serving_responses", None) if state is not None else None
+        if handler is None:
+            yield ErrorResponse(
+                error=ErrorInfo(message="This model does not serve the Responses API.", type="NotFoundError", code=404)
+            )
+            return
+        raw_request = RawRequestInfo.to_starlette_request_optional(raw_request_info)
+        try:
+            result = await handler.create_responses(request, raw_request=raw_request)
+        except ValueError as error:
+            yield ErrorResponse(error=ErrorInfo(message=str(error), type="BadRequestError", code=400))
+            return
+        if isinstance(result, VLLMErrorResponse):
+            yield ErrorResponse(error=ErrorInfo(**result.error.model_dump()))
+        elif hasattr(result, "model_dump"):
+            yield result.model_dump(mode="json", by_alias=True)
+        else:
+            async for event in result:
+                kind = getattr(event, "type", "unknown")
+                yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 
     async def metrics_text(self) -> str:
         """This replica's vLLM metrics in Prometheus text format."""

@@ -6,6 +6,7 @@ Routes (an allowlist of Ray's OpenAI routes, plus two of ours):
     GET  /v1/routes                        canary routes: versions, weight, signals, decision (key)
     POST /v1/chat/completions              vLLM's chat completions              (key, quota)
     POST /v1/completions                   vLLM's completions                   (key, quota)
+    POST /v1/responses                     vLLM's Responses API (stateless)     (key, quota)
     GET  /health                           200 once this ingress replica runs   (no key)
     GET  /metrics                          vLLM's metrics of every engine replica + per-key usage
 
@@ -34,13 +35,22 @@ from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
+    ErrorResponse,
     ModelCard,
     ModelList,
     OpenAIHTTPException,
 )
-from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.llm._internal.serve.core.ingress.ingress import (
+    DEFAULT_LLM_ROUTER_HTTP_TIMEOUT,
+    OpenAiIngress,
+    make_fastapi_ingress,
+    router_request_timeout,
+)
+from ray.llm._internal.serve.core.ingress.utils import _peek_at_generator
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import StreamingResponse
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.exceptions import VLLMError
 
 from bigmodel_serving.args import IngressConfig, Quota, parse_ingress_config
@@ -83,13 +93,14 @@ KEY_SCOPE = "bigmodel.key"  # the API key's name, set by the guard
 MODEL_SCOPE = "bigmodel.model"  # the engine model (adapter version) that answered, for the response header
 USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a generation ends
 ANONYMOUS = "anonymous"
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 # Ray's OpenAI routes we serve (method name on OpenAiIngress -> route); the rest stay unrouted.
 ENDPOINTS: dict[str, Callable[[FastAPI], Callable[..., Any]]] = {
     "models": lambda app: app.get("/v1/models", response_model=ModelList),
     "model_data": lambda app: app.get("/v1/models/{model:path}", response_model=ModelCard),
     "completions": lambda app: app.post("/v1/completions"),
     "chat": lambda app: app.post("/v1/chat/completions"),
+    "responses": lambda app: app.post("/v1/responses"),
 }
 
 _replica: dict[str, BigModelIngress] = {}  # "ingress": the ingress object of this replica process
@@ -313,18 +324,38 @@ def _raised_while_parsing_the_body(error: BaseException) -> bool:
 
 
 def _usage_of_sse(chunk: str) -> tuple[dict[str, Any] | None, bool]:
-    """(usage, is_usage_only_chunk) of one `data: {...}` server-sent event."""
+    """(usage, is_usage_only_chunk) of one `data: {...}` server-sent event (Responses events have an
+    `event:` line first, and their usage in `response.completed`'s response)."""
     if '"usage"' not in chunk:
         return None, False
     payload = chunk.strip()
+    if payload.startswith("event:"):
+        payload = payload.partition("\n")[2].strip()
     if payload.startswith("data:"):
         payload = payload[5:].strip()
     try:
         data = json.loads(payload)
     except ValueError:
         return None, False
+    if isinstance(data, dict) and isinstance(data.get("response"), dict):
+        usage = data["response"].get("usage")
+        return (usage if isinstance(usage, dict) else None), False
     usage = data.get("usage") if isinstance(data, dict) else None
     return (usage if isinstance(usage, dict) else None), bool(usage) and not data.get("choices")
+
+
+def _json_safe(value: Any) -> Any:
+    """A request field as plain JSON data (pydantic items dumped)."""
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def token_counts(usage: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens of a chat/completions usage or a Responses usage (input/output tokens)."""
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    return int(prompt or 0), int(completion or 0)
 
 
 class BigModelIngress(OpenAiIngress):
@@ -485,7 +516,7 @@ class BigModelIngress(OpenAiIngress):
     async def _get_response(  # type: ignore[override]
         self,
         *,
-        body: ChatCompletionRequest | CompletionRequest,
+        body: ChatCompletionRequest | CompletionRequest | ResponsesRequest,
         call_method: str,
         raw_request: Request | None = None,
     ) -> AsyncGenerator[Any, None]:
@@ -500,8 +531,14 @@ class BigModelIngress(OpenAiIngress):
         if isinstance(body, ChatCompletionRequest):
             check_messages(body.messages)
         stream = bool(getattr(body, "stream", False))
+        responses = isinstance(body, ResponsesRequest)
+        remembers = self.feedback is not None and not responses  # feedback ids are chat/completions ids
         strip_usage = False
-        if stream and not (body.stream_options and body.stream_options.include_usage):
+        if (
+            stream
+            and not isinstance(body, ResponsesRequest)
+            and not (body.stream_options and body.stream_options.include_usage)
+        ):
             # Usage is needed for token quotas and metrics; the extra chunk is not passed on.
             from vllm.entrypoints.generate.base.protocol import StreamOptions
 
@@ -509,23 +546,21 @@ class BigModelIngress(OpenAiIngress):
             strip_usage = True
         usage: dict[str, Any] = {}
         texts: list[str] = []
-        capture = StreamCapture() if stream and self.feedback is not None else None
+        capture = StreamCapture() if stream and remembers else None
         remembered = False
         try:
             async for item in self._engine_stream(body, call_method, raw_request, choice):
                 if not stream:
-                    found = getattr(item, "usage", None)
+                    found = item.get("usage") if isinstance(item, dict) else getattr(item, "usage", None)
                     if found is not None:
                         usage = found.model_dump() if hasattr(found, "model_dump") else dict(found)
                         texts = self._texts_of(item)
                         if raw_request is not None:
                             # Now, not in `finally`: Ray's router answers from the first item and drops this
                             # generator, whose `finally` may then run after the guard recorded the request.
-                            raw_request.scope[USAGE_SCOPE] = (
-                                int(usage.get("prompt_tokens") or 0),
-                                int(usage.get("completion_tokens") or 0),
-                            )
-                        self._remember(body, raw_request, *answer_of(item))
+                            raw_request.scope[USAGE_SCOPE] = token_counts(usage)
+                        if remembers:
+                            self._remember(body, raw_request, *answer_of(item))
                     yield item
                     continue
                 chunks = item if isinstance(item, list) else [item]
@@ -552,10 +587,28 @@ class BigModelIngress(OpenAiIngress):
         except (BackPressureError, DeploymentUnavailableError) as error:
             raise translate_exception(error) from None
         finally:
-            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             if raw_request is not None:
-                raw_request.scope[USAGE_SCOPE] = (prompt, completion)
+                raw_request.scope[USAGE_SCOPE] = token_counts(usage)
             await self._log(body, raw_request, texts, usage)
+
+    async def responses(self, body: ResponsesRequest, request: Request) -> Response:
+        """POST /v1/responses: vLLM's Responses API on an engine replica (engine.py), keys and quotas as for
+        chat. Answered as vLLM's own server answers it: one JSON response, or its server-sent events."""
+        async with router_request_timeout(DEFAULT_LLM_ROUTER_HTTP_TIMEOUT):
+            first, stream = await _peek_at_generator(
+                self._get_response(body=body, call_method="responses", raw_request=request)
+            )
+            head = first[0] if isinstance(first, list) and first else first
+            if isinstance(head, ErrorResponse):
+                raise OpenAIHTTPException(message=head.error.message, status_code=head.error.code, type=head.error.type)
+            if isinstance(head, dict):
+                return JSONResponse(head)
+
+            async def events() -> AsyncGenerator[str, None]:
+                async for item in stream:
+                    yield "".join(item) if isinstance(item, list) else str(item)
+
+            return StreamingResponse(events(), media_type="text/event-stream")
 
     def _engine_stream(
         self, body: Any, call_method: str, raw_request: Request | None, choice: Any
@@ -575,6 +628,14 @@ class BigModelIngress(OpenAiIngress):
 
     @staticmethod
     def _texts_of(response: Any) -> list[str]:
+        if isinstance(response, dict):  # a Responses answer: its output text parts
+            return [
+                part.get("text", "")
+                for output in response.get("output") or []
+                if isinstance(output, dict)
+                for part in output.get("content") or []
+                if isinstance(part, dict) and part.get("type") == "output_text"
+            ]
         texts = []
         for choice in getattr(response, "choices", []) or []:
             message = getattr(choice, "message", None)
@@ -598,6 +659,8 @@ class BigModelIngress(OpenAiIngress):
                 for message in (body.messages or [])
                 if isinstance(message, dict)
             ]
+        elif isinstance(body, ResponsesRequest):
+            record["input"] = _json_safe(body.input)
         else:
             record["prompt"] = body.prompt
         await self.request_log.log(record)

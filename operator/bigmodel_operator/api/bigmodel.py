@@ -25,12 +25,15 @@ from bigmodel_operator.api.base import (
     re2_literal,
 )
 from bigmodel_operator.api.feedback import FeedbackSpec
+from bigmodel_operator.api.vllm_tool_parsers import TOOL_CALL_PARSERS
 from bigmodel_operator.planning import ServingPlan
 
 MODEL_URI_PATTERN = (
     r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
 )
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
+TOOL_PARSER_OFF = "none"
+TOOL_PARSER_CHOICES = (*TOOL_CALL_PARSERS, TOOL_PARSER_OFF)
 MAX_INLINE_CONFIG_KEYS = 512
 """Top-level keys of an inline config.json (real ones have 30-80); the operator also refuses one
 over 256 KiB or nested deeper than 32 levels (reconcile/model_source.py)."""
@@ -157,6 +160,17 @@ class EngineSpec(ApiModel):
         description="Adapters one batch can mix (default: the number of adapters, at most 4; 4 when maxLoraRank or "
         "adapterClaims is set, so adding adapters reloads nothing).",
     )
+    tool_call_parser: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "vLLM's tool-call parser (`--tool-call-parser`, with `--enable-auto-tool-choice`), one the pinned "
+            "vLLM has. Empty: chosen from the model's family in config.json (llama3_json for Llama 3.1+, "
+            "mistral, hermes for Qwen, ...; hermes when the family is not known), so tool_choice auto, required "
+            "and named work out of the box. `none` turns tool calling off (requests with tool_choice answer 400)."
+        ),
+        json_schema_extra={"enum": list(TOOL_PARSER_CHOICES)},
+    )
     extra_args: list[str] | None = Field(
         default=None,
         max_length=64,
@@ -167,6 +181,13 @@ class EngineSpec(ApiModel):
             "reason InvalidEngineArgs before anything is deployed."
         ),
     )
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        if value is not None and value not in TOOL_PARSER_CHOICES:
+            raise ValueError(f"engine.toolCallParser {value!r} is not a tool-call parser of the pinned vLLM")
+        return value
 
 
 class RuntimeSpec(ApiModel):

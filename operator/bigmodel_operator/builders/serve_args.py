@@ -16,6 +16,7 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.engine_check import parse_extra_args
 from bigmodel_operator.builders.feedback_sink import ingress_feedback
 from bigmodel_operator.builders.placement import Placement
+from bigmodel_operator.builders.tool_calling import tool_engine_args
 from bigmodel_operator.builders.vllm_engine_args import ENGINE_ARGS
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
@@ -144,6 +145,7 @@ def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
     }
     if place.max_model_len:
         args["max_model_len"] = place.max_model_len
+    extra: dict[str, Any] = {}
     if eng:
         for key in ("dtype", "quantization", "kv_cache_dtype", "enable_prefix_caching"):
             value = getattr(eng, key)
@@ -152,8 +154,9 @@ def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
         extra, _problems = parse_extra_args(eng.extra_args)  # problems stop the reconcile before this
         if "enforce_eager" in extra:
             args["enforce_eager"] = extra.pop("enforce_eager")  # a typed field in the app's contract
-        if extra:
-            args["extra"] = extra
+    extra.update(tool_engine_args(place.tool_call_parser))  # extraArgs may not set these (engine_check.py)
+    if extra:
+        args["extra"] = extra
     return args
 
 

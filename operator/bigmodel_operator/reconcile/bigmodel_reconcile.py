@@ -166,7 +166,7 @@ class BigModelReconciler:
                 plan_result = ServingPlanResult(None, Reason.PLANNING_TIMED_OUT, message)
         if plan_result.reason in c.BLOCKING_PLAN_REASONS:
             blockers.append(Blocker(plan_result.reason, plan_result.message))
-        place = placement(spec, plan_result.plan)
+        place = placement(spec, plan_result.plan, source.config)  # config.json also names the tool parser
         gpu = spec.resources.gpu if spec.resources else None
         if place.gpus_per_replica and gpu and gpu.product and gpu.product not in self.state.gpu_products():
             warnings.append(
