@@ -184,3 +184,9 @@ class BigModelEngine(LLMServer):
         from prometheus_client import REGISTRY, generate_latest
 
         return generate_latest(REGISTRY).decode()
+
+    async def metrics_snapshot(self) -> dict[str, str]:
+        """This replica's Serve id (stable for its life, as in Serve's logs and state API) and its metrics."""
+        from ray import serve
+
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "text": await self.metrics_text()}

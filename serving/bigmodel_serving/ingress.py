@@ -473,11 +473,11 @@ class BigModelIngress(OpenAiIngress):
         usage = await self._actor().snapshot()
         handle = self._default_serve_handles[self.base_model]
         try:
-            replies = await handle.broadcast("metrics_text").results_async()
+            replies = await handle.broadcast("metrics_snapshot").results_async()
         except Exception as error:
             logger.warning("bigmodel: engine metrics unavailable: %r", error)
             replies = []
-        engine = merge_engine_metrics((str(index), text) for index, text in enumerate(replies))
+        engine = merge_engine_metrics((reply["replica"], reply["text"]) for reply in replies)
         engine += await self.canary.metrics_text()
         feedback_text = await self.feedback.metrics_text() if self.feedback is not None else ""
         return engine + render_usage(usage) + feedback_text

@@ -101,6 +101,13 @@ def test_metrics_have_engine_and_usage_series(serving: ServingStack) -> None:
     assert {"bigmodel_key_requests", "bigmodel_key_prompt_tokens", "bigmodel_key_completion_tokens"} <= names
     prompt = {labels["key"]: value for labels, value in _metric_values(text, "bigmodel_key_prompt_tokens")}
     assert prompt["alice"] >= 1
+    # Engine series carry the replica's Serve id (stable while it lives), not its position in a list.
+    from ray import serve
+
+    handle = serve.get_deployment_handle("BigModelEngine", app_name=serving.application["name"])
+    replica_ids = {info["replica_id"] for info in handle.broadcast("replica_info").results()}
+    labelled = {labels["replica"] for labels, _ in _metric_values(text, "vllm:num_requests_running")}
+    assert labelled == replica_ids, (labelled, replica_ids)
 
 
 def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> None:
