@@ -16,6 +16,7 @@ validated here by `ServeApplication`:
             autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
             max_ongoing_requests: <n>
             max_queued_requests: <n>
+            request_router_config: <RequestRouting>   # optional: prefix-cache-aware replica choice
             user_config: <EngineConfig>        # adapters (name -> mounted path)
 
 Why the split: Ray Serve hashes an application's `import_path`, `runtime_env` and `args` into its
@@ -450,6 +451,16 @@ class Autoscaling(_Args):
         return self
 
 
+PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
+class RequestRouting(_Args):
+    """The engine deployment's `request_router_config`: which Ray Serve request router picks its replica."""
+
+    request_router_class: Literal["ray.serve.llm.request_router:PrefixCacheAffinityRouter"] = PREFIX_CACHE_ROUTER
+    request_router_kwargs: dict[str, JSONValue] = Field(default_factory=dict)
+
+
 class DeploymentOptions(_Args):
     """One entry of the application's `deployments` list (Serve applies these in place)."""
 
@@ -457,6 +468,7 @@ class DeploymentOptions(_Args):
     autoscaling_config: Autoscaling | None = None
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = Field(default=None, ge=-1)
+    request_router_config: RequestRouting | None = None
     user_config: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -464,6 +476,8 @@ class DeploymentOptions(_Args):
         if self.user_config is not None:
             model = IngressConfig if self.name == INGRESS_DEPLOYMENT else EngineConfig
             model.model_validate(self.user_config)
+        if self.request_router_config is not None and self.name != ENGINE_DEPLOYMENT:
+            raise ValueError("request_router_config picks an engine replica: only BigModelEngine takes one")
         return self
 
 

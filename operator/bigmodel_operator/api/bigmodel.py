@@ -234,6 +234,23 @@ class ScalingSpec(ApiModel):
     )
 
 
+class RoutingSpec(ApiModel):
+    """How the ingress picks the engine replica for a request (Ray Serve LLM's request routers)."""
+
+    policy: Literal["prefixCache", "leastLoaded"] | None = Field(
+        default=None,
+        description=(
+            "prefixCache: send a request to the replica that served the longest prefix of its prompt "
+            "(Ray Serve LLM's PrefixCacheAffinityRouter), so vLLM's prefix cache answers its shared system "
+            "prompt or conversation history without a new prefill; it falls back to the less loaded of two "
+            "replicas when their loads differ by more than targetOngoingRequests, and requests for an "
+            "adapter first go to replicas that hold it. leastLoaded: the less loaded of two random replicas "
+            "(Serve's default). Default: prefixCache when more than one replica can run and prefix caching "
+            "is on; nothing to choose with one replica."
+        ),
+    )
+
+
 class AdapterSpec(ApiModel):
     """A LoRA adapter served alongside the base model as `<servedName>:<name>`."""
 
@@ -443,6 +460,7 @@ class BigModelSpec(ApiModel):
     runtime: RuntimeSpec | None = Field(default=None, description="Engine choice and image.")
     resources: ResourcesSpec | None = Field(default=None, description="Resources per replica.")
     scaling: ScalingSpec | None = Field(default=None, description="Replica count or autoscaling bounds.")
+    routing: RoutingSpec | None = Field(default=None, description="How requests are spread over replicas.")
     adapters: list[AdapterSpec] | None = Field(
         default=None,
         max_length=64,

@@ -41,6 +41,10 @@ and sizes its KV cache from the container's memory limit."""
 
 
 MAX_ENGINE_ADAPTER_NAME = 100  # bigmodel_serving.args.AdapterSource.name
+PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+PREFIX_TREE_EVICTION = {"eviction_threshold_chars": 400_000, "eviction_target_chars": 360_000}
+"""The prefix router remembers each replica's prompts in a tree; past this many characters per replica it
+forgets the least recently used (Ray's defaults, which its tree never applies unless eviction is on)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,36 @@ def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
         low = scaling.min_replicas if scaling and scaling.min_replicas is not None else 1
         high = scaling.max_replicas if scaling and scaling.max_replicas is not None else max(1, low)
     return {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+
+
+def routing_policy(spec: BigModelSpec, config: OperatorConfig) -> str | None:
+    """`spec.routing.policy`, else prefixCache when more than one replica can run and vLLM caches prefixes
+    (its default); None when there is nothing to choose (one replica) or Serve's default router was asked for."""
+    chosen = spec.routing.policy if spec.routing else None
+    if chosen is None:
+        prefix_caching = spec.engine.enable_prefix_caching if spec.engine else None
+        several = scaling_args(spec, config)["max_replicas"] > 1
+        chosen = "prefixCache" if several and prefix_caching is not False else None
+    return chosen if chosen == "prefixCache" else None
+
+
+def request_router_config(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """The engine deployment's `request_router_config` (Ray Serve applies it in place), or None for Serve's
+    default power-of-two router.
+
+    PrefixCacheAffinityRouter picks the replica with the longest prompt-prefix match while the replicas' queues
+    differ by at most `imbalanced_threshold`; past that it takes the less loaded of two. The threshold is the
+    autoscaling target: a replica a whole target ahead of another is where cache affinity would start to queue
+    requests that another replica could start now. Adapter requests are matched among the replicas holding the
+    adapter (its multiplexing) before prefixes are compared, so the two preferences do not compete.
+    """
+    if routing_policy(spec, config) != "prefixCache":
+        return None
+    target = scaling_args(spec, config)["target_ongoing_requests"]
+    return {
+        "request_router_class": PREFIX_CACHE_ROUTER,
+        "request_router_kwargs": {"imbalanced_threshold": target, "do_eviction": True, **PREFIX_TREE_EVICTION},
+    }
 
 
 def max_num_seqs(spec: BigModelSpec) -> int:
@@ -271,6 +305,15 @@ def deployment_options(
     scaling = scaling_args(spec, config)
     seqs = max_num_seqs(spec)
     queued = 2 * seqs  # one more batch waits per replica; beyond that the ingress answers 429
+    engine: dict[str, Any] = {
+        "name": ENGINE_DEPLOYMENT,
+        "autoscaling_config": scaling,
+        "max_ongoing_requests": seqs,
+        "max_queued_requests": queued,
+        "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
+    }
+    if router := request_router_config(spec, config):
+        engine["request_router_config"] = router
     return [
         {
             "name": INGRESS_DEPLOYMENT,
@@ -283,13 +326,7 @@ def deployment_options(
             },
             "user_config": ingress_config(name, spec, [dict(a) for a in adapters], routes),
         },
-        {
-            "name": ENGINE_DEPLOYMENT,
-            "autoscaling_config": scaling,
-            "max_ongoing_requests": seqs,
-            "max_queued_requests": queued,
-            "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
-        },
+        engine,
     ]
 
 
