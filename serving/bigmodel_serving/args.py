@@ -408,6 +408,14 @@ class IngressConfig(_Args):
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=256)
     routes: list[AdapterRoute] = Field(default_factory=list, max_length=256, description="Canary routes.")
     rollout_report: RolloutReportArgs | None = None
+    engine_router: str | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "The engine deployment's request router class, as its request_router_config names it (null: Serve's "
+            "default). Serve builds a handle's router once, so when this changes the ingress takes new handles."
+        ),
+    )
 
     @field_validator("adapters")
     @classmethod

@@ -53,7 +53,7 @@ from starlette.responses import StreamingResponse
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.exceptions import VLLMError
 
-from bigmodel_serving.args import IngressConfig, Quota, parse_ingress_config
+from bigmodel_serving.args import ENGINE_DEPLOYMENT, IngressConfig, Quota, parse_ingress_config
 from bigmodel_serving.auth import ApiKeyStore, bearer_token
 from bigmodel_serving.canary import MODEL_HEADER, CanaryRouter
 from bigmodel_serving.errors import (
@@ -379,6 +379,7 @@ class BigModelIngress(OpenAiIngress):
         self.feedback: FeedbackClient | None = None
         self._quota_leases: QuotaLeases | None = None
         self.created = int(time.time())
+        self._engine_router_known = False  # the first user_config names the router the handles start with
         _replica["ingress"] = self
 
     # ---- configuration (Serve calls reconfigure at start and on every user_config change) ----
@@ -394,6 +395,9 @@ class BigModelIngress(OpenAiIngress):
             self.request_log = RequestLogger.from_args(config.request_log)
         self.canary.configure(config.routes, config.rollout_report)
         self._configure_feedback(config)
+        if self._engine_router_known and config.engine_router != self.config.engine_router:
+            self._renew_engine_handles(config.engine_router)
+        self._engine_router_known = True
         self.config = config
         logger.info(
             "bigmodel: auth %s, quotas %s, adapters %s",
@@ -401,6 +405,18 @@ class BigModelIngress(OpenAiIngress):
             "on" if config.quotas.enabled else "off",
             ", ".join(adapter.name for adapter in config.adapters) or "none",
         )
+
+    def _renew_engine_handles(self, router: str | None) -> None:
+        """New handles to the engine deployment: Serve builds a handle's request router on its first request and
+        never swaps it, so a new routing policy (the engine's request_router_config) needs new handles."""
+        try:
+            app_name = serve.get_replica_context().app_name
+        except Exception:
+            return  # not in a Serve replica (unit tests): there are no routers to renew
+        engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=app_name)
+        self._default_serve_handles = dict.fromkeys(self._default_serve_handles, engine)
+        self._configured_serve_handles.clear()
+        logger.info("bigmodel: engine request router now %s", router or "Serve's default")
 
     def _configure_feedback(self, config: IngressConfig) -> None:
         if self.feedback is not None and self.feedback.args == config.feedback:

@@ -312,8 +312,10 @@ def deployment_options(
         "max_queued_requests": queued,
         "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
     }
+    ingress_user_config = ingress_config(name, spec, [dict(a) for a in adapters], routes)
     if router := request_router_config(spec, config):
         engine["request_router_config"] = router
+        ingress_user_config["engine_router"] = router["request_router_class"]  # a change renews its handles
     return [
         {
             "name": INGRESS_DEPLOYMENT,
@@ -324,7 +326,7 @@ def deployment_options(
                 "max_replicas": max(1, scaling["max_replicas"]),
                 "target_ongoing_requests": INGRESS_TARGET_ONGOING,
             },
-            "user_config": ingress_config(name, spec, [dict(a) for a in adapters], routes),
+            "user_config": ingress_user_config,
         },
         engine,
     ]
