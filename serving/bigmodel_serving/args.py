@@ -459,13 +459,14 @@ class Autoscaling(_Args):
         return self
 
 
-PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+PrefixCacheRouter = Literal["ray.serve.llm.request_router:PrefixCacheAffinityRouter"]
+PREFIX_CACHE_ROUTER: PrefixCacheRouter = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 
 
 class RequestRouting(_Args):
     """The engine deployment's `request_router_config`: which Ray Serve request router picks its replica."""
 
-    request_router_class: Literal["ray.serve.llm.request_router:PrefixCacheAffinityRouter"] = PREFIX_CACHE_ROUTER
+    request_router_class: PrefixCacheRouter = PREFIX_CACHE_ROUTER
     request_router_kwargs: dict[str, JSONValue] = Field(default_factory=dict)
 
 
