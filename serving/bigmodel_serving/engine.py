@@ -8,6 +8,8 @@
   `lora.max_cpu_loras` per replica and routes an adapter's requests to replicas that have it).
 - `metrics_text()` returns vLLM's Prometheus metrics of this replica (`vllm:` names), which the
   ingress merges into `GET /metrics`.
+- Streamed answers leave the replica first chunk first (stream_batching.py): Ray's timer batching would
+  hold the first token for up to its 50 ms interval.
 - `responses()` serves `POST /v1/responses` with vLLM's own Responses implementation (the one `vllm serve`
   mounts), which Ray Serve LLM 2.60 does not route: its engine builds vLLM's serving state, Responses
   included, and we call that. vLLM keeps no responses (its store is off unless
@@ -32,6 +34,7 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 
 from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
+from bigmodel_serving.stream_batching import first_then_batched
 
 logger = logging.getLogger("ray.serve")
 
@@ -130,6 +133,11 @@ class BigModelEngine(LLMServer):
         self._adapter_paths.clear()
         self._adapter_paths.update(paths)
         logger.info("bigmodel: adapters %s", ", ".join(sorted(paths)) or "none")
+
+    def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
+        """Streams of chat, completions and responses: the first chunk at once, then Ray's interval
+        (`stream_batching_interval_ms`, default 50 ms) between batches (stream_batching.py)."""
+        return first_then_batched(generator, self._get_batch_interval_ms() / 1000)
 
     async def replica_info(self) -> dict[str, Any]:
         """Which replica this is and when its engine loaded (tests prove light edits keep it)."""
