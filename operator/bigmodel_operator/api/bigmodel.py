@@ -530,6 +530,15 @@ class RolloutDecision(ApiModel):
     time: str = Field(description="When (RFC 3339).")
 
 
+class ScaleChange(ApiModel):
+    """The last change of the engine replica count that Serve reported."""
+
+    from_replicas: int = Field(alias="from", description="Engine replicas before.")
+    to_replicas: int = Field(alias="to", description="Engine replicas Serve scales to.")
+    reason: str = Field(description="Why: the autoscaler followed the load, or a bound in spec.scaling moved.")
+    time: str = Field(description="When the operator saw Serve start it (RFC 3339).")
+
+
 class BigModelStatus(ApiModel):
     """Observed state of a served model."""
 
@@ -539,8 +548,13 @@ class BigModelStatus(ApiModel):
         description="Ready, Planned, RayServiceReady, IngressReady, Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    replicas: int | None = Field(default=None, description="Model replicas desired.")
-    ready_replicas: int | None = Field(default=None, description="Model replicas serving.")
+    replicas: int | None = Field(
+        default=None, description="Engine replicas desired: Serve's autoscaling target (or spec.scaling.replicas)."
+    )
+    ready_replicas: int | None = Field(default=None, description="Engine replicas running and serving.")
+    last_scaled: ScaleChange | None = Field(
+        default=None, description="The last replica change Serve reported (also an Event ScaledUp/ScaledDown)."
+    )
     url: str | None = Field(default=None, description="Base URL of the OpenAI API (…/v1).")
     plan: ServingPlan | None = Field(default=None, description="GPU memory plan.")
     selector: str | None = Field(default=None, description="Label selector of the pods (for /scale).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,6 +38,7 @@ from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel_status import BigModelObservation, Blocker, compute_status
+from bigmodel_operator.status.engine_replicas import EngineReplicas, engine_replicas, scale_reason
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,39 @@ def _in_cluster_url(name: str, namespace: str, spec: BigModelSpec, config: Opera
     return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}{prefix}/v1"
 
 
-def _desired_replicas(
-    spec: BigModelSpec, rayservice: dict[str, Any] | None, pods_per_replica: int, config: OperatorConfig
-) -> int:
+def _engine_replicas(
+    name: str,
+    spec: BigModelSpec,
+    rayservice: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    pods_per_replica: int,
+    config: OperatorConfig,
+) -> tuple[EngineReplicas, dict[str, Any] | None]:
+    """Serve's engine replicas (desired, ready) and status.lastScaled: a new one when Serve starts a scale."""
     scaling = scaling_args(spec, config)
-    if spec.scaling and spec.scaling.replicas is not None:
-        return spec.scaling.replicas
-    active = ((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}
-    desired_workers = (active.get("rayClusterStatus") or {}).get("desiredWorkerReplicas")
-    if desired_workers is None:
-        return int(scaling["min_replicas"])
-    return max(int(scaling["min_replicas"]), int(desired_workers) // max(1, pods_per_replica))
+    bounds = (int(scaling["min_replicas"]), int(scaling["max_replicas"]))
+    cluster = (((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
+    ready_pods = cluster.get("readyWorkerReplicas", cluster.get("availableWorkerReplicas"))
+    desired_pods = cluster.get("desiredWorkerReplicas")
+    before = previous or {}
+    known = before.get("replicas")
+    if known is None and desired_pods is not None:  # first sight: the Ray autoscaler's pods
+        known = int(desired_pods) // max(1, pods_per_replica)
+    engines = engine_replicas(
+        rayservice,
+        name,
+        bounds=bounds,
+        fixed=spec.scaling.replicas if spec.scaling and spec.scaling.replicas is not None else None,
+        previous_desired=int(known) if known is not None else None,
+        ready_pods=int(ready_pods) if ready_pods is not None else None,
+        pods_per_replica=pods_per_replica,
+    )
+    last = before.get("lastScaled")
+    if engines.scaling and (not last or (last.get("from"), last.get("to")) != engines.scaling):
+        reason = scale_reason(engines.scaling, bounds, float(scaling["target_ongoing_requests"]))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        last = {"from": engines.scaling[0], "to": engines.scaling[1], "reason": reason, "time": now}
+    return engines, last
 
 
 class BigModelReconciler:
@@ -180,9 +204,14 @@ class BigModelReconciler:
         rayservice = self.state.get("RayService", namespace, naming.rayservice_name(name))
         ingress = self.state.get("Ingress", namespace, naming.ingress_name(name))
         url = ingress_url(spec) or _in_cluster_url(name, namespace, spec, self.config)
+        engines, last_scaled = _engine_replicas(
+            name, spec, rayservice, self._previous_status(body), place.pods_per_replica, self.config
+        )
         obs = BigModelObservation(
             generation=meta.get("generation"),
-            desired_replicas=_desired_replicas(spec, rayservice, place.pods_per_replica, self.config),
+            desired_replicas=engines.desired,
+            ready_engines=engines.ready if engines.state else None,
+            last_scaled=last_scaled,
             plan=plan_result.plan.model_dump(by_alias=True, exclude_none=True, mode="json")
             if plan_result.plan
             else None,
@@ -337,6 +366,16 @@ class BigModelReconciler:
         self._emit_transitions(body, written or current, status)
 
     def _emit_transitions(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        scaled = new.get("lastScaled")
+        if scaled and scaled != old.get("lastScaled"):
+            up = scaled["to"] > scaled["from"]
+            verb = "adding" if up else "removing"
+            self.emit(
+                body,
+                "Normal",
+                "ScaledUp" if up else "ScaledDown",
+                f"Serve is {verb} engine replicas: {scaled['from']} -> {scaled['to']} ({scaled['reason']})",
+            )
         before = c.get_condition(old.get("conditions"), c.READY) or {}
         after = c.get_condition(new.get("conditions"), c.READY) or {}
         if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):

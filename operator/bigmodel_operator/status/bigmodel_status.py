@@ -42,6 +42,8 @@ class BigModelObservation:
     url: str | None = None
     selector: str | None = None
     rayservice_name: str | None = None
+    ready_engines: int | None = None  # engine replicas Serve runs (status/engine_replicas.py); None: unknown
+    last_scaled: dict[str, Any] | None = None  # status.lastScaled
 
 
 def _app_statuses(rayservice: dict[str, Any]) -> dict[str, Any]:
@@ -154,9 +156,12 @@ def compute_status(
     conds = set_condition(conds, c.RAYSERVICE_READY, rs_ready, rs_reason, rs_message, gen)
     conds = set_condition(conds, c.INGRESS_READY, ing_ready, ing_reason, ing_message, gen)
     ready_workers = _ready_workers(obs.rayservice) if obs.rayservice else 0
-    ready_replicas = min(obs.desired_replicas, ready_workers) if rs_ready else 0
-    if rs_ready and ready_replicas == 0:
-        ready_replicas = 1 if obs.desired_replicas else 0
+    if obs.ready_engines is not None:  # what Serve reports (scaled to zero: 0 replicas, still Ready)
+        ready_replicas = obs.ready_engines if rs_ready else 0
+    else:
+        ready_replicas = min(obs.desired_replicas, ready_workers) if rs_ready else 0
+        if rs_ready and ready_replicas == 0:
+            ready_replicas = 1 if obs.desired_replicas else 0
     degraded = rs_ready and 0 < ready_replicas < obs.desired_replicas
     if obs.blockers:
         first = obs.blockers[0]
@@ -182,6 +187,7 @@ def compute_status(
         "readyReplicas": ready_replicas,
     }
     for key, value in (
+        ("lastScaled", obs.last_scaled),
         ("plan", obs.plan),
         ("url", obs.url if ready or obs.url else None),
         ("selector", obs.selector),
