@@ -451,6 +451,8 @@ class Autoscaling(_Args):
     max_replicas: int = Field(default=1, ge=1)
     initial_replicas: int | None = Field(default=None, ge=0)
     target_ongoing_requests: float = Field(default=16, gt=0)
+    upscale_delay_s: float | None = Field(default=None, ge=0)
+    downscale_delay_s: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Autoscaling:

@@ -232,6 +232,21 @@ class ScalingSpec(ApiModel):
         le=100_000,
         description="Requests in flight per replica the autoscaler aims for (default 16).",
     )
+    upscale_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="How long the load must stay above the target before a replica is added (Serve's default 30).",
+    )
+    downscale_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description=(
+            "How long the load must stay below the target before a replica is removed (Serve's default 600). "
+            "A removed replica drains: its running requests finish first."
+        ),
+    )
 
 
 class RoutingSpec(ApiModel):

@@ -129,7 +129,12 @@ def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
     else:
         low = scaling.min_replicas if scaling and scaling.min_replicas is not None else 1
         high = scaling.max_replicas if scaling and scaling.max_replicas is not None else max(1, low)
-    return {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+    out: dict[str, Any] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+    if scaling and scaling.upscale_delay_seconds is not None:
+        out["upscale_delay_s"] = scaling.upscale_delay_seconds
+    if scaling and scaling.downscale_delay_seconds is not None:
+        out["downscale_delay_s"] = scaling.downscale_delay_seconds
+    return out
 
 
 def routing_policy(spec: BigModelSpec, config: OperatorConfig) -> str | None:

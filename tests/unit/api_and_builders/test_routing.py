@@ -78,3 +78,20 @@ def test_the_app_refuses_a_router_class_it_does_not_know() -> None:
     app["deployments"][1]["request_router_config"]["request_router_class"] = "evil.module:Router"
     with pytest.raises(ValueError, match="request_router_class"):
         parse_application(app)
+
+
+def test_scale_delays_reach_serves_autoscaling_config() -> None:
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["scaling"] = {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "downscaleDelaySeconds": 30,
+        "upscaleDelaySeconds": 5,
+    }
+    parsed = BigModelSpec.model_validate(body["spec"])
+    rs = build_rayservice(body, parsed, placement(parsed, None), OperatorConfig())
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    parse_application(app)
+    engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
+    assert engine["autoscaling_config"]["downscale_delay_s"] == 30
+    assert engine["autoscaling_config"]["upscale_delay_s"] == 5
