@@ -14,6 +14,7 @@ STEPS = [
     ("control plane", [sys.executable, "tests/cluster/devcluster.py", "up"]),
     ("operator: 1,000 BigModels", [sys.executable, "tests/bench/operator_bench.py"]),
     ("serving path", [sys.executable, "-m", "bigmodel_serving.bench", "--out", "docs/benchmarks.md"]),
+    ("routing: prefix-aware vs Serve's default", [sys.executable, "tests/bench/routing_bench.py"]),
     ("canary split", [sys.executable, "-m", "bigmodel_serving.bench_canary", "--out", "docs/benchmarks.md"]),
     ("feedback endpoint", [sys.executable, "-m", "bigmodel_serving.bench_feedback", "--out", "docs/benchmarks.md"]),
 ]
