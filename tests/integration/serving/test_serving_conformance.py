@@ -135,7 +135,7 @@ def test_tools_streamed_required(serving: ServingStack) -> None:
     )
     deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
     names = [call.function.name for delta in deltas for call in delta.tool_calls or [] if call.function.name]
-    assert names == ["get_weather"], deltas[-3:]
+    assert names and set(names) == {"get_weather"}, deltas[-3:]  # required: one call or more
 
 
 def test_responses_create(serving: ServingStack) -> None:
