@@ -38,7 +38,12 @@ from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState
 from bigmodel_operator.status.bigmodel_status import BigModelObservation, Blocker, compute_status
-from bigmodel_operator.status.engine_replicas import EngineReplicas, engine_replicas, scale_reason
+from bigmodel_operator.status.engine_replicas import (
+    EngineReplicas,
+    engine_deployment_status,
+    engine_replicas,
+    scale_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,8 @@ def _engine_replicas(
     desired_pods = cluster.get("desiredWorkerReplicas")
     before = previous or {}
     known = before.get("replicas")
-    if known is None and desired_pods is not None:  # first sight: the Ray autoscaler's pods
+    serve_reports = bool(engine_deployment_status(rayservice, name)[0])
+    if desired_pods is not None and (known is None or not serve_reports):  # the Ray autoscaler's pods
         known = int(desired_pods) // max(1, pods_per_replica)
     engines = engine_replicas(
         rayservice,
