@@ -10,8 +10,8 @@ of `--concurrency` clients, each sending its next request when the last one ende
 order. Each replica's KV cache holds 9 of the 16 prompts (the sizes are printed and written), so one replica
 cannot keep every prefix but the two together can: where routing decides the hit rate.
 
-The two policies take turns on the same running engines (`spec.routing.policy` is a light edit: the engine
-deployment's request_router_config, and new handles in the ingress), in rounds that alternate which goes
+The two policies take turns on the same application (a redeploy with the other `spec.routing.policy`; with Ray
+2.60 that restarts the replicas, so every turn starts on fresh engines), in rounds that alternate which goes
 first; before each turn vLLM's prefix caches are emptied (`reset_prefix_cache` on every replica) and each
 round uses a new set of system prompts, so neither policy finds prefixes the other one warmed. Prefix-cache
 hit rate is vLLM's own `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` (tokens), summed over
