@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make images`: build the container images from their Dockerfiles, from the repository root.
+# `make images`: build the container images, the targets of ./Dockerfile, from the repository root.
 #   VERSION   image tag (default: the project version in pyproject.toml)
 #   REGISTRY  image prefix (default: ghcr.io/bigmodel-operator)
 #   IMAGES    which to build (default: "operator serving-cpu serving-vllm trainer"; without Docker the
@@ -7,22 +7,20 @@
 #   BUILDER   docker or buildah (default: docker when a Docker daemon answers, else buildah)
 #   PUSH=1    push after building (docker only)
 #   CA_BUNDLE CA certificates the buildah RUN steps trust (default: this machine's bundle)
-#   PLAN=1    build nothing (buildah): print each image's state and exit 1 when one needs a cold build
-#             (`cached`: its archive for this tree is there; `code`: only our code's layers are rebuilt,
-#             seconds to minutes; `cold`: its dependency layers too, ~45 min each on 2 cores)
 #
-# With buildah (no Docker daemon, no registry: the CI machines) the same Dockerfiles are built with
-# `buildah bud --isolation chroot` on a Debian bookworm base made by mmdebstrap (PYTHON_IMAGE build-arg),
-# and each image is exported as an OCI archive into a content-addressed cache:
-#   ~/.cache/bigmodel/images/<image>-<sha256 of Dockerfile, build context and base>.oci.tar
-# An image whose key is already there is not rebuilt; buildah's layer cache (--layers) keeps the big
-# pip layers (keyed by the lock files they install) across code changes, and docs/images/thin_export.py
-# writes only the new layers (our code, seconds) into <image>-<key>.thin.oci.tar, reusing the compressed
-# dependency layers of the last full archive (<image>-<key>.oci.tar, written by `buildah push` when the
-# dependencies changed). tests/cluster/node.py imports the archives into the e2e node's containerd.
-# The images are built from the working tree, one after the other: build them all in one run so they carry
-# the same code. (A copy of the tree as context, `tar` or `git archive`, made buildah miss its cache of the
-# lock's COPY and so of the pip layer, a 40-minute reinstall; building in the tree itself keeps it.)
+# With buildah (no Docker daemon, no registry: the CI machines) the Dockerfile is built with
+# `buildah bud --isolation chroot --layers` on a Debian bookworm base made by mmdebstrap (PYTHON_IMAGE
+# build-arg), and each image is copied by skopeo into one OCI image layout, the image cache:
+#   ~/.cache/bigmodel/images/oci   $REGISTRY/<image>:<key>       key: sha256 of the Dockerfile, .dockerignore,
+#                                                                 the build context, the base and the tag
+#                                  $REGISTRY/<image>:$VERSION    the same image: the one built last
+# An image whose key is in the layout is not rebuilt. Layers are stored uncompressed and once: skopeo skips
+# the blobs the layout already has, so a code change writes only our code's layers (MBs), and serving-cpu and
+# trainer share their biggest layer (docs/images/shared.lock); older builds are dropped (docs/images/layout.py).
+# tests/cluster/node.py imports from the layout only the blobs the e2e node's containerd lacks.
+# buildah's layer cache (--layers) and uv's build cache (a RUN cache mount) make a rebuild after a code or
+# lock change redo only what changed. Build every image from one tree state, in one run, so that they carry
+# the same code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)}
@@ -36,45 +34,26 @@ else
   IMAGES=${IMAGES:-operator serving-cpu trainer}
 fi
 CACHE=${BIGMODEL_IMAGE_CACHE:-${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}/images}
+LAYOUT=$CACHE/oci
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SUITE=bookworm
 BASE_PACKAGES=python3,python3-pip,python-is-python3,ca-certificates,bash
 
-dockerfile() {
-  case "$1" in
-    operator) echo operator/Dockerfile ;;
-    serving-cpu) echo serving/Dockerfile.cpu ;;
-    serving-vllm) echo serving/Dockerfile.vllm ;;
-    trainer) echo training/Dockerfile ;;
-    *) echo "unknown image $1" >&2; exit 2 ;;
+for image in $IMAGES; do
+  case "$image" in
+    operator | serving-cpu | serving-vllm | trainer) ;;
+    *) echo "unknown image $image (targets of the Dockerfile: operator serving-cpu serving-vllm trainer)" >&2
+       exit 2 ;;
   esac
-}
+done
 
 labels=(--label "org.opencontainers.image.version=$VERSION"
         --label "org.opencontainers.image.source=https://github.com/bigmodel-operator/bigmodel-operator")
 
-size() { du -sh "$1" | cut -f1; }
-
-# remove_others KEEP FILE...: delete the FILEs that exist, except KEEP.
-remove_others() {
-  local keep=$1 old
-  shift
-  for old in "$@"; do
-    if [ -f "$old" ] && [ "$old" != "$keep" ]; then rm -f "$old"; fi
-  done
-}
-
-# What an image's heavy layers depend on: its Dockerfile, the pinned requirements and the base. A build
-# leaves <image>-deps-<this>.stamp; while buildah's layer cache still holds that base, a later build with
-# the same dependencies only rebuilds our code's layers.
-deps_hash() {
-  cat "$1" docs/images/*.lock docs/images/*.txt docs/images/serving-cpu.torch-version | sha256sum | cut -c1-16
-}
-
-# The build context as the Dockerfiles see it (.dockerignore), hashed file by file.
+# The build context as the Dockerfile sees it (.dockerignore lets through no more than these), file by file.
 context_hash() {
-  { cat "$1"; find pyproject.toml README.md operator/bigmodel_operator serving/bigmodel_serving \
-      training/bigmodel_training docs/images -type f ! -path '*/__pycache__/*' -print0 \
+  { cat Dockerfile .dockerignore; find pyproject.toml README.md contract/bigmodel_contract operator/bigmodel_operator serving/bigmodel_serving \
+      training/bigmodel_training docs/images -type f -name '*' ! -path '*/__pycache__/*' -print0 \
       | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
 }
 
@@ -86,7 +65,6 @@ python_base() {
         | sha256sum | cut -c1-16)
   tar="$CACHE/python-base-$key.tar"
   name="localhost/bigmodel/python-base:$key"
-  if [ "${1:-}" = --name-only ]; then echo "$name"; return; fi
   if [ ! -f "$tar" ]; then
     start=$(date +%s)
     mmdebstrap --quiet --format=tar --variant=minbase --aptopt='APT::Install-Recommends "false"' \
@@ -95,7 +73,7 @@ python_base() {
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
       "$SUITE" "$tar.partial" >&2
     mv "$tar.partial" "$tar"
-    echo "== python base (mmdebstrap $SUITE) in $(( $(date +%s) - start ))s, $(size "$tar")" >&2
+    echo "== python base (mmdebstrap $SUITE) in $(( $(date +%s) - start ))s, $(du -sh "$tar" | cut -f1)" >&2
   fi
   if ! buildah inspect --type image "$name" >/dev/null 2>&1; then
     ctr=$(buildah from --quiet scratch)
@@ -112,67 +90,53 @@ python_base() {
 build_docker() {
   local image=$1 tag=$2 start
   start=$(date +%s)
-  docker build --file "$(dockerfile "$image")" --tag "$tag" "${labels[@]}" .
+  docker build --target "$image" --tag "$tag" "${labels[@]}" .
   echo "== built $tag in $(( $(date +%s) - start ))s"
   if [ "${PUSH:-0}" = 1 ]; then docker push "$tag"; fi
 }
 
+# Each line of the build's output with the time of day, so that a slow step shows in the log.
+stamp() { while IFS= read -r line; do printf '%(%T)T %s\n' -1 "$line"; done; }
+
 build_buildah() {
-  local image=$1 tag=$2 base=$3 file key out thin stamp start built full=() old
-  file=$(dockerfile "$image")
-  key=$(printf '%s\n' "$(context_hash "$file")" "$base" "$tag" | sha256sum | cut -c1-16)
-  out="$CACHE/$image-$key.oci.tar"
-  thin="$CACHE/$image-$key.thin.oci.tar"
-  if [ -f "$thin" ]; then out=$thin; fi
-  stamp="$CACHE/$image-deps-$(printf '%s\n' "$(deps_hash "$file")" "$base" | sha256sum | cut -c1-16).stamp"
-  if [ "${PLAN:-0}" = 1 ]; then
-    if [ -f "$out" ]; then echo "cached $image: $out"
-    elif [ -f "$stamp" ] && buildah inspect --type image "$base" >/dev/null 2>&1; then echo "code $image"
-    else echo "cold $image (no build with these dependencies in buildah's cache)"; cold=1; fi
-    return
-  fi
-  if [ -f "$out" ]; then
-    echo "== cached $tag: $out ($(size "$out"))"
+  local image=$1 tag=$2 base=$3 key ref start built
+  key=$(printf '%s\n' "$(context_hash)" "$base" "$tag" | sha256sum | cut -c1-16)
+  ref="${tag%:*}:$key"
+  if python3 docs/images/layout.py has "$LAYOUT" "$ref"; then
+    echo "== cached $tag: $ref in $LAYOUT"
   else
     start=$(date +%s)
     # RUN steps see this machine's CA bundle (PyPI behind a TLS-inspecting proxy) without it entering a layer.
-    buildah bud --isolation chroot --layers --pull-never --file "$file" --tag "$tag" \
+    buildah bud --isolation chroot --layers --pull-never --target "$image" --tag "$tag" \
       --volume "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
-      --build-arg "PYTHON_IMAGE=$base" "${labels[@]}" .
+      --build-arg "PYTHON_IMAGE=$base" "${labels[@]}" . 2>&1 | stamp
     built=$(date +%s)
-    echo "== buildah bud $tag in $(( built - start ))s"
-    for old in "$CACHE/$image"-????????????????.oci.tar; do [ -f "$old" ] && full+=(--reuse "$old"); done
-    if [ ${#full[@]} -gt 0 ] && python3 docs/images/thin_export.py "$tag" "$thin" --ref "$tag" "${full[@]}"; then
-      out=$thin
-      # Thin archives of older code are not needed again (each can carry a few hundred MB of new layers).
-      remove_others "$out" "$CACHE/$image"-????????????????.thin.oci.tar
-    else
-      # zstd: a fraction of gzip's CPU time; containerd 1.6 unpacks it.
-      buildah push --quiet --compression-format zstd "$tag" "oci-archive:$out.partial:$tag"
-      mv "$out.partial" "$out"
-      # Archives of older dependency sets (and the thin archives resting on them) are not needed again.
-      remove_others "$out" "$CACHE/$image"-????????????????.oci.tar "$CACHE/$image"-????????????????.thin.oci.tar
-    fi
-    date -u +%FT%TZ > "$stamp"
-    echo "== built $tag in $(( $(date +%s) - start ))s (export $(( $(date +%s) - built ))s): $out ($(size "$out"))"
+    # Uncompressed, so each layer's blob is named by its diff_id and skopeo skips the blobs already there.
+    skopeo copy --quiet --dest-oci-accept-uncompressed-layers "containers-storage:$tag" "oci:$LAYOUT:$ref"
+    echo "== built $tag in $(( built - start ))s, copied into the layout in $(( $(date +%s) - built ))s"
   fi
-  ln -sfn "$(basename "$out")" "$CACHE/$image-$VERSION.oci.tar"
+  kept+=("$ref=$tag")
 }
 
 case "$BUILDER" in
   docker) ;;
   buildah)
-    for tool in buildah mmdebstrap; do
-      command -v "$tool" >/dev/null || { echo "BUILDER=buildah needs $tool (apt-get install buildah mmdebstrap)" >&2; exit 1; }
+    for tool in buildah mmdebstrap skopeo; do
+      command -v "$tool" >/dev/null || { echo "BUILDER=buildah needs $tool (see tests/e2e/debian_packages.sh)" >&2
+                                         exit 1; }
     done
     mkdir -p "$CACHE"
-    if [ "${PLAN:-0}" = 1 ]; then base=$(python_base --name-only); else base=$(python_base); fi ;;
+    base=$(python_base) ;;
   *) echo "BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
 esac
 
-cold=0
+kept=()
 for image in $IMAGES; do
   tag="$REGISTRY/$image:$VERSION"
   if [ "$BUILDER" = docker ]; then build_docker "$image" "$tag"; else build_buildah "$image" "$tag" "$base"; fi
 done
-exit "$cold"
+if [ "$BUILDER" = buildah ]; then
+  # Tag each build $VERSION; older builds of these images are not needed again (a dependency change leaves GBs).
+  python3 docs/images/layout.py keep "$LAYOUT" "${kept[@]}"
+  echo "== image layout $LAYOUT: $(du -sh "$LAYOUT" | cut -f1)"
+fi

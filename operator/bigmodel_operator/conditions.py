@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,8 @@ class Reason:
     PLANNING_TIMED_OUT = "PlanningTimedOut"
     UNSUPPORTED_MODEL_FAMILY = "UnsupportedModelFamily"  # planning/training.py: the trainer refuses it
     CHILD_NOT_CONTROLLED = "ChildNotControlled"
+    # A child of an earlier object of the same name is still there (garbage collection removes it soon).
+    WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
     # A write the apiserver refused (the message is the apiserver's), or a reconcile that raised.
     CHILD_REJECTED = "ChildRejected"
     RECONCILE_ERROR = "ReconcileError"
@@ -65,6 +68,25 @@ class Reason:
     TRAINING_ERROR = "TrainingError"
 
 
+MAX_MESSAGE = 2000
+"""Characters of a condition message we write (the apiserver allows 32,768; a status stays readable)."""
+
+
+@dataclass
+class Blocker:
+    """A problem that keeps a resource from being deployed (or, with blocks_deploy=False, from being ready),
+    with the condition reason that names it. Both reconcilers report their problems as these."""
+
+    reason: str
+    message: str
+    blocks_deploy: bool = True
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to `limit` characters, marked when cut."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def now() -> str:
     """The current time as Kubernetes writes it (RFC 3339, seconds, Z)."""
     return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -81,6 +103,7 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Return `conditions` with `type_` set; lastTransitionTime moves only when the status flips."""
     status_text = status if isinstance(status, str) else ("True" if status else "False")
+    message = bounded(message)
     result = [dict(c) for c in conditions or []]
     for cond in result:
         if cond.get("type") == type_:

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bigmodel_operator.api.base import QUANTITY_PATTERN
+
 FIELD_MANAGER = "bigmodel-operator"
 RAY_RESERVED_PORTS = {6379: "GCS", 8080: "metrics", 8265: "dashboard", 10001: "client", 52365: "dashboard agent"}
 """Ports KubeRay gives the Ray containers: the Serve proxy cannot share one of them."""
@@ -63,6 +65,14 @@ class OperatorConfig(BaseModel):
     )
     hub_endpoint: str = "https://huggingface.co"
     resync_seconds: float = Field(default=120, gt=0, description="Period of the level-based resync.")
+    max_concurrent_reconciles: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "Reconciles running at once (the rest wait their turn; one object never runs twice at once). Each "
+            "makes a few API calls in sequence, so this also bounds the operator's requests in flight."
+        ),
+    )
     model_mount_root: str = "/mnt/bigmodel"
     serve_port: int = Field(
         default=8000,
@@ -76,6 +86,36 @@ class OperatorConfig(BaseModel):
     )
     head_cpu: str = "2"
     head_memory: str = "8Gi"
+    head_ephemeral_storage: str = Field(
+        default="8Gi",
+        pattern=QUANTITY_PATTERN,
+        description=(
+            "Ray head pod's ephemeral-storage request and limit, and the size limit of its /tmp volume (Ray's "
+            "session directory and logs)."
+        ),
+    )
+    default_ephemeral_storage: str = Field(
+        default="100Gi",
+        pattern=QUANTITY_PATTERN,
+        description=(
+            "Local disk of a model or training pod whose weights the plan does not know (no config.json) and "
+            "that downloads them (hf://, s3://, gs://, oci://); spec.resources.ephemeralStorage overrides it."
+        ),
+    )
+    kuberay_operator_namespace: str = Field(
+        default="kuberay-system",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description=(
+            "Namespace of the KubeRay operator: the only namespace whose pods (those with "
+            "`kuberay_operator_labels`) the Ray NetworkPolicy lets reach a model's Ray dashboard."
+        ),
+    )
+    kuberay_operator_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
+        min_length=1,
+        description="Labels of the KubeRay operator's pods (KubeRay's Helm chart sets app.kubernetes.io/name).",
+    )
     check_secrets: bool = Field(
         default=True,
         description=(

@@ -46,7 +46,7 @@ class CrdInfo:
     scale: dict[str, str] | None = None
     # Not "bigmodel": kubectl expands a category before it looks up a resource, so a category named
     # like the singular made `kubectl get bigmodel NAME` list both kinds and refuse the NAME.
-    categories: list[str] = field(default_factory=lambda: [CATEGORY, "all"])
+    categories: list[str] = field(default_factory=lambda: [CATEGORY])
 
     @property
     def name(self) -> str:

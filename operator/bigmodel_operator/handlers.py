@@ -8,6 +8,7 @@ a batching delay. Retries and coalescing live in reconcile.runner. See docs/deve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -19,16 +20,32 @@ from bigmodel_operator.config import OperatorConfig, load_config
 from bigmodel_operator.kube import Kube, load_credentials, post_event
 from bigmodel_operator.metrics import ReconcileStats, serve_metrics
 from bigmodel_operator.reconcile.adapter_promotion import deploying_jobs
+from bigmodel_operator.reconcile.base_reconciler import BaseReconciler
 from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
-from bigmodel_operator.reconcile.children import AlreadyReportedError
 from bigmodel_operator.reconcile.finetunejob_reconcile import FineTuneJobReconciler
 from bigmodel_operator.reconcile.runner import KeyedRunner
-from bigmodel_operator.reconcile.state import ClusterState
+from bigmodel_operator.reconcile.state import OWNER_LABELS, ClusterState, note_outside
 
 log = logging.getLogger(__name__)
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+TRAINER_POD_SELECTOR = f"{MANAGED_SELECTOR},{naming.LABEL_COMPONENT}=trainer"
 EVENT_QUEUE = 10_000
+EVENT_HOLD_SECONDS = 5.0
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+CHILD_RESOURCES = (  # (group, version, plural) of every kind we create and watch
+    ("ray.io", "v1", "rayservices"),
+    ("networking.k8s.io", "v1", "ingresses"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("batch", "v1", "jobs"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
+"""Watched with a server-side label selector (only what we made crosses the wire), so that a child's deletion
+wakes its owner at once. The generated API-keys Secret is the one child not watched (the operator may only
+create Secrets); base_reconciler's RetryLaterError covers its wait."""
 
 
 class Operator:
@@ -37,8 +54,9 @@ class Operator:
     def __init__(self, config: OperatorConfig, kube: Kube) -> None:
         self.config = config
         self.kube = kube
+        kube.on_request = note_outside  # an API call inside a reconcile: its outcome is not settled
         self.state = ClusterState()
-        self.runner = KeyedRunner("reconcile")
+        self.runner = KeyedRunner("reconcile", concurrency=config.max_concurrent_reconciles)
         self.events: asyncio.Queue[tuple[dict[str, Any], str, str, str]] = asyncio.Queue(maxsize=EVENT_QUEUE)
         self.events_dropped = 0
         self.stats = ReconcileStats()
@@ -55,31 +73,36 @@ class Operator:
             self.events_dropped += 1
 
     async def post_events(self) -> None:
+        """Post queued Events; while reconciles run, hold each back up to EVENT_HOLD_SECONDS, so a burst's
+        writes of children and status go first."""
         while True:
             body, type_, reason, message = await self.events.get()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.runner.idle.wait(), EVENT_HOLD_SECONDS)
             await post_event(self.kube, body, type_, reason, message)
 
+    def reconciler(self, kind: str) -> BaseReconciler:
+        return self.bigmodels if kind == "BigModel" else self.finetunejobs
+
     def trigger(self, kind: str, namespace: str, name: str) -> None:
-        reconciler = self.bigmodels if kind == "BigModel" else self.finetunejobs
+        key = (kind, namespace, name)
+        body = self.state.get(*key)
+        if body is None:
+            return
+        reconciler = self.reconciler(kind)
 
         async def work() -> None:
-            body = self.state.get(kind, namespace, name)
-            if body is None:
+            if self.state.settled(key):  # nothing it read has moved since its last clean run
+                self.stats.skipped[kind] += 1
                 return
-            try:
-                await self.stats.timed(kind, lambda: reconciler.reconcile(body))
-            except AlreadyReportedError:
-                raise
-            except Exception as error:
-                # Every failure reaches the object's status and an Event; the runner then retries.
-                await reconciler.report_failure(body, error)
-                raise
+            await self.stats.timed(kind, lambda: reconciler.run(key))
 
-        self.runner.trigger((kind, namespace, name), work)
+        self.runner.trigger(key, work, generation=body["metadata"].get("generation"))
 
     def trigger_all(self, kind: str) -> None:
-        for obj_kind, namespace, name in list(self.state.objects):
-            if obj_kind == kind:
+        """The resync: every object of a kind whose outcome is not settled (state.settled: a few dict lookups)."""
+        for namespace, name in self.state.names(kind):
+            if not self.state.settled((kind, namespace, name)):
                 self.trigger(kind, namespace, name)
 
 
@@ -93,6 +116,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # we post our own, user-facing Events only
     settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 600
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
+    settings.watching.label_selectors["", "v1", "pods"] = TRAINER_POD_SELECTOR
     config = memo.get("config") or load_config()
     operator = Operator(config, Kube(load_credentials()))
     memo["operator"] = operator
@@ -124,13 +150,19 @@ async def _resync(operator: Operator) -> None:
 
 
 def _track(operator: Operator, event: kopf.RawEvent) -> dict[str, Any] | None:
+    """Feed the cache; on DELETED, drop every trace of the object (cache, runner, per-uid memory)."""
     body: dict[str, Any] | None = dict(event["object"]) if event.get("object") else None
     if not body:
         return None
     meta = body["metadata"]
+    kind, namespace = body["kind"], meta.get("namespace", "")
     if event.get("type") == "DELETED":
-        operator.state.drop(body["kind"], meta.get("namespace", ""), meta["name"])
-        operator.runner.forget((body["kind"], meta.get("namespace", ""), meta["name"]))
+        operator.state.drop(kind, namespace, meta["name"])
+        if kind in {"BigModel", "FineTuneJob"}:
+            operator.runner.forget((kind, namespace, meta["name"]))
+            operator.reconciler(kind).forget(body)
+        elif kind == "RayService":
+            operator.bigmodels.worker_bounds.forget(meta.get("uid", ""))
         return None
     operator.state.put(body)
     return body
@@ -164,43 +196,62 @@ async def finetunejob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         operator.trigger("BigModel", raw["metadata"]["namespace"], target)
 
 
-def _owner_from_labels(body: dict[str, Any], label: str) -> str | None:
-    return ((body.get("metadata") or {}).get("labels") or {}).get(label)
-
-
-async def _child_event(event: kopf.RawEvent, memo: Any, owner_label: str, owner_kind: str) -> None:
+async def _child_event(event: kopf.RawEvent, memo: Any) -> None:
+    """Any event on a child (also its deletion) wakes the owner its labels name."""
     operator = _op(memo)
     body: dict[str, Any] = dict(event.get("object") or {})
-    owner = _owner_from_labels(body, owner_label)
-    if not owner:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    owners = [(kind, labels[label]) for label, kind in OWNER_LABELS.items() if labels.get(label)]
+    if not owners:
         return
     _track(operator, event)
-    operator.trigger(owner_kind, body["metadata"]["namespace"], owner)
+    for kind, owner in owners:
+        operator.trigger(kind, body["metadata"]["namespace"], owner)
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
 async def rayservice_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+    await _child_event(event, memo)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
 async def ingress_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+    await _child_event(event, memo)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
 async def network_policy_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo, naming.LABEL_BIGMODEL, "BigModel")
+    await _child_event(event, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
+    await _child_event(event, memo)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
+async def config_map_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(event, memo)
+
+
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
+async def service_account_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(event, memo)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
+async def role_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(event, memo)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
+async def role_binding_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(event, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
 async def trainer_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo, naming.LABEL_FINETUNEJOB, "FineTuneJob")
+    await _child_event(event, memo)
 
 
 @kopf.on.event("", "v1", "nodes", labels={GPU_PRODUCT_LABEL: kopf.PRESENT})
@@ -210,11 +261,7 @@ async def node_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     name = body.get("metadata", {}).get("name")
     if not name:
         return
-    before = operator.state.gpu_products()
-    if event.get("type") == "DELETED":
-        operator.state.gpu_nodes.pop(name, None)
-    else:
-        operator.state.gpu_nodes[name] = body["metadata"]["labels"][GPU_PRODUCT_LABEL]
-    if operator.state.gpu_products() != before:
+    product = None if event.get("type") == "DELETED" else body["metadata"]["labels"][GPU_PRODUCT_LABEL]
+    if operator.state.set_gpu_node(name, product):
         operator.trigger_all("BigModel")
         operator.trigger_all("FineTuneJob")

@@ -16,6 +16,7 @@ import os
 import ssl
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self.writes: Counter[str] = Counter()
         self.reads: Counter[str] = Counter()
+        self.on_request: Callable[[str], None] | None = None  # told the method of every call (handlers.py)
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -206,6 +208,8 @@ class Kube:
             data = json.dumps(body)
         url = self.credentials.server + path + (f"?{urlencode(params)}" if params else "")
         (self.reads if method == "GET" else self.writes)[method] += 1
+        if self.on_request is not None:
+            self.on_request(method)
         for attempt in range(4):
             async with session.request(method, url, data=data, headers=headers) as response:
                 text = await response.text()

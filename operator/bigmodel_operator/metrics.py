@@ -10,16 +10,19 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bigmodel_operator.reconcile.runner import RetryLaterError
+
 if TYPE_CHECKING:
     from bigmodel_operator.handlers import Operator
 
 
 class ReconcileStats:
-    """Counts and total seconds of reconciles, by (kind, result)."""
+    """Counts and total seconds of reconciles, by (kind, result), and the runs skipped as settled."""
 
     def __init__(self) -> None:
         self.count: Counter[tuple[str, str]] = Counter()
         self.seconds: dict[str, float] = {}
+        self.skipped: Counter[str] = Counter()
 
     async def timed(self, kind: str, work: Callable[[], Awaitable[None]]) -> None:
         start = time.perf_counter()
@@ -27,6 +30,9 @@ class ReconcileStats:
         try:
             await work()
             result = "ok"
+        except RetryLaterError:
+            result = "waiting"
+            raise
         finally:
             self.count[(kind, result)] += 1
             self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - start
@@ -45,6 +51,22 @@ def render(operator: Operator) -> str:
     ]
     for (kind, result), n in sorted(operator.stats.count.items()):
         lines.append(f'bigmodel_operator_reconciles_total{{kind="{kind}",result="{result}"}} {n}')
+    lines += [
+        "# HELP bigmodel_operator_reconciles_skipped_total Runs skipped: nothing the last clean run read had moved.",
+        "# TYPE bigmodel_operator_reconciles_skipped_total counter",
+    ]
+    for kind, n in sorted(operator.stats.skipped.items()):
+        lines.append(f'bigmodel_operator_reconciles_skipped_total{{kind="{kind}"}} {n}')
+    lines += [
+        "# TYPE bigmodel_operator_reconciles_running gauge",
+        f"bigmodel_operator_reconciles_running {operator.runner.running}",
+        "# HELP bigmodel_operator_reconciles_backing_off Objects whose last reconcile failed, waiting to retry.",
+        "# TYPE bigmodel_operator_reconciles_backing_off gauge",
+        f"bigmodel_operator_reconciles_backing_off {operator.runner.backing_off()}",
+        "# HELP bigmodel_operator_reconciles_waiting Objects waiting for an earlier object's children to go.",
+        "# TYPE bigmodel_operator_reconciles_waiting gauge",
+        f"bigmodel_operator_reconciles_waiting {operator.runner.waiting()}",
+    ]
     lines += ["# TYPE bigmodel_operator_reconcile_seconds_total counter"]
     for kind, seconds in sorted(operator.stats.seconds.items()):
         lines.append(f'bigmodel_operator_reconcile_seconds_total{{kind="{kind}"}} {seconds:.6f}')
@@ -54,10 +76,9 @@ def render(operator: Operator) -> str:
         "# TYPE bigmodel_operator_events_queued gauge",
         f"bigmodel_operator_events_queued {operator.events.qsize()}",
     ]
-    tracked = Counter(kind for kind, _, _ in operator.state.objects)
     lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
-    for kind, n in sorted(tracked.items()):
-        lines.append(f'bigmodel_operator_tracked_objects{{kind="{kind}"}} {n}')
+    for kind in operator.state.kinds():
+        lines.append(f'bigmodel_operator_tracked_objects{{kind="{kind}"}} {operator.state.count(kind)}')
     return "\n".join(lines) + "\n"
 
 

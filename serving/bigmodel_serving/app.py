@@ -6,10 +6,14 @@
         args: <ServeArgs>
         deployments: [BigModelIngress options, BigModelEngine options]   (see args.py)
 
-Two deployments: `BigModelEngine` (Ray Serve LLM's `LLMServer` running vLLM, one per replica) and
-`BigModelIngress` (Ray's OpenAI router behind our guard). The defaults here are what runs when the
-config names no deployment options: one replica each, and auth on with no key (every /v1 request
-gets 401 until keys are configured: fail closed).
+Three deployments: `BigModelEngine` (Ray Serve LLM's `LLMServer` running vLLM, one per replica),
+`BigModelIngress` (Ray's OpenAI router behind our guard) and `BigModelMetrics` (GET /metrics on a port of
+its own, on the Ray head; none when `args.metrics` is null). The defaults here are what runs when the
+config names no deployment options: one replica each, and auth on with no key (every /v1 request gets
+401 until keys are configured: fail closed; before its first configuration the ingress answers 503).
+
+Only Ray Serve LLM's public API is used here (`ray.serve.llm`: `LLMConfig`, `LLMServer`'s deployment
+options, the ingress); what still needs a private name is in ray_internals.py.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from bigmodel_serving.args import (
     ENGINE_DEPLOYMENT,
     INGRESS_DEPLOYMENT,
+    METRICS_DEPLOYMENT,
     InvalidServeArgsError,
     ServeArgs,
     parse_serve_args,
@@ -52,12 +57,40 @@ def ingress_options(args: ServeArgs) -> dict[str, Any]:
     }
 
 
+def metrics_options() -> dict[str, Any]:
+    """Serve options of the metrics deployment: one replica on the Ray head, no CPU."""
+    from bigmodel_serving.ray_internals import HEAD_NODE_RESOURCE
+
+    return {
+        "name": METRICS_DEPLOYMENT,
+        "num_replicas": 1,
+        "max_ongoing_requests": 100,
+        "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        "health_check_period_s": 10,
+    }
+
+
+def model_card(model_id: str, llm_config: Any) -> dict[str, Any]:
+    """GET /v1/models' entry for the base model (the fields Ray's router shows)."""
+    return {
+        "id": model_id,
+        "object": "model",
+        "owned_by": "organization-owner",
+        "permission": [],
+        "metadata": {
+            "model_id": llm_config.model_id,
+            "input_modality": llm_config.input_modality,
+            "max_request_context_length": llm_config.max_request_context_length,
+        },
+    }
+
+
 def check_engine_config_values(engine_kwargs: dict[str, Any]) -> None:
     """Validate nested vLLM config values (e.g. `structured_outputs_config`) now, not in every replica."""
-    from ray.llm._internal.serve.engines.vllm.vllm_engine import _normalize_vllm_engine_kwargs
+    from bigmodel_serving.ray_internals import normalize_vllm_engine_kwargs
 
     try:
-        _normalize_vllm_engine_kwargs(engine_kwargs)
+        normalize_vllm_engine_kwargs(engine_kwargs)
     except ValueError as error:
         raise InvalidServeArgsError(f"invalid bigmodel serve args:\n  engine_args.extra: {error}") from None
 
@@ -68,7 +101,6 @@ def build_app(args: dict[str, Any] | ServeArgs) -> Application:
     Building starts nothing: vLLM loads when Serve starts the engine replicas.
     """
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import LLMConfig
 
     from bigmodel_serving.engine import BigModelEngine
@@ -91,8 +123,17 @@ def build_app(args: dict[str, Any] | ServeArgs) -> Application:
     engine = deployment(BigModelEngine, **engine_options).bind(
         llm_config, hf_token_env=serve_args.hf_token_env, cpu_kv_cache_fraction=cpu_kv_fraction
     )
+    metrics_server = None
+    if serve_args.metrics is not None:
+        from bigmodel_serving.metrics_server import BigModelMetrics
+
+        listener = serve_args.metrics
+        metrics_server = deployment(BigModelMetrics, **metrics_options()).bind(
+            engine, host=listener.host, port=listener.port
+        )
     model_id = llm_config.model_id
     return deployment(IngressDeployment, **ingress_options(serve_args)).bind(
         llm_deployments={model_id: engine},
-        model_cards={model_id: to_model_metadata(model_id, llm_config)},
+        model_cards={model_id: model_card(model_id, llm_config)},
+        metrics_server=metrics_server,
     )

@@ -18,6 +18,8 @@ validated here by `ServeApplication`:
             max_queued_requests: <n>
             request_router_config: <RequestRouting>   # optional: prefix-cache-aware replica choice
             user_config: <EngineConfig>        # adapters (name -> mounted path)
+        # BigModelMetrics (METRICS_DEPLOYMENT): one replica on the Ray head serving GET /metrics on
+        # args.metrics.port, a port of its own (no options to render).
 
 Why the split: Ray Serve hashes an application's `import_path`, `runtime_env` and `args` into its
 code version, and a new code version restarts every replica (the model loads again). Deployment
@@ -33,13 +35,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bigmodel_contract.safe_paths import check_uri, resolve_local
 
 APP_IMPORT_PATH = "bigmodel_serving.app:build_app"
 INGRESS_DEPLOYMENT = "BigModelIngress"
 ENGINE_DEPLOYMENT = "BigModelEngine"
+METRICS_DEPLOYMENT = "BigModelMetrics"
+DEFAULT_METRICS_PORT = 8079
 URI_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "oci")
 
 # Settings the typed fields (or the app itself) own; `EngineArgs.extra` may not set them.
@@ -79,25 +85,18 @@ class _Args(BaseModel):
 
 
 def _contained(value: str | None) -> str | None:
-    """Refuse a location that could leave its mount: a `..` segment or a NUL byte.
-
-    Admission (CEL) and the operator refuse these already; the app checks again where it opens files.
-    """
+    """Refuse a location that could leave its mount (a `..` segment, also %-encoded or with backslashes)
+    or that hides characters (whitespace, controls, bidi overrides): bigmodel_contract's rule, the one
+    admission and the operator applied; the app checks again where it opens files."""
     if value is not None:
-        if "\x00" in value:
-            raise ValueError(f"{value!r} contains a NUL byte")
-        if ".." in unquote(value).replace("\\", "/").split("/"):
-            raise ValueError(f"{value!r} has a '..' segment (paths must stay inside their mount)")
+        check_uri(value)
     return value
 
 
 def _local_path_of(uri: str, local_path: str | None) -> Path | None:
-    if local_path:
-        return Path(local_path)
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    return None
+    """The real directory: a pvc:// mount resolved inside its claim (a symlink on the volume cannot lead
+    out), a file:// path in the image, or None for remote sources."""
+    return resolve_local(uri, local_path or None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +204,13 @@ class ReplicaResources(_Args):
         return self.accelerator == "cpu"
 
 
+class MetricsListener(_Args):
+    """Where the metrics deployment serves GET /metrics: a port the Ingress and the Serve Service do not expose."""
+
+    host: str = Field(default="0.0.0.0", min_length=1, max_length=253, description="Address to bind.")
+    port: int = Field(default=DEFAULT_METRICS_PORT, ge=1, le=65_535)
+
+
 class ServeArgs(_Args):
     """The application's `args`: everything whose change needs a new engine."""
 
@@ -217,6 +223,11 @@ class ServeArgs(_Args):
     )
     hf_token_env: str | None = Field(
         default="HF_TOKEN", description="Name of the env var that carries the HF token (never the token)."
+    )
+    metrics: MetricsListener | None = Field(
+        default_factory=MetricsListener,
+        description="GET /metrics (vLLM's engine metrics, per-key usage, canary, feedback) on the Ray head; "
+        "null: no metrics listener.",
     )
 
     @model_validator(mode="after")
@@ -374,11 +385,15 @@ class FeedbackArgs(_Args):
     enabled: bool = False
     sink_path: str | None = Field(default=None, description="A directory (a mounted PVC) for the JSONL files.")
     sink_uri: str | None = Field(default=None, description="file:///dir or an object store (s3://bucket/prefix).")
+    sink_root: str | None = Field(
+        default=None,
+        description="The mount `sink_path` lies in (the claim's): the sink is resolved inside it, symlinks followed.",
+    )
     ttl_s: float = Field(default=86_400, gt=0, le=30 * 86_400, description="How long an answer takes feedback.")
     max_entries: int = Field(default=50_000, ge=1, le=10_000_000)
     max_bytes: int = Field(default=128 * 1_048_576, ge=1024, le=16 * 1024 * 1_048_576)
 
-    _paths_contained = field_validator("sink_path", "sink_uri")(_contained)
+    _paths_contained = field_validator("sink_path", "sink_uri", "sink_root")(_contained)
 
     @model_validator(mode="after")
     def _one_sink(self) -> FeedbackArgs:

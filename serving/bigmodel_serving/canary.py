@@ -28,16 +28,16 @@ answer; the candidate is charged an error), so a broken candidate costs its clie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import AdapterRoute, RolloutReportArgs
 from bigmodel_serving.rollout_report import Decision as DecisionReport
 from bigmodel_serving.rollout_report import RolloutReporter
@@ -444,7 +444,8 @@ class CanaryActor:
         for version in versions:
             model = version if version == self.base_model else f"{self.base_model}:{version}"
             try:
-                self.book.feedback[version] = mean_rating(await store.scores.remote(model))
+                scores = await call_actor("feedback store", store.scores.remote(model), BACKGROUND_TIMEOUT_S)
+                self.book.feedback[version] = mean_rating(scores)
             except Exception as error:  # ratings are optional: decide on the other signals
                 logger.warning("bigmodel: feedback scores of %s unavailable: %r", model, error)
 
@@ -475,11 +476,13 @@ class Choice:
     fallback: Choice | None = None  # stable, when the candidate fails before answering
 
 
-def error_status(item: Any) -> int | None:
-    """The status of an engine ErrorResponse (alone or first of a streamed batch), else None."""
-    first = item[0] if isinstance(item, list) and item else item
-    code = getattr(getattr(first, "error", None), "code", None)
-    return code if isinstance(code, int) else None
+@dataclass(frozen=True)
+class Opened:
+    """The version that answered a request: its answer (a response) and its time to the answer's first byte."""
+
+    answer: Any
+    choice: Choice
+    latency_s: float
 
 
 class CanaryRouter:
@@ -555,23 +558,20 @@ class CanaryRouter:
     def record(self, choice: Choice, error: bool, latency_s: float | None) -> None:
         self._pending.append([*choice.pair, choice.role, error, latency_s])
 
-    async def serve(
+    async def open(
         self,
         choice: Choice,
-        open_stream: Callable[[str], AsyncIterator[Any]],
+        open_answer: Callable[[str], Awaitable[Any]],
         status_of: Callable[[BaseException], int],
-    ) -> AsyncGenerator[Any, None]:
-        """Run `choice` through `open_stream(engine_model)`: signals recorded, `model` renamed, fallback."""
+    ) -> Opened:
+        """`open_answer(engine_model)` for `choice`; a candidate failing with a server error before its first
+        byte is charged the error and answered from stable. Call `finish` when the answer is over."""
         await self.ensure_syncing()
-        attempt: Choice | None = choice
-        while attempt is not None:
+        attempt = choice
+        while True:
             started = self.clock()
-            stream = open_stream(attempt.engine_model)
             try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                self.record(attempt, False, self.clock() - started)
-                return
+                answer = await open_answer(attempt.engine_model)
             except Exception as error:
                 failed = status_of(error) >= 500
                 self.record(attempt, failed, None)
@@ -580,40 +580,11 @@ class CanaryRouter:
                     attempt = attempt.fallback
                     continue
                 raise
-            status = error_status(first)
-            if status is not None and status >= 500 and attempt.fallback is not None:
-                self.record(attempt, True, None)
-                logger.warning("bigmodel: %s answered %d; answering from stable", attempt.engine_model, status)
-                await cast(Any, stream).aclose()
-                attempt = attempt.fallback
-                continue
-            break
-        assert attempt is not None
-        latency = self.clock() - started
-        failed = status is not None and status >= 500
-        try:
-            yield self.rename(first, attempt)
-            async for item in stream:
-                yield self.rename(item, attempt)
-        except Exception as error:
-            failed = failed or status_of(error) >= 500
-            raise
-        finally:
-            self.record(attempt, failed, None if failed else latency)
+            return Opened(answer, attempt, self.clock() - started)
 
-    @staticmethod
-    def rename(item: Any, choice: Choice) -> Any:
-        """Show the route the client called as the answer's `model` (objects and SSE strings)."""
-        if isinstance(item, list):
-            return [CanaryRouter.rename(part, choice) for part in item]
-        if isinstance(item, str):
-            return item.replace(f'"model":"{choice.engine_model}"', f'"model":"{choice.requested}"')
-        if isinstance(item, dict):  # a Responses answer
-            return {**item, "model": choice.requested} if item.get("model") == choice.engine_model else item
-        if getattr(item, "model", None) == choice.engine_model:
-            with contextlib.suppress(AttributeError, TypeError, ValueError):
-                item.model = choice.requested
-        return item
+    def finish(self, opened: Opened, failed: bool) -> None:
+        """Count an answer `open` started: its latency, or a server error when it failed midway."""
+        self.record(opened.choice, failed, None if failed else opened.latency_s)
 
     # ---- the shared state ----
 
@@ -650,9 +621,11 @@ class CanaryRouter:
         records, self._pending = self._pending, []
         routes = [route.model_dump() for route in self.routes.values()]
         try:
-            snapshot = await self._get_actor().sync.remote(routes, records, self.report_to)
-        except Exception:
+            pending = self._get_actor().sync.remote(routes, records, self.report_to)
+            snapshot = await call_actor("canary store", pending, BACKGROUND_TIMEOUT_S)
+        except DependencyUnavailableError:
             self._pending = records + self._pending  # try again next time
+            self._actor = None  # look it up again: a detached actor killed for good is created anew
             raise
         self.apply_snapshot(snapshot)
 

@@ -10,10 +10,6 @@
   ingress merges into `GET /metrics`.
 - Streamed answers leave the replica first chunk first (stream_batching.py): Ray's timer batching would
   hold the first token for up to its 50 ms interval.
-- `responses()` serves `POST /v1/responses` with vLLM's own Responses implementation (the one `vllm serve`
-  mounts), which Ray Serve LLM 2.60 does not route: its engine builds vLLM's serving state, Responses
-  included, and we call that. vLLM keeps no responses (its store is off unless
-  `VLLM_ENABLE_RESPONSES_API_STORE=1`), so `previous_response_id` answers 404 on every replica alike.
 """
 
 from __future__ import annotations
@@ -27,13 +23,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import HTTPException
-from ray.llm._internal.common.models import global_id_manager
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.deployment import LLMServer
 
 from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
+from bigmodel_serving.ray_internals import LoraModelLoader, adapter_config
 from bigmodel_serving.stream_batching import first_then_batched
 
 logger = logging.getLogger("ray.serve")
@@ -69,7 +64,7 @@ class MountedAdapterLoader(LoraModelLoader):
     # Filled by BigModelEngine.reconfigure; shared with the loader Ray's LLMServer creates.
     paths: ClassVar[dict[str, str]] = {}
 
-    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> DiskMultiplexConfig:
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
         path = self.paths.get(lora_model_id)
         if path is None:
             raise HTTPException(404, f"The model `{lora_model_id}` does not exist.")
@@ -79,12 +74,7 @@ class MountedAdapterLoader(LoraModelLoader):
             except storage.StorageError as exc:
                 logger.warning("bigmodel: adapter %s: %s", lora_model_id, exc)
                 raise HTTPException(503, f"The adapter of `{lora_model_id}` could not be downloaded.") from exc
-        return DiskMultiplexConfig(
-            model_id=lora_model_id,
-            max_total_tokens=None,
-            local_path=path,
-            lora_assigned_int_id=global_id_manager.next(),
-        )
+        return adapter_config(lora_model_id, path)
 
 
 async def _download_s3_model(llm_config: LLMConfig) -> None:
@@ -114,6 +104,7 @@ class BigModelEngine(LLMServer):
             llm_config.update_engine_kwargs(kv_cache_memory_bytes=kv_bytes)
         if hf_token_env and hf_token_env != "HF_TOKEN" and os.environ.get(hf_token_env):
             os.environ.setdefault("HF_TOKEN", os.environ[hf_token_env])
+        self._model_id = llm_config.model_id
         self._adapter_paths: dict[str, str] = {}
         loader = type("ReplicaAdapterLoader", (MountedAdapterLoader,), {"paths": self._adapter_paths})
         started = time.monotonic()
@@ -126,7 +117,7 @@ class BigModelEngine(LLMServer):
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config` at start and whenever it changes."""
         config: EngineConfig = parse_engine_config(user_config)
-        base = self._llm_config.model_id
+        base = self._model_id
         paths = {
             f"{base}:{adapter.name}": str(adapter.resolved_local_path() or adapter.uri) for adapter in config.adapters
         }
@@ -149,43 +140,6 @@ class BigModelEngine(LLMServer):
             "loaded_at": self._loaded_at,
             "load_s": self._load_s,
         }
-
-    async def responses(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        """`POST /v1/responses`: vLLM's Responses API on this replica's engine.
-
-        Yields one dict (the response, OpenAI's shape) or Ray's ErrorResponse; streamed, server-sent event
-        strings (`event: <type>` + `data: {...}`), batched like chat and completions streams."""
-        await self._maybe_add_request_id_to_request(request)
-        await self._maybe_resolve_lora_from_multiplex()
-        events = self._responses_events(request, raw_request_info)
-        return self._batch_output_stream(events) if request.stream else events
-
-    async def _responses_events(self, request: Any, raw_request_info: Any) -> AsyncGenerator[Any, None]:
-        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
-        from ray.llm._internal.serve.core.protocol import RawRequestInfo
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorResponse
-
-        state = getattr(self.engine, "_app_state", None)
-        handler = getattr(state, "openai_serving_responses", None) if state is not None else None
-        if handler is None:
-            yield ErrorResponse(
-                error=ErrorInfo(message="This model does not serve the Responses API.", type="NotFoundError", code=404)
-            )
-            return
-        raw_request = RawRequestInfo.to_starlette_request_optional(raw_request_info)
-        try:
-            result = await handler.create_responses(request, raw_request=raw_request)
-        except ValueError as error:
-            yield ErrorResponse(error=ErrorInfo(message=str(error), type="BadRequestError", code=400))
-            return
-        if isinstance(result, VLLMErrorResponse):
-            yield ErrorResponse(error=ErrorInfo(**result.error.model_dump()))
-        elif hasattr(result, "model_dump"):
-            yield result.model_dump(mode="json", by_alias=True)
-        else:
-            async for event in result:
-                kind = getattr(event, "type", "unknown")
-                yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 
     async def metrics_text(self) -> str:
         """This replica's vLLM metrics in Prometheus text format."""

@@ -108,8 +108,23 @@ def overloaded(retry_after: str) -> APIError:
     )
 
 
-def unavailable(message: str) -> APIError:
-    return APIError(503, message, code="unavailable", headers={"Retry-After": "5"})
+def unavailable(message: str, *, code: str = "unavailable", retry_after_s: int = 5) -> APIError:
+    """503 + Retry-After: the server cannot answer now and says when to try again."""
+    return APIError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+def not_configured() -> APIError:
+    """The ingress has not received its configuration (keys, quotas) yet: it refuses everything."""
+    return unavailable("The server is starting: its configuration has not arrived yet.", code="not_configured")
+
+
+def dependency_unavailable(what: str, retry_after_s: int) -> APIError:
+    """A helper actor (quota, feedback) is gone or restarting: the request is refused, not failed."""
+    return unavailable(
+        f"The {what} is not available; retry after the delay in the Retry-After header.",
+        code="dependency_unavailable",
+        retry_after_s=retry_after_s,
+    )
 
 
 def internal_error() -> APIError:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -41,6 +42,8 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bigmodel_contract.safe_paths import PathEscapeError, resolve_inside
+from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, RETRY_AFTER_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
 
@@ -103,7 +106,12 @@ def feedback_disabled() -> APIError:
 
 
 def feedback_unavailable(reason: str) -> APIError:
-    return APIError(503, f"Feedback is not available: {reason}", code="feedback_unavailable")
+    return APIError(
+        503,
+        f"Feedback is not available: {reason}",
+        code="feedback_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,60 +147,6 @@ def conversation_of(messages: Iterable[Any] | None = None, prompt: Any = None) -
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else None
-
-
-def answer_of(response: Any) -> tuple[str | None, str]:
-    """(id, text of the first choice) of a non-streamed chat or completions response."""
-    choices = getattr(response, "choices", None) or []
-    text = ""
-    if choices:
-        message = getattr(choices[0], "message", None)
-        found = getattr(message, "content", None) if message is not None else getattr(choices[0], "text", None)
-        text = found if isinstance(found, str) else ""
-    found_id = getattr(response, "id", None)
-    return (found_id if isinstance(found_id, str) else None), text
-
-
-@dataclass
-class StreamCapture:
-    """Collects the id and the first choice's text from server-sent event chunks."""
-
-    id: str | None = None
-    parts: list[str] = field(default_factory=list)
-    done: bool = False  # the `[DONE]` marker went by: the answer is whole
-
-    def feed(self, chunk: Any) -> None:
-        if not isinstance(chunk, str):
-            return
-        for line in chunk.splitlines():
-            payload = line.strip()
-            if not payload.startswith("data:"):
-                continue
-            payload = payload[5:].strip()
-            if payload == "[DONE]":
-                self.done = True
-                continue
-            if not payload.startswith("{"):
-                continue
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                continue
-            if not isinstance(data, dict):
-                continue
-            if self.id is None and isinstance(data.get("id"), str):
-                self.id = data["id"]
-            for choice in data.get("choices") or []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str):
-                    self.parts.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,17 +233,31 @@ class FeedbackSink(Protocol):
 
 
 class DirectorySink:
-    """One JSONL file per UTC day in a directory (a mounted PVC): feedback-YYYY-MM-DD.jsonl."""
+    """One JSONL file per UTC day in a directory (a mounted PVC): feedback-YYYY-MM-DD.jsonl.
 
-    def __init__(self, directory: Path) -> None:
+    With `root` (the claim's mount) every write is resolved inside it first: a symlink someone put on
+    the volume (the directory, or a day's file) cannot make the ingress append somewhere else."""
+
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
         self.directory = directory
+        self.root = root
         self.location = str(directory)
 
     def append(self, record: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         day = datetime.now(UTC).strftime("%Y-%m-%d")
+        name = f"feedback-{day}.jsonl"
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with open(self.directory / f"feedback-{day}.jsonl", "a", encoding="utf-8") as handle:
+        if self.root is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            target = self.directory / name
+        else:
+            relative = os.path.relpath(self.directory, self.root)
+            try:
+                resolve_inside(self.root, relative).mkdir(parents=True, exist_ok=True)
+                target = resolve_inside(self.root, f"{relative}/{name}")
+            except PathEscapeError as exc:
+                raise FeedbackSinkError(f"feedback sink {self.location}: {exc}") from exc
+        with open(target, "a", encoding="utf-8") as handle:
             handle.write(line)
 
 
@@ -317,7 +285,7 @@ SINK_SCHEMES: dict[str, Callable[[str], FeedbackSink]] = {"file": _directory_sin
 def open_sink(args: FeedbackArgs) -> FeedbackSink:
     """The writer for `args.sink_path` or `args.sink_uri`; FeedbackSinkError says why not."""
     if args.sink_path:
-        return DirectorySink(Path(args.sink_path))
+        return DirectorySink(Path(args.sink_path), Path(args.sink_root) if args.sink_root else None)
     uri = args.sink_uri or ""
     scheme = urlparse(uri).scheme
     opener = SINK_SCHEMES.get(scheme)
@@ -547,9 +515,10 @@ class FeedbackClient:
         request = parse_feedback_request(raw)
         for delay in (*NOT_FOUND_RETRIES_S, None):
             try:
-                result = await self.actor.feedback.remote(request.id, key, request.rating, request.correction)
-            except Exception as error:  # the actor is restarting (it keeps no answers across a restart)
-                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error)
+                pending = self.actor.feedback.remote(request.id, key, request.rating, request.correction)
+                result = await call_actor("feedback store", pending)
+            except DependencyUnavailableError as error:  # restarting (it keeps no answers across a restart)
+                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error.underlying)
                 raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
             if result["status"] != NOT_FOUND or delay is None:
                 break
@@ -563,8 +532,6 @@ class FeedbackClient:
         return {"id": request.id, "object": "feedback", "status": "recorded"}
 
     async def metrics_text(self) -> str:
-        try:
-            return render_feedback_metrics(await self.actor.all_scores.remote())
-        except Exception as error:  # /metrics goes on without the feedback families
-            logger.warning("bigmodel feedback: scores unavailable: %r", error)
-            return ""
+        """The feedback families; raises DependencyUnavailableError (/metrics goes on without them)."""
+        scores = await call_actor("feedback store", self.actor.all_scores.remote(), BACKGROUND_TIMEOUT_S)
+        return render_feedback_metrics(scores)

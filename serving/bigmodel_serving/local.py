@@ -40,14 +40,16 @@ class LocalServer:
     url: str
     app_names: list[str]
     owns_ray: bool
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # GET /metrics of each application, by name
     _stopped: bool = field(default=False, repr=False)
 
     def deploy(self, applications: Sequence[dict[str, Any] | ServeApplication], *, timeout_s: float = 600) -> None:
         """Redeploy: the applications replace the running ones (Serve applies light edits in place)."""
-        apps = [parse_application(app) for app in applications]
+        apps = [_local_metrics(parse_application(app), self._http_options["host"]) for app in applications]
         _apply(apps, self._http_options)
         _wait_running([app.name for app in apps], timeout_s, sys.stderr)
         self.app_names = [app.name for app in apps]
+        self.metrics_urls = {app.name: url for app in apps if (url := metrics_url(app)) is not None}
 
     _http_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -109,6 +111,19 @@ def start_local_ray(num_cpus: int | None = None) -> bool:
     return True
 
 
+def _local_metrics(app: ServeApplication, host: str) -> ServeApplication:
+    """The metrics listener binds the HTTP proxy's host here (loopback by default), not every address."""
+    if app.args.metrics is not None and app.args.metrics.host != host:
+        metrics = app.args.metrics.model_copy(update={"host": host})
+        app = app.model_copy(update={"args": app.args.model_copy(update={"metrics": metrics})})
+    return app
+
+
+def metrics_url(app: ServeApplication) -> str | None:
+    listener = app.args.metrics
+    return None if listener is None else f"http://{listener.host}:{listener.port}/metrics"
+
+
 def _apply(apps: list[ServeApplication], http_options: dict[str, Any]) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
@@ -166,14 +181,16 @@ def run_local(
 
     if isinstance(applications, dict | ServeApplication):
         applications = [applications]
-    apps = [parse_application(app) for app in applications]
+    apps = [_local_metrics(parse_application(app), host) for app in applications]
     for app in apps:
         build_app(app.args)  # bad args fail here, before Ray starts
     owns_ray = start_local_ray(num_cpus)
     timeout = request_timeout_s or max(app.args.request_timeout_s for app in apps) + 5
     http_options = {"host": host, "port": port, "request_timeout_s": timeout}
     serve.start(http_options=http_options)
-    server = LocalServer(f"http://{host}:{port}", [app.name for app in apps], owns_ray, _http_options=http_options)
+    urls = {app.name: url for app in apps if (url := metrics_url(app)) is not None}
+    names = [app.name for app in apps]
+    server = LocalServer(f"http://{host}:{port}", names, owns_ray, urls, _http_options=http_options)
     started = time.monotonic()
     for app in apps:
         out.write(f"bigmodel: loading {app.args.model.served_name} from {app.args.model.uri} (vLLM) ...\n")
@@ -190,6 +207,8 @@ def run_local(
             f"bigmodel: serving {app.args.model.served_name} at {server.url}{prefix}/v1 "
             f"(ready in {time.monotonic() - started:.0f} s; Ctrl-C to stop)\n"
         )
+        if app.name in server.metrics_urls:
+            out.write(f"bigmodel: metrics of {app.name} at {server.metrics_urls[app.name]}\n")
     out.flush()
     if not block:
         return server

@@ -1,4 +1,4 @@
-"""`GET /metrics`: vLLM's engine metrics from every engine replica plus our per-key usage, in one text.
+"""`GET /metrics` (metrics_server.py): vLLM's engine metrics from every engine replica plus ours, in one text.
 
 - Engine metrics keep vLLM's names (`vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
   `vllm:time_to_first_token_seconds`, ...); each replica's samples get a `replica` label, the replica's
@@ -8,6 +8,9 @@
   replica: `bigmodel_key_requests_total{key,code}`, `bigmodel_key_prompt_tokens_total{key}`,
   `bigmodel_key_completion_tokens_total{key}`. `key` is the key's name (never the key);
   `anonymous` when auth is off.
+- `bigmodel_metrics_source_up{source}`: 1 when a source's families are in this scrape, 0 when it failed
+  (`engine`: vLLM's of every replica; `ingress`, and through it `quota`, `canary`, `feedback`). A failing
+  source is left out; the others are served.
 """
 
 from __future__ import annotations
@@ -84,5 +87,15 @@ def render_usage(snapshot: Mapping[str, Mapping[str, Any]]) -> str:
         "# HELP bigmodel_key_completion_tokens_total Tokens generated, by API key name.",
         "# TYPE bigmodel_key_completion_tokens_total counter",
         *completion,
+    ]
+    return "\n".join(out) + "\n"
+
+
+def render_sources(sources: Mapping[str, bool]) -> str:
+    """`bigmodel_metrics_source_up{source}` for each source this scrape asked."""
+    out = [
+        "# HELP bigmodel_metrics_source_up 1 when the source's metrics are in this scrape, 0 when it failed.",
+        "# TYPE bigmodel_metrics_source_up gauge",
+        *(f"bigmodel_metrics_source_up{_labels({'source': name})} {int(up)}" for name, up in sorted(sources.items())),
     ]
     return "\n".join(out) + "\n"

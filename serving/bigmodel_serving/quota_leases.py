@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import Quota
 from bigmodel_serving.quota import KeyUsage, Return, limited
 
@@ -99,6 +100,17 @@ class QuotaLeases:
             self._actor = self._actor_of()
         return self._actor
 
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """One call to the quota actor; DependencyUnavailableError when it fails or takes too long."""
+        try:
+            return await call_actor("quota service", getattr(self.actor(), method).remote(*args), timeout_s)
+        except DependencyUnavailableError:
+            self._actor = None  # look it up again next time: a detached actor killed for good is created anew
+            raise
+        except Exception as error:  # looking the actor up failed (Ray's control plane): the same to callers
+            self._actor = None
+            raise DependencyUnavailableError("quota service", error) from error
+
     def wanted(self, quota: Quota) -> tuple[int, float]:
         """The size of one lease: (request tokens, token allowance)."""
         requests = math.floor(quota.requests_per_minute * self.share) if quota.requests_per_minute else 0
@@ -146,8 +158,8 @@ class QuotaLeases:
                 return 0.0
             self.misses += 1
             returned = (lease.requests, lease.tokens)
-            wait, requests, tokens = await self.actor().lease.remote(
-                key, quota.model_dump(), returned, self.wanted(quota), True
+            wait, requests, tokens = await self._call(
+                "lease", key, quota.model_dump(), returned, self.wanted(quota), True
             )
             # Hits and charges may have happened meanwhile: apply the exchange as a difference.
             lease.requests += requests - returned[0]
@@ -163,8 +175,8 @@ class QuotaLeases:
             async with lease.lock:
                 requests, tokens = self.wanted(lease.quota)
                 wanted = (max(0, requests - math.floor(max(lease.requests, 0.0))), max(0.0, tokens - lease.tokens))
-                _, got_requests, got_tokens = await self.actor().lease.remote(
-                    key, lease.quota.model_dump(), (0.0, 0.0), wanted, False
+                _, got_requests, got_tokens = await self._call(
+                    "lease", key, lease.quota.model_dump(), (0.0, 0.0), wanted, False, timeout_s=BACKGROUND_TIMEOUT_S
                 )
                 lease.requests += got_requests
                 lease.tokens += got_tokens
@@ -207,12 +219,16 @@ class QuotaLeases:
                 lease.tokens = 0.0
         usage, self._usage = self._usage, {}
         if returns or usage:
-            await self.actor().settle.remote(returns, {key: counts.as_dict() for key, counts in usage.items()})
+            counts = {key: counts.as_dict() for key, counts in usage.items()}
+            await self._call("settle", returns, counts, timeout_s=BACKGROUND_TIMEOUT_S)
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Usage of every key over all replicas (this replica's is sent first)."""
-        await self.flush()
-        return cast(dict[str, dict[str, Any]], await self.actor().snapshot.remote())
+        """Usage of every key over all replicas (this replica's is sent first); DependencyUnavailableError."""
+        try:
+            await self.flush()
+        except DependencyUnavailableError as error:
+            logger.warning("bigmodel: quota flush failed: %r", error.underlying)
+        return cast(dict[str, dict[str, Any]], await self._call("snapshot", timeout_s=BACKGROUND_TIMEOUT_S))
 
     async def close(self) -> None:
         """Stop flushing and give everything back."""

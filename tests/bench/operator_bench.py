@@ -1,9 +1,12 @@
 """Operator benchmark: 1,000 BigModels created as fast as a client can, on the real control plane.
 
 Measures per-CR latency create -> RayService observed (p50/p99), time until every BigModel has its
-RayService and a status, operator RSS at 0 and 1,000 CRs, API writes per create and per idle resync
-(from the apiserver's own request counters), and the floor: the same 1,000 RayServices created by a
-bare client in the same run. Run through `make bench` (needs `make cluster-up`).
+RayService and a status, operator RSS at 0 and 1,000 CRs, API writes per create, and its CPU over an idle
+window (with resyncs) afterwards; then the same with 200 FineTuneJobs deploying to 50 BigModels already in
+the cluster. The floor, in the same run: a bare client that creates the same BigModels and makes the same
+writes the operator makes for each (NetworkPolicy, keys Secret, ServiceAccount, Role, RoleBinding,
+RayService, status), 32 BigModels in flight. Run through `make bench` (needs the control plane, which
+`make bench` starts).
 """
 
 from __future__ import annotations
@@ -23,14 +26,24 @@ import psutil
 import yaml
 
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.builders.api_keys import build_api_keys_secret, generate_api_key
+from bigmodel_operator.builders.networkpolicy import build_network_policy
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
+from bigmodel_operator.builders.serving_identity import build_serving_identity
+from bigmodel_operator.conditions import Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import Kube, load_credentials, path_of
+from bigmodel_operator.status.bigmodel_status import BigModelObservation, compute_status
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 COUNT = int(os.environ.get("BIGMODEL_BENCH_COUNT", "1000"))
+JOBS, JOB_TARGETS = (
+    int(os.environ.get("BIGMODEL_BENCH_JOBS", "200")),
+    int(os.environ.get("BIGMODEL_BENCH_JOB_TARGETS", "50")),
+)
+IDLE_SECONDS = int(os.environ.get("BIGMODEL_BENCH_IDLE_SECONDS", "45"))
 CONCURRENCY = 32
 WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"}
 sys.path.insert(0, str(Path(__file__).parent))
@@ -168,7 +181,7 @@ async def paced_latency(kube: Kube, namespace: str, kind: str, bodies: list[dict
     await asyncio.sleep(0.5)
     started = await create_all(kube, bodies, kind, namespace, rate=RATE)
     deadline = time.monotonic() + 120
-    while len(seen) < len(bodies) and time.monotonic() < deadline:
+    while not all(n in seen for n in started) and time.monotonic() < deadline:  # the namespace may hold others
         await asyncio.sleep(0.05)
     stop.set()
     watcher.cancel()
@@ -184,39 +197,110 @@ async def ensure_namespace(kube: Kube, name: str) -> None:
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
 
 
+def _floor_status(name: str) -> dict[str, Any]:
+    """A status like the one the operator writes for the tiny example (same fields, same size)."""
+    obs = BigModelObservation(
+        generation=1,
+        desired_replicas=1,
+        plan=None,
+        plan_reason=Reason.PLANNED,
+        plan_message="vLLM's CPU build (resources.gpu.count 0): no GPU plan needed",
+        url=f"http://{name}-serve-svc.bench-floor.svc.cluster.local:8000/v1",
+        selector=f"bigmodel.io/bigmodel={name},app.kubernetes.io/component=model-server",
+        rayservice_name=name,
+    )
+    return compute_status(obs, None)
+
+
+async def floor_writes(kube: Kube, namespace: str, name: str, config: OperatorConfig) -> None:
+    """Create one BigModel and make, one after the other, the writes the operator makes for it."""
+    created = await kube.request("POST", path_of("BigModel", namespace), body=_bigmodel(name))
+    assert created is not None
+    spec = BigModelSpec.model_validate(created["spec"])
+    policy = build_network_policy(created, spec, config)
+    if policy is not None:
+        await kube.apply(policy)
+    secret = build_api_keys_secret(created, f"{name}-api-keys", generate_api_key())
+    await kube.request("POST", path_of("Secret", namespace), body=secret)
+    for child in build_serving_identity(created):
+        await kube.apply(child)
+    await kube.apply(build_rayservice(created, spec, placement(spec, None), config))
+    await kube.patch_status("BigModel", namespace, name, _floor_status(name))
+
+
 async def floor(kube: Kube) -> dict[str, Any]:
-    """The same RayServices the operator would write, created by a bare client."""
+    """The same BigModels and the operator's writes for them, made by a bare client (32 BigModels in flight)."""
     namespace = "bench-floor"
     await ensure_namespace(kube, namespace)
     config = OperatorConfig()
-    bodies = []
-    for i in range(COUNT):
-        bm = _bigmodel(f"m{i:04d}")
+    paced_bodies = []
+    for i in range(PACED):  # the paced floor: RayService create -> ADDED, the watch's own latency
+        bm = _bigmodel(f"p{i:04d}")
         bm["metadata"].update(namespace=namespace, uid=f"00000000-0000-0000-0000-{i:012d}")
         spec = BigModelSpec.model_validate(bm["spec"])
         rs = build_rayservice(bm, spec, placement(spec, None), config)
         rs["metadata"].pop("ownerReferences")
-        bodies.append(rs)
-    paced_bodies = [dict(b, metadata={**b["metadata"], "name": f"p{i:04d}"}) for i, b in enumerate(bodies[:PACED])]
+        paced_bodies.append(rs)
     paced = await paced_latency(kube, namespace, "RayService", paced_bodies)
-    seen: dict[str, float] = {}
+    children: dict[str, float] = {}
+    statuses: dict[str, float] = {}
     stop = asyncio.Event()
-    watcher = asyncio.create_task(watch(kube, path_of("RayService", namespace), seen, lambda o: True, stop))
+    watchers = [
+        asyncio.create_task(watch(kube, path_of("RayService", namespace), children, lambda o: True, stop)),
+        asyncio.create_task(
+            watch(
+                kube,
+                path_of("BigModel", namespace),
+                statuses,
+                lambda o: (o.get("status") or {}).get("observedGeneration") == 1,
+                stop,
+            )
+        ),
+    ]
     await asyncio.sleep(0.5)
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    started: dict[str, float] = {}
+
+    async def one(name: str) -> None:
+        async with semaphore:
+            started[name] = time.monotonic()
+            await floor_writes(kube, namespace, name, config)
+
     t0 = time.monotonic()
-    started = await create_all(kube, bodies, "RayService", namespace)
-    while len([n for n in seen if n.startswith("m")]) < COUNT:
+    await asyncio.gather(*(one(f"m{i:04d}") for i in range(COUNT)))
+    deadline = time.monotonic() + 120
+    burst = [f"m{i:04d}" for i in range(COUNT)]
+    while not all(n in children and n in statuses for n in burst) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    total = max(v for n, v in seen.items() if n.startswith("m")) - t0
+    total = max(max(children[n], statuses[n]) for n in burst) - t0
     stop.set()
-    watcher.cancel()
-    latencies = [(seen[n] - started[n]) * 1000 for n in started if n in seen]
+    for w in watchers:
+        w.cancel()
+    latencies = [(children[n] - started[n]) * 1000 for n in burst]
     return {"total_s": total, "p50_ms": statistics.median(latencies), "p99_ms": pct(latencies, 0.99), "paced": paced}
 
 
-async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
-    namespace = "bench-operator"
-    await ensure_namespace(kube, namespace)
+async def populate_finetunejobs(kube: Kube, namespace: str, bigmodels: int, jobs: int) -> float:
+    """`bigmodels` BigModels and `jobs` FineTuneJobs deploying to them (round robin), created before the
+    measurement; returns how long until every job has a status (the operator saw it)."""
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from manifests import cluster_finetunejob
+
+    for i in range(bigmodels):
+        await kube.request("POST", path_of("BigModel", namespace), body=_bigmodel(f"base{i:02d}"))
+    t0 = time.monotonic()
+    for i in range(jobs):
+        body = cluster_finetunejob(f"job{i:03d}")
+        body["spec"]["deployTo"] = {"bigModel": f"base{i % bigmodels:02d}", "adapterName": f"a{i:03d}"}
+        await kube.request("POST", path_of("FineTuneJob", namespace), body=body)
+    while True:
+        listed = await kube.list("FineTuneJob", namespace)
+        if sum(1 for f in listed if (f.get("status") or {}).get("phase")) >= jobs or time.monotonic() - t0 > 300:
+            return time.monotonic() - t0
+        await asyncio.sleep(1)
+
+
+async def ours(kube: Kube, operator: psutil.Process, namespace: str) -> dict[str, Any]:
     await asyncio.sleep(3)
     rss0 = operator.memory_info().rss / 2**20
     paced = await paced_latency(kube, namespace, "BigModel", [_bigmodel(f"p{i:04d}") for i in range(PACED)])
@@ -243,21 +327,23 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
     started = await create_all(kube, [_bigmodel(f"m{i:04d}") for i in range(COUNT)], "BigModel", namespace)
     create_done = time.monotonic() - t0
     deadline = time.monotonic() + 600
-    total = COUNT + PACED
-    while (len(children) < total or len(statuses) < total) and time.monotonic() < deadline:
+    burst = [f"m{i:04d}" for i in range(COUNT)]
+    while not all(n in children and n in statuses for n in burst) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     print(
         f"operator burst: {len(children)} children, {len(statuses)} statuses after {time.monotonic() - t0:.1f}s",
         flush=True,
     )
-    converged = max([*children.values(), *statuses.values()]) - t0
+    converged = max(max(children.get(n, 0.0), statuses.get(n, 0.0)) for n in burst) - t0
     after_create = await operator_writes(kube)
     cpu_burst = sum(operator.cpu_times()[:2]) - cpu0
     rss1 = operator.memory_info().rss / 2**20
     events_tail = await events_drained(kube)
     before_idle = await operator_writes(kube)
-    idle_seconds = 45
+    idle_seconds = IDLE_SECONDS
+    idle_cpu0 = sum(operator.cpu_times()[:2])
     await asyncio.sleep(idle_seconds)
+    idle_cpu = sum(operator.cpu_times()[:2]) - idle_cpu0
     after_idle = await operator_writes(kube)
     stop.set()
     for w in watchers:
@@ -279,12 +365,13 @@ async def ours(kube: Kube, operator: psutil.Process) -> dict[str, Any]:
         "cpu_ms_per_create": cpu_burst * 1000 / COUNT,
         "cpu_burst_s": cpu_burst,
         "idle_writes": diff(after_idle, before_idle),
+        "idle_cpu_s": idle_cpu,
         "events_tail_s": events_tail,
         "idle_seconds": idle_seconds,
     }
 
 
-def start_operator(config_path: Path) -> subprocess.Popen[bytes]:
+def start_operator(config_path: Path, namespace: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "BIGMODEL_OFFLINE": "1"}
     log = (REPO / ".cluster" / "logs" / "bench-operator.log").open("wb")
     return subprocess.Popen(
@@ -294,7 +381,7 @@ def start_operator(config_path: Path) -> subprocess.Popen[bytes]:
             "bigmodel_operator.cli",
             "operator",
             "-n",
-            "bench-operator",
+            namespace,
             "--config",
             str(config_path),
         ],
@@ -304,6 +391,30 @@ def start_operator(config_path: Path) -> subprocess.Popen[bytes]:
     )
 
 
+async def scenario(kube: Kube, config_path: Path, namespace: str, finetunejobs: bool) -> dict[str, Any]:
+    """One operator run against a fresh namespace (with 200 FineTuneJobs on 50 BigModels first, if asked)."""
+    await ensure_namespace(kube, namespace)
+    proc = start_operator(config_path, namespace)
+    try:
+        await asyncio.sleep(4)
+        process = psutil.Process(proc.pid)
+        if os.environ.get("BIGMODEL_BENCH_PROFILE") == "1":
+            await asyncio.sleep(2)
+            process = process.children()[0]
+        settled = None
+        if finetunejobs:
+            print(f"{namespace}: {JOB_TARGETS} BigModels and {JOBS} FineTuneJobs deploying to them ...", flush=True)
+            settled = await populate_finetunejobs(kube, namespace, JOB_TARGETS, JOBS)
+            await asyncio.sleep(10)
+        print(f"{namespace}: {COUNT} BigModels ...", flush=True)
+        result = await ours(kube, process, namespace)
+        result["populated_s"] = settled
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes its profile, kopf stops cleanly
+        proc.wait(timeout=60)
+    return result
+
+
 async def main() -> int:
     if not KUBECONFIG.exists():
         print("operator bench: run `make cluster-up` first", file=sys.stderr)
@@ -311,64 +422,87 @@ async def main() -> int:
     kube = Kube(load_credentials(str(KUBECONFIG)), limit=CONCURRENCY * 2)
     config_path = REPO / ".cluster" / "bench-operator.yaml"
     config_path.write_text(yaml.safe_dump({"resync_seconds": 15, "metrics_address": METRICS}))
-    print(f"floor: {COUNT} RayServices by a bare client ...", flush=True)
-    base = await floor(kube)
-    print(f"floor: {base}", flush=True)
-    proc = start_operator(config_path)
+    namespaces = ["bench-floor", "bench-operator", "bench-operator-ftj"]
     try:
-        await asyncio.sleep(4)
-        print(f"operator: {COUNT} BigModels ...", flush=True)
-        process = psutil.Process(proc.pid)
-        if os.environ.get("BIGMODEL_BENCH_PROFILE") == "1":
-            await asyncio.sleep(2)
-            process = process.children()[0]
-        result = await ours(kube, process)
+        print(f"floor: {COUNT} BigModels and the operator's writes for them, by a bare client ...", flush=True)
+        base = await floor(kube)
+        print(f"floor: {base}", flush=True)
+        plain = await scenario(kube, config_path, "bench-operator", finetunejobs=False)
+        print(json.dumps(plain, indent=1), flush=True)
+        with_jobs = await scenario(kube, config_path, "bench-operator-ftj", finetunejobs=True)
+        print(json.dumps(with_jobs, indent=1), flush=True)
     finally:
-        proc.send_signal(2)  # SIGINT: py-spy writes its profile, kopf stops cleanly
-        proc.wait(timeout=60)
-        for namespace in ("bench-floor", "bench-operator"):
+        for namespace in namespaces:
             await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
         await kube.close()
-    print(json.dumps(result, indent=1), flush=True)
-    report(base, result)
+    report(base, plain, with_jobs)
     return 0
 
 
-def report(base: dict[str, Any], r: dict[str, Any]) -> None:
-    ratio = r["converged_s"] / base["total_s"]
-    bp, rp = base["paced"], r["paced"]
+def report(base: dict[str, Any], plain: dict[str, Any], jobs: dict[str, Any]) -> None:
+    bp = base["paced"]
+    writes_floor = 8  # BigModel, NetworkPolicy, Secret, ServiceAccount, Role, RoleBinding, RayService, status
 
     def ok(flag: bool) -> str:
         return "met" if flag else "**missed**"
 
+    def column(r: dict[str, Any], measure: str) -> str:
+        rp = r["paced"]
+        ratio = r["converged_s"] / base["total_s"]
+        idle_writes = sum(r["idle_writes"].values())
+        return {
+            "paced50": f"{rp['p50_ms']:.0f} ms ({ok(rp['p50_ms'] <= 20)})",
+            "paced99": f"{rp['p99_ms']:.0f} ms",
+            "burst50": f"{r['p50_ms']:.0f} ms",
+            "burst99": f"{r['p99_ms']:.0f} ms",
+            "total": f"{r['converged_s']:.1f} s = {ratio:.2f} × floor ({ok(ratio <= 1.5)})",
+            "created": f"{r['created_s']:.1f} s",
+            "rss": f"{r['rss0_mib']:.0f} / {r['rss1_mib']:.0f} MiB",
+            "writes": f"{r['writes_per_create']:.2f}",
+            "cpu": f"{r['cpu_ms_per_create']:.1f} ms ({r['cpu_burst_s']:.1f} s)",
+            "idle": f"{r['idle_cpu_s'] * 1000:.0f} ms CPU = {r['idle_cpu_s'] / r['idle_seconds'] * 100:.2f} % "
+            f"({ok(r['idle_cpu_s'] / r['idle_seconds'] < 0.01)}), {idle_writes} writes",
+        }[measure]
+
+    rows = [
+        (
+            f"create → RayService observed, paced {RATE:.0f}/s ({PACED} CRs), p50 (target ≤ 20 ms)",
+            f"{bp['p50_ms']:.0f} ms",
+            "paced50",
+        ),
+        ("create → RayService observed, paced, p99", f"{bp['p99_ms']:.0f} ms", "paced99"),
+        (f"create → RayService observed, burst of {COUNT}, p50", f"{base['p50_ms']:.0f} ms", "burst50"),
+        ("create → RayService observed, burst, p99", f"{base['p99_ms']:.0f} ms", "burst99"),
+        (f"all {COUNT} with children and status (target ≤ 1.5 × floor)", f"{base['total_s']:.1f} s", "total"),
+        ("client create calls finished", "", "created"),
+        (f"operator RSS at 0 / {COUNT} BigModels", "", "rss"),
+        ("API writes per BigModel (operator; the client's create not counted)", f"{writes_floor - 1}", "writes"),
+        ("operator CPU per BigModel in the burst (user + system)", "", "cpu"),
+        (f"operator while idle ({plain['idle_seconds']} s: 3 resyncs over every object)", "", "idle"),
+    ]
+    table = "\n".join(f"| {label} | {floor} | {column(plain, m)} | {column(jobs, m)} |" for label, floor, m in rows)
     body = f"""
 {COUNT} BigModels (the tiny CPU example) created by an asyncio client with {CONCURRENCY} requests in flight
 against the project's control plane (kube-apiserver v1.36.3, etcd, KWOK; all on the same 2 cores as the
-operator). Latency is from the client's create call to the RayService's ADDED event on a watch.
+operator). Latency is from the client's create call to the RayService's ADDED event on a watch. The floor is a
+bare client in the same run that creates the same BigModels and makes, for each, the writes the operator
+makes (NetworkPolicy, API-keys Secret, ServiceAccount, Role, RoleBinding, RayService, status: {writes_floor}
+writes with the create), {CONCURRENCY} BigModels in flight; its paced row is a RayService create → ADDED (the
+watch's own latency). "With FineTuneJobs": the same run into a namespace that already holds {JOB_TARGETS} BigModels and
+{JOBS} FineTuneJobs deploying to them (their Jobs ran on KWOK; every job had a status after
+{jobs.get("populated_s") or 0:.0f} s). Operator resync period 15 s.
 
-| measure | bare client (floor) | operator | target |
+| measure | floor (bare client) | operator | operator, with {JOBS} FineTuneJobs on {JOB_TARGETS} BigModels |
 |---|---|---|---|
-| create → RayService observed, paced {RATE:.0f}/s ({PACED} CRs), p50 | {bp["p50_ms"]:.0f} ms | {rp["p50_ms"]:.0f} ms | ≤ 150 ms ({ok(rp["p50_ms"] <= 150)}) |
-| create → RayService observed, paced, p99 | {bp["p99_ms"]:.0f} ms | {rp["p99_ms"]:.0f} ms | ≤ 1 s ({ok(rp["p99_ms"] <= 1000)}) |
-| create → RayService observed, burst of {COUNT}, p50 | {base["p50_ms"]:.0f} ms | {r["p50_ms"]:.0f} ms | |
-| create → RayService observed, burst, p99 | {base["p99_ms"]:.0f} ms | {r["p99_ms"]:.0f} ms | |
-| all {COUNT} with children (and status, for the operator) | {base["total_s"]:.1f} s | {r["converged_s"]:.1f} s ({ratio:.2f} × floor) | ≤ 2 × floor and ≤ 60 s ({ok(ratio <= 2 and r["converged_s"] <= 60)}) |
-| client create calls finished | | {r["created_s"]:.1f} s | |
-| operator RSS at 0 / {COUNT} BigModels | | {r["rss0_mib"]:.0f} / {r["rss1_mib"]:.0f} MiB | ≤ 200 MiB ({ok(r["rss1_mib"] <= 200)}) |
-| API writes per create (operator) | 1 | {r["writes_per_create"]:.2f} | |
-| operator CPU per create (user + system) | | {r["cpu_ms_per_create"]:.1f} ms ({r["cpu_burst_s"]:.1f} s for the burst) | |
-| API writes while idle ({r["idle_seconds"]} s, 3 resyncs over {COUNT + PACED} BigModels) | | {sum(r["idle_writes"].values())} | 0 ({ok(sum(r["idle_writes"].values()) == 0)}) |
+{table}
 
-Operator writes during the burst, by verb (its own /metrics): `{r["writes"]}` — one server-side apply of the
-RayService and one status patch per BigModel; the "Created RayService …" Events are best effort, posted by one
-background worker after the children and status (the queue drained {r["events_tail_s"]:.1f} s after convergence).
+Operator writes during the burst, by verb (its own /metrics): `{plain["writes"]}` (with FineTuneJobs:
+`{jobs["writes"]}`); the user-facing Events ("Created RayService …") are best effort, posted by one background
+worker that waits while reconciles run (the queue drained {plain["events_tail_s"]:.1f} s after convergence).
 
-Where the time goes: the burst is apiserver-bound. Every BigModel costs three writes — the client's create,
-our server-side apply of the RayService and our status patch — against the floor's one, all on the same two
-cores as etcd and the apiserver. The apiserver absorbed {COUNT / base["total_s"]:.0f} writes/s for the floor and {(COUNT * 3) / r["converged_s"]:.0f}/s
-for ours, so what is left of the gap is the apiserver's write throughput, not the operator: the operator itself needs {r["cpu_ms_per_create"]:.1f} ms of CPU per
-BigModel and answers a paced create in {rp["p50_ms"]:.0f} ms (p50). Against a one-write floor, 2 × is
-at the edge of what three writes per BigModel allow on this machine; runs land between 2.1 and 3 ×.
+How: every reconcile-path lookup is an index of the watch cache (children by owner, FineTuneJobs by the
+BigModel they deploy to), the children a RayService needs are written at once, and each reconcile records the
+versions of what it read: a resync skips every object whose inputs did not move (docs/development.md).
 """
     write_section(f"Operator: {COUNT:,} BigModels", body)
 

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = [
     ("control plane", [sys.executable, "tests/cluster/devcluster.py", "up"]),
     ("operator: 1,000 BigModels", [sys.executable, "tests/bench/operator_bench.py"]),
-    ("serving path", [sys.executable, "-m", "bigmodel_serving.bench", "--out", "docs/benchmarks.md"]),
+    ("serving path", [sys.executable, "tests/bench/serving_bench.py", "--out", "docs/benchmarks.md"]),
     ("routing: prefix-aware vs Serve's default", [sys.executable, "tests/bench/routing_bench.py"]),
-    ("canary split", [sys.executable, "-m", "bigmodel_serving.bench_canary", "--out", "docs/benchmarks.md"]),
-    ("feedback endpoint", [sys.executable, "-m", "bigmodel_serving.bench_feedback", "--out", "docs/benchmarks.md"]),
+    ("canary split", [sys.executable, "tests/bench/canary_bench.py", "--out", "docs/benchmarks.md"]),
+    ("feedback endpoint", [sys.executable, "tests/bench/feedback_bench.py", "--out", "docs/benchmarks.md"]),
 ]
 
 

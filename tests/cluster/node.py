@@ -2,7 +2,7 @@
 """A real one-node Kubernetes cluster in a private network namespace, for `make e2e`.
 
     node.py up                  create the netns, start everything, apply the add-ons, wait until Ready
-    node.py import ARCHIVE...   import OCI archives into the node's containerd (skips ones already there)
+    node.py import LAYOUT NAME...  import images from docs/images.sh's OCI layout (only what containerd lacks)
     node.py exec -- CMD...      run CMD inside the netns with KUBECONFIG set (tests, kubectl, helm)
     node.py status              processes, node and add-on pods
     node.py down                stop everything `up` started, remove the pods' mounts and the netns
@@ -23,7 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +37,6 @@ import nodebuild
 import nodeobjects
 from nodeconfig import (
     COMPONENTS,
-    CONTAINERD_ROOT,
     DNS_IP,
     KUBECONFIG,
     LOGS,
@@ -167,78 +166,89 @@ def _node_ready() -> bool:
 
 # ---------------------------------------------------------------- images
 
-
-def imported() -> dict[str, str]:
-    try:
-        return json.loads((CONTAINERD_ROOT / "imported.json").read_text())
-    except (OSError, ValueError):
-        return {}
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
-def _base_archive(index: dict) -> str | None:
-    bases = {m.get("annotations", {}).get("bigmodel.io/base-archive") for m in index["manifests"]} - {None}
-    return str(sorted(bases)[0]) if bases else None
+def _ctr(*args: str) -> list[str]:
+    return in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", *args)
 
 
-def _missing_base_blobs(archive: Path, index: dict) -> str | None:
-    """A thin archive (docs/images/thin_export.py) names the full archive holding the layers it leaves out:
-    that archive's name when some of those layers are not in containerd's store yet, else None."""
-    base = _base_archive(index)
-    if not base:
-        return None
-    with tarfile.open(archive) as tar:
-        inside = {Path(n).name for n in tar.getnames()}
-        needed = set()
-        for entry in index["manifests"]:
-            member = tar.extractfile(f"blobs/sha256/{entry['digest'].split(':', 1)[1]}")
-            assert member is not None
-            needed |= {layer["digest"].split(":", 1)[1] for layer in json.load(member)["layers"]}
-    ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "content", "ls", "-q")
-    have = {d.split(":", 1)[-1] for d in sh(*ctr).stdout.split()}
-    return None if needed - inside <= have else base
+def _images() -> dict[str, str]:
+    """containerd's images: name -> the digest it points at."""
+    lines = sh(*_ctr("images", "ls")).stdout.splitlines()[1:]
+    return {cols[0]: cols[2] for cols in (line.split() for line in lines) if len(cols) > 2}
 
 
-def _import_base(real: Path, base: str, refs: list[str]) -> None:
-    log(f"{real.name} reuses layers of {base}: importing that first")
-    import_images([real.parent / base], force=True)
-    # Keep the base image under a name of its own: once the thin image takes over the tag, containerd's
-    # garbage collector removed the base's layers (seen: each later thin import re-imported 3 GB).
-    ctr = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images")
-    for ref in refs:
-        sh(*ctr, "tag", "--force", ref, f"bigmodel.local/base/{Path(base).stem.replace('.', '-')}:kept")
+def _import(argv: list[str], stdin: subprocess.Popen[bytes] | None = None) -> None:
+    out = subprocess.run(
+        argv, stdin=stdin.stdout if stdin else None, capture_output=True, text=True, timeout=1800, check=False
+    )
+    if stdin:
+        assert stdin.stdout is not None
+        stdin.stdout.close()
+        if stdin.wait() != 0:
+            raise SystemExit(f"{' '.join(map(str, stdin.args))} exited {stdin.returncode}")
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {out.returncode}:\n{out.stderr}{out.stdout}")
 
 
-def import_images(archives: list[Path], force: bool = False) -> None:
-    """`ctr images import` each OCI archive under the name it carries, once per archive content (`force`:
-    again)."""
-    done = imported()
-    have = set(sh(*in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "ls", "-q")).stdout.split())
+def import_archives(archives: list[Path]) -> None:
+    """`ctr images import` each OCI archive (the node's own small images), unless containerd has its images."""
+    have = _images()
     for archive in archives:
-        real = archive.resolve()
-        index = json.loads(sh("tar", "-xOf", str(real), "index.json").stdout)
-        refs = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
-        if not force and all(done.get(ref) == real.name and ref in have for ref in refs):
-            log(f"image {', '.join(refs)} already imported ({real.name})")
+        index = json.loads(sh("tar", "-xOf", str(archive), "index.json").stdout)
+        if all(have.get(m["annotations"][REF_NAME]) == m["digest"] for m in index["manifests"]):
+            log(f"{archive.name} already imported")
             continue
-        base = _missing_base_blobs(real, index)
-        if base:
-            _import_base(real, base, refs)
         start = time.monotonic()
-        argv = in_netns("ctr", "-a", str(SOCKET), "-n", "k8s.io", "images", "import", str(real))
-        out = sh(*argv, check=False, timeout=1800)
-        if out.returncode != 0 and not base and (base := _base_archive(index)) and "snapshot" in out.stderr:
-            # The base's blobs are in the content store but containerd's garbage collector removed their
-            # unpacked snapshots (seen: "parent snapshot ... does not exist"): unpack the base again, retry.
-            log(f"importing {real.name} failed ({out.stderr.strip().splitlines()[-1][:200]}); retrying")
-            _import_base(real, base, refs)
-            out = sh(*argv, check=False, timeout=1800)
-        if out.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} exited {out.returncode}:\n{out.stderr}{out.stdout}")
-        done = imported()
-        for ref in refs:
-            done[ref] = real.name
-        (CONTAINERD_ROOT / "imported.json").write_text(json.dumps(done, indent=2))
-        log(f"imported {', '.join(refs)} in {time.monotonic() - start:.0f}s ({real.stat().st_size >> 20} MiB)")
+        _import(_ctr("images", "import", str(archive)))
+        log(f"imported {archive.name} in {time.monotonic() - start:.0f}s ({archive.stat().st_size >> 20} MiB)")
+
+
+def _blob(digest: str) -> str:
+    return f"blobs/sha256/{digest.split(':', 1)[1]}"
+
+
+def import_from_layout(layout: Path, names: list[str]) -> None:
+    """Import the images `names` from the OCI image layout docs/images.sh writes, streaming to `ctr images
+    import` only the blobs containerd lacks (its layers are uncompressed, named by their diff_id: after a code
+    change, our code's few MB). Each image is imported under a name of its own digest first and then tagged,
+    so the layers it shares with the image it replaces stay referenced throughout (containerd's garbage
+    collector once removed such a snapshot between the import and the unpack: "parent snapshot ... does not
+    exist"); the earlier image is removed afterwards."""
+    index = json.loads((layout / "index.json").read_text())
+    entries = {m.get("annotations", {}).get(REF_NAME): m for m in index["manifests"]}
+    oci_layout = (layout / "oci-layout").read_text()
+    for name in names:
+        entry = entries.get(name)
+        if entry is None:
+            raise SystemExit(f"no image {name} in {layout} (docs/images.sh builds it)")
+        images = _images()
+        if images.get(name) == entry["digest"]:
+            log(f"image {name} already imported ({entry['digest'][:19]})")
+            continue
+        start = time.monotonic()
+        manifest = json.loads((layout / _blob(entry["digest"])).read_text())
+        have = set(sh(*_ctr("content", "ls", "-q")).stdout.split())
+        layers = [layer["digest"] for layer in manifest["layers"] if layer["digest"] not in have]
+        repo = name.rsplit(":", 1)[0]
+        kept = f"{repo}:imported-{entry['digest'].split(':', 1)[1][:16]}"
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "oci-layout").write_text(oci_layout)
+            one = {"schemaVersion": 2, "manifests": [{**entry, "annotations": {REF_NAME: kept}}]}
+            (Path(tmp) / "index.json").write_text(json.dumps(one))
+            blobs = [_blob(d) for d in (entry["digest"], manifest["config"]["digest"], *layers)]
+            tar = subprocess.Popen(
+                ["tar", "-cf", "-", "-C", tmp, "oci-layout", "index.json", "-C", str(layout), *blobs],
+                stdout=subprocess.PIPE,
+            )
+            _import(_ctr("images", "import", "-"), stdin=tar)
+        sh(*_ctr("images", "tag", "--force", kept, name))
+        older = [n for n in images if n.startswith(f"{repo}:imported-") and n != kept]
+        if older:
+            sh(*_ctr("images", "rm", *older))
+        size = sum(layer["size"] for layer in manifest["layers"] if layer["digest"] in layers)
+        log(f"imported {name} in {time.monotonic() - start:.0f}s ({len(layers)} new layers, {size >> 20} MiB)")
 
 
 # ---------------------------------------------------------------- commands
@@ -276,7 +286,7 @@ def up() -> dict:
     start("kube-scheduler")
     start("containerd")
     wait("containerd socket", SOCKET.exists, 60, state)
-    import_images(list(node_images.values()))
+    import_archives(list(node_images.values()))
     start("kubelet")
     start("kube-proxy")
     log(f"node {NODE} Ready after {wait(f'node {NODE} Ready', _node_ready, 180, state):.1f}s")
@@ -385,7 +395,8 @@ def main() -> int:
     sub.add_parser("down")
     sub.add_parser("status")
     imp = sub.add_parser("import")
-    imp.add_argument("archives", nargs="+", type=Path)
+    imp.add_argument("layout", type=Path)
+    imp.add_argument("names", nargs="+")
     ex = sub.add_parser("exec")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -396,7 +407,7 @@ def main() -> int:
     elif args.command == "status":
         return status()
     elif args.command == "import":
-        import_images(args.archives)
+        import_from_layout(args.layout, args.names)
     elif args.command == "exec":
         return exec_in(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     return 0

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages `make e2e` needs (the node: containerd, runc, CNI plugins, iptables for kube-proxy;
-# the images: buildah, mmdebstrap, umoci). Installs the missing ones; a new machine has none of them.
+# the images: buildah, mmdebstrap, skopeo, umoci). Installs the missing ones; a new machine has none of them.
 set -euo pipefail
-PACKAGES=(containerd runc containernetworking-plugins iptables buildah mmdebstrap umoci)
+PACKAGES=(containerd runc containernetworking-plugins iptables buildah mmdebstrap skopeo umoci)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -12,7 +12,7 @@
 # Image builds (PyPI, Debian) run in the host's namespace; everything that talks to pods or Services runs
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
 # (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options, BUILD_IMAGES=0 uses the
-# images built last (~/.cache/bigmodel/images/<image>-$VERSION.oci.tar) even if the code changed since;
+# images built last (tagged $VERSION in the OCI layout ~/.cache/bigmodel/images/oci) even if the code changed since;
 # E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +21,7 @@ REGISTRY=${REGISTRY:-ghcr.io/bigmodel-operator}
 PY=${PY:-.venv/bin/python}
 NODE="$PY tests/cluster/node.py"
 CACHE=${BIGMODEL_CACHE_DIR:-$HOME/.cache/bigmodel}
-step() { printf '\n== %s (at %ss)\n' "$1" "$SECONDS"; }
+step() { printf '\n== %s (at %ss, %(%T)T)\n' "$1" "$SECONDS" -1; }
 
 step "Debian packages"
 tests/e2e/debian_packages.sh
@@ -38,7 +38,7 @@ step "node up (netns)"
 $NODE up
 cleanup() { [ "${KEEP:-0}" = 1 ] || $NODE down; }
 trap cleanup EXIT
-$NODE import "$CACHE"/images/{operator,serving-cpu,trainer}-"$VERSION".oci.tar
+$NODE import "$CACHE/images/oci" "$REGISTRY"/{operator,serving-cpu,trainer}:"$VERSION"
 
 step "bigmodel-operator chart"
 # The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs,

@@ -30,7 +30,7 @@ from .conftest import Steps
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
-# The CPU serving image bakes the tiny model here (serving/Dockerfile.cpu): /tmp would be hidden by the
+# The CPU serving image bakes the tiny model here (the Dockerfile, serving-cpu): /tmp would be hidden by the
 # emptyDir the RayService pods mount on /tmp.
 MODEL_URI = os.environ.get("BIGMODEL_E2E_MODEL_URI", "file:///opt/bigmodel/tiny-llama")
 # Helper pods (the data PVC, the adapter check) run in the trainer image, which has `bigmodel dev tiny-model`.
@@ -59,7 +59,9 @@ TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
 LOAD = os.environ.get("BIGMODEL_E2E_LOAD") == "1"
 LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
 Kubectl = Callable[..., Any]
-# What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside).
+# What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):
+# every kind the operator creates (handlers.CHILD_RESOURCES, the keys Secret) and what KubeRay and the Job
+# controller create for them. PVCs and Ingresses too: the operator makes none today, and none may be left.
 CHILD_KINDS = (
     "rayservices",
     "rayclusters",
@@ -67,9 +69,15 @@ CHILD_KINDS = (
     "pods",
     "jobs",
     "configmaps",
+    "secrets",
     "serviceaccounts",
+    "roles",
     "rolebindings",
+    "networkpolicies",
+    "ingresses",
+    "persistentvolumeclaims",
 )
+KEPT = {"kube-root-ca.crt", "default"}  # what every namespace has
 
 
 def _wait(fn: Callable[[], Any], timeout: float, what: str, interval: float = 3) -> Any:
@@ -559,10 +567,16 @@ def test_bigmodel_and_finetunejob_end_to_end(
         kubectl("delete", "-n", namespace, "bigmodel/tiny-cpu", "finetunejob/tiny-lora", "--wait=true", timeout=300)
 
         def leftovers() -> dict[str, list[str]]:
-            ours = {"kube-root-ca.crt", "default"}
-            left = {kind: [o["metadata"]["name"] for o in _list(kubectl, namespace, kind)] for kind in CHILD_KINDS}
+            left = {kind: _list(kubectl, namespace, kind) for kind in CHILD_KINDS}
             return {
-                kind: [n for n in names if n not in ours and not n.startswith("e2e-")] for kind, names in left.items()
+                kind: [
+                    o["metadata"]["name"]
+                    for o in objs
+                    if o["metadata"]["name"] not in KEPT
+                    and not o["metadata"]["name"].startswith("e2e-")
+                    and o.get("type") != "kubernetes.io/service-account-token"
+                ]
+                for kind, objs in left.items()
             }
 
         deadline = time.monotonic() + 300

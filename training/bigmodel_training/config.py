@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bigmodel_contract.safe_paths import check_path, check_uri
+
 # Where the operator mounts pvc:// volumes when it does not say otherwise: pvc://claim/a/b is
 # found at <MOUNT_ROOT>/claim/a/b. The operator normally sets `local_path` explicitly.
 DEFAULT_MOUNT_ROOT = "/mnt/bigmodel"
@@ -29,7 +31,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-def _check_uri(uri: str) -> str:
+def _check_uri(uri: str, local_path: str | None = None) -> str:
+    """A known scheme; no hidden characters or `..` segment in the URI or in where it is mounted
+    (bigmodel_contract: the rule the operator applied at admission, repeated where files are opened)."""
+    check_uri(uri)
+    if local_path is not None:
+        check_path(local_path)
     if not uri.startswith(URI_SCHEMES):
         raise ValueError(f"unsupported URI {uri!r}: expected one of {', '.join(URI_SCHEMES)}")
     if uri.startswith("file://") and not uri.startswith("file:///"):
@@ -55,7 +62,7 @@ class BaseModelSource(_Model):
 
     @model_validator(mode="after")
     def _uri(self) -> BaseModelSource:
-        _check_uri(self.uri)
+        _check_uri(self.uri, self.local_path)
         return self
 
 
@@ -86,7 +93,7 @@ class DatasetSource(_Model):
 
     @model_validator(mode="after")
     def _uri(self) -> DatasetSource:
-        _check_uri(self.uri)
+        _check_uri(self.uri, self.local_path)
         if self.feedback is not None and self.format != "chat":
             raise ValueError("dataset.feedback records are chat conversations: format must be chat")
         return self
@@ -151,7 +158,7 @@ class OutputTarget(_Model):
 
     @model_validator(mode="after")
     def _uri(self) -> OutputTarget:
-        _check_uri(self.uri)
+        _check_uri(self.uri, self.local_path)
         return self
 
 
@@ -209,7 +216,7 @@ class EvaluationConfig(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:
         if self.dataset_uri is not None:
-            _check_uri(self.dataset_uri)
+            _check_uri(self.dataset_uri, self.dataset_local_path)
         if self.pattern is not None:
             import re
 

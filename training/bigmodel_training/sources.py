@@ -6,8 +6,11 @@
 - file:///abs/path → /abs/path.
 - hf://org/name (models) → a snapshot downloaded with huggingface_hub, token from the env variable
   named by `hf_token_env`; hf://datasets/org/name/path/file.jsonl (data) → that one file.
-- http(s):// (data) → downloaded with urllib. s3:// (data, models) → boto3 (storage.py), endpoint and
+- http(s):// (data) → http_fetch.py: public addresses only (checked after DNS resolution, on every
+  redirect), at most `max_file_bytes`. s3:// (data, models) → boto3 (storage.py), endpoint and
   credentials from AWS_* variables; gs:// (data) → google-cloud-storage when the image has it.
+- Every path goes through bigmodel_contract.safe_paths (the rule the operator and serving use too):
+  decoded, checked for `..`, and resolved inside its claim's mount so a symlink cannot lead out.
 - Outputs: pvc://, file:// or a mounted `local_path`; s3:// is staged in a local folder and uploaded
   (remote_output.py).
 """
@@ -16,15 +19,14 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bigmodel_operator.safe_paths import PathEscapeError, resolve_inside
-from bigmodel_training import storage
+from bigmodel_contract.fetch_addresses import UnsafeAddressError
+from bigmodel_contract.safe_paths import PathEscapeError, resolve_inside, resolve_local
+from bigmodel_training import http_fetch, storage
 from bigmodel_training.config import DEFAULT_MOUNT_ROOT, BaseModelSource, DatasetSource, OutputTarget
-from bigmodel_training.errors import SourceError, UnsupportedError
+from bigmodel_training.errors import ConfigError, DatasetError, SourceError, UnsupportedError
 from bigmodel_training.remote_output import RemoteOutput
 
 MOUNT_ROOT_ENV = "BIGMODEL_MOUNT_ROOT"
@@ -46,14 +48,23 @@ def mount_path(uri: str) -> Path:
 
 def local_path_of(uri: str) -> Path | None:
     """The local path of a pvc:// or file:// URI, or None for remote schemes."""
-    if uri.startswith("file://"):
-        path = uri.removeprefix("file://")
-        if ".." in path.split("/"):
-            raise SourceError(f"{uri}: a '..' segment is not allowed")
-        return Path(path)
     if uri.startswith("pvc://"):
         return mount_path(uri)
-    return None
+    try:
+        return resolve_local(uri, None)
+    except PathEscapeError as exc:
+        raise SourceError(f"{uri}: {exc}") from exc
+
+
+def _located(uri: str, local_path: str | None) -> Path | None:
+    """Where the operator mounted `uri` (`local_path`, symlinks resolved inside the claim), else
+    `local_path_of(uri)`."""
+    if not local_path:
+        return local_path_of(uri)
+    try:
+        return resolve_local(uri, local_path)
+    except PathEscapeError as exc:
+        raise SourceError(f"{uri} at {local_path}: {exc}") from exc
 
 
 def _token(env_name: str | None) -> str | None:
@@ -62,7 +73,7 @@ def _token(env_name: str | None) -> str | None:
 
 def resolve_model_dir(source: BaseModelSource, hf_token_env: str | None, scratch: Path) -> Path:
     """A local directory holding the base model's config, weights and tokenizer."""
-    path = Path(source.local_path) if source.local_path else local_path_of(source.uri)
+    path = _located(source.uri, source.local_path)
     if path is not None:
         if not (path / "config.json").is_file():
             raise SourceError(f"base model {source.uri}: no config.json in {path}")
@@ -92,7 +103,7 @@ def resolve_model_dir(source: BaseModelSource, hf_token_env: str | None, scratch
 def resolve_dataset_file(source: DatasetSource, hf_token_env: str | None, scratch: Path) -> Path:
     """A local JSONL file (downloaded into `scratch` when remote)."""
     uri = source.uri
-    path = Path(source.local_path) if source.local_path else local_path_of(uri)
+    path = _located(uri, source.local_path)
     if source.feedback is not None:  # a feedback sink: a directory of records, filtered into chat JSONL
         from bigmodel_training.feedback import feedback_dataset
 
@@ -107,15 +118,17 @@ def resolve_dataset_file(source: DatasetSource, hf_token_env: str | None, scratc
         if uri.startswith("hf://"):
             return _from_hub(uri, hf_token_env, scratch)
         if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(uri, timeout=60) as response, open(target, "wb") as out:  # noqa: S310
-                shutil.copyfileobj(response, out)
-            return target
+            return http_fetch.fetch_to_file(uri, target, max_bytes=source.max_file_bytes)
         if uri.startswith("s3://"):
             return _from_s3(uri, target)
         if uri.startswith("gs://"):
             return _from_gcs(uri, target)
     except (SourceError, UnsupportedError):
         raise
+    except (UnsafeAddressError, PathEscapeError) as exc:  # never better on a retry: the Job fails at once
+        raise ConfigError(f"dataset {uri} refused: {exc} (http(s) datasets must be on public addresses)") from exc
+    except http_fetch.DownloadTooLargeError as exc:
+        raise DatasetError(f"dataset {uri}: {exc}") from exc
     except Exception as exc:
         raise SourceError(f"cannot download dataset {uri}: {exc}") from exc
     raise UnsupportedError(f"dataset {uri}: unsupported URI scheme")
@@ -162,7 +175,7 @@ def resolve_output_dir(target: OutputTarget) -> Path:
     An s3:// output without a mounted `local_path` is staged under the S3 cache folder (one per URI,
     so a restarted container finds its checkpoints) and uploaded by `remote_output`.
     """
-    path = Path(target.local_path) if target.local_path else local_path_of(target.uri)
+    path = _located(target.uri, target.local_path)
     if path is None and target.uri.startswith("s3://"):
         storage.split_uri(target.uri)
         path = storage.cache_dir_for(target.uri) / "output"

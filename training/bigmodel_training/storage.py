@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bigmodel_contract.safe_paths import path_problem
 from bigmodel_training.errors import SourceError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ def split_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket:
         raise SourceError(f"{uri}: no bucket")
-    if ".." in key.split("/") or "\0" in key:
-        raise SourceError(f"{uri}: a '..' segment or NUL byte is not allowed")
+    problem = path_problem(key)
+    if problem:
+        raise SourceError(f"{uri}: {problem}")
     return bucket, key
 
 
@@ -98,7 +100,7 @@ def list_objects(uri: str) -> list[tuple[str, int]]:
 
 def _safe_local(root: Path, rel: str, uri: str) -> Path:
     parts = PurePosixPath(rel).parts
-    if not parts or ".." in parts or rel.startswith("/") or "\0" in rel:
+    if not parts or rel.startswith("/") or path_problem(rel):
         raise SourceError(f"{uri}: object {rel!r} would leave the download folder")
     return root.joinpath(*parts)
 

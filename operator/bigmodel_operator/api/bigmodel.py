@@ -5,24 +5,27 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from bigmodel_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    INLINE_CONFIG_LIMITS,
     QUALIFIED_NAME,
     REVISION_PATTERN,
     ApiModel,
     Condition,
+    InlineModelConfig,
     NodeSelector,
-    NoParentSegments,
     ResourcesSpec,
+    SafeLocation,
     SecretKeyRef,
     Toleration,
     cel,
+    location_rules,
     map_keys_match,
-    no_parent_segments,
     re2_literal,
+    rules,
 )
 from bigmodel_operator.api.feedback import FeedbackSpec
 from bigmodel_operator.api.vllm_tool_parsers import TOOL_CALL_PARSERS
@@ -34,9 +37,15 @@ MODEL_URI_PATTERN = (
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
 TOOL_PARSER_OFF = "none"
 TOOL_PARSER_CHOICES = (*TOOL_CALL_PARSERS, TOOL_PARSER_OFF)
-MAX_INLINE_CONFIG_KEYS = 512
-"""Top-level keys of an inline config.json (real ones have 30-80); the operator also refuses one
-over 256 KiB or nested deeper than 32 levels (reconcile/model_source.py)."""
+_NOT_ON_CPU = (
+    "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
+    "self.resources.gpu.count != 0"
+)
+"""CEL: true unless resources.gpu.count is 0 (the CPU engine)."""
+CPU_PARALLEL_MESSAGE = (
+    "{field} must be 1 (or left out) when resources.gpu.count is 0: vLLM's CPU engine runs one model copy in "
+    "one process per replica; set resources.gpu.count to use tensor or pipeline parallelism"
+)
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -55,10 +64,12 @@ class ModelSpec(ApiModel):
     """Where the model comes from and how clients address it."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel("!(has(self.config) && has(self.configMapRef))", "set config or configMapRef, not both")
+        # Not CEL: CEL cannot type the free-form `config` (its values are any JSON), so a rule that names it
+        # does not compile. The apiserver says "must not validate the schema (not)"; the operator names both.
+        json_schema_extra={"not": {"required": ["config", "configMapRef"]}}
     )
 
-    uri: Annotated[str, NoParentSegments] = Field(
+    uri: Annotated[str, SafeLocation] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description=(
@@ -66,14 +77,14 @@ class ModelSpec(ApiModel):
             "pvc://claim/path (a PersistentVolumeClaim in this namespace), file:///path (a path inside "
             "the serving image), or oci://registry/repo:tag. No '..' path segments."
         ),
-        json_schema_extra=no_parent_segments("model.uri"),
+        json_schema_extra=location_rules("model.uri"),
     )
-    revision: Annotated[str | None, NoParentSegments] = Field(
+    revision: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=256,
         pattern=REVISION_PATTERN,
         description="Hub revision (branch, tag or commit) for hf:// models; no spaces or control characters.",
-        json_schema_extra=no_parent_segments("model.revision"),
+        json_schema_extra=location_rules("model.revision"),
     )
     served_name: str | None = Field(
         default=None,
@@ -81,25 +92,30 @@ class ModelSpec(ApiModel):
         pattern=SERVED_NAME_PATTERN,
         description="Name clients pass as `model` in OpenAI requests (default: the BigModel's name).",
     )
-    tokenizer: Annotated[str | None, NoParentSegments] = Field(
+    tokenizer: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description="Tokenizer location when it differs from the model (same URI schemes, no '..' segments).",
-        json_schema_extra=no_parent_segments("model.tokenizer"),
+        json_schema_extra=location_rules("model.tokenizer"),
     )
-    config: dict[str, Any] | None = Field(
+    config: InlineModelConfig | None = Field(
         default=None,
-        max_length=MAX_INLINE_CONFIG_KEYS,
         description=(
             "The model's config.json inline, for sources the operator cannot read (pvc://, file://, "
-            "s3://, gs://, oci://). Used only for the GPU memory plan. At most 512 top-level keys, "
-            "256 KiB and 32 levels of nesting; larger configs are refused with reason ModelConfigOutOfBounds."
+            "s3://, gs://, oci://). Used only for the GPU memory plan. A real one is a few KiB: "
+            f"{INLINE_CONFIG_LIMITS}."
         ),
     )
     config_map_ref: ConfigMapKeyRef | None = Field(
-        default=None, description="A ConfigMap holding the model's config.json, instead of `config`."
+        default=None, description="A ConfigMap holding the model's config.json, instead of `config` (not both)."
     )
+
+    @model_validator(mode="after")
+    def _one_config(self) -> ModelSpec:
+        if self.config is not None and self.config_map_ref is not None:
+            raise ValueError("set model.config or model.configMapRef, not both")
+        return self
 
 
 class EngineSpec(ApiModel):
@@ -200,10 +216,11 @@ class RuntimeSpec(ApiModel):
             "(development and tests)."
         ),
     )
-    image: str | None = Field(
+    image: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=1024,
         description="Serving image (default: the operator's configured image for the engine).",
+        json_schema_extra=location_rules("runtime.image"),
     )
 
 
@@ -270,7 +287,7 @@ class AdapterSpec(ApiModel):
     """A LoRA adapter served alongside the base model as `<servedName>:<name>`."""
 
     name: str = Field(max_length=63, pattern=DNS_LABEL, description="Adapter name, unique in the list.")
-    uri: Annotated[str, NoParentSegments] = Field(
+    uri: Annotated[str, SafeLocation] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description=(
@@ -278,7 +295,7 @@ class AdapterSpec(ApiModel):
             "s3://bucket/prefix (each replica downloads it on first use; keys from credentials.storageSecretName). "
             "No '..' segments."
         ),
-        json_schema_extra=no_parent_segments("adapters[].uri"),
+        json_schema_extra=location_rules("adapters[].uri"),
     )
     rank: int | None = Field(
         default=None,
@@ -458,16 +475,28 @@ class BigModelSpec(ApiModel):
     """Desired state of a served model."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel(
-            "!has(self.engine) || !has(self.engine.tensorParallelSize) || !has(self.resources) || "
-            "!has(self.resources.gpu) || !has(self.resources.gpu.count) || self.resources.gpu.count % "
-            "(self.engine.tensorParallelSize * (has(self.engine.pipelineParallelSize) ? "
-            "self.engine.pipelineParallelSize : 1)) == 0",
-            "resources.gpu.count must be a multiple of engine.tensorParallelSize x engine.pipelineParallelSize",
-            "!has(self.adapters) || self.adapters.all(a, a.uri.startsWith('pvc://') || a.uri.startsWith('file://') "
-            "|| a.uri.startsWith('s3://'))",
-            "adapters are loaded from disk or S3: use pvc://, file:// or s3:// URIs",
-        )
+        json_schema_extra={
+            "x-kubernetes-validations": cel(
+                "!has(self.engine) || !has(self.engine.tensorParallelSize) || !has(self.resources) || "
+                "!has(self.resources.gpu) || !has(self.resources.gpu.count) || self.resources.gpu.count % "
+                "(self.engine.tensorParallelSize * (has(self.engine.pipelineParallelSize) ? "
+                "self.engine.pipelineParallelSize : 1)) == 0",
+                "resources.gpu.count must be a multiple of engine.tensorParallelSize x engine.pipelineParallelSize",
+                "!has(self.adapters) || self.adapters.all(a, a.uri.startsWith('pvc://') || a.uri.startsWith('file://') "
+                "|| a.uri.startsWith('s3://'))",
+                "adapters are loaded from disk or S3: use pvc://, file:// or s3:// URIs",
+            )["x-kubernetes-validations"]
+            + rules(
+                f"{_NOT_ON_CPU} || !has(self.engine) || !has(self.engine.tensorParallelSize) || "
+                "self.engine.tensorParallelSize == 1",
+                CPU_PARALLEL_MESSAGE.format(field="engine.tensorParallelSize"),
+                ".engine.tensorParallelSize",
+                f"{_NOT_ON_CPU} || !has(self.engine) || !has(self.engine.pipelineParallelSize) || "
+                "self.engine.pipelineParallelSize == 1",
+                CPU_PARALLEL_MESSAGE.format(field="engine.pipelineParallelSize"),
+                ".engine.pipelineParallelSize",
+            )["x-kubernetes-validations"]
+        }
     )
 
     model: ModelSpec = Field(description="The model to serve.")
@@ -514,6 +543,19 @@ class BigModelSpec(ApiModel):
     feedback: FeedbackSpec | None = Field(
         default=None, description="POST /v1/feedback and the sink its records go to (off by default)."
     )
+
+    @model_validator(mode="after")
+    def _cpu_runs_one_engine_process(self) -> BigModelSpec:
+        gpu = self.resources.gpu if self.resources else None
+        if gpu is None or gpu.count != 0 or self.engine is None:
+            return self
+        for field, size in (
+            ("tensorParallelSize", self.engine.tensor_parallel_size),
+            ("pipelineParallelSize", self.engine.pipeline_parallel_size),
+        ):
+            if size is not None and size != 1:
+                raise ValueError(CPU_PARALLEL_MESSAGE.format(field=f"engine.{field}"))
+        return self
 
 
 class AdapterVersionStatus(ApiModel):

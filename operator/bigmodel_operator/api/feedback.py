@@ -4,21 +4,15 @@ on it (`spec.dataset.fromFeedback`). See docs/loop.md, section Feedback."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import ConfigDict, Field, model_validator
 
-from bigmodel_operator.api.base import DNS_SUBDOMAIN, ApiModel, NoParentSegments, no_parent_segments
+from bigmodel_operator.api.base import DNS_SUBDOMAIN, ApiModel, SafeLocation, location_rules, rules
 
 S3_SINK_PATTERN = r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/\S*)?$"
 SINK_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 RATING_MIN, RATING_MAX = 1, 5
-
-
-def rules(*rule_message_path: str) -> dict[str, Any]:
-    """CEL rules with the field path the apiserver names: rules(rule, message, fieldPath, ...)."""
-    triples = zip(rule_message_path[::3], rule_message_path[1::3], rule_message_path[2::3], strict=True)
-    return {"x-kubernetes-validations": [{"rule": r, "message": m, "fieldPath": p} for r, m, p in triples]}
 
 
 class FeedbackPvcSink(ApiModel):
@@ -32,12 +26,12 @@ class FeedbackPvcSink(ApiModel):
             "it needs access mode ReadWriteMany."
         ),
     )
-    path: Annotated[str | None, NoParentSegments] = Field(
+    path: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=1024,
         pattern=SINK_PATH_PATTERN,
         description="Directory inside the claim for the JSONL files (default feedback/<BigModel name>).",
-        json_schema_extra=no_parent_segments("feedback.sink.pvc.path"),
+        json_schema_extra=location_rules("feedback.sink.pvc.path"),
     )
 
 
@@ -49,7 +43,7 @@ class FeedbackSinkSpec(ApiModel):
     )
 
     pvc: FeedbackPvcSink | None = Field(default=None, description="A PersistentVolumeClaim (recommended).")
-    uri: Annotated[str | None, NoParentSegments] = Field(
+    uri: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=2048,
         pattern=S3_SINK_PATTERN,
@@ -57,7 +51,7 @@ class FeedbackSinkSpec(ApiModel):
             "s3://bucket/prefix (S3 or an S3-compatible store): one JSONL object per feedback under "
             "<prefix>/feedback-YYYY-MM-DD/, with the keys of credentials.storageSecretName."
         ),
-        json_schema_extra=no_parent_segments("feedback.sink.uri"),
+        json_schema_extra=location_rules("feedback.sink.uri"),
     )
 
     @model_validator(mode="after")

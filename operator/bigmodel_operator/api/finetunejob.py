@@ -10,19 +10,23 @@ from pydantic import ConfigDict, Field, model_validator
 from bigmodel_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    INLINE_CONFIG_LIMITS,
     REVISION_PATTERN,
     ApiModel,
     Condition,
+    InlineModelConfig,
     NodeSelector,
-    NoParentSegments,
     ResourcesSpec,
+    SafeFetchedLocation,
+    SafeLocation,
     SecretKeyRef,
     Toleration,
     cel,
-    no_parent_segments,
+    location_rules,
+    rules,
 )
 from bigmodel_operator.api.bigmodel import MODEL_URI_PATTERN
-from bigmodel_operator.api.feedback import FromFeedbackSpec, rules
+from bigmodel_operator.api.feedback import FromFeedbackSpec
 from bigmodel_operator.planning import TrainingPlan
 
 DATA_URI_PATTERN = r"^(hf://\S+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|https?://\S+)$"
@@ -46,23 +50,24 @@ class BaseModelSpec(ApiModel):
         json_schema_extra=cel("has(self.uri) != has(self.bigModelRef)", "set exactly one of uri or bigModelRef")
     )
 
-    uri: Annotated[str | None, NoParentSegments] = Field(
+    uri: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description="Model location (as BigModel; no '..' path segments).",
-        json_schema_extra=no_parent_segments("baseModel.uri"),
+        json_schema_extra=location_rules("baseModel.uri"),
     )
-    revision: Annotated[str | None, NoParentSegments] = Field(
+    revision: Annotated[str | None, SafeLocation] = Field(
         default=None,
         max_length=256,
         pattern=REVISION_PATTERN,
         description="Hub revision for hf:// models; no spaces or control characters.",
-        json_schema_extra=no_parent_segments("baseModel.revision"),
+        json_schema_extra=location_rules("baseModel.revision"),
     )
     big_model_ref: BigModelRef | None = Field(default=None, description="Fine-tune the model this BigModel serves.")
-    config: dict[str, Any] | None = Field(
-        default=None, description="The model's config.json inline, for the training memory plan."
+    config: InlineModelConfig | None = Field(
+        default=None,
+        description=f"The model's config.json inline, for the training memory plan: {INLINE_CONFIG_LIMITS}.",
     )
 
 
@@ -83,12 +88,17 @@ class DatasetSpec(ApiModel):
         )
     )
 
-    uri: Annotated[str | None, NoParentSegments] = Field(
+    uri: Annotated[str | None, SafeFetchedLocation] = Field(
         default=None,
         max_length=2048,
         pattern=DATA_URI_PATTERN,
-        description="JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:/// (no '..' segments).",
-        json_schema_extra=no_parent_segments("dataset.uri"),
+        description=(
+            "JSONL file: pvc://claim/path, s3://, gs://, hf://, http(s):// or file:/// (no '..' segments). "
+            "http(s):// must reach a public address: loopback, link-local (cloud metadata), private and "
+            "other internal addresses are refused at admission and by the trainer after DNS resolution "
+            "and on every redirect."
+        ),
+        json_schema_extra=location_rules("dataset.uri", fetched=True),
     )
     from_feedback: FromFeedbackSpec | None = Field(
         default=None,
@@ -169,7 +179,7 @@ class HyperparametersSpec(ApiModel):
 class OutputSpec(ApiModel):
     """Where the adapter (or full model) is written."""
 
-    uri: Annotated[str, NoParentSegments] = Field(
+    uri: Annotated[str, SafeLocation] = Field(
         max_length=2048,
         pattern=OUTPUT_URI_PATTERN,
         description=(
@@ -177,7 +187,7 @@ class OutputSpec(ApiModel):
             "s3://bucket/prefix (S3 or an S3-compatible store: endpoint and keys from the Secret named by "
             "credentials.storageSecretName; checkpoints are uploaded as they are written); no '..' segments."
         ),
-        json_schema_extra=no_parent_segments("output.uri"),
+        json_schema_extra=location_rules("output.uri"),
     )
 
 
@@ -276,15 +286,16 @@ class EvaluationSpec(ApiModel):
         )
     )
 
-    dataset_uri: Annotated[str | None, NoParentSegments] = Field(
+    dataset_uri: Annotated[str | None, SafeFetchedLocation] = Field(
         default=None,
         max_length=2048,
         pattern=DATA_URI_PATTERN,
         description=(
             'Eval set, JSONL: {"prompt", "reference"} or {"messages": [...]} whose last assistant turn is the '
-            "reference. The adapted and the base model generate an answer for each prompt. No '..' segments."
+            "reference. The adapted and the base model generate an answer for each prompt. No '..' segments; "
+            "http(s):// only to public addresses (as dataset.uri)."
         ),
-        json_schema_extra=no_parent_segments("evaluation.datasetUri"),
+        json_schema_extra=location_rules("evaluation.datasetUri", fetched=True),
     )
     scorer: Literal["exact", "contains", "json", "regex"] | None = Field(
         default=None,

@@ -37,6 +37,7 @@ def ingress_feedback(name: str, spec: BigModelSpec) -> dict[str, Any] | None:
     out: dict[str, Any] = {"enabled": True}
     if sink.pvc is not None:
         out["sink_path"] = f"{FEEDBACK_MOUNT}/{sink_subpath(name, spec)}"
+        out["sink_root"] = FEEDBACK_MOUNT  # the claim's mount: the ingress resolves the sink inside it
     else:
         out["sink_uri"] = sink.uri
     retention = spec.feedback.retention

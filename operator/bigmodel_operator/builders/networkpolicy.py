@@ -9,8 +9,13 @@ file or the prompts. The policy admits:
   probes through the Serve Service;
 - every port from the same BigModel's Ray pods (GCS, object store, raylets, NCCL/Gloo between workers);
 - the dashboard port (8265) from the KubeRay operator, which reads the Serve applications' status and
-  submits the Serve config there (pods labelled ``app.kubernetes.io/name: kuberay-operator`` in any
-  namespace: the label KubeRay's Helm chart puts on its operator).
+  submits the Serve config there: only pods labelled like KubeRay's operator (``kuberay_operator_labels``,
+  default ``app.kubernetes.io/name: kuberay-operator``, the label of KubeRay's Helm chart) *in the
+  operator's namespace* (``kuberay_operator_namespace``, default ``kuberay-system``, matched by the
+  ``kubernetes.io/metadata.name`` label the apiserver puts on every namespace). A label alone would let
+  any tenant who labels a pod that way reach every model's dashboard.
+
+GCS (6379) and the client port stay open only to the same BigModel's Ray pods.
 
 Egress is not restricted: the pods download models from the Hub or object stores. A NetworkPolicy
 is enforced only by a CNI that implements it (Calico, Cilium, ...); elsewhere it is inert.
@@ -25,7 +30,7 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.config import OperatorConfig
 
 RAY_DASHBOARD_PORT = 8265
-KUBERAY_OPERATOR_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def ray_pod_selector(name: str) -> dict[str, str]:
@@ -62,7 +67,14 @@ def build_network_policy(body: dict[str, Any], spec: BigModelSpec, config: Opera
                 {"ports": [{"protocol": "TCP", "port": config.serve_port}]},
                 {"from": [{"podSelector": selector}]},
                 {
-                    "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KUBERAY_OPERATOR_LABELS)}}],
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {NAMESPACE_NAME_LABEL: config.kuberay_operator_namespace}
+                            },
+                            "podSelector": {"matchLabels": dict(config.kuberay_operator_labels)},
+                        }
+                    ],
                     "ports": [{"protocol": "TCP", "port": RAY_DASHBOARD_PORT}],
                 },
             ],

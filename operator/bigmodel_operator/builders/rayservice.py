@@ -14,6 +14,8 @@ from bigmodel_operator.builders.serve_args import (
     API_KEYS_DIR,
     ENGINE_REPLICA_CPUS,
     HF_TOKEN_ENV,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
     Promotions,
     api_keys_secret_name,
     render_application,
@@ -47,7 +49,7 @@ def _image(spec: BigModelSpec, place: Placement, config: OperatorConfig) -> str:
     return config.images.vllm if place.on_gpu else config.images.cpu
 
 
-def _worker_resources(spec: BigModelSpec, place: Placement, ephemeral: str | None) -> dict[str, Any]:
+def _worker_resources(spec: BigModelSpec, place: Placement, ephemeral: str) -> dict[str, Any]:
     res = spec.resources
     gpu_pod = place.gpus_per_pod > 0
     cpu = (res.cpu if res and res.cpu is not None else None) or ("8" if gpu_pod else "2")
@@ -55,8 +57,7 @@ def _worker_resources(spec: BigModelSpec, place: Placement, ephemeral: str | Non
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
     if gpu_pod:
         limits[GPU_RESOURCE] = str(place.gpus_per_pod)
-    if ephemeral:
-        limits["ephemeral-storage"] = ephemeral
+    limits["ephemeral-storage"] = ephemeral
     return {"requests": dict(limits), "limits": limits}
 
 
@@ -71,9 +72,15 @@ def _worker_pod_spec(
     gpu_pod = place.gpus_per_pod > 0
     shm, shm_mount = shm_volume("16Gi" if gpu_pod else "1Gi")
     # The cache receives downloaded weights: sized from the plan so the scheduler places the pod where they fit.
-    sizes = scratch_sizes(place.weight_bytes, downloads_remote(spec.model.uri, spec.model.tokenizer))
-    cache, cache_mount = scratch_volume("model-cache", CACHE_MOUNT, sizes.cache if sizes else None)
-    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT)
+    # Without a plan (remote weights of unknown size) the operator's default_ephemeral_storage applies.
+    sizes = scratch_sizes(
+        place.weight_bytes,
+        downloads_remote(spec.model.uri, spec.model.tokenizer),
+        spec.resources.ephemeral_storage if spec.resources else None,
+        config.default_ephemeral_storage,
+    )
+    cache, cache_mount = scratch_volume("model-cache", CACHE_MOUNT, sizes.cache)
+    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT, sizes.tmp)
     volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
@@ -98,7 +105,7 @@ def _worker_pod_spec(
                 {
                     "name": "ray-worker",
                     "image": _image(spec, place, config),
-                    "resources": _worker_resources(spec, place, sizes.total if sizes else None),
+                    "resources": _worker_resources(spec, place, sizes.total),
                     # KubeRay's readiness probe of a worker checks the Serve proxy on this pod's `serve` port
                     # (8000 when absent), so it is named here too.
                     "ports": [_serve_port(config)],
@@ -143,9 +150,10 @@ def _api_keys(body_name: str, spec: BigModelSpec) -> tuple[list[dict[str, Any]],
 def _head_pod_spec(
     body_name: str, spec: BigModelSpec, place: Placement, config: OperatorConfig, pod_labels: dict[str, str]
 ) -> dict:
-    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT)
+    # Ray's session directory and logs live in /tmp: bounded, and requested so the scheduler counts them.
+    tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT, config.head_ephemeral_storage)
     keys_volumes, keys_mounts = _api_keys(body_name, spec)
-    limits = {"cpu": config.head_cpu, "memory": config.head_memory}
+    limits = {"cpu": config.head_cpu, "memory": config.head_memory, "ephemeral-storage": config.head_ephemeral_storage}
     return {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
@@ -161,6 +169,8 @@ def _head_pod_spec(
                         {"name": "dashboard", "containerPort": 8265},
                         {"name": "client", "containerPort": 10001},
                         _serve_port(config),
+                        # The serving app's GET /metrics (its metrics deployment runs on the head).
+                        {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
                     ],
                     "volumeMounts": [tmp_mount, *sink_mounts(spec), *keys_mounts],
                     "securityContext": restricted_container_security(),

@@ -28,6 +28,10 @@ APP_IMPORT_PATH = "bigmodel_serving.app:build_app"
 INGRESS_DEPLOYMENT = "BigModelIngress"
 ENGINE_DEPLOYMENT = "BigModelEngine"
 REQUEST_TIMEOUT_S = 600
+METRICS_PORT = 8079
+"""GET /metrics of the serving app (its metrics deployment, on the Ray head): the head container's
+`bm-metrics` port, scraped by the chart's PodMonitor; neither the Ingress nor the serve Service exposes it."""
+METRICS_PORT_NAME = "bm-metrics"
 CPU_MEMORY_UTILIZATION = 0.05
 """vLLM's CPU build reads gpu_memory_utilization as the share of host RAM for the KV cache: 0.9
 would take most of a shared node, so CPU replicas default to 5% unless the spec says otherwise."""
@@ -275,6 +279,7 @@ def render_serve_args(
         "resources": {"accelerator": "gpu" if place.on_gpu else "cpu", "num_cpus": ENGINE_REPLICA_CPUS},
         "request_timeout_s": REQUEST_TIMEOUT_S,
         "hf_token_env": HF_TOKEN_ENV,
+        "metrics": {"host": "0.0.0.0", "port": METRICS_PORT},
     }
     lora = lora_args(spec, promotions)
     if lora:

@@ -20,6 +20,7 @@ from bigmodel_operator.builders.volumes import (
     restricted_pod_security,
     scratch_volume,
     shm_volume,
+    trainer_scratch_sizes,
 )
 from bigmodel_operator.config import OperatorConfig
 
@@ -162,11 +163,11 @@ def build_identity(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [_hashed(account), _hashed(role), _hashed(binding)]
 
 
-def _resources(spec: FineTuneJobSpec, gpus: int) -> dict[str, Any]:
+def _resources(spec: FineTuneJobSpec, gpus: int, ephemeral: str) -> dict[str, Any]:
     res = spec.resources
     cpu = (res.cpu if res and res.cpu is not None else None) or ("8" if gpus else "2")
     memory = (res.memory if res and res.memory is not None else None) or ("64Gi" if gpus else "8Gi")
-    limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
+    limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory), "ephemeral-storage": ephemeral}
     if gpus:
         limits[GPU_RESOURCE] = str(gpus)
     return {"requests": dict(limits), "limits": limits}
@@ -210,8 +211,14 @@ def build_job(
     """The batch/v1 Job running `python -m bigmodel_training --config ...` on a GPU node."""
     owner = body["metadata"]["name"]
     shm, shm_mount = shm_volume("8Gi" if gpus else "512Mi")
-    tmp, tmp_mount = scratch_volume("tmp", "/tmp")
-    cache, cache_mount = scratch_volume("cache", "/home/trainer/.cache")
+    sizes = trainer_scratch_sizes(
+        json.loads(config_map["data"]["config.json"]),
+        plan,
+        spec.resources.ephemeral_storage if spec.resources else None,
+        config.default_ephemeral_storage,
+    )
+    tmp, tmp_mount = scratch_volume("tmp", "/tmp", sizes.tmp)
+    cache, cache_mount = scratch_volume("cache", "/home/trainer/.cache", sizes.cache)
     cfg_volume = {"name": "trainer-config", "configMap": {"name": config_map["metadata"]["name"]}}
     cfg_mount = {"name": "trainer-config", "mountPath": CONFIG_DIR, "readOnly": True}
     env: list[dict[str, Any]] = [
@@ -232,7 +239,7 @@ def build_job(
         "image": config.images.trainer,
         "command": ["python", "-m", "bigmodel_training", "--config", CONFIG_FILE],
         "env": env,
-        "resources": _resources(spec, gpus),
+        "resources": _resources(spec, gpus, sizes.total),
         "volumeMounts": [cfg_mount, shm_mount, tmp_mount, cache_mount, *mounts.mounts],
         "securityContext": restricted_container_security(read_only_root=True),
         "terminationMessagePath": "/dev/termination-log",

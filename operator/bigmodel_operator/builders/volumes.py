@@ -63,6 +63,8 @@ def _volume_name(claim: str) -> str:
 
 
 REMOTE_SCHEMES = ("hf", "s3", "gs", "oci")
+REMOTE_DATA = ("hf", "s3", "gs", "http", "https")
+"""Sources the trainer downloads (models from hf:// and s3://; datasets also over http(s))."""
 TMP_MOUNT, CACHE_MOUNT, SHM_MOUNT = "/tmp", "/home/ray/.cache", "/dev/shm"
 SCRATCH_MOUNTS = (TMP_MOUNT, CACHE_MOUNT, SHM_MOUNT)
 """Where the serving pods mount empty scratch volumes: whatever the image has under them is hidden."""
@@ -72,10 +74,25 @@ SCRATCH_GIB = 10
 """/tmp (Ray's session logs and spilled objects) and container logs, on top of the cache."""
 
 
+TRAINER_STAGED_CHECKPOINTS = 3
+"""An s3:// output is staged locally: the trainer keeps two complete checkpoints and writes a third."""
+DEFAULT_DATASET_GIB = 4
+"""A downloaded dataset without its own dataset.maxFileBytes may be this large (the trainer's default)."""
+_GIB = 2**30
+
+
 @dataclass(frozen=True)
 class ScratchSizes:
+    """Local disk of one pod: every emptyDir it mounts on disk gets a sizeLimit, the container the total."""
+
     cache: str  # sizeLimit of the emptyDir that receives weights
+    tmp: str  # sizeLimit of /tmp
     total: str  # the container's ephemeral-storage request and limit
+
+    @classmethod
+    def flat(cls, size: str) -> ScratchSizes:
+        """One size for everything: each volume may use it all, the kubelet holds the pod to the total."""
+        return cls(cache=size, tmp=size, total=size)
 
 
 def downloads_remote(*uris: str | None) -> bool:
@@ -83,15 +100,52 @@ def downloads_remote(*uris: str | None) -> bool:
     return any(uri and urlparse(uri).scheme in REMOTE_SCHEMES for uri in uris)
 
 
-def scratch_sizes(weight_bytes: int | None, remote: bool) -> ScratchSizes | None:
-    """Ephemeral storage of a model pod from the plan's weight size; None when the weights are unknown.
+def scratch_sizes(
+    weight_bytes: int | None, remote: bool, override: str | int | None = None, fallback: str = "100Gi"
+) -> ScratchSizes:
+    """Ephemeral storage of a model pod: `override` (spec.resources.ephemeralStorage), else from the
+    plan's weight size, else `fallback` when the pod downloads weights of unknown size.
 
     Downloaded weights get 5% headroom (hub files carry metadata and the rounding of shards).
     """
+    if override is not None:
+        return ScratchSizes.flat(str(override))
     if remote and weight_bytes is None:
-        return None
-    cache = CACHE_BASE_GIB + (math.ceil(weight_bytes * 1.05 / 2**30) if remote and weight_bytes else 0)
-    return ScratchSizes(cache=f"{cache}Gi", total=f"{cache + SCRATCH_GIB}Gi")
+        return ScratchSizes.flat(fallback)
+    cache = CACHE_BASE_GIB + (math.ceil(weight_bytes * 1.05 / _GIB) if remote and weight_bytes else 0)
+    return ScratchSizes(cache=f"{cache}Gi", tmp=f"{SCRATCH_GIB}Gi", total=f"{cache + SCRATCH_GIB}Gi")
+
+
+def trainer_scratch_sizes(
+    rendered: dict[str, Any], plan: dict[str, Any] | None, override: str | int | None, fallback: str
+) -> ScratchSizes:
+    """Ephemeral storage of the training pod from its rendered trainer config and the training plan
+    (status.plan, camelCase): downloaded base weights, a downloaded dataset, staged s3:// checkpoints
+    (and the whole model for full fine-tuning), plus the cache base and /tmp. The trainer puts Hub
+    downloads under /tmp and s3:// ones under the cache, so both volumes may use the whole total."""
+    if override is not None:
+        return ScratchSizes.flat(str(override))
+
+    def fetched(part: str) -> bool:
+        source = rendered.get(part) or {}
+        return not source.get("local_path") and urlparse(str(source.get("uri") or "")).scheme in REMOTE_DATA
+
+    weights = int((plan or {}).get("weightBytes") or 0)
+    downloads_model = fetched("base_model")
+    if downloads_model and not weights:
+        return ScratchSizes.flat(fallback)
+    gib = CACHE_BASE_GIB + SCRATCH_GIB
+    if downloads_model:
+        gib += math.ceil(weights * 1.05 / _GIB)
+    if fetched("dataset"):
+        dataset_bytes = (rendered.get("dataset") or {}).get("max_file_bytes") or DEFAULT_DATASET_GIB * _GIB
+        gib += math.ceil(int(dataset_bytes) / _GIB)
+    output = rendered.get("output") or {}
+    if not output.get("local_path") and str(output.get("uri") or "").startswith("s3://"):
+        gib += TRAINER_STAGED_CHECKPOINTS * math.ceil(float((plan or {}).get("checkpointGiB") or 0))
+        if (plan or {}).get("method") == "full" and weights:
+            gib += math.ceil(weights / _GIB)
+    return ScratchSizes.flat(f"{gib}Gi")
 
 
 def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:

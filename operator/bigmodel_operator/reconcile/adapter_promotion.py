@@ -15,7 +15,7 @@ from typing import Any
 from bigmodel_operator import conditions as c
 from bigmodel_operator.builders.volumes import claims_in_spec, pvc_claim
 from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.adapter_versions import PromotionResult, job_of, plan_promotions, targets
+from bigmodel_operator.status.adapter_versions import PromotionResult, job_of, plan_promotions
 
 PROMOTED = "Promoted"
 GATE_FAILED = "GateFailed"
@@ -33,12 +33,8 @@ _PHASE_REASONS = {
 
 
 def deploying_jobs(state: ClusterState, namespace: str, bigmodel: str) -> list[dict[str, Any]]:
-    """FineTuneJob bodies in the watch cache that deploy to this BigModel."""
-    return [
-        body
-        for (kind, ns, _), body in sorted(state.objects.items())
-        if kind == "FineTuneJob" and ns == namespace and targets(body, bigmodel) and not _deleting(body)
-    ]
+    """FineTuneJob bodies in the watch cache that deploy to this BigModel (an index bucket, by name)."""
+    return [body for body in state.deploying_to(namespace, bigmodel) if not _deleting(body)]
 
 
 def _deleting(body: dict[str, Any]) -> bool:

@@ -1,9 +1,14 @@
-"""Reconcile one BigModel: plan, check, apply the RayService and Ingress, then write honest status."""
+"""Reconcile one BigModel: plan, check, apply the RayService and Ingress, then write honest status.
+
+The skeleton (status writes, failure reports, the error policy of child writes) is base_reconciler.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,24 +25,27 @@ from bigmodel_operator.builders.placement import Placement, placement
 from bigmodel_operator.builders.rayservice import build_rayservice
 from bigmodel_operator.builders.serve_args import Promotions, api_keys_secret_name, route_prefix, scaling_args
 from bigmodel_operator.builders.serving_identity import build_serving_identity
-from bigmodel_operator.conditions import Reason
+from bigmodel_operator.conditions import Blocker, Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube, path_of
 from bigmodel_operator.reconcile.adapter_promotion import bigmodel_promotions
+from bigmodel_operator.reconcile.base_reconciler import BaseReconciler, ChildWrites, EventSink
 from bigmodel_operator.reconcile.children import (
-    AlreadyReportedError,
-    ApplyResult,
     NotControlledError,
+    OldChildError,
+    check_control,
     ensure_child,
+    ensure_children,
+    first_failure,
     remove_child,
 )
-from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
+from bigmodel_operator.reconcile.model_source import HUB_CACHE_SECONDS, model_config_for, read_secret_key
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
 from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
 from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
-from bigmodel_operator.reconcile.state import ClusterState
-from bigmodel_operator.status.bigmodel_status import BigModelObservation, Blocker, compute_status
+from bigmodel_operator.reconcile.state import ClusterState, note_deadline, note_outside
+from bigmodel_operator.status.bigmodel_status import BigModelObservation, compute_status, startup_deadline
 from bigmodel_operator.status.engine_replicas import (
     EngineReplicas,
     engine_deployment_status,
@@ -47,7 +55,11 @@ from bigmodel_operator.status.engine_replicas import (
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
+KEYS_CONFLICT_WINDOW_SECONDS = 120.0
+"""Where the operator may not read Secrets (rbac.tokenSecrets=false), a generated-keys Secret that already
+exists is created again (with backoff) until the BigModel is this old: if an earlier BigModel of the same
+name left it, garbage collection removes it well within that; after it, the Secret is used as it is."""
+_PROGRESS_REASONS = frozenset({Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS, Reason.INGRESS_PENDING})
 
 
 def _selector(name: str) -> str:
@@ -96,17 +108,43 @@ def _engine_replicas(
     return engines, last
 
 
-class BigModelReconciler:
-    """Holds the collaborators; `reconcile(body)` is the one idempotent entry point."""
+def _age_seconds(body: dict[str, Any]) -> float:
+    created = body["metadata"].get("creationTimestamp")
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return float("inf")
+
+
+class BigModelReconciler(BaseReconciler):
+    """`reconcile(body)` is the one idempotent pass of a BigModel."""
+
+    kind = "BigModel"
+    summary = c.READY
+    status_fields = (
+        "observedGeneration",
+        "conditions",
+        "replicas",
+        "readyReplicas",
+        "plan",
+        "url",
+        "selector",
+        "rayService",
+        "adapters",
+    )
+    cleared_fields = ("plan", "url", "selector", "rayService")  # e.g. a plan that went away
+    progress_reasons = _PROGRESS_REASONS  # normal progress is in the conditions; an Event each would double the writes
 
     def __init__(self, kube: Kube, state: ClusterState, config: OperatorConfig, emit: EventSink) -> None:
-        self.kube = kube
-        self.state = state
-        self.config = config
-        self.emit = emit
+        super().__init__(kube, state, config, emit)
         self.keys_created: set[str] = set()  # BigModel uids whose generated API-keys Secret exists
         self.adapter_phases: dict[str, dict[str, str]] = {}  # BigModel uid -> engine adapter name -> phase
         self.worker_bounds = WorkerBoundsSync(kube, emit)  # KubeRay does not carry bound edits to the cluster
+
+    def forget(self, body: dict[str, Any]) -> None:
+        uid = body["metadata"].get("uid", "")
+        self.keys_created.discard(uid)
+        self.adapter_phases.pop(uid, None)
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -117,39 +155,30 @@ class BigModelReconciler:
         except ValidationError as error:
             obs = BigModelObservation(meta.get("generation"), 0, None, Reason.INVALID_SPEC, str(error))
             obs.blockers.append(Blocker(Reason.INVALID_SPEC, f"spec does not parse: {error}"))
-            status = compute_status(obs, self._previous_status(body))
+            status = compute_status(obs, self.previous_status(body))
             status["adapters"] = self._previous_adapters(body) or None  # promotion state survives a bad edit
-            await self._write_status(body, status)
+            await self.write_status(body, status)
             return
         obs, place = await self._observe(body, spec)
         promoted = bigmodel_promotions(self.state, body, self._previous_adapters(body))
-        rejected: ApiError | None = None
+        outcome = ChildWrites()
         if not any(b.blocks_deploy for b in obs.blockers):
-            rejected = await self._apply_children(body, spec, place, obs, promoted.promotions)
-        status = compute_status(obs, self._previous_status(body))
-        if rejected is None and not any(b.blocks_deploy for b in obs.blockers):
-            status["adapters"] = promoted.adapters or None  # None clears what the last FineTuneJob left
-            await self._write_status(body, status)
+            outcome = await self.write_children(
+                obs.blockers, lambda: self._apply_children(body, spec, place, obs, promoted.promotions)
+            )
+        deployed = not any(b.blocks_deploy for b in obs.blockers)
+        before = self.previous_status(body) or {}
+        status = compute_status(obs, before)
+        # Nothing rendered: the versions keep the phases they had (no Promoted=True on paper). None clears what
+        # the last FineTuneJob left.
+        status["adapters"] = (promoted.adapters if deployed else self._previous_adapters(body)) or None
+        await self.write_status(body, status)
+        self._announce_scaling(body, before.get("lastScaled"), status.get("lastScaled"))
+        if deployed:
             self._announce_adapters(body, promoted.adapters, promoted.notes, promoted.unmounted)
-        else:  # nothing was rendered: the versions keep the phases they had (no Promoted=True on paper)
-            status["adapters"] = self._previous_adapters(body) or None
-            await self._write_status(body, status)
-        if rejected is not None:
-            raise AlreadyReportedError(str(rejected)) from rejected  # the runner retries with backoff
-
-    async def report_failure(self, body: dict[str, Any], error: BaseException) -> None:
-        """A reconcile that raised: Ready=False with reason ReconcileError and the error's text, and a
-        Warning Event (through the transition). Best effort: the apiserver may be what failed."""
-        meta = body["metadata"]
-        previous = dict(self._previous_status(body) or {})
-        message = f"reconcile failed (retrying with backoff): {error}"[:2000]
-        conds = c.set_condition(
-            previous.get("conditions"), c.READY, False, Reason.RECONCILE_ERROR, message, meta.get("generation")
-        )
-        try:
-            await self._write_status(body, {**previous, "conditions": conds})
-        except Exception as write_error:
-            log.warning("could not report the failure of BigModel %s: %s", meta["name"], write_error)
+        if (deadline := startup_deadline(status["conditions"])) is not None:
+            note_deadline(deadline)  # StartupSlow is due then, with nothing else changing
+        self.finish(outcome)
 
     async def _observe(self, body: dict[str, Any], spec: BigModelSpec) -> tuple[BigModelObservation, Placement]:
         meta = body["metadata"]
@@ -184,6 +213,11 @@ class BigModelReconciler:
             token,
             self.config,
         )
+        if spec.model.uri.startswith("hf://") and not spec.model.config and not cm_ref and self.config.fetch_hub_config:
+            if source.config is None:
+                note_outside()  # the Hub did not answer: try again at the next resync
+            else:
+                note_deadline(time.time() + HUB_CACHE_SECONDS)  # plan again when the cached config.json expires
         if source.reason == Reason.GATED_MODEL_NO_TOKEN:
             blockers.append(Blocker(Reason.GATED_MODEL_NO_TOKEN, source.message))
         if source.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS:
@@ -207,11 +241,11 @@ class BigModelReconciler:
                     blocks_deploy=False,
                 )
             )
-        rayservice = self.state.get("RayService", namespace, naming.rayservice_name(name))
-        ingress = self.state.get("Ingress", namespace, naming.ingress_name(name))
+        rayservice = self._own("RayService", body, naming.rayservice_name(name))
+        ingress = self._own("Ingress", body, naming.ingress_name(name))
         url = ingress_url(spec) or _in_cluster_url(name, namespace, spec, self.config)
         engines, last_scaled = _engine_replicas(
-            name, spec, rayservice, self._previous_status(body), place.pods_per_replica, self.config
+            name, spec, rayservice, self.previous_status(body), place.pods_per_replica, self.config
         )
         obs = BigModelObservation(
             generation=meta.get("generation"),
@@ -234,6 +268,11 @@ class BigModelReconciler:
         )
         return obs, place
 
+    def _own(self, kind: str, body: dict[str, Any], child: str) -> dict[str, Any] | None:
+        """A cached child, if this BigModel controls it (an earlier one's RayService must not report Ready)."""
+        found = self.state.get(kind, body["metadata"]["namespace"], child)
+        return found if found and naming.is_controlled_by(found, body["metadata"]["uid"]) else None
+
     async def _apply_children(
         self,
         body: dict[str, Any],
@@ -241,66 +280,53 @@ class BigModelReconciler:
         place: Placement,
         obs: BigModelObservation,
         promotions: Promotions,
-    ) -> ApiError | None:
-        """Apply the children; a write the apiserver refuses becomes a blocker (and is returned, so
-        the reconcile fails after writing status and the runner retries with backoff)."""
+    ) -> None:
+        """Apply the children in order (write_children turns what the apiserver refuses into blockers)."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        try:
-            # The policy first, so the Ray pods never run with their ports open.
-            await self._ensure_optional(
-                body,
-                "NetworkPolicy",
-                naming.network_policy_name(name),
-                uid,
-                build_network_policy(body, spec, self.config),
-            )
-            if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
-                await self._create_api_keys(body, keys)
-            for child in build_serving_identity(body):  # before the pods that run as it
-                await ensure_child(self.kube, self.state, child, uid)
-            rayservice = build_rayservice(body, spec, place, self.config, promotions)
-            result = await ensure_child(self.kube, self.state, rayservice, uid)
-            obs.rayservice = result.body
-            self._announce(body, result)
-            await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
-            desired_ingress = build_ingress(body, spec, self.config)
-            if desired_ingress is not None:
-                ing = await ensure_child(self.kube, self.state, desired_ingress, uid)
-                obs.ingress = ing.body
-                self._announce(body, ing)
-            elif self.state.get("Ingress", namespace, naming.ingress_name(name)) and await remove_child(
-                self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid
-            ):
-                obs.ingress = None
-                self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
-        except NotControlledError as error:
-            obs.blockers.append(Blocker(Reason.CHILD_NOT_CONTROLLED, str(error)))
-        except ApiError as error:
-            if error.status >= 500 or error.status == 429:
-                raise  # the apiserver is unwell, not our spec: retry (the runner reports it)
-            what = error.kind_name or "a child"
-            obs.blockers.append(
-                Blocker(Reason.CHILD_REJECTED, f"the apiserver refused {what} (HTTP {error.status}): {error.message}")
-            )
-            return error
-        return None
+        # Everything the Ray pods need first, together: the policy (so they never run with their ports open),
+        # the keys Secret they mount and the identity they run as.
+        policy = build_network_policy(body, spec, self.config)
+        before: list[Awaitable[Any]] = [
+            self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
+            ensure_children(self.kube, self.state, build_serving_identity(body), body),
+        ]
+        if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
+            before.append(self._create_api_keys(body, keys))
+        await first_failure(*before)
+        rayservice = build_rayservice(body, spec, place, self.config, promotions)
+        result = await ensure_child(self.kube, self.state, rayservice, body)
+        obs.rayservice = result.body
+        self.announce_child(body, result)
+        await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
+        desired_ingress = build_ingress(body, spec, self.config)
+        if desired_ingress is not None:
+            ing = await ensure_child(self.kube, self.state, desired_ingress, body)
+            obs.ingress = ing.body
+            self.announce_child(body, ing)
+        elif self.state.get("Ingress", namespace, naming.ingress_name(name)) and await remove_child(
+            self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid
+        ):
+            obs.ingress = None
+            self.emit(body, "Normal", "IngressDeleted", f"Deleted Ingress {naming.ingress_name(name)}")
 
     async def _ensure_optional(
-        self, body: dict[str, Any], kind: str, child: str, uid: str, desired: dict[str, Any] | None
+        self, body: dict[str, Any], kind: str, child: str, desired: dict[str, Any] | None
     ) -> None:
         """Apply a child the spec may turn off; delete it (if ours) once it is turned off."""
-        namespace = body["metadata"]["namespace"]
+        meta = body["metadata"]
         if desired is not None:
-            self._announce(body, await ensure_child(self.kube, self.state, desired, uid))
-        elif self.state.get(kind, namespace, child) and await remove_child(
-            self.kube, self.state, kind, namespace, child, uid
+            self.announce_child(body, await ensure_child(self.kube, self.state, desired, body))
+        elif self.state.get(kind, meta["namespace"], child) and await remove_child(
+            self.kube, self.state, kind, meta["namespace"], child, meta["uid"]
         ):
             self.emit(body, "Normal", f"{kind}Deleted", f"Deleted {kind} {child}")
 
     async def _create_api_keys(self, body: dict[str, Any], secret_name: str) -> None:
-        """Auth is on by default: create the generated keys Secret once (a POST: RBAC `create` only, no
-        `get`); 409 means it exists, and then it is the user's to edit (rotation) and never overwritten."""
+        """Auth is on by default: create the generated keys Secret once (a POST: RBAC `create`). 409 means
+        a Secret of that name exists: ours (after a restart) or the user's is used as it is and never
+        overwritten (users rotate keys by editing it); one an earlier BigModel of this name left is waited
+        for (OldChildError) until garbage collection removes it, then ours is created."""
         uid = body["metadata"]["uid"]
         if uid in self.keys_created:
             return
@@ -312,17 +338,45 @@ class BigModelReconciler:
             if error.status != 409:
                 error.kind_name = f"Secret {secret_name}"
                 raise
+            await self._existing_keys(body, secret_name)
         self.keys_created.add(uid)
 
-    def _announce(self, body: dict[str, Any], result: ApplyResult) -> None:
-        if event := result.event():
-            self.emit(body, "Normal", *event)
+    async def _existing_keys(self, body: dict[str, Any], secret_name: str) -> None:
+        """Decide about a keys Secret that already exists: return to use it, raise OldChildError to wait."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if self.config.check_secrets:
+            try:
+                existing = await self.kube.get("Secret", namespace, secret_name)
+            except ApiError as error:
+                if error.status != 403:
+                    raise
+                log.warning("not allowed to read Secret %s/%s; using it as it is", namespace, secret_name)
+                return
+            if existing is None:
+                raise OldChildError(f"Secret {secret_name} was being removed; creating it again")
+            with contextlib.suppress(NotControlledError):  # the user's: used as it is
+                check_control(existing, body)  # ours (a restart) or an orphan pass; an earlier one's raises
+            return
+        if _age_seconds(body) < KEYS_CONFLICT_WINDOW_SECONDS:
+            raise OldChildError(
+                f"Secret {secret_name} exists; if an earlier BigModel {name} left it, garbage collection removes "
+                f"it soon (the operator may not read Secrets here: it creates its own until "
+                f"{KEYS_CONFLICT_WINDOW_SECONDS:g} s after this BigModel's creation, then uses the existing one)"
+            )
+
+    def _announce_scaling(self, body: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """An Event ScaledUp / ScaledDown when Serve started a change of the engine replica count."""
+        if not new or new == old:
+            return
+        up = new["to"] > new["from"]
+        verb = "adding" if up else "removing"
+        message = f"Serve is {verb} engine replicas: {new['from']} -> {new['to']} ({new['reason']})"
+        self.emit(body, "Normal", "ScaledUp" if up else "ScaledDown", message)
 
     def _previous_adapters(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
         """status.adapters as we last wrote them: only the operator writes them, so what it wrote
         last is newest, even when the watch has not delivered it or the spec moved on since."""
-        meta = body["metadata"]
-        written = self.state.written_status.get(("BigModel", meta["namespace"], meta["name"]))
+        written = self.written(body)
         if written is not None:
             adapters: list[dict[str, Any]] | None = written.get("adapters")
             return adapters
@@ -350,59 +404,3 @@ class BigModelReconciler:
                 if note not in seen:
                     seen[note] = "noted"
                     self.emit(body, "Warning", reason, note)
-
-    def _previous_status(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The status we last wrote (the watch may not have delivered it yet), else the body's."""
-        meta = body["metadata"]
-        written = self.state.written_status.get(("BigModel", meta["namespace"], meta["name"]))
-        current: dict[str, Any] | None = body.get("status")
-        if written and written.get("observedGeneration") == meta.get("generation"):
-            return written
-        return current
-
-    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        key = ("BigModel", meta["namespace"], meta["name"])
-        current = body.get("status") or {}
-        written = self.state.written_status.get(key)
-        if _same(current, status) or (written is not None and _same(written, status)):
-            return
-        await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], _with_removals(current, status))
-        self.state.written_status[key] = status
-        self._emit_transitions(body, written or current, status)
-
-    def _emit_transitions(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
-        scaled = new.get("lastScaled")
-        if scaled and scaled != old.get("lastScaled"):
-            up = scaled["to"] > scaled["from"]
-            verb = "adding" if up else "removing"
-            self.emit(
-                body,
-                "Normal",
-                "ScaledUp" if up else "ScaledDown",
-                f"Serve is {verb} engine replicas: {scaled['from']} -> {scaled['to']} ({scaled['reason']})",
-            )
-        before = c.get_condition(old.get("conditions"), c.READY) or {}
-        after = c.get_condition(new.get("conditions"), c.READY) or {}
-        if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
-            return
-        if after.get("reason") in _PROGRESS_REASONS:
-            return  # normal progress is in the conditions; an Event each would double the writes
-        kind = "Normal" if after.get("status") == "True" else "Warning"
-        self.emit(body, kind, after.get("reason", ""), after.get("message", ""))
-
-
-_PROGRESS_REASONS = {Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS, Reason.INGRESS_PENDING}
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == v for k, v in b.items())
-
-
-def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch that also clears status fields we no longer report (e.g. a plan that went away)."""
-    patch = dict(desired)
-    for key in ("plan", "url", "selector", "rayService"):
-        if key in current and key not in desired:
-            patch[key] = None
-    return patch

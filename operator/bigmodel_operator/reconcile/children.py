@@ -1,13 +1,28 @@
-"""Create or update one child with server-side apply, only when its spec hash changed and we control it."""
+"""Create or update one child with server-side apply, only when its spec hash changed and we control it.
+
+A child with our name that we do not control is one of three things:
+- left by an earlier object of the same kind and name (`kubectl delete` + `apply`, a Helm reinstall, a
+  GitOps prune): its controller reference names our kind and name with another uid. Garbage collection
+  removes it soon (or it is being deleted): `OldChildError`, the reconcile waits (WaitingForOldChildren)
+  and runs again on the child's deletion event or after a backoff.
+- orphaned by `kubectl delete --cascade=orphan` of an earlier object: no controller at all, and our labels
+  for this owner. It is adopted (our apply adds our controller reference), as a ReplicaSet adopts pods.
+  Jobs are not adopted: an old Job ran an old spec, and a Job's template cannot change.
+- anything else (another controller's, or a user's): `NotControlledError`, never touched.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_operator import naming
 from bigmodel_operator.kube import Kube
-from bigmodel_operator.reconcile.state import ClusterState
+from bigmodel_operator.reconcile.state import OWNER_LABELS, ClusterState
+
+NOT_ADOPTED = frozenset({"Job"})
 
 
 class AlreadyReportedError(Exception):
@@ -16,13 +31,17 @@ class AlreadyReportedError(Exception):
 
 
 class NotControlledError(Exception):
-    """A child with our name exists but another controller owns it: we leave it alone."""
+    """A child with our name exists but another controller (or a user) owns it: we leave it alone."""
+
+
+class OldChildError(Exception):
+    """A child with our name is still owned by an earlier object of our kind and name (being collected)."""
 
 
 @dataclass
 class ApplyResult:
     body: dict[str, Any]
-    action: str  # "created", "updated" or "unchanged"
+    action: str  # "created", "updated", "adopted" or "unchanged"
 
     def event(self) -> tuple[str, str] | None:
         """(reason, message) of the Event announcing this change, e.g. ("RayServiceCreated", "Created RayService x")."""
@@ -39,8 +58,41 @@ def _hash_of(body: dict[str, Any] | None) -> str | None:
     return annotations.get(naming.ANNOTATION_SPEC_HASH)
 
 
+def controller_of(child: dict[str, Any]) -> dict[str, Any] | None:
+    """The child's controller ownerReference, if any."""
+    refs = child.get("metadata", {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+def check_control(child: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """Whether we may write `child` for `owner`: True when we control it, False when it is an orphan of an
+    earlier `owner` to adopt; raises OldChildError or NotControlledError otherwise (module docstring)."""
+    meta = owner["metadata"]
+    kind, name = child["kind"], child["metadata"]["name"]
+    ref = controller_of(child)
+    if ref is not None and ref.get("uid") == meta["uid"]:
+        return True
+    if ref is not None and ref.get("kind") == owner["kind"] and ref.get("name") == meta["name"]:
+        deleting = " (being deleted)" if child["metadata"].get("deletionTimestamp") else ""
+        raise OldChildError(
+            f"{kind} {name}{deleting} still belongs to an earlier {owner['kind']} {meta['name']} "
+            f"(uid {ref.get('uid')}); waiting for garbage collection to remove it"
+        )
+    labels = child["metadata"].get("labels") or {}
+    owner_label = next((label for label, k in OWNER_LABELS.items() if k == owner["kind"]), None)
+    ours = labels.get(naming.LABEL_MANAGED_BY) == naming.MANAGED_BY and labels.get(owner_label or "") == meta["name"]
+    if ref is None and ours and kind not in NOT_ADOPTED and not child["metadata"].get("deletionTimestamp"):
+        return False
+    if ref is None and ours:
+        raise NotControlledError(
+            f"{kind} {name} was left by an earlier {owner['kind']} {meta['name']} (orphaned, not adopted); "
+            f"delete it to let this one create its own"
+        )
+    raise NotControlledError(f"{kind} {name} exists and is not controlled by this resource; not touching it")
+
+
 async def ensure_child(
-    kube: Kube, state: ClusterState, desired: dict[str, Any], owner_uid: str, *, create_only: bool = False
+    kube: Kube, state: ClusterState, desired: dict[str, Any], owner: dict[str, Any], *, create_only: bool = False
 ) -> ApplyResult:
     """Apply `desired` unless the live child already carries the same spec hash.
 
@@ -53,13 +105,32 @@ async def ensure_child(
         current = await kube.get(kind, namespace, name)
         if current is not None:
             state.put(current)
-    if current is not None and not naming.is_controlled_by(current, owner_uid):
-        raise NotControlledError(f"{kind} {name} exists and is not controlled by this resource; not touching it")
-    if current is not None and (create_only or _hash_of(current) == _hash_of(desired)):
-        return ApplyResult(current, "unchanged")
+    action = "created"
+    if current is not None:
+        controlled = check_control(current, owner)
+        if controlled and (create_only or _hash_of(current) == _hash_of(desired)):
+            return ApplyResult(current, "unchanged")
+        action = "updated" if controlled else "adopted"
     applied = await kube.apply(desired)
     state.put(applied)
-    return ApplyResult(applied, "updated" if current is not None else "created")
+    return ApplyResult(applied, action)
+
+
+async def first_failure(*steps: Awaitable[Any]) -> list[Any]:
+    """Run independent steps at once (a reconcile then waits for one round trip instead of one per step); once
+    all have finished, raise the first failure in argument order, so the outcome does not depend on timing."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)
+
+
+async def ensure_children(
+    kube: Kube, state: ClusterState, desired: list[dict[str, Any]], owner: dict[str, Any]
+) -> list[ApplyResult]:
+    """`ensure_child` for children that do not depend on each other, all at once."""
+    return await first_failure(*(ensure_child(kube, state, d, owner) for d in desired))
 
 
 async def remove_child(kube: Kube, state: ClusterState, kind: str, namespace: str, name: str, owner_uid: str) -> bool:

@@ -8,9 +8,11 @@ and only when `fetchHubConfig` is on (it is off in air-gapped clusters and in te
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,11 @@ from bigmodel_operator.kube import ApiError, Kube
 from bigmodel_operator.reconcile.offload import off_loop
 
 HUB_CACHE_SECONDS = 3600.0
+HUB_CACHE_MAX_ENTRIES = 512
+"""Configs kept at most (least recently used go first): one per (model, revision, token) in the cluster."""
+HUB_CACHE_MAX_BYTES = 16 * 2**20
+"""Downloaded bytes the cache may hold in all (real configs are 1-50 KiB: thousands fit)."""
+HUB_READ_CHUNK = 16 * 1024
 MAX_CONFIG_BYTES = 256 * 1024
 """A config.json larger than this is refused (real ones are 1-50 KiB; big quantized MoE configs
 that list ignored modules stay well under it)."""
@@ -41,7 +48,52 @@ class ModelConfigResult:
     message: str = ""
 
 
-_hub_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+class HubConfigCache:
+    """Fetched Hub configs, bounded by age (HUB_CACHE_SECONDS), count and downloaded bytes (LRU)."""
+
+    def __init__(
+        self,
+        ttl_s: float = HUB_CACHE_SECONDS,
+        max_entries: int = HUB_CACHE_MAX_ENTRIES,
+        max_bytes: int = HUB_CACHE_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s, self.max_entries, self.max_bytes, self.clock = ttl_s, max_entries, max_bytes, clock
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, int, dict[str, Any]]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock() - entry[0] >= self.ttl_s:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry[2]
+
+    def put(self, key: tuple[str, ...], size: int, config: dict[str, Any]) -> None:
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (self.clock(), size, config)
+        self.bytes += size
+        while self._entries and (len(self._entries) > self.max_entries or self.bytes > self.max_bytes):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[str, ...]) -> None:
+        _, size, _ = self._entries.pop(key)
+        self.bytes -= size
+
+
+_hub_cache = HubConfigCache()
+
+
+def _cache_key(repo: str, revision: str, token: str | None) -> tuple[str, str, str]:
+    """Per token too: a gated model's config fetched with one namespace's token is not another's."""
+    return repo, revision, hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
 
 
 SECRET_NOT_CHECKED = ""  # the operator may not read Secrets here: assume present, let the pod tell
@@ -67,11 +119,14 @@ async def read_secret_key(kube: Kube, namespace: str, name: str, key: str, confi
 async def fetch_hub_config(
     repo: str, revision: str | None, token: str | None, config: OperatorConfig
 ) -> ModelConfigResult:
-    """GET config.json of an hf:// model from the Hub (cached for an hour)."""
+    """GET config.json of an hf:// model from the Hub: streamed with a hard cap of MAX_CONFIG_BYTES,
+    parsed off the event loop, cached (HubConfigCache: an hour, LRU, bounded in count and bytes)."""
     rev = revision or "main"
-    cached = _hub_cache.get((repo, rev))
-    if cached and time.monotonic() - cached[0] < HUB_CACHE_SECONDS:
-        return ModelConfigResult(cached[1])
+    key = _cache_key(repo, rev, token)
+    cached = _hub_cache.get(key)
+    if cached is not None:
+        return ModelConfigResult(cached)
+    where = f"config.json of hf://{repo}"
     url = f"{config.hub_endpoint}/{repo}/resolve/{quote(rev, safe='')}/config.json"
     headers = {"Authorization": f"Bearer {token}"} if token else {}  # "" (not checked) sends none
     try:
@@ -92,22 +147,45 @@ async def fetch_hub_config(
                     None, Reason.MODEL_CONFIG_UNAVAILABLE, f"hf://{repo} has no config.json at revision {rev}"
                 )
             response.raise_for_status()
-            parsed = parse_config_text(await response.text(), f"config.json of hf://{repo}")
+            body = await _read_capped(response)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         return ModelConfigResult(
             None, Reason.MODEL_CONFIG_UNAVAILABLE, f"could not read config.json of hf://{repo}: {error}"
         )
-    if parsed.config is None:
-        return parsed
-    _hub_cache[(repo, rev)] = (time.monotonic(), parsed.config)
+    if body is None:
+        return _too_big(None, where)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return ModelConfigResult(None, Reason.MODEL_CONFIG_UNAVAILABLE, f"{where} is not UTF-8: {error}")
+    parsed = await _parse_off_loop(lambda: parse_config_text(text, where), where)
+    if parsed.config is not None:
+        _hub_cache.put(key, len(body), parsed.config)
     return parsed
 
 
-def _too_big(size: int, where: str) -> ModelConfigResult:
+async def _read_capped(response: aiohttp.ClientResponse, cap: int = MAX_CONFIG_BYTES) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `cap` (Content-Length, or bytes read so far):
+    a hostile or broken endpoint never makes the operator hold more than `cap` plus one chunk."""
+    if response.content_length is not None and response.content_length > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(HUB_READ_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_big(size: int | None, where: str) -> ModelConfigResult:
+    """`size` None: the download stopped at the cap, the real size is unknown."""
+    told = f"{size:,} bytes" if size is not None else f"more than {MAX_CONFIG_BYTES:,} bytes"
     return ModelConfigResult(
         None,
         Reason.MODEL_CONFIG_OUT_OF_BOUNDS,
-        f"{where} is {size:,} bytes; a config.json may have at most {MAX_CONFIG_BYTES:,}",
+        f"{where} is {told}; a config.json may have at most {MAX_CONFIG_BYTES:,}",
     )
 
 

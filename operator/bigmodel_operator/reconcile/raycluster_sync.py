@@ -69,6 +69,12 @@ class WorkerBoundsSync:
         self._in_line: dict[tuple[str, str, str], str] = {}  # (namespace, cluster, RayService uid) -> signature
         self._warned: dict[tuple[str, str, str], str] = {}  # the last Warning posted per cluster
 
+    def forget(self, rayservice_uid: str) -> None:
+        """Drop what is remembered about the clusters of a RayService that is gone."""
+        for table in (self._in_line, self._warned):
+            for key in [k for k in table if k[2] == rayservice_uid]:
+                del table[key]
+
     async def sync(self, body: dict[str, Any], desired: dict[str, Any], live: dict[str, Any] | None) -> None:
         """Bring the clusters `live` (the applied RayService) names to `desired`'s worker bounds."""
         owner_uid = ((live or {}).get("metadata") or {}).get("uid")

@@ -7,22 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bigmodel_operator import conditions as c
-from bigmodel_operator.conditions import Reason, set_condition
+from bigmodel_operator.conditions import Blocker, Reason, set_condition
 
 STARTUP_BUDGET_SECONDS = 1800
 """How long the RayService may stay not ready before Ready says StartupSlow. A 16 GB model downloads in
 minutes, a 140 GB one in tens of minutes. KubeRay itself waits indefinitely (it ignores the old
 *UnhealthySecondThreshold fields), so this only explains a slow start; nothing is restarted."""
 STARTING_REASONS = frozenset({Reason.RAYSERVICE_DEPLOYING, Reason.NO_SERVE_ENDPOINTS})
-
-
-@dataclass
-class Blocker:
-    """A problem that keeps the model from being deployed or ready, with its condition reason."""
-
-    reason: str
-    message: str
-    blocks_deploy: bool = True
+__all__ = ["BigModelObservation", "Blocker", "compute_status", "startup_deadline", "startup_overdue"]
 
 
 @dataclass
@@ -107,6 +99,16 @@ def startup_overdue(
     if since is None or (now - since).total_seconds() <= budget_s:
         return None
     return str(cond["lastTransitionTime"])
+
+
+def startup_deadline(conditions: list[dict[str, Any]] | None, budget_s: float = STARTUP_BUDGET_SECONDS) -> float | None:
+    """When (epoch seconds) a start that is not ready yet becomes overdue: the one moment the status can
+    change with nothing else changing. None when ready, or already past it."""
+    cond = c.get_condition(conditions, c.RAYSERVICE_READY)
+    if cond is None or cond.get("status") != "False" or cond.get("reason") not in STARTING_REASONS:
+        return None
+    since = _parse_time(cond.get("lastTransitionTime"))
+    return None if since is None else since.timestamp() + budget_s + 1
 
 
 def startup_slow_message(since: str, detail: str, selector: str | None, rayservice: str | None) -> str:

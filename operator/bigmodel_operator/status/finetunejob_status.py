@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigmodel_operator import conditions as c
-from bigmodel_operator.conditions import Reason, set_condition
+from bigmodel_operator.conditions import Blocker, Reason, set_condition
 
 _JOB_REASONS = {
     "DeadlineExceeded": Reason.DEADLINE_EXCEEDED,
@@ -35,8 +35,8 @@ class FineTuneJobObservation:
     job_name: str
     output_uri: str
     base_model_uri: str | None = None
-    blockers: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
-    warnings: list[tuple[str, str]] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+    warnings: list[Blocker] = field(default_factory=list)
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
 
@@ -101,7 +101,7 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
         status["plan"] = obs.plan
     job = obs.job
     if obs.blockers and job is None:
-        reason, message = obs.blockers[0]
+        reason, message = obs.blockers[0].reason, "; ".join(b.message for b in obs.blockers)
         # The spec is immutable: a plan error it causes is final.
         final = reason in c.BLOCKING_PLAN_REASONS and reason != Reason.PLANNING_TIMED_OUT
         phase = "Failed" if final else "Pending"
@@ -131,8 +131,8 @@ def compute_status(obs: FineTuneJobObservation, previous: dict[str, Any] | None)
         message = "waiting for the training pod to be scheduled and started"
         reason = Reason.PENDING
         if obs.warnings:
-            reason, warning = obs.warnings[0]
-            message = f"{message}; {warning}"
+            reason = obs.warnings[0].reason
+            message = "; ".join([message, *(w.message for w in obs.warnings)])
         if unschedulable := _unschedulable(obs.pods):
             message = f"{message}; scheduler: {unschedulable}"
         conds = set_condition(conds, c.COMPLETE, False, reason, message, gen)

@@ -95,7 +95,7 @@ def test_rendered_config_is_what_the_operator_loads(render: Callable[..., list[d
     values = yaml.safe_load((CHART / "values.yaml").read_text())["operatorConfig"]
     for key, value in values.items():
         default = getattr(defaults, key)
-        assert (default.model_dump() if hasattr(default, "model_dump") else default) == value, (
+        assert (default.model_dump(exclude_none=True) if hasattr(default, "model_dump") else default) == value, (
             f"values.yaml operatorConfig.{key} differs from the operator's default"
         )
 
@@ -201,7 +201,8 @@ def test_optional_objects(render: Callable[..., list[dict[str, Any]]]) -> None:
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     pod_monitor = find(docs, "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # Ray's metrics port, and the serving app's /metrics on the head's bm-metrics port (not the serving port).
+    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "bm-metrics"]
     assert not [d for d in render("--set=metrics.enabled=false", *monitors, *apis) if d["kind"] == "Service"]
 
     policy = find(render("--set=networkPolicy.enabled=true"), "NetworkPolicy")

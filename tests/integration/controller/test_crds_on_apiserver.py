@@ -104,6 +104,52 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("ftj-output-dotdot", _ftj(spec__output__uri="pvc://adapters/../../../tmp/x"), "path segments"),
     ("ftj-data-dotdot", _ftj(spec__dataset__uri="pvc://data/../../etc/shadow"), "path segments"),
     ("ftj-adapter-name", _ftj(spec__deployTo__adapterName="my adapter"), "spec.deployTo.adapterName"),
+    # issue 21: hidden characters, encoded '..', unbounded config, CPU parallelism, SSRF targets
+    ("bm-uri-nbsp", _bm(spec__model__uri="hf://org/na\u00a0me"), "spec.model.uri: Invalid value"),
+    ("bm-uri-zwsp", _bm(spec__model__uri="hf://org/name\u200b"), "must not contain whitespace or control"),
+    ("bm-uri-encoded", _bm(spec__model__uri="pvc://models/%2e%2e/etc"), "must not contain '..' path segments"),
+    ("bm-uri-double", _bm(spec__model__uri="pvc://models/%252E%252e/etc"), "must not contain '..' path segments"),
+    ("bm-uri-backslash", _bm(spec__model__uri="pvc://models/..\\etc"), "must not contain '..' path segments"),
+    ("bm-adapter-nbsp", _bm(spec__adapters=[{"name": "a", "uri": "s3://b/a\u00a0"}]), "spec.adapters[0].uri"),
+    ("bm-image-bidi", _bm(spec__runtime__image="repo/img:1\u202e"), "spec.runtime.image"),
+    ("bm-config-1mib", _bm(spec__model__config={"x": "y" * 2**20}), "spec.model.config.x: Too long"),
+    ("bm-config-nested", _bm(spec__model__config={"a": {"b": "y" * 10_000}}), "spec.model.config.a.b: Too long"),
+    (
+        "bm-config-deep",
+        _bm(spec__model__config={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}),
+        "spec.model.config.a.b.c.d.e.f",
+    ),
+    ("bm-config-both", _bm(spec__model__config={"a": 1}, spec__model__configMapRef={"name": "c"}), "spec.model"),
+    ("bm-config-list", _bm(spec__model__config={"a": list(range(5000))}), "spec.model.config.a: Too many"),
+    (
+        "bm-cpu-tp",
+        _bm(spec__resources__gpu={"count": 0}, spec__engine__tensorParallelSize=4),
+        "spec.engine.tensorParallelSize: Invalid value",
+    ),
+    (
+        "bm-cpu-pp",
+        _bm(spec__resources__gpu={"count": 0}, spec__engine__pipelineParallelSize=2),
+        "spec.engine.pipelineParallelSize: Invalid value",
+    ),
+    (
+        "ftj-data-metadata",
+        _ftj(spec__dataset__uri="http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+        "spec.dataset.uri: Invalid value",
+    ),
+    ("ftj-data-decimal", _ftj(spec__dataset__uri="http://2852039166/latest/"), "http(s) sources must not point"),
+    ("ftj-data-localhost", _ftj(spec__dataset__uri="https://localhost:8443/d.jsonl"), "spec.dataset.uri"),
+    ("ftj-data-v6-mapped", _ftj(spec__dataset__uri="http://[::ffff:a9fe:a9fe]/x"), "spec.dataset.uri"),
+    (
+        "ftj-eval-private",
+        _ftj(spec__evaluation={"datasetUri": "http://10.0.0.5/e.jsonl"}),
+        "spec.evaluation.datasetUri",
+    ),
+    ("ftj-data-nbsp", _ftj(spec__dataset__uri="s3://b/k\u00a0x.jsonl"), "spec.dataset.uri"),
+    (
+        "ftj-config-1mib",
+        _ftj(spec__baseModel={"uri": "hf://org/m", "config": {"x": "y" * 2**20}}),
+        "spec.baseModel.config.x: Too long",
+    ),
 ]
 
 
@@ -126,6 +172,31 @@ def test_unknown_fields_are_refused_strictly(kubectl: Callable[..., Any], namesp
     path.write_text(yaml.safe_dump(body))
     result = kubectl("apply", "--server-side", "-n", namespace, "-f", str(path), check=False)
     assert result.returncode != 0 and ".spec.model.uril: field not declared in schema" in result.stderr
+
+
+def test_kubectl_delete_all_leaves_bigmodels_and_finetunejobs(
+    custom: Any, namespace: str, kubectl: Callable[..., Any]
+) -> None:
+    """Issue 21: neither kind is in the `all` category, so `kubectl delete all --all` does not touch them."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", _bm())
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", _ftj())
+    listed = kubectl("get", "all", "-n", namespace, "-o", "name", check=False)
+    assert "bigmodel" not in listed.stdout and "finetunejob" not in listed.stdout, listed.stdout
+    kubectl("delete", "all", "--all", "-n", namespace, "--wait=false", check=False)
+    ours = kubectl("get", "bigmodel-all", "-n", namespace, "-o", "name").stdout.split()
+    assert len(ours) == 2, ours
+
+
+def test_a_public_http_dataset_and_a_real_nested_config_are_admitted(custom: Any, namespace: str) -> None:
+    ftj = _ftj(spec__dataset__uri="https://example.com/data/train.jsonl")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", ftj)
+    nested = {"quantization_config": {"config_groups": {"group_0": {"weights": {"num_bits": 4}}}}, "rope_scaling": None}
+    bm = _bm(spec__model__config=nested)
+    made = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", bm)
+    assert (
+        made["spec"]["model"]["config"]["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    )
+    assert made["spec"]["model"]["config"]["rope_scaling"] is None  # nulls survive (nullable)
 
 
 def test_finetunejob_spec_is_immutable(custom: Any, namespace: str) -> None:

@@ -82,6 +82,7 @@ def test_from_feedback_waits_for_its_bigmodel_then_reads_its_sink(
     assert ingress["user_config"]["feedback"] == {
         "enabled": True,
         "sink_path": "/var/lib/bigmodel/feedback/chats",
+        "sink_root": "/var/lib/bigmodel/feedback",
         "ttl_s": 7200,
     }
 

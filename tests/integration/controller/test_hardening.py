@@ -105,6 +105,15 @@ def test_hostile_burst_does_not_delay_an_innocent_bigmodel(
     policy = wait_until(lambda: _network_policy(api_client, namespace, "innocent-b-ray"), timeout=30)
     assert policy.spec.pod_selector.match_labels["bigmodel.io/bigmodel"] == "innocent-b"
     assert [p.port for p in policy.spec.ingress[0].ports] == [8000]
+    # Issue 21: the dashboard only from KubeRay's own namespace (namespaceSelector AND podSelector).
+    kuberay = policy.spec.ingress[2]._from[0]
+    assert kuberay.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "kuberay-system"}
+    assert kuberay.pod_selector.match_labels == {"app.kubernetes.io/name": "kuberay-operator"}
+    pods = rs["spec"]["rayClusterConfig"]
+    for template in (pods["headGroupSpec"]["template"], pods["workerGroupSpecs"][0]["template"]):
+        container = template["spec"]["containers"][0]
+        assert container["resources"]["requests"]["ephemeral-storage"], container["name"]
+        assert all(v["emptyDir"].get("sizeLimit") for v in template["spec"]["volumes"] if "emptyDir" in v)
 
 
 def _rayservice(custom: Any, namespace: str, name: str) -> Any:

@@ -64,6 +64,16 @@ class ServingStack:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
+    @property
+    def metrics_url(self) -> str:
+        """GET /metrics of the metrics deployment (its own port, not the serving port)."""
+        return str(self.server.metrics_urls[self.application["name"]])
+
+    def metrics(self) -> str:
+        response = httpx.get(self.metrics_url, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.text
+
     def openai(self, key: str | None = None) -> Any:
         import openai
 
@@ -102,6 +112,7 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
         # structured outputs (json_schema, tools) short and complete.
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
+    app["args"]["metrics"] = {"host": "127.0.0.1", "port": _free_port()}  # the metrics deployment's own port
     engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
     engine["max_ongoing_requests"] = 8
     engine["max_queued_requests"] = 16

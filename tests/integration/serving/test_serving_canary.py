@@ -141,7 +141,7 @@ def test_route_split_sticky_rollback_by_hand_and_automatic(
         assert answer.headers[MODEL_HEADER] == f"{MODEL}:bot.v1"
     assert set(statuses) == {200}  # the failed candidate attempts were answered by stable
     with serving.http() as client:
-        metrics = client.get("/metrics").text
+        metrics = serving.metrics()
     assert 'bigmodel_route_errors_total{route="bot",version="bot.bad"}' in metrics
     assert 'bigmodel_route_decision{route="bot",decision="rolled_back"} 1' in metrics
     assert _engine_replicas(app_name) == before

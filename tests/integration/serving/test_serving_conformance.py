@@ -138,57 +138,6 @@ def test_tools_streamed_required(serving: ServingStack) -> None:
     assert names and set(names) == {"get_weather"}, deltas[-3:]  # required: one call or more
 
 
-def test_responses_create(serving: ServingStack) -> None:
-    """POST /v1/responses: vLLM's Responses API through our ingress, with the key and quota of chat."""
-    response = serving.openai().responses.create(model=MODEL, input="Say hello.", max_output_tokens=8)
-    assert response.object == "response" and response.model == MODEL
-    assert response.status in ("completed", "incomplete")
-    assert isinstance(response.output_text, str)
-    assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens >= 1
-    print(f"responses.create: {response.status} {response.output_text!r} usage={response.usage}")
-    chat = serving.openai().responses.create(
-        model=MODEL,
-        instructions="Be brief.",
-        input=[{"role": "user", "content": "Hi"}],
-        max_output_tokens=4,
-        temperature=0,
-    )
-    assert chat.output and chat.output[0].type == "message"
-
-
-def test_responses_streamed(serving: ServingStack) -> None:
-    events = list(serving.openai().responses.create(model=MODEL, input="Count.", max_output_tokens=6, stream=True))
-    kinds = [event.type for event in events]
-    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
-    assert "response.output_text.delta" in kinds or events[-1].response.output, kinds  # special tokens show no text
-    assert events[-1].response.usage is not None and events[-1].response.usage.output_tokens >= 1
-
-
-def test_responses_with_a_required_tool(serving: ServingStack) -> None:
-    tool = {"type": "function", **WEATHER_TOOL["function"]}
-    response = serving.openai().responses.create(
-        model=MODEL, input="Weather in Oslo?", tools=[tool], tool_choice="required", max_output_tokens=400
-    )
-    calls = [item for item in response.output if item.type == "function_call"]
-    print(f"responses + tool_choice required: {[(c.name, c.arguments) for c in calls]} status={response.status}")
-    assert response.status in ("completed", "incomplete") and response.output
-    for call in calls:  # vLLM's Responses API constrains required tools to their schema, as chat does
-        assert call.name == "get_weather" and "city" in json.loads(call.arguments)
-
-
-def test_responses_errors_are_openai_shaped(serving: ServingStack) -> None:
-    import openai
-
-    client = serving.openai()
-    with pytest.raises(openai.NotFoundError) as missing:  # vLLM keeps no responses (its store is off)
-        client.responses.create(model=MODEL, input="Hi", previous_response_id="resp_nope", max_output_tokens=2)
-    assert missing.value.body and "message" in missing.value.body
-    with pytest.raises(openai.NotFoundError):
-        client.responses.create(model="no-such-model", input="Hi", max_output_tokens=2)
-    with pytest.raises(openai.AuthenticationError):
-        serving.openai(key="sk-wrong").responses.create(model=MODEL, input="Hi", max_output_tokens=2)
-
-
 def test_streaming_with_usage(serving: ServingStack) -> None:
     stream = serving.openai().chat.completions.create(
         model=MODEL, messages=USER, max_tokens=6, stream=True, stream_options={"include_usage": True}

@@ -116,7 +116,7 @@ def test_feedback_needs_a_key_and_shows_in_metrics(serving: ServingStack) -> Non
     with serving.http() as alice:
         completion_id = _chat(alice, "Rate me")["id"]
         assert alice.post("/v1/feedback", json={"id": completion_id, "rating": 3}).status_code == 200
-        metrics = alice.get("/metrics").text
+        metrics = serving.metrics()
     families = {family.name: family for family in text_string_to_metric_families(metrics)}
     totals = {s.labels["model"]: s.value for s in families["bigmodel_feedback"].samples}
     assert totals.get(MODEL, 0) >= 1

@@ -87,7 +87,7 @@ def test_engine_downloads_an_s3_model_before_vllm_loads_it(s3_env: Any, tiny_mod
     """An s3:// model_source becomes the local folder the replica downloaded (what vLLM then loads)."""
     import asyncio
 
-    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+    from ray.serve.llm import LLMConfig
 
     from bigmodel_serving.engine import _download_s3_model
 

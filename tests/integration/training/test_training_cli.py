@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bigmodel_training.checkpoint import complete_checkpoints
 from bigmodel_training.config import TrainerConfig
-from bigmodel_training.errors import EXIT_DATASET, EXIT_TERMINATED, EXIT_UNSUPPORTED
+from bigmodel_training.errors import EXIT_CONFIG, EXIT_DATASET, EXIT_TERMINATED, EXIT_UNSUPPORTED
 
 
 def _start(config: TrainerConfig, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -122,3 +122,37 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
     assert code == EXIT_TERMINATED, output
     assert complete_checkpoints(out), "a checkpoint is written on SIGTERM"
     assert "SIGTERM" in json.loads(termination.read_text())["message"]
+
+
+def test_a_dataset_on_an_internal_address_is_refused_before_any_request(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    """Issue 21 (SSRF): the real trainer process, given http://127.0.0.1 (loopback, refused like the cloud
+    metadata address and private ranges), fails at once with exit 2 and never sends the request."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/iam/security-credentials/"
+        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf")
+        code, output = _finish(process)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == EXIT_CONFIG, output
+    message = json.loads(termination.read_text())["message"]
+    assert "loopback" in message and "refused" in message, message
+    assert seen == [], "the trainer must not have sent the request"

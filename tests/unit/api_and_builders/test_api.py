@@ -46,8 +46,9 @@ def test_schema_is_structural_and_bounded(info: crdgen.CrdInfo) -> None:
         assert node.get("additionalProperties") is not False, path
         if "anyOf" in node:
             assert node.get("x-kubernetes-int-or-string"), f"{path}: only int-or-string may use anyOf"
-        else:
-            assert "type" in node, f"{path} has no type"
+        elif "type" not in node:  # untyped (any JSON) only inside an inline config.json, and bounded
+            assert node.get("x-kubernetes-preserve-unknown-fields") and ".config{}" in path, f"{path} has no type"
+            assert {"maxLength", "maxItems", "maxProperties"} <= node.keys(), path
         if node.get("type") == "string" and "enum" not in node and "format" not in node:
             assert "maxLength" in node, path
         if node.get("type") == "array":

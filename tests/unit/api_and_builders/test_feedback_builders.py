@@ -58,6 +58,7 @@ def test_a_pvc_sink_is_mounted_in_every_ray_pod_and_named_in_the_ingress_config(
     assert _ingress_user_config(application)["feedback"] == {
         "enabled": True,
         "sink_path": f"{FEEDBACK_MOUNT}/feedback/{name}",
+        "sink_root": FEEDBACK_MOUNT,
         "ttl_s": 3600,
     }
     for pod in _pods(rayservice):

@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from bigmodel_operator import crdgen
 from bigmodel_operator.api import BigModelSpec, FineTuneJobSpec
-from bigmodel_operator.api.base import DNS_1035_LABEL, has_parent_segment
+from bigmodel_operator.api.base import (
+    DNS_1035_LABEL,
+    HIDDEN_CHARACTER_RE2,
+    PARENT_SEGMENT_RE2,
+    PRIVATE_HTTP_HOST_RE2,
+    has_parent_segment,
+    re2_literal,
+)
 from bigmodel_operator.conditions import Reason, get_condition
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError
@@ -81,24 +88,43 @@ def test_finetunejob_paths_and_adapter_name_are_validated() -> None:
             FineTuneJobSpec.model_validate(spec)
 
 
-def _walk_rules(node: Any) -> list[str]:
-    rules: list[str] = []
-    if isinstance(node, dict):
-        rules += [r["rule"] for r in node.get("x-kubernetes-validations", [])]
-        for value in node.values():
-            rules += _walk_rules(value)
-    elif isinstance(node, list):
-        for value in node:
-            rules += _walk_rules(value)
-    return rules
+def _fields_with_rule(node: Any, needle: str, path: str = "") -> set[str]:
+    found = {path} if any(needle in r["rule"] for r in node.get("x-kubernetes-validations", [])) else set()
+    for name, sub in (node.get("properties") or {}).items():
+        found |= _fields_with_rule(sub, needle, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        found |= _fields_with_rule(node["items"], needle, f"{path}[]")
+    return found
 
 
-def test_every_uri_field_carries_the_cel_rule() -> None:
-    for info, count in ((crdgen.BIGMODEL, 7), (crdgen.FINETUNEJOB, 5)):
-        rules = _walk_rules(crdgen.crd(info))
-        # model.uri, revision, tokenizer, adapters[].uri, feedback.sink.pvc.path, feedback.sink.uri,
-        # expose.ingress.path ('.' and '..') / baseModel.uri, revision, dataset.uri, output.uri, evaluation.datasetUri
-        assert sum("\\\\.\\\\." in r for r in rules) == count, info.kind
+URI_FIELDS = {
+    "BigModel": {
+        ".spec.model.uri",
+        ".spec.model.revision",
+        ".spec.model.tokenizer",
+        ".spec.adapters[].uri",
+        ".spec.feedback.sink.pvc.path",
+        ".spec.feedback.sink.uri",
+        ".spec.runtime.image",
+    },
+    "FineTuneJob": {
+        ".spec.baseModel.uri",
+        ".spec.baseModel.revision",
+        ".spec.dataset.uri",
+        ".spec.output.uri",
+        ".spec.evaluation.datasetUri",
+    },
+}
+
+
+@pytest.mark.parametrize("info", [crdgen.BIGMODEL, crdgen.FINETUNEJOB], ids=lambda i: i.kind)
+def test_every_uri_field_carries_the_cel_rules(info: crdgen.CrdInfo) -> None:
+    """No '..' segment (also encoded) and no hidden character in every URI; http(s) hosts where fetched."""
+    root = crdgen.crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert _fields_with_rule(root, re2_literal(PARENT_SEGMENT_RE2)) == URI_FIELDS[info.kind]
+    assert _fields_with_rule(root, re2_literal(HIDDEN_CHARACTER_RE2)) == URI_FIELDS[info.kind]
+    fetched = {".spec.dataset.uri", ".spec.evaluation.datasetUri"} if info.kind == "FineTuneJob" else set()
+    assert _fields_with_rule(root, re2_literal(PRIVATE_HTTP_HOST_RE2)) == fetched
 
 
 # --- names KubeRay accepts (its rule: k8s.io/apimachinery IsDNS1035Label) ---------------------------
@@ -312,10 +338,92 @@ def test_hostile_layer_count_is_refused_and_deploys_nothing() -> None:
     ],
 )
 def test_finetunejob_spec_caused_plan_errors_are_final(reason: str, phase: str) -> None:
+    from bigmodel_operator.conditions import Blocker
     from bigmodel_operator.status.finetunejob_status import FineTuneJobObservation, compute_status
 
     obs = FineTuneJobObservation(1, None, reason, "why", "j-train", "pvc://out/a")
-    obs.blockers.append((reason, "why"))
+    obs.blockers.append(Blocker(reason, "why"))
     status = compute_status(obs, None)
     assert status["phase"] == phase
     assert (get_condition(status["conditions"], "Complete") or {})["reason"] == reason
+
+
+# --- issue 21: hidden characters, internal http hosts, the inline config's shape, CPU parallelism ----
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _bm_spec(uri="hf://org/na\u00a0me"),
+        _bm_spec(uri="hf://org/name\u200b"),
+        _bm_spec(uri="pvc://models/%2e%2e/x"),
+        _bm_spec(tokenizer="pvc://models/..\\x"),
+        {"model": {"uri": "hf://org/name"}, "runtime": {"image": "repo/img:1\u202e"}},
+        _bm_spec(config={"x": "y" * (1 << 20)}),
+        _bm_spec(config={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}),
+        _bm_spec(config={"a": list(range(5000))}),
+        {"model": {"uri": "hf://org/name"}, "resources": {"gpu": {"count": 0}}, "engine": {"tensorParallelSize": 4}},
+        {"model": {"uri": "hf://org/name"}, "resources": {"gpu": {"count": 0}}, "engine": {"pipelineParallelSize": 2}},
+    ],
+)
+def test_issue_21_bigmodel_inputs_the_operator_refuses(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        BigModelSpec.model_validate(spec)
+
+
+def test_a_real_nested_config_and_cpu_without_parallelism_pass() -> None:
+    quantized = {"quantization_config": {"config_groups": {"group_0": {"weights": {"num_bits": 4}}}}, "rope": None}
+    BigModelSpec.model_validate(_bm_spec(config=quantized))
+    BigModelSpec.model_validate({**_bm_spec(), "resources": {"gpu": {"count": 0}}, "engine": {"tensorParallelSize": 1}})
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://2852039166/",
+        "https://localhost/x.jsonl",
+        "http://[::ffff:10.0.0.1]/x",
+        "https://example.com/da\u00a0ta.jsonl",
+    ],
+)
+def test_finetunejob_datasets_on_internal_hosts_are_refused(uri: str) -> None:
+    body = load_example("finetunejob-lora.yaml")
+    for field in ("dataset", "evaluation"):
+        spec = dict(body["spec"])
+        if field == "dataset":
+            spec["dataset"] = {**spec["dataset"], "uri": uri}
+        else:
+            spec["evaluation"] = {"datasetUri": uri}
+        with pytest.raises(ValidationError):
+            FineTuneJobSpec.model_validate(spec)
+
+
+def test_a_public_http_dataset_passes() -> None:
+    body = load_example("finetunejob-lora.yaml")
+    FineTuneJobSpec.model_validate(
+        {**body["spec"], "dataset": {**body["spec"]["dataset"], "uri": "https://example.com/d.jsonl"}}
+    )
+
+
+def test_the_crds_are_not_in_the_all_category() -> None:
+    """`kubectl delete all --all` must not delete BigModels and FineTuneJobs."""
+    for info in crdgen.ALL_CRDS:
+        assert "all" not in crdgen.crd(info)["spec"]["names"]["categories"]
+
+
+def test_trainer_disk_follows_the_plan() -> None:
+    from bigmodel_operator.builders.volumes import trainer_scratch_sizes
+
+    rendered = {
+        "base_model": {"uri": "hf://org/m"},
+        "dataset": {"uri": "https://example.com/d.jsonl", "max_file_bytes": 2 * 2**30},
+        "output": {"uri": "s3://bucket/out"},
+    }
+    plan = {"weightBytes": 16 * 2**30, "checkpointGiB": 0.2, "method": "lora"}
+    # 4 cache + 10 tmp + 17 weights (+5 %) + 2 dataset + 3 staged checkpoints of 1 GiB (rounded up)
+    assert trainer_scratch_sizes(rendered, plan, None, "100Gi").total == "36Gi"
+    assert trainer_scratch_sizes(rendered, None, None, "100Gi").total == "100Gi"
+    assert trainer_scratch_sizes(rendered, plan, "500Gi", "100Gi").cache == "500Gi"
+    mounted = {"base_model": {"uri": "pvc://m/x", "local_path": "/mnt/x"}, "dataset": {"uri": "pvc://d/x"}}
+    assert trainer_scratch_sizes(mounted, None, None, "100Gi").total == "14Gi"

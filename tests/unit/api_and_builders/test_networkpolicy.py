@@ -65,7 +65,13 @@ OUTSIDER = {"namespace": "other", "namespace_labels": {"kubernetes.io/metadata.n
 SAME_NS_POD = {"namespace": "team-a", "namespace_labels": {}, "labels": {"app": "notebook"}}
 KUBERAY = {
     "namespace": "kuberay-system",
-    "namespace_labels": {},
+    "namespace_labels": {"kubernetes.io/metadata.name": "kuberay-system"},
+    "labels": {"app.kubernetes.io/name": "kuberay-operator"},
+}
+# A tenant's pod labelled like KubeRay's operator, in its own namespace (issue 21).
+IMPOSTOR = {
+    "namespace": "tenant-b",
+    "namespace_labels": {"kubernetes.io/metadata.name": "tenant-b"},
     "labels": {"app.kubernetes.io/name": "kuberay-operator"},
 }
 
@@ -101,6 +107,29 @@ def test_kuberay_operator_reaches_the_dashboard_only() -> None:
     assert admitted(policy, head, KUBERAY, 8265)
     assert not admitted(policy, head, KUBERAY, 6379)
     assert not admitted(policy, head, KUBERAY, 10001)
+
+
+def test_a_pod_labelled_like_kuberay_in_another_namespace_is_an_outsider() -> None:
+    policy = _policy()
+    assert policy is not None
+    head, worker = _pod_labels()
+    for target in (head, worker):
+        for port in (6379, 8265, 10001, 8080, 52365):
+            assert not admitted(policy, target, IMPOSTOR, port), port
+    same_ns_impostor = {**IMPOSTOR, "namespace": "team-a", "namespace_labels": {}}
+    assert not admitted(policy, head, same_ns_impostor, 8265)
+
+
+def test_the_kuberay_namespace_and_labels_are_configurable() -> None:
+    config = OperatorConfig(kuberay_operator_namespace="ray-system", kuberay_operator_labels={"app": "kuberay"})
+    body = load_example("bigmodel-llama-3.1-8b.yaml")
+    policy = build_network_policy(body, BigModelSpec.model_validate(body["spec"]), config)
+    assert policy is not None
+    head, _ = _pod_labels()
+    moved = {"namespace": "ray-system", "namespace_labels": {"kubernetes.io/metadata.name": "ray-system"}}
+    assert admitted(policy, head, {**moved, "labels": {"app": "kuberay"}}, 8265)
+    assert not admitted(policy, head, KUBERAY, 8265)
+    assert not admitted(policy, head, {**moved, "labels": {"app": "other"}}, 8265)
 
 
 def test_another_bigmodels_pods_are_outsiders() -> None:

@@ -97,8 +97,34 @@ def test_ephemeral_storage_follows_the_planned_weights() -> None:
     assert resources["requests"]["ephemeral-storage"] == resources["limits"]["ephemeral-storage"] == "30Gi"
     cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
     assert cache["emptyDir"]["sizeLimit"] == "20Gi"  # 14.96 GiB bf16 weights + 5% -> 16, plus 4 for caches
+    tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+    assert tmp["emptyDir"]["sizeLimit"] == "10Gi"
+
+
+def _disk(rs: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(the worker container's ephemeral-storage limit, sizeLimit of each emptyDir) of a RayService."""
+    pod = _worker(rs)["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    return limits["ephemeral-storage"], {
+        v["name"]: v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v
+    }
+
+
+def test_every_pod_requests_disk_and_every_empty_dir_is_bounded() -> None:
+    """Issue 21: unknown weights fall back to the operator's default; the user's value wins; the head too."""
     unplanned, _ = _render(_llama())
-    assert "ephemeral-storage" not in _worker(unplanned)["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert _disk(unplanned) == (
+        CONFIG.default_ephemeral_storage,
+        {"dshm": "16Gi", "model-cache": "100Gi", "tmp": "100Gi"},
+    )
+    chosen, _ = _render(_llama(resources={"gpu": {"count": 1}, "ephemeralStorage": "250Gi"}), plan=True)
+    assert _disk(chosen) == ("250Gi", {"dshm": "16Gi", "model-cache": "250Gi", "tmp": "250Gi"})
+    local, _ = _render(load_example("bigmodel-tiny-cpu.yaml"))
+    assert _disk(local)[0] == "14Gi"  # weights in the image: 4 GiB of caches, 10 of /tmp and logs
+    head = local["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    resources = head["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == resources["limits"]["ephemeral-storage"] == "8Gi"
+    assert all(v["emptyDir"].get("sizeLimit") for v in head["volumes"] if "emptyDir" in v)
 
 
 def test_max_num_seqs_is_the_engines_setting_and_the_replicas_admission() -> None:

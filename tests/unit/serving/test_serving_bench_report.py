@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bigmodel_serving.bench_client import percentile
-from bigmodel_serving.bench_report import replace_section
+from http_load import percentile
+from serving_bench_report import replace_section
 
 
 def test_replace_keeps_other_sections(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def _alone(ttft: float) -> dict[str, float | int]:
 
 
 def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
-    from bigmodel_serving.bench_report import render_section
+    from serving_bench_report import render_section
 
     run = {
         "model": "tiny",
@@ -91,7 +91,7 @@ def test_report_checks_the_targets_against_the_bare_ray_app() -> None:
 
 
 def test_rerunning_one_model_keeps_the_others() -> None:
-    from bigmodel_serving.bench import merge_runs
+    from serving_bench import merge_runs
 
     kept = [{"model": "tiny", "n": 1}, {"model": "m100", "n": 1}]
     assert merge_runs(kept, [{"model": "m100", "n": 2}]) == [{"model": "tiny", "n": 1}, {"model": "m100", "n": 2}]
@@ -99,7 +99,7 @@ def test_rerunning_one_model_keeps_the_others() -> None:
 
 
 def test_kv_cache_is_sized_for_the_model() -> None:
-    from bigmodel_serving.bench import kv_cache_bytes
+    from serving_bench import kv_cache_bytes
 
     m100 = {"num_hidden_layers": 11, "num_key_value_heads": 4, "head_dim": 64, "hidden_size": 1024}
     assert kv_cache_bytes(m100, sequences=32, tokens=512) == int(2 * 11 * 4 * 64 * 4 * 32 * 512 * 1.25)

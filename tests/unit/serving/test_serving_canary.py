@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from bigmodel_serving.canary import (
     CanaryBook,
     CanaryRouter,
     Choice,
+    Opened,
     VersionSignals,
     judge,
     key_share,
@@ -221,22 +222,25 @@ class _FakeActor:
         self.sync = _Method(self.actor.sync)
 
 
-def _stream(items: list[Any], error: Exception | None = None) -> Callable[[str], AsyncGenerator[Any, None]]:
-    async def generate(engine_model: str) -> AsyncGenerator[Any, None]:
+def _answering(error: Exception | None = None) -> Callable[[str], Awaitable[str]]:
+    """An `open_answer` whose answer is the engine model it was opened for (or `error`)."""
+
+    async def answer(engine_model: str) -> str:
         if error is not None:
             raise error
-        for item in items:
-            yield item
+        return engine_model
 
-    return generate
+    return answer
 
 
 def _status_of(error: BaseException) -> int:
     return error.status if isinstance(error, APIError) else 500
 
 
-async def _collect(router: CanaryRouter, choice: Choice, open_stream: Any) -> list[Any]:
-    return [item async for item in router.serve(choice, open_stream, _status_of)]
+async def _collect(router: CanaryRouter, choice: Choice, open_answer: Any) -> Opened:
+    opened = await router.open(choice, open_answer, _status_of)
+    router.finish(opened, failed=False)
+    return opened
 
 
 def test_a_verdict_reaches_every_replica_through_the_actor() -> None:
@@ -252,14 +256,14 @@ def test_a_verdict_reaches_every_replica_through_the_actor() -> None:
         broken = {"tiny:bot.v2": APIError(500, "adapter failed to load")}
         engine_models = []
 
-        def open_stream(engine_model: str) -> AsyncGenerator[Any, None]:
+        async def open_answer(engine_model: str) -> str:
             engine_models.append(engine_model)
-            chunk = 'data: {"model":"' + engine_model + '","choices":[]}\n\n'
-            return _stream([chunk], broken.get(engine_model))(engine_model)
+            return await _answering(broken.get(engine_model))(engine_model)
 
         for _ in range(10):
-            answer = await _collect(first, choice, open_stream)
-            assert answer == ['data: {"model":"tiny:bot","choices":[]}\n\n']  # answered by stable, renamed
+            opened = await _collect(first, choice, open_answer)
+            assert opened.answer == "tiny:bot.v1" and opened.choice.role == "stable"  # answered by stable
+            assert opened.choice.requested == "tiny:bot"
         assert engine_models[:2] == ["tiny:bot.v2", "tiny:bot.v1"]
         await first.sync()
         assert first.weights["bot"] == 0.0
@@ -292,25 +296,13 @@ def test_client_errors_are_not_charged_and_not_retried() -> None:
         choice = router.choose("tiny:bot", "alice")
         assert choice is not None
         with pytest.raises(APIError):
-            await _collect(router, choice, _stream([], APIError(400, "bad temperature")))
+            await _collect(router, choice, _answering(APIError(400, "bad temperature")))
         await router.sync()
         state = (await router.view())[0]
         assert state["signals"]["candidate"]["requests"] == 1 and state["signals"]["candidate"]["errors"] == 0
         assert state["signals"]["stable"]["requests"] == 0
 
     asyncio.run(scenario())
-
-
-def test_answer_objects_show_the_route_name() -> None:
-    class Answer:
-        model = "tiny:bot.v2"
-
-    choice = Choice(("bot", "bot.v1", "bot.v2"), "candidate", "tiny:bot", "tiny:bot.v2")
-    assert CanaryRouter.rename(Answer(), choice).model == "tiny:bot"
-    chunk = 'data: {"model":"tiny:bot.v2","choices":[{"delta":{"content":"\\"model\\":\\"tiny:bot.v2\\""}}]}\n\n'
-    renamed = CanaryRouter.rename([chunk], choice)[0]
-    assert renamed.startswith('data: {"model":"tiny:bot",')
-    assert '\\"model\\":\\"tiny:bot.v2\\"' in renamed  # text inside the answer is left alone
 
 
 # ---- the config ----

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from bigmodel_serving.actor_calls import DependencyUnavailableError
 from bigmodel_serving.args import FeedbackArgs, IngressConfig
 from bigmodel_serving.errors import APIError
 from bigmodel_serving.feedback import (
     CompletionStore,
     FeedbackActor,
     FeedbackSinkError,
-    StreamCapture,
-    answer_of,
     conversation_of,
     open_sink,
     parse_feedback_request,
@@ -97,46 +96,6 @@ def test_completion_prompts_become_one_user_turn() -> None:
     assert conversation_of(prompt=["Hello"]) == [{"role": "user", "content": "Hello"}]
     assert conversation_of(prompt=[1, 2, 3]) is None
     assert conversation_of(prompt=["a", "b"]) is None
-
-
-def test_non_streamed_answers_give_id_and_first_choice() -> None:
-    class Message:
-        content = "the answer"
-
-    class Choice:
-        message = Message()
-
-    class Chat:
-        id = "chatcmpl-abc"
-        choices: ClassVar = [Choice()]
-
-    class TextChoice:
-        text = "more"
-
-    class Completion:
-        id = "cmpl-abc"
-        choices: ClassVar = [TextChoice()]
-
-    assert answer_of(Chat()) == ("chatcmpl-abc", "the answer")
-    assert answer_of(Completion()) == ("cmpl-abc", "more")
-    assert answer_of(object()) == (None, "")
-
-
-def test_streams_are_captured_from_their_events() -> None:
-    capture = StreamCapture()
-    chunk = {"id": "chatcmpl-s", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
-    capture.feed(f"data: {json.dumps(chunk)}\n\n")
-    capture.feed(None)
-    more = {"id": "chatcmpl-s", "choices": [{"index": 0, "delta": {"content": "lo"}}, {"index": 1, "delta": {}}]}
-    capture.feed(f"data: {json.dumps(more)}\n\ndata: {{broken\n\n")
-    capture.feed('data: {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": 1}}\n\n')
-    assert not capture.done
-    capture.feed("data: [DONE]\n\n")
-    assert capture.done
-    assert (capture.id, capture.text) == ("chatcmpl-s", "Hello")
-    text = StreamCapture()
-    text.feed('data: {"id": "cmpl-t", "choices": [{"index": 0, "text": "abc"}]}\n\n')
-    assert (text.id, text.text) == ("cmpl-t", "abc")
 
 
 # ---- the store ----
@@ -327,7 +286,10 @@ def test_the_client_maps_the_actors_answers_to_http() -> None:
         with pytest.raises(APIError) as caught:
             asyncio.run(FeedbackClient(args, _FakeActor(answer, {})).submit("alice", body))
         assert caught.value.status == status
-    assert asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text()) == ""
+        if status == 503:
+            assert caught.value.headers["Retry-After"]
+    with pytest.raises(DependencyUnavailableError):  # /metrics leaves the feedback families out
+        asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text())
 
 
 class _Answers:
@@ -368,7 +330,7 @@ def test_an_id_another_replica_just_answered_is_asked_about_again(monkeypatch: p
     assert caught.value.status == 404 and unknown.feedback.calls == 3
 
 
-# ---- the benchmark's report (bench_feedback.py) ----
+# ---- the benchmark's report (feedback_bench.py) ----
 
 
 def _http(p50: float, p99: float) -> dict[str, Any]:
@@ -380,8 +342,8 @@ def _piece(p50: float, p99: float) -> dict[str, Any]:
 
 
 def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path: Path) -> None:
-    from bigmodel_serving.bench_feedback import SECTION, render_section, summary
-    from bigmodel_serving.bench_report import replace_section
+    from feedback_bench import SECTION, render_section, summary
+    from serving_bench_report import replace_section
 
     run = {
         "date": "2026-11-30 08:00 UTC",
@@ -424,7 +386,7 @@ def test_the_benchmark_section_names_the_floor_and_what_recording_adds(tmp_path:
 def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
     import asyncio
 
-    from bigmodel_serving.bench_feedback import asgi_post
+    from feedback_bench import asgi_post
 
     seen: dict[str, Any] = {}
 
@@ -440,7 +402,7 @@ def test_the_benchmark_drives_an_asgi_app_in_process() -> None:
 
 
 def test_the_benchmark_reads_serves_access_logs_from_a_mark_on(tmp_path: Path) -> None:
-    from bigmodel_serving.bench_feedback import ServeLogs
+    from feedback_bench import ServeLogs
 
     replica = tmp_path / "replica_app_BigModelIngress_abc.log"
     proxy = tmp_path / "proxy_127.0.0.1.log"

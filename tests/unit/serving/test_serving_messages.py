@@ -12,7 +12,7 @@ from bigmodel_serving.messages import check_messages
 
 def _request(messages: list[dict[str, Any]]) -> Any:
     # vLLM's own request model, as Ray's router receives it (content parts validated lazily).
-    from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
     return ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
 

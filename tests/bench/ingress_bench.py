@@ -1,8 +1,9 @@
 """What our ingress adds to a streamed request over Ray Serve LLM's stock ingress, the engine taken out.
 
-Run by `python -m bigmodel_serving.bench` in its Ray driver, after the servers are measured.
+Run by `python tests/bench/serving_bench.py` in its Ray driver, after the servers are measured; alone
+(`python tests/bench/ingress_bench.py`: a local Ray for the quota actor, no vLLM) it prints the same JSON.
 
-End to end (bench.py), at concurrency 8 and 32 the engine's steps (tens of ms on CPU) decide when a request's
+End to end (serving_bench.py), at concurrency 8 and 32 the engine's steps (tens of ms on CPU) decide when a request's
 first token comes, and the servers' TTFT p50 differ by whole steps from run to run, either way. Here the
 engine is taken out: both ingresses run in this process on one event loop, as in a Serve replica — (b) Ray's
 `OpenAiIngress`, (c) our `BigModelIngress` behind its `GuardMiddleware`, keys and quotas on (the running
@@ -71,7 +72,7 @@ class StubEngine:
 
 def completions_app(ingress: Any) -> App:
     """The ASGI path both ingresses take: parse the body, call `completions`, stream the response."""
-    from ray.llm._internal.serve.core.configs.openai_api_models import CompletionRequest
+    from ray.serve.llm.openai_api_models import CompletionRequest
     from starlette.requests import Request
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -85,7 +86,7 @@ def completions_app(ingress: Any) -> App:
 
 async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple[float, int, float]:
     """(seconds to the first text chunk, status, seconds to the end) of one streamed POST /v1/completions."""
-    from bigmodel_serving.bench_client import asgi_post_scope
+    from http_load import asgi_post_scope
 
     scope = asgi_post_scope("/v1/completions", body, headers)
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -117,13 +118,13 @@ async def timed_request(app: App, body: bytes, headers: dict[str, str]) -> tuple
 
 async def compare(app_name: str, user_config: dict[str, Any], key: str, model: str = "bench") -> dict[str, Any]:
     """TTFT p50/p99 of (b) and (c) at each concurrency in PLAN; the two take turns, batch by batch."""
-    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
-    from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+    from http_load import percentile
+    from ray.serve.llm.ingress import OpenAiIngress
 
-    from bigmodel_serving.bench_client import percentile
-    from bigmodel_serving.ingress import BigModelIngress, GuardMiddleware, _replica
+    from bigmodel_serving.ingress import BigModelIngress
+    from bigmodel_serving.ingress_guard import GuardMiddleware, unregister
 
-    card = ModelCard(id=model, object="model", owned_by="bench", permission=[], metadata={})
+    card = {"id": model, "object": "model", "owned_by": "bench", "permission": [], "metadata": {}}
     stock = OpenAiIngress({model: StubEngine(model)}, {model: card})  # type: ignore[dict-item]
     ours = BigModelIngress({model: StubEngine(model)}, {model: card}, app_name=app_name)
     ours.reconfigure(user_config)
@@ -163,5 +164,30 @@ async def compare(app_name: str, user_config: dict[str, Any], key: str, model: s
     finally:
         if ours._quota_leases is not None:
             await ours._quota_leases.close()
-        _replica.pop("ingress", None)
+        unregister()
     return {"first_token_s": FIRST_TOKEN_S, "inter_token_s": INTER_TOKEN_S, "tokens": TOKENS, "load": results}
+
+
+def main() -> int:
+    """Alone (no vLLM): a local Ray for the quota actor, then `compare` with keys and quotas on, as JSON."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    from serving_bench import BENCH_KEY, BENCH_KEY_NAME, _ingress_user_config
+
+    from bigmodel_serving.local import start_local_ray
+
+    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
+    start_local_ray(num_cpus=2)
+    try:
+        result = asyncio.run(compare("ingress-bench", _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"))
+    finally:
+        ray.shutdown()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

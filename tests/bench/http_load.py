@@ -1,4 +1,4 @@
-"""Load generation for `bench.py`: bounded request loops over loopback HTTP, and latency statistics."""
+"""Load generation for `serving_bench.py`: bounded request loops over loopback HTTP, and latency statistics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Markdown for `bench.py` results, and replacing only our section of docs/benchmarks.md."""
+"""Markdown for `serving_bench.py` results, and replacing only our section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ ALONE_HEADER += ["(c) − (b) to the end, p50 ms", "requests each"]
 
 
 def ingress_alone_lines(alone: dict[str, Any] | None) -> list[str]:
-    """The two ingresses in one process with the engine replaced by a stand-in (bench_ingress.py)."""
+    """The two ingresses in one process with the engine replaced by a stand-in (ingress_bench.py)."""
     if not alone:
         return []
     if "error" in alone:
@@ -134,7 +134,7 @@ def ingress_alone_lines(alone: dict[str, Any] | None) -> list[str]:
         for concurrency, row in alone["load"].items()
     ]
     return [
-        "Ingress alone (bench_ingress.py): (b) Ray's `OpenAiIngress` and (c) ours behind its guard, keys and quotas "
+        "Ingress alone (ingress_bench.py): (b) Ray's `OpenAiIngress` and (c) ours behind its guard, keys and quotas "
         "on, in one process on one event loop, both streaming from the same stand-in engine (first text after "
         f"{alone['first_token_s'] * 1000:g} ms, then one every {alone['inter_token_s'] * 1000:g} ms, "
         f"{alone['tokens']} texts): what the ingress itself adds to TTFT, without the engine's steps.",
@@ -179,7 +179,7 @@ def render_section(
     lines = [
         "## Serving path",
         "",
-        f"`make bench` (`python -m bigmodel_serving.bench`) on {machine}. Each model is loaded by three servers",
+        f"`make bench` (`python tests/bench/serving_bench.py`) on {machine}. Each model is loaded by three servers",
         "at once on 127.0.0.1, with the same vLLM engine arguments "
         f"({engine}, and a KV cache sized for the model: `kv_cache_memory_bytes`): (a) vLLM's own `vllm serve`, "
         "the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with the `LLMConfig` our app derives; "

@@ -1,6 +1,6 @@
 """Feedback endpoint benchmark: what `POST /v1/feedback` costs, and where (issue 12: p99 ≤ 5 ms).
 
-    python -m bigmodel_serving.bench_feedback [--out docs/benchmarks.md] [--answers 50] [--posts 400]
+    python tests/bench/feedback_bench.py [--out docs/benchmarks.md] [--answers 50] [--posts 400]
                                               [--render-only]
 
 Starts our application the way `bigmodel serve` does (`run_local`: Ray on 127.0.0.1, Serve's HTTP
@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from bigmodel_serving.bench_client import OneRequest, RunStats, asgi_post_scope, percentile
+from http_load import OneRequest, RunStats, asgi_post_scope, percentile
 
 SECTION = "## Feedback endpoint"
 RAW_RESULTS = Path(".bench/feedback.json")
@@ -85,8 +84,8 @@ def _http_summary(stats: RunStats) -> dict[str, Any]:
 async def measure_http(targets: dict[str, OneRequest], posts: int, logs: ServeLogs) -> dict[str, Any]:
     """The targets over HTTP at each concurrency (see the module doc); at concurrency 1 also the proxy's
     and the replica's own times of each feedback post, from their access logs."""
-    from bigmodel_serving.bench import load_average
-    from bigmodel_serving.bench_client import run_interleaved, run_load
+    from http_load import run_interleaved, run_load
+    from serving_bench import load_average
 
     results: dict[str, Any] = {}
     loads = [load_average()]
@@ -172,9 +171,10 @@ async def measure_server_side(
     user_config: dict[str, Any], ids: list[str], key: tuple[str, str], posts: int
 ) -> dict[str, Any]:
     """The ingress's app, the actor call, the actor's work and the sink append (see the module doc)."""
+    from serving_bench import load_average
+
     from bigmodel_serving.args import parse_ingress_config
     from bigmodel_serving.auth import ApiKeyStore
-    from bigmodel_serving.bench import load_average
     from bigmodel_serving.feedback import FeedbackActor, FeedbackClient, feedback_actor
     from bigmodel_serving.ingress import APP, BigModelIngress, _replica
 
@@ -242,8 +242,8 @@ async def measure_server_side(
 
 
 def _application(directory: Path, keys_dir: Path, sink: Path) -> dict[str, Any]:
-    """The tiny model as `bench.py`'s (c) renders it (keys, quotas), with feedback to `sink`."""
-    from bigmodel_serving.bench import _ours, engine_kwargs
+    """The tiny model as `serving_bench.py`'s (c) renders it (keys, quotas), with feedback to `sink`."""
+    from serving_bench import _ours, engine_kwargs
 
     config = json.loads((directory / "config.json").read_text())
     app = _ours("tiny", directory, engine_kwargs(config), keys_dir)
@@ -269,7 +269,7 @@ async def _answer(url: str, headers: dict[str, str], count: int) -> list[str]:
 
 def run(answers: int, posts: int) -> dict[str, Any]:
     """Start the application, measure, stop it."""
-    from bigmodel_serving.bench import _now, load_average
+    from serving_bench import _now, load_average
 
     started = time.perf_counter()
     load_before = load_average()
@@ -290,8 +290,8 @@ def run(answers: int, posts: int) -> dict[str, Any]:
 
 def _serve_and_measure(keys_dir: Path, sink: Path, answers: int, posts: int) -> dict[str, Any]:
     import ray._private.worker
+    from serving_bench import BENCH_KEY, BENCH_KEY_NAME, _free_port, _model_dir
 
-    from bigmodel_serving.bench import BENCH_KEY, BENCH_KEY_NAME, _free_port, _model_dir
     from bigmodel_serving.local import run_local
 
     started = time.perf_counter()
@@ -331,13 +331,13 @@ def _check(ok: bool) -> str:
 
 
 def render_section(run: dict[str, Any], *, machine: str) -> str:
-    from bigmodel_serving.bench_report import _table
+    from serving_bench_report import _table
 
     http, server = run["http"], run["server"]
     lines = [
         SECTION,
         "",
-        f"`python -m bigmodel_serving.bench_feedback` on {machine}, {run['date']}; load average "
+        f"`python tests/bench/feedback_bench.py` on {machine}, {run['date']}; load average "
         f"{run['load_average_before']} before the start (1 min; the highest seen during each row is next to it). "
         "Our application as `bigmodel serve` runs it (Ray on 127.0.0.1, Serve's HTTP proxy, one ingress "
         "replica with API keys and quotas on, the tiny model on vLLM's CPU build) with feedback to a local "
@@ -418,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=400, help="requests per target and concurrency")
     parser.add_argument("--render-only", action="store_true", help=f"re-render from {RAW_RESULTS}, measure nothing")
     options = parser.parse_args(argv)
-    from bigmodel_serving.bench import _machine
-    from bigmodel_serving.bench_report import replace_section
+    from serving_bench import _machine
+    from serving_bench_report import replace_section
 
     if options.render_only:
         result = json.loads(RAW_RESULTS.read_text())

@@ -1,6 +1,6 @@
 """Serving benchmark (`make bench`): what our ingress costs over vLLM, on vLLM's CPU build.
 
-    python -m bigmodel_serving.bench [--out docs/benchmarks.md] [--models tiny,m100] [--render-only]
+    python tests/bench/serving_bench.py [--out docs/benchmarks.md] [--models tiny,m100] [--render-only]
 
 For each model, three servers load it with the same engine arguments and run side by side on 127.0.0.1: (a)
 `vllm serve`, vLLM's own OpenAI server: the engine's floor; (b) Ray Serve LLM's stock `build_openai_app` with
@@ -47,6 +47,7 @@ PROMPT = "Hello there, how are you today? Tell me about latency and throughput."
 SECTION = "## Serving path"
 RAW_RESULTS = Path(".bench/serving.json")  # the last run's raw numbers (git-ignored)
 BENCH_KEY_NAME, BENCH_KEY = "bench", "bm-bench-key-not-secret"
+BENCH_DIR = Path(__file__).resolve().parent  # on the Ray workers' path too: (b) is `serving_bench:bare_app`
 START_TIMEOUT_S = 1800  # a shared 2-core machine under load: vLLM engines took > 15 min to start
 QUOTA_CALLS = 500
 # The same engine for all three servers: eager (no torch.compile on 2 cores); the KV cache is sized per
@@ -111,6 +112,7 @@ def _serve_args(name: str, directory: Path, engine: dict[str, Any]) -> dict[str,
         "model": {"uri": directory.as_uri(), "served_name": name},
         "engine_args": {**typed, "extra": extra},
         "resources": {"accelerator": "cpu", "num_cpus": 1},
+        "metrics": None,  # no metrics listener: not on the request path, and 8079 may be taken here
     }
 
 
@@ -155,7 +157,7 @@ def _bare(name: str, directory: Path, engine: dict[str, Any]) -> dict[str, Any]:
         "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
         "ray_actor_options": fields["deployment_config"]["ray_actor_options"],
     }
-    return {"name": f"bare-{name}", "route_prefix": "/bare", "import_path": "bigmodel_serving.bench:bare_app",
+    return {"name": f"bare-{name}", "route_prefix": "/bare", "import_path": "serving_bench:bare_app",
             "args": {"llm_config": fields}}  # fmt: skip
 
 
@@ -214,6 +216,8 @@ def _deploy(applications: list[dict[str, Any]], port: int) -> None:
 
     from bigmodel_serving.local import start_local_ray
 
+    # Serve's replicas import (b)'s builder from this file: Ray's workers inherit the driver's environment.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
     start_local_ray(num_cpus=8)
     http_options = {"host": "127.0.0.1", "port": port, "request_timeout_s": 300}
     serve.start(http_options=http_options)
@@ -242,7 +246,7 @@ def load_average() -> float:
 
 async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -> dict[str, Any]:
     """Streamed completions at each concurrency, the servers taking turns round by round."""
-    from bigmodel_serving.bench_client import RunStats, run_load, streaming_request
+    from http_load import RunStats, run_load, streaming_request
 
     body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
     results: dict[str, Any] = {}
@@ -280,8 +284,9 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
 async def _quota_check_cost(app_name: str, keys_dir: Path) -> dict[str, Any]:
     """Our ingress' `admit()` against the running app's quota actor (from this process: the same code,
     the same actor). Lease hits: the bench key, its lease taken; misses: a new key each time."""
+    from http_load import percentile
+
     from bigmodel_serving.args import Quota, parse_ingress_config
-    from bigmodel_serving.bench_client import percentile
     from bigmodel_serving.ingress import BigModelIngress
     from bigmodel_serving.quota import QuotaBook
 
@@ -364,7 +369,7 @@ def _child(model: str, out_json: Path) -> None:
             except Exception as error:  # keep the load numbers of a long run
                 result["quota"] = {"error": repr(error)}
             try:
-                from bigmodel_serving.bench_ingress import compare
+                from ingress_bench import compare
 
                 config, key = _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"
                 result["ingress_alone"] = asyncio.run(compare(f"ours-{model}", config, key, model))
@@ -381,7 +386,7 @@ def _run_child(model: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out_json = Path(scratch) / "result.json"
         print(f"bench: serving {model} ...", flush=True)
-        command = [sys.executable, "-m", "bigmodel_serving.bench", "--child", model, "--json", str(out_json)]
+        command = [sys.executable, str(BENCH_DIR / "serving_bench.py"), "--child", model, "--json", str(out_json)]
         result = subprocess.run(command, check=False, timeout=2 * START_TIMEOUT_S + 1200)
         if result.returncode != 0 or not out_json.exists():
             print(f"bench: {model} failed (exit {result.returncode})", flush=True)
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.child:
         _child(options.child, options.json)
         return 0
-    from bigmodel_serving.bench_report import render_section, replace_section
+    from serving_bench_report import render_section, replace_section
 
     kept = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() else []
     if options.render_only:

@@ -1,13 +1,14 @@
 """Micro-benchmark of the canary split's cost in the ingress (target: ≤ 0.5 ms p50 per request).
 
-    python -m bigmodel_serving.bench_canary [--requests 20000] [--out docs/benchmarks.md]
+    python tests/bench/canary_bench.py [--requests 20000] [--out docs/benchmarks.md]
 
 Measures, per request, on this machine and without Ray (the actor is an in-process fake; it is off the
 request path anyway: a replica talks to it every `SYNC_INTERVAL_S`, not per request):
 
 - `choose`: the version a key gets for a route (a dict look-up and one BLAKE2b hash);
-- `serve`: the wrapper around the engine stream (signals, `model` renamed in each chunk) minus the same
-  stream iterated bare, for a streamed answer of 16 SSE chunks;
+- the wrapper: `CanaryRouter.open` + `AnswerWatch` around the engine stream (signals, `model` renamed in
+  each chunk through openai_stream) minus the same stream iterated bare, for a streamed answer of 16 SSE
+  chunks;
 - total: `choose` + the wrapper, the canary's whole overhead on the request path.
 
 Prints one JSON object with p50/p99 in microseconds; with `--out`, also replaces the "## Canary split"
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bigmodel_serving.answer_watch import AnswerWatch
 from bigmodel_serving.args import AdapterRoute
 from bigmodel_serving.canary import CanaryActor, CanaryRouter
 
@@ -62,6 +64,16 @@ async def _stream(engine_model: str) -> AsyncGenerator[Any, None]:
         yield f'data: {{"id":"cmpl-1","model":"{engine_model}","choices":[{{"text":"t{index}"}}]}}\n\n'
 
 
+async def _answer(engine_model: str) -> Any:
+    from starlette.responses import StreamingResponse
+
+    return StreamingResponse(_stream(engine_model), media_type="text/event-stream")
+
+
+async def _no_log(texts: list[str], usage: dict[str, Any]) -> None:
+    return None
+
+
 async def _measure(requests: int) -> dict[str, Any]:
     router = CanaryRouter("bench", BASE, actor_factory=lambda app, base: _InProcessActor())
     router.configure([AdapterRoute(name="bot", stable="bot.v1", candidate="bot.v2", weight=0.2)])
@@ -75,11 +87,13 @@ async def _measure(requests: int) -> dict[str, Any]:
         choose_ns.append(time.perf_counter_ns() - started)
         assert choice is not None
         started = time.perf_counter_ns()
-        async for _ in _stream(choice.engine_model):
+        async for _ in (await _answer(choice.engine_model)).body_iterator:
             pass
         bare_ns.append(time.perf_counter_ns() - started)
         started = time.perf_counter_ns()
-        async for _ in router.serve(choice, _stream, lambda error: 500):
+        opened = await router.open(choice, _answer, lambda error: 500)
+        watch = AnswerWatch({}, strip_usage=False, remember=None, log=_no_log, canary=router, opened=opened)
+        async for _ in (await watch.watch(opened.answer)).body_iterator:
             pass
         wrapped_ns.append(time.perf_counter_ns() - started)
         if len(router._pending) > 1000:  # the background sync would send these; keep the buffer small
@@ -110,7 +124,7 @@ def render_section(result: dict[str, Any], *, machine: str, date: str, load: flo
     lines = [
         SECTION,
         "",
-        f"`python -m bigmodel_serving.bench_canary` on {machine}, {date}; load average {load:.2f} (1 min) at "
+        f"`python tests/bench/canary_bench.py` on {machine}, {date}; load average {load:.2f} (1 min) at "
         f"the start. {result['requests']} requests over 500 API keys on one route (weight 20 %), in process "
         "without Ray (the canary actor is off the request path: a replica syncs with it every few seconds). "
         f"Target (issue 12): the split's ingress overhead ≤ {target} µs p50.",
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     result = asyncio.run(_measure(args.requests))
     print(json.dumps(result, indent=2))
     if args.out:
-        from bigmodel_serving.bench_report import replace_section
+        from serving_bench_report import replace_section
 
         cpu = platform.processor() or platform.machine()
         machine = f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

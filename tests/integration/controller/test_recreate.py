@@ -1,0 +1,171 @@
+"""Delete and re-apply with the same name, many times in a row (issue 21), on the real apiserver with the
+controller-manager's garbage collector running: every time the new object ends with the status a first apply
+gets, and every child belongs to it. Before, the new BigModel stopped at ChildNotControlled against the old
+ServiceAccount for good, and the generated API-keys Secret could be lost to the 409 race.
+
+The worst time to Ready (or Succeeded) of each run is printed and written to .cluster/logs/recreate.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kuberay_standin import kuberay_serving_status
+from manifests import cluster_finetunejob
+
+from .conftest import GROUP, REPO, VERSION, condition, load_example, or_none
+
+pytestmark = pytest.mark.usefixtures("operator_process")
+CYCLES = int(os.environ.get("BIGMODEL_RECREATE_CYCLES", "20"))
+RESULTS = REPO / ".cluster" / "logs" / "recreate.json"
+
+
+def _uid(obj: Any) -> str | None:
+    return None if obj is None else str(obj["metadata"]["uid"])
+
+
+def _controller(obj: Any) -> str | None:
+    """The uid of an object's controller (from the kubernetes client's model or a dict)."""
+    if obj is None:
+        return None
+    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+    refs = meta.get("ownerReferences") if isinstance(meta, dict) else meta.owner_references
+    for raw in refs or []:
+        ref = raw if isinstance(raw, dict) else raw.to_dict()
+        if ref.get("controller"):
+            return str(ref["uid"])
+    return None
+
+
+def _summary(status: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """What must be the same after every re-apply: our fields, conditions without their times."""
+    out: dict[str, Any] = {k: status.get(k) for k in fields}
+    out["conditions"] = sorted(
+        (c["type"], c["status"], c["reason"], c["message"]) for c in status.get("conditions") or []
+    )
+    return out
+
+
+def _delete_and_create(custom: Any, namespace: str, plural: str, body: dict[str, Any]) -> tuple[float, str]:
+    """`kubectl delete` (background propagation, as kubectl does) then `kubectl apply` of the same manifest."""
+    from kubernetes.client.rest import ApiException
+
+    name = body["metadata"]["name"]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, propagation_policy="Background")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            start = time.monotonic()
+            created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+            return start, str(created["metadata"]["uid"])
+        except ApiException as error:  # the old one is still there for a moment
+            if error.status != 409 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _record(kind: str, seconds: list[float]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[kind] = {"cycles": len(seconds), "worst_s": max(seconds), "median_s": sorted(seconds)[len(seconds) // 2]}
+    RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"\n{kind}: {len(seconds)} delete + re-apply cycles, time to converged: {results[kind]}")
+
+
+BIGMODEL_FIELDS = ("observedGeneration", "replicas", "readyReplicas", "url", "selector", "rayService", "plan")
+
+
+def test_bigmodel_delete_and_reapply_converges_every_time(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    from kubernetes import client
+
+    core, rbac, net = (
+        client.CoreV1Api(api_client),
+        client.RbacAuthorizationV1Api(api_client),
+        client.NetworkingV1Api(api_client),
+    )
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    name = body["metadata"]["name"]
+
+    def children(uid: str) -> dict[str, str | None]:
+        """The controller uid of every child (None: missing)."""
+        reads = {
+            "RayService": lambda: or_none(
+                custom.get_namespaced_custom_object, "ray.io", "v1", namespace, "rayservices", name
+            ),
+            "NetworkPolicy": lambda: or_none(net.read_namespaced_network_policy, f"{name}-ray", namespace),
+            "Secret": lambda: or_none(core.read_namespaced_secret, f"{name}-api-keys", namespace),
+            "ServiceAccount": lambda: or_none(core.read_namespaced_service_account, f"{name}-serving", namespace),
+            "Role": lambda: or_none(rbac.read_namespaced_role, f"{name}-serving", namespace),
+            "RoleBinding": lambda: or_none(rbac.read_namespaced_role_binding, f"{name}-serving", namespace),
+        }
+        return {kind: _controller(read()) for kind, read in reads.items()}
+
+    def converged(uid: str) -> dict[str, Any] | None:
+        """The BigModel once Ready with every child its own; plays KubeRay (Serve RUNNING) on its RayService."""
+        rayservice = or_none(custom.get_namespaced_custom_object, "ray.io", "v1", namespace, "rayservices", name)
+        if _controller(rayservice) == uid and not (rayservice.get("status") or {}).get("numServeEndpoints"):
+            status = {"status": kuberay_serving_status(name, 1)}
+            custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayservices", name, status)
+        bm = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", name)
+        if _uid(bm) != uid or condition(bm, "Ready").get("status") != "True":
+            return None
+        owners = children(uid)
+        return bm if all(owner == uid for owner in owners.values()) else None
+
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", body)
+    first = wait_until(lambda: converged(_uid(created) or ""), timeout=60, interval=0.1, what="the first apply")
+    reference = _summary(first["status"], BIGMODEL_FIELDS)
+    seconds = []
+    for cycle in range(CYCLES):
+        start, uid = _delete_and_create(custom, namespace, "bigmodels", body)
+        done = wait_until(lambda uid=uid: converged(uid), timeout=120, interval=0.1, what=f"cycle {cycle}")
+        seconds.append(time.monotonic() - start)
+        assert _summary(done["status"], BIGMODEL_FIELDS) == reference, f"cycle {cycle}"
+    _record("BigModel", seconds)
+
+
+FINETUNEJOB_FIELDS = ("observedGeneration", "jobName", "baseModelUri", "plan", "phase", "adapterUri")
+
+
+def test_finetunejob_delete_and_reapply_converges_every_time(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    from kubernetes import client
+
+    core, rbac, batch = (
+        client.CoreV1Api(api_client),
+        client.RbacAuthorizationV1Api(api_client),
+        client.BatchV1Api(api_client),
+    )
+    body = cluster_finetunejob("tune")
+
+    def converged(uid: str) -> dict[str, Any] | None:
+        ftj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "tune")
+        if _uid(ftj) != uid or (ftj.get("status") or {}).get("phase") != "Succeeded":
+            return None
+        owners = [
+            _controller(or_none(batch.read_namespaced_job, "tune-train", namespace)),
+            _controller(or_none(core.read_namespaced_config_map, "tune-trainer-config", namespace)),
+            _controller(or_none(core.read_namespaced_service_account, "tune-trainer", namespace)),
+            _controller(or_none(rbac.read_namespaced_role, "tune-trainer", namespace)),
+            _controller(or_none(rbac.read_namespaced_role_binding, "tune-trainer", namespace)),
+        ]
+        return ftj if all(owner == uid for owner in owners) else None
+
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    first = wait_until(lambda: converged(_uid(created) or ""), timeout=90, interval=0.1, what="the first apply")
+    reference = _summary(first["status"], FINETUNEJOB_FIELDS)
+    seconds = []
+    for cycle in range(CYCLES):
+        start, uid = _delete_and_create(custom, namespace, "finetunejobs", body)
+        done = wait_until(lambda uid=uid: converged(uid), timeout=120, interval=0.1, what=f"cycle {cycle}")
+        seconds.append(time.monotonic() - start)
+        assert _summary(done["status"], FINETUNEJOB_FIELDS) == reference, f"cycle {cycle}"
+    _record("FineTuneJob", seconds)

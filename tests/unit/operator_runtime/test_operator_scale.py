@@ -1,0 +1,226 @@
+"""The operator at scale (issue 21): one reconcile's work does not grow with unrelated objects in the cache,
+and a resync over unchanged objects runs no reconcile at all (state.py's recorded reads)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bigmodel_operator import naming
+from bigmodel_operator.config import OperatorConfig
+from bigmodel_operator.handlers import Operator
+from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
+from bigmodel_operator.reconcile.finetunejob_reconcile import FineTuneJobReconciler
+from bigmodel_operator.reconcile.state import ClusterState
+
+from .conftest import FakeKube, finetunejob, tiny_bigmodel
+
+
+class CountingDict(dict):  # type: ignore[type-arg]
+    """A dict that counts the entries every pass over it visits: a scan of the cache shows up here."""
+
+    visited = 0
+
+    def __iter__(self) -> Any:
+        CountingDict.visited += len(self)
+        return super().__iter__()
+
+    def items(self) -> Any:
+        CountingDict.visited += len(self)
+        return super().items()
+
+    def keys(self) -> Any:
+        CountingDict.visited += len(self)
+        return super().keys()
+
+    def values(self) -> Any:
+        CountingDict.visited += len(self)
+        return super().values()
+
+
+def _child(kind: str, name: str, namespace: str, label: str, owner: str, uid: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "resourceVersion": "5",
+            "labels": naming.labels(label, owner, "x"),
+            "ownerReferences": [{"kind": "BigModel", "name": owner, "uid": uid, "controller": True}],
+        },
+    }
+
+
+def _unrelated(state: ClusterState, n: int) -> None:
+    """n BigModels with children, n FineTuneJobs deploying to them, and their trainer pods, in two namespaces
+    (half in the target's)."""
+    for i in range(n):
+        namespace = "team-a" if i % 2 else "team-b"
+        bm = tiny_bigmodel(f"other-{i}", namespace)
+        state.put(bm)
+        uid = bm["metadata"]["uid"]
+        for kind in ("RayService", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding"):
+            state.put(_child(kind, f"other-{i}", namespace, naming.LABEL_BIGMODEL, f"other-{i}", uid))
+        state.put(finetunejob(f"other-job-{i}", f"other-{i}", namespace, phase="Running"))
+        pod = _child("Pod", f"other-job-{i}-pod", namespace, naming.LABEL_FINETUNEJOB, f"other-job-{i}", uid)
+        state.put(pod)
+
+
+class Work:
+    """What one reconcile touched in the cache: keyed reads, index entries, entries visited by scans."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.gets = 0
+        self.indexed = 0
+        get, bucket = state.get, state._bucket
+
+        def counting_get(*key: str) -> Any:
+            self.gets += 1
+            return get(*key)
+
+        def counting_bucket(key: Any) -> Any:
+            found = bucket(key)
+            self.indexed += len(found)
+            return found
+
+        state.get = counting_get  # type: ignore[method-assign]
+        state._bucket = counting_bucket  # type: ignore[method-assign]
+
+
+def _one_reconcile(unrelated: int, kind: str) -> tuple[int, int, int, int]:
+    """(gets, index entries, scanned entries, API calls) of one BigModel or FineTuneJob reconcile, in steady
+    state (second run), with `unrelated` other objects of each kind in the cache."""
+    state = ClusterState()
+    state._objects = CountingDict()
+    _unrelated(state, unrelated)
+    kube = FakeKube()
+    target = tiny_bigmodel("target")
+    state.put(kube.put(target))
+    for i in range(2):
+        state.put(kube.put(finetunejob(f"job-{i}", "target", phase="Running")))
+    state.put(_child("Pod", "job-0-pod", "team-a", naming.LABEL_FINETUNEJOB, "job-0", "x"))
+    bigmodels = BigModelReconciler(kube, state, OperatorConfig(), lambda *_: None)  # type: ignore[arg-type]
+    jobs = FineTuneJobReconciler(kube, state, OperatorConfig(), lambda *_: None)  # type: ignore[arg-type]
+    reconciler = bigmodels if kind == "BigModel" else jobs
+    key = (kind, "team-a", "target" if kind == "BigModel" else "job-0")
+    asyncio.run(reconciler.run(key))  # creates the children
+    work = Work(state)
+    CountingDict.visited = 0
+    calls = kube.writes()
+    asyncio.run(reconciler.run(key))
+    return work.gets, work.indexed, CountingDict.visited, kube.writes() - calls
+
+
+def test_bigmodel_reconcile_work_does_not_grow_with_the_cache() -> None:
+    small, large = _one_reconcile(0, "BigModel"), _one_reconcile(1000, "BigModel")
+    assert small == large, f"work with 0 vs 1,000 unrelated objects of each kind: {small} vs {large}"
+    gets, indexed, scanned, _ = large
+    assert scanned == 0, "a reconcile passed over the whole cache"
+    assert indexed == 2  # the two FineTuneJobs that deploy to it, from the index
+    assert gets < 20
+
+
+def test_finetunejob_reconcile_work_does_not_grow_with_the_cache() -> None:
+    small, large = _one_reconcile(0, "FineTuneJob"), _one_reconcile(1000, "FineTuneJob")
+    assert small == large, f"work with 0 vs 1,000 unrelated objects of each kind: {small} vs {large}"
+    assert large[2] == 0, "a reconcile passed over the whole cache"
+    assert large[1] == 1  # its own trainer pod, from the index
+
+
+async def settle(operator: Operator, kube: FakeKube, rounds: int = 4) -> None:
+    """Deliver what the fake apiserver holds as watch events would, and run what they trigger, until quiet."""
+    for _ in range(rounds):
+        for (kind, namespace, name), obj in list(kube.objects.items()):
+            if kind == "Secret":
+                continue  # not watched
+            seen = operator.state.get(kind, namespace, name) or {"metadata": {}}
+            if seen["metadata"].get("resourceVersion") == obj["metadata"]["resourceVersion"]:
+                continue
+            operator.state.put(obj)
+            labels = obj["metadata"].get("labels") or {}
+            if kind in {"BigModel", "FineTuneJob"}:
+                operator.trigger(kind, namespace, name)
+            elif owner := labels.get(naming.LABEL_BIGMODEL):
+                operator.trigger("BigModel", namespace, owner)
+            elif owner := labels.get(naming.LABEL_FINETUNEJOB):
+                operator.trigger("FineTuneJob", namespace, owner)
+        await operator.runner.drain()
+
+
+def test_a_resync_over_unchanged_objects_runs_no_reconcile() -> None:
+    count = 300
+
+    async def main() -> None:
+        kube = FakeKube()
+        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+        for i in range(count):
+            operator.state.put(kube.put(tiny_bigmodel(f"m{i:03d}")))
+            operator.trigger("BigModel", "team-a", f"m{i:03d}")
+        await settle(operator, kube)
+        assert len([k for k in kube.objects if k[0] == "RayService"]) == count
+        ran, writes = sum(operator.stats.count.values()), kube.writes()
+        start = time.process_time()
+        operator.trigger_all("BigModel")
+        cpu = time.process_time() - start
+        await operator.runner.drain()
+        assert sum(operator.stats.count.values()) == ran, "a resync over settled objects reconciled something"
+        assert kube.writes() == writes
+        print(f"resync over {count} settled BigModels: {cpu * 1000:.1f} ms CPU")
+        # One child changes: that one BigModel (and only it) runs again.
+        rayservice = kube.objects[("RayService", "team-a", "m007")]
+        rayservice["status"] = {"numServeEndpoints": 1}
+        kube._stamp(rayservice)
+        await settle(operator, kube, rounds=1)
+        assert sum(operator.stats.count.values()) == ran + 1
+
+    asyncio.run(main())
+
+
+def test_what_unsettles_an_object() -> None:
+    async def main() -> None:
+        kube = FakeKube()
+        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+        for name in ("a", "b"):
+            operator.state.put(kube.put(tiny_bigmodel(name)))
+            operator.trigger("BigModel", "team-a", name)
+        await settle(operator, kube)
+        key_a, key_b = ("BigModel", "team-a", "a"), ("BigModel", "team-a", "b")
+        assert operator.state.settled(key_a) and operator.state.settled(key_b)
+        # A FineTuneJob that deploys to `a` (its index bucket moved): only `a`.
+        operator.state.put(finetunejob("j", "a"))
+        assert not operator.state.settled(key_a) and operator.state.settled(key_b)
+        # A GPU node joining: neither (the tiny model is CPU-only and never asks for GPU products).
+        operator.state.set_gpu_node("n1", "NVIDIA-H100-80GB-HBM3")
+        assert operator.state.settled(key_b)
+        # A child deleted.
+        operator.state.drop("RayService", "team-a", "b")
+        assert not operator.state.settled(key_b)
+
+    asyncio.run(main())
+
+
+def test_a_deleted_object_leaves_nothing_behind() -> None:
+    """Per-object bookkeeping (runner, cache, indexes, per-uid memory) goes with the object."""
+    from bigmodel_operator.handlers import _track
+
+    async def main() -> None:
+        kube = FakeKube()
+        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+        bm = kube.put(tiny_bigmodel("gone"))
+        operator.state.put(bm)
+        operator.state.put(kube.put(finetunejob("gone-job", "gone")))
+        operator.trigger("BigModel", "team-a", "gone")
+        operator.trigger("FineTuneJob", "team-a", "gone-job")
+        await settle(operator, kube)
+        assert bm["metadata"]["uid"] in operator.bigmodels.keys_created
+        for (kind, namespace, name), obj in list(kube.objects.items()):
+            if operator.state.get(kind, namespace, name) is not None:
+                _track(operator, {"type": "DELETED", "object": obj})  # type: ignore[typeddict-item]
+        assert operator.state.kinds() == []
+        assert not operator.state._buckets and not operator.state._bucket_versions and not operator.state._settled
+        assert not operator.state.written_status
+        assert operator.runner.tracked() == 0
+        assert not operator.bigmodels.keys_created and not operator.bigmodels.adapter_phases
+
+    asyncio.run(main())
