@@ -86,15 +86,14 @@ WORKDIR /home/ray
 # /home/trainer/.cache and /dev/shm are emptyDir volumes.
 FROM shared AS trainer
 ENV PYTHONDONTWRITEBYTECODE=1 HOME=/home/trainer HF_HOME=/home/trainer/.cache/huggingface
+RUN groupadd --gid 1000 trainer \
+ && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer
 COPY docs/images/trainer.lock /opt/bigmodel/locks/
 RUN --mount=type=cache,id=bigmodel-build,target=/var/cache/bigmodel,sharing=locked \
     /opt/bigmodel/uv.sh pip install --system --no-deps -r /opt/bigmodel/locks/trainer.lock
 COPY --from=wheel /wheels /tmp/wheels
 RUN --mount=type=cache,id=bigmodel-build,target=/var/cache/bigmodel,sharing=locked \
-    /opt/bigmodel/uv.sh pip install --system --no-deps /tmp/wheels/*.whl \
- && rm -rf /tmp/wheels \
- && groupadd --gid 1000 trainer \
- && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer
+    /opt/bigmodel/uv.sh pip install --system --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER 1000:1000
 WORKDIR /home/trainer
 ENTRYPOINT ["python", "-m", "bigmodel_training"]

@@ -2,8 +2,9 @@
 
 - usage: the token counts go to the scope for the guard's quota charge and metrics; a usage-only chunk the
   ingress asked for (quotas count tokens) is dropped when the client did not ask for it;
-- feedback: the answer's id and text go to the feedback actor (not awaited), for a stream before its last
-  packet goes out (a client that got `[DONE]` may hang up at once);
+- feedback: the answer's id and text are journaled on the feedback sink (awaited: durable before the
+  client can rate it, feedback_journal.py), for a stream before its last packet goes out (a client that
+  got `[DONE]` may hang up at once);
 - canary: the answer's `model` becomes the route the client called; the version's latency or error is
   counted when the answer ends;
 - the request log: one record when the answer ends.
@@ -20,7 +21,7 @@ from bigmodel_serving.canary import CanaryRouter, Opened
 from bigmodel_serving.ingress_guard import USAGE_SCOPE, Scope
 from bigmodel_serving.openai_stream import AnswerText, Completion, Event, Usage, join_events, parse_packet
 
-Remember = Callable[[str | None, str], None]  # (completion id, answer text) -> sent to the feedback actor
+Remember = Callable[[str | None, str], Awaitable[None]]  # (completion id, answer text) -> sent to the feedback actor
 Log = Callable[[list[str], dict[str, Any]], Awaitable[None]]  # (texts, usage) -> the request log
 
 
@@ -66,7 +67,7 @@ class AnswerWatch:
         self._usage(completion.usage)
         texts = completion.texts()
         if self.remember is not None:
-            self.remember(completion.id, texts[0] if texts else "")
+            await self.remember(completion.id, texts[0] if texts else "")
         if self.rename is not None and completion.model == self.rename[0]:
             response = JSONResponse(completion.with_model(self.rename[1]).data, status_code=response.status_code)
         await self.log(texts, self.usage.raw if self.usage is not None else {})
@@ -84,11 +85,11 @@ class AnswerWatch:
                 out = self._packet(packet, text)
                 if text is not None and text.done and not remembered and self.remember is not None:
                     remembered = True
-                    self.remember(text.id, text.text)
+                    await self.remember(text.id, text.text)
                 if out:
                     yield out
             if text is not None and not remembered and self.remember is not None:  # ended without `[DONE]`
-                self.remember(text.id, text.text)
+                await self.remember(text.id, text.text)
         except Exception as error:
             failed = self.status_of(error) >= 500
             raise

@@ -278,28 +278,44 @@ RouteMode = Literal["auto", "promote", "rollback", "pin"]
 class AdapterRoute(_Args):
     """A name clients call (`<served_name>:<name>`) split between two engine adapters (a canary).
 
-    Each API key gets `candidate` or `stable` by a stable hash of (key name, route, candidate), so a
-    key keeps its version while `weight` holds, and raising `weight` only moves keys to the candidate.
+    `split: key` gives each API key `candidate` or `stable` by a stable hash of (key name, route,
+    candidate), so a key keeps its version while `weight` holds and raising `weight` only moves keys to
+    the candidate; `split: request` draws every request afresh (one key, or `auth.mode: none`).
     `stable: null` is the base model (a first fine-tune is canaried against it); `candidate: null`
-    sends every key to `stable`. `mode: auto` rolls back on a regression after `min_requests`
-    candidate requests and promotes after `window_requests` without one; `promote` (weight 1),
-    `rollback` (weight 0) and `pin` (keep the weight in force, decide nothing) override it by hand.
+    sends every key to `stable`. `mode: auto` decides by the sequential test of canary_rule.py (roll
+    back when the candidate is shown worse, promote when it is shown within the margins; the false
+    rollback rate is at most `false_rollback_rate`), and resolves a canary still undecided
+    `deadline_s` after `started_at` by `on_deadline`; `promote` (weight 1), `rollback` (weight 0) and
+    `pin` (keep the weight in force, decide nothing) override it by hand.
     """
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     stable: str | None = Field(default=None, description="Engine adapter name; null: the base model.")
     candidate: str | None = Field(default=None, description="Engine adapter name of the version on trial.")
-    weight: float = Field(default=0.2, ge=0, le=1, description="The candidate's share of API keys.")
+    weight: float = Field(default=0.2, ge=0, le=1, description="The candidate's share of API keys or requests.")
     mode: RouteMode = "auto"
-    min_requests: int = Field(default=20, ge=1, le=1_000_000, description="Candidate requests before a rollback.")
-    window_requests: int = Field(
-        default=200, ge=1, le=10_000_000, description="Candidate requests without regression before promotion."
+    split: Literal["key", "request"] = Field(default="key", description="Sticky per API key, or per request.")
+    min_requests: int = Field(default=20, ge=1, le=1_000_000, description="Observations on each side before deciding.")
+    false_rollback_rate: float = Field(
+        default=0.05, gt=0, le=0.5, description="The most often a candidate as good as stable is rolled back."
     )
-    max_error_rate_increase: float = Field(default=0.05, ge=0, le=1)
-    max_latency_ratio: float = Field(default=2.0, gt=0, le=1000, description="Candidate p50 / stable p50 limit.")
-    min_feedback_delta: float | None = Field(
-        default=None, ge=0, description="Roll back when the candidate's mean rating is lower by more than this."
+    max_error_rate_increase: float = Field(
+        default=0.02, gt=0, le=1, description="Promote once the error rate is shown to rise by less than this."
     )
+    max_latency_ratio: float = Field(
+        default=1.5, gt=1, le=1000, description="Roll back when shown slower than this x stable, promote when faster."
+    )
+    max_bad_answer_increase: float = Field(
+        default=0.1, gt=0, le=1, description="Margin of the share of bad rated answers (rating 1-2 or corrected)."
+    )
+    quality: Literal["auto", "off", "guard", "required"] = Field(
+        default="auto",
+        description="Ratings as a signal: required (promotion needs them), guard (rollback only), off; "
+        "auto: required when feedback is enabled, else off.",
+    )
+    started_at: float | None = Field(default=None, ge=0, description="When the canary began (seconds since epoch).")
+    deadline_s: float = Field(default=86_400, gt=0, le=90 * 86_400, description="An undecided canary ends after this.")
+    on_deadline: Literal["rollback", "promote"] = Field(default="rollback", description="How an undecided canary ends.")
 
     @model_validator(mode="after")
     def _two_versions(self) -> AdapterRoute:

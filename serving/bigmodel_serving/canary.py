@@ -1,21 +1,22 @@
 """Canary routes: one name clients call, split between a stable and a candidate adapter, decided automatically.
 
-A route (`IngressConfig.routes`, `AdapterRoute`) is called as `<served_name>:<route>`. The ingress picks
-the version per API key: a stable hash of (key name, route, candidate) mapped to [0, 1) goes to the
-candidate when it is below the weight in force. So a key keeps its version while the weight holds, and
-raising the weight only moves keys from stable to candidate. `body.model` becomes the version's engine
-name (`<served_name>:<adapter>`, or the base model when `stable` is null) and the answer's `model` is the
-route the client asked for (clients and SDKs that compare it keep working); the `X-BigModel-Model`
-response header names the version that answered.
+A route (`IngressConfig.routes`, `AdapterRoute`) is called as `<served_name>:<route>`. With `split: key`
+the ingress picks the version per API key: a stable hash of (key name, route, candidate) mapped to
+[0, 1) goes to the candidate when it is below the weight in force, so a key keeps its version while the
+weight holds; with `split: request` every request is drawn afresh (one key, or no auth). `body.model`
+becomes the version's engine name (`<served_name>:<adapter>`, or the base model when `stable` is null)
+and the answer's `model` is the route the client asked for; the `X-BigModel-Model` response header
+names the version that answered.
 
-Three parts:
+Four parts:
 
-- pure: `key_share`, `VersionSignals`, `judge` (the decision rule) and `CanaryBook` (per route state
-  for each (stable, candidate) pair: signals, the automatic verdict, the weight in force), with an
-  injectable clock, unit-tested without Ray;
-- `CanaryActor`: one detached Ray actor per application holding the `CanaryBook`, shared by all ingress
-  replicas (like `quota.py`); it also asks the feedback actor for mean ratings when a route uses them;
-- `CanaryRouter`: each ingress replica's side. Choosing a version is a dict look-up and one hash (no
+- canary_rule.py (pure): the sequential test that decides, with its error rates;
+- canary_book.py (pure): per (route, stable, candidate) pair the signals, the verdict, the deadline and
+  the weight in force;
+- `CanaryActor` here: one detached Ray actor per application holding the book, shared by all ingress
+  replicas (like `quota.py`); it asks the feedback store for the ratings, writes the evidence to the
+  sink (canary_state.py) and reports decisions to Kubernetes (rollout_report.py);
+- `CanaryRouter` here: each ingress replica's side. Choosing a version is a dict look-up and one hash (no
   actor call on the request path). Finished requests are buffered and sent to the actor every
   `SYNC_INTERVAL_S`, in the same call that brings back the decisions, so a verdict reaches every replica
   within about a second. Manual modes (promote, rollback) apply on `reconfigure()` at once, locally.
@@ -30,15 +31,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, DependencyUnavailableError, call_actor
-from bigmodel_serving.args import AdapterRoute, RolloutReportArgs
+from bigmodel_serving.args import AdapterRoute, FeedbackArgs, RolloutReportArgs
+from bigmodel_serving.canary_book import (
+    DECISIONS,
+    CanaryBook,
+    Decision,
+    Pair,
+    Role,
+    manual_decision,
+    pair_of,
+    rfc3339,
+)
+from bigmodel_serving.canary_state import SAVE_INTERVAL_S, CanaryStateStore, open_state_store
 from bigmodel_serving.rollout_report import Decision as DecisionReport
 from bigmodel_serving.rollout_report import RolloutReporter
 
@@ -47,16 +58,11 @@ logger = logging.getLogger("ray.serve")
 ACTOR_NAMESPACE = "bigmodel"
 SYNC_INTERVAL_S = 0.4  # records out, decisions in, per ingress replica
 FIRST_SYNC_TIMEOUT_S = 10.0  # a replica's first request waits this long at most for the shared state
-LATENCY_SAMPLES = 512  # per version: the p50 is over the latest this many successful requests
-MAX_PAIRS = 1024  # (route, stable, candidate) states kept by the actor
 FEEDBACK_TTL_S = 5.0
 REPORT_RETRY_S = 30.0  # an undelivered decision report is sent again this often
 MODEL_HEADER = "x-bigmodel-model"
 
-Role = Literal["stable", "candidate"]
-Decision = Literal["canary", "promoted", "rolled_back", "pinned", "stable"]
-DECISIONS: tuple[Decision, ...] = ("canary", "promoted", "rolled_back", "pinned", "stable")
-Pair = tuple[str, str | None, str | None]  # (route, stable, candidate)
+__all__ = ["DECISIONS", "MODEL_HEADER", "CanaryActor", "CanaryRouter", "Choice", "Decision", "key_share"]
 
 
 def actor_name(app_name: str) -> str:
@@ -73,279 +79,17 @@ def picks_candidate(key: str, route: str, candidate: str | None, weight: float) 
     return candidate is not None and weight > 0 and key_share(key, route, candidate) < weight
 
 
-def _rfc3339(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --------------------------------------------------------------------------------------------
-# pure: signals, the decision rule, the book
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VersionSignals:
-    """Requests, server errors and latency (time to the first answer byte) of one version."""
-
-    version: str
-    requests: int = 0
-    errors: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-
-    def record(self, error: bool, latency_s: float | None) -> None:
-        self.requests += 1
-        if error:
-            self.errors += 1
-        elif latency_s is not None:
-            self.latencies.append(latency_s)
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def p50(self) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[len(ordered) // 2]
-
-    def summary(self, feedback_mean: float | None = None) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": round(self.error_rate, 4),
-            "latency_p50_s": None if (p50 := self.p50()) is None else round(p50, 4),
-            "feedback_mean": feedback_mean,
-        }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: Literal["promoted", "rolled_back"]
-    reason: str
-
-
-def judge(
-    route: AdapterRoute,
-    stable: VersionSignals,
-    candidate: VersionSignals,
-    feedback: tuple[float | None, float | None] = (None, None),
-) -> Verdict | None:
-    """The automatic decision for a canary, or None while it needs more requests.
-
-    Roll back, once the candidate served `min_requests`, when its error rate exceeds the stable's by more
-    than `max_error_rate_increase`, its p50 latency exceeds `max_latency_ratio` times the stable's (both
-    need `min_requests // 2` successful samples), or its mean feedback rating is lower by more than
-    `min_feedback_delta`. Promote after `window_requests` candidate requests without any of these.
-    """
-    count = candidate.requests
-    if count < route.min_requests:
-        return None
-    if candidate.error_rate > stable.error_rate + route.max_error_rate_increase:
-        return Verdict(
-            "rolled_back",
-            f"candidate error rate {candidate.error_rate:.1%} > stable {stable.error_rate:.1%}"
-            f" + {route.max_error_rate_increase:.1%} after {count} requests",
-        )
-    needed = max(1, route.min_requests // 2)
-    candidate_p50, stable_p50 = candidate.p50(), stable.p50()
-    if (
-        candidate_p50 is not None
-        and stable_p50 is not None
-        and len(candidate.latencies) >= needed
-        and len(stable.latencies) >= needed
-        and candidate_p50 > route.max_latency_ratio * stable_p50
-    ):
-        return Verdict(
-            "rolled_back",
-            f"candidate p50 latency {candidate_p50 * 1000:.1f} ms > {route.max_latency_ratio:g} x stable"
-            f" {stable_p50 * 1000:.1f} ms after {count} requests",
-        )
-    stable_mean, candidate_mean = feedback
-    delta = route.min_feedback_delta
-    if (
-        delta is not None
-        and stable_mean is not None
-        and candidate_mean is not None
-        and candidate_mean < stable_mean - delta
-    ):
-        return Verdict(
-            "rolled_back", f"candidate mean rating {candidate_mean:.2f} < stable {stable_mean:.2f} - {delta:g}"
-        )
-    if count >= route.window_requests:
-        return Verdict("promoted", f"{count} candidate requests without regression")
-    return None
-
-
-def manual_decision(route: AdapterRoute, pinned_weight: float) -> tuple[Decision, float, str] | None:
-    """(decision, weight, reason) of a route whose mode or shape leaves nothing to decide, else None."""
-    if route.candidate is None:
-        return "stable", 0.0, "no candidate: every key gets the stable version"
-    if route.mode == "promote":
-        return "promoted", 1.0, "promoted by hand (mode promote)"
-    if route.mode == "rollback":
-        return "rolled_back", 0.0, "rolled back by hand (mode rollback)"
-    if route.mode == "pin":
-        return "pinned", pinned_weight, f"pinned by hand at weight {pinned_weight:g}"
-    return None
-
-
-@dataclass
-class RouteState:
-    """One (route, stable, candidate) pair: its settings, signals and the decision in force."""
-
-    route: AdapterRoute
-    stable: VersionSignals
-    candidate: VersionSignals | None
-    decision: Decision = "canary"
-    weight: float = 0.0
-    reason: str = ""
-    since: float = 0.0  # wall time of the last change of decision or weight
-    verdict: Verdict | None = None  # the automatic one; it holds for the pair
-    touched: float = 0.0
-
-    def apply(self, route: AdapterRoute, wall: float) -> bool:
-        """Take `route`'s settings; True when the decision or weight changed."""
-        self.route = route
-        manual = manual_decision(route, pinned_weight=self.weight if self.since else route.weight)
-        if manual is not None:
-            decision, weight, reason = manual
-        elif self.verdict is not None:
-            decision, reason = self.verdict.decision, self.verdict.reason
-            weight = 1.0 if decision == "promoted" else 0.0
-        else:
-            decision, weight = "canary", route.weight
-            reason = f"splitting keys; deciding after {route.min_requests} candidate requests"
-        if self.decision == "pinned" and decision == "pinned":
-            weight, reason = self.weight, self.reason  # pin freezes what was in force
-        changed = (decision, weight) != (self.decision, self.weight) or not self.since
-        self.decision, self.weight, self.reason = decision, weight, reason
-        if changed:
-            self.since = wall
-        return changed
-
-    def view(self, feedback: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
-        route = self.route
-        return {
-            "name": route.name,
-            "stable": route.stable,
-            "candidate": route.candidate,
-            "mode": route.mode,
-            "configured_weight": route.weight,
-            "weight": self.weight,
-            "decision": self.decision,
-            "reason": self.reason,
-            "since": _rfc3339(self.since),
-            "signals": {
-                "stable": self.stable.summary(feedback[0]),
-                "candidate": None if self.candidate is None else self.candidate.summary(feedback[1]),
-            },
-        }
-
-
-def pair_of(route: AdapterRoute) -> Pair:
-    return (route.name, route.stable, route.candidate)
-
-
-@dataclass
-class CanaryBook:
-    """Every route pair's state; single-threaded (the actor serializes calls)."""
-
-    wall: Callable[[], float] = time.time
-    states: dict[Pair, RouteState] = field(default_factory=dict)
-    totals: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (route, version) -> [requests, errors]
-    feedback: dict[str, float | None] = field(default_factory=dict)  # engine model -> mean rating
-
-    def configure(self, routes: Iterable[AdapterRoute], base_model: str) -> list[str]:
-        """Take the routes one ingress replica runs; returns a log line per changed decision."""
-        lines = []
-        now = self.wall()
-        for route in routes:
-            pair = pair_of(route)
-            state = self.states.get(pair)
-            if state is None:
-                state = RouteState(
-                    route=route,
-                    stable=VersionSignals(route.stable or base_model),
-                    candidate=None if route.candidate is None else VersionSignals(route.candidate),
-                )
-                self.states[pair] = state
-            state.touched = now
-            if (state.route != route or not state.since) and state.apply(route, now):
-                lines.append(self._line(state))
-        self._evict()
-        return lines
-
-    def _evict(self) -> None:
-        if len(self.states) <= MAX_PAIRS:
-            return
-        for pair in sorted(self.states, key=lambda pair: self.states[pair].touched)[: len(self.states) - MAX_PAIRS]:
-            del self.states[pair]
-
-    def record(self, pair: Pair, role: Role, error: bool, latency_s: float | None) -> str | None:
-        """Count one finished request; returns a log line when it triggered an automatic decision."""
-        state = self.states.get(pair)
-        if state is None:
-            return None
-        signals = state.stable if role == "stable" else state.candidate
-        if signals is None:
-            return None
-        signals.record(error, latency_s)
-        total = self.totals.setdefault((pair[0], signals.version), [0, 0])
-        total[0] += 1
-        total[1] += int(error)
-        return self.decide(state)
-
-    def feedback_of(self, state: RouteState) -> tuple[float | None, float | None]:
-        if state.route.min_feedback_delta is None or state.candidate is None:
-            return None, None
-        base = state.stable.version
-        return self.feedback.get(base), self.feedback.get(state.candidate.version)
-
-    def decide(self, state: RouteState) -> str | None:
-        if state.decision != "canary" or state.candidate is None or state.verdict is not None:
-            return None
-        verdict = judge(state.route, state.stable, state.candidate, self.feedback_of(state))
-        if verdict is None:
-            return None
-        state.verdict = verdict
-        state.apply(state.route, self.wall())
-        return self._line(state)
-
-    def wants_feedback(self) -> list[str]:
-        """Versions whose mean rating a pending decision needs."""
-        versions = []
-        for state in self.states.values():
-            if state.route.min_feedback_delta is not None and state.candidate is not None and state.verdict is None:
-                versions += [state.stable.version, state.candidate.version]
-        return sorted(set(versions))
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "states": [state.view(self.feedback_of(state)) for state in self.states.values()],
-            "totals": [[route, version, counts[0], counts[1]] for (route, version), counts in self.totals.items()],
-        }
-
-    @staticmethod
-    def _line(state: RouteState) -> str:
-        route = state.route
-        return (
-            f"bigmodel: route {route.name} (stable {route.stable or 'base model'}, candidate {route.candidate}):"
-            f" {state.decision} at weight {state.weight:g}: {state.reason}"
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # the shared actor
 # --------------------------------------------------------------------------------------------
 
 
-def mean_rating(value: Any) -> float | None:
-    """The mean rating from the feedback actor's `scores(model)`: (count, mean), None without ratings."""
-    if isinstance(value, list | tuple) and len(value) == 2:
-        count, mean = value
-        if isinstance(count, int) and count > 0 and isinstance(mean, int | float):
-            return float(mean)
+def quality_counts(value: Any) -> tuple[int, int] | None:
+    """(rated, bad) from the feedback store's `quality(model, since)`, None when it is not that."""
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        rated, bad = value
+        if 0 <= bad <= rated:
+            return int(rated), int(bad)
     return None
 
 
@@ -360,13 +104,17 @@ def replica_app_name(default: str) -> str:
 
 
 class CanaryActor:
-    """The Ray actor holding one application's `CanaryBook` (async: a feedback look-up does not block it)."""
+    """The Ray actor holding one application's `CanaryBook` (async: a look-up or a write does not block it)."""
 
     def __init__(self, app_name: str, base_model: str) -> None:
         self.app_name = app_name
         self.base_model = base_model
         self.book = CanaryBook()
         self._feedback_at = 0.0
+        self._feedback_to: dict[str, Any] | None = None
+        self.state_store: CanaryStateStore | None = None
+        self._saved_at = 0.0
+        self._saving: asyncio.Task[None] | None = None
         self.reporter: RolloutReporter | None = None
         self._report_to: dict[str, Any] | None = None
         self.unreported: list[DecisionReport] = []
@@ -374,22 +122,87 @@ class CanaryActor:
         self._reporting: asyncio.Task[None] | None = None
 
     async def sync(
-        self, routes: list[dict[str, Any]], records: list[list[Any]], report: dict[str, Any] | None = None
+        self,
+        routes: list[dict[str, Any]],
+        records: list[list[Any]],
+        report: dict[str, Any] | None = None,
+        feedback: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Take one replica's routes and finished requests (and where to report decisions); answer every
-        pair's state."""
+        """Take one replica's routes and finished requests (where to report decisions, the feedback
+        settings: the sink keeps the evidence); answer every pair's state."""
         self._configure_report(report)
-        for line in self.book.configure([AdapterRoute.model_validate(raw) for raw in routes], self.base_model):
+        self._configure_feedback(feedback)
+        parsed = [AdapterRoute.model_validate(raw) for raw in routes]
+        saved = await self._load_new(parsed)
+        for line in self.book.configure(parsed, self.base_model, restore=saved.get):
             logger.info(line)
-        await self._refresh_feedback()
+        await self._refresh_quality()
         for route, stable, candidate, role, error, latency in records:
             pair = (route, stable, candidate)
             decided = self.book.record(pair, role, bool(error), latency)
             if decided:
                 logger.warning(decided)
                 self._queue_report(pair)
+        for state in self.book.deciding():  # the deadline, and ratings that arrived meanwhile
+            decided = self.book.decide(state)
+            if decided:
+                logger.warning(decided)
+                self._queue_report(pair_of(state.route))
         self._send_reports()
+        self._save_states()
         return self.book.snapshot()
+
+    def _configure_feedback(self, feedback: dict[str, Any] | None) -> None:
+        if feedback == self._feedback_to:
+            return
+        self._feedback_to = feedback
+        args = None if feedback is None else FeedbackArgs.model_validate(feedback)
+        self.book.feedback_enabled = bool(args and args.enabled)
+        try:
+            self.state_store = open_state_store(args)
+        except Exception as error:  # the evidence then lives in memory only
+            logger.warning("bigmodel: canary evidence cannot be kept on the sink: %r", error)
+            self.state_store = None
+
+    async def _load_new(self, routes: list[AdapterRoute]) -> dict[Pair, Any]:
+        """The saved evidence of canaries this actor does not hold yet (after a restart)."""
+        store = self.state_store
+        if store is None:
+            return {}
+        found: dict[Pair, Any] = {}
+        for route in routes:
+            pair = pair_of(route)
+            if route.candidate is None or pair in self.book.states:
+                continue
+            try:
+                found[pair] = await asyncio.to_thread(store.load, route.name, route.candidate)
+            except Exception as error:
+                logger.warning("bigmodel: canary state of %s unreadable: %r", pair, error)
+        return found
+
+    def _save_states(self, force: bool = False) -> None:
+        """Write changed evidence off the event loop, at most every SAVE_INTERVAL_S (a decision at once)."""
+        store = self.state_store
+        if store is None or (self._saving is not None and not self._saving.done()):
+            return
+        changed = [s for s in self.book.states.values() if s.changed and s.route.candidate is not None]
+        if not changed:
+            return
+        decided = any(s.verdict is not None for s in changed)
+        if not decided and time.monotonic() - self._saved_at < SAVE_INTERVAL_S:
+            return
+        self._saved_at = time.monotonic()
+        batch = [(s.route.name, str(s.route.candidate), CanaryBook.dump_pair(s)) for s in changed]
+        for state in changed:
+            state.changed = False
+        self._saving = asyncio.get_running_loop().create_task(self._write(store, batch))
+
+    async def _write(self, store: CanaryStateStore, batch: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for route, candidate, state in batch:
+            try:
+                await asyncio.to_thread(store.save, route, candidate, state)
+            except Exception as error:  # kept in memory; written again with the next change
+                logger.warning("bigmodel: canary state of %s not written to %s: %r", route, store.location, error)
 
     def _configure_report(self, report: dict[str, Any] | None) -> None:
         if report is None or report == self._report_to:
@@ -428,26 +241,30 @@ class CanaryActor:
             if not await asyncio.to_thread(reporter.report, decision):
                 self.unreported.append(decision)
 
-    async def _refresh_feedback(self) -> None:
-        versions = self.book.wants_feedback()
-        if not versions or time.monotonic() - self._feedback_at < FEEDBACK_TTL_S:
+    async def _refresh_quality(self) -> None:
+        """Ratings of the versions on trial, counted by the feedback store since each canary began."""
+        wanted = self.book.wants_quality()
+        if not wanted or time.monotonic() - self._feedback_at < FEEDBACK_TTL_S:
             return
         self._feedback_at = time.monotonic()
         import ray
 
         from bigmodel_serving import feedback
 
-        try:  # the feedback store's actor answers scores(model) -> (count, mean rating)
+        try:  # the feedback store's actor answers quality(model, since) -> (rated, bad)
             store = ray.get_actor(feedback.actor_name(self.app_name), namespace=feedback.ACTOR_NAMESPACE)
         except ValueError:
             return  # no feedback store in this application
-        for version in versions:
+        for version, since in wanted:
             model = version if version == self.base_model else f"{self.base_model}:{version}"
             try:
-                scores = await call_actor("feedback store", store.scores.remote(model), BACKGROUND_TIMEOUT_S)
-                self.book.feedback[version] = mean_rating(scores)
-            except Exception as error:  # ratings are optional: decide on the other signals
-                logger.warning("bigmodel: feedback scores of %s unavailable: %r", model, error)
+                pending: Any = store.quality.remote(model, since)
+                counts = quality_counts(await call_actor("feedback store", pending, BACKGROUND_TIMEOUT_S))
+            except Exception as error:  # decide on what is known; ask again at the next refresh
+                logger.warning("bigmodel: ratings of %s unavailable: %r", model, error)
+                continue
+            if counts is not None:
+                self.book.set_quality(version, *counts)
 
 
 def canary_actor(app_name: str, base_model: str) -> Any:
@@ -509,12 +326,20 @@ class CanaryRouter:
         self._pending: list[list[Any]] = []
         self._syncer: asyncio.Task[None] | None = None
         self.report_to: dict[str, Any] | None = None  # RolloutReportArgs, for the actor
+        self.feedback: dict[str, Any] | None = None  # FeedbackArgs, for the actor (ratings, the sink)
+        self.draw: Callable[[], float] = random.random  # the per-request split
 
     # ---- configuration ----
 
-    def configure(self, routes: Iterable[AdapterRoute], report: RolloutReportArgs | None = None) -> None:
+    def configure(
+        self,
+        routes: Iterable[AdapterRoute],
+        report: RolloutReportArgs | None = None,
+        feedback: FeedbackArgs | None = None,
+    ) -> None:
         self.routes = {f"{self.base_model}:{route.name}": route for route in routes}
         self.report_to = None if report is None else report.model_dump()
+        self.feedback = None if feedback is None or not feedback.enabled else feedback.model_dump()
         self._reweigh()
 
     def model_ids(self) -> list[str]:
@@ -537,7 +362,7 @@ class CanaryRouter:
             if previous is None or previous[:2] != (decision, weight):
                 logger.info("bigmodel: route %s: %s, candidate weight %g: %s", route.name, decision, weight, reason)
                 previous = None
-            since = shared_since or (previous[3] if previous is not None else _rfc3339(time.time()))
+            since = shared_since or (previous[3] if previous is not None else rfc3339(time.time()))
             self._decisions[route.name] = (decision, weight, reason, since)
         self.weights = weights
 
@@ -551,7 +376,11 @@ class CanaryRouter:
         pair = pair_of(route)
         stable_model = self.base_model if route.stable is None else f"{self.base_model}:{route.stable}"
         stable = Choice(pair, "stable", model, stable_model)
-        if not picks_candidate(key, route.name, route.candidate, self.weights.get(route.name, 0.0)):
+        weight = self.weights.get(route.name, 0.0)
+        if route.split == "request":
+            if route.candidate is None or weight <= 0 or self.draw() >= weight:
+                return stable
+        elif not picks_candidate(key, route.name, route.candidate, weight):
             return stable
         return Choice(pair, "candidate", model, f"{self.base_model}:{route.candidate}", fallback=stable)
 
@@ -621,7 +450,7 @@ class CanaryRouter:
         records, self._pending = self._pending, []
         routes = [route.model_dump() for route in self.routes.values()]
         try:
-            pending = self._get_actor().sync.remote(routes, records, self.report_to)
+            pending = self._get_actor().sync.remote(routes, records, self.report_to, self.feedback)
             snapshot = await call_actor("canary store", pending, BACKGROUND_TIMEOUT_S)
         except DependencyUnavailableError:
             self._pending = records + self._pending  # try again next time
@@ -644,6 +473,7 @@ class CanaryRouter:
             entry: dict[str, Any] = {"id": model, "object": "route", "name": route.name}
             entry.update(stable=route.stable, candidate=route.candidate, mode=route.mode)
             entry.update(configured_weight=route.weight, weight=weight, decision=decision, reason=reason, since=since)
+            entry["started"] = state.get("started")
             entry["signals"] = state.get("signals", {"stable": None, "candidate": None})
             out.append(entry)
         return out

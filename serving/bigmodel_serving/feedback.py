@@ -1,27 +1,30 @@
 """User feedback on answered completions: `POST /v1/feedback` and the chat-format JSONL sink.
 
-    client ── POST /v1/chat/completions ──> ingress ── answer ──> client
-                                              │ remember(id, key, model, conversation)   (not awaited)
+    client ── POST /v1/chat/completions ──> ingress ── answer ──────────────────────────> client
+                                              │ 1. journal: redacted, appended, fsync'd   ^ 2. the last byte
+                                              v    (feedback_journal.py)                  │    (and the id)
+                                     <sink>/answers/<day>/<replica>.jsonl ──────────────┘
+                                              │ 3. into the store's cache (not awaited)
                                               v
                                      FeedbackActor (one detached Ray actor per application)
-                                              ^ feedback(id, key, rating, correction)
+                                              ^ feedback(id, key, rating, correction, settings)
     client ── POST /v1/feedback ────────> ingress ── 200 {"id", "object": "feedback", "status": "recorded"}
                                               │
-                                              v  one JSON line per feedback, PII redacted
-                                     <sink_path>/feedback-YYYY-MM-DD.jsonl
+                                              v  one JSON line per feedback, PII redacted, fsync'd
+                                     <sink>/feedback-YYYY-MM-DD.jsonl
 
-- The ingress sends every answered completion (streamed or not) to the actor without waiting: the id
-  from the response (`chatcmpl-…`, `cmpl-…`), the key's name, the model actually served (an adapter
-  version included) and the conversation with the answer last. The actor keeps them for `ttl_s`,
-  at most `max_entries` and `max_bytes` (oldest dropped first).
-- PII redaction (the request log's redactor) runs in a thread of the actor, off the request path, a
-  moment after an answer arrives; a feedback for an answer not yet redacted redacts it first. What
-  reaches the sink is always redacted, the correction included.
+- Sink first, memory as a cache: the ingress answers only after the completion (id, key name, the model
+  version that answered, the redacted conversation) is durable in its journal. The store's memory
+  holds the answers of `ttl_s` (at most `max_entries` and `max_bytes`); an answer it does not hold
+  (a restarted store, another replica's answer not handed over yet, one evicted) is read from the
+  journals. An id is known from the moment its answer is complete.
+- Every store call carries the settings: a store that Ray restarted configures itself from the first
+  call (reading the journals and the recent ratings back), so a restart costs a delay, never a 503.
 - `rating` is an integer from 1 (bad) to 5 (good): a thumbs-down is 1, a thumbs-up 5. An unknown or
   expired id, and an id answered to another API key, are the same 404 (no key learns another's ids).
-- The sink is a small writer interface (`FeedbackSink`): a directory (a mounted PVC) now; object
-  stores plug in through `SINK_SCHEMES`.
-- Per-model counts and mean ratings (`scores`) feed /metrics and the canary's feedback signal.
+- A feedback record is written (and fsync'd, or PUT) before the 2xx. The sink is a small writer
+  interface (`FeedbackSink`): a directory (a mounted PVC) or S3, through `SINK_SCHEMES`.
+- Ratings by model (feedback_store.py) feed /metrics and the canary's quality signal.
 """
 
 from __future__ import annotations
@@ -30,14 +33,11 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +46,8 @@ from bigmodel_contract.safe_paths import PathEscapeError, resolve_inside
 from bigmodel_serving.actor_calls import BACKGROUND_TIMEOUT_S, RETRY_AFTER_S, DependencyUnavailableError, call_actor
 from bigmodel_serving.args import FeedbackArgs
 from bigmodel_serving.errors import APIError
+from bigmodel_serving.feedback_journal import AnswerJournal, JournalReader, sink_files
+from bigmodel_serving.feedback_store import Answered, CompletionStore, FeedbackBook, FeedbackSink
 
 logger = logging.getLogger(__name__)
 
@@ -154,84 +156,6 @@ def conversation_of(messages: Iterable[Any] | None = None, prompt: Any = None) -
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Answered:
-    """One remembered completion: the conversation ends with the assistant's answer."""
-
-    key: str
-    model: str
-    messages: list[dict[str, str]]
-    answered_at: float  # wall clock (seconds since the epoch)
-    expires: float  # store clock
-    size: int
-    redacted: bool = False
-
-
-def _size(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) + len(m["role"]) + 32 for m in messages) + 256
-
-
-@dataclass
-class CompletionStore:
-    """Answered completions by id, oldest first; bounded by count, bytes and age."""
-
-    ttl_s: float = 86_400.0
-    max_entries: int = 50_000
-    max_bytes: int = 128 * 2**20
-    clock: Callable[[], float] = time.monotonic
-    entries: OrderedDict[str, Answered] = field(default_factory=OrderedDict)
-    bytes: int = 0
-    pending: deque[str] = field(default_factory=deque)  # ids not redacted yet, oldest first
-
-    def _drop(self, completion_id: str) -> None:
-        entry = self.entries.pop(completion_id, None)
-        if entry is not None:
-            self.bytes -= entry.size
-
-    def expire(self) -> None:
-        now = self.clock()
-        while self.entries:
-            oldest_id, oldest = next(iter(self.entries.items()))
-            if oldest.expires > now:
-                break
-            self._drop(oldest_id)
-
-    def remember(self, completion_id: str, key: str, model: str, messages: list[dict[str, str]], at: float) -> None:
-        self._drop(completion_id)
-        entry = Answered(key, model, messages, at, self.clock() + self.ttl_s, _size(messages))
-        if entry.size > self.max_bytes:
-            return  # larger than the whole store: never kept
-        self.entries[completion_id] = entry
-        self.bytes += entry.size
-        self.pending.append(completion_id)
-        self.expire()
-        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self.entries)))
-
-    def get(self, completion_id: str, key: str) -> Answered | None:
-        """The entry answered to `key`, or None (unknown, expired, or another key's)."""
-        self.expire()
-        entry = self.entries.get(completion_id)
-        return entry if entry is not None and entry.key == key else None
-
-    def unredacted(self, limit: int) -> list[Answered]:
-        """Up to `limit` entries still to redact, oldest first (each handed out once)."""
-        out: list[Answered] = []
-        while self.pending and len(out) < limit:
-            entry = self.entries.get(self.pending.popleft())
-            if entry is not None and not entry.redacted:
-                out.append(entry)
-        return out
-
-
-class FeedbackSink(Protocol):
-    """Where feedback records go; `append` raises OSError when the record could not be stored."""
-
-    location: str
-
-    def append(self, record: dict[str, Any]) -> None: ...
-
-
 class DirectorySink:
     """One JSONL file per UTC day in a directory (a mounted PVC): feedback-YYYY-MM-DD.jsonl.
 
@@ -257,8 +181,17 @@ class DirectorySink:
                 target = resolve_inside(self.root, f"{relative}/{name}")
             except PathEscapeError as exc:
                 raise FeedbackSinkError(f"feedback sink {self.location}: {exc}") from exc
+        fresh = not target.exists()
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())  # durable before the client hears "recorded"
+        if fresh:
+            descriptor = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
 
 
 class FeedbackSinkError(ValueError):
@@ -297,63 +230,6 @@ def open_sink(args: FeedbackArgs) -> FeedbackSink:
     return opener(uri)
 
 
-def iso_time(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class FeedbackBook:
-    """The store, the per-model scores and the sink (single-threaded but for `redact_some`)."""
-
-    store: CompletionStore
-    sink: FeedbackSink | None
-    redact: Redactor
-    wall: Callable[[], float] = time.time
-    scores_by_model: dict[str, list[float]] = field(default_factory=dict)  # model -> [count, sum]
-
-    def remember(self, completion_id: str, key: str, model: str, messages: list[dict[str, str]]) -> None:
-        self.store.remember(completion_id, key, model, messages, self.wall())
-
-    def redacted_messages(self, entry: Answered) -> list[dict[str, str]]:
-        return [{"role": m["role"], "content": self.redact(m["content"])} for m in entry.messages]
-
-    def redact_entry(self, entry: Answered) -> None:
-        if not entry.redacted:
-            entry.messages, entry.redacted = self.redacted_messages(entry), True
-
-    def feedback(self, completion_id: str, key: str, rating: int, correction: str | None) -> dict[str, Any] | None:
-        """Append the record to the sink and return it; None for an unknown id (or another key's)."""
-        entry = self.store.get(completion_id, key)
-        if entry is None:
-            return None
-        if self.sink is None:
-            raise FeedbackSinkError("no sink configured")
-        self.redact_entry(entry)
-        record = {
-            "messages": entry.messages,
-            "rating": rating,
-            "correction": self.redact(correction) if correction else None,
-            "model": entry.model,
-            "key": key,
-            "id": completion_id,
-            "ts": iso_time(self.wall()),
-            "answered_at": iso_time(entry.answered_at),
-        }
-        self.sink.append(record)
-        count_sum = self.scores_by_model.setdefault(entry.model, [0, 0.0])
-        count_sum[0] += 1
-        count_sum[1] += rating
-        return record
-
-    def scores(self, model: str) -> tuple[int, float]:
-        """(feedback count, mean rating) of one served model name (0, 0.0 when none)."""
-        count, total = self.scores_by_model.get(model, [0, 0.0])
-        return int(count), (total / count if count else 0.0)
-
-    def all_scores(self) -> dict[str, tuple[int, float]]:
-        return {model: self.scores(model) for model in sorted(self.scores_by_model)}
-
-
 def render_feedback_metrics(scores: Mapping[str, tuple[int, float]]) -> str:
     """Feedback counts and mean ratings by served model (adapter version included), Prometheus text."""
     from bigmodel_serving.metrics import _labels, _number
@@ -377,153 +253,216 @@ def render_feedback_metrics(scores: Mapping[str, tuple[int, float]]) -> str:
 # --------------------------------------------------------------------------------------------
 
 RECORDED, NOT_FOUND, UNAVAILABLE = "recorded", "not_found", "unavailable"
+FULL_SEARCH_INTERVAL_S = 1.0  # at most one search of every journal per second (answers evicted from memory)
+PRUNE_INTERVAL_S = 3600.0
+RATINGS_WINDOW_S = 2 * 86_400  # ratings counted again from the sink after a restart: the last two days at least
 
 
 class FeedbackActor:
     """The Ray actor holding one application's `FeedbackBook` (calls run one at a time, in order).
 
-    A daemon thread redacts remembered answers shortly after they arrive, so the request path never
-    pays for redaction and a feedback usually finds its answer redacted already.
+    Every call carries the ingress's feedback settings, so an actor that Ray restarted (detached,
+    `max_restarts=-1`) configures itself from the first call that reaches it: it reads the journals
+    of the retention window into its cache and counts the ratings of the last days again from the
+    feedback records, then answers as before. Nothing it held is lost: the sink has it.
     """
 
-    REDACT_BATCH = 32
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
         self.args: FeedbackArgs | None = None
-        self.book = FeedbackBook(CompletionStore(clock=clock), None, lambda text: text)
+        self._settings: dict[str, Any] | None = None
+        self.book = FeedbackBook(CompletionStore(wall=wall), None, lambda text: text, wall)
+        self.reader: JournalReader | None = None
         self.problem: str | None = "feedback is not configured"
-        threading.Thread(target=self._redact_loop, name="feedback-redactor", daemon=True).start()
+        self._searched_at = 0.0
+        self._pruned_at = 0.0
 
     def configure(self, settings: dict[str, Any], redactor: Redactor | None = None) -> str | None:
         """Apply the ingress's `feedback` settings; returns why feedback cannot work, or None."""
         from bigmodel_serving.request_log import load_redactor
 
+        if settings == self._settings:
+            return self.problem
         args = FeedbackArgs.model_validate(settings)
-        with self._lock:
-            if args == self.args:
-                return self.problem
-            self.args = args
-            store = self.book.store
-            store.ttl_s, store.max_entries, store.max_bytes = args.ttl_s, args.max_entries, args.max_bytes
-            redact, sink, problem = redactor or load_redactor(), None, None
-            if not args.enabled:
-                problem = "feedback is not enabled for this model"
-            elif redact is None:
-                problem = "the PII redactor (bigmodel_training.redact) is not importable here"
-            else:
-                try:
-                    sink = open_sink(args)
-                except FeedbackSinkError as error:
-                    problem = str(error)
-            if problem and args.enabled:
-                logger.error("bigmodel feedback: %s", problem)
-            self.book = FeedbackBook(
-                store, sink, redact or (lambda text: text), self.book.wall, self.book.scores_by_model
-            )
-            self.problem = problem
-            return problem
-
-    def remember(self, completion_id: str, key: str, model: str, messages: list[dict[str, str]]) -> None:
-        with self._lock:
-            if self.problem is None:
-                self.book.remember(completion_id, key, model, messages)
-        self._wake.set()
-
-    def feedback(self, completion_id: str, key: str, rating: int, correction: str | None) -> dict[str, Any]:
-        with self._lock:
-            if self.problem is not None:
-                return {"status": UNAVAILABLE, "message": self.problem}
+        self._settings, self.args = settings, args
+        store = self.book.store
+        store.ttl_s, store.max_entries, store.max_bytes = args.ttl_s, args.max_entries, args.max_bytes
+        redact, sink, problem, reader = redactor or load_redactor(), None, None, None
+        if not args.enabled:
+            problem = "feedback is not enabled for this model"
+        elif redact is None:
+            problem = "the PII redactor (bigmodel_training.redact) is not importable here"
+        else:
             try:
-                record = self.book.feedback(completion_id, key, rating, correction)
-            except (OSError, FeedbackSinkError) as error:
-                logger.error("bigmodel feedback: could not write to %s: %s", self.args, error)
-                return {"status": UNAVAILABLE, "message": f"the feedback sink could not be written ({error})"}
-        return {"status": RECORDED if record is not None else NOT_FOUND}
+                sink = open_sink(args)
+                files = sink_files(args.sink_path, args.sink_uri)
+                reader = JournalReader(files, self.wall) if files is not None else None
+            except FeedbackSinkError as error:
+                problem = str(error)
+        if problem and args.enabled:
+            logger.error("bigmodel feedback: %s", problem)
+        self.book = FeedbackBook(store, sink, redact or (lambda text: text), self.wall, self.book.ratings)
+        same_sink = (
+            reader is not None and self.reader is not None and reader.files.location == self.reader.files.location
+        )
+        if same_sink:
+            reader = self.reader  # settings of another replica (a rollout in progress): nothing to read again
+        self.problem, self.reader = problem, reader
+        if reader is not None and not same_sink:
+            self._load(reader)
+        return problem
+
+    def _load(self, reader: JournalReader) -> None:
+        """What the sink holds: the answers of the retention window, the ratings of the last days."""
+        assert self.args is not None
+        try:
+            for record in reader.read_new(self.args.ttl_s):
+                self.book.remember(record)
+            for record in reader.feedback_records(max(self.args.ttl_s, RATINGS_WINDOW_S)):
+                self.book.count(record)
+        except Exception as error:  # the cache fills again as answers and look-ups come
+            logger.warning("bigmodel feedback: could not read the sink %s: %r", reader.files.location, error)
+
+    def _configured(self, settings: dict[str, Any] | None) -> str | None:
+        if settings is not None and settings != self._settings:
+            self.configure(settings)
+        return self.problem
+
+    def remember(self, record: dict[str, Any], settings: dict[str, Any] | None = None) -> None:
+        """An answer the ingress already wrote to its journal (redacted): into the cache."""
+        if self._configured(settings) is None:
+            self.book.remember(record)
+        self._prune()
+
+    def feedback(
+        self,
+        completion_id: str,
+        key: str,
+        rating: int,
+        correction: str | None,
+        settings: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if self._configured(settings) is not None:
+            return {"status": UNAVAILABLE, "message": self.problem}
+        try:
+            entry = self._find(completion_id)
+            if entry is None or entry.key != key:
+                return {"status": NOT_FOUND}
+            self.book.feedback(entry, completion_id, rating, correction)
+        except (OSError, FeedbackSinkError) as error:
+            logger.error("bigmodel feedback: could not write to %s: %s", self.args, error)
+            return {"status": UNAVAILABLE, "message": f"the feedback sink could not be written ({error})"}
+        return {"status": RECORDED}
+
+    def _find(self, completion_id: str) -> Answered | None:
+        """The cache, then what the journals got since the last look, then (rarely) every journal."""
+        entry = self.book.store.lookup(completion_id)
+        if entry is not None or self.reader is None or self.args is None:
+            return entry
+        for record in self.reader.read_new(self.args.ttl_s):
+            self.book.remember(record)
+        entry = self.book.store.lookup(completion_id)
+        now = time.monotonic()
+        if entry is None and self.book.store.evicted and now - self._searched_at >= FULL_SEARCH_INTERVAL_S:
+            self._searched_at = now
+            found = self.reader.find(completion_id, self.args.ttl_s)
+            if found is not None and found["answered_at"] > self.wall() - self.args.ttl_s:
+                return Answered(found["key"], found["model"], found["messages"], found["answered_at"], 0)
+        return entry
+
+    def _prune(self) -> None:
+        """Journal days past the retention go (hourly)."""
+        now = time.monotonic()
+        if self.reader is None or self.args is None or now - self._pruned_at < PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = now
+        try:
+            self.reader.prune(self.args.ttl_s + 86_400)
+        except Exception as error:
+            logger.warning("bigmodel feedback: could not prune old journals: %r", error)
+
+    def quality(self, model: str, since: float) -> tuple[int, int]:
+        """(rated, bad) of one served model's answers given since `since`, e.g. for a canary."""
+        return self.book.quality(model, since)
 
     def scores(self, model: str) -> tuple[int, float]:
         """(count, mean rating) of feedback on one served model name, e.g. `tiny:support-bot.ftj-0427`."""
-        with self._lock:
-            return self.book.scores(model)
+        return self.book.scores(model)
 
     def all_scores(self) -> dict[str, tuple[int, float]]:
-        with self._lock:
-            return self.book.all_scores()
-
-    def redact_pending(self) -> int:
-        """Redact the answers waiting for it; returns how many were redacted."""
-        done = 0
-        while True:
-            with self._lock:
-                batch, book = self.book.store.unredacted(self.REDACT_BATCH), self.book
-            if not batch:
-                return done
-            for entry in batch:
-                cleaned = book.redacted_messages(entry)  # outside the lock: feedback calls go on meanwhile
-                with self._lock:
-                    if not entry.redacted:
-                        entry.messages, entry.redacted = cleaned, True
-                done += 1
-
-    def _redact_loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                self.redact_pending()
-            except Exception:  # never let the thread die; a feedback redacts its own entry anyway
-                logger.exception("bigmodel feedback: redaction failed")
+        return self.book.all_scores()
 
 
 def feedback_actor(app_name: str) -> Any:
-    """The application's feedback actor, created on first use (detached: it outlives ingress replicas)."""
+    """The application's feedback actor, created on first use (detached: it outlives ingress replicas).
+
+    Calls in flight when its process dies are retried on the restarted actor (`max_task_retries`); a
+    rating may then be written twice, which changes nothing (the latest per completion id counts)."""
     import ray
 
-    remote_cls = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=1)(FeedbackActor)
+    options = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1, "max_concurrency": 1}
+    remote_cls = cast(Any, ray.remote)(**options)(FeedbackActor)
     return remote_cls.options(
         name=actor_name(app_name), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote()
 
 
-NOT_FOUND_RETRIES_S = (0.05, 0.2)
-"""Waits before asking again about an id the store does not know (see FeedbackClient.submit)."""
+JOURNAL_TIMEOUT_S = 5.0  # an answer waits this long at most for its journal write
+STORE_TIMEOUT_S = 30.0  # a feedback waits this long at most for the store (a restart takes seconds)
+NOT_FOUND_RETRIES_S = (0.05,)
+"""Wait before asking again about an id the store does not know (see FeedbackClient.submit)."""
 
 
 class FeedbackClient:
-    """What an ingress replica holds: sends answers to the actor, answers POST /v1/feedback."""
+    """What an ingress replica holds: the journal of its answers, and POST /v1/feedback."""
 
-    def __init__(self, args: FeedbackArgs, actor: Any) -> None:
+    def __init__(self, args: FeedbackArgs, actor: Any, redactor: Redactor | None = None) -> None:
+        from bigmodel_serving.request_log import load_redactor
+
         self.args = args
+        self.settings = args.model_dump()
         self.actor = actor
-        actor.configure.remote(args.model_dump())
+        self.journal: AnswerJournal | None = None
+        self.journal_failures = 0
+        redact = redactor or load_redactor()
+        files = sink_files(args.sink_path, args.sink_uri) if args.enabled else None
+        if files is not None and redact is not None:
+            self.journal = AnswerJournal(files, redact)
+        actor.configure.remote(self.settings)
 
-    def remember(
+    async def remember(
         self, completion_id: str | None, key: str, model: str, conversation: list[dict[str, str]] | None, answer: str
     ) -> None:
-        """Send one answered completion to the actor without waiting (best effort)."""
-        if not completion_id or conversation is None:
+        """Write one answered completion to this replica's journal and wait until it is durable (at most
+        JOURNAL_TIMEOUT_S), then give it to the store's cache without waiting."""
+        if not completion_id or conversation is None or self.journal is None:
+            return
+        messages = [*conversation, {"role": "assistant", "content": answer}]
+        try:
+            record = await asyncio.wait_for(
+                asyncio.shield(self.journal.append(completion_id, key, model, messages)), JOURNAL_TIMEOUT_S
+            )
+        except Exception as error:  # the answer goes out anyway; a feedback on it may find nothing
+            self.journal_failures += 1
+            logger.error("bigmodel feedback: answer %s not journaled: %r", completion_id, error)
             return
         try:
-            messages = [*conversation, {"role": "assistant", "content": answer}]
-            self.actor.remember.remote(completion_id, key, model, messages)
-        except Exception:  # the answer already went out; feedback on it will get 404
-            logger.exception("bigmodel feedback: could not remember %s", completion_id)
+            self.actor.remember.remote(record, self.settings)
+        except Exception:  # the store finds it in the journal
+            logger.warning("bigmodel feedback: could not hand %s to the store", completion_id)
 
     async def submit(self, key: str, raw: bytes) -> dict[str, Any]:
         """Validate and record one feedback; raises APIError 400/404/503."""
         request = parse_feedback_request(raw)
         for delay in (*NOT_FOUND_RETRIES_S, None):
             try:
-                pending = self.actor.feedback.remote(request.id, key, request.rating, request.correction)
-                result = await call_actor("feedback store", pending)
-            except DependencyUnavailableError as error:  # restarting (it keeps no answers across a restart)
-                logger.warning("bigmodel feedback: the feedback actor did not answer: %r", error.underlying)
+                pending = self.actor.feedback.remote(request.id, key, request.rating, request.correction, self.settings)
+                result = await call_actor("feedback store", pending, STORE_TIMEOUT_S)
+            except DependencyUnavailableError as error:  # gone for longer than a restart takes
+                logger.warning("bigmodel feedback: the feedback store did not answer: %r", error.underlying)
                 raise feedback_unavailable("the feedback store did not answer; retry shortly") from None
             if result["status"] != NOT_FOUND or delay is None:
                 break
-            # Another ingress replica may have answered that completion a moment ago: Ray orders only
-            # one caller's calls, so its `remember` can reach the actor after this feedback.
             await asyncio.sleep(delay)
         if result["status"] == NOT_FOUND:
             raise feedback_not_found(request.id)
@@ -534,4 +473,8 @@ class FeedbackClient:
     async def metrics_text(self) -> str:
         """The feedback families; raises DependencyUnavailableError (/metrics goes on without them)."""
         scores = await call_actor("feedback store", self.actor.all_scores.remote(), BACKGROUND_TIMEOUT_S)
-        return render_feedback_metrics(scores)
+        return render_feedback_metrics(scores) + (
+            "# HELP bigmodel_feedback_journal_failures_total Answers this replica could not journal for feedback.\n"
+            "# TYPE bigmodel_feedback_journal_failures_total counter\n"
+            f"bigmodel_feedback_journal_failures_total {self.journal_failures}\n"
+        )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -190,7 +190,7 @@ class BigModelIngress(OpenAiIngress):
             self.key_store = ApiKeyStore(keys_dir)
         if self.config is None or config.request_log != self.config.request_log or self.request_log is None:
             self.request_log = RequestLogger.from_args(config.request_log)
-        self.canary.configure(config.routes, config.rollout_report)
+        self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
         self.config = config
         logger.info(
@@ -385,8 +385,9 @@ class BigModelIngress(OpenAiIngress):
         )
         return await watch.watch(response)
 
-    def _rememberer(self, body: Any, key: str) -> Callable[[str | None, str], None] | None:
-        """What sends an answered completion to the feedback actor (not awaited), or None without feedback."""
+    def _rememberer(self, body: Any, key: str) -> Callable[[str | None, str], Awaitable[None]] | None:
+        """What journals an answered completion for feedback (returns once it is durable, feedback.py), or
+        None without feedback."""
         feedback = self.feedback
         if feedback is None:
             return None
@@ -395,8 +396,8 @@ class BigModelIngress(OpenAiIngress):
         else:
             conversation = conversation_of(prompt=body.prompt)
 
-        def remember(completion_id: str | None, answer: str) -> None:
-            feedback.remember(completion_id, key, str(body.model), conversation, answer)
+        async def remember(completion_id: str | None, answer: str) -> None:
+            await feedback.remember(completion_id, key, str(body.model), conversation, answer)
 
         return remember
 

@@ -222,8 +222,8 @@ async def measure_server_side(
         assert local.configure({"enabled": True, "sink_path": scratch}) is None
         turns = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "hi"}]
         for completion_id in ids:
-            local.remember(completion_id, key_name, "tiny", turns)
-        local.redact_pending()
+            local.remember({"id": completion_id, "key": key_name, "model": "tiny", "messages": turns,
+                            "answered_at": time.time()})  # fmt: skip
 
         async def actor_work(_: int) -> None:
             assert local.feedback(next(cycle), key_name, 5, None)["status"] == "recorded"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A real one-node Kubernetes cluster in a private network namespace, for `make e2e`.
 
-    node.py up                  create the netns, start everything, apply the add-ons, wait until Ready
+    node.py up                     create the netns, start everything, apply the add-ons, wait until Ready
     node.py import LAYOUT NAME...  import images from docs/images.sh's OCI layout (only what containerd lacks)
-    node.py exec -- CMD...      run CMD inside the netns with KUBECONFIG set (tests, kubectl, helm)
-    node.py status              processes, node and add-on pods
-    node.py down                stop everything `up` started, remove the pods' mounts and the netns
+    node.py exec -- CMD...         run CMD inside the netns with KUBECONFIG set (tests, kubectl, helm)
+    node.py status                 processes, node and add-on pods
+    node.py down                   stop everything `up` started, remove the pods' mounts and the netns
 
 Everything lives in the network namespace ``bigmodel-e2e``: etcd, kube-apiserver, controller-manager,
 scheduler, containerd (+ runc), kubelet, kube-proxy, and the pods on the CNI bridge (CoreDNS, KubeRay,

@@ -211,7 +211,8 @@ def _finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"name": "tiny-lora"},
         "spec": {
             "baseModel": {"uri": "pvc://e2e-data/model", "config": tiny_config},
-            "dataset": {"uri": "pvc://e2e-data/chats.jsonl", "format": "chat"},
+            # Held-out rows: without them the gate compares nothing and the adapter is not promoted (issue 19).
+            "dataset": {"uri": "pvc://e2e-data/chats.jsonl", "format": "chat", "validationSplit": 0.25},
             "method": {"type": "lora", "rank": 4},
             "hyperparameters": {"epochs": 1, "maxSteps": 20, "batchSize": 4, "maxSeqLength": 128},
             "resources": {"gpu": {"count": 0}, "cpu": TRAINER_CPU, "memory": "3Gi"},

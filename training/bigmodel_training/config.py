@@ -71,6 +71,11 @@ class FeedbackFilter(_Model):
 
     min_rating: int = Field(default=1, ge=1, le=5, description="Keep records rated at least this (1..5).")
     since: datetime | None = Field(default=None, description="Keep records given at or after this time.")
+    until: datetime | None = Field(
+        default=None,
+        description="The snapshot's end: records given after it are not read (the FineTuneJob's creation time), "
+        "so a retried or resumed run trains on exactly the same rows.",
+    )
 
 
 class DatasetSource(_Model):
@@ -198,6 +203,25 @@ class GateConfig(_Model):
     min_score: float | None = Field(
         default=None, ge=0, le=1, description="Smallest eval-set score (share passed) of the adapted model."
     )
+    require_held_out: bool = Field(
+        default=True,
+        description="Without held-out data (no validation split, no eval set) the gate does not pass: nothing was "
+        "compared. false: pass anyway (the adapter is then judged by the canary alone).",
+    )
+
+
+class IncumbentAdapter(_Model):
+    """The version this run's adapter would replace (the stable adapter of its BigModel), compared on the same
+    held-out examples and eval set; none: the base model is the incumbent."""
+
+    name: str = Field(min_length=1, description="Its engine name, e.g. support-bot.ftj-v1 (for the status).")
+    uri: str = Field(description="Where its adapter files are: pvc://, file:/// or s3://.")
+    local_path: str | None = Field(default=None, description="Where the operator mounted it.")
+
+    @model_validator(mode="after")
+    def _uri(self) -> IncumbentAdapter:
+        _check_uri(self.uri)
+        return self
 
 
 class EvaluationConfig(_Model):
@@ -212,6 +236,7 @@ class EvaluationConfig(_Model):
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
     max_examples: int = Field(default=200, ge=1, le=10_000)
     gate: GateConfig = Field(default_factory=GateConfig)
+    incumbent: IncumbentAdapter | None = Field(default=None, description="The adapter version it would replace.")
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:

@@ -28,9 +28,11 @@ from typing import Any
 from bigmodel_training.config import EvaluationConfig, GateConfig
 from bigmodel_training.dataset import DEFAULT_MAX_LINE_BYTES, Example, read_lines
 from bigmodel_training.errors import DatasetError
+from bigmodel_training.gate_comparison import Comparison
 
 log = logging.getLogger(__name__)
 REPORTED_DEFECTS = 20
+PASSED, FAILED, NOT_COMPARED = "Passed", "Failed", "NotCompared"
 
 
 @dataclass
@@ -55,6 +57,10 @@ class GateResult:
     scorer: str | None = None
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
+    outcome: str = PASSED  # Passed | Failed | NotCompared (no held-out data, or the incumbent not measured)
+    incumbent: str | None = None  # the stable adapter compared with (None: the base model)
+    comparisons: list[Comparison] = field(default_factory=list)
+    incumbent_problem: str | None = None
 
     @property
     def loss_ratio(self) -> float | None:
@@ -76,6 +82,9 @@ class GateResult:
             "examples": self.examples or None,
             "scorer": self.scorer,
             "passed": self.passed,
+            "outcome": self.outcome,
+            "incumbent": self.incumbent or "base model",
+            "comparisons": [c.to_status() for c in self.comparisons] or None,
             "reasons": list(self.reasons),
         }
         return {key: value for key, value in status.items() if value is not None}
@@ -212,6 +221,16 @@ def decide(result: GateResult, gate: GateConfig, *, base_comparable: bool = True
     if result.adapted_loss is not None and not math.isfinite(result.adapted_loss):
         passed = False
         reasons.append(f"adapted held-out loss is {result.adapted_loss}: training diverged")
+    elif result.held_out_examples == 0 and result.score is None:
+        if gate.require_held_out:
+            passed = False
+            result.outcome = NOT_COMPARED
+            reasons.append(
+                "no held-out data: dataset.validationSplit is 0 and no evaluation.datasetUri, so nothing was "
+                "compared; not promoted (set one of them, or evaluation.gate.requireHeldOut: false)"
+            )
+        else:
+            reasons.append("no held-out data: not compared (evaluation.gate.requireHeldOut is false)")
     elif result.held_out_examples == 0:
         reasons.append("no held-out examples (dataset.validationSplit is 0): held-out loss not compared")
     elif not base_comparable or result.loss_ratio is None:
@@ -236,8 +255,22 @@ def decide(result: GateResult, gate: GateConfig, *, base_comparable: bool = True
                 f"eval set ({result.scorer}): score {result.score:.3f}{versus} on {result.examples} example(s) "
                 f"{'>=' if ok else '<'} minScore {gate.min_score:g}"
             )
+    if result.incumbent_problem is not None:
+        passed = False
+        result.outcome = NOT_COMPARED
+        reasons.append(f"{result.incumbent_problem}; not promoted")
+    for comparison in result.comparisons:
+        ok = comparison.passed
+        passed = passed and ok
+        bound = f"maxLossRatio {gate.max_loss_ratio:g}" if comparison.metric == "heldOutLoss" else "no drop"
+        reasons.append(
+            f"{comparison.describe(result.incumbent or 'base model')} {'within' if ok else 'beyond'} {bound}"
+            + ("" if ok else ": worse than the version it would replace")
+        )
     result.passed = passed
     result.reasons = reasons
+    if result.outcome != NOT_COMPARED:
+        result.outcome = PASSED if passed else FAILED
     return result
 
 
@@ -280,19 +313,36 @@ def generate_answers(
 
 
 def evaluate(
-    trainer: Any, tokenizer: Any, items: list[EvalItem], config: EvaluationConfig, method_type: str
+    trainer: Any,
+    tokenizer: Any,
+    items: list[EvalItem],
+    config: EvaluationConfig,
+    method_type: str,
+    scratch: Path | None = None,
 ) -> GateResult:
-    """Measure base and adapted model on the held-out split and the eval set, then decide."""
+    """Measure the adapted model, the base model and the incumbent (the stable adapter it would replace,
+    gate_comparison.py) on the held-out split and the eval set, then decide."""
+    from bigmodel_training.gate_comparison import (
+        IncumbentLoaded,
+        compare_losses,
+        compare_scores,
+        incumbent_dir,
+        per_example_losses,
+    )
     from bigmodel_training.render import Renderer
 
     model = trainer.model
     result = GateResult(held_out_examples=len(trainer.data.eval))
     comparable = method_type != "full"
+    adapted_losses: list[tuple[float, int]] = []
     if trainer.data.eval:
-        result.adapted_loss = trainer.evaluate()
+        adapted_losses = per_example_losses(trainer)
+        result.adapted_loss = _token_mean(adapted_losses)
         if comparable and (context := base_model_context(model)) is not None:
             with context:
-                result.base_loss = trainer.evaluate()
+                result.base_loss = _token_mean(per_example_losses(trainer))
+    prompts: list[list[int]] = []
+    adapted: list[str] = []
     if items:
         renderer = Renderer(tokenizer)
         prompts = [prompt_ids(renderer, item.example) for item in items]
@@ -307,9 +357,39 @@ def evaluate(
             log.info(
                 "eval line %d: %r -> %r (reference %r)", item.line, item.example.texts()[-2:-1], answer, item.reference
             )
+    incumbent = config.incumbent
+    if incumbent is not None and comparable and (adapted_losses or items):
+        result.incumbent = incumbent.name
+        try:
+            path = incumbent_dir(incumbent.uri, incumbent.local_path, scratch or Path("/tmp"))
+            with IncumbentLoaded(model, path):
+                if adapted_losses:
+                    theirs = per_example_losses(trainer)
+                    result.comparisons.append(compare_losses(adapted_losses, theirs, config.gate.max_loss_ratio))
+                if items:
+                    answers = generate_answers(model, tokenizer, prompts, config.max_new_tokens, trainer.runtime)
+                    mine = [
+                        passes(config.scorer, a, i.reference, config.pattern)
+                        for a, i in zip(adapted, items, strict=True)
+                    ]
+                    their = [
+                        passes(config.scorer, a, i.reference, config.pattern)
+                        for a, i in zip(answers, items, strict=True)
+                    ]
+                    result.comparisons.append(compare_scores(mine, their))
+        except Exception as error:  # not compared: fail closed (the canary would compare with the wrong version)
+            log.warning("incumbent %s could not be measured: %r", incumbent.name, error)
+            result.incumbent_problem = (
+                f"the incumbent {incumbent.name} ({incumbent.uri}) could not be measured: {error}"
+            )
     decide(result, config.gate, base_comparable=comparable)
     log.info("eval gate %s: %s", "passed" if result.passed else "FAILED", "; ".join(result.reasons))
     return result
+
+
+def _token_mean(losses: list[tuple[float, int]]) -> float | None:
+    tokens = sum(t for _, t in losses)
+    return sum(loss for loss, _ in losses) / tokens if tokens else None
 
 
 def _share(config: EvaluationConfig, items: list[EvalItem], answers: list[str]) -> float:

@@ -4,9 +4,16 @@ The serving ingress appends one chat-format JSON line per feedback to the sink
 (`{"messages": [..., {"role": "assistant", ...}], "rating", "correction", "model", "key", "id", "ts"}`,
 see bigmodel_serving.feedback). Building the dataset:
 
-- every `*.jsonl` file under the sink directory is read (an s3:// sink is downloaded first);
+- the feedback records are read: `feedback-YYYY-MM-DD.jsonl` files (and, for an s3:// sink, the objects
+  under `feedback-YYYY-MM-DD/`); the ingress's answer journals (`answers/`) and canary evidence
+  (`canary/`) next to them are not training data;
 - one example per completion id: the latest feedback on it wins (a user may change a rating);
-- kept when `rating >= min_rating` and `ts >= since`;
+- a frozen snapshot: only feedback given at or before `until` (the operator sets the FineTuneJob's
+  creation time), so a retried or resumed job reads exactly the same rows whatever arrived since;
+- kept when `ts >= since` and either corrected or rated at least `min_rating`. The rule: a correction
+  is the answer the model should have given, so a corrected record is a positive example whatever
+  its rating (a 1 with a correction is exactly the row to learn from); the rating filter applies to
+  uncorrected answers only;
 - the correction, when present, takes the assistant answer's place;
 - every text is redacted again with the trainer's redactor (a sink written by hand or by an older
   ingress is cleaned too), whatever `privacy.redactPII` says;
@@ -50,13 +57,15 @@ class FeedbackSelection:
     corrected: int = 0
     below_rating: int = 0
     before_since: int = 0
+    after_until: int = 0
     malformed: int = 0
     problems: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return (
             f"{self.files} file(s), {self.records} record(s): {self.kept} kept ({self.corrected} corrected), "
-            f"{self.below_rating} below minRating, {self.before_since} before since, {self.malformed} malformed"
+            f"{self.below_rating} below minRating (uncorrected), {self.before_since} before since, "
+            f"{self.after_until} after the snapshot's end, {self.malformed} malformed"
         )
 
 
@@ -102,9 +111,17 @@ def conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, s
     return [{"role": t["role"], "content": redact_text(t["content"])[0]} for t in turns], ""
 
 
+def is_feedback_file(path: Path, directory: Path) -> bool:
+    """A feedback record file: feedback-<day>.jsonl, or a record object under feedback-<day>/ (S3)."""
+    parts = path.relative_to(directory).parts
+    if parts[0] in ("answers", "canary"):  # the ingress's answer journals and canary evidence
+        return False
+    return any(part.startswith("feedback-") for part in parts)
+
+
 def _records(directory: Path, max_line_bytes: int, found: FeedbackSelection) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for path in sorted(p for p in directory.rglob("*.jsonl") if p.is_file()):
+    for path in sorted(p for p in directory.rglob("*.jsonl") if p.is_file() and is_feedback_file(p, directory)):
         found.files += 1
         for number, raw in read_lines(path, max_line_bytes):
             if raw is None or not raw.strip():
@@ -126,6 +143,7 @@ def _records(directory: Path, max_line_bytes: int, found: FeedbackSelection) -> 
 def select(records: list[dict[str, Any]], wanted: FeedbackFilter, found: FeedbackSelection) -> list[dict[str, Any]]:
     """The chat examples for `wanted`, one per completion id (its latest feedback)."""
     since = _aware(wanted.since)
+    until = _aware(wanted.until)
     latest: dict[str, tuple[datetime, dict[str, Any]]] = {}
     for index, record in enumerate(records):
         ts = parse_ts(record.get("ts"))
@@ -133,6 +151,9 @@ def select(records: list[dict[str, Any]], wanted: FeedbackFilter, found: Feedbac
         if ts is None or not isinstance(rating, int) or isinstance(rating, bool):
             found.malformed += 1
             found.problems.append(f"record {record.get('id', index)!r}: no valid ts or integer rating")
+            continue
+        if until is not None and ts > until:
+            found.after_until += 1
             continue
         completion_id = str(record.get("id") or f"#{index}")
         if completion_id not in latest or latest[completion_id][0] <= ts:
@@ -142,7 +163,8 @@ def select(records: list[dict[str, Any]], wanted: FeedbackFilter, found: Feedbac
         if since is not None and ts < since:
             found.before_since += 1
             continue
-        if record["rating"] < wanted.min_rating:
+        corrected = isinstance(record.get("correction"), str) and bool(record["correction"].strip())
+        if record["rating"] < wanted.min_rating and not corrected:
             found.below_rating += 1
             continue
         messages, why = conversation(record)

@@ -575,6 +575,8 @@ class AdapterVersionStatus(ApiModel):
     weight: float | None = Field(default=None, description="Share of the adapter's traffic (0..1).")
     since: str | None = Field(default=None, description="When it entered this phase.")
     message: str | None = Field(default=None, description="Why it is in this phase.")
+    rank: int | None = Field(default=None, description="LoRA rank (sizes the engine's slots after its job is gone).")
+    completed: str | None = Field(default=None, description="When its FineTuneJob finished (orders the versions).")
 
 
 class RolloutDecision(ApiModel):

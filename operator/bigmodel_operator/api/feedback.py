@@ -62,13 +62,14 @@ class FeedbackSinkSpec(ApiModel):
 
 
 class FeedbackRetentionSpec(ApiModel):
-    """How long and how many answered completions the ingress keeps for feedback (in memory)."""
+    """How long answered completions take feedback (their journals on the sink are kept this long) and how many
+    the feedback store holds in memory (a cache: older answers are read from the journals)."""
 
     seconds: int | None = Field(
         default=None, ge=60, le=30 * 86_400, description="An answer takes feedback this long (default 86400: 24 h)."
     )
     max_entries: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Answers kept at most; the oldest go first (default 50000)."
+        default=None, ge=1, le=10_000_000, description="Answers cached in memory; the oldest go first (default 50000)."
     )
 
 

@@ -213,33 +213,64 @@ class CanarySpec(ApiModel):
             "100 skips the canary: the version becomes stable as soon as its gate passes."
         ),
     )
-    min_requests: int | None = Field(
-        default=None, ge=1, le=1_000_000, description="Requests on each version before any judgement (default 20)."
-    )
-    window_requests: int | None = Field(
+    split: Literal["auto", "key", "request"] | None = Field(
         default=None,
-        ge=1,
-        le=10_000_000,
-        description="Candidate requests after which the ingress promotes one that did not regress (default 200).",
+        description=(
+            "key: each API key keeps one version (sticky); request: every request is drawn afresh. auto (default): "
+            "request when the BigModel's auth.mode is none, else key. Use request with a single key."
+        ),
+    )
+    min_requests: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Observations on each version before any decision (default 20)."
+    )
+    false_rollback_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.5,
+        description=(
+            "The most often a candidate as good as the stable version is rolled back (default 0.05), split over the "
+            "signals judged; the sequential test may look after every request (docs/loop.md, Canary)."
+        ),
     )
     max_error_rate_increase: float | None = Field(
         default=None,
-        ge=0,
+        gt=0,
         le=1,
-        description="Roll back when the candidate's error rate exceeds the stable's by more than this (default 0.05).",
+        description=(
+            "Roll back once the candidate's error rate is shown higher than the stable's; promote once it is shown "
+            "higher by less than this (default 0.02)."
+        ),
     )
     max_latency_ratio: float | None = Field(
         default=None,
-        ge=1,
+        gt=1,
         le=1000,
-        description="Roll back when the candidate's median latency exceeds the stable's by this factor (default 2).",
+        description=(
+            "Roll back once the candidate is shown slower than this x the stable (geometric mean of the time to the "
+            "first byte), promote once shown faster than that (default 1.5)."
+        ),
     )
-    min_feedback_delta: float | None = Field(
+    max_bad_answer_increase: float | None = Field(
         default=None,
-        ge=0,
-        le=100,
-        description="Roll back when the candidate's mean feedback rating is lower than the stable's by more than "
-        "this (default: feedback not judged).",
+        gt=0,
+        le=1,
+        description=(
+            "Quality, with feedback on: roll back once the share of bad rated answers (rating 1-2 or corrected) is "
+            "shown higher than the stable's; promote once higher by less than this (default 0.1)."
+        ),
+    )
+    quality: Literal["auto", "off", "guard", "required"] | None = Field(
+        default=None,
+        description=(
+            "Ratings as a signal: required (promotion waits for rating evidence), guard (rollback only), off. "
+            "auto (default): required when the BigModel's feedback is enabled, else off."
+        ),
+    )
+    deadline_seconds: int | None = Field(
+        default=None, ge=60, le=90 * 86_400, description="An undecided canary ends this long after it began (86400)."
+    )
+    on_deadline: Literal["rollback", "promote"] | None = Field(
+        default=None, description="How an undecided canary ends at its deadline (default rollback: keep the stable)."
     )
 
 
@@ -273,6 +304,13 @@ class EvalGateSpec(ApiModel):
         ge=0,
         le=1,
         description="Smallest share of eval-set examples the adapted model must pass (default: not checked).",
+    )
+    require_held_out: bool | None = Field(
+        default=None,
+        description=(
+            "Without held-out data (dataset.validationSplit 0 and no datasetUri) nothing is compared and the adapter "
+            "is not promoted (default true; the job still succeeds). false: promote anyway, the canary alone judges."
+        ),
     )
 
 
@@ -390,6 +428,19 @@ class TrainingProgress(ApiModel):
     percent: int | None = Field(default=None, description="step / totalSteps in percent.")
 
 
+class EvaluationComparison(ApiModel):
+    """The candidate against the version it would replace, on the same examples."""
+
+    metric: Literal["heldOutLoss", "evalScore"] = Field(description="Held-out token loss, or the eval-set score.")
+    candidate: float | None = Field(default=None, description="The new adapter's value.")
+    incumbent: float | None = Field(default=None, description="The incumbent's value on the same examples.")
+    n: int | None = Field(default=None, description="Examples compared.")
+    ratio: float | None = Field(default=None, description="heldOutLoss: candidate / incumbent.")
+    difference: float | None = Field(default=None, description="evalScore: candidate - incumbent.")
+    ci95: list[float] | None = Field(default=None, max_length=2, description="95 % confidence interval of it.")
+    passed: bool | None = Field(default=None, description="Whether this comparison passed.")
+
+
 class EvaluationResult(ApiModel):
     """What the trainer measured after training, and whether the gate passed."""
 
@@ -404,6 +455,15 @@ class EvaluationResult(ApiModel):
     examples: int | None = Field(default=None, description="Eval-set examples scored.")
     scorer: str | None = Field(default=None, description="Scorer used on the eval set.")
     passed: bool | None = Field(default=None, description="Whether the gate passed.")
+    incumbent: str | None = Field(
+        default=None, description="The version compared with: the stable adapter it would replace, or 'base model'."
+    )
+    comparisons: list[EvaluationComparison] | None = Field(
+        default=None, max_length=8, description="Candidate against the incumbent: metric, both values, N, 95 % CI."
+    )
+    outcome: Literal["Passed", "Failed", "NotCompared"] | None = Field(
+        default=None, description="NotCompared: no held-out data, so not promoted (evaluation.gate.requireHeldOut)."
+    )
     reasons: list[str] | None = Field(default=None, description="Why the gate passed or failed, one line per check.")
 
 

@@ -69,8 +69,10 @@ def sink_uri(name: str, spec: BigModelSpec) -> str | None:
     return f"pvc://{sink.pvc.claim_name}/{sink_subpath(name, spec)}" if sink.pvc else sink.uri
 
 
-def dataset_source(dataset: DatasetSpec, feedback_sink: str | None) -> dict[str, Any]:
-    """uri and format of the trainer's dataset; with fromFeedback, the sink and the filter."""
+def dataset_source(dataset: DatasetSpec, feedback_sink: str | None, created: str | None = None) -> dict[str, Any]:
+    """uri and format of the trainer's dataset; with fromFeedback, the sink and the filter. `created` (the
+    FineTuneJob's creationTimestamp) ends the snapshot: feedback given later is not read, so a retried or
+    resumed job trains on exactly the same rows."""
     wanted = dataset.from_feedback
     if wanted is None:
         return {"uri": dataset.uri, "format": dataset.format}
@@ -81,4 +83,6 @@ def dataset_source(dataset: DatasetSpec, feedback_sink: str | None) -> dict[str,
         feedback["min_rating"] = wanted.min_rating
     if wanted.since is not None:
         feedback["since"] = wanted.since.isoformat().replace("+00:00", "Z")
+    if created:
+        feedback["until"] = created
     return {"uri": feedback_sink, "format": "chat", "feedback": feedback}

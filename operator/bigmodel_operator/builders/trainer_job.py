@@ -68,10 +68,12 @@ def render_trainer_config(
     base_revision: str | None,
     mounts: Mounts,
     feedback_sink: str | None = None,
+    incumbent: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The trainer's typed config (bigmodel_training.config.TrainerConfig), snake_case.
 
     `feedback_sink`: the BigModel's sink (builders/feedback.py sink_uri) for `dataset.fromFeedback`.
+    `incumbent`: {name, uri} of the stable adapter the result would replace (the gate compares with it).
     """
     meta = body["metadata"]
     base: dict[str, Any] = {"uri": base_uri}
@@ -79,7 +81,7 @@ def render_trainer_config(
         base["revision"] = base_revision
     if local := mounts.local_path(base_uri):
         base["local_path"] = local
-    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink)
+    dataset: dict[str, Any] = dataset_source(spec.dataset, feedback_sink, meta.get("creationTimestamp"))
     if spec.dataset.validation_split is not None:
         dataset["validation_split"] = spec.dataset.validation_split
     for limit in ("max_line_bytes", "max_file_bytes"):
@@ -108,6 +110,11 @@ def render_trainer_config(
         config["checkpoint"] = {"every_steps": every}
     if spec.evaluation:
         config["evaluation"] = _evaluation(spec, mounts)
+    if incumbent is not None:
+        stable = dict(incumbent)
+        if local := mounts.local_path(stable["uri"]):
+            stable["local_path"] = local
+        config.setdefault("evaluation", {})["incumbent"] = stable
     return config
 
 

@@ -19,6 +19,7 @@ from bigmodel_operator.status.adapter_versions import PromotionResult, job_of, p
 
 PROMOTED = "Promoted"
 GATE_FAILED = "GateFailed"
+NO_HELD_OUT_DATA = "NoHeldOutData"
 EVALUATION_PENDING = "EvaluationPending"
 BIGMODEL_NOT_FOUND = "BigModelNotFound"
 PROMOTION_PENDING = "PromotionPending"
@@ -73,6 +74,8 @@ def promoted_condition(ftj: dict[str, Any], bigmodel: dict[str, Any] | None) -> 
     evaluation = status.get("evaluation")
     if not evaluation or evaluation.get("passed") is None:
         return False, EVALUATION_PENDING, "waiting for the trainer's evaluation (status.evaluation)"
+    if evaluation.get("passed") is False and evaluation.get("outcome") == "NotCompared":
+        return False, NO_HELD_OUT_DATA, f"not promoted to BigModel {target}: {gate_numbers(evaluation)}"
     if evaluation.get("passed") is False:
         return False, GATE_FAILED, f"eval gate failed, not promoted to BigModel {target}: {gate_numbers(evaluation)}"
     if bigmodel is None:

@@ -17,7 +17,7 @@ from bigmodel_operator.builders.feedback_sink import sink_uri
 from bigmodel_operator.builders.trainer_job import build_config_map, build_identity, build_job, render_trainer_config
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.conditions import Blocker, Reason
-from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, PROMOTED, promoted_condition
+from bigmodel_operator.reconcile.adapter_promotion import GATE_FAILED, NO_HELD_OUT_DATA, PROMOTED, promoted_condition
 from bigmodel_operator.reconcile.base_reconciler import PROBLEM_REASONS, BaseReconciler, ChildWrites
 from bigmodel_operator.reconcile.children import ensure_child, ensure_children
 from bigmodel_operator.reconcile.model_source import model_config_for, read_secret_key
@@ -171,13 +171,29 @@ class FineTuneJobReconciler(BaseReconciler):
     ) -> None:
         """Create the children in order (write_children turns what the apiserver refuses into blockers)."""
         mounts = Mounts(root=self.config.model_mount_root)
-        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink)
+        incumbent = self._incumbent(body, spec)
+        trainer_config = render_trainer_config(body, spec, base_uri, base_revision, mounts, feedback_sink, incumbent)
         config_map = build_config_map(body, trainer_config)
         await ensure_children(self.kube, self.state, [*build_identity(body), config_map], body)
         job = build_job(body, spec, gpus, mounts, self.config, config_map, plan=obs.plan)
         result = await ensure_child(self.kube, self.state, job, body, create_only=True)
         obs.job = result.body
         self.announce_child(body, result)
+
+    def _incumbent(self, body: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, str] | None:
+        """{name, uri} of the stable version this job's adapter would replace (the gate compares with it);
+        None: no stable adapter of that name yet, so the base model is the incumbent."""
+        deploy = spec.deploy_to
+        if deploy is None:
+            return None
+        meta = body["metadata"]
+        bigmodel = self.state.get("BigModel", meta["namespace"], deploy.big_model) or {}
+        adapter = deploy.adapter_name or meta["name"]
+        for entry in (bigmodel.get("status") or {}).get("adapters") or []:
+            mine = entry.get("name") == adapter and entry.get("version") != meta["name"]
+            if mine and entry.get("phase") == "Stable" and entry.get("uri") and entry.get("engineName"):
+                return {"name": str(entry["engineName"]), "uri": str(entry["uri"])}
+        return None
 
     def _with_promotion(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """`status` with the Promoted condition of a finished job that deploys to a BigModel."""
@@ -203,7 +219,7 @@ class FineTuneJobReconciler(BaseReconciler):
         if after is not None and (before.get("status"), before.get("reason")) != (after["status"], after["reason"]):
             if after["status"] == "True":
                 self.emit(body, "Normal", PROMOTED, after["message"])
-            elif after["reason"] in {GATE_FAILED, "RolledBack", "Refused", "BigModelNotFound"}:
+            elif after["reason"] in {GATE_FAILED, NO_HELD_OUT_DATA, "RolledBack", "Refused", "BigModelNotFound"}:
                 self.emit(body, "Warning", after["reason"], after["message"])
         if old.get("phase") != new.get("phase"):
             failed = c.get_condition(new.get("conditions"), c.FAILED) or {}

@@ -30,7 +30,8 @@ so a restarted ingress never canaries it again), promote → Stable (the old sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from bigmodel_operator.builders.serve_args import (
@@ -53,10 +54,14 @@ STABLE, CANDIDATE, ROLLED_BACK, REFUSED, RETIRED, WAITING = (
 # deployTo.canary (camelCase) -> AdapterRoute (snake_case)
 _CANARY_FIELDS = {
     "minRequests": "min_requests",
-    "windowRequests": "window_requests",
+    "falseRollbackRate": "false_rollback_rate",
     "maxErrorRateIncrease": "max_error_rate_increase",
     "maxLatencyRatio": "max_latency_ratio",
-    "minFeedbackDelta": "min_feedback_delta",
+    "maxBadAnswerIncrease": "max_bad_answer_increase",
+    "quality": "quality",
+    "split": "split",
+    "deadlineSeconds": "deadline_s",
+    "onDeadline": "on_deadline",
 }
 
 
@@ -73,6 +78,8 @@ class Job:
     passed: bool | None  # status.evaluation.passed (None: not reported)
     gate_message: str
     canary: dict[str, Any]
+    orphan: bool = False  # its FineTuneJob is gone; served from what the status recorded
+    not_compared: bool = False  # the gate had no held-out data (evaluation.outcome NotCompared)
 
     @property
     def engine_name(self) -> str:
@@ -102,6 +109,7 @@ def job_of(body: dict[str, Any]) -> Job:
         passed=evaluation.get("passed"),
         gate_message="; ".join(str(r) for r in reasons)[:1000],
         canary=dict(deploy.get("canary") or {}),
+        not_compared=evaluation.get("outcome") == "NotCompared",
     )
 
 
@@ -127,6 +135,7 @@ def plan_promotions(
 ) -> PromotionResult:
     """Routes, mounts, LoRA sizing and the new status.adapters (see the module docstring);
     `decisions` is the BigModel's status.rolloutDecisions."""
+    jobs = jobs + _outliving(jobs, previous)
     plain = {a.get("name") for a in spec.get("adapters") or []}
     rollouts = {r["adapter"]: r for r in spec.get("rollouts") or [] if r.get("adapter")}
     before = {(e.get("name"), e.get("version")): e for e in previous or []}
@@ -139,6 +148,7 @@ def plan_promotions(
         phases, route, note = _decide(name, mine, plain, rollouts.get(name), before, decided)
         notes += note
         if route is not None:
+            route = _with_canary_context(route, spec, before, now)
             routes.append(route)
         for job in mine:
             if job.version not in phases:
@@ -153,6 +163,35 @@ def plan_promotions(
         adapter_names=len({job.adapter for job in jobs}),
     )
     return PromotionResult(promotions, entries, notes)
+
+
+def _outliving(jobs: list[Job], previous: list[dict[str, Any]] | None) -> list[Job]:
+    """Versions that serve (Stable or Candidate) whose FineTuneJob is gone: the status keeps them serving.
+
+    What serves is recorded in the BigModel's status, not in the job: deleting a finished FineTuneJob (by
+    hand, a TTL, a GitOps prune) leaves its adapter where it was. Taking it out is an explicit act: a
+    `rollouts` entry `rollback` naming the version (the stable falls back to the newest older one)."""
+    present = {(job.adapter, job.version) for job in jobs}
+    out = []
+    for entry in previous or []:
+        name, version = entry.get("name"), entry.get("version")
+        if entry.get("phase") not in (STABLE, CANDIDATE) or (name, version) in present or not name or not version:
+            continue
+        out.append(
+            Job(
+                version=str(version),
+                adapter=str(name),
+                uri=str(entry.get("uri") or ""),
+                rank=int(entry.get("rank") or DEFAULT_LORA_RANK),
+                phase="Succeeded",
+                completed=str(entry.get("completed") or ""),
+                passed=True,
+                gate_message="",
+                canary={},
+                orphan=True,
+            )
+        )
+    return out
 
 
 def _decide(
@@ -171,7 +210,8 @@ def _decide(
         if job.phase != "Succeeded" or job.passed is None:
             continue  # still training, failed, or the trainer has not reported its evaluation yet
         if job.passed is False:
-            phases[job.version] = (REFUSED, f"eval gate failed: {job.gate_message}")
+            what = "not promoted" if job.not_compared else "eval gate failed"
+            phases[job.version] = (REFUSED, f"{what}: {job.gate_message}")
         elif name in plain:
             phases[job.version] = (REFUSED, f"spec.adapters already has an adapter named {name}")
         elif len(job.engine_name) > MAX_ENGINE_ADAPTER_NAME:
@@ -271,6 +311,30 @@ def _decide(
     return phases, route, notes
 
 
+def _with_canary_context(
+    route: Route, spec: dict[str, Any], before: dict[tuple[Any, Any], dict[str, Any]], now: str
+) -> Route:
+    """The split (auto: per request without auth, so one key or none still splits) and when the canary began
+    (the candidate's status `since`, so a restarted ingress keeps the deadline)."""
+    settings = dict(route.canary)
+    split = settings.pop("split", "auto")
+    if split == "auto":
+        split = "request" if ((spec.get("auth") or {}).get("mode") == "none") else "key"
+    settings["split"] = split
+    if route.candidate is not None:
+        old = before.get((route.name, route.candidate.version)) or {}
+        since = str(old.get("since")) if old.get("phase") == CANDIDATE and old.get("since") else now
+        settings["started_at"] = _epoch(since)
+    return replace(route, canary=tuple(sorted(settings.items())))
+
+
+def _epoch(rfc3339: str) -> float:
+    try:
+        return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def _automatic(
     decided: dict[str, dict[str, Any]],
     was: dict[str, str | None],
@@ -311,7 +375,9 @@ def _entry(
         "uri": job.uri,
         "phase": phase,
         "since": (old or {}).get("since") if (old or {}).get("phase") == phase else now,
-        "message": message,
+        "message": message + (" (its FineTuneJob is gone; kept by this status)" if job.orphan else ""),
+        "rank": job.rank,
+        "completed": job.completed or None,
     }
     if weight is not None:
         entry["weight"] = weight

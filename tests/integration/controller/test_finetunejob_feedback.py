@@ -62,7 +62,10 @@ def test_from_feedback_waits_for_its_bigmodel_then_reads_its_sink(
     rendered = json.loads(core.read_namespaced_config_map("again-trainer-config", namespace).data["config.json"])
     dataset = rendered["dataset"]
     assert (dataset["uri"], dataset["format"]) == ("pvc://feedback/chats", "chat")
-    assert dataset["feedback"] == {"min_rating": 4, "since": "2026-11-01T00:00:00Z"}
+    created = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "again")
+    # The snapshot ends when the job was created: a retried pod reads the same rows (issue 19).
+    until = created["metadata"]["creationTimestamp"]
+    assert dataset["feedback"] == {"min_rating": 4, "since": "2026-11-01T00:00:00Z", "until": until}
     volumes = {v.name: v for v in job.spec.template.spec.volumes}
     assert volumes["pvc-feedback"].persistent_volume_claim.claim_name == "feedback"
     assert volumes["pvc-feedback"].persistent_volume_claim.read_only is True

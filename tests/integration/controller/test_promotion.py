@@ -107,7 +107,14 @@ def test_succeeded_job_with_a_passed_gate_is_served_as_a_new_adapter_version(
 
     served = wait_until(lambda: _routes(app := _app(custom, namespace)) and app, timeout=150, what="route")
     assert _routes(served) == [
-        {"name": "support-bot", "stable": "support-bot.ftj-a", "candidate": None, "weight": 0.0, "mode": "auto"}
+        {
+            "name": "support-bot",
+            "stable": "support-bot.ftj-a",
+            "candidate": None,
+            "weight": 0.0,
+            "mode": "auto",
+            "split": "key",
+        }
     ]
     engine = _user_config(served, "BigModelEngine")["adapters"]
     assert engine == [{"name": "support-bot.ftj-a", "uri": "file:///output/ftj-a", "local_path": "/output/ftj-a"}]
@@ -120,6 +127,20 @@ def test_succeeded_job_with_a_passed_gate_is_served_as_a_new_adapter_version(
     assert promoted["status"] == "True" and "support-bot.ftj-a on BigModel tiny-cpu" in promoted["message"]
     assert _adapters(custom, namespace) == {"ftj-a": "Stable"}
     wait_until(lambda: [e for e in _events(api_client, namespace, "ftj-a") if e.reason == "Promoted"], timeout=30)
+
+    # Issue 19: the promoted adapter outlives its FineTuneJob (a TTL, a GitOps prune).
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "ftj-a")
+
+    def kept() -> Any:
+        bm = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", "tiny-cpu")
+        entries = (bm.get("status") or {}).get("adapters") or []
+        return [e for e in entries if "its FineTuneJob is gone" in e.get("message", "")]
+
+    [entry] = wait_until(kept, timeout=60, what="the version kept by the status")
+    assert entry["phase"] == "Stable" and entry["uri"] == "file:///output/ftj-a"
+    after = _app(custom, namespace)
+    assert after is not None and _routes(after) == _routes(served)
+    assert _user_config(after, "BigModelEngine")["adapters"] == engine
 
 
 def test_failed_gate_renders_nothing_and_says_why_with_the_numbers(

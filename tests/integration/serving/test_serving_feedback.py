@@ -120,3 +120,42 @@ def test_feedback_needs_a_key_and_shows_in_metrics(serving: ServingStack) -> Non
     families = {family.name: family for family in text_string_to_metric_families(metrics)}
     totals = {s.labels["model"]: s.value for s in families["bigmodel_feedback"].samples}
     assert totals.get(MODEL, 0) >= 1
+
+
+def test_killing_the_feedback_store_mid_traffic_loses_no_feedback(serving: ServingStack) -> None:
+    """The store's actor dies while answers and feedback flow: every answer is in a journal, every feedback
+    is recorded (Ray restarts the actor, which configures itself from the next call and reads the journals
+    back); no valid feedback gets anything but 200."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from bigmodel_serving import feedback
+
+    with serving.http() as alice:
+        before = [_chat(alice, f"Question {n} before")["id"] for n in range(20)]
+    name = feedback.actor_name(serving.application["name"])
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def rate(completion_id: str) -> None:
+        with serving.http() as client:
+            response = client.post("/v1/feedback", json={"id": completion_id, "rating": 1, "correction": "Better."})
+        with lock:
+            statuses.append(response.status_code)
+
+    during: list[str] = []
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(rate, completion_id) for completion_id in before[:8]]
+        ray.kill(ray.get_actor(name, namespace=feedback.ACTOR_NAMESPACE), no_restart=False)
+        futures += [pool.submit(rate, completion_id) for completion_id in before[8:]]
+        with serving.http() as alice:  # answered while the store restarts: journaled all the same
+            during = [_chat(alice, f"Question {n} during")["id"] for n in range(5)]
+        futures += [pool.submit(rate, completion_id) for completion_id in during]
+        for future in futures:
+            future.result()
+    assert statuses == [200] * len(before + during), statuses
+    lost = [completion_id for completion_id in before + during if not _records(serving, completion_id)]
+    assert lost == []
+    print(f"\n[feedback] store killed mid-traffic: {len(statuses)} feedback posts, all 200, 0 lost")

@@ -1,7 +1,7 @@
 """Property-based requests against the running ingress: no 5xx, every error OpenAI-shaped.
 
 The OpenAPI document comes from the ingress's own FastAPI routes (the app serves no /openapi.json):
-the allowlisted Ray Serve LLM routes with vLLM's request models, plus /health and /metrics.
+the allowlisted Ray Serve LLM routes with vLLM's request models, plus /health and /health/ready.
 """
 
 from __future__ import annotations

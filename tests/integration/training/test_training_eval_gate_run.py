@@ -95,3 +95,41 @@ def test_a_broken_eval_set_fails_before_training(make_config: Callable[..., Trai
     assert "line 3: the last message must be the assistant's reference answer" in str(refused.value)
     out = Path(config.output.uri.removeprefix("file://"))
     assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
+def test_the_gate_compares_with_the_stable_adapter_it_would_replace(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    """Issue 19: a candidate better than the base model but worse than the stable adapter is refused;
+    one as good as the stable passes. Same held-out examples, paired, with a 95 % interval."""
+    split = {"validation_split": 0.25}
+    run(make_config(output="stable", dataset=split))
+    incumbent = {"name": "bot.stable", "uri": f"file://{tmp_path / 'stable'}"}
+    weak = make_config(
+        output="weak", dataset=split, hyperparameters={"max_steps": 3}, evaluation={"incumbent": incumbent}
+    )
+    run(weak)
+    evaluation = _status(weak)["evaluation"]
+    assert evaluation["adaptedLoss"] < evaluation["baseLoss"], evaluation  # better than the base model ...
+    assert evaluation["passed"] is False and evaluation["outcome"] == "Failed", evaluation  # ... not than stable
+    assert evaluation["incumbent"] == "bot.stable"
+    [held_out] = evaluation["comparisons"]
+    assert held_out["metric"] == "heldOutLoss" and held_out["n"] == 4 and held_out["passed"] is False
+    assert held_out["ratio"] > 1 and held_out["candidate"] > held_out["incumbent"]
+    low, high = held_out["ci95"]
+    assert low <= held_out["ratio"] <= high
+    assert any("worse than the version it would replace" in reason for reason in evaluation["reasons"])
+    print(f"\n[gate] weak candidate vs stable: {held_out}")
+    same = make_config(output="same", dataset=split, evaluation={"incumbent": incumbent})  # the stable's own recipe
+    run(same)
+    again = _status(same)["evaluation"]
+    assert again["passed"] is True and again["comparisons"][0]["ratio"] == pytest.approx(1.0, abs=1e-3), again
+    missing = make_config(
+        output="missing",
+        dataset=split,
+        evaluation={"incumbent": {"name": "bot.gone", "uri": f"file://{tmp_path}/gone"}},
+    )
+    run(missing)
+    refused = _status(missing)["evaluation"]
+    assert refused["passed"] is False and refused["outcome"] == "NotCompared"
+    assert any("the incumbent bot.gone" in reason for reason in refused["reasons"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -75,10 +76,15 @@ def test_first_version_becomes_stable_and_a_later_one_is_a_weighted_candidate() 
         "candidate": None,
         "weight": 0.0,
         "mode": "auto",
+        "split": "key",
     }
-    second = _plan([_ftj("ftj-1"), _ftj("ftj-2", T2, windowRequests=50)], first.adapters)
+    second = _plan([_ftj("ftj-1"), _ftj("ftj-2", T2, maxErrorRateIncrease=0.05)], first.adapters)
     assert _phases(second) == {"ftj-1": ("Stable", 0.8), "ftj-2": ("Candidate", 0.2)}
-    assert _route(second)["candidate"] == "support-bot.ftj-2" and _route(second)["window_requests"] == 50
+    assert _route(second)["candidate"] == "support-bot.ftj-2" and _route(second)["max_error_rate_increase"] == 0.05
+    assert _route(second)["started_at"] == datetime.fromisoformat(T3).timestamp()  # becomes a candidate now
+    later = _plan([_ftj("ftj-1"), _ftj("ftj-2", T2, maxErrorRateIncrease=0.05)], second.adapters, auth={"mode": "none"})
+    assert _route(later)["started_at"] == _route(second)["started_at"]  # from status: a restart keeps the deadline
+    assert _route(later)["split"] == "request"  # no API keys: every request is drawn
     assert second.adapters[0]["since"] == first.adapters[0]["since"] == T3  # unchanged phase keeps its time
 
 
@@ -160,17 +166,17 @@ def _app(rayservice: dict[str, Any]) -> dict[str, Any]:
 
 def test_rendering_golden_and_contract() -> None:
     first = _settle([_ftj("ftj-1")])
-    rayservice, _ = _render([_ftj("ftj-1"), _ftj("ftj-2", T2, windowRequests=50)], first.adapters)
+    rayservice, _ = _render([_ftj("ftj-1"), _ftj("ftj-2", T2, maxErrorRateIncrease=0.05)], first.adapters)
     assert_golden("bigmodel-tiny-cpu.promoted.rayservice.yaml", rayservice)
     parsed = parse_application(_app(rayservice))
     assert [a.name for a in parsed.engine_config().adapters] == ["support-bot.ftj-1", "support-bot.ftj-2"]
     assert parsed.engine_config().adapters[0].local_path == "/mnt/bigmodel/pvc/adapters/ftj-1"
     (route,) = parsed.ingress_config().routes
-    assert (route.stable, route.candidate, route.weight, route.window_requests) == (
+    assert (route.stable, route.candidate, route.weight, route.max_error_rate_increase) == (
         "support-bot.ftj-1",
         "support-bot.ftj-2",
         0.2,
-        50,
+        0.05,
     )
 
 
@@ -286,3 +292,41 @@ def test_adapter_claims_must_be_claim_names() -> None:
     for bad in (["Adapters"], ["a/b"], ["x" * 254], ["c"] * 17):
         with pytest.raises(ValidationError):
             BigModelSpec.model_validate({**base, "adapterClaims": bad})
+
+
+def test_a_promoted_adapter_outlives_its_finetunejob_until_it_is_rolled_back_by_hand() -> None:
+    first = _settle([_ftj("ftj-1")])
+    gone = _plan([], first.adapters)  # the FineTuneJob was deleted
+    assert _phases(gone) == {"ftj-1": ("Stable", 1.0)}
+    assert _route(gone)["stable"] == "support-bot.ftj-1"
+    assert gone.promotions.mount_uris == ("pvc://adapters/ftj-1",) and gone.promotions.lora_rank == 8
+    assert "its FineTuneJob is gone" in gone.adapters[0]["message"]
+    again = _plan([], gone.adapters)
+    assert again.adapters == gone.adapters and again.promotions == gone.promotions  # no churn
+    # A new version is canaried against it as usual.
+    newer = _plan([_ftj("ftj-2", T2)], gone.adapters)
+    assert _phases(newer) == {"ftj-1": ("Stable", 0.8), "ftj-2": ("Candidate", 0.2)}
+    # Removal is explicit: a rollback naming the version.
+    rollback = [{"adapter": "support-bot", "action": "rollback", "version": "ftj-1"}]
+    removed = _plan([], gone.adapters, rollouts=rollback)
+    assert _phases(removed) == {"ftj-1": ("RolledBack", None)} and removed.promotions.routes == ()
+    assert _plan([], removed.adapters, rollouts=rollback).adapters == []
+
+
+def test_no_held_out_data_is_not_promoted_and_says_why() -> None:
+    ftj = _ftj("ftj-1", passed=False)
+    ftj["status"]["evaluation"] = {"passed": False, "outcome": "NotCompared", "reasons": ["no held-out data: ..."]}
+    result = _plan([ftj])
+    assert _phases(result) == {"ftj-1": ("Refused", None)} and result.promotions.routes == ()
+    assert result.adapters[0]["message"].startswith("not promoted: no held-out data")
+    promoted, reason, message = promoted_condition(ftj, {"status": {}}) or (None, None, None)
+    assert (promoted, reason) == (False, "NoHeldOutData") and "no held-out data" in str(message)
+
+
+def test_a_feedback_dataset_is_a_snapshot_that_ends_when_the_job_was_created() -> None:
+    from bigmodel_operator.api.finetunejob import DatasetSpec
+    from bigmodel_operator.builders.feedback_sink import dataset_source
+
+    spec = DatasetSpec.model_validate({"fromFeedback": {"bigModel": "tiny-cpu", "minRating": 4}})
+    rendered = dataset_source(spec, "pvc://feedback/tiny-cpu", "2026-12-06T10:00:00Z")
+    assert rendered["feedback"] == {"min_rating": 4, "until": "2026-12-06T10:00:00Z"}

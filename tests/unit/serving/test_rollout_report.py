@@ -180,7 +180,8 @@ def test_the_canary_actor_reports_its_automatic_verdict_once(monkeypatch: pytest
     monkeypatch.setattr("bigmodel_serving.canary.REPORT_RETRY_S", 0.0)
     route = {"name": "bot", "stable": "bot.v1", "candidate": "bot.v2", "weight": 0.5, "min_requests": 4}
     target = {"namespace": "team-a", "bigmodel": "tiny-cpu"}
-    failing = [["bot", "bot.v1", "bot.v2", "candidate", True, None]] * 4
+    failing = [["bot", "bot.v1", "bot.v2", "candidate", True, None]] * 20
+    failing += [["bot", "bot.v1", "bot.v2", "stable", False, 0.1]] * 20
 
     async def scenario() -> None:
         actor = CanaryActor("app", "tiny")

@@ -12,16 +12,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from bigmodel_serving.args import AdapterRoute, IngressConfig, InvalidServeArgsError, parse_ingress_config
 from bigmodel_serving.canary import (
     CanaryActor,
-    CanaryBook,
     CanaryRouter,
     Choice,
     Opened,
-    VersionSignals,
-    judge,
     key_share,
-    mean_rating,
     picks_candidate,
+    quality_counts,
 )
+from bigmodel_serving.canary_book import CanaryBook, settings_of
+from bigmodel_serving.canary_state import DirectoryStateStore
 from bigmodel_serving.errors import APIError
 
 BASE = "tiny"
@@ -32,13 +31,6 @@ def _route(**fields: Any) -> AdapterRoute:
     values: dict[str, Any] = {"name": "bot", "stable": "bot.v1", "candidate": "bot.v2", "weight": 0.2}
     values.update(fields)
     return AdapterRoute.model_validate(values)
-
-
-def _signals(version: str, requests: int, errors: int = 0, latency: float = 0.1) -> VersionSignals:
-    signals = VersionSignals(version)
-    for index in range(requests):
-        signals.record(index < errors, latency)
-    return signals
 
 
 class _Clock:
@@ -98,41 +90,25 @@ def test_manual_modes_apply_locally_at_once() -> None:
     assert roles() == {"stable", "candidate"}
 
 
-# ---- the decision rule ----
+# ---- the rule's settings (the rule itself: test_serving_canary_rule.py) ----
 
 
-def test_no_decision_before_min_requests() -> None:
-    assert judge(_route(min_requests=20), _signals("s", 100), _signals("c", 19, errors=19)) is None
+def test_route_settings_become_the_rules() -> None:
+    route = _route(max_error_rate_increase=0.03, quality="auto")
+    assert settings_of(route, feedback_enabled=True).quality == "required"
+    assert settings_of(route, feedback_enabled=False).quality == "off"
+    assert settings_of(_route(quality="guard"), feedback_enabled=False).quality == "off"  # no ratings can come
+    settings = settings_of(route, feedback_enabled=True)
+    assert settings.max_error_rate_increase == 0.03 and settings.alpha() == pytest.approx(0.05 / 3)
 
 
-def test_rollback_on_error_rate() -> None:
-    verdict = judge(_route(min_requests=20), _signals("s", 100, errors=1), _signals("c", 20, errors=2))
-    assert verdict is not None and verdict.decision == "rolled_back"
-    assert "error rate 10.0% > stable 1.0% + 5.0% after 20 requests" in verdict.reason
-    # 5 points more than stable is still within the allowed increase.
-    assert judge(_route(min_requests=20), _signals("s", 100, errors=5), _signals("c", 20, errors=2)) is None
-
-
-def test_rollback_on_latency() -> None:
-    verdict = judge(_route(min_requests=20), _signals("s", 100, latency=0.1), _signals("c", 20, latency=0.25))
-    assert verdict is not None and verdict.decision == "rolled_back" and "p50 latency 250.0 ms" in verdict.reason
-    assert judge(_route(min_requests=20), _signals("s", 100, latency=0.1), _signals("c", 20, latency=0.19)) is None
-
-
-def test_rollback_on_feedback_only_when_asked() -> None:
-    stable, candidate = _signals("s", 100), _signals("c", 20)
-    assert judge(_route(), stable, candidate, (4.5, 3.0)) is None
-    verdict = judge(_route(min_feedback_delta=1.0), stable, candidate, (4.5, 3.0))
-    assert verdict is not None and verdict.decision == "rolled_back" and "mean rating 3.00" in verdict.reason
-    assert judge(_route(min_feedback_delta=1.0), stable, candidate, (4.5, 4.0)) is None
-    assert judge(_route(min_feedback_delta=1.0), stable, candidate, (None, 1.0)) is None
-
-
-def test_promote_after_the_window() -> None:
-    route = _route(min_requests=20, window_requests=50)
-    assert judge(route, _signals("s", 200), _signals("c", 49)) is None
-    verdict = judge(route, _signals("s", 200), _signals("c", 50))
-    assert verdict is not None and verdict.decision == "promoted"
+def test_per_request_split_draws_every_request() -> None:
+    router = CanaryRouter("app", BASE)
+    router.configure([_route(split="request", weight=0.3)])
+    draws = iter([0.1, 0.5, 0.29, 0.31])
+    router.draw = lambda: next(draws)
+    roles = [choice.role for _ in range(4) if (choice := router.choose("tiny:bot", "anonymous"))]
+    assert roles == ["candidate", "stable", "candidate", "stable"]
 
 
 # ---- the book (the shared actor's state) ----
@@ -160,7 +136,7 @@ def test_book_rolls_back_once_and_keeps_the_verdict_for_the_pair() -> None:
     _record(book, route, "stable", 40)
     clock.now += 30
     lines = _record(book, route, "candidate", 10, error=True)
-    assert len(lines) == 1 and "rolled_back at weight 0" in lines[0]
+    assert len(lines) == 1 and "rolled_back at weight 0: error rate 100.0% vs stable 0.0%" in lines[0]
     state = _state(book, route)
     assert (state["decision"], state["weight"]) == ("rolled_back", 0.0)
     assert state["since"] == "2027-01-15T08:00:30Z"
@@ -179,19 +155,67 @@ def test_book_rolls_back_once_and_keeps_the_verdict_for_the_pair() -> None:
 
 def test_book_promotes_and_manual_modes_override() -> None:
     book = CanaryBook(wall=_Clock())
-    route = _route(min_requests=5, window_requests=20)
+    route = _route(min_requests=5)
     book.configure([route], BASE)
-    _record(book, route, "stable", 50)
-    assert _record(book, route, "candidate", 19) == []
-    assert "promoted at weight 1" in _record(book, route, "candidate", 1)[0]
-    book.configure([_route(min_requests=5, window_requests=20, mode="rollback")], BASE)
+    _record(book, route, "stable", 2000)
+    lines = _record(book, route, "candidate", 1000)
+    assert len(lines) == 1 and "promoted at weight 1: error rate 0.0% vs stable 0.0%" in lines[0]
+    book.configure([_route(min_requests=5, mode="rollback")], BASE)
     assert (_state(book, route)["decision"], _state(book, route)["weight"]) == ("rolled_back", 0.0)
-    book.configure([_route(min_requests=5, window_requests=20, mode="pin")], BASE)
+    book.configure([_route(min_requests=5, mode="pin")], BASE)
     assert (_state(book, route)["decision"], _state(book, route)["weight"]) == ("pinned", 0.0)
-    book.configure([_route(min_requests=5, window_requests=20, mode="pin", weight=0.9)], BASE)
+    book.configure([_route(min_requests=5, mode="pin", weight=0.9)], BASE)
     assert _state(book, route)["weight"] == 0.0  # pinned: the configured weight does not move it
-    book.configure([_route(min_requests=5, window_requests=20, mode="auto")], BASE)
+    book.configure([_route(min_requests=5, mode="auto")], BASE)
     assert (_state(book, route)["decision"], _state(book, route)["weight"]) == ("promoted", 1.0)
+
+
+def test_an_undecided_canary_is_resolved_at_its_deadline_as_the_route_says() -> None:
+    for on_deadline, decision in (("rollback", "rolled_back"), ("promote", "promoted")):
+        clock = _Clock()
+        book = CanaryBook(wall=clock)
+        route = _route(started_at=clock.now - 3000, deadline_s=3600, on_deadline=on_deadline)
+        book.configure([route], BASE)
+        _record(book, route, "candidate", 3)
+        assert _state(book, route)["decision"] == "canary"
+        assert _state(book, route)["started"] == "2027-01-15T07:10:00Z"
+        clock.now += 601
+        lines = book.configure([route], BASE)
+        assert _state(book, route)["decision"] == decision, lines
+        assert "undecided 1 h after the canary began" in _state(book, route)["reason"]
+
+
+def test_the_evidence_survives_a_restart_of_the_actor_through_the_sink(tmp_path: Any) -> None:
+    store = DirectoryStateStore(tmp_path)
+    clock = _Clock()
+    book = CanaryBook(wall=clock)
+    route = _route(min_requests=10)
+    book.configure([route], BASE)
+    _record(book, route, "stable", 30)
+    _record(book, route, "candidate", 7, error=True)
+    state = book.states[("bot", "bot.v1", "bot.v2")]
+    store.save("bot", "bot.v2", CanaryBook.dump_pair(state))
+    restarted = CanaryBook(wall=clock)
+    restarted.configure([route], BASE, restore=lambda pair: store.load(pair[0], str(pair[2])))
+    assert _state(restarted, route)["signals"]["candidate"]["errors"] == 7
+    lines = _record(restarted, route, "candidate", 3, error=True)  # 10 candidate requests in all: decided
+    assert len(lines) == 1 and "rolled_back" in lines[0]
+    assert store.load("bot", "bot.v9") is None
+
+
+def test_ratings_from_the_feedback_store_roll_back_by_quality_alone() -> None:
+    book = CanaryBook(wall=_Clock(), feedback_enabled=True)
+    route = _route(min_requests=5)
+    book.configure([route], BASE)
+    started = book.states[("bot", "bot.v1", "bot.v2")].started
+    assert book.wants_quality() == [("bot.v1", started), ("bot.v2", started)]
+    assert quality_counts((12, 1)) == (12, 1) and quality_counts([3, 5]) is None and quality_counts("x") is None
+    book.set_quality("bot.v1", 40, 2)
+    book.set_quality("bot.v2", 20, 18)
+    lines = _record(book, route, "stable", 20) + _record(book, route, "candidate", 5)
+    assert len(lines) == 1 and "bad-answer rate 90.0% vs stable 5.0% over 20/40 ratings" in lines[0]
+    assert _state(book, route)["signals"]["candidate"]["bad_answers"] == 18
+    assert book.wants_quality() == []  # decided: no more look-ups
 
 
 def test_book_without_candidate_and_with_base_stable() -> None:
@@ -325,17 +349,3 @@ def test_routes_must_name_served_adapters() -> None:
     for message, routes in bad.items():
         with pytest.raises(InvalidServeArgsError, match=message):
             _config(routes)
-
-
-def test_book_rolls_back_on_ratings_from_the_feedback_store() -> None:
-    book = CanaryBook(wall=_Clock())
-    route = _route(min_requests=5, min_feedback_delta=0.5)
-    book.configure([route], BASE)
-    assert book.wants_feedback() == ["bot.v1", "bot.v2"]
-    book.feedback.update({"bot.v1": mean_rating((12, 4.5)), "bot.v2": mean_rating((6, 3.0))})
-    assert mean_rating((0, 0.0)) is None  # no ratings yet: no opinion
-    _record(book, route, "stable", 20)
-    lines = _record(book, route, "candidate", 5)
-    assert len(lines) == 1 and "mean rating 3.00 < stable 4.50 - 0.5" in lines[0]
-    assert _state(book, route)["signals"]["candidate"]["feedback_mean"] == 3.0
-    assert book.wants_feedback() == []  # decided: no more look-ups

@@ -14,7 +14,6 @@ from bigmodel_serving.actor_calls import DependencyUnavailableError
 from bigmodel_serving.args import FeedbackArgs, IngressConfig
 from bigmodel_serving.errors import APIError
 from bigmodel_serving.feedback import (
-    CompletionStore,
     FeedbackActor,
     FeedbackSinkError,
     conversation_of,
@@ -22,6 +21,7 @@ from bigmodel_serving.feedback import (
     parse_feedback_request,
     render_feedback_metrics,
 )
+from bigmodel_serving.feedback_store import CompletionStore
 
 EMAIL = "jane.doe@example.com"
 
@@ -105,28 +105,28 @@ def _turns(text: str = "hi") -> list[dict[str, str]]:
     return [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
 
 
-def test_the_store_answers_only_the_key_that_asked_and_forgets_after_the_ttl() -> None:
+def test_the_store_forgets_after_the_ttl() -> None:
     clock = Clock()
-    store = CompletionStore(ttl_s=60, clock=clock)
-    store.remember("c1", "alice", "m", _turns(), at=0)
-    assert store.get("c1", "alice") is not None
-    assert store.get("c1", "bob") is None
-    assert store.get("c2", "alice") is None
+    store = CompletionStore(ttl_s=60, wall=clock)
+    store.remember("c1", "alice", "m", _turns(), answered_at=clock.now)
+    found = store.lookup("c1")
+    assert found is not None and found.key == "alice"
+    assert store.lookup("c2") is None
     clock.now += 61
-    assert store.get("c1", "alice") is None
+    assert store.lookup("c1") is None
     assert store.bytes == 0 and not store.entries
 
 
 def test_the_store_is_bounded_by_entries_and_bytes() -> None:
-    store = CompletionStore(max_entries=3, clock=Clock())
+    store = CompletionStore(max_entries=3, wall=Clock())
     for index in range(5):
-        store.remember(f"c{index}", "k", "m", _turns(), at=0)
-    assert list(store.entries) == ["c2", "c3", "c4"]
-    small = CompletionStore(max_bytes=2000, clock=Clock())
+        store.remember(f"c{index}", "k", "m", _turns(), answered_at=1000.0)
+    assert list(store.entries) == ["c2", "c3", "c4"] and store.evicted == 2
+    small = CompletionStore(max_bytes=2000, wall=Clock())
     for index in range(5):
-        small.remember(f"c{index}", "k", "m", _turns("x" * 500), at=0)
+        small.remember(f"c{index}", "k", "m", _turns("x" * 500), answered_at=1000.0)
     assert small.bytes <= 2000 and list(small.entries)[-1] == "c4" and len(small.entries) < 5
-    small.remember("huge", "k", "m", _turns("x" * 5000), at=0)
+    small.remember("huge", "k", "m", _turns("x" * 5000), answered_at=1000.0)
     assert "huge" not in small.entries
 
 
@@ -142,27 +142,30 @@ def test_sinks_by_location(tmp_path: Path) -> None:
 
 
 def _actor(tmp_path: Path, clock: Clock | None = None, **settings: Any) -> FeedbackActor:
-    actor = FeedbackActor(clock=clock or Clock())
+    actor = FeedbackActor(wall=clock or Clock())
     problem = actor.configure({"enabled": True, "sink_path": str(tmp_path), **settings})
     assert problem is None
     return actor
+
+
+def _answer(completion_id: str, key: str, model: str, messages: list[dict[str, str]], at: float = 1000.0) -> dict:
+    return {"id": completion_id, "key": key, "model": model, "messages": messages, "answered_at": at}
 
 
 def test_feedback_appends_a_redacted_chat_record(tmp_path: Path) -> None:
     actor = _actor(tmp_path)
     conversation = [
         {"role": "system", "content": "Support bot."},
-        {"role": "user", "content": f"My email is {EMAIL}, reset my password"},
+        {"role": "user", "content": "My email is [EMAIL], reset my password"},  # as the journal redacted it
         {"role": "assistant", "content": "Done."},
     ]
-    actor.remember("chatcmpl-1", "alice", "tiny:support.ftj-1", conversation)
+    actor.remember(_answer("chatcmpl-1", "alice", "tiny:support.ftj-1", conversation))
     assert actor.feedback("chatcmpl-1", "alice", 2, f"Sent a link to {EMAIL}.") == {"status": "recorded"}
     [record] = _records(tmp_path)
     assert set(record) == {"messages", "rating", "correction", "model", "key", "id", "ts", "answered_at"}
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
     assert record["messages"][2]["content"] == "Done."
-    assert EMAIL not in json.dumps(record)
-    assert "EMAIL" in record["messages"][1]["content"] and "EMAIL" in record["correction"]
+    assert EMAIL not in json.dumps(record) and "EMAIL" in record["correction"]
     assert (record["rating"], record["model"], record["key"], record["id"]) == (
         2,
         "tiny:support.ftj-1",
@@ -171,13 +174,14 @@ def test_feedback_appends_a_redacted_chat_record(tmp_path: Path) -> None:
     )
     assert record["ts"].endswith("Z")
     assert actor.scores("tiny:support.ftj-1") == (1, 2.0)
+    assert actor.quality("tiny:support.ftj-1", since=0) == (1, 1)  # rating 2: a bad answer
     assert actor.scores("other") == (0, 0.0)
 
 
 def test_unknown_other_keys_and_expired_ids_are_not_found(tmp_path: Path) -> None:
     clock = Clock()
     actor = _actor(tmp_path, clock, ttl_s=10)
-    actor.remember("cmpl-1", "alice", "tiny", _turns())
+    actor.remember(_answer("cmpl-1", "alice", "tiny", _turns(), at=clock.now))
     assert actor.feedback("cmpl-1", "bob", 5, None) == {"status": "not_found"}
     assert actor.feedback("cmpl-nope", "alice", 5, None) == {"status": "not_found"}
     clock.now += 11
@@ -185,47 +189,38 @@ def test_unknown_other_keys_and_expired_ids_are_not_found(tmp_path: Path) -> Non
     assert _records(tmp_path) == []
 
 
-def test_answers_are_redacted_in_the_background_before_any_feedback(tmp_path: Path) -> None:
-    actor = _actor(tmp_path)
-    actor.remember(
-        "c", "k", "m", [{"role": "user", "content": f"mail {EMAIL}"}, {"role": "assistant", "content": "ok"}]
-    )
-    actor.redact_pending()
-    entry = actor.book.store.entries["c"]
-    assert entry.redacted and EMAIL not in entry.messages[0]["content"]
-    assert actor.redact_pending() == 0
-
-
 def test_scores_and_metrics_per_model(tmp_path: Path) -> None:
     actor = _actor(tmp_path)
     for index, (model, rating) in enumerate([("m:a.v1", 5), ("m:a.v1", 3), ("m:a.v2", 1)]):
-        actor.remember(f"c{index}", "k", model, _turns())
+        actor.remember(_answer(f"c{index}", "k", model, _turns()))
         actor.feedback(f"c{index}", "k", rating, None)
-    assert actor.all_scores() == {"m:a.v1": (2, 4.0), "m:a.v2": (1, 1.0)}
+    actor.feedback("c0", "k", 4, None)  # a second rating of one answer: the latest counts
+    assert actor.all_scores() == {"m:a.v1": (2, 3.5), "m:a.v2": (1, 1.0)}
     families = {f.name: f for f in text_string_to_metric_families(render_feedback_metrics(actor.all_scores()))}
     totals = {s.labels["model"]: s.value for s in families["bigmodel_feedback"].samples}
     means = {s.labels["model"]: s.value for s in families["bigmodel_feedback_rating_mean"].samples}
-    assert totals == {"m:a.v1": 2, "m:a.v2": 1} and means == {"m:a.v1": 4.0, "m:a.v2": 1.0}
+    assert totals == {"m:a.v1": 2, "m:a.v2": 1} and means == {"m:a.v1": 3.5, "m:a.v2": 1.0}
+    assert len(_records(tmp_path)) == 4  # every feedback is recorded
 
 
 def test_an_unusable_sink_or_disabled_feedback_is_unavailable_not_a_crash(tmp_path: Path) -> None:
-    actor = FeedbackActor(clock=Clock())
+    actor = FeedbackActor(wall=Clock())
     assert "not supported" in str(actor.configure({"enabled": True, "sink_uri": "gs://bucket/prefix"}))
-    actor.remember("c", "k", "m", _turns())
+    actor.remember(_answer("c", "k", "m", _turns()))
     result = actor.feedback("c", "k", 5, None)
     assert result["status"] == "unavailable" and "gs://" in result["message"]
     assert "not enabled" in str(actor.configure({"enabled": False}))
     blocked = tmp_path / "file"
     blocked.write_text("a file where the sink directory should be")
     actor = _actor(blocked / "sub")
-    actor.remember("c", "k", "m", _turns())
+    actor.remember(_answer("c", "k", "m", _turns()))
     result = actor.feedback("c", "k", 5, None)
     assert result["status"] == "unavailable" and "could not be written" in result["message"]
 
 
 def test_reconfiguring_keeps_remembered_answers(tmp_path: Path) -> None:
     actor = _actor(tmp_path)
-    actor.remember("c", "k", "m", _turns())
+    actor.remember(_answer("c", "k", "m", _turns()))
     assert actor.configure({"enabled": True, "sink_path": str(tmp_path / "new"), "max_entries": 10}) is None
     assert actor.feedback("c", "k", 4, None) == {"status": "recorded"}
     assert len(_records(tmp_path / "new")) == 1
@@ -244,8 +239,11 @@ def test_feedback_args_need_one_sink_inside_its_mount() -> None:
 class _Remote:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
+        self.calls: list[tuple[Any, ...]] = []
 
     def remote(self, *args: Any) -> Any:
+        self.calls.append(args)
+
         async def call() -> Any:
             if isinstance(self.answer, Exception):
                 raise self.answer
@@ -264,24 +262,26 @@ class _FakeActor:
         self.all_scores = _Remote(scores)
 
 
-def test_the_client_maps_the_actors_answers_to_http() -> None:
+def test_the_client_maps_the_actors_answers_to_http(tmp_path: Path) -> None:
     import asyncio
 
     from bigmodel_serving.feedback import FeedbackClient
 
-    args = FeedbackArgs(enabled=True, sink_path="/tmp/unused")
+    args = FeedbackArgs(enabled=True, sink_path=str(tmp_path))
     body = b'{"id": "chatcmpl-1", "rating": 3}'
-    recorded = FeedbackClient(args, _FakeActor({"status": "recorded"}, {"m": (1, 3.0)}))
+    actor = _FakeActor({"status": "recorded"}, {"m": (1, 3.0)})
+    recorded = FeedbackClient(args, actor)
     assert asyncio.run(recorded.submit("alice", body)) == {
         "id": "chatcmpl-1",
         "object": "feedback",
         "status": "recorded",
     }
+    assert actor.feedback.calls[0][-1] == args.model_dump()  # the settings travel with every call
     assert "bigmodel_feedback_total" in asyncio.run(recorded.metrics_text())
     for answer, status in (
         ({"status": "not_found"}, 404),
         ({"status": "unavailable", "message": "disk full"}, 503),
-        (RuntimeError("actor restarting"), 503),
+        (RuntimeError("actor gone"), 503),
     ):
         with pytest.raises(APIError) as caught:
             asyncio.run(FeedbackClient(args, _FakeActor(answer, {})).submit("alice", body))
@@ -290,44 +290,6 @@ def test_the_client_maps_the_actors_answers_to_http() -> None:
             assert caught.value.headers["Retry-After"]
     with pytest.raises(DependencyUnavailableError):  # /metrics leaves the feedback families out
         asyncio.run(FeedbackClient(args, _FakeActor({}, RuntimeError("down"))).metrics_text())
-
-
-class _Answers:
-    """`.remote()` answers from a list, one per call (the last repeats); counts the calls."""
-
-    def __init__(self, *answers: Any) -> None:
-        self.answers, self.calls = list(answers), 0
-
-    def remote(self, *args: Any) -> Any:
-        answer = self.answers[min(self.calls, len(self.answers) - 1)]
-        self.calls += 1
-
-        async def call() -> Any:
-            return answer
-
-        return call()
-
-
-def test_an_id_another_replica_just_answered_is_asked_about_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ray orders one caller's calls only: replica A's `remember` may reach the actor after the feedback
-    that came in through replica B. The client asks again before answering 404."""
-    import asyncio
-
-    from bigmodel_serving import feedback as module
-    from bigmodel_serving.feedback import FeedbackClient
-
-    monkeypatch.setattr(module, "NOT_FOUND_RETRIES_S", (0.0, 0.0))
-    args = FeedbackArgs(enabled=True, sink_path="/tmp/unused")
-    body = b'{"id": "chatcmpl-1", "rating": 3}'
-    late = _FakeActor(None, {})
-    late.feedback = _Answers({"status": "not_found"}, {"status": "recorded"})
-    assert asyncio.run(FeedbackClient(args, late).submit("alice", body))["status"] == "recorded"
-    assert late.feedback.calls == 2
-    unknown = _FakeActor(None, {})
-    unknown.feedback = _Answers({"status": "not_found"})
-    with pytest.raises(APIError) as caught:
-        asyncio.run(FeedbackClient(args, unknown).submit("alice", body))
-    assert caught.value.status == 404 and unknown.feedback.calls == 3
 
 
 # ---- the benchmark's report (feedback_bench.py) ----

@@ -86,7 +86,7 @@ class _Recorder:
         self.logged: list[tuple[list[str], dict[str, Any]]] = []
         self.finished: list[bool] = []
 
-    def remember(self, completion_id: str | None, text: str) -> None:
+    async def remember(self, completion_id: str | None, text: str) -> None:
         self.remembered.append((completion_id, text))
 
     async def log(self, texts: list[str], usage: dict[str, Any]) -> None:

@@ -49,12 +49,18 @@ def test_a_worse_adapter_or_a_low_score_fails_with_every_reason() -> None:
     assert result.reasons[1] == "eval set (exact): score 0.250 (base model 0.100) on 8 example(s) < minScore 0.5"
 
 
-def test_diverged_training_fails_and_no_held_out_split_is_noted() -> None:
+def test_diverged_training_fails_and_no_held_out_data_is_no_promotion_unless_opted_out() -> None:
     diverged = decide(GateResult(base_loss=2.0, adapted_loss=math.nan, held_out_examples=3), GateConfig())
     assert not diverged.passed and "training diverged" in diverged.reasons[0]
+    assert diverged.to_status()["outcome"] == "Failed"
     assert "adaptedLoss" not in diverged.to_status()  # NaN is not valid JSON
     nothing = decide(GateResult(), GateConfig())
-    assert nothing.passed and "validationSplit is 0" in nothing.reasons[0]
+    assert not nothing.passed and nothing.outcome == "NotCompared" and "no held-out data" in nothing.reasons[0]
+    assert "requireHeldOut: false" in nothing.reasons[0]
+    opted_out = decide(GateResult(), GateConfig(require_held_out=False))
+    assert opted_out.passed and opted_out.outcome == "Passed" and "requireHeldOut is false" in opted_out.reasons[0]
+    scored = decide(GateResult(score=0.5, examples=10), GateConfig())  # an eval set is held-out data too
+    assert scored.passed and scored.outcome == "Passed"
 
 
 def test_eval_set_formats_and_defects(tmp_path: Path) -> None:

@@ -126,3 +126,30 @@ def test_timestamps() -> None:
     assert parse_ts("2026-11-30T10:00:00") == datetime(2026, 11, 30, 10, tzinfo=UTC)
     assert parse_ts(0) == datetime(1970, 1, 1, tzinfo=UTC)
     assert parse_ts(True) is None and parse_ts("yesterday") is None and parse_ts(None) is None
+
+
+def test_corrections_count_whatever_the_rating_and_the_snapshot_ends_at_until(tmp_path: Path) -> None:
+    sink = tmp_path / "sink"
+    (sink / "answers" / "2026-11-30").mkdir(parents=True)
+    (sink / "canary" / "bot").mkdir(parents=True)
+    rows = [
+        _record("low-corrected", 1, "2026-11-30T09:00:00.000Z", correction="The right answer."),
+        _record("low", 1, "2026-11-30T09:10:00.000Z"),
+        _record("late", 5, "2026-11-30T12:00:00.000Z"),
+    ]
+    (sink / "feedback-2026-11-30.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    journal = {"id": "x", "key": "k", "model": "m", "messages": [], "answered_at": 1.0}
+    (sink / "answers" / "2026-11-30" / "r.jsonl").write_text(json.dumps(journal) + "\n")  # not training data
+    (sink / "canary" / "bot" / "v2.jsonl").write_text("{}\n")
+    until = datetime(2026, 11, 30, 11, tzinfo=UTC)
+    target = tmp_path / "out.jsonl"
+    found = build_dataset(sink, FeedbackFilter(min_rating=4, until=until), target, 2**20)
+    [example] = _read(target)
+    assert example["messages"][-1]["content"] == "The right answer."
+    assert (found.files, found.kept, found.below_rating, found.after_until, found.malformed) == (1, 1, 1, 1, 0)
+    again = tmp_path / "again.jsonl"
+    (sink / "feedback-2026-11-30.jsonl").open("a").write(
+        json.dumps(_record("new", 5, "2026-11-30T13:00:00.000Z")) + "\n"
+    )
+    build_dataset(sink, FeedbackFilter(min_rating=4, until=until), again, 2**20)
+    assert again.read_bytes() == target.read_bytes()  # a retried job reads exactly the same rows

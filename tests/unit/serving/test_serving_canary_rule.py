@@ -1,0 +1,154 @@
+"""The canary rule's error rates, measured: a Monte Carlo of thousands of simulated canaries (fixed seeds).
+
+The rule's own arithmetic decides every simulated canary (`canary_rule.verdicts` on numpy arrays,
+checked after every request); tests/devtools/canary_montecarlo.py describes the simulation and prints
+the table of docs/loop.md. 2,000 canaries per scenario: a rate is asserted through its 99.9 % Wilson
+bound, not its point estimate, so a bound that holds here is not luck (with 2,000 trials an observed
+0.5 % has an upper bound of 1.2 %, an observed 99 % a lower bound of 98.0 %).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from canary_montecarlo import Outcome, Scenario, lower_bound, simulate, upper_bound
+
+from bigmodel_serving.canary_rule import (
+    SIGNALS,
+    ArmStats,
+    RuleSettings,
+    decide,
+    describe,
+    half_width,
+    is_bad,
+    verdicts,
+)
+
+TRIALS = 2000
+HORIZON_EQUAL = 10_000  # requests (2,000 on the candidate at weight 20 %)
+HORIZON_WORSE = 5_000  # the stated number: 1,000 candidate requests at weight 20 %
+WITHIN_CANDIDATE_REQUESTS = 1000
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.mark.parametrize(("base", "seed"), [(0.01, 11), (0.02, 12), (0.05, 13)])
+def test_false_rollback_is_at_most_5_percent_when_the_candidate_is_as_good(base: float, seed: int) -> None:
+    scenario = Scenario(f"equal {base}", base, horizon=HORIZON_EQUAL)
+    outcome = simulate(scenario, RuleSettings(), TRIALS, seed)
+    bound = upper_bound(outcome.rolled_back, outcome.trials)
+    print(f"\nbase {base:.0%}: rolled back {outcome.share(outcome.rolled_back):.2%} (99.9 % bound {bound:.2%}), "
+          f"promoted {outcome.share(outcome.promoted):.1%}, causes {outcome.causes}")  # fmt: skip
+    assert outcome.trials == TRIALS
+    assert bound <= 0.05
+
+
+@pytest.mark.parametrize(("base", "seed"), [(0.01, 21), (0.02, 22), (0.05, 23)])
+def test_a_candidate_5_points_worse_is_rolled_back_within_1000_candidate_requests(base: float, seed: int) -> None:
+    scenario = Scenario(f"worse {base}", base, error_increase=0.05, horizon=HORIZON_WORSE)
+    outcome = simulate(scenario, RuleSettings(), TRIALS, seed)
+    in_time = sum(1 for n in outcome.rollback_requests if n <= WITHIN_CANDIDATE_REQUESTS)
+    bound = lower_bound(in_time, outcome.trials)
+    print(f"\nbase {base:.0%} +5 points: rolled back {outcome.share(in_time):.2%} within "
+          f"{WITHIN_CANDIDATE_REQUESTS} candidate requests (99.9 % bound {bound:.2%}), promoted "
+          f"{outcome.share(outcome.promoted):.2%}, 90th pct {Outcome.quantile(outcome.rollback_requests, 0.9)}")  # fmt: skip
+    assert bound >= 0.90
+    assert upper_bound(outcome.promoted, outcome.trials) <= RuleSettings().alpha()  # a missed regression
+
+
+def test_quality_alone_rolls_back_a_candidate_that_answers_200_with_bad_answers() -> None:
+    scenario = Scenario("bad answers", 0.01, bad_increase=0.30, horizon=HORIZON_WORSE)
+    outcome = simulate(scenario, RuleSettings(), 1000, 31)
+    assert outcome.causes.get("quality", 0) >= 0.9 * outcome.trials
+    assert outcome.promoted == 0
+
+
+# ---- the arithmetic, on plain numbers ----
+
+
+def test_the_scalar_and_the_array_paths_decide_alike() -> None:
+    """The ingress decides with numbers, the Monte Carlo with arrays: the same function, the same answers."""
+    rng = random.Random(5)
+    settings = RuleSettings()
+    for _ in range(200):
+        candidate, stable = ArmStats(), ArmStats()
+        for arm, error_rate in ((candidate, rng.choice([0.0, 0.02, 0.3])), (stable, 0.02)):
+            for _ in range(rng.randint(0, 400)):
+                arm.record(rng.random() < error_rate, rng.lognormvariate(0, 0.5))
+            for _ in range(rng.randint(0, 60)):
+                arm.quality.add(float(rng.random() < 0.2))
+        moments = [{s: (a.of(s).n, a.of(s).total, a.of(s).squares) for s in SIGNALS} for a in (candidate, stable)]
+        scalar = verdicts(settings, *moments)
+        arrays = verdicts(
+            settings,
+            *[{s: tuple(np.array([v]) for v in value) for s, value in m.items()} for m in moments],
+            np,
+        )
+        assert bool(scalar[0]) == bool(arrays[0][0]) and bool(scalar[1]) == bool(arrays[1][0])
+
+
+def test_nothing_is_decided_before_min_requests() -> None:
+    candidate, stable = ArmStats(), ArmStats()
+    for _ in range(19):
+        candidate.record(True, None)
+    for _ in range(500):
+        stable.record(False, 0.1)
+    assert decide(RuleSettings(quality="off"), candidate, stable) is None
+    candidate.record(True, None)
+    verdict = decide(RuleSettings(quality="off"), candidate, stable)
+    assert verdict is not None and verdict.decision == "rolled_back"
+    assert verdict.reason.startswith("error rate 100.0% vs stable 0.0% over 20/500 requests")
+
+
+def test_promotion_needs_every_required_signal() -> None:
+    candidate, stable = ArmStats(), ArmStats()
+    for arm in (candidate, stable):
+        for _ in range(3000):
+            arm.record(False, 0.1)
+    assert decide(RuleSettings(quality="required"), candidate, stable) is None  # no ratings yet
+    promoted = decide(RuleSettings(quality="guard"), candidate, stable)
+    assert promoted is not None and promoted.decision == "promoted"
+    assert "within the margin" in promoted.reason and "latency 1.00x" in promoted.reason
+    for arm in (candidate, stable):
+        for index in range(1500):
+            arm.quality.add(float(index % 10 == 0))
+    assert (decide(RuleSettings(quality="required"), candidate, stable) or promoted).decision == "promoted"
+
+
+def test_a_slower_candidate_is_rolled_back_by_latency_alone() -> None:
+    candidate, stable = ArmStats(), ArmStats()
+    rng = random.Random(3)
+    for _ in range(200):
+        candidate.record(False, 0.3 * rng.lognormvariate(0, 0.2))
+    for _ in range(800):
+        stable.record(False, 0.1 * rng.lognormvariate(0, 0.2))
+    verdict = decide(RuleSettings(quality="off"), candidate, stable)
+    assert verdict is not None and verdict.decision == "rolled_back" and verdict.reason.startswith("latency 3.")
+
+
+def test_bad_answers_and_the_bound() -> None:
+    assert is_bad(1, False) and is_bad(2, False) and not is_bad(3, False) and is_bad(5, True)
+    assert half_width(1e-4, 0.0167, 0.05) > 0.02  # a wide bound at little evidence ...
+    assert half_width(1e-6, 0.0167, 0.05) < 0.005  # ... and a narrow one at much
+    assert math.isfinite(half_width(1e-12, 0.0167, 0.05))
+
+
+def test_reasons_carry_the_numbers() -> None:
+    candidate, stable = ArmStats(), ArmStats()
+    for index in range(100):
+        candidate.record(False, 0.2)
+        candidate.quality.add(float(index < 60))
+    for index in range(400):
+        stable.record(False, 0.2)
+        stable.quality.add(float(index < 40))
+    settings = RuleSettings()
+    verdict = decide(settings, candidate, stable)
+    assert verdict is not None and verdict.decision == "rolled_back"
+    assert verdict.reason.startswith("bad-answer rate 60.0% vs stable 10.0% over 100/400 ratings: +50.0 points")
+    _, _, per = verdicts(
+        settings,
+        *[{s: (a.of(s).n, a.of(s).total, a.of(s).squares) for s in SIGNALS} for a in (candidate, stable)],
+    )
+    assert "undecided" in describe("errors", settings, candidate, stable, per["errors"])
