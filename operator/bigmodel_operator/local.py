@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -23,6 +25,25 @@ def local_feedback_dir(name: str) -> Path:
     return Path(os.environ.get(FEEDBACK_DIR_ENV) or Path.cwd() / "bigmodel-feedback" / name).absolute()
 
 
+MAX_LOCAL_CONFIG_BYTES = 256 * 1024
+
+
+def local_model_config(spec: BigModelSpec) -> dict[str, Any] | None:
+    """The model's config.json: inline in the manifest, else the file next to a file:// model on this machine."""
+    if spec.model.config:
+        return dict(spec.model.config)
+    if not spec.model.uri.startswith("file://"):
+        return None
+    path = Path(unquote(urlparse(spec.model.uri).path)) / "config.json"
+    try:
+        if path.stat().st_size > MAX_LOCAL_CONFIG_BYTES:
+            return None
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def local_application(
     manifest: dict[str, Any], keys_dir: str | None = None, feedback_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -35,8 +56,10 @@ def local_application(
     spec = BigModelSpec.model_validate(manifest["spec"])
     name = manifest["metadata"]["name"]
     config = load_config()
-    planned = placement(spec, None)
-    place = Placement(planned.engine, 1, 1, planned.max_model_len, on_gpu=False)
+    planned = placement(spec, None, local_model_config(spec))
+    place = Placement(
+        planned.engine, 1, 1, planned.max_model_len, on_gpu=False, tool_call_parser=planned.tool_call_parser
+    )
     app = render_application(name, spec, place, Mounts(root=config.model_mount_root), config)
     for deployment in app["deployments"]:
         target = deployment["autoscaling_config"]["target_ongoing_requests"]

@@ -45,8 +45,12 @@ def plan_command(path: Path, *, config_json: str | None, output: str) -> int:
             if doc.get("kind") == "BigModel":
                 spec = BigModelSpec.model_validate(doc["spec"])
                 result = serving_plan(spec, source, config)
-                place = placement(spec, result.plan)
-                extra = {"gpusPerReplica": place.gpus_per_replica, "tensorParallelSize": place.tensor_parallel_size}
+                place = placement(spec, result.plan, source.config)
+                extra = {
+                    "gpusPerReplica": place.gpus_per_replica,
+                    "tensorParallelSize": place.tensor_parallel_size,
+                    "toolCallParser": place.tool_call_parser or "none",
+                }
                 reason, message, plan = result.reason, result.message, result.plan
             elif doc.get("kind") == "FineTuneJob":
                 tspec = FineTuneJobSpec.model_validate(doc["spec"])

@@ -16,6 +16,7 @@ validated here by `ServeApplication`:
             autoscaling_config: {min_replicas, max_replicas, target_ongoing_requests}
             max_ongoing_requests: <n>
             max_queued_requests: <n>
+            request_router_config: <RequestRouting>   # optional: prefix-cache-aware replica choice
             user_config: <EngineConfig>        # adapters (name -> mounted path)
         # BigModelMetrics (METRICS_DEPLOYMENT): one replica on the Ray head serving GET /metrics on
         # args.metrics.port, a port of its own (no options to render).
@@ -447,6 +448,14 @@ class IngressConfig(_Args):
             "starts; past it the client gets 503 `model_not_ready`."
         ),
     )
+    engine_router: str | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "The engine deployment's request router class, as its request_router_config names it (null: Serve's "
+            "default). Serve builds a handle's router once, so when this changes the ingress takes new handles."
+        ),
+    )
 
     @field_validator("adapters")
     @classmethod
@@ -485,12 +494,25 @@ class Autoscaling(_Args):
     downscale_to_zero_delay_s: float | None = Field(
         default=None, ge=0, description="Scale to zero: seconds without requests before the last replica stops."
     )
+    upscale_delay_s: float | None = Field(default=None, ge=0)
+    downscale_delay_s: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
         return self
+
+
+PrefixCacheRouter = Literal["ray.serve.llm.request_router:PrefixCacheAffinityRouter"]
+PREFIX_CACHE_ROUTER: PrefixCacheRouter = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
+class RequestRouting(_Args):
+    """The engine deployment's `request_router_config`: which Ray Serve request router picks its replica."""
+
+    request_router_class: PrefixCacheRouter = PREFIX_CACHE_ROUTER
+    request_router_kwargs: dict[str, JSONValue] = Field(default_factory=dict)
 
 
 class DeploymentOptions(_Args):
@@ -500,6 +522,7 @@ class DeploymentOptions(_Args):
     autoscaling_config: Autoscaling | None = None
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = Field(default=None, ge=-1)
+    request_router_config: RequestRouting | None = None
     user_config: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -507,6 +530,8 @@ class DeploymentOptions(_Args):
         if self.user_config is not None:
             model = IngressConfig if self.name == INGRESS_DEPLOYMENT else EngineConfig
             model.model_validate(self.user_config)
+        if self.request_router_config is not None and self.name != ENGINE_DEPLOYMENT:
+            raise ValueError("request_router_config picks an engine replica: only BigModelEngine takes one")
         return self
 
 

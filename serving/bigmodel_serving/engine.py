@@ -11,6 +11,8 @@
 - Its cold start (Downloading with bytes, or `cached` from the shared weight cache; Loading; Compiling;
   ready) goes into the BigModel's `status.replicaStartups` while it happens (startup_report.py), and its
   entry is removed when Serve stops the replica (scale down, scale to zero).
+- Streamed answers leave the replica first chunk first (stream_batching.py): Ray's timer batching would
+  hold the first token for up to its 50 ms interval.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +41,7 @@ from bigmodel_serving.startup_report import (
     own_output_files,
     report_target,
 )
+from bigmodel_serving.stream_batching import first_then_batched
 
 logger = logging.getLogger("ray.serve")
 
@@ -180,6 +184,11 @@ class BigModelEngine(LLMServer):
         self._adapter_paths.update(paths)
         logger.info("bigmodel: adapters %s", ", ".join(sorted(paths)) or "none")
 
+    def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
+        """Streams of chat, completions and responses: the first chunk at once, then Ray's interval
+        (`stream_batching_interval_ms`, default 50 ms) between batches (stream_batching.py)."""
+        return first_then_batched(generator, self._get_batch_interval_ms() / 1000)
+
     async def replica_info(self) -> dict[str, Any]:
         """Which replica this is and when its engine loaded (tests prove light edits keep it)."""
         from ray import serve
@@ -197,3 +206,9 @@ class BigModelEngine(LLMServer):
         from prometheus_client import REGISTRY, generate_latest
 
         return generate_latest(REGISTRY).decode()
+
+    async def metrics_snapshot(self) -> dict[str, str]:
+        """This replica's Serve id (stable for its life, as in Serve's logs and state API) and its metrics."""
+        from ray import serve
+
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "text": await self.metrics_text()}

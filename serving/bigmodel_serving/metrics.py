@@ -1,8 +1,9 @@
 """`GET /metrics` (metrics_server.py): vLLM's engine metrics from every engine replica plus ours, in one text.
 
 - Engine metrics keep vLLM's names (`vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
-  `vllm:time_to_first_token_seconds`, ...); each replica's samples get a `replica` label so the
-  series of two replicas never collide. Other families of the replica process are dropped.
+  `vllm:time_to_first_token_seconds`, ...); each replica's samples get a `replica` label, the replica's
+  Serve id (as in Serve's logs and `serve status`), so the series of two replicas never collide and a
+  replica keeps its series when others start or stop. Other families of the replica process are dropped.
 - Usage comes from the application's quota actor, so it counts the requests of every ingress
   replica: `bigmodel_key_requests_total{key,code}`, `bigmodel_key_prompt_tokens_total{key}`,
   `bigmodel_key_completion_tokens_total{key}`. `key` is the key's name (never the key);

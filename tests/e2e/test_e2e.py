@@ -59,6 +59,11 @@ WORKER_CPU = os.environ.get("BIGMODEL_E2E_WORKER_CPU", "1")
 WORKER_MEMORY = os.environ.get("BIGMODEL_E2E_WORKER_MEMORY", "4Gi")
 BOUNDS_TIMEOUT = float(os.environ.get("BIGMODEL_E2E_BOUNDS_TIMEOUT", "120"))
 TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
+# The load step (issue 17): drive the BigModel past targetOngoingRequests, Serve adds an engine replica, the Ray
+# autoscaler adds a worker pod; stop; both go away. Opt-in until it has run on the node: a second worker pod
+# must fit beside the first (BIGMODEL_E2E_WORKER_CPU=500m on the 2-CPU node).
+LOAD = os.environ.get("BIGMODEL_E2E_LOAD") == "1"
+LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):
 # every kind the operator creates (handlers.CHILD_RESOURCES, the keys Secret) and what KubeRay and the Job
@@ -285,6 +290,104 @@ def _serve_state(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     }
 
 
+def _engine_replicas(kubectl: Kubectl, namespace: str) -> int:
+    """Engine replicas Serve runs (RUNNING), from the dashboard."""
+    heads = [
+        p for p in _list(kubectl, namespace, "pods", "ray.io/node-type=head") if p["status"].get("phase") == "Running"
+    ]
+    if len(heads) != 1:
+        return -1
+    argv = ("exec", "-n", namespace, heads[0]["metadata"]["name"], "-c", "ray-head", "--", "python", "-c", _SERVE_APPS)
+    proc = kubectl(*argv, check=False, timeout=90)
+    try:
+        apps = json.loads(proc.stdout).get("applications") or {}
+    except ValueError:
+        return -1
+    engine = next((app["deployments"].get("BigModelEngine") for app in apps.values()), None) or {}
+    return sum(1 for replica in engine.get("replicas", []) if replica.get("state") == "RUNNING")
+
+
+def _scale_under_load(kubectl: Kubectl, namespace: str, base: str, key: str) -> None:
+    """Streamed chats from LOAD_CLIENTS threads until a second engine replica serves, then none; every request
+    must answer 200 with a complete stream (draining holds in-flight streams). Prints the timings."""
+    import threading
+
+    from openai import OpenAI
+
+    _merge_patch(
+        kubectl,
+        namespace,
+        "bigmodel",
+        "tiny-cpu",
+        {
+            "spec": {
+                "scaling": {
+                    "minReplicas": 1,
+                    "maxReplicas": 2,
+                    "targetOngoingRequests": 2,
+                    "upscaleDelaySeconds": 10,
+                    "downscaleDelaySeconds": 30,
+                }
+            }
+        },
+    )
+    client = OpenAI(base_url=base, api_key=key, timeout=300, max_retries=0)
+    stop = threading.Event()
+    results: list[str] = []
+
+    def user() -> None:
+        while not stop.is_set():
+            try:
+                stream = client.chat.completions.create(
+                    model="tiny-llama",
+                    messages=[{"role": "user", "content": "Tell me a long story."}],
+                    max_tokens=64,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                finish = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+                results.append("ok" if finish == ["length"] else f"incomplete {finish}")
+            except Exception as error:
+                results.append(repr(error)[:200])
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=user, daemon=True) for _ in range(LOAD_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait(lambda: _engine_replicas(kubectl, namespace) >= 2, READY_TIMEOUT, "a second engine replica RUNNING", 5)
+        second_s = time.monotonic() - started
+        pods = _wait(
+            lambda: len(_worker_pods(kubectl, namespace)) >= 2 and _worker_pods(kubectl, namespace),
+            300,
+            "a second Ray worker pod running",
+        )
+        bm = _get(kubectl, namespace, "bigmodel", "tiny-cpu")
+        up = _bigmodel_events(kubectl, namespace, "ScaledUp")
+        print(
+            f"load start -> second engine replica serving: {second_s:.0f} s; worker pods {len(pods)}; "
+            f"status replicas {bm['status'].get('replicas')} ready {bm['status'].get('readyReplicas')}; "
+            f"event: {up[-1]['message']}"
+        )
+        time.sleep(20)  # the new replica takes traffic while the load goes on
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=360)
+    stopped = time.monotonic()
+    _wait(lambda: _engine_replicas(kubectl, namespace) == 1, READY_TIMEOUT, "back to one engine replica", 5)
+    replica_gone_s = time.monotonic() - stopped
+    _wait(lambda: len(_worker_pods(kubectl, namespace)) == 1, READY_TIMEOUT, "the second worker pod gone", 5)
+    pod_gone_s = time.monotonic() - stopped
+    down = _bigmodel_events(kubectl, namespace, "ScaledDown")
+    failed = [r for r in results if r != "ok"]
+    print(
+        f"{len(results)} requests, {len(failed)} failed; load stop -> replica gone {replica_gone_s:.0f} s, "
+        f"-> pod gone {pod_gone_s:.0f} s; event: {down[-1]['message']}"
+    )
+    assert not failed, failed[:5]
+
+
 def _api_key(kubectl: Kubectl, namespace: str, name: str) -> str:
     """The key the operator generated into the Secret <name>-api-keys (data key `default`)."""
     secret = _wait(lambda: _get(kubectl, namespace, "secret", f"{name}-api-keys"), 120, f"Secret {name}-api-keys")
@@ -383,6 +486,12 @@ def test_bigmodel_and_finetunejob_end_to_end(
         assert _worker_pods(kubectl, namespace) == before_pods, "a Ray worker pod was replaced or restarted"
         print(f"engine and ingress replicas unchanged: {after['replicas']}")
         _chat(base, key)
+
+    if LOAD:
+        with steps("load past targetOngoingRequests: 1 -> 2 engine replicas and worker pods, then back to 1"):
+            _scale_under_load(kubectl, namespace, base, key)
+            before_pods = _wait(lambda: _worker_pods(kubectl, namespace), 300, "a running Ray worker pod")
+            after = _wait(lambda: _serve_state(kubectl, namespace), 120, "Serve's applications on the dashboard")
 
     with steps("edit the tolerations; they reach the RayCluster's worker template, no pod or cluster replaced"):
         # KubeRay 1.6 leaves tolerations out of its cluster hash as well: the operator adds them to the

@@ -31,12 +31,15 @@ from bigmodel_operator.api.base import (
 from bigmodel_operator.api.cost_status import CostStatus, UsageReport
 from bigmodel_operator.api.feedback import FeedbackSpec
 from bigmodel_operator.api.startup_status import ReplicaStartupReport, StartupTimeline
+from bigmodel_operator.api.vllm_tool_parsers import TOOL_CALL_PARSERS
 from bigmodel_operator.planning import ServingPlan
 
 MODEL_URI_PATTERN = (
     r"^(hf://[^/\s]+/[^/\s]+|s3://\S+|gs://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file:///\S*|oci://\S+)$"
 )
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$"
+TOOL_PARSER_OFF = "none"
+TOOL_PARSER_CHOICES = (*TOOL_CALL_PARSERS, TOOL_PARSER_OFF)
 _NOT_ON_CPU = (
     "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) || "
     "self.resources.gpu.count != 0"
@@ -176,6 +179,17 @@ class EngineSpec(ApiModel):
         description="Adapters one batch can mix (default: the number of adapters, at most 4; 4 when maxLoraRank or "
         "adapterClaims is set, so adding adapters reloads nothing).",
     )
+    tool_call_parser: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "vLLM's tool-call parser (`--tool-call-parser`, with `--enable-auto-tool-choice`), one the pinned "
+            "vLLM has. Empty: chosen from the model's family in config.json (llama3_json for Llama 3.1+, "
+            "mistral, hermes for Qwen, ...; hermes when the family is not known), so tool_choice auto, required "
+            "and named work out of the box. `none` turns tool calling off (requests with tool_choice answer 400)."
+        ),
+        json_schema_extra={"enum": list(TOOL_PARSER_CHOICES)},
+    )
     extra_args: list[str] | None = Field(
         default=None,
         max_length=64,
@@ -186,6 +200,13 @@ class EngineSpec(ApiModel):
             "reason InvalidEngineArgs before anything is deployed."
         ),
     )
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        if value is not None and value not in TOOL_PARSER_CHOICES:
+            raise ValueError(f"engine.toolCallParser {value!r} is not a tool-call parser of the pinned vLLM")
+        return value
 
 
 class RuntimeSpec(ApiModel):
@@ -251,6 +272,38 @@ class ScalingSpec(ApiModel):
             "300: a GPU replica's cold start with weights from the cache, inside OpenAI clients' 600 s timeout). "
             "Held requests are answered normally, streams included; past the bound they get 503 "
             "`model_not_ready` with Retry-After. The engine keeps starting."
+        ),
+    )
+    upscale_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="How long the load must stay above the target before a replica is added (Serve's default 30).",
+    )
+    downscale_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description=(
+            "How long the load must stay below the target before a replica is removed (Serve's default 600). "
+            "A removed replica drains: its running requests finish first."
+        ),
+    )
+
+
+class RoutingSpec(ApiModel):
+    """How the ingress picks the engine replica for a request (Ray Serve LLM's request routers)."""
+
+    policy: Literal["prefixCache", "leastLoaded"] | None = Field(
+        default=None,
+        description=(
+            "prefixCache: send a request to the replica that served the longest prefix of its prompt "
+            "(Ray Serve LLM's PrefixCacheAffinityRouter), so vLLM's prefix cache answers its shared system "
+            "prompt or conversation history without a new prefill; it falls back to the less loaded of two "
+            "replicas when their loads differ by more than targetOngoingRequests, and requests for an "
+            "adapter first go to replicas that hold it. leastLoaded: the less loaded of two random replicas "
+            "(Serve's default). Default: prefixCache when more than one replica can run and prefix caching "
+            "is on; nothing to choose with one replica."
         ),
     )
 
@@ -498,6 +551,7 @@ class BigModelSpec(ApiModel):
     runtime: RuntimeSpec | None = Field(default=None, description="Engine choice and image.")
     resources: ResourcesSpec | None = Field(default=None, description="Resources per replica.")
     scaling: ScalingSpec | None = Field(default=None, description="Replica count or autoscaling bounds.")
+    routing: RoutingSpec | None = Field(default=None, description="How requests are spread over replicas.")
     adapters: list[AdapterSpec] | None = Field(
         default=None,
         max_length=64,
@@ -585,6 +639,15 @@ class RolloutDecision(ApiModel):
     time: str = Field(description="When (RFC 3339).")
 
 
+class ScaleChange(ApiModel):
+    """The last change of the engine replica count that Serve reported."""
+
+    from_replicas: int = Field(alias="from", description="Engine replicas before.")
+    to_replicas: int = Field(alias="to", description="Engine replicas Serve scales to.")
+    reason: str = Field(description="Why: the autoscaler followed the load, or a bound in spec.scaling moved.")
+    time: str = Field(description="When the operator saw Serve start it (RFC 3339).")
+
+
 class BigModelStatus(ApiModel):
     """Observed state of a served model."""
 
@@ -594,8 +657,13 @@ class BigModelStatus(ApiModel):
         description="Ready, Planned, RayServiceReady, IngressReady, Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    replicas: int | None = Field(default=None, description="Model replicas desired.")
-    ready_replicas: int | None = Field(default=None, description="Model replicas serving.")
+    replicas: int | None = Field(
+        default=None, description="Engine replicas desired: Serve's autoscaling target (or spec.scaling.replicas)."
+    )
+    ready_replicas: int | None = Field(default=None, description="Engine replicas running and serving.")
+    last_scaled: ScaleChange | None = Field(
+        default=None, description="The last replica change Serve reported (also an Event ScaledUp/ScaledDown)."
+    )
     url: str | None = Field(default=None, description="Base URL of the OpenAI API (…/v1).")
     plan: ServingPlan | None = Field(default=None, description="GPU memory plan.")
     selector: str | None = Field(default=None, description="Label selector of the pods (for /scale).")

@@ -37,6 +37,8 @@ OWNED_ARGS = {
     "max_cpu_loras": "spec.adapters",
     "distributed_executor_backend": "the operator (Ray runs the engine's workers)",
     "disable_log_stats": "the serving app (the engine metrics on /metrics need the stats)",
+    "tool_call_parser": "spec.engine.toolCallParser (default: from the model's family; none turns tools off)",
+    "enable_auto_tool_choice": "spec.engine.toolCallParser (on with every parser)",
 }
 # Flags users still copy from older guides: say what happened instead of only "unknown".
 _GONE = {

@@ -16,6 +16,7 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.engine_check import parse_extra_args
 from bigmodel_operator.builders.feedback_sink import ingress_feedback
 from bigmodel_operator.builders.placement import Placement
+from bigmodel_operator.builders.tool_calling import tool_engine_args
 from bigmodel_operator.builders.vllm_engine_args import ENGINE_ARGS
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
@@ -44,6 +45,10 @@ and sizes its KV cache from the container's memory limit."""
 
 
 MAX_ENGINE_ADAPTER_NAME = 100  # bigmodel_serving.args.AdapterSource.name
+PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+PREFIX_TREE_EVICTION = {"eviction_threshold_chars": 400_000, "eviction_target_chars": 360_000}
+"""The prefix router remembers each replica's prompts in a tree; past this many characters per replica it
+forgets the least recently used (Ray's defaults, which its tree never applies unless eviction is on)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,10 @@ def scaling_args(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
     if low == 0:
         out["downscale_to_zero_delay_s"] = (scaling.idle_seconds if scaling else None) or DEFAULT_IDLE_SECONDS
+    if scaling and scaling.upscale_delay_seconds is not None:
+        out["upscale_delay_s"] = scaling.upscale_delay_seconds
+    if scaling and scaling.downscale_delay_seconds is not None:
+        out["downscale_delay_s"] = scaling.downscale_delay_seconds
     return out
 
 
@@ -160,6 +169,36 @@ def wake_timeout_seconds(spec: BigModelSpec) -> int:
     """How long the ingress holds a request while an engine replica starts (scale to zero)."""
     scaling = spec.scaling
     return (scaling.wake_timeout_seconds if scaling else None) or DEFAULT_WAKE_TIMEOUT_SECONDS
+
+
+def routing_policy(spec: BigModelSpec, config: OperatorConfig) -> str | None:
+    """`spec.routing.policy`, else prefixCache when more than one replica can run and vLLM caches prefixes
+    (its default); None when there is nothing to choose (one replica) or Serve's default router was asked for."""
+    chosen = spec.routing.policy if spec.routing else None
+    if chosen is None:
+        prefix_caching = spec.engine.enable_prefix_caching if spec.engine else None
+        several = scaling_args(spec, config)["max_replicas"] > 1
+        chosen = "prefixCache" if several and prefix_caching is not False else None
+    return chosen if chosen == "prefixCache" else None
+
+
+def request_router_config(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """The engine deployment's `request_router_config` (Ray Serve applies it in place), or None for Serve's
+    default power-of-two router.
+
+    PrefixCacheAffinityRouter picks the replica with the longest prompt-prefix match while the replicas' queues
+    differ by at most `imbalanced_threshold`; past that it takes the less loaded of two. The threshold is the
+    autoscaling target: a replica a whole target ahead of another is where cache affinity would start to queue
+    requests that another replica could start now. Adapter requests are matched among the replicas holding the
+    adapter (its multiplexing) before prefixes are compared, so the two preferences do not compete.
+    """
+    if routing_policy(spec, config) != "prefixCache":
+        return None
+    target = scaling_args(spec, config)["target_ongoing_requests"]
+    return {
+        "request_router_class": PREFIX_CACHE_ROUTER,
+        "request_router_kwargs": {"imbalanced_threshold": target, "do_eviction": True, **PREFIX_TREE_EVICTION},
+    }
 
 
 def max_num_seqs(spec: BigModelSpec) -> int:
@@ -179,6 +218,7 @@ def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
     }
     if place.max_model_len:
         args["max_model_len"] = place.max_model_len
+    extra: dict[str, Any] = {}
     if eng:
         for key in ("dtype", "quantization", "kv_cache_dtype", "enable_prefix_caching"):
             value = getattr(eng, key)
@@ -187,8 +227,9 @@ def engine_args(spec: BigModelSpec, place: Placement) -> dict[str, Any]:
         extra, _problems = parse_extra_args(eng.extra_args)  # problems stop the reconcile before this
         if "enforce_eager" in extra:
             args["enforce_eager"] = extra.pop("enforce_eager")  # a typed field in the app's contract
-        if extra:
-            args["extra"] = extra
+    extra.update(tool_engine_args(place.tool_call_parser))  # extraArgs may not set these (engine_check.py)
+    if extra:
+        args["extra"] = extra
     return args
 
 
@@ -306,6 +347,17 @@ def deployment_options(
     scaling = scaling_args(spec, config)
     seqs = max_num_seqs(spec)
     queued = 2 * seqs  # one more batch waits per replica; beyond that the ingress answers 429
+    engine: dict[str, Any] = {
+        "name": ENGINE_DEPLOYMENT,
+        "autoscaling_config": scaling,
+        "max_ongoing_requests": seqs,
+        "max_queued_requests": queued,
+        "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
+    }
+    ingress_user_config = ingress_config(name, spec, [dict(a) for a in adapters], routes)
+    if router := request_router_config(spec, config):
+        engine["request_router_config"] = router
+        ingress_user_config["engine_router"] = router["request_router_class"]  # a change renews its handles
     return [
         {
             "name": INGRESS_DEPLOYMENT,
@@ -316,15 +368,9 @@ def deployment_options(
                 "max_replicas": max(1, scaling["max_replicas"]),
                 "target_ongoing_requests": INGRESS_TARGET_ONGOING,
             },
-            "user_config": ingress_config(name, spec, [dict(a) for a in adapters], routes),
+            "user_config": ingress_user_config,
         },
-        {
-            "name": ENGINE_DEPLOYMENT,
-            "autoscaling_config": scaling,
-            "max_ongoing_requests": seqs,
-            "max_queued_requests": queued,
-            "user_config": {"adapters": [dict(a) for a in adapters]},  # copies: no YAML anchors
-        },
+        engine,
     ]
 
 

@@ -59,6 +59,12 @@ from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState, note_deadline, note_outside
 from bigmodel_operator.status.bigmodel_status import BigModelObservation, compute_status, startup_deadline
+from bigmodel_operator.status.engine_replicas import (
+    EngineReplicas,
+    engine_deployment_status,
+    engine_replicas,
+    scale_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +85,40 @@ def _in_cluster_url(name: str, namespace: str, spec: BigModelSpec, config: Opera
     return f"http://{naming.serve_service_name(name)}.{namespace}.svc.cluster.local:{config.serve_port}{prefix}/v1"
 
 
-def _desired_replicas(
-    spec: BigModelSpec, rayservice: dict[str, Any] | None, pods_per_replica: int, config: OperatorConfig
-) -> int:
+def _engine_replicas(
+    name: str,
+    spec: BigModelSpec,
+    rayservice: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    pods_per_replica: int,
+    config: OperatorConfig,
+) -> tuple[EngineReplicas, dict[str, Any] | None]:
+    """Serve's engine replicas (desired, ready) and status.lastScaled: a new one when Serve starts a scale."""
     scaling = scaling_args(spec, config)
-    if spec.scaling and spec.scaling.replicas is not None:
-        return spec.scaling.replicas
-    active = ((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}
-    desired_workers = (active.get("rayClusterStatus") or {}).get("desiredWorkerReplicas")
-    if desired_workers is None:
-        return int(scaling["min_replicas"])
-    return max(int(scaling["min_replicas"]), int(desired_workers) // max(1, pods_per_replica))
+    bounds = (int(scaling["min_replicas"]), int(scaling["max_replicas"]))
+    cluster = (((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
+    ready_pods = cluster.get("readyWorkerReplicas", cluster.get("availableWorkerReplicas"))
+    desired_pods = cluster.get("desiredWorkerReplicas")
+    before = previous or {}
+    known = before.get("replicas")
+    serve_reports = bool(engine_deployment_status(rayservice, name)[0])
+    if desired_pods is not None and (known is None or not serve_reports):  # the Ray autoscaler's pods
+        known = int(desired_pods) // max(1, pods_per_replica)
+    engines = engine_replicas(
+        rayservice,
+        name,
+        bounds=bounds,
+        fixed=spec.scaling.replicas if spec.scaling and spec.scaling.replicas is not None else None,
+        previous_desired=int(known) if known is not None else None,
+        ready_pods=int(ready_pods) if ready_pods is not None else None,
+        pods_per_replica=pods_per_replica,
+    )
+    last = before.get("lastScaled")
+    if engines.scaling and (not last or (last.get("from"), last.get("to")) != engines.scaling):
+        reason = scale_reason(engines.scaling, bounds, float(scaling["target_ongoing_requests"]))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        last = {"from": engines.scaling[0], "to": engines.scaling[1], "reason": reason, "time": now}
+    return engines, last
 
 
 def _age_seconds(body: dict[str, Any]) -> float:
@@ -179,9 +208,10 @@ class BigModelReconciler(BaseReconciler):
                 obs.blockers, lambda: self._apply_children(body, rendered, place, obs, promoted.promotions)
             )
         deployed = not any(b.blocks_deploy for b in obs.blockers)
+        before = self.previous_status(body) or {}
         seen = self.coldstarts.observe(body, spec, place, self.previous_status(body), now)
         self._engine_counts(obs, spec, seen)
-        status = compute_status(obs, self.previous_status(body), now)
+        status = compute_status(obs, before, now)
         status.update(seen.status_fields())
         if revision:
             status["resolvedRevision"] = revision
@@ -192,6 +222,7 @@ class BigModelReconciler(BaseReconciler):
         if prune := seen.prune_patch():  # reports of replicas whose pod is gone (the replicas' own field)
             await self.kube.patch_status("BigModel", meta["namespace"], meta["name"], prune)
         self.coldstarts.announce(body, seen, now)
+        self._announce_scaling(body, before.get("lastScaled"), status.get("lastScaled"))
         if deployed:
             self._announce_adapters(body, promoted.adapters, promoted.notes, promoted.unmounted)
         if (deadline := startup_deadline(status["conditions"])) is not None:
@@ -248,7 +279,7 @@ class BigModelReconciler(BaseReconciler):
                 plan_result = ServingPlanResult(None, Reason.PLANNING_TIMED_OUT, message)
         if plan_result.reason in c.BLOCKING_PLAN_REASONS:
             blockers.append(Blocker(plan_result.reason, plan_result.message))
-        place = placement(spec, plan_result.plan)
+        place = placement(spec, plan_result.plan, source.config)  # config.json also names the tool parser
         gpu = spec.resources.gpu if spec.resources else None
         if place.gpus_per_replica and gpu and gpu.product and gpu.product not in self.state.gpu_products():
             warnings.append(
@@ -262,9 +293,14 @@ class BigModelReconciler(BaseReconciler):
         rayservice = self._own("RayService", body, naming.rayservice_name(name))
         ingress = self._own("Ingress", body, naming.ingress_name(name))
         url = ingress_url(spec) or _in_cluster_url(name, namespace, spec, self.config)
+        engines, last_scaled = _engine_replicas(
+            name, spec, rayservice, self.previous_status(body), place.pods_per_replica, self.config
+        )
         obs = BigModelObservation(
             generation=meta.get("generation"),
-            desired_replicas=_desired_replicas(spec, rayservice, place.pods_per_replica, self.config),
+            desired_replicas=engines.desired,
+            ready_engines=engines.ready if engines.state else None,
+            last_scaled=last_scaled,
             plan=plan_result.plan.model_dump(by_alias=True, exclude_none=True, mode="json")
             if plan_result.plan
             else None,
@@ -376,6 +412,15 @@ class BigModelReconciler(BaseReconciler):
                 f"it soon (the operator may not read Secrets here: it creates its own until "
                 f"{KEYS_CONFLICT_WINDOW_SECONDS:g} s after this BigModel's creation, then uses the existing one)"
             )
+
+    def _announce_scaling(self, body: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """An Event ScaledUp / ScaledDown when Serve started a change of the engine replica count."""
+        if not new or new == old:
+            return
+        up = new["to"] > new["from"]
+        verb = "adding" if up else "removing"
+        message = f"Serve is {verb} engine replicas: {new['from']} -> {new['to']} ({new['reason']})"
+        self.emit(body, "Normal", "ScaledUp" if up else "ScaledDown", message)
 
     def _previous_adapters(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
         """status.adapters as we last wrote them: only the operator writes them, so what it wrote

@@ -39,6 +39,8 @@ class BigModelObservation:
     engine_starting: int = 0  # replicas, or new worker pods, in a cold start
     wake_timeout_s: int | None = None
     startup_phase: str | None = None  # the phase of the cold start in progress
+    ready_engines: int | None = None  # engine replicas Serve runs (status/engine_replicas.py); None: unknown
+    last_scaled: dict[str, Any] | None = None  # status.lastScaled
 
 
 def _app_statuses(rayservice: dict[str, Any]) -> dict[str, Any]:
@@ -177,9 +179,12 @@ def compute_status(
     conds = set_condition(conds, c.RAYSERVICE_READY, rs_ready, rs_reason, rs_message, gen)
     conds = set_condition(conds, c.INGRESS_READY, ing_ready, ing_reason, ing_message, gen)
     ready_workers = _ready_workers(obs.rayservice) if obs.rayservice else 0
-    ready_replicas = min(obs.desired_replicas, ready_workers) if rs_ready else 0
-    if rs_ready and ready_replicas == 0:
-        ready_replicas = 1 if obs.desired_replicas else 0
+    if obs.ready_engines is not None:  # what Serve reports (scaled to zero: 0 replicas, still Ready)
+        ready_replicas = obs.ready_engines if rs_ready else 0
+    else:
+        ready_replicas = min(obs.desired_replicas, ready_workers) if rs_ready else 0
+        if rs_ready and ready_replicas == 0:
+            ready_replicas = 1 if obs.desired_replicas else 0
     degraded = rs_ready and 0 < ready_replicas < obs.desired_replicas
     if obs.blockers:
         first = obs.blockers[0]
@@ -213,6 +218,7 @@ def compute_status(
         status["replicas"] = obs.engine_ready + obs.engine_starting
         status["readyReplicas"] = obs.engine_ready if rs_ready else 0
     for key, value in (
+        ("lastScaled", obs.last_scaled),
         ("plan", obs.plan),
         ("url", obs.url if ready or obs.url else None),
         ("selector", obs.selector),

@@ -385,3 +385,50 @@ def test_bad_engine_args_are_invalid_engine_args(custom: Any, namespace: str, wa
     )
     assert "spec.engine.maxModelLen" in condition(bm, "Ready")["message"]
     assert _rayservice(custom, namespace, "tiny-cpu") is None
+
+
+def test_serve_scaling_reaches_status_and_events(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """KubeRay copies Serve's engine deployment status into the RayService: the BigModel's replicas, readyReplicas
+    and lastScaled follow it, with an Event ScaledUp / ScaledDown naming the counts and the reason."""
+    body = load_example("bigmodel-tiny-cpu.yaml")
+    body["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 2, "targetOngoingRequests": 4}
+    _create(custom, namespace, body)
+    wait_until(lambda: _rayservice(custom, namespace, "tiny-cpu"), timeout=30)
+
+    def report(state: str, message: str, workers: int) -> None:
+        status = kuberay_serving_status("tiny-cpu", workers)
+        engine = {"BigModelEngine": {"status": state, "message": message}}
+        status["activeServiceStatus"]["applicationStatuses"]["tiny-cpu"]["serveDeploymentStatuses"] = engine
+        custom.patch_namespaced_custom_object_status(
+            "ray.io", "v1", namespace, "rayservices", "tiny-cpu", {"status": status}
+        )
+
+    def counts(replicas: int, ready: int) -> Callable[[], Any]:
+        def check() -> Any:
+            status = _get(custom, namespace, "bigmodels", "tiny-cpu").get("status") or {}
+            return (status.get("replicas"), status.get("readyReplicas")) == (replicas, ready) and status
+
+        return check
+
+    report("UPSCALING", "Upscaling from 1 to 2 replicas.", 1)
+    status = wait_until(counts(2, 1), timeout=30)
+    assert status["lastScaled"]["from"] == 1 and status["lastScaled"]["to"] == 2
+    assert "above targetOngoingRequests (4)" in status["lastScaled"]["reason"]
+    report("HEALTHY", "", 2)
+    wait_until(counts(2, 2), timeout=30)
+    report("DOWNSCALING", "Downscaling from 2 to 1 replicas.", 2)
+    wait_until(counts(1, 1), timeout=30)
+    report("HEALTHY", "", 2)  # the idle worker pod lingers until the Ray autoscaler removes it
+    wait_until(counts(1, 1), timeout=30)
+    from kubernetes import client
+
+    def scale_events() -> Any:
+        events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+        found = {e.reason: e.message for e in events if e.reason in ("ScaledUp", "ScaledDown")}
+        return len(found) == 2 and found
+
+    found = wait_until(scale_events, timeout=30)
+    assert found["ScaledUp"].startswith("Serve is adding engine replicas: 1 -> 2"), found
+    assert found["ScaledDown"].startswith("Serve is removing engine replicas: 2 -> 1"), found

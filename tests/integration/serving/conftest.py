@@ -103,11 +103,11 @@ def tiny_application(model_dir: Path, adapter_dir: Path, keys_dir: Path) -> dict
     app = local_application(manifest, str(keys_dir))
     engine_args = app["args"]["engine_args"]
     engine_args["max_num_seqs"] = 8
+    # The tool-call parser is the operator's choice for the tiny Llama's family (hermes: no llama3 rope).
+    assert engine_args["extra"] == {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
     engine_args["extra"] = {
+        **engine_args["extra"],
         "kv_cache_memory_bytes": KV_CACHE_BYTES,
-        # vLLM 0.29 wants a tool parser for any tool_choice (auto, required, named); hermes reads <tool_call>.
-        "enable_auto_tool_choice": True,
-        "tool_call_parser": "hermes",
         # A random model under a JSON grammar may emit whitespace until max_tokens; this keeps its
         # structured outputs (json_schema, tools) short and complete.
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},

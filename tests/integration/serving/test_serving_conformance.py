@@ -118,6 +118,26 @@ def test_tools_give_parseable_tool_calls(serving: ServingStack, tool_choice: Any
     assert "city" in json.loads(calls[0].function.arguments)
 
 
+def test_tools_auto_answers_with_content_or_tool_calls(serving: ServingStack) -> None:
+    """auto: the parser reads what the model wrote; a random model writes text, so a plain message comes back."""
+    response = serving.openai().chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=16, tools=[WEATHER_TOOL], tool_choice="auto"
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert choice.message.tool_calls or isinstance(choice.message.content, str)
+    print(f"tool_choice auto: finish_reason={choice.finish_reason} tool_calls={choice.message.tool_calls!r}")
+
+
+def test_tools_streamed_required(serving: ServingStack) -> None:
+    stream = serving.openai().chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=400, tools=[WEATHER_TOOL], tool_choice="required", stream=True
+    )
+    deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
+    names = [call.function.name for delta in deltas for call in delta.tool_calls or [] if call.function.name]
+    assert names and set(names) == {"get_weather"}, deltas[-3:]  # required: one call or more
+
+
 def test_streaming_with_usage(serving: ServingStack) -> None:
     stream = serving.openai().chat.completions.create(
         model=MODEL, messages=USER, max_tokens=6, stream=True, stream_options={"include_usage": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,15 +17,19 @@ from bigmodel_operator.builders.trainer_job import build_config_map, build_ident
 from bigmodel_operator.builders.volumes import Mounts
 from bigmodel_operator.config import OperatorConfig
 
-from .conftest import assert_golden, load_example
+from .conftest import ROOT, assert_golden, load_example
 
 CONFIG = OperatorConfig()
+# What the operator reads for each example (the Hub's config.json of the Llama, the tiny one's inline config).
+MODEL_CONFIGS = {"bigmodel-llama-3.1-8b.yaml": ROOT / "tests/data/model-configs/meta-llama--Llama-3.1-8B.json"}
 
 
 def _rayservice(example: str, place: Placement | None = None) -> dict[str, Any]:
     body = load_example(example)
     spec = BigModelSpec.model_validate(body["spec"])
-    return build_rayservice(body, spec, place or placement(spec, None), CONFIG)
+    source = MODEL_CONFIGS.get(example)
+    model_config = json.loads(source.read_text()) if source else spec.model.config
+    return build_rayservice(body, spec, place or placement(spec, None, model_config), CONFIG)
 
 
 @pytest.mark.parametrize("example", ["bigmodel-llama-3.1-8b.yaml", "bigmodel-tiny-cpu.yaml"])

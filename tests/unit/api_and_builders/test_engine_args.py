@@ -27,11 +27,8 @@ from .conftest import ROOT
         (['--compilation-config={"level": 3}'], {"compilation_config": {"level": 3}}),
         (["--scheduling-policy=priority", "--enforce-eager"], {"scheduling_policy": "priority", "enforce_eager": True}),
         (["--optimization-level=O2"], {"optimization_level": "O2"}),
-        # OpenAI-frontend arguments that shape responses (tool calls) are passed on as well.
-        (
-            ["--enable-auto-tool-choice", "--tool-call-parser=hermes"],
-            {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"},
-        ),
+        # OpenAI-frontend arguments that shape responses are passed on as well.
+        (["--exclude-tools-when-tool-choice-none"], {"exclude_tools_when_tool_choice_none": True}),
     ],
 )
 def test_accepted(args: list[str], expected: dict[str, object]) -> None:
@@ -55,6 +52,8 @@ def test_accepted(args: list[str], expected: dict[str, object]) -> None:
         (["--port=9000"], "Ray Serve binds the port"),
         (["--middleware=evil.Middleware"], "not an engine argument"),
         (["--disable-log-stats"], "engine metrics on /metrics need the stats"),
+        (["--tool-call-parser=hermes"], "set by spec.engine.toolCallParser"),
+        (["--enable-auto-tool-choice"], "set by spec.engine.toolCallParser"),
         (["--block-size=abc"], "--block-size=abc must be int or null, got str"),
         (["--block-size"], "--block-size needs a value"),
         (["--scheduling-policy=lottery"], "is not one of: fcfs, priority"),

@@ -260,4 +260,9 @@ def test_extra_args_become_engine_kwargs_by_name() -> None:
     _, app = _render(body)
     engine = app["args"]["engine_args"]
     assert engine["enforce_eager"] is True  # a typed field of the app's contract
-    assert engine["extra"] == {"max_num_batched_tokens": 16384, "async_scheduling": False}
+    assert engine["extra"] == {
+        "max_num_batched_tokens": 16384,
+        "async_scheduling": False,
+        "enable_auto_tool_choice": True,  # no config.json here: the fallback parser
+        "tool_call_parser": "hermes",
+    }

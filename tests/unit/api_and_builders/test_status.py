@@ -198,3 +198,12 @@ def test_a_failure_or_a_blocker_is_not_called_slow() -> None:
     )
     ready = _cond(compute_status(no_gpu, previous, now=_at("2026-11-30T09:00:00Z")), "Ready")
     assert ready["reason"] == Reason.NO_MATCHING_GPU_NODES and "not ready since" in ready["message"]
+
+
+def test_ready_replicas_are_what_serve_runs_and_the_last_scale_is_kept() -> None:
+    scaled = {"from": 1, "to": 2, "reason": "load", "time": "2026-12-06T17:00:00Z"}
+    obs = _obs(rayservice=_rayservice(1, "RUNNING", 2), ready_engines=1, last_scaled=scaled)
+    status = compute_status(obs, None)
+    assert (status["replicas"], status["readyReplicas"]) == (2, 1)  # upscaling: the new one still starts
+    assert status["lastScaled"] == scaled
+    assert _cond(status, "Degraded")["status"] == "True"

@@ -233,12 +233,12 @@ python_gc_objects_collected_total{generation="0"} 3.0
 
 
 def test_engine_metrics_of_two_replicas_merge_without_collisions() -> None:
-    text = merge_engine_metrics([("0", ENGINE_TEXT), ("1", ENGINE_TEXT)]) + render_usage(
+    text = merge_engine_metrics([("k3x9a1bq", ENGINE_TEXT), ("7mz2c0dd", ENGINE_TEXT)]) + render_usage(
         {"alice": {"responses": {200: 3, 429: 1}, "prompt_tokens": 10, "completion_tokens": 5}}
     )
     families = {family.name: family for family in text_string_to_metric_families(text)}
     running = families["vllm:num_requests_running"]
-    assert sorted(sample.labels["replica"] for sample in running.samples) == ["0", "1"]
+    assert sorted(sample.labels["replica"] for sample in running.samples) == ["7mz2c0dd", "k3x9a1bq"]
     assert "python_gc_objects_collected" not in families
     assert {s.labels["code"]: s.value for s in families["bigmodel_key_requests"].samples} == {"200": 3, "429": 1}
     assert families["bigmodel_key_prompt_tokens"].samples[0].labels == {"key": "alice"}

@@ -1,0 +1,315 @@
+"""Routing benchmark (`make bench`): Serve's default router against the prefix-cache-aware one, same load.
+
+    python tests/bench/routing_bench.py [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
+
+One application as the operator renders it (`bigmodel serve`'s rendering of a BigModel manifest) with two
+engine replicas of the tiny model on vLLM's CPU build, through our ingress. The workload is shared-prefix
+chat: 16 system prompts of ~1,500 tokens each, 64 users (user u always uses system prompt u mod 16), each
+request one user's short question (~20 tokens), 8 streamed tokens back (`ignore_eos`), greedy; a closed loop
+of `--concurrency` clients, each sending its next request when the last one ended, users in a seeded random
+order. Each replica's KV cache holds 9 of the 16 prompts (the sizes are printed and written), so one replica
+cannot keep every prefix but the two together can: where routing decides the hit rate.
+
+The two policies take turns on the same application (a redeploy with the other `spec.routing.policy`; with Ray
+2.60 that restarts the replicas, so every turn starts on fresh engines), in rounds that alternate which goes
+first; before each turn vLLM's prefix caches are emptied (`reset_prefix_cache` on every replica) and each
+round uses a new set of system prompts, so neither policy finds prefixes the other one warmed. Prefix-cache
+hit rate is vLLM's own `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` (tokens), summed over
+the replicas, from our /metrics before and after each turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "bench"))
+
+SYSTEM_PROMPTS = 16
+PROMPT_TOKENS = 1500
+USERS = 64
+MAX_TOKENS = 8
+REPLICAS = 2
+PREFIXES_PER_REPLICA = 9  # KV cache of one replica: 9 of the 16 prompts
+MAX_MODEL_LEN = 2048
+POLICIES = ("leastLoaded", "prefixCache")
+LABELS = {"leastLoaded": "default (Serve's power of two)", "prefixCache": "prefix-aware (PrefixCacheAffinityRouter)"}
+TARGET_TTFT = 0.6
+TARGET_RATE = 1.5
+_TEXT = (
+    "the operator watches resources in the cluster and reconciles desired state with actual state serving a model "
+    "means loading its weights reading requests and streaming tokens back to the client fine tuning adapts a model "
+    "to a task with a small dataset replicas queues latency throughput adapters prompts completions data models"
+)
+_WORDS = _TEXT.split(" ")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kv_bytes_per_token(config: dict[str, Any]) -> int:
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return int(2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4)  # K and V, fp32
+
+
+def system_prompts(tokenizer: Any, round_index: int) -> list[str]:
+    """16 distinct texts of ~PROMPT_TOKENS tokens each, different in every round (seeded)."""
+    prompts = []
+    for index in range(SYSTEM_PROMPTS):
+        rng = random.Random(f"round{round_index}-prompt{index}")
+        words = [f"Assistant {round_index}-{index} rules:"]
+        while len(tokenizer.encode(" ".join(words))) < PROMPT_TOKENS:
+            words += [rng.choice(_WORDS) for _ in range(50)]
+        prompts.append(" ".join(words))
+    return prompts
+
+
+def workload(prompts: list[str], requests: int, round_index: int) -> list[list[dict[str, str]]]:
+    rng = random.Random(f"round{round_index}-order")
+    out = []
+    for number in range(requests):
+        user = rng.randrange(USERS)
+        question = f"User {user} asks question {number}: what is the state of replica {rng.randrange(100)}?"
+        out.append(
+            [{"role": "system", "content": prompts[user % SYSTEM_PROMPTS]}, {"role": "user", "content": question}]
+        )
+    return out
+
+
+def manifest(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "bigmodel.io/v1alpha1",
+        "kind": "BigModel",
+        "metadata": {"name": "routing-bench"},
+        "spec": {
+            "model": {"uri": model_dir.as_uri(), "servedName": "tiny"},
+            "engine": {
+                "maxModelLen": MAX_MODEL_LEN,
+                "maxNumSeqs": 16,
+                "extraArgs": [f"--kv-cache-memory-bytes={kv_bytes}", "--enforce-eager"],
+            },
+            "resources": {"gpu": {"count": 0}},
+            "scaling": {"replicas": REPLICAS},
+            "routing": {"policy": policy},
+            "auth": {"mode": "none"},
+        },
+    }
+
+
+def application(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
+    """What the operator renders for the manifest, with the replica count `bigmodel serve` pins to 1 put back."""
+    from bigmodel_operator.local import local_application
+
+    app = local_application(manifest(model_dir, kv_bytes, policy))
+    engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
+    engine["autoscaling_config"].update(min_replicas=REPLICAS, max_replicas=REPLICAS)
+    return app
+
+
+def _counters(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"):
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    totals[family.name] = totals.get(family.name, 0.0) + sample.value
+    return totals
+
+
+async def run_turn(url: str, conversations: list[list[dict[str, str]]], concurrency: int) -> dict[str, Any]:
+    import aiohttp
+
+    ttfts: list[float] = []
+    errors = 0
+    queue = list(conversations)
+    body = {"model": "tiny", "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0, "stream": True}
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while queue:
+            messages = queue.pop()
+            started = time.perf_counter()
+            first = None
+            async with session.post(f"{url}/v1/chat/completions", json={**body, "messages": messages}) as response:
+                if response.status != 200:
+                    errors += 1
+                    await response.read()
+                    continue
+                async for line in response.content:
+                    if first is None and line.startswith(b"data: {") and b'"content":"' in line:
+                        first = time.perf_counter() - started
+            if first is None:
+                errors += 1
+            else:
+                ttfts.append(first)
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        before = _counters(await (await session.get(f"{url}/metrics")).text())
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        after = _counters(await (await session.get(f"{url}/metrics")).text())
+    queries = after.get("vllm:prefix_cache_queries", 0) - before.get("vllm:prefix_cache_queries", 0)
+    hits = after.get("vllm:prefix_cache_hits", 0) - before.get("vllm:prefix_cache_hits", 0)
+    ordered = sorted(ttfts)
+    return {
+        "requests": len(conversations),
+        "errors": errors,
+        "seconds": elapsed,
+        "rate": len(ttfts) / elapsed,
+        "ttft_p50": statistics.median(ordered) if ordered else float("nan"),
+        "ttft_p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan"),
+        "hit_rate": hits / queries if queries else float("nan"),
+        "load": os.getloadavg()[0],
+    }
+
+
+def _reset_prefix_caches(app_name: str) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("BigModelEngine", app_name=app_name)
+    handle.broadcast("reset_prefix_cache").results()
+
+
+def _table(turns: list[dict[str, Any]]) -> str:
+    rows = [
+        "| policy | round | req/s | TTFT p50 ms | TTFT p99 ms | prefix-cache hit rate | errors | load avg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for turn in turns:
+        rows.append(
+            f"| {LABELS[turn['policy']]} | {turn['round']} | {turn['rate']:.2f} | {turn['ttft_p50'] * 1000:.1f} | "
+            f"{turn['ttft_p99'] * 1000:.1f} | {turn['hit_rate']:.1%} | {turn['errors']} | {turn['load']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def _summary(turns: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    by: dict[str, dict[str, list[float]]] = {
+        p: {"rate": [], "ttft_p50": [], "ttft_p99": [], "hit": []} for p in POLICIES
+    }
+    for turn in turns:
+        for key, field in (("rate", "rate"), ("ttft_p50", "ttft_p50"), ("ttft_p99", "ttft_p99"), ("hit", "hit_rate")):
+            by[turn["policy"]][key].append(turn[field])
+    med = {p: {k: statistics.median(v) for k, v in values.items()} for p, values in by.items()}
+    rounds = sorted({t["round"] for t in turns})
+    ttft_ratios = [
+        next(t["ttft_p50"] for t in turns if t["round"] == r and t["policy"] == "prefixCache")
+        / next(t["ttft_p50"] for t in turns if t["round"] == r and t["policy"] == "leastLoaded")
+        for r in rounds
+    ]
+    rate_ratios = [
+        next(t["rate"] for t in turns if t["round"] == r and t["policy"] == "prefixCache")
+        / next(t["rate"] for t in turns if t["round"] == r and t["policy"] == "leastLoaded")
+        for r in rounds
+    ]
+    ttft_ratio = med["prefixCache"]["ttft_p50"] / med["leastLoaded"]["ttft_p50"]
+    rate_ratio = med["prefixCache"]["rate"] / med["leastLoaded"]["rate"]
+    met = ttft_ratio <= TARGET_TTFT or rate_ratio >= TARGET_RATE
+    lines = [
+        "| policy (median of rounds) | req/s | TTFT p50 ms | TTFT p99 ms | hit rate |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {LABELS[p]} | {med[p]['rate']:.2f} | {med[p]['ttft_p50'] * 1000:.1f} | "
+            f"{med[p]['ttft_p99'] * 1000:.1f} | {med[p]['hit']:.1%} |"
+            for p in POLICIES
+        ),
+        "",
+        f"Prefix-aware / default: TTFT p50 {ttft_ratio:.2f} × (round by round {', '.join(f'{x:.2f}' for x in ttft_ratios)}; "
+        f"target ≤ {TARGET_TTFT}), req/s {rate_ratio:.2f} × (round by round {', '.join(f'{x:.2f}' for x in rate_ratios)}; "
+        f"target ≥ {TARGET_RATE}): **{'met' if met else 'not met'}**.",
+    ]
+    return "\n".join(lines), {"ttft_ratio": ttft_ratio, "rate_ratio": rate_ratio, "met": met, "medians": med}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=192, help="requests per policy and round")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--no-write", action="store_true", help="print, do not write docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from bigmodel_serving.local import run_local
+    from bigmodel_training.tinymodel import make_tiny_model
+
+    model_dir = make_tiny_model()
+    config = json.loads((model_dir / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    per_token = kv_bytes_per_token(config)
+    prompts_by_round = [system_prompts(tokenizer, r) for r in range(args.rounds)]
+    prompt_tokens = statistics.mean(len(tokenizer.encode(p)) for p in prompts_by_round[0])
+    kv_tokens = int(PREFIXES_PER_REPLICA * (prompt_tokens + 40))
+    kv_bytes = kv_tokens * per_token
+    sizes = (
+        f"model `tiny` (0.5 M parameters, {per_token} B of KV cache per token), {REPLICAS} engine replicas, each "
+        f"with a KV cache of {kv_bytes / 2**20:.1f} MiB = {kv_tokens} tokens; {SYSTEM_PROMPTS} system prompts of "
+        f"{prompt_tokens:.0f} tokens on average = {SYSTEM_PROMPTS * prompt_tokens:.0f} tokens of prefixes "
+        f"(one replica holds {kv_tokens / prompt_tokens:.1f} of them, the two {2 * kv_tokens / prompt_tokens:.1f})"
+    )
+    print(f"routing bench: {sizes}", flush=True)
+    started = time.monotonic()
+    port = _free_port()
+    server = run_local(application(model_dir, kv_bytes, POLICIES[0]), port=port, block=False, num_cpus=4)
+    ready_s = time.monotonic() - started
+    turns: list[dict[str, Any]] = []
+    try:
+        for round_index in range(args.rounds):
+            order = POLICIES if round_index % 2 == 0 else POLICIES[::-1]
+            conversations = workload(prompts_by_round[round_index], args.requests, round_index)
+            for policy in order:
+                server.deploy([application(model_dir, kv_bytes, policy)])
+                _reset_prefix_caches("routing-bench")
+                result = asyncio.run(run_turn(server.url, conversations, args.concurrency))
+                result.update(policy=policy, round=round_index + 1)
+                turns.append(result)
+                print(
+                    f"round {round_index + 1} {policy}: {result['rate']:.2f} req/s, TTFT p50 "
+                    f"{result['ttft_p50'] * 1000:.1f} ms p99 {result['ttft_p99'] * 1000:.1f} ms, hit rate "
+                    f"{result['hit_rate']:.1%}, errors {result['errors']}, load {result['load']:.1f}",
+                    flush=True,
+                )
+    finally:
+        server.shutdown()
+    summary, numbers = _summary(turns)
+    print(summary)
+    out = REPO / ".bench" / "routing.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"turns": turns, "summary": numbers, "sizes": sizes}, indent=2, default=str))
+    if not args.no_write:
+        from benchdoc import write_section
+
+        body = (
+            f"`python tests/bench/routing_bench.py` (in `make bench`): {sizes}. Workload: {USERS} users, user u "
+            f"always on system prompt u mod {SYSTEM_PROMPTS}; each request one user's short question (~20 tokens) "
+            f"after its system prompt, {MAX_TOKENS} streamed tokens back (ignore_eos, greedy); a closed loop of "
+            f"{args.concurrency} clients, {args.requests} requests per policy and round, users in a seeded random "
+            f"order. Both policies run on the same two engines, taking turns (a light edit of spec.routing.policy); "
+            f"vLLM's prefix caches are emptied before each turn and every round has new system prompts. Hit rate: "
+            f"vLLM's prefix_cache_hits / prefix_cache_queries (tokens), both replicas. Servers ready "
+            f"{ready_s:.0f} s after the start.\n\n{_table(turns)}\n\n{summary}\n"
+        )
+        write_section("Routing: prefix-cache aware vs Serve's default", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
