@@ -57,6 +57,12 @@ def translate_exception(error: BaseException, *, in_handler: bool = True) -> API
     if isinstance(cause, DeploymentUnavailableError):
         return unavailable("The model has no running replica yet; retry shortly.")
     if isinstance(cause, OpenAIHTTPException):
+        # Ray's router reports an exception of the engine's handle as an ErrorResponse whose `type` is the
+        # exception's class: the engine's full queue (BackPressureError, status 503) is a 429 to clients.
+        if cause.type == BackPressureError.__name__:
+            return overloaded(retry_after_header(2))
+        if cause.type == DeploymentUnavailableError.__name__:
+            return unavailable("The model has no running replica yet; retry shortly.")
         status = int(cause.status_code)
         headers = {"Retry-After": "1"} if status in (429, 503) else None
         return APIError(status, cause.message, headers=headers)

@@ -236,9 +236,12 @@ def _train(cluster: Cluster, job: str, kubeconfig: Path, local: dict[str, Path],
     config["output"] = {**config["output"], "uri": (local["outputs"] / job).as_uri()}
     config["output"].pop("local_path", None)  # the mount: /output/<job> in the pod
     incumbent = (config.get("evaluation") or {}).get("incumbent")
-    if incumbent is not None:  # the stable version the gate compares with, mounted at /output/<its job>
-        assert incumbent["uri"].startswith("file:///output/"), incumbent
-        incumbent["uri"] = (local["outputs"] / incumbent["uri"].removeprefix("file:///output/")).as_uri()
+    if incumbent is not None:
+        # The stable version the gate compares with: where its trainer wrote it. In a pod that is the job's
+        # mount (/output/<its job>); here the earlier local run already reported its local directory.
+        if incumbent["uri"].startswith("file:///output/"):
+            incumbent["uri"] = (local["outputs"] / incumbent["uri"].removeprefix("file:///output/")).as_uri()
+        assert incumbent["uri"].startswith(local["outputs"].as_uri()), incumbent
         incumbent.pop("local_path", None)
     config_file = tmp / f"{job}-config.json"
     config_file.write_text(json.dumps(config))

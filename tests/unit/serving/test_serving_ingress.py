@@ -213,6 +213,8 @@ def test_router_errors_are_answered_by_type(ingress: Any) -> None:
     for error, status in (
         (BackPressureError(num_queued_requests=5, max_queued_requests=4), 429),
         (OpenAIHTTPException(503, "engine dead"), 503),
+        # The engine's full queue as Ray's router reports it (an ErrorResponse typed by the exception's class).
+        (OpenAIHTTPException(503, "queue full", type="BackPressureError"), 429),
         (OpenAIHTTPException(400, "bad temperature"), 400),
         (RuntimeError("boom"), 500),
         (ValueError("raised after the body was parsed"), 500),  # not the client's fault
