@@ -102,8 +102,13 @@ class ClusterState:
     def put(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         if body["kind"] in SLIM_KINDS:
-            # Children: we compare their spec-hash annotation and read their status, never their spec.
-            body = {k: v for k, v in body.items() if k != "spec"}
+            # Children: we compare their spec-hash annotation and read their status, never their spec, except a
+            # Job's `suspend` (a Job Kueue has not admitted yet is Queued, not Pending).
+            kept = {k: v for k, v in body.items() if k != "spec"}
+            suspend = (body.get("spec") or {}).get("suspend")
+            if body["kind"] == "Job" and suspend is not None:
+                kept["spec"] = {"suspend": suspend}
+            body = kept
         key = (body["kind"], meta.get("namespace", ""), meta["name"])
         self._unindex(key, self._objects.get(key))
         self._objects[key] = body

@@ -119,15 +119,55 @@ LLAMA_8B_CONFIG = {
 }  # fmt: skip
 
 
-def test_more_than_one_gpu_is_refused_at_admission(custom: Any, namespace: str) -> None:
-    from kubernetes.client.exceptions import ApiException
+def test_eight_gpus_run_eight_ranks_in_one_pod(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """gpu.count 8 is admitted and becomes one pod whose command starts 8 torchrun workers (issue 20)."""
+    body = _ftj("eight-gpus")
+    body["spec"]["resources"]["gpu"]["count"] = 8
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    job = wait_until(lambda: _job(api_client, namespace, "eight-gpus-train"), timeout=60, what="the Job")
+    assert job.spec.completion_mode in (None, "NonIndexed") and (job.spec.parallelism or 1) == 1
+    container = job.spec.template.spec.containers[0]
+    assert "--nproc-per-node=8" in container.command and "--standalone" in container.command, container.command
+    assert container.resources.limits["nvidia.com/gpu"] == "8"
 
-    body = _ftj("two-gpus")
+
+def test_several_nodes_are_an_indexed_job_with_a_headless_service(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """distributed.nodes 2: an Indexed Job of 2 pods and the headless Service torchrun meets on (issue 20)."""
+    from kubernetes import client
+
+    body = _ftj("two-nodes")
     body["spec"]["resources"]["gpu"]["count"] = 2
-    with pytest.raises(ApiException) as caught:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
-    assert caught.value.status == 422
-    assert "the trainer uses one GPU" in str(caught.value.body)
+    body["spec"]["distributed"] = {"nodes": 2}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    job = wait_until(lambda: _job(api_client, namespace, "two-nodes-train"), timeout=60, what="the Job")
+    assert job.spec.completion_mode == "Indexed"
+    assert (job.spec.completions, job.spec.parallelism) == (2, 2)
+    command = job.spec.template.spec.containers[0].command
+    assert "--nnodes=2" in command and "--nproc-per-node=2" in command, command
+    assert any(arg.startswith("--rdzv-endpoint=two-nodes-train-0.two-nodes-train:") for arg in command), command
+    service = client.CoreV1Api(api_client).read_namespaced_service("two-nodes-train", namespace)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses
+
+
+def test_a_queued_job_is_created_suspended_for_kueue(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """spec.queueName: the Job carries Kueue's queue label and starts suspended; the FineTuneJob says Queued."""
+    body = _ftj("queued")
+    body["spec"]["queueName"] = "gpu-queue"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    job = wait_until(lambda: _job(api_client, namespace, "queued-train"), timeout=60, what="the Job")
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    wait_until(
+        lambda: (_get(custom, namespace, "queued").get("status") or {}).get("phase") == "Queued",
+        timeout=60,
+        what="phase Queued",
+    )
 
 
 def test_grace_period_comes_from_the_plan(
