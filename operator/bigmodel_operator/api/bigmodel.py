@@ -302,8 +302,8 @@ class RoutingSpec(ApiModel):
             "prompt or conversation history without a new prefill; it falls back to the less loaded of two "
             "replicas when their loads differ by more than targetOngoingRequests, and requests for an "
             "adapter first go to replicas that hold it. leastLoaded: the less loaded of two random replicas "
-            "(Serve's default). Default: prefixCache when more than one replica can run and prefix caching "
-            "is on; nothing to choose with one replica."
+            "(Serve's default, and the default here: with Ray 2.60 a router change rolls the engine replicas, so "
+            "the choice is made when the BigModel is created, not by a later bounds edit)."
         ),
     )
 

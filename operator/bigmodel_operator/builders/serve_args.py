@@ -172,14 +172,14 @@ def wake_timeout_seconds(spec: BigModelSpec) -> int:
 
 
 def routing_policy(spec: BigModelSpec, config: OperatorConfig) -> str | None:
-    """`spec.routing.policy`, else prefixCache when more than one replica can run and vLLM caches prefixes
-    (its default); None when there is nothing to choose (one replica) or Serve's default router was asked for."""
+    """`spec.routing.policy` when it asks for prefixCache (and there can be more than one replica), else None:
+    Serve's default power-of-two router. Not a default tied to the replica bounds: with Ray 2.60 a router
+    change rolls the replicas, so a bounds edit that crossed one replica would restart the engines (seen on
+    the e2e node)."""
     chosen = spec.routing.policy if spec.routing else None
-    if chosen is None:
-        prefix_caching = spec.engine.enable_prefix_caching if spec.engine else None
-        several = scaling_args(spec, config)["max_replicas"] > 1
-        chosen = "prefixCache" if several and prefix_caching is not False else None
-    return chosen if chosen == "prefixCache" else None
+    if chosen != "prefixCache" or scaling_args(spec, config)["max_replicas"] < 1:
+        return None
+    return chosen
 
 
 def request_router_config(spec: BigModelSpec, config: OperatorConfig) -> dict[str, Any] | None:

@@ -32,8 +32,10 @@ def _router(**spec: Any) -> dict[str, Any] | None:
     return router
 
 
-def test_default_is_prefix_cache_when_more_than_one_replica_can_run() -> None:
-    router = _router(scaling={"minReplicas": 1, "maxReplicas": 3, "targetOngoingRequests": 8})
+def test_prefix_cache_when_asked_for() -> None:
+    router = _router(
+        scaling={"minReplicas": 1, "maxReplicas": 3, "targetOngoingRequests": 8}, routing={"policy": "prefixCache"}
+    )
     assert router == {
         "request_router_class": PREFIX_CACHE_ROUTER,
         "request_router_kwargs": {
@@ -49,6 +51,7 @@ def test_default_is_prefix_cache_when_more_than_one_replica_can_run() -> None:
     "spec",
     [
         {"scaling": {"replicas": 1}},  # one replica: nothing to choose
+        {"scaling": {"minReplicas": 1, "maxReplicas": 3}},  # not by the bounds: a router change rolls replicas
         {"scaling": {"minReplicas": 1, "maxReplicas": 3}, "routing": {"policy": "leastLoaded"}},
         {"scaling": {"maxReplicas": 3}, "engine": {"enablePrefixCaching": False}},
     ],
@@ -72,6 +75,7 @@ def test_kv_cache_routing_is_not_offered() -> None:
 def test_the_app_refuses_a_router_class_it_does_not_know() -> None:
     body = load_example("bigmodel-tiny-cpu.yaml")
     body["spec"]["scaling"] = {"maxReplicas": 2}
+    body["spec"]["routing"] = {"policy": "prefixCache"}
     parsed = BigModelSpec.model_validate(body["spec"])
     rs = build_rayservice(body, parsed, placement(parsed, None), OperatorConfig())
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
