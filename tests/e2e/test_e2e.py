@@ -64,6 +64,10 @@ TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
 # must fit beside the first (BIGMODEL_E2E_WORKER_CPU=500m on the 2-CPU node).
 LOAD = os.environ.get("BIGMODEL_E2E_LOAD") == "1"
 LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
+# The scale-to-zero step (issue 18): idle -> 0 engine replicas -> 0 worker pods, a held request wakes it, the
+# second wake reads the weight cache. Opt-in (BIGMODEL_E2E_ZERO=1) until it has passed on the node: its first
+# run there (2026-12-06) was cut short by a failure of the step before it and never reached its assertions.
+ZERO = os.environ.get("BIGMODEL_E2E_ZERO") == "1"
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):
 # every kind the operator creates (handlers.CHILD_RESOURCES, the keys Secret) and what KubeRay and the Job
@@ -684,6 +688,8 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
 
     if not DIRECT:
         pytest.skip("needs the pods to reach an S3 server on the node (make e2e); kind has no route to it")
+    if not ZERO:
+        pytest.skip("opt-in until it has passed on the node: BIGMODEL_E2E_ZERO=1 make e2e")
     stack = contextlib.ExitStack()
     with stack, steps("S3 server on the node with the tiny model; storage Secret; weight-cache claim"):
         server = _s3_server(stack)
