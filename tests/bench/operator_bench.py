@@ -173,6 +173,24 @@ PACED = 100
 RATE = 10.0
 
 
+def _watch_children_and_statuses(
+    kube: Any, namespace: str, children: dict[str, float], statuses: dict[str, float], stop: asyncio.Event
+) -> list[asyncio.Task[Any]]:
+    """Watches that note when each RayService appears and each BigModel's first status is written."""
+    return [
+        asyncio.create_task(watch(kube, path_of("RayService", namespace), children, lambda o: True, stop)),
+        asyncio.create_task(
+            watch(
+                kube,
+                path_of("BigModel", namespace),
+                statuses,
+                lambda o: (o.get("status") or {}).get("observedGeneration") == 1,
+                stop,
+            )
+        ),
+    ]
+
+
 async def paced_latency(kube: Kube, namespace: str, kind: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
     """p50/p99 create -> RayService ADDED with creates paced at RATE/s (no queueing in the client)."""
     seen: dict[str, float] = {}
@@ -245,18 +263,7 @@ async def floor(kube: Kube) -> dict[str, Any]:
     children: dict[str, float] = {}
     statuses: dict[str, float] = {}
     stop = asyncio.Event()
-    watchers = [
-        asyncio.create_task(watch(kube, path_of("RayService", namespace), children, lambda o: True, stop)),
-        asyncio.create_task(
-            watch(
-                kube,
-                path_of("BigModel", namespace),
-                statuses,
-                lambda o: (o.get("status") or {}).get("observedGeneration") == 1,
-                stop,
-            )
-        ),
-    ]
+    watchers = _watch_children_and_statuses(kube, namespace, children, statuses, stop)
     await asyncio.sleep(0.5)
     semaphore = asyncio.Semaphore(CONCURRENCY)
     started: dict[str, float] = {}
@@ -308,18 +315,7 @@ async def ours(kube: Kube, operator: psutil.Process, namespace: str) -> dict[str
     children: dict[str, float] = {}
     statuses: dict[str, float] = {}
     stop = asyncio.Event()
-    watchers = [
-        asyncio.create_task(watch(kube, path_of("RayService", namespace), children, lambda o: True, stop)),
-        asyncio.create_task(
-            watch(
-                kube,
-                path_of("BigModel", namespace),
-                statuses,
-                lambda o: (o.get("status") or {}).get("observedGeneration") == 1,
-                stop,
-            )
-        ),
-    ]
+    watchers = _watch_children_and_statuses(kube, namespace, children, statuses, stop)
     await asyncio.sleep(0.5)
     before = await operator_writes(kube)
     cpu0 = sum(operator.cpu_times()[:2])
