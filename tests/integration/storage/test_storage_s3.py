@@ -31,10 +31,10 @@ def test_serving_downloads_a_folder_once(s3_env: Any, tmp_path: Path) -> None:
     for name, body in files.items():
         s3.put_object(Bucket="bigmodel-models", Key=f"{prefix}/{name}", Body=body)
     local = serving_storage.fetch_dir(f"s3://bigmodel-models/{prefix}")
-    assert {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()} == {
-        **files,
-        ".complete": (local / ".complete").read_bytes(),
-    }
+    found = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    # Besides the files: the completion marker and the weight cache's last-use stamp (its LRU eviction).
+    assert {name: body for name, body in found.items() if name not in {".complete", ".last-used"}} == files
+    assert ".complete" in found
     s3.delete_object(Bucket="bigmodel-models", Key=f"{prefix}/sub/x.txt")
     assert serving_storage.fetch_dir(f"s3://bigmodel-models/{prefix}") == local  # cached: no second listing
     with pytest.raises(serving_storage.StorageError, match="no objects"):
@@ -90,6 +90,7 @@ def test_engine_downloads_an_s3_model_before_vllm_loads_it(s3_env: Any, tiny_mod
     from ray.serve.llm import LLMConfig
 
     from bigmodel_serving.engine import _download_s3_model
+    from bigmodel_serving.startup_report import StartupTimeline
 
     prefix = f"model-{secrets.token_hex(4)}/tiny"
     s3 = s3_env.client()
@@ -97,6 +98,9 @@ def test_engine_downloads_an_s3_model_before_vllm_loads_it(s3_env: Any, tiny_mod
         if path.is_file():
             s3.upload_file(str(path), "bigmodel-models", f"{prefix}/{path.name}")
     config = LLMConfig(model_loading_config={"model_id": "tiny", "model_source": f"s3://bigmodel-models/{prefix}"})
-    asyncio.run(_download_s3_model(config))
+    timeline = StartupTimeline(pod=None, constructed=0.0)
+    asyncio.run(_download_s3_model(config, timeline))
     local = Path(config.model_loading_config.model_source)
+    download = next(phase for phase in timeline.phases if phase.name == "Downloading")
+    assert download.source == "download"
     assert (local / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
