@@ -294,6 +294,15 @@ def _serve_state(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     }
 
 
+def _engine_max_replicas(state: dict[str, Any]) -> int | None:
+    """max_replicas of the engine deployment in Serve's deployed config (other deployments have their own)."""
+    for app in json.loads(state["config"]):
+        for deployment in (app or {}).get("deployments") or []:
+            if deployment.get("name") == "BigModelEngine":
+                return (deployment.get("autoscaling_config") or {}).get("max_replicas")
+    return None
+
+
 def _engine_replicas(kubectl: Kubectl, namespace: str) -> int:
     """Engine replicas Serve runs (RUNNING), from the dashboard."""
     heads = [
@@ -450,11 +459,12 @@ def test_bigmodel_and_finetunejob_end_to_end(
             {"spec": {"scaling": {"replicas": None, "minReplicas": 1, "maxReplicas": 2}}},
         )
         serve = _wait(
-            lambda: (now := _serve_state(kubectl, namespace)) and '"max_replicas": 2' in now["config"] and now,
+            lambda: (
+                (now := _serve_state(kubectl, namespace)) and _engine_max_replicas(now) == 2 and now["running"] and now
+            ),
             300,
-            "Serve's engine autoscaling_config with max_replicas 2",
+            "Serve's engine autoscaling_config with max_replicas 2, the application RUNNING",
         )
-        assert serve["running"], serve
 
         def follows() -> Any:
             cluster = _raycluster(kubectl, namespace)
