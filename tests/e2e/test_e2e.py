@@ -458,7 +458,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
             "tiny-cpu",
             {"spec": {"scaling": {"replicas": None, "minReplicas": 1, "maxReplicas": 2}}},
         )
-        serve = _wait(
+        _wait(
             lambda: (
                 (now := _serve_state(kubectl, namespace)) and _engine_max_replicas(now) == 2 and now["running"] and now
             ),
