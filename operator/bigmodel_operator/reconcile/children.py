@@ -129,8 +129,16 @@ async def first_failure(*steps: Awaitable[Any]) -> list[Any]:
 async def ensure_children(
     kube: Kube, state: ClusterState, desired: list[dict[str, Any]], owner: dict[str, Any]
 ) -> list[ApplyResult]:
-    """`ensure_child` for children that do not depend on each other, all at once."""
-    return await first_failure(*(ensure_child(kube, state, d, owner) for d in desired))
+    """`ensure_child` for children that do not depend on each other, all at once — except RoleBindings, which
+    go after the Roles: the apiserver checks a binding against its Role (RBAC escalation), and a binding written
+    before its Role exists is refused with 404 for an operator that may not `bind` (the chart's account)."""
+    first = [i for i, d in enumerate(desired) if d.get("kind") != "RoleBinding"]
+    later = [i for i, d in enumerate(desired) if d.get("kind") == "RoleBinding"]
+    results: dict[int, ApplyResult] = {}
+    for batch in (first, later):
+        done = await first_failure(*(ensure_child(kube, state, desired[i], owner) for i in batch))
+        results.update(zip(batch, done, strict=True))
+    return [results[i] for i in range(len(desired))]
 
 
 async def remove_child(kube: Kube, state: ClusterState, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
