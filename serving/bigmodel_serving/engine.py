@@ -198,7 +198,6 @@ class BigModelEngine(LLMServer):
             "pid": os.getpid(),
             "loaded_at": self._loaded_at,
             "load_s": self._load_s,
-            "startup": self.startup.report(),
         }
 
     async def metrics_text(self) -> str:
