@@ -621,7 +621,7 @@ def test_the_whole_loop(
         assert held_out["metric"] == "heldOutLoss" and held_out["ratio"] > 1 and not held_out["passed"], gate
         _say(
             f"[loop] ftj-weak: loss {gate['adaptedLoss']} (base {gate['baseLoss']}) vs stable ftj-v2 "
-            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out.get('ci95')} on {held_out['n']}: refused"
+            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out.get('ci95')} on {held_out.get('n')} example(s): refused"
         )
         wait_until(lambda: cluster.adapters().get("ftj-weak") == "Refused", timeout=60)
         assert all(f"{ADAPTER}.ftj-weak" not in json.dumps(r) for r in kuberay.routes())
