@@ -34,6 +34,9 @@ fi
 step "helm"
 HELM=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import charttools; print(charttools.build_helm())' | tail -1)
 
+step "S3 server (the scale-to-zero step's model store; built here: the netns has no Go module proxy)"
+$PY tests/cluster/s3server.py build
+
 step "node up (netns)"
 $NODE up
 cleanup() { [ "${KEEP:-0}" = 1 ] || $NODE down; }
@@ -43,7 +46,8 @@ $NODE import "$CACHE/images/oci" "$REGISTRY"/{operator,serving-cpu,trainer}:"$VE
 step "bigmodel-operator chart"
 # The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs,
 # 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM). Worker pods go 30 s after their
-# last engine replica (default 300 s), so the scale-to-zero step sees 0 worker pods soon.
+# last engine replica (default 300 s), so the scale-to-zero step sees 0 worker pods soon; a price per CPU-core-hour
+# gives that step's status.cost money as well as seconds.
 $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
   --namespace bigmodel-system --create-namespace --wait --timeout 5m \
   --set image.repository="$REGISTRY/operator" --set image.tag="$VERSION" --set image.pullPolicy=Never \
@@ -52,7 +56,7 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \
   --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi \
-  --set operatorConfig.worker_idle_timeout_seconds=30
+  --set operatorConfig.worker_idle_timeout_seconds=30 --set-json operatorConfig.prices.cpu_core_hour=0.04
 
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
 # A node kept from an earlier run (KEEP=1) may hold an older image under the same tag: restart onto this one.
@@ -61,7 +65,7 @@ $NODE exec -- "$KUBECTL" rollout status -n bigmodel-system deployment/bigmodel-o
 
 step "tests/e2e (inside the netns)"
 # shellcheck disable=SC2086
-$NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 \
+$NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 BIGMODEL_E2E_PRICED=1 \
   BIGMODEL_E2E_TRAINER_IMAGE="$REGISTRY/trainer:$VERSION" \
   tests/pytest.sh "$PY" tests/e2e -m e2e -p no:cacheprovider -s ${PYTEST_ARGS:-}
 step "done"
