@@ -674,19 +674,46 @@ def _plain_chat(base: str, key: str, timeout: float) -> tuple[int, float]:
     return answer.status_code, time.monotonic() - started
 
 
-def _wake(base: str, key: str, extra: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
-    """A streamed chat at zero, and `extra` requests sent during the wake (threads), all held and answered."""
-    from concurrent.futures import ThreadPoolExecutor
+def _wake(
+    base: str, key: str, extra: int, watch: Callable[[], str]
+) -> tuple[dict[str, Any], list[tuple[int, float]], list[str]]:
+    """A streamed chat at zero, and `extra` requests sent during the wake (threads), all held and answered;
+    meanwhile what `watch()` says (the BigModel's Ready reason and startup phase), each change with its time."""
+    from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+    seen: list[str] = []
+    started = time.monotonic()
+
+    def look() -> None:
+        try:
+            now = watch()
+        except Exception as error:  # a slow kubectl: the next look tells
+            now = f"? ({type(error).__name__})"
+        if not seen or seen[-1].split(": ", 1)[1] != now:
+            seen.append(f"{time.monotonic() - started:.0f} s: {now}")
 
     with ThreadPoolExecutor(extra + 1) as pool:
         streamed = pool.submit(_stream_chat, base, key, ZERO_WAKE_TIMEOUT_S + 60)
         time.sleep(3)  # the wake has begun
         others = [pool.submit(_plain_chat, base, key, ZERO_WAKE_TIMEOUT_S + 60) for _ in range(extra)]
-        return streamed.result(), [f.result() for f in others]
+        every: list[Future[Any]] = [streamed, *others]
+        while wait(every, timeout=3).not_done:
+            look()
+        look()
+        return streamed.result(), [f.result() for f in others], seen
 
 
 def _ready_reason(kubectl: Kubectl, namespace: str) -> str:
     return str(_condition(_get(kubectl, namespace, "bigmodel", "tiny-cpu"), "Ready").get("reason", ""))
+
+
+def _wake_state(kubectl: Kubectl, namespace: str) -> str:
+    """Ready's reason, replicas/ready and the phase status.startup names (what `kubectl get bm` users see)."""
+    bm = _get(kubectl, namespace, "bigmodel", "tiny-cpu")
+    status = bm.get("status") or {}
+    phase = (status.get("startup") or {}).get("phase")
+    counts = f"{status.get('readyReplicas')}/{status.get('replicas')}"
+    return f"{_condition(bm, 'Ready').get('reason')} {counts}" + (f" startup {phase}" if phase else "")
 
 
 def _phases(timeline: dict[str, Any]) -> str:
@@ -756,7 +783,9 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             assert httpx.get(f"{base}/models", timeout=60).status_code == 401
 
         with steps("first wake: a streamed chat at zero is held and answered; 5 sent during the wake all 200"):
-            held, others = _wake(base, key, 5)
+            held, others, seen = _wake(base, key, 5, lambda: _wake_state(kubectl, namespace))
+            print(f"status during the first wake: {'; '.join(seen)}")
+            first_seen = seen
             assert held["status"] == 200 and held["events"][-1] == "[DONE]", held
             assert [status for status, _ in others] == [200] * 5, others
             first_wake = held["seconds"]
@@ -792,7 +821,8 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
                   f"0 worker pods after {no_pods:.1f} s")  # fmt: skip
 
         with steps("second wake: weights from the weight cache, the download phase vanishes"):
-            held, _ = _wake(base, key, 0)
+            held, _, seen = _wake(base, key, 0, lambda: _wake_state(kubectl, namespace))
+            print(f"status during the second wake: {'; '.join(seen)}")
             assert held["status"] == 200 and held["events"][-1] == "[DONE]", held
 
             def second_done() -> Any:
@@ -822,3 +852,5 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
                 assert cost["total"].get("cost", 0) > 0 and cost["total"].get("costPerMillionTokens", 0) > 0, cost
             events = {e.get("reason") for e in _list(kubectl, namespace, "events")}
             assert "ReplicaStarted" in events, events
+        # Ready said Waking while the engine woke (kept for last: the timings above are printed either way)
+        assert any(" Waking " in state for state in first_seen), first_seen
