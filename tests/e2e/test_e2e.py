@@ -65,9 +65,9 @@ TRAINER_CPU = os.environ.get("BIGMODEL_E2E_TRAINER_CPU", "250m")
 LOAD = os.environ.get("BIGMODEL_E2E_LOAD") == "1"
 LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
 # The scale-to-zero step (issue 18): idle -> 0 engine replicas -> 0 worker pods, a held request wakes it, the
-# second wake reads the weight cache. Opt-in (BIGMODEL_E2E_ZERO=1) until it has passed on the node: its first
-# run there (2026-12-06) was cut short by a failure of the step before it and never reached its assertions.
-ZERO = os.environ.get("BIGMODEL_E2E_ZERO") == "1"
+# second wake reads the weight cache (first passed on the node 2026-12-06 21:20-21:30 UTC, 592 s).
+# BIGMODEL_E2E_ZERO=0 skips it.
+ZERO = os.environ.get("BIGMODEL_E2E_ZERO", "1") == "1"
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):
 # every kind the operator creates (handlers.CHILD_RESOURCES, the keys Secret) and what KubeRay and the Job
@@ -729,7 +729,7 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
     if not DIRECT:
         pytest.skip("needs the pods to reach an S3 server on the node (make e2e); kind has no route to it")
     if not ZERO:
-        pytest.skip("opt-in until it has passed on the node: BIGMODEL_E2E_ZERO=1 make e2e")
+        pytest.skip("BIGMODEL_E2E_ZERO=0")
     stack = contextlib.ExitStack()
     with stack, steps("S3 server on the node with the tiny model; storage Secret; weight-cache claim"):
         server = _s3_server(stack)
@@ -799,6 +799,7 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             print(f"first wake: first chunk after {held['first']:.1f} s, answered after {first_wake:.1f} s; "
                   f"the 5 others after {', '.join(f'{s:.1f}' for _, s in others)} s")  # fmt: skip
             print(f"status.lastColdStart: {first['seconds']} s: {_phases(first)}")
+            print(f"status.lastColdStart: {json.dumps(first, sort_keys=True)}")
             download = next(p for p in first["phases"] if p["name"] == "Downloading")
             assert download.get("cached") is False and download["bytesTotal"] == model_bytes, download
             assert {"Scheduling", "PullingImage", "StartingRay", "Loading", "Ready"} <= {
@@ -832,6 +833,7 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             second = _wait(second_done, 120, "status.lastColdStart of the second wake")
             print(f"second wake: answered after {held['seconds']:.1f} s (first: {first_wake:.1f} s)")
             print(f"status.lastColdStart: {second['seconds']} s: {_phases(second)}")
+            print(f"status.lastColdStart: {json.dumps(second, sort_keys=True)}")
             download = next(p for p in second["phases"] if p["name"] == "Downloading")
             assert download.get("cached") is True, download
             first_download = next(p for p in first["phases"] if p["name"] == "Downloading")
