@@ -7,7 +7,8 @@
 #   3. helm install this chart (our operator image) inside the namespace
 #   4. run tests/e2e inside the namespace: a CPU BigModel through KubeRay answers a chat completion via its
 #      Service, scaling edits reach the RayCluster, a CPU FineTuneJob trains in the trainer image, and
-#      deleting both garbage-collects everything
+#      deleting both garbage-collects everything; a FineTuneJob on two pods (Indexed Job, headless Service,
+#      gloo over the pod network) succeeds
 #
 # Image builds (PyPI, Debian) run in the host's namespace; everything that talks to pods or Services runs
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running

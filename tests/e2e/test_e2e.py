@@ -5,6 +5,10 @@ serve the tiny model; it answers an OpenAI chat completion through its Service; 
 RayCluster; an autoscaling knob does not restart the engine; a CPU FineTuneJob trains in the trainer image
 and writes its adapter to a PVC; deleting both garbage-collects every child.
 
+A FineTuneJob on two CPU pods (distributed.nodes 2, its own test: PYTEST_ARGS='-k two_pods'): an Indexed Job and
+a headless Service, torchrun's c10d rendezvous on pod 0's name, one gloo rank per pod over the pod network; the
+job succeeds and rank 0 writes the adapter.
+
 Then scale to zero (make e2e only): a CPU BigModel with minReplicas 0 whose weights come from s3:// (the
 tests' S3 server on the node's address) through a weight-cache claim; at zero the endpoint answers; a
 streamed chat is held while the engine wakes and answered, with 5 more sent during the wake; after the idle
@@ -604,6 +608,97 @@ def test_bigmodel_and_finetunejob_end_to_end(
         while any((left := leftovers()).values()) and time.monotonic() < deadline:
             time.sleep(3)
         assert not any(left.values()), f"not garbage-collected after 300s: {left}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A FineTuneJob on two pods: an Indexed Job, a headless Service, torchrun's rendezvous, gloo (issue 20)
+# ------------------------------------------------------------------------------------------------------------
+
+# Each of the two pods is one CPU worker; requests are limits, so the pair asks for 2 × TRAINER_CPU of the node's
+# 2 CPUs and 2 × this memory.
+TWO_PODS_MEMORY = os.environ.get("BIGMODEL_E2E_TWO_PODS_MEMORY", "2Gi")
+
+
+def _two_pod_finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
+    """The tiny LoRA job on two CPU pods (resources.gpu.count 0, distributed.nodes 2): one gloo rank each."""
+    body = _finetunejob(tiny_config)
+    body["metadata"]["name"] = "tiny-2pods"
+    spec = body["spec"]
+    spec.pop("deployTo", None)
+    # Packed rows of the short chats: a few steps per epoch, so up to 4 epochs, at most 10 steps.
+    spec["hyperparameters"] = {"epochs": 4, "maxSteps": 10, "batchSize": 2, "maxSeqLength": 128}
+    spec["resources"] = {"gpu": {"count": 0}, "cpu": TRAINER_CPU, "memory": TWO_PODS_MEMORY, "ephemeralStorage": "2Gi"}
+    spec["distributed"] = {"nodes": 2}
+    spec["output"] = {"uri": "pvc://e2e-data/adapters/tiny-2pods"}
+    return body
+
+
+@pytest.mark.timeout(2 * READY_TIMEOUT)
+def test_finetunejob_on_two_pods_meets_through_the_headless_service(
+    kubectl: Kubectl, namespace: str, steps: Steps
+) -> None:
+    """Runs alone with PYTEST_ARGS='-k two_pods' (no BigModel needed)."""
+    job_name = "tiny-2pods-train"
+    with steps("prepare the data PVC (tiny model + chat dataset)"):
+        for obj in _data_objects(namespace):
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+        kubectl("wait", "-n", namespace, "job/e2e-data", "--for=condition=Complete", "--timeout=600s", timeout=620)
+
+    tiny = _bigmodel()["spec"]["model"]["config"]
+    with steps("FineTuneJob with distributed.nodes 2 on the CPU: Indexed Job + headless Service, 2 gloo ranks"):
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(_two_pod_finetunejob(tiny)))
+        job = _wait(lambda: _get(kubectl, namespace, "job", job_name), 120, f"Job {job_name}")
+        assert (job["spec"].get("completionMode"), job["spec"]["completions"], job["spec"]["parallelism"]) == (
+            "Indexed",
+            2,
+            2,
+        ), job["spec"]
+        service = _get(kubectl, namespace, "service", job_name)
+        assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"], service["spec"]
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert f"--rdzv-endpoint={job_name}-0.{job_name}:29400" in command and "--nnodes=2" in command, command
+
+        def finished() -> Any:
+            phase = (_get(kubectl, namespace, "finetunejob", "tiny-2pods").get("status") or {}).get("phase")
+            return phase in {"Succeeded", "Failed"} and phase
+
+        phase = _wait(finished, READY_TIMEOUT, "FineTuneJob tiny-2pods to finish")
+        done = _get(kubectl, namespace, "finetunejob", "tiny-2pods")
+        assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
+        assert _condition(done, "Complete")["status"] == "True"
+        pods = _list(kubectl, namespace, "pods", f"job-name={job_name}")
+        indexes = sorted(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") for p in pods)
+        assert indexes == ["0", "1"], [(p["metadata"]["name"], p["status"].get("phase")) for p in pods]
+        assert {p["status"].get("phase") for p in pods} == {"Succeeded"}, [p["status"] for p in pods]
+        for pod in pods:
+            log = kubectl("logs", "-n", namespace, pod["metadata"]["name"], check=False).stdout
+            joined = [line for line in log.splitlines() if "joined the process group" in line]
+            print(f"{pod['metadata']['name']}: {joined[-1] if joined else log[-300:]}")
+
+    with steps("rank 0 wrote the adapter and metrics.json for 2 processes"):
+        script = "ls /data/adapters/tiny-2pods; cat /data/adapters/tiny-2pods/metrics.json"
+        out = _run_job(kubectl, namespace, _job(namespace, "e2e-check-2pods", script))
+        assert "adapter_config.json" in out, out
+        metrics = json.loads(out[out.index("{") :])
+        counts = {k: metrics.get(k) for k in ("processes", "steps", "total_steps")}
+        assert metrics["processes"] == 2 and metrics["steps"] == metrics["total_steps"] >= 2, counts
+        print(
+            f"2 processes ({metrics['strategy']}): {metrics['steps']} steps, final loss {metrics['final_loss']}, "
+            f"{metrics['tokens_per_second']:.0f} tokens/s, training {metrics['train_time_s']} s, "
+            f"whole run {metrics['wall_time_s']} s"
+        )
+
+    with steps("delete the FineTuneJob; its Job, pods and headless Service are garbage-collected"):
+        kubectl("delete", "-n", namespace, "finetunejob/tiny-2pods", "--wait=true", timeout=300)
+
+        def gone() -> bool:
+            left = [
+                *(_get(kubectl, namespace, kind, job_name) for kind in ("job", "service")),
+                *_list(kubectl, namespace, "pods", f"job-name={job_name}"),
+            ]
+            return not any(left)
+
+        _wait(gone, 300, f"Job, pods and Service {job_name} to be garbage-collected")
 
 
 # ------------------------------------------------------------------------------------------------------------

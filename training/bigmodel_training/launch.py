@@ -15,6 +15,11 @@ exit code), and when the workers failed the most specific report becomes the pod
 message and its exit code the pod's: one rank's DatasetInvalid (exit 3) wins over the "connection
 reset" its peers saw, so the Job's podFailurePolicy and the FineTuneJob status read exactly what
 they read from one process. SIGTERM (preemption) ends with exit 143 once the workers have saved.
+
+In an Indexed Job (several pods) the rendezvous endpoint is pod 0's own name, `<job>-0.<job>`:
+pod 0 hosts torch's c10d store. torch guesses that from DNS (does the endpoint resolve to one of my
+addresses?), and a pod that has just started may not be listed yet, so pod 0 would dial itself
+and fail. `JOB_COMPLETION_INDEX`, which the Job controller sets, says it for sure (`is_host`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ from bigmodel_training.errors import (
 log = logging.getLogger(__name__)
 # Exit codes that say more than "something failed": bad config, bad data, OOM, unsupported, I/O, NaN.
 SPECIFIC_EXITS = (2, 3, 4, 5, 6, 7)
+JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
+
+
+def rendezvous_conf(backend: str, conf: str, env: dict[str, str]) -> str:
+    """torchrun's --rdzv-conf, with `is_host` added in an Indexed Job's pods: pod 0 hosts the c10d
+    store (the endpoint is its name), the others connect to it. An `is_host` already there is kept."""
+    index = env.get(JOB_INDEX_ENV)
+    if backend != "c10d" or index is None or "is_host=" in conf:
+        return conf
+    return ",".join(part for part in (conf, f"is_host={'true' if index == '0' else 'false'}") if part)
 
 
 def _specificity(report: dict[str, Any]) -> tuple[int, float]:
@@ -82,6 +97,7 @@ def main(argv: Sequence[str]) -> int:
     reports.mkdir(parents=True, exist_ok=True)
     os.environ[RANK_REPORTS_ENV] = str(reports)  # the workers inherit the launcher's environment
     args = parse_args(list(argv))
+    args.rdzv_conf = rendezvous_conf(args.rdzv_backend, args.rdzv_conf or "", dict(os.environ))
     try:
         run(args)
     except ChildFailedError as exc:
