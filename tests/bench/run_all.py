@@ -17,6 +17,10 @@ STEPS = [
     ("routing: prefix-aware vs Serve's default", [sys.executable, "tests/bench/routing_bench.py"]),
     ("canary split", [sys.executable, "tests/bench/canary_bench.py", "--out", "docs/benchmarks.md"]),
     ("feedback endpoint", [sys.executable, "tests/bench/feedback_bench.py", "--out", "docs/benchmarks.md"]),
+    (
+        "training on the CPU: preprocessing, gloo ranks",
+        [sys.executable, "tests/bench/training_bench.py", "--out", "docs/benchmarks.md"],
+    ),
 ]
 
 
