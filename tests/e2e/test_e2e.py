@@ -616,7 +616,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
 
 # Each of the two pods is one CPU worker; requests are limits, so the pair asks for 2 × TRAINER_CPU of the node's
 # 2 CPUs and 2 × this memory.
-TWO_PODS_MEMORY = os.environ.get("BIGMODEL_E2E_TWO_PODS_MEMORY", "2Gi")
+TWO_PODS_MEMORY = os.environ.get("BIGMODEL_E2E_TWO_PODS_MEMORY", "3Gi")
 
 
 def _two_pod_finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
