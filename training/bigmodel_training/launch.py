@@ -19,7 +19,8 @@ they read from one process. SIGTERM (preemption) ends with exit 143 once the wor
 In an Indexed Job (several pods) the rendezvous endpoint is pod 0's own name, `<job>-0.<job>`:
 pod 0 hosts torch's c10d store. torch guesses that from DNS (does the endpoint resolve to one of my
 addresses?), and a pod that has just started may not be listed yet, so pod 0 would dial itself
-and fail. `JOB_COMPLETION_INDEX`, which the Job controller sets, says it for sure (`is_host`).
+and fail. `JOB_COMPLETION_INDEX`, which the Job controller sets, says it for sure (`is_host`); the
+other pods wait for that store as long as the rendezvous waits for them (`read_timeout`).
 """
 
 from __future__ import annotations
@@ -48,13 +49,25 @@ SPECIFIC_EXITS = (2, 3, 4, 5, 6, 7)
 JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
 
 
+DEFAULT_JOIN_TIMEOUT_S = 600  # torch's own default for the rendezvous' join_timeout
+
+
 def rendezvous_conf(backend: str, conf: str, env: dict[str, str]) -> str:
     """torchrun's --rdzv-conf, with `is_host` added in an Indexed Job's pods: pod 0 hosts the c10d
-    store (the endpoint is its name), the others connect to it. An `is_host` already there is kept."""
+    store (the endpoint is its name), the others connect to it. The others also wait for pod 0's
+    store as long as the rendezvous waits for joiners (`read_timeout` = `join_timeout`; torch's
+    default is 60 s, and pod 0 may start minutes later: an image pull on another node). What the
+    conf already says is kept."""
     index = env.get(JOB_INDEX_ENV)
-    if backend != "c10d" or index is None or "is_host=" in conf:
+    if backend != "c10d" or index is None:
         return conf
-    return ",".join(part for part in (conf, f"is_host={'true' if index == '0' else 'false'}") if part)
+    settings = dict(part.split("=", 1) for part in conf.split(",") if "=" in part)
+    added = []
+    if "is_host" not in settings:
+        added.append(f"is_host={'true' if index == '0' else 'false'}")
+    if index != "0" and "read_timeout" not in settings:
+        added.append(f"read_timeout={settings.get('join_timeout', DEFAULT_JOIN_TIMEOUT_S)}")
+    return ",".join(part for part in (conf, *added) if part)
 
 
 def _specificity(report: dict[str, Any]) -> tuple[int, float]:
