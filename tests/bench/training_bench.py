@@ -6,8 +6,8 @@
    (one process, `tokenizer.apply_chat_template` per row, nothing validated or written).
 2. Scaling: the tiny random Llama, LoRA, the same global batch (4 sequences per optimizer step: one
    process with gradient accumulation 4, two with 2, four with 1), started by `python -m
-   bigmodel_training launch` (torchrun) with 1, 2 and 4 ranks, one thread each (OMP_NUM_THREADS=1);
-   the floor is one process with the machine's threads. Then 2 ranks as two launchers meeting through
+   bigmodel_training launch` (torchrun) with 1, 2 and 4 ranks, one thread each (OMP_NUM_THREADS=1),
+   against one process with one thread (and one with the machine's threads). Then 2 ranks as two launchers meeting through
    the c10d rendezvous (`--nnodes=2`, JOB_COMPLETION_INDEX 0 and 1: what the two pods of an Indexed
    Job run), on 127.0.0.1.
 
@@ -200,7 +200,8 @@ def training_run(
     return {
         "what": f"{ranks} rank{'s' if ranks > 1 else ''}"
         + (f", {launchers} launchers (c10d rendezvous)" if launchers > 1 else "")
-        + f", {threads} thread{'s' if threads > 1 else ''} each",
+        + f", {threads} thread{'s' if threads > 1 else ''}"
+        + (" each" if ranks > 1 else ""),
         "steps": metrics["steps"],
         "train_s": metrics["train_time_s"],
         "tokens_per_second": metrics["tokens_per_second"],
@@ -236,7 +237,7 @@ def render(pre: list[dict[str, Any]], scale: list[dict[str, Any]], steps: int) -
             f"| {row['what']} | {row['tokens']:,} | {row['seconds']:.2f} | {rate:,.0f} | {rate / floor:.2f}× "
             f"| {row['load']:.2f} |"
         )
-    base = scale[0]["tokens_per_second"]
+    base = next(r for r in scale if r["what"] == "1 rank, 1 thread")["tokens_per_second"]
     lines += [
         "",
         f"**Data-parallel scaling over gloo** ({steps} optimizer steps of 4 sequences of up to 256 tokens, packed; LoRA",
@@ -244,7 +245,7 @@ def render(pre: list[dict[str, Any]], scale: list[dict[str, Any]], steps: int) -
         "tier checks that to 1e-4). tokens/s counts real tokens of all ranks per second of optimizer-step time;",
         "wall is the whole command (imports, model load, tokenizing, save and eval included).",
         "",
-        "| ranks | steps | training s | tokens/s | vs 1 process (all threads) | wall s | final loss | load |",
+        "| ranks | steps | training s | tokens/s | vs 1 rank, 1 thread | wall s | final loss | load |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in scale:
