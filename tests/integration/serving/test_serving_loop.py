@@ -619,9 +619,11 @@ def test_the_whole_loop(
         assert weak["status"] == "False" and gate["incumbent"] == f"{ADAPTER}.ftj-v2", gate
         [held_out] = gate["comparisons"]
         assert held_out["metric"] == "heldOutLoss" and held_out["ratio"] > 1 and not held_out["passed"], gate
+        # n reached status (the CRD once pruned it: an unquoted `n:` key is `false` to kubectl, yaml_for_go.py).
+        assert held_out["n"] == gate["heldOutExamples"] > 0 and len(held_out["ci95"]) == 2, gate
         _say(
             f"[loop] ftj-weak: loss {gate['adaptedLoss']} (base {gate['baseLoss']}) vs stable ftj-v2 "
-            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out.get('ci95')} on {held_out.get('n')} example(s): refused"
+            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out['ci95']} on {held_out['n']} example(s): refused"
         )
         wait_until(lambda: cluster.adapters().get("ftj-weak") == "Refused", timeout=60)
         assert all(f"{ADAPTER}.ftj-weak" not in json.dumps(r) for r in kuberay.routes())
