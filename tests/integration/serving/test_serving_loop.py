@@ -829,8 +829,12 @@ def test_the_whole_loop(
         )
         assert decisions["decision"] == "rollback" and decisions["reason"].startswith("bad-answer rate"), decisions
         wait_until(lambda: cluster.adapters().get("ftj-rated") == "RolledBack", timeout=120, what="ftj-rated status")
-        event = wait_until(lambda: cluster.events(BIGMODEL, "CanaryRolledBack"), timeout=60)
-        assert any(candidate in e.message and "bad-answer rate" in e.message for e in event), [e.message for e in event]
+        [event] = wait_until(
+            lambda: [e for e in cluster.events(BIGMODEL, "CanaryRolledBack") if candidate in e.message],
+            timeout=60,
+            what="the CanaryRolledBack Event",
+        )
+        assert event.type == "Warning" and "bad-answer rate" in event.message, event.message
         promoted = wait_until(
             lambda: (
                 (c := condition(cluster.get("finetunejobs", "ftj-rated"), "Promoted")).get("reason") == "RolledBack"
