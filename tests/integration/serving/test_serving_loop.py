@@ -829,11 +829,11 @@ def test_the_whole_loop(
         )
         assert decisions["decision"] == "rollback" and decisions["reason"].startswith("bad-answer rate"), decisions
         wait_until(lambda: cluster.adapters().get("ftj-rated") == "RolledBack", timeout=120, what="ftj-rated status")
-        [event] = wait_until(
+        event = wait_until(
             lambda: [e for e in cluster.events(BIGMODEL, "CanaryRolledBack") if candidate in e.message],
             timeout=60,
             what="the CanaryRolledBack Event",
-        )
+        )[0]
         assert event.type == "Warning" and "bad-answer rate" in event.message, event.message
         promoted = wait_until(
             lambda: (
