@@ -382,8 +382,12 @@ class FeedbackActor:
         except Exception as error:
             logger.warning("bigmodel feedback: could not prune old journals: %r", error)
 
-    def quality(self, model: str, since: float) -> tuple[int, int]:
-        """(rated, bad) of one served model's answers given since `since`, e.g. for a canary."""
+    def quality(self, model: str, since: float) -> tuple[int, int] | None:
+        """(rated, bad) of one served model's answers given since `since`, e.g. for a canary; None while a
+        restarted store has not been configured by a call yet (it has not read the ratings back: a (0, 0)
+        would wipe the canary's evidence until then)."""
+        if self._settings is None:
+            return None
         return self.book.quality(model, since)
 
     def scores(self, model: str) -> tuple[int, float]:

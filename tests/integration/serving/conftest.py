@@ -53,6 +53,9 @@ class ServingStack:
     application: dict[str, Any]
     server: Any = field(repr=False)
     feedback_dir: Path | None = None  # the feedback sink (test_serving_feedback.py)
+    # The Ray processes' BIGMODEL_KUBECONFIG (in a pod: the `<bigmodel>-serving` ServiceAccount): where the
+    # canary actor reports automatic decisions from. Absent until a test writes one (test_serving_loop.py).
+    report_kubeconfig: Path | None = None
 
     @property
     def api_key(self) -> str:
@@ -136,8 +139,17 @@ def serving(
     # The storage Secret's variables, as a pod has them: Ray's workers inherit them (test_serving_s3.py).
     os.environ.update(s3_server.env())
     os.environ["BIGMODEL_S3_CACHE"] = str(tmp_path_factory.mktemp("s3-cache"))
-    server = run_local(application, port=_free_port(), block=False, num_cpus=4)
+    # The Ray processes' identity for reports to Kubernetes, as a pod's ServiceAccount: set while Ray starts
+    # (its processes keep it), then taken back so that nothing else in this process (a trainer) uses it.
+    report_kubeconfig = tmp_path_factory.mktemp("serving-identity") / "kubeconfig"
+    os.environ["BIGMODEL_KUBECONFIG"] = str(report_kubeconfig)
     try:
-        yield ServingStack(server.url, keys_dir, keys, copy.deepcopy(application), server, feedback_dir)
+        server = run_local(application, port=_free_port(), block=False, num_cpus=4)
+    finally:
+        os.environ.pop("BIGMODEL_KUBECONFIG", None)
+    try:
+        yield ServingStack(
+            server.url, keys_dir, keys, copy.deepcopy(application), server, feedback_dir, report_kubeconfig
+        )
     finally:
         server.shutdown()

@@ -205,8 +205,9 @@ class KubeRay:
                 {key: self._local(value) if key in ("uri", "local_path") else value for key, value in entry.items()}
                 for entry in source.get("adapters") or []
             ]
-            if "routes" in source:
-                config["routes"] = source["routes"]
+            for key in ("routes", "rollout_report"):  # where the canary actor reports its decisions
+                if key in source:
+                    config[key] = source[key]
         self.serving.redeploy(application)
         self.rendered = rayservice["spec"]["serveConfigV2"]
         self.deployed = {d["name"]: d["user_config"] for d in application["deployments"]}
@@ -285,6 +286,43 @@ def _complete_pod(cluster: Cluster, job: str) -> None:
         ]
         body = {"status": {"phase": "Succeeded", "containerStatuses": statuses}}
         cluster.core.patch_namespaced_pod_status(pod.metadata.name, cluster.ns, body)
+
+
+def _serving_identity(cluster: Cluster, admin: Path, out: Path) -> None:
+    """The Ray pods' identity, as a pod has it: a token of the ServiceAccount `<bigmodel>-serving` the operator
+    made (its Role: patch this BigModel's status, create Events), in the kubeconfig the Ray processes read."""
+    from kubernetes import client
+
+    account = f"{BIGMODEL}-serving"
+    read_binding = client.RbacAuthorizationV1Api(cluster.core.api_client).read_namespaced_role_binding
+    cluster.wait_until(lambda: or_none(read_binding, account, cluster.ns), timeout=60, what=f"{account}'s binding")
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200))
+    token = cluster.core.create_namespaced_service_account_token(account, cluster.ns, request).status.token
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": "ray-pods", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "ray-pods"
+    out.write_text(yaml.safe_dump(config))
+
+
+def _feedback_records(serving: ServingStack) -> dict[str, list[dict[str, Any]]]:
+    """The feedback sink's records by completion id (the answers' journals and canary state are elsewhere)."""
+    assert serving.feedback_dir is not None
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(serving.feedback_dir.glob("feedback-*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            found.setdefault(record["id"], []).append(record)
+    return found
+
+
+def _kill_feedback_store(app_name: str) -> None:
+    """The feedback store's process dies (Ray restarts the detached actor, which configures itself again)."""
+    import ray
+
+    from bigmodel_serving import feedback
+
+    ray.kill(ray.get_actor(feedback.actor_name(app_name), namespace=feedback.ACTOR_NAMESPACE), no_restart=False)
 
 
 def _finetunejob(name: str, since: str, *, steps: int, max_loss_ratio: float, canary: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +428,81 @@ class Load:
                 self._stop.wait(max(0.0, self.period - (time.monotonic() - tick)))
 
 
+class Rated:
+    """What `_rate_until_rolled_back` saw."""
+
+    def __init__(self) -> None:
+        self.answer_statuses: list[int] = []
+        self.versions: dict[str, str] = {}  # completion id -> version that answered
+        self.posted: dict[str, int] = {}  # completion id -> rating sent
+        self.feedback_statuses: list[int] = []
+        self.posted_at_kill = 0
+        self.seconds_to_rollback = 0.0
+        self.seconds_after_kill = 0.0
+        self.reason = ""
+        self.candidate_errors: int | None = None
+
+
+KILL_AFTER_RATINGS = 16  # the feedback store dies with this many ratings sent, before the rule can decide
+
+
+def _rate_until_rolled_back(serving: ServingStack, cluster: Cluster, app_name: str, candidate: str, job: str) -> Rated:
+    """Requests on the route (one key, split per request); every answer rated as users would: 1 when the
+    candidate answered, 5 when the stable did, posted from 4 threads while the requests go on. The feedback
+    store is killed after KILL_AFTER_RATINGS ratings. Ends when the ingress (or already the operator) rolled
+    the candidate back; the reason comes from the ingress, or from status once the operator re-rendered."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    out = Rated()
+    lock = threading.Lock()
+
+    def rate(completion_id: str, rating: int) -> None:
+        with serving.http(serving.keys["alice"]) as client:
+            response = client.post("/v1/feedback", json={"id": completion_id, "rating": rating})
+        with lock:
+            out.feedback_statuses.append(response.status_code)
+
+    began = time.monotonic()
+    killed_at: float | None = None
+    deadline = began + 300
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(4) as pool, serving.http(serving.keys["alice"]) as client:
+        index = 0
+        while True:
+            state = _route_state(serving)
+            if state.get("decision") == "rolled_back" and state.get("candidate") == candidate:
+                out.reason = str(state["reason"])
+                out.candidate_errors = int((state["signals"].get("candidate") or {}).get("errors", 0))
+                break
+            if cluster.adapters().get(job) == "RolledBack":
+                status = cluster.get("bigmodels", BIGMODEL)["status"]
+                out.reason = str(status["rolloutDecisions"][candidate]["reason"])
+                break
+            assert time.monotonic() < deadline, f"not rolled back in 300 s: {state}"
+            for _ in range(4):
+                response = _complete(client, ROUTE, prompt=f"Question {index} for the rated canary")
+                index += 1
+                out.answer_statuses.append(response.status_code)
+                if response.status_code != 200:
+                    continue
+                completion_id = response.json()["id"]
+                version = response.headers[MODEL_HEADER]
+                out.versions[completion_id] = version
+                rating = 1 if version == f"{MODEL}:{candidate}" else 5
+                out.posted[completion_id] = rating
+                futures.append(pool.submit(rate, completion_id, rating))
+                if killed_at is None and len(out.posted) >= KILL_AFTER_RATINGS:
+                    _kill_feedback_store(app_name)
+                    killed_at, out.posted_at_kill = time.monotonic(), len(out.posted)
+        decided = time.monotonic()
+        for future in futures:
+            future.result()
+    assert killed_at is not None, "decided before the feedback store was killed"
+    out.seconds_to_rollback = decided - began
+    out.seconds_after_kill = decided - killed_at
+    return out
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -446,6 +559,8 @@ def test_the_whole_loop(
         cluster.create("bigmodels", body)
         kuberay.start()
         wait_until(lambda: kuberay.deploys >= 1, timeout=180, what=f"RayService deployed; {kuberay.errors}")
+        assert serving.report_kubeconfig is not None
+        _serving_identity(cluster, kubeconfig, serving.report_kubeconfig)
         before = _engine_replicas(app_name)
         _step("BigModel to deployed", started)
 
@@ -619,9 +734,11 @@ def test_the_whole_loop(
         assert weak["status"] == "False" and gate["incumbent"] == f"{ADAPTER}.ftj-v2", gate
         [held_out] = gate["comparisons"]
         assert held_out["metric"] == "heldOutLoss" and held_out["ratio"] > 1 and not held_out["passed"], gate
+        # n reached status (the CRD once pruned it: an unquoted `n:` key is `false` to kubectl, yaml_for_go.py).
+        assert held_out["n"] == gate["heldOutExamples"] > 0 and len(held_out["ci95"]) == 2, gate
         _say(
             f"[loop] ftj-weak: loss {gate['adaptedLoss']} (base {gate['baseLoss']}) vs stable ftj-v2 "
-            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out.get('ci95')} on {held_out.get('n')} example(s): refused"
+            f"{held_out['incumbent']}: ratio {held_out['ratio']} CI {held_out['ci95']} on {held_out['n']} example(s): refused"
         )
         wait_until(lambda: cluster.adapters().get("ftj-weak") == "Refused", timeout=60)
         assert all(f"{ADAPTER}.ftj-weak" not in json.dumps(r) for r in kuberay.routes())
@@ -646,7 +763,10 @@ def test_the_whole_loop(
             )
             deadline = time.monotonic() + 300
             statuses: list[int] = []
-            while _route_state(serving).get("decision") != "rolled_back":
+            # The ingress's decision, or already the operator's (the report made it RolledBack, candidate: null).
+            while _route_state(serving).get("decision") != "rolled_back" and (
+                cluster.adapters().get("ftj-broken") != "RolledBack"
+            ):
                 assert time.monotonic() < deadline, _route_state(serving)
                 for key in list(canary_keys.values())[:40]:
                     with serving.http(key) as client:
@@ -658,6 +778,77 @@ def test_the_whole_loop(
         assert load.failed == []
         assert set(statuses) == {200}, "the candidate's failures were answered by the stable version"
         assert cluster.adapters()["ftj-v2"] == "Stable"
+        wait_until(lambda: cluster.adapters().get("ftj-broken") == "RolledBack", timeout=120, what="ftj-broken status")
+        broken = cluster.get("bigmodels", BIGMODEL)["status"]["rolloutDecisions"][f"{ADAPTER}.ftj-broken"]
+        assert broken["decision"] == "rollback" and broken["reason"].startswith("error rate"), broken
+        _say(f"[loop] ftj-broken rolled back by the ingress: {broken['reason']}")
+
+        # 8. Issue 19: a candidate that answers 200 but whose answers users rate bad is rolled back by quality
+        #    alone (default rule: quality required, latency 1.5x, error rate); meanwhile the feedback store is
+        #    killed while answers and ratings flow: no rating lost, none answered other than 200.
+        started = time.monotonic()
+        candidate = f"{ADAPTER}.ftj-rated"
+        canary = {"weight": 50, "split": "request"}  # one client key: the split is drawn per request
+        cluster.create("finetunejobs", _finetunejob("ftj-rated", since, steps=20, max_loss_ratio=1.02, canary=canary))
+        trained("ftj-rated")
+        _complete_pod(cluster, "ftj-rated")
+        succeeded("ftj-rated")
+        wait_until(
+            lambda: (
+                _route_state(serving).get("candidate") == candidate
+                and _route_state(serving).get("decision") == "canary"
+            ),
+            timeout=120,
+            what=f"ftj-rated on trial in the ingress; {kuberay.errors}",
+        )
+        rated = _rate_until_rolled_back(serving, cluster, app_name, candidate, "ftj-rated")
+        _step("rolled back on ratings", started)
+        assert set(rated.answer_statuses) == {200}, "every answer was a 200"
+        assert rated.feedback_statuses == [200] * len(rated.posted), "every valid feedback was a 200"
+        records = _feedback_records(serving)
+        lost = [i for i, rating in rated.posted.items() if rating not in [r["rating"] for r in records.get(i, [])]]
+        assert lost == [], f"{len(lost)} feedback lost of {len(rated.posted)}"
+        by_version = {v: sum(1 for x in rated.versions.values() if x == v) for v in set(rated.versions.values())}
+        _say(
+            f"[loop] ftj-rated: {len(rated.answer_statuses)} answers (all 200; by version {by_version}), "
+            f"{len(rated.posted)} ratings (1 on the candidate's answers, 5 on the stable's), the feedback store "
+            f"killed after {rated.posted_at_kill}: 0 lost, 0 non-200"
+        )
+        _say(
+            f"[loop] ftj-rated rolled back {rated.seconds_to_rollback:.1f} s after its first answer "
+            f"({rated.seconds_after_kill:.1f} s after the kill): {rated.reason}"
+        )
+        # By quality alone: the only signal worse is the bad-answer rate (one clause, no errors on the candidate).
+        assert rated.reason.startswith("bad-answer rate") and ";" not in rated.reason, rated.reason
+        assert rated.candidate_errors in (None, 0), rated.candidate_errors
+        # ... and status and Events say so.
+        decisions = wait_until(
+            lambda: (cluster.get("bigmodels", BIGMODEL).get("status") or {}).get("rolloutDecisions", {}).get(candidate),
+            timeout=120,
+            what="the decision in status.rolloutDecisions",
+        )
+        assert decisions["decision"] == "rollback" and decisions["reason"].startswith("bad-answer rate"), decisions
+        wait_until(lambda: cluster.adapters().get("ftj-rated") == "RolledBack", timeout=120, what="ftj-rated status")
+        event = wait_until(
+            lambda: [e for e in cluster.events(BIGMODEL, "CanaryRolledBack") if candidate in e.message],
+            timeout=60,
+            what="the CanaryRolledBack Event",
+        )[0]
+        assert event.type == "Warning" and "bad-answer rate" in event.message, event.message
+        promoted = wait_until(
+            lambda: (
+                (c := condition(cluster.get("finetunejobs", "ftj-rated"), "Promoted")).get("reason") == "RolledBack"
+                and c
+            ),
+            timeout=120,
+        )
+        assert promoted["status"] == "False", promoted
+        wait_until(
+            lambda: all(candidate not in json.dumps(r) for r in kuberay.routes()),
+            timeout=120,
+            what="ftj-rated out of the rendered route",
+        )
+        assert cluster.adapters()["ftj-v2"] == "Stable"
         assert _engine_replicas(app_name) == before
         _say(f"[loop] KubeRay: {kuberay.deploys} deploys, errors retried: {kuberay.errors}")
         assert not kuberay.reloads, (
@@ -666,6 +857,8 @@ def test_the_whole_loop(
     finally:
         kuberay.stop()
         cluster.delete_feedback_volume()
+        if serving.report_kubeconfig is not None:
+            serving.report_kubeconfig.unlink(missing_ok=True)
         for name in canary_keys:
             (serving.keys_dir / name).unlink(missing_ok=True)
         serving.redeploy(serving.application)

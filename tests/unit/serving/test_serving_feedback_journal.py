@@ -69,6 +69,7 @@ def test_a_restarted_store_configures_itself_and_finds_every_answer_and_rating(t
     assert before.feedback("c0", "alice", 1, None, _settings(tmp_path))["status"] == "recorded"
     # Ray restarts the actor: a fresh object, never configured, whose first call carries the settings.
     after = FeedbackActor(wall=lambda: NOW)
+    assert after.quality("tiny:bot.v2", since=NOW - 60) is None  # not read back yet: no counts, not (0, 0)
     assert after.feedback("c1", "alice", 5, "better", _settings(tmp_path)) == {"status": "recorded"}
     assert after.feedback("c2", "bob", 5, None, _settings(tmp_path)) == {"status": "not_found"}  # another key's
     assert after.quality("tiny:bot.v2", since=NOW - 60) == (2, 2)  # rating 1 (read back) and a correction
