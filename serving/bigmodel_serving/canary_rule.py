@@ -259,10 +259,12 @@ def describe(
     name = "error rate" if signal == "errors" else "bad-answer rate"
     unit = "requests" if signal == "errors" else "ratings"
     margin = settings.margin(signal)
+    # Two shares differ by at most 100 points: the printed bound is clipped there (the decision is not).
+    low, high = max(difference - width, -1.0), min(difference + width, 1.0)
     return (
         f"{name} {_share(c):.1%} vs stable {_share(s):.1%} over {c.n}/{s.n} {unit}: "
-        f"{difference * 100:+.1f} points, {level} bound [{(difference - width) * 100:+.1f}, "
-        f"{(difference + width) * 100:+.1f}] vs margin {margin * 100:g}: {verdict}"
+        f"{difference * 100:+.1f} points, {level} bound [{low * 100:+.1f}, "
+        f"{high * 100:+.1f}] vs margin {margin * 100:g}: {verdict}"
     )
 
 

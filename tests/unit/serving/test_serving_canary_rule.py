@@ -172,3 +172,22 @@ def test_reasons_carry_the_numbers() -> None:
         *[{s: (a.of(s).n, a.of(s).total, a.of(s).squares) for s in SIGNALS} for a in (candidate, stable)],
     )
     assert "undecided" in describe("errors", settings, candidate, stable, per["errors"])
+
+
+def test_the_printed_bound_of_a_share_difference_stays_within_100_points() -> None:
+    """Few requests make the bound wider than two shares can differ: the reason prints it clipped at ±100."""
+    candidate, stable = ArmStats(), ArmStats()
+    for index in range(5):
+        candidate.record(index < 4, 0.2)
+    for _ in range(5):
+        stable.record(False, 0.2)
+    settings = RuleSettings()
+    _, _, per = verdicts(
+        settings,
+        *[{s: (a.of(s).n, a.of(s).total, a.of(s).squares) for s in SIGNALS} for a in (candidate, stable)],
+    )
+    difference, width, _, _ = per["errors"]
+    assert difference + width > 1.0  # the raw bound is wider than a share can be
+    text = describe("errors", settings, candidate, stable, per["errors"])
+    low, high = (float(part.strip()) for part in text.split(" bound [")[1].split("]")[0].split(","))
+    assert -100.0 <= low <= high <= 100.0
