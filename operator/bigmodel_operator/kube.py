@@ -28,6 +28,7 @@ import yaml
 from bigmodel_operator.config import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
+ABSENT_PRECONDITION = "1"  # Kube.apply(if_absent=True): the resourceVersion no stored object has
 JsonPatch = list[dict[str, Any]]  # RFC 6902 operations (named here: `Kube.list` shadows the builtin in its body)
 
 
@@ -234,11 +235,20 @@ class Kube:
         result = await self.request("GET", path_of(kind, namespace), params=params)
         return list((result or {}).get("items") or [])
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply `obj` under our one field manager (force: we own these fields)."""
+    async def apply(self, obj: dict[str, Any], *, if_absent: bool = False) -> dict[str, Any]:
+        """Server-side apply `obj` under our one field manager (force: we own these fields).
+
+        if_absent: create it, or raise ApiError 409 if an object of that name exists (and leave that one as it
+        is), in one round trip instead of a GET and an apply. The apply carries a resourceVersion precondition
+        no live object can match (etcd's first revision, before any write): the apiserver ignores it when it
+        creates and refuses the apply with 409 Conflict when the object exists. A POST would do the same but
+        record its fields as an Update, which later applies cannot remove (SSA's field ownership).
+        """
         meta = obj["metadata"]
         path = path_of(obj["kind"], meta.get("namespace"), meta["name"])
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        if if_absent:
+            obj = {**obj, "metadata": {**meta, "resourceVersion": ABSENT_PRECONDITION}}
         try:
             result = await self.request(
                 "PATCH", path, body=obj, content_type="application/apply-patch+yaml", params=params

@@ -330,19 +330,39 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children in order (write_children turns what the apiserver refuses into blockers)."""
+        """Apply the children in two rounds of concurrent writes (write_children turns what the apiserver refuses
+        into blockers). First everything the Ray pods need: the policy (so they never run with their ports open),
+        the keys Secret they mount, and the account and Role they run as; then the RayService (and Ingress) beside
+        the RoleBinding, which must follow its Role (children.py: ensure_children). A pod that starts before its
+        binding exists only lacks a permission for a moment; nothing of the RayService waits on it."""
         meta = body["metadata"]
-        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        # Everything the Ray pods need first, together: the policy (so they never run with their ports open),
-        # the keys Secret they mount and the identity they run as.
+        name = meta["name"]
+        identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
         before: list[Awaitable[Any]] = [
             self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
-            ensure_children(self.kube, self.state, build_serving_identity(body), body),
+            ensure_children(self.kube, self.state, [d for d in identity if d["kind"] != "RoleBinding"], body),
         ]
         if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
             before.append(self._create_api_keys(body, keys))
         await first_failure(*before)
+        bindings = [d for d in identity if d["kind"] == "RoleBinding"]
+        await first_failure(
+            self._apply_rayservice(body, spec, place, obs, promotions),
+            ensure_children(self.kube, self.state, bindings, body),
+        )
+
+    async def _apply_rayservice(
+        self,
+        body: dict[str, Any],
+        spec: BigModelSpec,
+        place: Placement,
+        obs: BigModelObservation,
+        promotions: Promotions,
+    ) -> None:
+        """The RayService, then the Ingress in front of it (or its removal)."""
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_operator import naming
-from bigmodel_operator.kube import Kube
+from bigmodel_operator.kube import ApiError, Kube
 from bigmodel_operator.reconcile.state import OWNER_LABELS, ClusterState
 
 NOT_ADOPTED = frozenset({"Job"})
@@ -97,14 +97,25 @@ async def ensure_child(
     """Apply `desired` unless the live child already carries the same spec hash.
 
     create_only: never update an existing child (a Job's pod template is immutable).
+    A child the watch cache does not hold is created in one round trip (`Kube.apply(if_absent=True)`): only
+    when one of that name exists after all (a user's, or one the watch has not delivered yet) is it read and
+    checked like a cached one.
     """
     meta = desired["metadata"]
     kind, namespace, name = desired["kind"], meta["namespace"], meta["name"]
     current = state.get(kind, namespace, name)
     if current is None:
-        current = await kube.get(kind, namespace, name)
-        if current is not None:
-            state.put(current)
+        try:
+            created = await kube.apply(desired, if_absent=True)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            current = await kube.get(kind, namespace, name)
+            if current is not None:
+                state.put(current)
+        else:
+            state.put(created)
+            return ApplyResult(created, "created")
     action = "created"
     if current is not None:
         controlled = check_control(current, owner)

@@ -242,7 +242,7 @@ class FakeKube:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return None
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: dict[str, Any], *, if_absent: bool = False) -> dict[str, Any]:
         if obj["kind"] in self.refuse:
             message = 'Ingress.networking.k8s.io "x" is invalid: metadata.annotations: Invalid value: "a b"'
             error = ApiError(422, json.dumps({"message": message}), "PATCH", "/x")

@@ -61,9 +61,11 @@ class FakeKube:
         self._note("GET")
         return []
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: dict[str, Any], *, if_absent: bool = False) -> dict[str, Any]:
         self._note("PATCH")
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if if_absent and key in self.objects:  # the apiserver's answer to the resourceVersion precondition
+            raise ApiError(409, json.dumps({"message": "the object has been modified"}), "PATCH", key[2])
         live = copy.deepcopy(obj)
         if key in self.objects:
             live["metadata"]["uid"] = self.objects[key]["metadata"]["uid"]
