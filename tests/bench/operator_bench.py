@@ -7,6 +7,12 @@ the cluster. The floor, in the same run: a bare client that creates the same Big
 writes the operator makes for each (NetworkPolicy, keys Secret, ServiceAccount, Role, RoleBinding,
 RayService, status), 32 BigModels in flight. Run through `make bench` (needs the control plane, which
 `make bench` starts).
+
+Knobs (environment): BIGMODEL_BENCH_COUNT (1000), BIGMODEL_BENCH_JOBS (200) and BIGMODEL_BENCH_JOB_TARGETS (50),
+BIGMODEL_BENCH_IDLE_SECONDS (45); BIGMODEL_BENCH_DOC=0 prints the section instead of writing docs/benchmarks.md
+(smoke runs); BIGMODEL_BENCH_PROFILE=1 runs the operator under py-spy (in the venv) and leaves its samples in
+.cluster/logs/<namespace>.pyspy.txt (collapsed stacks). The cluster is the one .cluster/kubeconfig names
+(BIGMODEL_CLUSTER_PORT picks it when `make cluster-up` starts it).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -79,7 +86,15 @@ async def write_counts(kube: Kube) -> dict[str, float]:
     return counts
 
 
-METRICS = "127.0.0.1:18081"
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+METRICS = f"127.0.0.1:{_free_port()}"  # the operator's /metrics: a free port, so that two worktrees can bench at once
+PROFILE = os.environ.get("BIGMODEL_BENCH_PROFILE") == "1"
 
 
 async def _metrics(kube: Kube) -> str:
@@ -369,9 +384,13 @@ async def ours(kube: Kube, operator: psutil.Process, namespace: str) -> dict[str
 
 def start_operator(config_path: Path, namespace: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "BIGMODEL_OFFLINE": "1"}
-    log = (REPO / ".cluster" / "logs" / "bench-operator.log").open("wb")
+    logs = REPO / ".cluster" / "logs"
+    log = (logs / "bench-operator.log").open("wb")
+    spy = Path(sys.executable).parent / "py-spy"
+    profile = [str(spy), "record", "--format", "raw", "-r", "100", "-o", str(logs / f"{namespace}.pyspy.txt"), "--"]
     return subprocess.Popen(
         [
+            *(profile if PROFILE else []),
             sys.executable,
             "-m",
             "bigmodel_operator.cli",
@@ -394,7 +413,7 @@ async def scenario(kube: Kube, config_path: Path, namespace: str, finetunejobs: 
     try:
         await asyncio.sleep(4)
         process = psutil.Process(proc.pid)
-        if os.environ.get("BIGMODEL_BENCH_PROFILE") == "1":
+        if PROFILE:  # py-spy's child is the operator
             await asyncio.sleep(2)
             process = process.children()[0]
         settled = None
@@ -419,6 +438,7 @@ async def main() -> int:
     config_path = REPO / ".cluster" / "bench-operator.yaml"
     config_path.write_text(yaml.safe_dump({"resync_seconds": 15, "metrics_address": METRICS}))
     namespaces = ["bench-floor", "bench-operator", "bench-operator-ftj"]
+    load_before = os.getloadavg()[0]
     try:
         print(f"floor: {COUNT} BigModels and the operator's writes for them, by a bare client ...", flush=True)
         base = await floor(kube)
@@ -431,11 +451,11 @@ async def main() -> int:
         for namespace in namespaces:
             await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
         await kube.close()
-    report(base, plain, with_jobs)
+    report(base, plain, with_jobs, (load_before, os.getloadavg()[0]))
     return 0
 
 
-def report(base: dict[str, Any], plain: dict[str, Any], jobs: dict[str, Any]) -> None:
+def report(base: dict[str, Any], plain: dict[str, Any], jobs: dict[str, Any], load: tuple[float, float]) -> None:
     bp = base["paced"]
     writes_floor = 8  # BigModel, NetworkPolicy, Secret, ServiceAccount, Role, RoleBinding, RayService, status
 
@@ -486,7 +506,8 @@ makes (NetworkPolicy, API-keys Secret, ServiceAccount, Role, RoleBinding, RaySer
 writes with the create), {CONCURRENCY} BigModels in flight; its paced row is a RayService create → ADDED (the
 watch's own latency). "With FineTuneJobs": the same run into a namespace that already holds {JOB_TARGETS} BigModels and
 {JOBS} FineTuneJobs deploying to them (their Jobs ran on KWOK; every job had a status after
-{jobs.get("populated_s") or 0:.0f} s). Operator resync period 15 s.
+{jobs.get("populated_s") or 0:.0f} s). Operator resync period 15 s. The machine is shared: its load average (1 min)
+was {load[0]:.1f} when the run started and {load[1]:.1f} when it ended ({os.cpu_count()} cores).
 
 | measure | floor (bare client) | operator | operator, with {JOBS} FineTuneJobs on {JOB_TARGETS} BigModels |
 |---|---|---|---|
@@ -500,6 +521,9 @@ How: every reconcile-path lookup is an index of the watch cache (children by own
 BigModel they deploy to), the children a RayService needs are written at once, and each reconcile records the
 versions of what it read: a resync skips every object whose inputs did not move (docs/development.md).
 """
+    if os.environ.get("BIGMODEL_BENCH_DOC", "1") == "0":
+        print(body)
+        return
     write_section(f"Operator: {COUNT:,} BigModels", body)
 
 
