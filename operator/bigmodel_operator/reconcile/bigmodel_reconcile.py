@@ -40,6 +40,7 @@ from bigmodel_operator.reconcile.base_reconciler import BaseReconciler, ChildWri
 from bigmodel_operator.reconcile.children import (
     NotControlledError,
     OldChildError,
+    check_cached,
     check_control,
     ensure_child,
     ensure_children,
@@ -330,49 +331,47 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children in two rounds of concurrent writes (write_children turns what the apiserver refuses
-        into blockers). First everything the Ray pods need: the policy (so they never run with their ports open),
-        the keys Secret they mount, and the account and Role they run as; then the RayService (and Ingress) beside
-        the RoleBinding, which must follow its Role (children.py: ensure_children). A pod that starts before its
-        binding exists only lacks a permission for a moment; nothing of the RayService waits on it."""
+        """Apply the children (write_children turns what the apiserver refuses into blockers), concurrently: the
+        RayService waits only for its NetworkPolicy, so that the Ray pods never run with their ports open; the
+        account, Role and RoleBinding (after its Role: ensure_children) and the keys Secret go beside them. A Ray
+        pod cannot start before its ServiceAccount and keys Secret exist (the apiserver refuses the pod, the
+        kubelet waits for the volume), and KubeRay creates the pods well after these writes return.
+        Children of an earlier BigModel of this name stop everything before the first write (check_cached)."""
         meta = body["metadata"]
         name = meta["name"]
         identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
-        before: list[Awaitable[Any]] = [
-            self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
-            ensure_children(self.kube, self.state, [d for d in identity if d["kind"] != "RoleBinding"], body),
+        rayservice = build_rayservice(body, spec, place, self.config, promotions)
+        ingress = build_ingress(body, spec, self.config)
+        check_cached(self.state, [c for c in (policy, *identity, rayservice, ingress) if c is not None], body)
+        steps: list[Awaitable[Any]] = [
+            self._policy_then_rayservice(body, policy, rayservice, ingress, obs),
+            ensure_children(self.kube, self.state, identity, body),
         ]
         if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
-            before.append(self._create_api_keys(body, keys))
-        await first_failure(*before)
-        bindings = [d for d in identity if d["kind"] == "RoleBinding"]
-        await first_failure(
-            self._apply_rayservice(body, spec, place, obs, promotions),
-            ensure_children(self.kube, self.state, bindings, body),
-        )
+            steps.append(self._create_api_keys(body, keys))
+        await first_failure(*steps)
 
-    async def _apply_rayservice(
+    async def _policy_then_rayservice(
         self,
         body: dict[str, Any],
-        spec: BigModelSpec,
-        place: Placement,
+        policy: dict[str, Any] | None,
+        rayservice: dict[str, Any],
+        ingress: dict[str, Any] | None,
         obs: BigModelObservation,
-        promotions: Promotions,
     ) -> None:
-        """The RayService, then the Ingress in front of it (or its removal)."""
+        """The NetworkPolicy, then the RayService, then the Ingress in front of it (or its removal)."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        rayservice = build_rayservice(body, spec, place, self.config, promotions)
+        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
         result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body
         self.announce_child(body, result)
         await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
-        desired_ingress = build_ingress(body, spec, self.config)
-        if desired_ingress is not None:
-            ing = await ensure_child(self.kube, self.state, desired_ingress, body)
-            obs.ingress = ing.body
-            self.announce_child(body, ing)
+        if ingress is not None:
+            applied = await ensure_child(self.kube, self.state, ingress, body)
+            obs.ingress = applied.body
+            self.announce_child(body, applied)
         elif self.state.get("Ingress", namespace, naming.ingress_name(name)) and await remove_child(
             self.kube, self.state, "Ingress", namespace, naming.ingress_name(name), uid
         ):

@@ -127,6 +127,17 @@ async def ensure_child(
     return ApplyResult(applied, action)
 
 
+def check_cached(state: ClusterState, desired: list[dict[str, Any]], owner: dict[str, Any]) -> None:
+    """`check_control` for every desired child the cache holds, before any write: a child left by an earlier
+    owner of the same name (or one we do not control) stops the whole pass before it writes anything beside it.
+    The watch caches every child we labelled; one it does not hold is found by its create's 409 (ensure_child)."""
+    for child in desired:
+        meta = child["metadata"]
+        current = state.get(child["kind"], meta["namespace"], meta["name"])
+        if current is not None:
+            check_control(current, owner)
+
+
 async def first_failure(*steps: Awaitable[Any]) -> list[Any]:
     """Run independent steps at once (a reconcile then waits for one round trip instead of one per step); once
     all have finished, raise the first failure in argument order, so the outcome does not depend on timing."""

@@ -63,6 +63,31 @@ def test_job_runs_on_gpu_node_and_succeeds(
     assert status["plan"]["gpusNeeded"] == 1 if "plan" in status else True
 
 
+def test_the_trainer_pod_requests_ephemeral_storage_and_bounds_every_empty_dir(
+    api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """Issue 21: the trainer's local disk is requested and bounded — its model cache and /tmp cannot fill the
+    node. Read from the pod the Job controller made, as the kubelet gets it."""
+    from kubernetes import client
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", _ftj("disk"))
+    core = client.CoreV1Api(api_client)
+    pod = wait_until(
+        lambda: next(
+            iter(core.list_namespaced_pod(namespace, label_selector="bigmodel.io/finetunejob=disk").items), None
+        ),
+        timeout=60,
+    )
+    containers = [*(pod.spec.init_containers or []), *pod.spec.containers]
+    for container in containers:
+        assert container.resources.requests.get("ephemeral-storage"), container.name
+        assert container.resources.limits.get("ephemeral-storage"), container.name
+    empty_dirs = [v for v in pod.spec.volumes if v.empty_dir is not None]
+    assert empty_dirs, "the trainer mounts its caches and /tmp as emptyDirs"
+    for volume in empty_dirs:
+        assert volume.empty_dir.size_limit, volume.name
+
+
 def test_failing_pod_fails_the_job_with_its_reason(
     api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
