@@ -84,6 +84,12 @@ class Operator:
                 await asyncio.wait_for(self.runner.idle.wait(), EVENT_HOLD_SECONDS)
             await post_event(self.kube, body, type_, reason, message)
 
+    def remembered(self) -> int:
+        """Entries the operator keeps per object, over every table (the cache and its indexes, the runner, the
+        reconcilers' per-uid memory): back to 0 once every object it watched is gone (metric
+        bigmodel_operator_remembered_entries; nothing may grow with objects that come and go)."""
+        return self.state.entries() + self.runner.tracked() + self.bigmodels.entries()
+
     def reconciler(self, kind: str) -> BaseReconciler:
         return self.bigmodels if kind == "BigModel" else self.finetunejobs
 

@@ -76,6 +76,11 @@ def render(operator: Operator) -> str:
         "# TYPE bigmodel_operator_events_queued gauge",
         f"bigmodel_operator_events_queued {operator.events.qsize()}",
     ]
+    lines += [
+        "# HELP bigmodel_operator_remembered_entries Entries kept per object (cache, runner, per-uid memory).",
+        "# TYPE bigmodel_operator_remembered_entries gauge",
+        f"bigmodel_operator_remembered_entries {operator.remembered()}",
+    ]
     lines += cost_lines(operator.state.written_status)
     lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
     for kind in operator.state.kinds():

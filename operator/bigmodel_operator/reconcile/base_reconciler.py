@@ -74,17 +74,35 @@ class BaseReconciler:
         body = self.state.get(*key)
         if body is None:
             return
-        with self.state.recording(key) as reads:
-            try:
-                await self.reconcile(body)
-            except (AlreadyReportedError, RetryLaterError):
-                self.state.unsettle(key)
-                raise
-            except Exception as error:
-                self.state.unsettle(key)
-                await self.report_failure(body, error)
-                raise
-        self.state.settle(key, reads)
+        try:
+            with self.state.recording(key) as reads:
+                try:
+                    await self.reconcile(body)
+                except (AlreadyReportedError, RetryLaterError):
+                    self.state.unsettle(key)
+                    raise
+                except Exception as error:
+                    self.state.unsettle(key)
+                    await self.report_failure(body, error)
+                    raise
+            self.state.settle(key, reads)
+        finally:
+            self._forget_if_gone(key, body)
+
+    def _forget_if_gone(self, key: Key, body: dict[str, Any]) -> None:
+        """The object was deleted while its run was under way (its DELETED event already dropped what was kept of
+        it): drop what the run remembered again (settled reads, the status it wrote, per-uid memory). When a new
+        object of the same name is there already, what the run kept under the name is not the new one's either
+        (runs of one name never overlap: the new one's has not started)."""
+        current = self.state.get(*key)
+        if current is not None and current["metadata"].get("uid") == body["metadata"].get("uid"):
+            return
+        if current is None:
+            self.state.drop(*key)
+        else:
+            self.state.written_status.pop(key, None)
+            self.state.unsettle(key)
+        self.forget(body)
 
     # --- status ---
 

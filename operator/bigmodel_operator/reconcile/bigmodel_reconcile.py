@@ -179,6 +179,11 @@ class BigModelReconciler(BaseReconciler):
         obs.engine_starting = found.starting
         obs.startup_phase = (found.current or {}).get("phase")
 
+    def entries(self) -> int:
+        """Per-uid memory: generated keys, adapter phases, cold starts, worker bounds (0 once every object is gone)."""
+        tables = len(self.keys_created) + len(self.adapter_phases)
+        return tables + self.coldstarts.entries() + self.worker_bounds.entries()
+
     def forget(self, body: dict[str, Any]) -> None:
         uid = body["metadata"].get("uid", "")
         self.keys_created.discard(uid)

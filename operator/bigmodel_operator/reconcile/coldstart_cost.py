@@ -116,6 +116,9 @@ class ColdStartTracker:
             posted.add(key)
             self.emit(body, "Warning", reason, message)
 
+    def entries(self) -> int:
+        return len(self.had_replica) + len(self.announced)
+
     def forget(self, uid: str) -> None:
         self.had_replica.pop(uid, None)
         self.announced.pop(uid, None)

@@ -69,6 +69,9 @@ class WorkerBoundsSync:
         self._in_line: dict[tuple[str, str, str], str] = {}  # (namespace, cluster, RayService uid) -> signature
         self._warned: dict[tuple[str, str, str], str] = {}  # the last Warning posted per cluster
 
+    def entries(self) -> int:
+        return len(self._in_line) + len(self._warned)
+
     def forget(self, rayservice_uid: str) -> None:
         """Drop what is remembered about the clusters of a RayService that is gone."""
         for table in (self._in_line, self._warned):

@@ -206,6 +206,12 @@ class ClusterState:
     def count(self, kind: str) -> int:
         return len(self._kinds.get(kind, {}))
 
+    def entries(self) -> int:
+        """Everything kept per object (cache, index buckets, settled reads, written statuses, model pods): 0 once
+        every object it saw is gone (the GPU products of nodes aside)."""
+        tables = (self._objects, self._buckets, self._bucket_versions, self._settled, self.written_status)
+        return sum(len(table) for table in tables) + len(self.model_pods)
+
     def kinds(self) -> list[str]:
         return sorted(kind for kind, names in self._kinds.items() if names)
 

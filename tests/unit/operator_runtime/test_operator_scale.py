@@ -214,6 +214,7 @@ def test_a_deleted_object_leaves_nothing_behind() -> None:
         operator.trigger("FineTuneJob", "team-a", "gone-job")
         await settle(operator, kube)
         assert bm["metadata"]["uid"] in operator.bigmodels.keys_created
+        assert operator.remembered() > 0
         for (kind, namespace, name), obj in list(kube.objects.items()):
             if operator.state.get(kind, namespace, name) is not None:
                 _track(operator, {"type": "DELETED", "object": obj})  # type: ignore[typeddict-item]
@@ -222,5 +223,39 @@ def test_a_deleted_object_leaves_nothing_behind() -> None:
         assert not operator.state.written_status
         assert operator.runner.tracked() == 0
         assert not operator.bigmodels.keys_created and not operator.bigmodels.adapter_phases
+        assert operator.remembered() == 0  # what bigmodel_operator_remembered_entries reports
+
+    asyncio.run(main())
+
+
+def test_an_object_deleted_while_its_reconcile_runs_leaves_nothing_behind() -> None:
+    """The DELETED event arrives while a reconcile of the object is under way (it waits on the apiserver): what
+    that run remembers after the event (settled reads, status written, per-uid memory) must go too."""
+    from bigmodel_operator.handlers import _track
+
+    async def main() -> None:
+        kube = FakeKube()
+        gate = asyncio.Event()
+        apply = kube.apply
+
+        async def slow_apply(obj: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            await gate.wait()
+            return await apply(obj, **kwargs)
+
+        kube.apply = slow_apply  # type: ignore[method-assign]
+        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+        bm = kube.put(tiny_bigmodel("racy"))
+        operator.state.put(bm)
+        operator.trigger("BigModel", "team-a", "racy")
+        await asyncio.sleep(0.05)
+        assert operator.runner.running == 1  # waiting in its first child write
+        kube.objects.pop(("BigModel", "team-a", "racy"))
+        _track(operator, {"type": "DELETED", "object": bm})  # type: ignore[typeddict-item]
+        gate.set()
+        await operator.runner.drain()
+        for (kind, namespace, name), obj in list(kube.objects.items()):  # garbage collection of its children
+            if operator.state.get(kind, namespace, name) is not None:
+                _track(operator, {"type": "DELETED", "object": obj})  # type: ignore[typeddict-item]
+        assert operator.remembered() == 0, (operator.state.entries(), operator.bigmodels.entries())
 
     asyncio.run(main())
