@@ -17,11 +17,13 @@ from bigmodel_training.config import TrainerConfig
 from bigmodel_training.errors import EXIT_CONFIG, EXIT_DATASET, EXIT_TERMINATED, EXIT_UNSUPPORTED
 
 
-def _start(config: TrainerConfig, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(
+    config: TrainerConfig, tmp_path: Path, name: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     config_file = tmp_path / f"{name}.json"
     config_file.write_text(config.to_json())
     termination = tmp_path / f"{name}.termination-log"
-    env = {**os.environ, "BIGMODEL_TERMINATION_LOG": str(termination), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "BIGMODEL_TERMINATION_LOG": str(termination), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "bigmodel_training", "--config", str(config_file)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -156,3 +158,84 @@ def test_a_dataset_on_an_internal_address_is_refused_before_any_request(
     message = json.loads(termination.read_text())["message"]
     assert "loopback" in message and "refused" in message, message
     assert seen == [], "the trainer must not have sent the request"
+
+
+class _Recorder:
+    """An HTTP server on every local address that records the paths it is asked for (and serves nothing)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen = seen
+        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_dataset_host_name_that_resolves_to_an_internal_address_is_refused(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    """Issue 21 (SSRF after DNS): a host *name* that passes every literal check but resolves to an internal
+    address (here this machine's own name, which /etc/hosts maps to loopback) is refused by the real trainer
+    process after resolving it, before any connection."""
+    import socket
+
+    import pytest
+
+    from bigmodel_contract.fetch_addresses import literal_host_problem, refused_address
+
+    host = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        pytest.skip(f"this machine's name {host!r} does not resolve")
+    if literal_host_problem(host) or not refused_address(str(address)):
+        pytest.skip(f"{host!r} is refused by name alone or resolves to a public address ({address})")
+    recorder = _Recorder()
+    try:
+        uri = f"http://{host}:{recorder.port}/train.jsonl"
+        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf-dns")
+        code, output = _finish(process)
+    finally:
+        recorder.close()
+    assert code == EXIT_CONFIG, output
+    message = json.loads(termination.read_text())["message"]
+    assert host in message and "refused" in message, message
+    assert recorder.seen == [], "the trainer must not have connected"
+
+
+def test_a_dataset_symlinked_out_of_its_claim_is_refused_before_it_is_read(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    """Issue 21 (one path rule, symlinks resolved where the file is read): on the claim's volume the dataset file
+    is a symlink to a file outside the claim; the real trainer process refuses it and trains on nothing."""
+    from bigmodel_training.errors import EXIT_IO
+
+    mount = tmp_path / "mnt"
+    (mount / "data").mkdir(parents=True)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text((tmp_path / "train.jsonl").read_text())  # a valid dataset: reading it would train
+    (mount / "data" / "train.jsonl").symlink_to(outside)
+    config = make_config(dataset={"uri": "pvc://data/train.jsonl"})
+    process, termination = _start(config, tmp_path, "symlink", env={"BIGMODEL_MOUNT_ROOT": str(mount)})
+    code, output = _finish(process)
+    assert code == EXIT_IO, output
+    message = json.loads(termination.read_text())["message"]
+    assert "outside" in message and "pvc://data/train.jsonl" in message, message
+    assert not complete_checkpoints(tmp_path / "out"), "nothing may have been trained"
