@@ -336,43 +336,41 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children (write_children turns what the apiserver refuses into blockers), concurrently: the
-        RayService waits only for its NetworkPolicy, so that the Ray pods never run with their ports open; the
-        account, Role and RoleBinding (after its Role: ensure_children) and the keys Secret go beside them. A Ray
+        """Apply the children (write_children turns what the apiserver refuses into blockers): the RayService
+        first and alone, then the rest at once: NetworkPolicy, account, Role and RoleBinding (after its Role:
+        ensure_children), keys Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write
+        beside the RayService's, or before it, delays it; nothing of the RayService needs the rest first: KubeRay
+        makes the pods well after these writes return (its own watch, a RayCluster, that cluster's reconcile), a
         pod cannot start before its ServiceAccount and keys Secret exist (the apiserver refuses the pod, the
-        kubelet waits for the volume), and KubeRay creates the pods well after these writes return.
-        Children of an earlier BigModel of this name stop everything before the first write (check_cached)."""
-        meta = body["metadata"]
-        name = meta["name"]
+        kubelet waits for the volume), and one that starts before its RoleBinding lacks a permission for a moment.
+        A NetworkPolicy the apiserver refuses leaves the RayService up without it (Ready=False ChildRejected
+        says so; Ray's token auth and the API keys still guard the ports). Children of an earlier BigModel of this
+        name stop everything before the first write (check_cached)."""
+        name = body["metadata"]["name"]
         identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         ingress = build_ingress(body, spec, self.config)
         check_cached(self.state, [c for c in (policy, *identity, rayservice, ingress) if c is not None], body)
-        steps: list[Awaitable[Any]] = [
-            self._policy_then_rayservice(body, policy, rayservice, ingress, obs),
-            ensure_children(self.kube, self.state, identity, body),
-        ]
-        if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
-            steps.append(self._create_api_keys(body, keys))
-        await first_failure(*steps)
-
-    async def _policy_then_rayservice(
-        self,
-        body: dict[str, Any],
-        policy: dict[str, Any] | None,
-        rayservice: dict[str, Any],
-        ingress: dict[str, Any] | None,
-        obs: BigModelObservation,
-    ) -> None:
-        """The NetworkPolicy, then the RayService, then the Ingress in front of it (or its removal)."""
-        meta = body["metadata"]
-        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
         result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body
         self.announce_child(body, result)
         await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
+        rest: list[Awaitable[Any]] = [
+            self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
+            ensure_children(self.kube, self.state, identity, body),
+            self._apply_ingress(body, ingress, obs),
+        ]
+        if (keys := api_keys_secret_name(name, spec)) and not (spec.auth and spec.auth.secret_name):
+            rest.append(self._create_api_keys(body, keys))
+        await first_failure(*rest)
+
+    async def _apply_ingress(
+        self, body: dict[str, Any], ingress: dict[str, Any] | None, obs: BigModelObservation
+    ) -> None:
+        """The Ingress in front of the RayService, or its removal once the spec turns it off."""
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         if ingress is not None:
             applied = await ensure_child(self.kube, self.state, ingress, body)
             obs.ingress = applied.body
