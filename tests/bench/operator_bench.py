@@ -540,8 +540,10 @@ Operator writes during the burst, by verb (its own /metrics): `{plain["writes"]}
 worker that waits while reconciles run (the queue drained {plain["events_tail_s"]:.1f} s after convergence).
 
 How: every reconcile-path lookup is an index of the watch cache (children by owner, FineTuneJobs by the
-BigModel they deploy to), the children a RayService needs are written at once, and each reconcile records the
-versions of what it read: a resync skips every object whose inputs did not move (docs/development.md).
+BigModel they deploy to); a child the cache does not hold is created in one round trip (a server-side apply
+that only creates); the RayService is written first and alone, then every other child at once (a RoleBinding
+after its Role); and each reconcile records the versions of what it read: a resync skips every object whose
+inputs did not move (docs/development.md).
 """
     if os.environ.get("BIGMODEL_BENCH_DOC", "1") == "0":
         print(body)
