@@ -21,16 +21,24 @@ class OperatorProcess:
     """A running `bigmodel operator`; restartable (the restart test needs that)."""
 
     def __init__(
-        self, kubeconfig: Path, log_dir: Path, config_file: Path, extra_args: tuple[str, ...] = (), log_name: str = ""
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        config_file: Path,
+        extra_args: tuple[str, ...] = (),
+        log_name: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_dir / (log_name or "operator.log")
         self.config_file = config_file
         self.extra_args = extra_args
+        self.env = env or {}  # e.g. BIGMODEL_OFFLINE="0": a test that serves its own Hub
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "BIGMODEL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.update(self.env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
