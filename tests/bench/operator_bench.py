@@ -541,7 +541,7 @@ worker that waits while reconciles run (the queue drained {plain["events_tail_s"
 
 How: every reconcile-path lookup is an index of the watch cache (children by owner, FineTuneJobs by the
 BigModel they deploy to); a child the cache does not hold is created in one round trip (a server-side apply
-that only creates); the RayService is written first and alone, then every other child at once (a RoleBinding
+that only creates); the NetworkPolicy is written first, then the RayService alone, then every other child at once (a RoleBinding
 after its Role); and each reconcile records the versions of what it read: a resync skips every object whose
 inputs did not move (docs/development.md).
 """

@@ -336,28 +336,28 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children (write_children turns what the apiserver refuses into blockers): the RayService
-        first and alone, then the rest at once: NetworkPolicy, account, Role and RoleBinding (after its Role:
-        ensure_children), keys Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write
+        """Apply the children (write_children turns what the apiserver refuses into blockers): the NetworkPolicy
+        first (the Ray pods never exist without it: a refused policy blocks the RayService), then the RayService
+        alone, then the rest at once: account, Role and RoleBinding (after its Role: ensure_children), keys
+        Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write
         beside the RayService's, or before it, delays it; nothing of the RayService needs the rest first: KubeRay
         makes the pods well after these writes return (its own watch, a RayCluster, that cluster's reconcile), a
         pod cannot start before its ServiceAccount and keys Secret exist (the apiserver refuses the pod, the
         kubelet waits for the volume), and one that starts before its RoleBinding lacks a permission for a moment.
-        A NetworkPolicy the apiserver refuses leaves the RayService up without it (Ready=False ChildRejected
-        says so; Ray's token auth and the API keys still guard the ports). Children of an earlier BigModel of this
-        name stop everything before the first write (check_cached)."""
+        The policy costs one round trip before the RayService (docs/benchmarks.md: paced latency). Children of
+        an earlier BigModel of this name stop everything before the first write (check_cached)."""
         name = body["metadata"]["name"]
         identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         ingress = build_ingress(body, spec, self.config)
         check_cached(self.state, [c for c in (policy, *identity, rayservice, ingress) if c is not None], body)
+        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
         result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body
         self.announce_child(body, result)
         await self.worker_bounds.sync(body, rayservice, result.body)  # never raises
         rest: list[Awaitable[Any]] = [
-            self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy),
             ensure_children(self.kube, self.state, identity, body),
             self._apply_ingress(body, ingress, obs),
         ]

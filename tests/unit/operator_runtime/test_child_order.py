@@ -1,5 +1,6 @@
-"""The order of a BigModel's child writes (reconcile/bigmodel_reconcile.py: _apply_children): the RayService first
-and alone (the paced create -> RayService latency of docs/benchmarks.md), every RoleBinding after its Role."""
+"""The order of a BigModel's child writes (reconcile/bigmodel_reconcile.py: _apply_children): the NetworkPolicy
+first (no Ray pod without it), then the RayService alone (the paced create -> RayService latency of
+docs/benchmarks.md), then the rest at once, every RoleBinding after its Role."""
 
 from __future__ import annotations
 
@@ -60,21 +61,26 @@ def _reconciler(kube: OrderedKube) -> BigModelReconciler:
     return BigModelReconciler(kube, ClusterState(), OperatorConfig(), lambda *_: None)  # type: ignore[arg-type]
 
 
-def test_the_rayservice_is_written_first_and_alone_then_the_rest() -> None:
+def test_the_policy_then_the_rayservice_are_written_alone_then_the_rest() -> None:
     kube = OrderedKube()
     body = kube.put(tiny_bigmodel("tiny"))
     _run(kube, _reconciler(kube), body)
-    assert kube.log[:2] == [("start", "RayService"), ("end", "RayService")], kube.log
-    rest = kube.log[2:]
+    assert kube.log[:4] == [
+        ("start", "NetworkPolicy"),
+        ("end", "NetworkPolicy"),
+        ("start", "RayService"),
+        ("end", "RayService"),
+    ], kube.log
+    rest = kube.log[4:]
     started = {kind for event, kind in rest if event == "start"}
-    assert started == {"NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "Secret"}, rest
+    assert started == {"ServiceAccount", "Role", "RoleBinding", "Secret"}, rest
     assert rest.index(("end", "Role")) < rest.index(("start", "RoleBinding")), "a RoleBinding goes after its Role"
-    # The rest at once: the policy, the account, the Role and the Secret all start before any of them ends.
+    # The rest at once: the account, the Role and the Secret all start before any of them ends.
     first_end = next(i for i, (event, _) in enumerate(rest) if event == "end")
-    assert {kind for _, kind in rest[:first_end]} == {"NetworkPolicy", "ServiceAccount", "Role", "Secret"}, rest
+    assert {kind for _, kind in rest[:first_end]} == {"ServiceAccount", "Role", "Secret"}, rest
 
 
-def test_a_refused_network_policy_is_reported_and_retried() -> None:
+def test_a_refused_network_policy_blocks_the_rayservice_and_is_retried() -> None:
     kube = OrderedKube(refuse=frozenset({"NetworkPolicy"}))
     body = kube.put(tiny_bigmodel("tiny"))
     reconciler = _reconciler(kube)
@@ -82,6 +88,7 @@ def test_a_refused_network_policy_is_reported_and_retried() -> None:
         _run(kube, reconciler, body)
     ready = get_condition(kube.objects[("BigModel", "team-a", "tiny")]["status"]["conditions"], "Ready") or {}
     assert ready["reason"] == Reason.CHILD_REJECTED and "NetworkPolicy tiny-ray" in ready["message"], ready
+    assert not any(kind == "RayService" for kind, _, _ in kube.objects), "no Ray pod without its policy"
     kube.refuse = frozenset()
     _run(kube, reconciler, kube.objects[("BigModel", "team-a", "tiny")])
     assert ("NetworkPolicy", "team-a", "tiny-ray") in kube.objects
