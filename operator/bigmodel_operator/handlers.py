@@ -36,7 +36,7 @@ OUR_POD_SELECTOR = f"{MANAGED_SELECTOR},{naming.LABEL_COMPONENT} in (trainer,mod
 EVENT_QUEUE = 10_000
 EVENT_HOLD_SECONDS = 5.0
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-CHILD_RESOURCES = (  # (group, version, plural) of every kind we create and watch
+CHILD_RESOURCES = (  # (group, version, plural) of every kind we create and watch (child_event below)
     ("ray.io", "v1", "rayservices"),
     ("networking.k8s.io", "v1", "ingresses"),
     ("networking.k8s.io", "v1", "networkpolicies"),
@@ -205,7 +205,7 @@ async def finetunejob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         operator.trigger("BigModel", raw["metadata"]["namespace"], target)
 
 
-async def _child_event(event: kopf.RawEvent, memo: Any) -> None:
+async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     """Any event on a child (also its deletion) wakes the owner its labels name."""
     operator = _op(memo)
     body: dict[str, Any] = dict(event.get("object") or {})
@@ -218,54 +218,14 @@ async def _child_event(event: kopf.RawEvent, memo: Any) -> None:
         operator.trigger(kind, body["metadata"]["namespace"], owner)
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
-async def rayservice_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
-async def ingress_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
-async def network_policy_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
-async def config_map_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
-async def service_account_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
-async def role_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
-async def role_binding_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "trainer"})
-async def trainer_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(event, memo)
-
-
-@kopf.on.event(
-    "", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: "model-server"}
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child_event/{_plural}")(child_event)
+kopf.on.event("", "v1", "pods", labels={**MANAGED, naming.LABEL_COMPONENT: "trainer"}, id="child_event/trainer-pods")(
+    child_event
 )
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, naming.LABEL_COMPONENT: "model-server"})
 async def model_pod_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     """Ray pods of a BigModel: their times (cold start phases) and resources (cost), kept in compact form."""
     operator = _op(memo)

@@ -69,6 +69,31 @@ def _delete_and_create(custom: Any, namespace: str, plural: str, body: dict[str,
             time.sleep(0.05)
 
 
+def _apply_then_recreate(
+    custom: Any,
+    namespace: str,
+    plural: str,
+    body: dict[str, Any],
+    converged: Callable[[str], dict[str, Any] | None],
+    fields: tuple[str, ...],
+    wait_until: Callable[..., Any],
+    *,
+    first_s: float,
+) -> None:
+    """Apply `body`, wait until it converged, then CYCLES times delete, re-apply and wait again: every time
+    the status summary is the first apply's. Records the times to converged under the object's kind."""
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+    first = wait_until(lambda: converged(_uid(created) or ""), timeout=first_s, interval=0.1, what="the first apply")
+    reference = _summary(first["status"], fields)
+    seconds = []
+    for cycle in range(CYCLES):
+        start, uid = _delete_and_create(custom, namespace, plural, body)
+        done = wait_until(lambda uid=uid: converged(uid), timeout=120, interval=0.1, what=f"cycle {cycle}")
+        seconds.append(time.monotonic() - start)
+        assert _summary(done["status"], fields) == reference, f"cycle {cycle}"
+    _record(body["kind"], seconds)
+
+
 def _record(kind: str, seconds: list[float]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -119,16 +144,7 @@ def test_bigmodel_delete_and_reapply_converges_every_time(
         owners = children(uid)
         return bm if all(owner == uid for owner in owners.values()) else None
 
-    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", body)
-    first = wait_until(lambda: converged(_uid(created) or ""), timeout=60, interval=0.1, what="the first apply")
-    reference = _summary(first["status"], BIGMODEL_FIELDS)
-    seconds = []
-    for cycle in range(CYCLES):
-        start, uid = _delete_and_create(custom, namespace, "bigmodels", body)
-        done = wait_until(lambda uid=uid: converged(uid), timeout=120, interval=0.1, what=f"cycle {cycle}")
-        seconds.append(time.monotonic() - start)
-        assert _summary(done["status"], BIGMODEL_FIELDS) == reference, f"cycle {cycle}"
-    _record("BigModel", seconds)
+    _apply_then_recreate(custom, namespace, "bigmodels", body, converged, BIGMODEL_FIELDS, wait_until, first_s=60)
 
 
 FINETUNEJOB_FIELDS = ("observedGeneration", "jobName", "baseModelUri", "plan", "phase", "adapterUri")
@@ -159,13 +175,4 @@ def test_finetunejob_delete_and_reapply_converges_every_time(
         ]
         return ftj if all(owner == uid for owner in owners) else None
 
-    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
-    first = wait_until(lambda: converged(_uid(created) or ""), timeout=90, interval=0.1, what="the first apply")
-    reference = _summary(first["status"], FINETUNEJOB_FIELDS)
-    seconds = []
-    for cycle in range(CYCLES):
-        start, uid = _delete_and_create(custom, namespace, "finetunejobs", body)
-        done = wait_until(lambda uid=uid: converged(uid), timeout=120, interval=0.1, what=f"cycle {cycle}")
-        seconds.append(time.monotonic() - start)
-        assert _summary(done["status"], FINETUNEJOB_FIELDS) == reference, f"cycle {cycle}"
-    _record("FineTuneJob", seconds)
+    _apply_then_recreate(custom, namespace, "finetunejobs", body, converged, FINETUNEJOB_FIELDS, wait_until, first_s=90)
