@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -38,53 +38,71 @@ class ReconcileStats:
             self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - start
 
 
+def family(name: str, type_: str, text: str | None, samples: Iterable[tuple[str, object]]) -> list[str]:
+    """One metric family in the text format: HELP (when `text`) and TYPE, then `name{labels} value` per
+    (labels, value) sample; `labels` is the inside of the braces, empty for none."""
+    head = [f"# HELP {name} {text}"] if text else []
+    lines = [f"{name}{{{labels}}} {value}" if labels else f"{name} {value}" for labels, value in samples]
+    return [*head, f"# TYPE {name} {type_}", *lines]
+
+
 def render(operator: Operator) -> str:
+    stats, runner, state = operator.stats, operator.runner, operator.state
+    requests = sorted({**operator.kube.reads, **operator.kube.writes}.items())
     lines = [
-        "# HELP bigmodel_operator_api_requests_total Kubernetes API requests made by the operator.",
-        "# TYPE bigmodel_operator_api_requests_total counter",
+        *family(
+            "bigmodel_operator_api_requests_total",
+            "counter",
+            "Kubernetes API requests made by the operator.",
+            ((f'verb="{verb}"', n) for verb, n in requests),
+        ),
+        *family(
+            "bigmodel_operator_reconciles_total",
+            "counter",
+            "Reconciles run, by kind and result.",
+            ((f'kind="{kind}",result="{result}"', n) for (kind, result), n in sorted(stats.count.items())),
+        ),
+        *family(
+            "bigmodel_operator_reconciles_skipped_total",
+            "counter",
+            "Runs skipped: nothing the last clean run read had moved.",
+            ((f'kind="{kind}"', n) for kind, n in sorted(stats.skipped.items())),
+        ),
+        *family("bigmodel_operator_reconciles_running", "gauge", None, [("", runner.running)]),
+        *family(
+            "bigmodel_operator_reconciles_backing_off",
+            "gauge",
+            "Objects whose last reconcile failed, waiting to retry.",
+            [("", runner.backing_off())],
+        ),
+        *family(
+            "bigmodel_operator_reconciles_waiting",
+            "gauge",
+            "Objects waiting for an earlier object's children to go.",
+            [("", runner.waiting())],
+        ),
+        *family(
+            "bigmodel_operator_reconcile_seconds_total",
+            "counter",
+            None,
+            ((f'kind="{kind}"', f"{seconds:.6f}") for kind, seconds in sorted(stats.seconds.items())),
+        ),
+        *family("bigmodel_operator_events_dropped_total", "counter", None, [("", operator.events_dropped)]),
+        *family("bigmodel_operator_events_queued", "gauge", None, [("", operator.events.qsize())]),
+        *family(
+            "bigmodel_operator_remembered_entries",
+            "gauge",
+            "Entries kept per object (cache, runner, per-uid memory).",
+            [("", operator.remembered())],
+        ),
+        *cost_lines(state.written_status),
+        *family(
+            "bigmodel_operator_tracked_objects",
+            "gauge",
+            None,
+            ((f'kind="{kind}"', state.count(kind)) for kind in state.kinds()),
+        ),
     ]
-    for verb, n in sorted({**operator.kube.reads, **operator.kube.writes}.items()):
-        lines.append(f'bigmodel_operator_api_requests_total{{verb="{verb}"}} {n}')
-    lines += [
-        "# HELP bigmodel_operator_reconciles_total Reconciles run, by kind and result.",
-        "# TYPE bigmodel_operator_reconciles_total counter",
-    ]
-    for (kind, result), n in sorted(operator.stats.count.items()):
-        lines.append(f'bigmodel_operator_reconciles_total{{kind="{kind}",result="{result}"}} {n}')
-    lines += [
-        "# HELP bigmodel_operator_reconciles_skipped_total Runs skipped: nothing the last clean run read had moved.",
-        "# TYPE bigmodel_operator_reconciles_skipped_total counter",
-    ]
-    for kind, n in sorted(operator.stats.skipped.items()):
-        lines.append(f'bigmodel_operator_reconciles_skipped_total{{kind="{kind}"}} {n}')
-    lines += [
-        "# TYPE bigmodel_operator_reconciles_running gauge",
-        f"bigmodel_operator_reconciles_running {operator.runner.running}",
-        "# HELP bigmodel_operator_reconciles_backing_off Objects whose last reconcile failed, waiting to retry.",
-        "# TYPE bigmodel_operator_reconciles_backing_off gauge",
-        f"bigmodel_operator_reconciles_backing_off {operator.runner.backing_off()}",
-        "# HELP bigmodel_operator_reconciles_waiting Objects waiting for an earlier object's children to go.",
-        "# TYPE bigmodel_operator_reconciles_waiting gauge",
-        f"bigmodel_operator_reconciles_waiting {operator.runner.waiting()}",
-    ]
-    lines += ["# TYPE bigmodel_operator_reconcile_seconds_total counter"]
-    for kind, seconds in sorted(operator.stats.seconds.items()):
-        lines.append(f'bigmodel_operator_reconcile_seconds_total{{kind="{kind}"}} {seconds:.6f}')
-    lines += [
-        "# TYPE bigmodel_operator_events_dropped_total counter",
-        f"bigmodel_operator_events_dropped_total {operator.events_dropped}",
-        "# TYPE bigmodel_operator_events_queued gauge",
-        f"bigmodel_operator_events_queued {operator.events.qsize()}",
-    ]
-    lines += [
-        "# HELP bigmodel_operator_remembered_entries Entries kept per object (cache, runner, per-uid memory).",
-        "# TYPE bigmodel_operator_remembered_entries gauge",
-        f"bigmodel_operator_remembered_entries {operator.remembered()}",
-    ]
-    lines += cost_lines(operator.state.written_status)
-    lines += ["# TYPE bigmodel_operator_tracked_objects gauge"]
-    for kind in operator.state.kinds():
-        lines.append(f'bigmodel_operator_tracked_objects{{kind="{kind}"}} {operator.state.count(kind)}')
     return "\n".join(lines) + "\n"
 
 
@@ -116,9 +134,9 @@ def cost_lines(written: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]
             labels = f'namespace="{namespace}",bigmodel="{name}"'
             if field == "cost":
                 labels += f',currency="{cost.get("currency", "")}"'
-            samples.append(f"{metric}{{{labels}}} {value}")
+            samples.append((labels, value))
         if samples:
-            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter", *samples]
+            lines += family(metric, "counter", text, samples)
     return lines
 
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from bigmodel_serving.args import ENGINE_DEPLOYMENT
@@ -25,26 +25,6 @@ from bigmodel_serving.errors import model_not_ready
 T = TypeVar("T")
 WAKE_TIMEOUT_DEFAULT_S = 300.0  # args.IngressConfig.wake_timeout_s
 logger = logging.getLogger("ray.serve")
-
-
-async def first_within_wake_bound(
-    stream: AsyncIterator[T], bound_s: float, running_replicas: Callable[[], Awaitable[int]]
-) -> T:
-    """The first item of `stream`. If none came within `bound_s` and `running_replicas()` says the engine has
-    none, the pending read is cancelled and `model_not_ready` raised; else it keeps waiting."""
-    started = time.monotonic()
-    first = asyncio.ensure_future(stream.__anext__())
-    try:
-        done, _ = await asyncio.wait({first}, timeout=bound_s)
-        if not done and await running_replicas() == 0 and not first.done():
-            first.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                await first
-            raise model_not_ready(time.monotonic() - started)
-        return await first
-    except asyncio.CancelledError:
-        first.cancel()  # the client went away while held
-        raise
 
 
 async def running_engine_replicas(app_name: str) -> int:

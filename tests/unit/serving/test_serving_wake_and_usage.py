@@ -13,10 +13,11 @@ from bigmodel_serving.errors import APIError
 from bigmodel_serving.startup_report import LogFollower, StartupTimeline, apply_log_line, first_engine_on_pod
 from bigmodel_serving.storage import CacheEntry, eviction_plan
 from bigmodel_serving.usage_report import BusyClock, BusyUnion, UsageLedger
-from bigmodel_serving.wake import first_within_wake_bound
+from bigmodel_serving.wake import within_wake_bound
 
 
 async def _slow(first_after_s: float) -> AsyncIterator[str]:
+    """An engine stream: the ingress bounds its first read, or the router call that opens it, the same way."""
     await asyncio.sleep(first_after_s)
     yield "first"
     yield "second"
@@ -31,14 +32,14 @@ def _replicas(count: int):  # type: ignore[no-untyped-def]
 
 def test_a_request_is_held_until_the_first_item() -> None:
     async def run() -> str:
-        return await first_within_wake_bound(_slow(0.05), 5.0, _replicas(0))
+        return await within_wake_bound(_slow(0.05).__anext__(), 5.0, _replicas(0))
 
     assert asyncio.run(run()) == "first"
 
 
 def test_past_the_bound_with_no_replica_the_answer_is_503() -> None:
     async def run() -> None:
-        await first_within_wake_bound(_slow(10), 0.05, _replicas(0))
+        await within_wake_bound(_slow(10).__anext__(), 0.05, _replicas(0))
 
     with pytest.raises(APIError) as caught:
         asyncio.run(run())
@@ -48,7 +49,7 @@ def test_past_the_bound_with_no_replica_the_answer_is_503() -> None:
 
 def test_past_the_bound_a_running_replica_keeps_the_request() -> None:
     async def run() -> str:
-        return await first_within_wake_bound(_slow(0.2), 0.05, _replicas(1))
+        return await within_wake_bound(_slow(0.2).__anext__(), 0.05, _replicas(1))
 
     assert asyncio.run(run()) == "first"
 
@@ -138,26 +139,3 @@ def test_eviction_plan_is_lru_and_spares_recent_use() -> None:
     # "new" was used within the grace period: kept even though the bound is not met
     assert eviction_plan(entries, used=120, needed=200, max_bytes=120, now=10_000.0) == ["old", "mid"]
     assert eviction_plan(entries, used=10, needed=10, max_bytes=120, now=10_000.0) == []
-
-
-def test_the_router_call_is_bounded_the_same_way() -> None:
-    from bigmodel_serving.wake import within_wake_bound
-
-    async def answer(after_s: float) -> str:
-        await asyncio.sleep(after_s)
-        return "response"
-
-    async def held() -> str:
-        return await within_wake_bound(answer(0.05), 5.0, _replicas(0))
-
-    async def refused() -> str:
-        return await within_wake_bound(answer(10), 0.05, _replicas(0))
-
-    async def slow_but_running() -> str:
-        return await within_wake_bound(answer(0.2), 0.05, _replicas(1))
-
-    assert asyncio.run(held()) == "response"
-    assert asyncio.run(slow_but_running()) == "response"
-    with pytest.raises(APIError) as caught:
-        asyncio.run(refused())
-    assert caught.value.status == 503 and caught.value.body()["error"]["code"] == "model_not_ready"
