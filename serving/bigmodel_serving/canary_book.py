@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -85,19 +85,16 @@ class Verdict:
     reason: str
 
 
+ROUTE_RULE_FIELDS = {setting.name for setting in fields(RuleSettings)} - {"quality"}
+"""The rule's parameters an AdapterRoute carries under the same names (quality is resolved from both)."""
+
+
 def settings_of(route: AdapterRoute, feedback_enabled: bool) -> RuleSettings:
     """The rule's parameters for a route; quality `auto` is required with feedback on, off without."""
     quality: QualityRole = ("required" if feedback_enabled else "off") if route.quality == "auto" else route.quality
     if quality != "off" and not feedback_enabled:
         quality = "off"  # no ratings can come: judging them would only block promotion
-    return RuleSettings(
-        false_rollback_rate=route.false_rollback_rate,
-        min_requests=route.min_requests,
-        max_error_rate_increase=route.max_error_rate_increase,
-        max_latency_ratio=route.max_latency_ratio,
-        max_bad_answer_increase=route.max_bad_answer_increase,
-        quality=quality,
-    )
+    return RuleSettings(**route.model_dump(include=ROUTE_RULE_FIELDS), quality=quality)
 
 
 def manual_decision(route: AdapterRoute, pinned_weight: float) -> tuple[Decision, float, str] | None:
