@@ -45,9 +45,13 @@ class _Method:
         return self.fn(*args)
 
 
-class _InProcessActor:
-    def __init__(self) -> None:
-        self.sync = _Method(CanaryActor("bench", BASE).sync)
+class InProcessActor:
+    """A `CanaryActor` called the way Ray calls it (`actor.sync.remote(...)` -> awaitable), in this process
+    (also the unit tests' shared actor)."""
+
+    def __init__(self, app: str = "bench", base: str = BASE) -> None:
+        self.actor = CanaryActor(app, base)
+        self.sync = _Method(self.actor.sync)
 
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
@@ -75,7 +79,7 @@ async def _no_log(texts: list[str], usage: dict[str, Any]) -> None:
 
 
 async def _measure(requests: int) -> dict[str, Any]:
-    router = CanaryRouter("bench", BASE, actor_factory=lambda app, base: _InProcessActor())
+    router = CanaryRouter("bench", BASE, actor_factory=lambda app, base: InProcessActor())
     router.configure([AdapterRoute(name="bot", stable="bot.v1", candidate="bot.v2", weight=0.2)])
     await router.ensure_syncing()
     keys = [f"key-{index:04d}" for index in range(500)]

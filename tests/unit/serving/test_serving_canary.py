@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from canary_bench import InProcessActor
 from prometheus_client.parser import text_string_to_metric_families
 
 from bigmodel_serving.args import AdapterRoute, IngressConfig, InvalidServeArgsError, parse_ingress_config
 from bigmodel_serving.canary import (
-    CanaryActor,
     CanaryRouter,
     Choice,
     Opened,
@@ -230,22 +230,6 @@ def test_book_without_candidate_and_with_base_stable() -> None:
 # ---- the replica's router with a shared (in-process) actor ----
 
 
-class _Method:
-    def __init__(self, fn: Callable[..., Awaitable[Any]]) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> Awaitable[Any]:
-        return self.fn(*args)
-
-
-class _FakeActor:
-    """A `CanaryActor` called the way Ray calls it (`actor.sync.remote(...)` -> awaitable)."""
-
-    def __init__(self) -> None:
-        self.actor = CanaryActor("app", BASE)
-        self.sync = _Method(self.actor.sync)
-
-
 def _answering(error: Exception | None = None) -> Callable[[str], Awaitable[str]]:
     """An `open_answer` whose answer is the engine model it was opened for (or `error`)."""
 
@@ -269,7 +253,7 @@ async def _collect(router: CanaryRouter, choice: Choice, open_answer: Any) -> Op
 
 def test_a_verdict_reaches_every_replica_through_the_actor() -> None:
     async def scenario() -> None:
-        shared = _FakeActor()
+        shared = InProcessActor("app", BASE)
         replicas = [CanaryRouter("app", BASE, actor_factory=lambda app, base: shared) for _ in range(2)]
         route = _route(min_requests=10, weight=1.0)
         for router in replicas:
@@ -314,7 +298,7 @@ def test_a_verdict_reaches_every_replica_through_the_actor() -> None:
 
 def test_client_errors_are_not_charged_and_not_retried() -> None:
     async def scenario() -> None:
-        shared = _FakeActor()
+        shared = InProcessActor("app", BASE)
         router = CanaryRouter("app", BASE, actor_factory=lambda app, base: shared)
         router.configure([_route(weight=1.0)])
         choice = router.choose("tiny:bot", "alice")
