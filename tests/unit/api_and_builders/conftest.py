@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +36,22 @@ def assert_golden(name: str, data: Any) -> None:
         if os.environ.get("BIGMODEL_UPDATE_GOLDEN") != "1":
             pytest.fail(f"golden file {path.name} did not exist and was written: review and commit it")
     assert text == path.read_text(), f"{name} differs from the golden file (BIGMODEL_UPDATE_GOLDEN=1 to accept)"
+
+
+@asynccontextmanager
+async def local_hub(routes: dict[str, Callable[..., Awaitable[Any]]]) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 playing the Hub with `routes` (GET path -> handler); yields its URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -14,6 +14,8 @@ from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.reconcile import model_source
 from bigmodel_operator.reconcile.model_source import MAX_CONFIG_BYTES, HubConfigCache, fetch_hub_config
 
+from .conftest import local_hub
+
 CONFIG = {"model_type": "llama", "hidden_size": 64}
 
 
@@ -40,19 +42,13 @@ async def _with_hub(check: Any) -> None:
         sent["requests"] += 1
         return web.json_response(CONFIG)
 
-    app = web.Application()
-    app.router.add_get("/org/endless/resolve/main/config.json", endless)
-    app.router.add_get("/org/declared/resolve/main/config.json", declared)
-    app.router.add_get("/org/good/resolve/{rev}/config.json", good)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        await check(OperatorConfig(hub_endpoint=f"http://127.0.0.1:{port}"), sent)
-    finally:
-        await runner.cleanup()
+    routes = {
+        "/org/endless/resolve/main/config.json": endless,
+        "/org/declared/resolve/main/config.json": declared,
+        "/org/good/resolve/{rev}/config.json": good,
+    }
+    async with local_hub(routes) as url:
+        await check(OperatorConfig(hub_endpoint=url), sent)
 
 
 def test_an_endless_body_is_cut_off_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,8 @@ from aiohttp import web
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.reconcile.model_source import resolve_hub_revision
 
+from .conftest import local_hub
+
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -21,18 +23,9 @@ async def _resolve(revision: str | None, fetch: bool = True) -> tuple[str | None
             return web.json_response({"error": "Revision Not Found"}, status=404)
         return web.json_response({"id": "org/model", "sha": SHA})
 
-    app = web.Application()
-    app.router.add_get("/api/models/org/model/revision/{rev}", revision_info)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    config = OperatorConfig(hub_endpoint=f"http://127.0.0.1:{port}", fetch_hub_config=fetch)
-    try:
+    async with local_hub({"/api/models/org/model/revision/{rev}": revision_info}) as url:
+        config = OperatorConfig(hub_endpoint=url, fetch_hub_config=fetch)
         return await resolve_hub_revision("org/model", revision, None, config), seen
-    finally:
-        await runner.cleanup()
 
 
 def test_a_branch_resolves_to_its_commit() -> None:
