@@ -102,47 +102,52 @@ def _record(kind: str, seconds: list[float]) -> None:
     print(f"\n{kind}: {len(seconds)} delete + re-apply cycles, time to converged: {results[kind]}")
 
 
+def _owned_by(uid: str, children: list[tuple[Callable[..., Any], str]], namespace: str) -> bool:
+    """Whether every (read, name) child exists and `uid` is its controller."""
+    return all(_controller(or_none(read, name, namespace)) == uid for read, name in children)
+
+
+def _apis(api_client: Any) -> tuple[Any, Any, Any, Any]:
+    """The core, RBAC, networking and batch clients."""
+    from kubernetes import client
+
+    return (
+        client.CoreV1Api(api_client),
+        client.RbacAuthorizationV1Api(api_client),
+        client.NetworkingV1Api(api_client),
+        client.BatchV1Api(api_client),
+    )
+
+
 BIGMODEL_FIELDS = ("observedGeneration", "replicas", "readyReplicas", "url", "selector", "rayService", "plan")
 
 
 def test_bigmodel_delete_and_reapply_converges_every_time(
     api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
-    from kubernetes import client
-
-    core, rbac, net = (
-        client.CoreV1Api(api_client),
-        client.RbacAuthorizationV1Api(api_client),
-        client.NetworkingV1Api(api_client),
-    )
+    core, rbac, net, _ = _apis(api_client)
     body = load_example("bigmodel-tiny-cpu.yaml")
     name = body["metadata"]["name"]
-
-    def children(uid: str) -> dict[str, str | None]:
-        """The controller uid of every child (None: missing)."""
-        reads = {
-            "RayService": lambda: or_none(
-                custom.get_namespaced_custom_object, "ray.io", "v1", namespace, "rayservices", name
-            ),
-            "NetworkPolicy": lambda: or_none(net.read_namespaced_network_policy, f"{name}-ray", namespace),
-            "Secret": lambda: or_none(core.read_namespaced_secret, f"{name}-api-keys", namespace),
-            "ServiceAccount": lambda: or_none(core.read_namespaced_service_account, f"{name}-serving", namespace),
-            "Role": lambda: or_none(rbac.read_namespaced_role, f"{name}-serving", namespace),
-            "RoleBinding": lambda: or_none(rbac.read_namespaced_role_binding, f"{name}-serving", namespace),
-        }
-        return {kind: _controller(read()) for kind, read in reads.items()}
+    children = [
+        (net.read_namespaced_network_policy, f"{name}-ray"),
+        (core.read_namespaced_secret, f"{name}-api-keys"),
+        (core.read_namespaced_service_account, f"{name}-serving"),
+        (rbac.read_namespaced_role, f"{name}-serving"),
+        (rbac.read_namespaced_role_binding, f"{name}-serving"),
+    ]
 
     def converged(uid: str) -> dict[str, Any] | None:
         """The BigModel once Ready with every child its own; plays KubeRay (Serve RUNNING) on its RayService."""
         rayservice = or_none(custom.get_namespaced_custom_object, "ray.io", "v1", namespace, "rayservices", name)
-        if _controller(rayservice) == uid and not (rayservice.get("status") or {}).get("numServeEndpoints"):
+        if _controller(rayservice) != uid:
+            return None
+        if not (rayservice.get("status") or {}).get("numServeEndpoints"):
             status = {"status": kuberay_serving_status(name, 1)}
             custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayservices", name, status)
         bm = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", name)
         if _uid(bm) != uid or condition(bm, "Ready").get("status") != "True":
             return None
-        owners = children(uid)
-        return bm if all(owner == uid for owner in owners.values()) else None
+        return bm if _owned_by(uid, children, namespace) else None
 
     _apply_then_recreate(custom, namespace, "bigmodels", body, converged, BIGMODEL_FIELDS, wait_until, first_s=60)
 
@@ -153,26 +158,20 @@ FINETUNEJOB_FIELDS = ("observedGeneration", "jobName", "baseModelUri", "plan", "
 def test_finetunejob_delete_and_reapply_converges_every_time(
     api_client: Any, custom: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
-    from kubernetes import client
-
-    core, rbac, batch = (
-        client.CoreV1Api(api_client),
-        client.RbacAuthorizationV1Api(api_client),
-        client.BatchV1Api(api_client),
-    )
+    core, rbac, _, batch = _apis(api_client)
     body = cluster_finetunejob("tune")
+    children = [
+        (batch.read_namespaced_job, "tune-train"),
+        (core.read_namespaced_config_map, "tune-trainer-config"),
+        (core.read_namespaced_service_account, "tune-trainer"),
+        (rbac.read_namespaced_role, "tune-trainer"),
+        (rbac.read_namespaced_role_binding, "tune-trainer"),
+    ]
 
     def converged(uid: str) -> dict[str, Any] | None:
         ftj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "tune")
         if _uid(ftj) != uid or (ftj.get("status") or {}).get("phase") != "Succeeded":
             return None
-        owners = [
-            _controller(or_none(batch.read_namespaced_job, "tune-train", namespace)),
-            _controller(or_none(core.read_namespaced_config_map, "tune-trainer-config", namespace)),
-            _controller(or_none(core.read_namespaced_service_account, "tune-trainer", namespace)),
-            _controller(or_none(rbac.read_namespaced_role, "tune-trainer", namespace)),
-            _controller(or_none(rbac.read_namespaced_role_binding, "tune-trainer", namespace)),
-        ]
-        return ftj if all(owner == uid for owner in owners) else None
+        return ftj if _owned_by(uid, children, namespace) else None
 
     _apply_then_recreate(custom, namespace, "finetunejobs", body, converged, FINETUNEJOB_FIELDS, wait_until, first_s=90)

@@ -17,26 +17,24 @@ from bigmodel_operator.reconcile.state import ClusterState
 from .conftest import FakeKube, finetunejob, tiny_bigmodel
 
 
+def _counting(method: str) -> Any:
+    """dict.<method>, counting the entries a pass over the dict visits."""
+
+    def counted(self: dict[Any, Any]) -> Any:
+        CountingDict.visited += len(self)
+        return getattr(super(CountingDict, self), method)()
+
+    return counted
+
+
 class CountingDict(dict):  # type: ignore[type-arg]
     """A dict that counts the entries every pass over it visits: a scan of the cache shows up here."""
 
     visited = 0
-
-    def __iter__(self) -> Any:
-        CountingDict.visited += len(self)
-        return super().__iter__()
-
-    def items(self) -> Any:
-        CountingDict.visited += len(self)
-        return super().items()
-
-    def keys(self) -> Any:
-        CountingDict.visited += len(self)
-        return super().keys()
-
-    def values(self) -> Any:
-        CountingDict.visited += len(self)
-        return super().values()
+    __iter__ = _counting("__iter__")
+    items = _counting("items")
+    keys = _counting("keys")
+    values = _counting("values")
 
 
 def _child(kind: str, name: str, namespace: str, label: str, owner: str, uid: str) -> dict[str, Any]:
