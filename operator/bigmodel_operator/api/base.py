@@ -51,6 +51,10 @@ QUALIFIED_NAME = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+ObjectName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+"""A DNS subdomain: the name of a Secret, ConfigMap, claim or BigModel in the same namespace, or a host name."""
+LabelName = Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]
+"""A DNS-1123 label: adapter and Kueue queue names."""
 # A Hub revision (branch, tag or commit): printable, no spaces or control characters.
 REVISION_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_.+@/=]*$"
 # `..` as a whole path segment, also percent-encoded (%2e, %252e), with backslashes or fullwidth forms as
@@ -105,11 +109,7 @@ class ApiModel(BaseModel):
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the same namespace as the resource."""
 
-    name: str = Field(
-        description="Name of the Secret, in the resource's namespace.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-    )
+    name: ObjectName = Field(description="Name of the Secret, in the resource's namespace.")
     key: str = Field(
         description="Key inside the Secret's data.",
         max_length=253,

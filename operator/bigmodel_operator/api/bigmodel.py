@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from bigmodel_operator.api.base import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
     INLINE_CONFIG_LIMITS,
     QUALIFIED_NAME,
     REVISION_PATTERN,
     ApiModel,
     Condition,
     InlineModelConfig,
+    LabelName,
     NodeSelector,
+    ObjectName,
     Quantity,
     ResourcesSpec,
     SafeLocation,
@@ -54,7 +54,7 @@ CPU_PARALLEL_MESSAGE = (
 class ConfigMapKeyRef(ApiModel):
     """A key in a ConfigMap in the BigModel's namespace."""
 
-    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="ConfigMap name.")
+    name: ObjectName = Field(description="ConfigMap name.")
     key: str = Field(
         default="config.json",
         max_length=253,
@@ -311,7 +311,7 @@ class RoutingSpec(ApiModel):
 class AdapterSpec(ApiModel):
     """A LoRA adapter served alongside the base model as `<servedName>:<name>`."""
 
-    name: str = Field(max_length=63, pattern=DNS_LABEL, description="Adapter name, unique in the list.")
+    name: LabelName = Field(description="Adapter name, unique in the list.")
     uri: Annotated[str, SafeLocation] = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
@@ -348,7 +348,7 @@ class RolloutSpec(ApiModel):
         )
     )
 
-    adapter: str = Field(max_length=63, pattern=DNS_LABEL, description="The adapter name (deployTo.adapterName).")
+    adapter: LabelName = Field(description="The adapter name (deployTo.adapterName).")
     action: Literal["auto", "promote", "rollback", "pin"] = Field(
         description=(
             "auto: the ingress promotes or rolls back the candidate after its window; promote: the candidate "
@@ -357,10 +357,8 @@ class RolloutSpec(ApiModel):
             "`version` serves, newer versions wait."
         )
     )
-    version: str | None = Field(
+    version: ObjectName | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
         description="A version: the name of the FineTuneJob that produced it.",
     )
 
@@ -385,15 +383,9 @@ class IngressSpec(ApiModel):
         json_schema_extra=cel("!has(self.tlsSecretName) || has(self.host)", "tlsSecretName needs host")
     )
 
-    host: str | None = Field(
-        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="Host name, e.g. llm.example.com."
-    )
-    class_name: str | None = Field(
-        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="IngressClass to use (a DNS subdomain)."
-    )
-    tls_secret_name: str | None = Field(
-        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="TLS Secret for `host`."
-    )
+    host: ObjectName | None = Field(default=None, description="Host name, e.g. llm.example.com.")
+    class_name: ObjectName | None = Field(default=None, description="IngressClass to use (a DNS subdomain).")
+    tls_secret_name: ObjectName | None = Field(default=None, description="TLS Secret for `host`.")
     path: Annotated[str | None, AfterValidator(_refuse_dot_segments)] = Field(
         default=None,
         max_length=256,
@@ -465,10 +457,8 @@ class AuthSpec(ApiModel):
         default=None,
         description="apiKeys (default): /v1/* needs a key; none: anyone who reaches the endpoint may use it.",
     )
-    secret_name: str | None = Field(
+    secret_name: ObjectName | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
         description=(
             "Secret holding the API keys: each data key is a key's name (shown in metrics and logs), its value "
             "the key. Edits take effect without a restart. Empty: the operator creates <name>-api-keys with "
@@ -484,10 +474,8 @@ class CredentialsSpec(ApiModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with a Hugging Face token, for gated hf:// models."
     )
-    storage_secret_name: str | None = Field(
+    storage_secret_name: ObjectName | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
         description=(
             "Secret whose keys become the Ray pods' environment, for s3:// models, adapters and feedback "
             "sinks: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and for an S3-compatible store "
@@ -499,9 +487,7 @@ class CredentialsSpec(ApiModel):
 class WeightCacheSpec(ApiModel):
     """A PersistentVolumeClaim shared by every replica of this namespace's models (and their trainers)."""
 
-    claim_name: str = Field(
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
+    claim_name: ObjectName = Field(
         description=(
             "A ReadWriteMany claim in this namespace (NFS, EFS, Filestore, CephFS, ...): s3:// and hf:// weights "
             "are downloaded into it once and every replica, every wake from zero and FineTuneJobs of this model "
@@ -558,7 +544,7 @@ class BigModelSpec(ApiModel):
         description="LoRA adapters served with the model.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    adapter_claims: list[Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)]] | None = Field(
+    adapter_claims: list[ObjectName] | None = Field(
         default=None,
         max_length=16,
         description=(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field, model_validator
 
-from bigmodel_operator.api.base import DNS_SUBDOMAIN, ApiModel, SafeLocation, location_rules, rules
+from bigmodel_operator.api.base import ApiModel, ObjectName, SafeLocation, location_rules, rules
 
 S3_SINK_PATTERN = r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/\S*)?$"
 SINK_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
@@ -18,9 +18,7 @@ RATING_MIN, RATING_MAX = 1, 5
 class FeedbackPvcSink(ApiModel):
     """A PersistentVolumeClaim in the BigModel's namespace, mounted read-write into the model's Ray pods."""
 
-    claim_name: str = Field(
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
+    claim_name: ObjectName = Field(
         description=(
             "The claim. With more than one Ray pod (autoscaling, or the head and a worker on different nodes) "
             "it needs access mode ReadWriteMany."
@@ -102,9 +100,7 @@ class FeedbackSpec(ApiModel):
 class FromFeedbackSpec(ApiModel):
     """Train on the feedback a BigModel collected: rated answers, the correction in the answer's place."""
 
-    big_model: str = Field(
-        max_length=253, pattern=DNS_SUBDOMAIN, description="The BigModel (same namespace) whose feedback sink is read."
-    )
+    big_model: ObjectName = Field(description="The BigModel (same namespace) whose feedback sink is read.")
     min_rating: int | None = Field(
         default=None,
         ge=RATING_MIN,

@@ -8,14 +8,14 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from bigmodel_operator.api.base import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
     INLINE_CONFIG_LIMITS,
     REVISION_PATTERN,
     ApiModel,
     Condition,
     InlineModelConfig,
+    LabelName,
     NodeSelector,
+    ObjectName,
     ResourcesSpec,
     SafeFetchedLocation,
     SafeLocation,
@@ -40,7 +40,7 @@ OUTPUT_URI_PATTERN = (
 class BigModelRef(ApiModel):
     """A BigModel in the same namespace."""
 
-    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel name.")
+    name: ObjectName = Field(description="BigModel name.")
 
 
 class BaseModelSpec(ApiModel):
@@ -277,11 +277,9 @@ class CanarySpec(ApiModel):
 class DeployToSpec(ApiModel):
     """Serve the result from a BigModel as a new version of a LoRA adapter."""
 
-    big_model: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="BigModel in this namespace.")
-    adapter_name: str | None = Field(
+    big_model: ObjectName = Field(description="BigModel in this namespace.")
+    adapter_name: LabelName | None = Field(
         default=None,
-        max_length=63,
-        pattern=DNS_LABEL,
         description=(
             "Name clients call (`<servedName>:<adapterName>`), a DNS label as BigModel adapters[].name "
             "(default: the FineTuneJob's name). Every FineTuneJob with the same adapterName is a version of it."
@@ -356,10 +354,8 @@ class TrainingCredentialsSpec(ApiModel):
     """Credentials for reading models and data and writing the output."""
 
     hf_token_secret_ref: SecretKeyRef | None = Field(default=None, description="Hugging Face token.")
-    storage_secret_name: str | None = Field(
+    storage_secret_name: ObjectName | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
         description=(
             "Secret whose keys become the trainer's environment: for s3:// locations AWS_ACCESS_KEY_ID, "
             "AWS_SECRET_ACCESS_KEY, and for an S3-compatible store AWS_ENDPOINT_URL (and AWS_REGION)."
@@ -439,10 +435,8 @@ class FineTuneJobSpec(ApiModel):
     distributed: DistributedSpec | None = Field(
         default=None, description="Several GPUs or nodes: how many pods, and whether the model is sharded."
     )
-    queue_name: str | None = Field(
+    queue_name: LabelName | None = Field(
         default=None,
-        max_length=63,
-        pattern=DNS_LABEL,
         description=(
             "Kueue LocalQueue to submit the training Job to: the Job carries the label kueue.x-k8s.io/queue-name and "
             "is created suspended; Kueue starts it when the queue admits it (status phase Queued until then). The "
