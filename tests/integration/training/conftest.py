@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,22 @@ def _write_chat_dataset(path: Path, extra: list[dict[str, Any]] | None = None) -
 def write_chat_dataset() -> Callable[..., Path]:
     """`write(path, extra=None)`: the memorisable dataset, plus extra records."""
     return _write_chat_dataset
+
+
+def _wait_for_step(out: Path, process: Any, step: int, timeout_s: float) -> None:
+    """Until the trainer writing to `out` reports `step` in its progress.json, exits, or `timeout_s` passes."""
+    progress = out / "progress.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["status"]["progress"].get("step", 0) >= step:
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def wait_for_step() -> Callable[[Path, Any, int, float], None]:
+    """`wait_for_step(out, process, step, timeout_s)`: a running trainer's progress (e.g. before a SIGTERM)."""
+    return _wait_for_step
 
 
 def deep_update(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -108,17 +108,12 @@ def test_sigkill_then_restart_resumes_from_the_last_checkpoint(
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
-    make_config: Callable[..., TrainerConfig], tmp_path: Path
+    make_config: Callable[..., TrainerConfig], tmp_path: Path, wait_for_step: Callable[..., None]
 ) -> None:
     config = make_config(hyperparameters={"max_steps": 100000}, checkpoint={"every_steps": 100000})
     out = Path(config.output.uri.removeprefix("file://"))
     process, termination = _start(config, tmp_path, "preempted")
-    progress = out / "progress.json"
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline and process.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["status"]["progress"].get("step", 0) >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_step(out, process, 3, STARTUP_S)
     process.send_signal(signal.SIGTERM)
     code, output = _finish(process)
     assert code == EXIT_TERMINATED, output

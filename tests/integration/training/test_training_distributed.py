@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,18 +93,13 @@ def test_two_and_four_processes_give_the_loss_curve_of_one(
 
 
 def test_sigterm_stops_every_rank_at_one_step_and_a_relaunch_resumes(
-    make_config: Callable[..., TrainerConfig], tmp_path: Path
+    make_config: Callable[..., TrainerConfig], tmp_path: Path, wait_for_step: Callable[..., None]
 ) -> None:
     reference = run(make_config("reference", **_settings(2, steps=40)))
     config = make_config("preempted", **{**_settings(1, steps=40), "checkpoint": {"every_steps": 1000, "keep": 2}})
     out = Path(config.output.uri.removeprefix("file://"))
     process = _launch(config, tmp_path / "preempted", 2)
-    progress = out / "progress.json"
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["status"]["progress"].get("step", 0) >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_step(out, process, 3, TIMEOUT_S)
     os.kill(process.pid, signal.SIGTERM)  # the launcher (torchrun) forwards it to both workers
     code, output = _finish(process)
     assert code == EXIT_TERMINATED, output[-4000:]
