@@ -17,7 +17,7 @@ from bigmodel_operator.api import BigModelSpec
 from bigmodel_operator.builders.placement import Placement
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.reconcile.state import ClusterState, note_deadline
-from bigmodel_operator.status.cost_accounting import ACCRUAL_PERIOD_S, accrual_due, accrue, pricing_for
+from bigmodel_operator.status.cost_accounting import ACCRUAL_PERIOD_S, AccrualInputs, accrual_due, accrue, pricing_for
 from bigmodel_operator.status.startup_phases import Startups, parse_time, slow_phase, startups, summary
 
 STARTUP_REFRESH_S = 30.0  # a cold start in progress is re-read this often (its seconds so far, slow phases)
@@ -76,11 +76,12 @@ class ColdStartTracker:
         workers = [p for p in pods.values() if p.node_type != "head"]
         usage = current.get("usage")
         cost = (previous or {}).get("cost")
-        if accrual_due(cost, workers, usage, now):
+        inputs = AccrualInputs(cost, workers, usage, now)
+        if accrual_due(inputs):
             gpu = spec.resources.gpu if spec.resources else None
             product = next((self.state.gpu_nodes.get(p.node or "") for p in workers if p.node), None)
             product = product or (gpu.product if gpu else None)
-            cost = accrue(cost, workers, usage, pricing_for(place.on_gpu, product, self.config.prices), now)
+            cost = accrue(inputs, pricing_for(place.on_gpu, product, self.config.prices))
         alive = sum(1 for p in workers if p.ended is None)
         # The outcome moves with the clock: a cold start's seconds, and the account every period with pods.
         if found.current is not None:

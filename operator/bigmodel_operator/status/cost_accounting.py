@@ -102,14 +102,19 @@ def usage_delta(seen: dict[str, Any] | None, usage: dict[str, Any] | None) -> di
     return delta
 
 
-def accrual_due(
-    previous: dict[str, Any] | None,
-    pods: list[PodRecord],
-    usage: dict[str, Any] | None,
-    now: datetime,
-    period_s: float = ACCRUAL_PERIOD_S,
-) -> bool:
+@dataclass(frozen=True)
+class AccrualInputs:
+    """What the account moves on from: the last `status.cost`, the replica pods, the latest usage report, now."""
+
+    previous: dict[str, Any] | None
+    pods: list[PodRecord]
+    usage: dict[str, Any] | None
+    now: datetime
+
+
+def accrual_due(inputs: AccrualInputs, period_s: float = ACCRUAL_PERIOD_S) -> bool:
     """Whether to move the account on now: something new happened, or a period passed with pods running."""
+    previous, pods, usage, now = inputs.previous, inputs.pods, inputs.usage, inputs.now
     workers = [p for p in pods if p.node_type != "head"]
     accrued = parse_time((previous or {}).get("accruedUntil"))
     if accrued is None:
@@ -165,15 +170,9 @@ def _shares(counts: dict[str, dict[str, int]], total_cost: float | None) -> dict
     return out
 
 
-def accrue(
-    previous: dict[str, Any] | None,
-    pods: list[PodRecord],
-    usage: dict[str, Any] | None,
-    pricing: Pricing,
-    now: datetime,
-) -> dict[str, Any]:
+def accrue(inputs: AccrualInputs, pricing: Pricing) -> dict[str, Any]:
     """The next `status.cost`: the previous account plus what the pods held and the usage added since."""
-    previous = previous or {}
+    previous, pods, usage, now = inputs.previous or {}, inputs.pods, inputs.usage, inputs.now
     since = parse_time(previous.get("accruedUntil"))
     held_now = sum(p.gpus if pricing.on_gpu else p.cpus for p in pods if p.node_type != "head" and p.ended is None)
     hours = {parse_time(h.get("hour")): dict(h) for h in previous.get("hours") or [] if parse_time(h.get("hour"))}

@@ -9,6 +9,7 @@ import pytest
 
 from bigmodel_operator.config import Prices
 from bigmodel_operator.status.cost_accounting import (
+    AccrualInputs,
     Pricing,
     accrual_due,
     accrue,
@@ -64,7 +65,7 @@ def test_pod_seconds_count_each_interval_once_and_skip_the_head() -> None:
 
 def test_gpu_seconds_cost_idle_and_cost_per_million_tokens() -> None:
     pods = [worker("a", 0)]
-    cost = accrue(None, pods, usage("s1", 3600, 600_000, 400_000, 900.0), GPU, at(3600))
+    cost = accrue(AccrualInputs(None, pods, usage("s1", 3600, 600_000, 400_000, 900.0), at(3600)), GPU)
     total = cost["total"]
     assert total["gpuSeconds"] == 3600.0
     assert total["busyGpuSeconds"] == 900.0 and total["idleGpuSeconds"] == 2700.0
@@ -76,25 +77,25 @@ def test_gpu_seconds_cost_idle_and_cost_per_million_tokens() -> None:
 
 def test_a_report_is_counted_once_and_a_restarted_actor_counts_from_zero() -> None:
     pods = [worker("a", 0)]
-    one = accrue(None, pods, usage("s1", 60, 100, 50, 10.0, alice=2), GPU, at(60))
-    same = accrue(one, pods, usage("s1", 60, 100, 50, 10.0, alice=2), GPU, at(120))
+    one = accrue(AccrualInputs(None, pods, usage("s1", 60, 100, 50, 10.0, alice=2), at(60)), GPU)
+    same = accrue(AccrualInputs(one, pods, usage("s1", 60, 100, 50, 10.0, alice=2), at(120)), GPU)
     assert same["total"]["promptTokens"] == 100 and same["total"]["gpuSeconds"] == 120.0
-    more = accrue(same, pods, usage("s1", 180, 300, 150, 30.0, alice=5), GPU, at(180))
+    more = accrue(AccrualInputs(same, pods, usage("s1", 180, 300, 150, 30.0, alice=5), at(180)), GPU)
     assert (more["total"]["promptTokens"], more["total"]["completionTokens"]) == (300, 150)
-    restarted = accrue(more, pods, usage("s2", 240, 40, 10, 5.0, alice=1), GPU, at(240))
+    restarted = accrue(AccrualInputs(more, pods, usage("s2", 240, 40, 10, 5.0, alice=1), at(240)), GPU)
     assert (restarted["total"]["promptTokens"], restarted["total"]["completionTokens"]) == (340, 160)
     assert restarted["byKey"]["alice"]["requests"] == 6 and restarted["byKey"]["alice"]["promptTokens"] == 340
 
 
 def test_by_key_cost_is_shared_by_tokens() -> None:
     report = usage("s1", 3600, 1000, 0, 0.0, alice=1, bob=1)
-    cost = accrue(None, [worker("a", 0)], report, GPU, at(3600))
+    cost = accrue(AccrualInputs(None, [worker("a", 0)], report, at(3600)), GPU)
     assert cost["byKey"]["alice"]["cost"] == cost["byKey"]["bob"]["cost"] == 1.0
 
 
 def test_cpu_models_are_priced_by_core_hours() -> None:
     cpu = Pricing(on_gpu=False, price_per_hour=0.05, currency="EUR", resource="CPU-core-hour")
-    cost = accrue(None, [worker("a", 0, gpus=0, cpus=2.0)], None, cpu, at(3600))
+    cost = accrue(AccrualInputs(None, [worker("a", 0, gpus=0, cpus=2.0)], None, at(3600)), cpu)
     assert cost["total"]["cpuSeconds"] == 7200.0 and cost["total"]["gpuSeconds"] == 0.0
     assert cost["total"]["cost"] == pytest.approx(0.1)
     assert "costPerMillionTokens" not in cost["total"]
@@ -102,13 +103,13 @@ def test_cpu_models_are_priced_by_core_hours() -> None:
 
 def test_no_price_no_cost() -> None:
     unpriced = Pricing(on_gpu=True, price_per_hour=None, currency="USD", resource="GPU-hour of X")
-    cost = accrue(None, [worker("a", 0)], None, unpriced, at(60))
+    cost = accrue(AccrualInputs(None, [worker("a", 0)], None, at(60)), unpriced)
     assert "cost" not in cost["total"] and "pricePerHour" not in cost
 
 
 def test_the_window_keeps_the_last_hours() -> None:
     short = Pricing(on_gpu=True, price_per_hour=1.0, currency="USD", resource="x", window_hours=2)
-    cost = accrue(None, [worker("a", 0)], None, short, at(2.5 * 3600))  # 10:00 -> 12:30
+    cost = accrue(AccrualInputs(None, [worker("a", 0)], None, at(2.5 * 3600)), short)  # 10:00 -> 12:30
     assert cost["total"]["gpuSeconds"] == 9000
     assert cost["window"]["gpuSeconds"] == 5400 and cost["windowHours"] == 2  # 11:00 -> 12:30
     assert [h["hour"] for h in cost["hours"]] == ["2026-12-06T11:00:00Z", "2026-12-06T12:00:00Z"]
@@ -116,12 +117,12 @@ def test_the_window_keeps_the_last_hours() -> None:
 
 def test_accrual_is_due_on_news_or_after_a_period() -> None:
     pods = [worker("a", 0)]
-    previous = accrue(None, pods, None, GPU, at(60))
-    assert not accrual_due(previous, pods, None, at(120))
-    assert accrual_due(previous, pods, None, at(400))
-    assert accrual_due(previous, [*pods, worker("b", 100)], None, at(120))
-    assert accrual_due(previous, pods, usage("s1", 90, 1, 1, 1.0), at(120))
-    assert not accrual_due(None, [], None, at(120))  # nothing ever ran: no cost block
+    previous = accrue(AccrualInputs(None, pods, None, at(60)), GPU)
+    assert not accrual_due(AccrualInputs(previous, pods, None, at(120)))
+    assert accrual_due(AccrualInputs(previous, pods, None, at(400)))
+    assert accrual_due(AccrualInputs(previous, [*pods, worker("b", 100)], None, at(120)))
+    assert accrual_due(AccrualInputs(previous, pods, usage("s1", 90, 1, 1, 1.0), at(120)))
+    assert not accrual_due(AccrualInputs(None, [], None, at(120)))  # nothing ever ran: no cost block
 
 
 def test_usage_delta_never_goes_negative() -> None:
