@@ -41,10 +41,10 @@ def router_timeout_s() -> float:
 # ---- engine replica ----
 
 
-def _error(status: int, message: str, kind: str | None = None) -> Any:
+def _error(status: int, message: str, param: str | None = None) -> Any:
     from ray.serve.llm.openai_api_models import ErrorResponse
 
-    error = {"message": message, "type": kind or type_for_status(status), "code": status}
+    error = {"message": message, "type": type_for_status(status), "param": param, "code": status}
     return ErrorResponse.model_validate({"error": error})
 
 
@@ -66,10 +66,10 @@ async def engine_answer(handler: Any, request: Any) -> AsyncGenerator[Any, None]
     try:
         result = await handler.create_responses(request)
     except (ValueError, VLLMClientError) as error:  # what vLLM's own server answers with a 400
-        yield _error(400, str(error))
+        yield _error(400, str(error), getattr(error, "parameter", None))
         return
     if isinstance(result, VLLMErrorResponse):
-        yield _error(int(result.error.code), result.error.message)
+        yield _error(int(result.error.code), result.error.message, result.error.param)
     elif hasattr(result, "model_dump"):
         yield result.model_dump(mode="json", by_alias=True)
     else:
@@ -85,7 +85,8 @@ def _raise_if_error(item: Any) -> None:
     if error is not None and not isinstance(item, dict):
         status = int(getattr(error, "code", 500) or 500)
         headers = {"Retry-After": "1"} if status in (429, 503) else None
-        raise APIError(status, str(getattr(error, "message", "")), headers=headers)
+        message, param = str(getattr(error, "message", "")), getattr(error, "param", None)
+        raise APIError(status, message, param=param if isinstance(param, str) else None, headers=headers)
 
 
 async def ingress_answer(handle: Any, body: Any) -> Response:

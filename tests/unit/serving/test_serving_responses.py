@@ -256,6 +256,11 @@ def test_the_engine_carries_vllms_answers_and_errors() -> None:
     assert event.startswith("event: response.completed\ndata: {") and event.endswith("\n\n")
 
     not_found = VLLMErrorResponse(error=VLLMErrorInfo(message="no such response", type="NotFoundError", code=404))
+    background = VLLMErrorResponse(
+        error=VLLMErrorInfo(message="no store", type="invalid_request_error", param="background", code=400)
+    )
+    [refused] = _engine_items(_VLLMResponses(background))
+    assert (refused.error.code, refused.error.param) == (400, "background")
     for handler, status in (
         (_VLLMResponses(not_found), 404),
         (_VLLMResponses(ValueError("bad input")), 400),
