@@ -78,6 +78,7 @@ from bigmodel_serving.messages import check_messages
 from bigmodel_serving.metrics import render_usage
 from bigmodel_serving.quota import quota_actor, retry_after_header
 from bigmodel_serving.quota_leases import QuotaLeases
+from bigmodel_serving.ray_internals import replace_engine_handles
 from bigmodel_serving.request_log import RequestLogger
 from bigmodel_serving.responses_api import ingress_answer, input_of
 from bigmodel_serving.startup_report import report_target
@@ -204,6 +205,8 @@ class BigModelIngress(OpenAiIngress):
             self.request_log = RequestLogger.from_args(config.request_log)
         self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
+        if self.config is not None and config.engine_router != self.config.engine_router:
+            self._renew_engine_handles(config.engine_router)  # the first config names the handles' router
         self.config = config
         self._report_usage()
         logger.info(
@@ -212,6 +215,19 @@ class BigModelIngress(OpenAiIngress):
             "on" if config.quotas.enabled else "off",
             ", ".join(adapter.name for adapter in config.adapters) or "none",
         )
+
+    def _renew_engine_handles(self, router: str | None) -> None:
+        """New handles to the engine deployment: Serve builds a handle's request router on its first request
+        and never swaps it, so a new routing policy (the engine's request_router_config) needs new handles."""
+        try:
+            app_name = serve.get_replica_context().app_name
+        except Exception:
+            return  # not in a Serve replica (unit tests): there are no routers to renew
+        engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=app_name)
+        self._engine = engine
+        self._engine_handles.clear()
+        replace_engine_handles(self, engine)
+        logger.info("bigmodel: engine request router now %s", router or "Serve's default")
 
     def _configure_feedback(self, config: IngressConfig) -> None:
         if self.feedback is not None and self.feedback.args == config.feedback:

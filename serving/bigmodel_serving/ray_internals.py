@@ -14,6 +14,9 @@ surface (`ray.serve.llm`, `ray.serve.llm.deployment`, `ray.serve.llm.ingress`,
   vLLM's serving state (`VLLMEngine._app_state`, with vLLM's `OpenAIServingResponses`), and an adapter's
   request must first load the adapter the way Ray's own routes do
   (`LLMServer._maybe_resolve_lora_from_multiplex`).
+- a new request router for the engine: Serve builds a handle's router on its first request and never
+  swaps it, so after a routing-policy edit the ingress must hold new engine handles; Ray's router keeps
+  them in `OpenAiIngress._default_serve_handles` / `_configured_serve_handles`.
 - `HEAD_NODE_RESOURCE`: the resource only the Ray head node has (Ray's own state actors use it to be
   placed there); the metrics deployment asks for a sliver of it.
 
@@ -41,6 +44,7 @@ __all__ = [
     "adapter_config",
     "check_pinned_ray",
     "normalize_vllm_engine_kwargs",
+    "replace_engine_handles",
     "resolve_multiplexed_adapter",
     "vllm_responses_handler",
 ]
@@ -70,6 +74,12 @@ def vllm_responses_handler(server: Any) -> Any:
 async def resolve_multiplexed_adapter(server: Any) -> None:
     """Load the adapter this request is multiplexed to (Serve's multiplexed model id), as Ray's routes do."""
     await server._maybe_resolve_lora_from_multiplex()
+
+
+def replace_engine_handles(ingress: Any, handle: Any) -> None:
+    """Make Ray's OpenAI router (`ingress`) call the engine through `handle` from now on."""
+    ingress._default_serve_handles = dict.fromkeys(ingress._default_serve_handles, handle)
+    ingress._configured_serve_handles.clear()
 
 
 def _parameters(function: Any) -> list[str]:
@@ -116,6 +126,13 @@ def check_pinned_ray() -> list[str]:
         (
             "VLLMEngine keeps vLLM's serving state as _app_state",
             "self._app_state = state" in inspect.getsource(VLLMEngine.start),
+        ),
+        (
+            "OpenAiIngress keeps its engine handles in _default_serve_handles and _configured_serve_handles",
+            all(
+                f"self.{name}" in inspect.getsource(OpenAiIngress.__init__)
+                for name in ("_default_serve_handles", "_configured_serve_handles")
+            ),
         ),
         (
             "OpenAiIngress.__init__(llm_deployments, model_cards, *, lora_paths)",
