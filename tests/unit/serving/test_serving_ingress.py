@@ -260,8 +260,14 @@ class _EngineHandle:
         self.replies = replies
 
     def broadcast(self, method: str) -> _Broadcast:
-        assert method == "metrics_text"
-        return _Broadcast(self.replies)
+        assert method == "metrics_snapshot"
+        if isinstance(self.replies, BaseException):
+            return _Broadcast(self.replies)
+        snapshots = [
+            {"replica": f"replica-{index}", "text": reply} if isinstance(reply, str) else reply
+            for index, reply in enumerate(self.replies)
+        ]
+        return _Broadcast(snapshots)
 
 
 class _IngressHandle:
@@ -323,7 +329,7 @@ def test_metrics_serve_what_answers(engine: Any, app: Any, up: dict[str, int], m
         labels[0][1]: int(value) for (name, labels), value in samples.items() if name == "bigmodel_metrics_source_up"
     } == up
     if not isinstance(engine, BaseException):  # the replicas that answered are served
-        assert samples[("vllm:num_requests_running", (("replica", "0"),))] == 1
+        assert samples[("vllm:num_requests_running", (("replica", "replica-0"),))] == 1  # the Serve replica id
 
 
 def test_a_taken_metrics_port_does_not_fail_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
