@@ -76,12 +76,30 @@ def _direct_urls(app_names: list[str]) -> dict[str, str]:
             for group in groups:
                 if group.app_name == name and str(group.protocol).upper().endswith("HTTP") and group.targets:
                     target = group.targets[0]
-                    urls[name] = f"http://{target.ip}:{target.port}{group.route_prefix.rstrip('/')}"
+                    urls[name] = f"http://{target.ip}:{target.port}|{group.route_prefix.rstrip('/')}"
         time.sleep(1)
     missing = sorted(set(app_names) - set(urls))
     if missing:
         raise RuntimeError(f"no direct-ingress target for {missing}")
     return urls
+
+
+def _answering(base: str, headers: dict[str, str]) -> str:
+    """`base` ("http://ip:port|/prefix"): the URL under which the replica answers /v1/models, with or without
+    the application's route prefix (waits up to 10 minutes for either)."""
+    import httpx
+
+    root, prefix = base.split("|")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for url in (f"{root}{prefix}", root):
+            try:
+                if httpx.get(f"{url}/v1/models", headers=headers, timeout=5).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+        time.sleep(2)
+    raise TimeoutError(f"{root}: /v1/models did not answer with or without {prefix}")
 
 
 def _child(model: str, variant: str, rounds: int, concurrencies: tuple[int, ...], out_json: Path) -> None:
@@ -120,7 +138,9 @@ def _child(model: str, variant: str, rounds: int, concurrencies: tuple[int, ...]
         try:
             if variant == "direct":  # the ingress replicas' own ports, with the apps' route prefixes
                 urls = _direct_urls([bare["name"], ours["name"]])
-                bare_url, ours_url = urls[bare["name"]], urls[ours["name"]]
+                auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+                bare_url, ours_url = _answering(urls[bare["name"]], {}), _answering(urls[ours["name"]], auth)
+                print(f"bench: direct ingress at {bare_url} and {ours_url}", flush=True)
             else:
                 bare_url, ours_url = f"http://127.0.0.1:{port}/bare", f"http://127.0.0.1:{port}/ours"
             auth = {"Authorization": f"Bearer {BENCH_KEY}"}
