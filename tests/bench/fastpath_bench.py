@@ -284,13 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     if options.render_only:
         runs = json.loads(RAW.read_text())
     else:
-        runs = [
-            _run_child(model, variant, options.rounds, options.concurrency)
-            for model in options.models.split(",")
-            for variant in options.variants.split(",")
-        ]
+        runs = []
         RAW.parent.mkdir(exist_ok=True)
-        RAW.write_text(json.dumps(runs, indent=1))
+        for model in options.models.split(","):
+            for variant in options.variants.split(","):
+                runs.append(_run_child(model, variant, options.rounds, options.concurrency))
+                RAW.write_text(json.dumps(runs, indent=1))  # after each: a stopped run keeps what it measured
     from serving_bench import _machine
 
     body = render(runs, _machine(), options.rounds)
