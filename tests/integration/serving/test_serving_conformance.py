@@ -171,7 +171,7 @@ def test_responses_streamed(serving: ServingStack) -> None:
     events = list(serving.openai().responses.create(model=MODEL, input="Count.", max_output_tokens=6, stream=True))
     kinds = [event.type for event in events]
     assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
-    assert "response.output_text.delta" in kinds or "response.output_text.done" in kinds, kinds
+    assert "response.output_text.delta" in kinds or events[-1].response.output, kinds  # special tokens show no text
     last = events[-1].response
     assert last.usage is not None and last.usage.output_tokens >= 1
 
