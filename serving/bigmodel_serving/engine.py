@@ -11,6 +11,8 @@
 - Its cold start (Downloading with bytes, or `cached` from the shared weight cache; Loading; Compiling;
   ready) goes into the BigModel's `status.replicaStartups` while it happens (startup_report.py), and its
   entry is removed when Serve stops the replica (scale down, scale to zero).
+- `responses()` serves `POST /v1/responses` with vLLM's own Responses implementation (responses_api.py),
+  which Ray Serve LLM 2.60 does not route.
 - Streamed answers leave the replica first chunk first (stream_batching.py): Ray's timer batching would
   hold the first token for up to its 50 ms interval.
 """
@@ -32,7 +34,13 @@ from ray.serve.llm.deployment import LLMServer
 
 from bigmodel_serving import storage
 from bigmodel_serving.args import EngineConfig, parse_engine_config
-from bigmodel_serving.ray_internals import LoraModelLoader, adapter_config
+from bigmodel_serving.ray_internals import (
+    LoraModelLoader,
+    adapter_config,
+    resolve_multiplexed_adapter,
+    vllm_responses_handler,
+)
+from bigmodel_serving.responses_api import engine_answer
 from bigmodel_serving.startup_report import (
     LogFollower,
     StartupTimeline,
@@ -188,6 +196,13 @@ class BigModelEngine(LLMServer):
         """Streams of chat, completions and responses: the first chunk at once, then Ray's interval
         (`stream_batching_interval_ms`, default 50 ms) between batches (stream_batching.py)."""
         return first_then_batched(generator, self._get_batch_interval_ms() / 1000)
+
+    async def responses(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
+        """`POST /v1/responses` on this replica's engine (responses_api.py): one dict or an ErrorResponse;
+        streamed, server-sent event strings, batched like chat streams."""
+        await resolve_multiplexed_adapter(self)
+        answer = engine_answer(vllm_responses_handler(self), request)
+        return self._batch_output_stream(answer) if request.stream else answer
 
     async def replica_info(self) -> dict[str, Any]:
         """Which replica this is and when its engine loaded (tests prove light edits keep it)."""

@@ -6,6 +6,7 @@ Routes (an allowlist of Ray's OpenAI routes, plus ours):
     GET  /v1/routes                        canary routes: versions, weight, signals, decision (key)
     POST /v1/chat/completions              vLLM's chat completions              (key, quota)
     POST /v1/completions                   vLLM's completions                   (key, quota)
+    POST /v1/responses                     vLLM's Responses API, stateless      (key, quota)
     POST /v1/feedback                      a rating of an answered completion   (key)
     GET  /health                           liveness: 200 while this replica runs (no key)
     GET  /health/ready                     readiness: 200 once configured and an engine replica runs,
@@ -19,7 +20,8 @@ Until Serve delivers the first `user_config` (`reconfigure`) every /v1 request g
 the replica knows neither keys nor quotas yet. Every error, ours, vLLM's or Ray's, has an OpenAI-style body
 (error_mapping.py); a helper actor that fails (quota, feedback) is a 503 + Retry-After, never a 500.
 
-Generation goes through Ray's public `chat`/`completions`; we choose the version (adapters, canary routes)
+Generation goes through Ray's public `chat`/`completions` (Responses, which Ray does not route, through
+the engine's handle: responses_api.py); we choose the version (adapters, canary routes)
 before and watch the answer after (answer_watch.py). The guard is a plain ASGI middleware, so streamed
 answers pass through it untouched; a client that disconnects cancels the request down to the engine,
 where vLLM aborts it.
@@ -41,6 +43,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.exceptions import VLLMError
 
 from bigmodel_serving import error_mapping
@@ -75,7 +78,9 @@ from bigmodel_serving.messages import check_messages
 from bigmodel_serving.metrics import render_usage
 from bigmodel_serving.quota import quota_actor, retry_after_header
 from bigmodel_serving.quota_leases import QuotaLeases
+from bigmodel_serving.ray_internals import replace_engine_handles
 from bigmodel_serving.request_log import RequestLogger
+from bigmodel_serving.responses_api import ingress_answer, input_of
 from bigmodel_serving.startup_report import report_target
 from bigmodel_serving.usage_report import BusyClock
 from bigmodel_serving.wake import WAKE_TIMEOUT_DEFAULT_S, within_wake_bound
@@ -90,6 +95,7 @@ ENDPOINTS: dict[str, Callable[[FastAPI], Callable[..., Any]]] = {
     "model_data": lambda app: app.get("/v1/models/{model:path}"),
     "completions": lambda app: app.post("/v1/completions"),
     "chat": lambda app: app.post("/v1/chat/completions"),
+    "responses": lambda app: app.post("/v1/responses"),
 }
 
 
@@ -171,6 +177,8 @@ class BigModelIngress(OpenAiIngress):
         metrics_server: Any = None,  # bound so Serve deploys it with the application; not called from here
     ) -> None:
         super().__init__(llm_deployments, cast(Any, model_cards), lora_paths=None)
+        self._engine = llm_deployments[next(iter(model_cards))]  # the engine deployment's handle
+        self._engine_handles: dict[str, Any] = {}  # per model: streaming, multiplexed for an adapter
         self.app_name = replica_app_name(app_name or "default")
         self.base_model = next(iter(model_cards))
         self.cards = dict(model_cards)
@@ -197,6 +205,8 @@ class BigModelIngress(OpenAiIngress):
             self.request_log = RequestLogger.from_args(config.request_log)
         self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
+        if self.config is not None and config.engine_router != self.config.engine_router:
+            self._renew_engine_handles(config.engine_router)  # the first config names the handles' router
         self.config = config
         self._report_usage()
         logger.info(
@@ -205,6 +215,19 @@ class BigModelIngress(OpenAiIngress):
             "on" if config.quotas.enabled else "off",
             ", ".join(adapter.name for adapter in config.adapters) or "none",
         )
+
+    def _renew_engine_handles(self, router: str | None) -> None:
+        """New handles to the engine deployment: Serve builds a handle's request router on its first request
+        and never swaps it, so a new routing policy (the engine's request_router_config) needs new handles."""
+        try:
+            app_name = serve.get_replica_context().app_name
+        except Exception:
+            return  # not in a Serve replica (unit tests): there are no routers to renew
+        engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=app_name)
+        self._engine = engine
+        self._engine_handles.clear()
+        replace_engine_handles(self, engine)
+        logger.info("bigmodel: engine request router now %s", router or "Serve's default")
 
     def _configure_feedback(self, config: IngressConfig) -> None:
         if self.feedback is not None and self.feedback.args == config.feedback:
@@ -362,9 +385,28 @@ class BigModelIngress(OpenAiIngress):
         request.scope[ENDPOINT_SCOPE] = True
         return await self._generate(body, request, "completions")
 
+    async def responses(self, body: ResponsesRequest, request: Request) -> Response:
+        request.scope[ENDPOINT_SCOPE] = True
+        return await self._generate(body, request, "responses")
+
+    def _engine_handle(self, model: str) -> Any:
+        """The engine deployment's streaming handle for `model` (an adapter's is multiplexed to it, so Serve
+        prefers replicas that hold the adapter, as Ray's router does for chat)."""
+        if model not in self._engine_handles:
+            options: dict[str, Any] = {"stream": True}
+            if model != self.base_model:
+                options["multiplexed_model_id"] = model
+            self._engine_handles[model] = self._engine.options(**options)
+        return self._engine_handles[model]
+
+    async def _answer_responses(self, body: Any, request: Request) -> Response:
+        return await ingress_answer(self._engine_handle(str(body.model)), body)
+
     async def _generate(self, body: Any, request: Request, method: str) -> Response:
-        """Choose the version, ask Ray's router (`OpenAiIngress.chat`/`completions`), watch the answer."""
-        answer: Callable[[Any, Request], Any] = getattr(super(), method)
+        """Choose the version, ask Ray's router (`OpenAiIngress.chat`/`completions`; Responses through the
+        engine's handle), watch the answer."""
+        responses = method == "responses"
+        answer: Callable[[Any, Request], Any] = self._answer_responses if responses else getattr(super(), method)
         requested = body.model or self.base_model
         key = str(request.scope.get(KEY_SCOPE, ANONYMOUS))
         choice = self.canary.choose(requested, key)  # a canary route: the version this key gets
@@ -376,7 +418,11 @@ class BigModelIngress(OpenAiIngress):
         if isinstance(body, ChatCompletionRequest):
             check_messages(body.messages)
         strip_usage = False
-        if getattr(body, "stream", False) and not (body.stream_options and body.stream_options.include_usage):
+        if (
+            not responses  # a Responses stream's last event carries the usage anyway
+            and getattr(body, "stream", False)
+            and not (body.stream_options and body.stream_options.include_usage)
+        ):
             # Usage is needed for token quotas and metrics; the extra chunk is not passed on.
             from vllm.entrypoints.generate.base.protocol import StreamOptions
 
@@ -407,7 +453,7 @@ class BigModelIngress(OpenAiIngress):
         watch = AnswerWatch(
             request.scope,
             strip_usage=strip_usage,
-            remember=self._rememberer(body, key),
+            remember=None if responses else self._rememberer(body, key),  # feedback rates completion ids
             log=lambda texts, usage: self._log(body, key, texts, usage),
             canary=self.canary if opened is not None else None,
             opened=opened,
@@ -447,6 +493,9 @@ class BigModelIngress(OpenAiIngress):
                 for message in (body.messages or [])
                 if isinstance(message, dict)
             ]
+        elif isinstance(body, ResponsesRequest):
+            record["instructions"] = body.instructions
+            record["input"] = input_of(body)
         else:
             record["prompt"] = body.prompt
         await self.request_log.log(record)

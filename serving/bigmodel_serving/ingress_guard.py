@@ -28,7 +28,7 @@ USAGE_SCOPE = "bigmodel.usage"  # (prompt_tokens, completion_tokens), set when a
 CALLED_MODEL_SCOPE = "bigmodel.called_model"  # the model the client asked for (usage by model and adapter)
 ENDPOINT_SCOPE = "bigmodel.endpoint"  # set when a route's handler starts: the request body was parsed by then
 ANONYMOUS = "anonymous"
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 class GuardedIngress(Protocol):

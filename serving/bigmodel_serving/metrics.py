@@ -56,8 +56,11 @@ def merge_engine_metrics(replica_texts: Iterable[tuple[str, str]]) -> str:
                 lines.append(f"{sample.name}{_labels(labels)} {_number(sample.value)}")
     out = []
     for name, (kind, documentation, lines) in sorted(families.items()):
-        out.append(f"# HELP {name} {documentation}")
-        out.append(f"# TYPE {name} {kind}")
+        # The parser names a counter's family without `_total`; the text format's TYPE line names the sample
+        # (`x_total`), or parsers (Prometheus, prometheus_client) read the samples as untyped, the family empty.
+        exposed = f"{name}_total" if kind == "counter" else name
+        out.append(f"# HELP {exposed} {documentation}")
+        out.append(f"# TYPE {exposed} {kind}")
         out.extend(lines)
     return "\n".join(out) + ("\n" if out else "")
 

@@ -88,10 +88,12 @@ class BigModelMetrics:
         sources: dict[str, bool] = {}
         engine_text, app_text = "", ""
         try:
-            replies = await self.engine.broadcast("metrics_text").results_async(
+            # Each replica's Serve id (stable while it lives, as in Serve's logs) labels its series; a position
+            # in the broadcast's list would swap series between replicas when one is added or removed.
+            replies = await self.engine.broadcast("metrics_snapshot").results_async(
                 timeout_s=BACKGROUND_TIMEOUT_S, return_exceptions=True
             )
-            texts = [(str(index), reply) for index, reply in enumerate(replies) if isinstance(reply, str)]
+            texts = [(str(reply["replica"]), str(reply["text"])) for reply in replies if isinstance(reply, dict)]
             engine_text = merge_engine_metrics(texts)
             sources["engine"] = bool(texts) and len(texts) == len(replies)
         except Exception as error:

@@ -11,6 +11,11 @@ them through this module:
   (re-serialized JSON, never a string replacement);
 - `AnswerText`: the id and first-choice text of a streamed answer, chunk by chunk.
 
+Responses answers (POST /v1/responses) are read by the same classes: a whole answer is a `response`
+object (`usage` with input/output tokens, text in `output[].content[]` parts of type `output_text`); a
+streamed one is `event: <type>` + `data: {...}` events whose `response` object (in `response.created`,
+`response.completed`, ...) holds the model and, at the end, the usage.
+
 Cost per packet: splitting it into events; an event's JSON is decoded only when a reader asks for it, and
 `Event.usage` first checks that the payload mentions a `"usage"` key at all (every chunk but the last has
 none) before decoding it. A packet is rebuilt only when an event was changed or dropped.
@@ -42,7 +47,9 @@ class Usage:
     def of(value: Any) -> Usage | None:
         if not isinstance(value, dict):
             return None
-        return Usage(_count(value.get("prompt_tokens")), _count(value.get("completion_tokens")), value)
+        prompt = value.get("prompt_tokens", value.get("input_tokens"))  # chat/completions, or Responses
+        completion = value.get("completion_tokens", value.get("output_tokens"))
+        return Usage(_count(prompt), _count(completion), value)
 
 
 def _count(value: Any) -> int:
@@ -70,13 +77,21 @@ class Completion:
         return value if isinstance(value, str) else None
 
     @property
+    def _response(self) -> dict[str, Any] | None:
+        """The `response` object a streamed Responses event carries, if any."""
+        value = self.data.get("response")
+        return value if isinstance(value, dict) else None
+
+    @property
     def model(self) -> str | None:
-        value = self.data.get("model")
+        holder = self._response or self.data
+        value = holder.get("model")
         return value if isinstance(value, str) else None
 
     @property
     def usage(self) -> Usage | None:
-        return Usage.of(self.data.get("usage"))
+        holder = self._response or self.data
+        return Usage.of(holder.get("usage"))
 
     @property
     def has_choices(self) -> bool:
@@ -84,6 +99,8 @@ class Completion:
 
     def texts(self) -> list[str]:
         """Each choice's text (chat: `message.content` or `delta.content`; completions: `text`), in order."""
+        if self.data.get("object") == "response":
+            return ["".join(_output_texts(self.data))]
         choices = self.data.get("choices") or []
         return [(_text_of(choice) if isinstance(choice, dict) else None) or "" for choice in choices]
 
@@ -95,10 +112,23 @@ class Completion:
         return None
 
     def with_model(self, model: str) -> Completion:
+        response = self._response
+        if response is not None:
+            return Completion({**self.data, "response": {**response, "model": model}})
         return Completion({**self.data, "model": model})
 
     def to_json(self) -> str:
         return _dumps(self.data)
+
+
+def _output_texts(response: dict[str, Any]) -> list[str]:
+    """The `output_text` parts of a Responses answer's message items."""
+    texts = []
+    for item in response.get("output") or []:
+        for part in (item.get("content") or []) if isinstance(item, dict) else []:
+            if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    return texts
 
 
 def _text_of(choice: dict[str, Any]) -> str | None:
@@ -141,7 +171,8 @@ class Event:
     def replaced(self, completion: Completion) -> Event:
         """This event carrying `completion` instead (re-serialized)."""
         data = completion.to_json()
-        return Event(f"data: {data}", data, completion, changed=True)
+        fields = [line for line in self.raw.split("\n") if not line.startswith("data:")]  # e.g. `event: <type>`
+        return Event("\n".join([*fields, f"data: {data}"]), data, completion, changed=True)
 
     def encode(self) -> str:
         return self.raw + "\n\n"

@@ -10,6 +10,13 @@ surface (`ray.serve.llm`, `ray.serve.llm.deployment`, `ray.serve.llm.ingress`,
   answers it by type with the status it carries.
 - `normalize_vllm_engine_kwargs`: how Ray turns nested vLLM config dicts (`structured_outputs_config`,
   ...) into vLLM's config classes, so `build_app` refuses a bad one before any replica starts.
+- `POST /v1/responses` (responses_api.py): Ray routes no Responses requests, but its vLLM engine keeps
+  vLLM's serving state (`VLLMEngine._app_state`, with vLLM's `OpenAIServingResponses`), and an adapter's
+  request must first load the adapter the way Ray's own routes do
+  (`LLMServer._maybe_resolve_lora_from_multiplex`).
+- a new request router for the engine: Serve builds a handle's router on its first request and never
+  swaps it, so after a routing-policy edit the ingress must hold new engine handles; Ray's router keeps
+  them in `OpenAiIngress._default_serve_handles` / `_configured_serve_handles`.
 - `HEAD_NODE_RESOURCE`: the resource only the Ray head node has (Ray's own state actors use it to be
   placed there); the metrics deployment asks for a sliver of it.
 
@@ -37,6 +44,9 @@ __all__ = [
     "adapter_config",
     "check_pinned_ray",
     "normalize_vllm_engine_kwargs",
+    "replace_engine_handles",
+    "resolve_multiplexed_adapter",
+    "vllm_responses_handler",
 ]
 
 
@@ -55,6 +65,23 @@ def normalize_vllm_engine_kwargs(engine_kwargs: dict[str, Any]) -> dict[str, Any
     return dict(_normalize_vllm_engine_kwargs(engine_kwargs))
 
 
+def vllm_responses_handler(server: Any) -> Any:
+    """vLLM's `OpenAIServingResponses` of an `LLMServer`'s started engine, None when it has none."""
+    state = getattr(getattr(server, "engine", None), "_app_state", None)
+    return getattr(state, "openai_serving_responses", None) if state is not None else None
+
+
+async def resolve_multiplexed_adapter(server: Any) -> None:
+    """Load the adapter this request is multiplexed to (Serve's multiplexed model id), as Ray's routes do."""
+    await server._maybe_resolve_lora_from_multiplex()
+
+
+def replace_engine_handles(ingress: Any, handle: Any) -> None:
+    """Make Ray's OpenAI router (`ingress`) call the engine through `handle` from now on."""
+    ingress._default_serve_handles = dict.fromkeys(ingress._default_serve_handles, handle)
+    ingress._configured_serve_handles.clear()
+
+
 def _parameters(function: Any) -> list[str]:
     return list(inspect.signature(function).parameters)
 
@@ -62,6 +89,7 @@ def _parameters(function: Any) -> list[str]:
 def check_pinned_ray() -> list[str]:
     """What this module (and the public classes we subclass) expects of Ray, and is not so: [] when all holds."""
     from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
     from ray.serve.llm.deployment import LLMServer
     from ray.serve.llm.ingress import OpenAiIngress
 
@@ -90,6 +118,21 @@ def check_pinned_ray() -> list[str]:
         (
             "_normalize_vllm_engine_kwargs(engine_kwargs)",
             _parameters(_normalize_vllm_engine_kwargs) == ["engine_kwargs"],
+        ),
+        (
+            "LLMServer._maybe_resolve_lora_from_multiplex(self)",
+            _parameters(getattr(LLMServer, "_maybe_resolve_lora_from_multiplex", lambda: None)) == ["self"],
+        ),
+        (
+            "VLLMEngine keeps vLLM's serving state as _app_state",
+            "self._app_state = state" in inspect.getsource(VLLMEngine.start),
+        ),
+        (
+            "OpenAiIngress keeps its engine handles in _default_serve_handles and _configured_serve_handles",
+            all(
+                f"self.{name}" in inspect.getsource(OpenAiIngress.__init__)
+                for name in ("_default_serve_handles", "_configured_serve_handles")
+            ),
         ),
         (
             "OpenAiIngress.__init__(llm_deployments, model_cards, *, lora_paths)",

@@ -15,7 +15,8 @@ The two policies take turns on the same application (a redeploy with the other `
 first; before each turn vLLM's prefix caches are emptied (`reset_prefix_cache` on every replica) and each
 round uses a new set of system prompts, so neither policy finds prefixes the other one warmed. Prefix-cache
 hit rate is vLLM's own `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` (tokens), summed over
-the replicas, from our /metrics before and after each turn.
+the replicas, from the application's metrics listener (its own port: the serving port has no /metrics) before
+and after each turn; a turn whose counters are missing fails instead of printing `nan`.
 """
 
 from __future__ import annotations
@@ -109,11 +110,13 @@ def manifest(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
     }
 
 
-def application(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
-    """What the operator renders for the manifest, with the replica count `bigmodel serve` pins to 1 put back."""
+def application(model_dir: Path, kv_bytes: int, policy: str, metrics_port: int) -> dict[str, Any]:
+    """What the operator renders for the manifest, with the replica count `bigmodel serve` pins to 1 put back
+    and the metrics listener on `metrics_port` (the same for every redeploy)."""
     from bigmodel_operator.local import local_application
 
     app = local_application(manifest(model_dir, kv_bytes, policy))
+    app["args"]["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
     engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
     engine["autoscaling_config"].update(min_replicas=REPLICAS, max_replicas=REPLICAS)
     return app
@@ -128,10 +131,33 @@ def _counters(text: str) -> dict[str, float]:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     totals[family.name] = totals.get(family.name, 0.0) + sample.value
+    missing = {"vllm:prefix_cache_queries", "vllm:prefix_cache_hits"} - set(totals)
+    if missing:
+        raise RuntimeError(f"the engine metrics have no {sorted(missing)}: is this the metrics listener?")
     return totals
 
 
-async def run_turn(url: str, conversations: list[list[dict[str, str]]], concurrency: int) -> dict[str, Any]:
+async def _scrape(session: Any, metrics_url: str, replicas: int = REPLICAS) -> dict[str, float]:
+    """The prefix-cache counters once every engine replica reports them (after a redeploy the metrics
+    listener may not see the new replicas for a few seconds)."""
+    deadline = time.monotonic() + 120
+    while True:
+        text = await (await session.get(metrics_url)).text()
+        try:
+            totals = _counters(text)
+            if text.count("vllm:prefix_cache_queries_total{") >= replicas:
+                return totals
+            error: Exception = RuntimeError(f"fewer than {replicas} replicas in {metrics_url}")
+        except RuntimeError as missing:
+            error = missing
+        if time.monotonic() > deadline:
+            raise error
+        await asyncio.sleep(2)
+
+
+async def run_turn(
+    url: str, metrics_url: str, conversations: list[list[dict[str, str]]], concurrency: int
+) -> dict[str, Any]:
     import aiohttp
 
     ttfts: list[float] = []
@@ -160,11 +186,11 @@ async def run_turn(url: str, conversations: list[list[dict[str, str]]], concurre
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        before = _counters(await (await session.get(f"{url}/metrics")).text())
+        before = await _scrape(session, metrics_url)
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        after = _counters(await (await session.get(f"{url}/metrics")).text())
+        after = await _scrape(session, metrics_url)
     queries = after.get("vllm:prefix_cache_queries", 0) - before.get("vllm:prefix_cache_queries", 0)
     hits = after.get("vllm:prefix_cache_hits", 0) - before.get("vllm:prefix_cache_hits", 0)
     ordered = sorted(ttfts)
@@ -267,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"routing bench: {sizes}", flush=True)
     started = time.monotonic()
-    port = _free_port()
-    server = run_local(application(model_dir, kv_bytes, POLICIES[0]), port=port, block=False, num_cpus=4)
+    port, metrics_port = _free_port(), _free_port()
+    server = run_local(application(model_dir, kv_bytes, POLICIES[0], metrics_port), port=port, block=False, num_cpus=4)
     ready_s = time.monotonic() - started
     turns: list[dict[str, Any]] = []
     try:
@@ -276,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             order = POLICIES if round_index % 2 == 0 else POLICIES[::-1]
             conversations = workload(prompts_by_round[round_index], args.requests, round_index)
             for policy in order:
-                server.deploy([application(model_dir, kv_bytes, policy)])
+                server.deploy([application(model_dir, kv_bytes, policy, metrics_port)])
                 _reset_prefix_caches("routing-bench")
-                result = asyncio.run(run_turn(server.url, conversations, args.concurrency))
+                metrics_url = str(server.metrics_urls["routing-bench"])
+                result = asyncio.run(run_turn(server.url, metrics_url, conversations, args.concurrency))
                 result.update(policy=policy, round=round_index + 1)
                 turns.append(result)
                 print(

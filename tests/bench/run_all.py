@@ -14,6 +14,10 @@ STEPS = [
     ("control plane", [sys.executable, "tests/cluster/devcluster.py", "up"]),
     ("operator: 1,000 BigModels", [sys.executable, "tests/bench/operator_bench.py"]),
     ("serving path", [sys.executable, "tests/bench/serving_bench.py", "--out", "docs/benchmarks.md"]),
+    (
+        "fast path: ours vs vllm serve, Ray's switches",
+        [sys.executable, "tests/bench/fastpath_bench.py", "--models", "tiny,m100"],
+    ),
     ("routing: prefix-aware vs Serve's default", [sys.executable, "tests/bench/routing_bench.py"]),
     ("canary split", [sys.executable, "tests/bench/canary_bench.py", "--out", "docs/benchmarks.md"]),
     ("feedback endpoint", [sys.executable, "tests/bench/feedback_bench.py", "--out", "docs/benchmarks.md"]),

@@ -244,13 +244,26 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -> dict[str, Any]:
+def round_orders(names: list[str]) -> list[tuple[str, ...]]:
+    """Every order of the servers, rotations first: the first len(names) rounds put each server in each
+    position once; all of them make each server follow each other one equally often."""
+    rotations = [tuple(names[i:] + names[:i]) for i in range(len(names))]
+    return rotations + [order for order in itertools.permutations(names) if order not in rotations]
+
+
+async def _measure(
+    servers: dict[str, tuple[str, dict[str, str]]],
+    model: str,
+    *,
+    rounds: int = ROUNDS,
+    concurrencies: tuple[int, ...] = CONCURRENCY,
+) -> dict[str, Any]:
     """Streamed completions at each concurrency, the servers taking turns round by round."""
     from http_load import RunStats, run_load, streaming_request
 
     body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
     results: dict[str, Any] = {}
-    for concurrency in CONCURRENCY:
+    for concurrency in concurrencies:
         # Alone, a request's TTFT is a few milliseconds of ingress on ~100 ms of engine: more samples there.
         # (Not interleaved request by request: vLLM's CPU threads spin a while after each step, so the
         # server that follows another in turn pays for the other's spinning; measured: +1 s TTFT.)
@@ -259,8 +272,8 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
         round_ttft: dict[str, list[float]] = {name: [] for name in servers}  # each round's p50, per server
         round_rps: dict[str, list[float]] = {name: [] for name in servers}
         loads = [load_average()]
-        orders = list(itertools.permutations(servers))
-        for round_index in range(ROUNDS):
+        orders = round_orders(list(servers))
+        for round_index in range(rounds):
             for name in orders[round_index % len(orders)]:
                 await asyncio.sleep(SETTLE_S)
                 url, headers = servers[name]
@@ -273,11 +286,15 @@ async def _measure(servers: dict[str, tuple[str, dict[str, str]]], model: str) -
             loads.append(load_average())
         results[str(concurrency)] = {name: stats.summary() for name, stats in merged.items()}
         results[str(concurrency)]["load_average"] = max(loads)
+        results[str(concurrency)]["rounds"] = {
+            name: {"rps": round_rps[name], "ttft_p50_ms": round_ttft[name]} for name in servers
+        }
         # (c) − (b) within each round: both measured minutes apart at most, in a different order each round.
-        pairs = zip(round_ttft["b"], round_ttft["c"], strict=True)
-        results[str(concurrency)]["round_ttft_diff_ms"] = [round(c - b, 2) for b, c in pairs]
-        pairs = zip(round_rps["b"], round_rps["c"], strict=True)
-        results[str(concurrency)]["round_rps_ratio"] = [round(c / b, 3) if b else 0.0 for b, c in pairs]
+        if "b" in servers and "c" in servers:
+            pairs = zip(round_ttft["b"], round_ttft["c"], strict=True)
+            results[str(concurrency)]["round_ttft_diff_ms"] = [round(c - b, 2) for b, c in pairs]
+            pairs = zip(round_rps["b"], round_rps["c"], strict=True)
+            results[str(concurrency)]["round_rps_ratio"] = [round(c / b, 3) if b else 0.0 for b, c in pairs]
     return results
 
 

@@ -115,6 +115,9 @@ def test_tools_give_parseable_tool_calls(serving: ServingStack, tool_choice: Any
     )
     choice = response.choices[0]
     calls = choice.message.tool_calls
+    print(
+        f"chat tool_choice {tool_choice}: {choice.finish_reason} {[(c.function.name, c.function.arguments) for c in calls or []]}"
+    )
     assert calls, (choice.finish_reason, choice.message.content)
     assert calls[0].function.name == "get_weather"
     assert "city" in json.loads(calls[0].function.arguments)
@@ -138,6 +141,70 @@ def test_tools_streamed_required(serving: ServingStack) -> None:
     deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
     names = [call.function.name for delta in deltas for call in delta.tool_calls or [] if call.function.name]
     assert names and set(names) == {"get_weather"}, deltas[-3:]  # required: one call or more
+
+
+# ---- openai-python: the Responses API (vLLM's, through our ingress) ----
+
+RESPONSES_TOOL = {"type": "function", **WEATHER_TOOL["function"]}
+
+
+def test_responses_create(serving: ServingStack) -> None:
+    """POST /v1/responses: vLLM's Responses API through our ingress, with the key and quota of chat."""
+    client = serving.openai()
+    response = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=8)
+    print(f"responses.create: {response.status} {response.output_text!r} usage={response.usage}")
+    assert response.object == "response" and response.model == MODEL and response.id.startswith("resp_")
+    assert response.status in ("completed", "incomplete")
+    assert isinstance(response.output_text, str)
+    assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens >= 1
+    chat = client.responses.create(
+        model=MODEL,
+        instructions="Be brief.",
+        input=[{"role": "user", "content": "Hi"}],
+        max_output_tokens=4,
+        temperature=0,
+    )
+    assert chat.output and chat.output[0].type == "message"
+    adapter = client.responses.create(model=f"{MODEL}:{ADAPTER}", input="Hi", max_output_tokens=4)
+    assert adapter.model == f"{MODEL}:{ADAPTER}"
+
+
+def test_responses_streamed(serving: ServingStack) -> None:
+    events = list(serving.openai().responses.create(model=MODEL, input="Count.", max_output_tokens=6, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
+    assert "response.output_text.delta" in kinds or events[-1].response.output, kinds  # special tokens show no text
+    last = events[-1].response
+    assert last.usage is not None and last.usage.output_tokens >= 1
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required", {"type": "function", "name": "get_weather"}])
+def test_responses_with_tools(serving: ServingStack, tool_choice: Any) -> None:
+    """auto: whatever the random model writes; required and named: a parseable call once the answer completes."""
+    response = serving.openai().responses.create(
+        model=MODEL, input="Weather in Oslo?", tools=[RESPONSES_TOOL], tool_choice=tool_choice, max_output_tokens=400
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    print(f"responses + tool_choice {tool_choice}: {response.status} {[(c.name, c.arguments) for c in calls]}")
+    assert response.object == "response" and response.status in ("completed", "incomplete")
+    if tool_choice != "auto" and response.status == "completed":
+        assert calls and calls[0].name == "get_weather" and "city" in json.loads(calls[0].arguments)
+        assert calls[0].call_id
+
+
+def test_responses_errors_are_openai_shaped(serving: ServingStack) -> None:
+    import openai
+
+    client = serving.openai()
+    with pytest.raises(openai.NotFoundError) as missing:  # vLLM keeps no responses (its store is off)
+        client.responses.create(model=MODEL, input="Hi", previous_response_id="resp_nope", max_output_tokens=2)
+    assert isinstance(missing.value.body, dict) and "message" in missing.value.body
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        serving.openai(key="sk-wrong").responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=MODEL, input="Hi", tool_choice="required", max_output_tokens=2)  # no tools
 
 
 def test_streaming_with_usage(serving: ServingStack) -> None:
@@ -208,6 +275,7 @@ def test_langchain_tools_and_tool_message(serving: ServingStack) -> None:
 
     llm = _chat_model(serving, max_tokens=400).bind_tools([WEATHER_TOOL], tool_choice="get_weather")
     asked = llm.invoke([HumanMessage("Weather in Paris?")])
+    print(f"langchain bind_tools: {asked.tool_calls}")
     assert asked.tool_calls, (asked.content, asked.response_metadata, asked.invalid_tool_calls)
     call = asked.tool_calls[0]
     assert call["name"] == "get_weather" and "city" in call["args"]
@@ -215,6 +283,15 @@ def test_langchain_tools_and_tool_message(serving: ServingStack) -> None:
         [HumanMessage("Weather in Paris?"), asked, ToolMessage("sunny", tool_call_id=call["id"])]
     )
     assert isinstance(answer.content, str)
+
+
+def test_langchain_tools_through_the_responses_api(serving: ServingStack) -> None:
+    llm = _chat_model(serving, max_tokens=400, use_responses_api=True)
+    asked = llm.bind_tools([WEATHER_TOOL], tool_choice="get_weather").invoke("Weather in Rome?")
+    print(f"langchain responses bind_tools: {asked.tool_calls} {asked.response_metadata.get('status')}")
+    assert asked.tool_calls, (asked.content, asked.response_metadata, asked.invalid_tool_calls)
+    assert asked.tool_calls[0]["name"] == "get_weather" and "city" in asked.tool_calls[0]["args"]
+    assert isinstance(_chat_model(serving, max_tokens=4, use_responses_api=True).invoke("Hi").content, str | list)
 
 
 # ---- litellm ----

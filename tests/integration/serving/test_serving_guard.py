@@ -107,6 +107,27 @@ def test_metrics_have_engine_and_usage_series(serving: ServingStack) -> None:
     assert prompt["alice"] >= 1
 
 
+def test_responses_are_charged_to_the_key(serving: ServingStack) -> None:
+    """POST /v1/responses counts like chat: the request and its input/output tokens on the key's series."""
+
+    def bobs(family: str) -> float:
+        values = _metric_values(serving.metrics(), family)
+        return sum(value for labels, value in values if labels.get("key") == "bob")
+
+    before = (bobs("bigmodel_key_prompt_tokens"), bobs("bigmodel_key_completion_tokens"))
+    response = serving.openai(key=serving.keys["bob"]).responses.create(model=MODEL, input="Hi", max_output_tokens=3)
+    assert response.usage is not None
+    expected = (before[0] + response.usage.input_tokens, before[1] + response.usage.output_tokens)
+    deadline, seen = time.monotonic() + 15, before
+    while time.monotonic() < deadline:  # usage reaches the quota actor within a second or so
+        seen = (bobs("bigmodel_key_prompt_tokens"), bobs("bigmodel_key_completion_tokens"))
+        if seen[0] >= expected[0] and seen[1] >= expected[1]:
+            break
+        time.sleep(0.5)
+    # At least: an earlier test's usage of the same key may still be on its way to the quota actor.
+    assert seen[0] >= expected[0] and seen[1] >= expected[1], (before, expected, seen)
+
+
 def test_client_disconnect_aborts_the_engine_request(serving: ServingStack) -> None:
     body = {**COMPLETION, "max_tokens": 400, "stream": True, "ignore_eos": True}
 

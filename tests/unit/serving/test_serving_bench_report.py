@@ -105,3 +105,63 @@ def test_kv_cache_is_sized_for_the_model() -> None:
     assert kv_cache_bytes(m100, sequences=32, tokens=512) == int(2 * 11 * 4 * 64 * 4 * 32 * 512 * 1.25)
     tiny = {"num_hidden_layers": 2, "num_key_value_heads": 1, "hidden_size": 128, "num_attention_heads": 2}
     assert kv_cache_bytes(tiny, sequences=32, tokens=512) == 32 * 2**20  # vLLM's CPU minimum we use
+
+
+def test_round_orders_put_each_server_in_each_position_first() -> None:
+    from serving_bench import round_orders
+
+    orders = round_orders(["a", "b", "c"])
+    assert len(orders) == 6 and len(set(orders)) == 6
+    for position in range(3):
+        assert {order[position] for order in orders[:3]} == {"a", "b", "c"}
+
+
+def _fastpath_run(variant: str, c_rps: float) -> dict[str, object]:
+    def stats(rps: float, ttft: float) -> dict[str, float]:
+        return {"rps": rps, "ttft_p50_ms": ttft, "ttft_p99_ms": ttft * 2, "errors": 0}
+
+    by_conc = {}
+    for conc in ("1", "8", "32"):
+        by_conc[conc] = {
+            "a": stats(10.0, 10.0),
+            "b": stats(8.0, 30.0),
+            "c": stats(c_rps, 20.0),
+            "load_average": 2.0,
+            "rounds": {s: {"rps": [10.0, 10.0], "ttft_p50_ms": [10.0, 12.0]} for s in ("a", "b", "c")},
+        }
+    return {"model": "tiny", "variant": variant, "env": {}, "date": "d", "load_average_before": 1.0,
+            "ready_s": 1, "seconds": 2, "rounds": 2, "load": by_conc}  # fmt: skip
+
+
+def test_fastpath_report_states_the_targets_and_the_spread() -> None:
+    from fastpath_bench import render
+
+    text = render(
+        [
+            _fastpath_run("default", 9.5),
+            _fastpath_run("direct", 7.0),
+            {"model": "tiny", "variant": "haproxy", "skipped": "no haproxy binary"},
+        ],
+        "machine",
+        2,
+    )
+    assert "(c)/(a) req/s at 8: 0.950 (target ≥ 0.9: met)" in text
+    assert "(c)/(a) req/s at 32: 0.700 (target ≥ 0.9: **not met**)" in text
+    assert "TTFT p50 (c) − (a) at 1: +10.0 ms (target ≤ 15: met)" in text
+    assert "(c) ≥ (b) req/s: not at 1, 8, 32" in text
+    assert "1.00 (1.00 … 1.00)" in text and "no haproxy binary" in text
+
+
+def test_routing_counters_refuse_a_page_without_them() -> None:
+    import pytest
+    from routing_bench import _counters
+
+    with pytest.raises(RuntimeError):
+        _counters("# no engine metrics here\n")
+    text = (
+        "# TYPE vllm:prefix_cache_queries_total counter\n"
+        'vllm:prefix_cache_queries_total{replica="r1"} 100\nvllm:prefix_cache_queries_total{replica="r2"} 50\n'
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        'vllm:prefix_cache_hits_total{replica="r1"} 30\nvllm:prefix_cache_hits_total{replica="r2"} 20\n'
+    )
+    assert _counters(text) == {"vllm:prefix_cache_queries": 150.0, "vllm:prefix_cache_hits": 50.0}

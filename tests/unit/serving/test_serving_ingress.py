@@ -260,8 +260,14 @@ class _EngineHandle:
         self.replies = replies
 
     def broadcast(self, method: str) -> _Broadcast:
-        assert method == "metrics_text"
-        return _Broadcast(self.replies)
+        assert method == "metrics_snapshot"
+        if isinstance(self.replies, BaseException):
+            return _Broadcast(self.replies)
+        snapshots = [
+            {"replica": f"replica-{index}", "text": reply} if isinstance(reply, str) else reply
+            for index, reply in enumerate(self.replies)
+        ]
+        return _Broadcast(snapshots)
 
 
 class _IngressHandle:
@@ -323,7 +329,7 @@ def test_metrics_serve_what_answers(engine: Any, app: Any, up: dict[str, int], m
         labels[0][1]: int(value) for (name, labels), value in samples.items() if name == "bigmodel_metrics_source_up"
     } == up
     if not isinstance(engine, BaseException):  # the replicas that answered are served
-        assert samples[("vllm:num_requests_running", (("replica", "0"),))] == 1
+        assert samples[("vllm:num_requests_running", (("replica", "replica-0"),))] == 1  # the Serve replica id
 
 
 def test_a_taken_metrics_port_does_not_fail_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,3 +355,30 @@ def test_a_taken_metrics_port_does_not_fail_the_replica(monkeypatch: pytest.Monk
         await server.__del__()
 
     asyncio.run(scenario())
+
+
+def test_a_new_engine_router_renews_the_engine_handles(ingress: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve builds a handle's request router once: a routing-policy edit must give the ingress new handles."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    router = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+    fresh = StubEngine()
+    asked: list[tuple[str, str]] = []
+
+    def handle(name: str, app_name: str) -> StubEngine:
+        asked.append((name, app_name))
+        return fresh
+
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(app_name="unit-ingress"))
+    monkeypatch.setattr(serve, "get_deployment_handle", handle)
+    _configure(ingress)
+    client = _client(ingress)
+    assert _complete(client).status_code == 200 and ingress.stub.calls == 1
+    _configure(ingress)  # the same router: the same handles
+    assert asked == []
+    _configure(ingress, engine_router=router)
+    assert asked == [("BigModelEngine", "unit-ingress")]
+    assert _complete(client).status_code == 200
+    assert (ingress.stub.calls, fresh.calls) == (1, 1)  # Ray's router now calls the new handle

@@ -240,6 +240,8 @@ def test_engine_metrics_of_two_replicas_merge_without_collisions() -> None:
     running = families["vllm:num_requests_running"]
     assert sorted(sample.labels["replica"] for sample in running.samples) == ["7mz2c0dd", "k3x9a1bq"]
     assert "python_gc_objects_collected" not in families
+    prompt = families["vllm:prompt_tokens"]  # a counter stays a counter: TYPE names its `_total` samples
+    assert prompt.type == "counter" and [sample.value for sample in prompt.samples] == [17.0, 17.0]
     assert {s.labels["code"]: s.value for s in families["bigmodel_key_requests"].samples} == {"200": 3, "429": 1}
     assert families["bigmodel_key_prompt_tokens"].samples[0].labels == {"key": "alice"}
 
