@@ -40,7 +40,7 @@ from bigmodel_serving.ray_internals import (
     resolve_multiplexed_adapter,
     vllm_responses_handler,
 )
-from bigmodel_serving.responses_api import engine_answer
+from bigmodel_serving.responses_api import engine_answer, streamed
 from bigmodel_serving.startup_report import (
     LogFollower,
     StartupTimeline,
@@ -202,7 +202,7 @@ class BigModelEngine(LLMServer):
         streamed, server-sent event strings, batched like chat streams."""
         await resolve_multiplexed_adapter(self)
         answer = engine_answer(vllm_responses_handler(self), request)
-        return self._batch_output_stream(answer) if request.stream else answer
+        return self._batch_output_stream(answer) if streamed(request) else answer
 
     async def replica_info(self) -> dict[str, Any]:
         """Which replica this is and when its engine loaded (tests prove light edits keep it)."""

@@ -30,6 +30,7 @@ where vLLM aborts it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -400,7 +401,12 @@ class BigModelIngress(OpenAiIngress):
         return self._engine_handles[model]
 
     async def _answer_responses(self, body: Any, request: Request) -> Response:
-        return await ingress_answer(self._engine_handle(str(body.model)), body)
+        # The JSON, not the validated request: some of its input items hold iterators Ray cannot serialise.
+        data = json.loads(await request.body())  # not request.json(): vLLM's validation edited that one
+        if not isinstance(data, dict):
+            raise APIError(400, "The request body must be a JSON object.")
+        data["model"] = body.model
+        return await ingress_answer(self._engine_handle(str(body.model)), data)
 
     async def _generate(self, body: Any, request: Request, method: str) -> Response:
         """Choose the version, ask Ray's router (`OpenAiIngress.chat`/`completions`; Responses through the

@@ -11,6 +11,10 @@ the Responses protocol; we only carry it across the two deployments:
   router does for chat: one JSON body or a text/event-stream; an `ErrorResponse` becomes an OpenAI-style
   error with its status.
 
+The ingress sends the request's JSON, not the validated `ResponsesRequest`: pydantic validates some of its
+input items' lists (`Iterable[...]` in openai's params) into iterators that Ray cannot serialise, so the
+engine replica validates the JSON again (`request_from`) and answers a 400 for what it refuses.
+
 Keys, quotas, usage (input/output tokens), canary routes and the request log are the ingress's, as for
 chat. vLLM keeps no responses unless `VLLM_ENABLE_RESPONSES_API_STORE=1` (which vLLM warns never frees
 them), so `previous_response_id` is a 404 and `background` a 400 on every replica alike.
@@ -19,6 +23,7 @@ them), so `previous_response_id` is a 404 and `background` a 400 on every replic
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -54,14 +59,39 @@ def sse_event(event: Any) -> str:
     return f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 
 
-async def engine_answer(handler: Any, request: Any) -> AsyncGenerator[Any, None]:
-    """vLLM's answer to one Responses request on this replica (`handler`: vLLM's `OpenAIServingResponses`,
-    None when the engine does not generate text)."""
+def request_from(data: Any) -> Any:
+    """vLLM's `ResponsesRequest` from the JSON the ingress sends (a request already validated passes as is);
+    raises pydantic's ValidationError."""
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    if isinstance(data, ResponsesRequest):
+        return data
+    return ResponsesRequest.model_validate(copy.deepcopy(data))  # vLLM's validator edits what it is given
+
+
+def streamed(data: Any) -> bool:
+    """Whether the request (JSON or validated) asks for a stream."""
+    value = data.get("stream") if isinstance(data, dict) else getattr(data, "stream", False)
+    return value is True
+
+
+async def engine_answer(handler: Any, data: Any) -> AsyncGenerator[Any, None]:
+    """vLLM's answer to one Responses request (its JSON) on this replica (`handler`: vLLM's
+    `OpenAIServingResponses`, None when the engine does not generate text)."""
+    from pydantic import ValidationError
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorResponse
     from vllm.exceptions import VLLMClientError
 
     if handler is None:
         yield _error(404, "This model does not serve the Responses API.")
+        return
+    try:
+        request = request_from(data)
+    except ValidationError as error:
+        problems = error.errors()
+        where = ".".join(str(part) for part in problems[0]["loc"]) if problems else ""
+        message = f"{where}: {problems[0]['msg']}" if problems and where else str(error)
+        yield _error(400, message, where or None)
         return
     try:
         result = await handler.create_responses(request)
@@ -89,9 +119,9 @@ def _raise_if_error(item: Any) -> None:
         raise APIError(status, message, param=param if isinstance(param, str) else None, headers=headers)
 
 
-async def ingress_answer(handle: Any, body: Any) -> Response:
-    """The HTTP answer to `body` (vLLM's `ResponsesRequest`) from the engine deployment's `handle` (a
-    streaming handle, multiplexed for an adapter)."""
+async def ingress_answer(handle: Any, body: dict[str, Any]) -> Response:
+    """The HTTP answer to `body` (the request's JSON, the model chosen) from the engine deployment's
+    `handle` (a streaming handle, multiplexed for an adapter)."""
     stream: AsyncIterator[Any] = handle.responses.remote(body, None)
     try:
         async with asyncio.timeout(router_timeout_s()):
@@ -121,8 +151,8 @@ async def ingress_answer(handle: Any, body: Any) -> Response:
 
 
 def input_of(body: Any) -> Any:
-    """The request's input as plain JSON data (for the request log)."""
-    value = getattr(body, "input", None)
-    if isinstance(value, list):
-        return [item.model_dump(mode="json") if hasattr(item, "model_dump") else item for item in value]
-    return value
+    """The request's input as plain JSON data (for the request log; pydantic's serialiser also turns the
+    iterators some input items hold into lists)."""
+    if hasattr(body, "model_dump"):
+        return body.model_dump(mode="json", include={"input"}).get("input")
+    return body.get("input") if isinstance(body, dict) else None
