@@ -104,62 +104,32 @@ def _answering(base: str, headers: dict[str, str]) -> str:
 
 def _child(model: str, variant: str, rounds: int, concurrencies: tuple[int, ...], out_json: Path) -> None:
     """One model under one variant in this fresh process: three servers, measured, stopped."""
-    import ray
-    from ray import serve
-    from serving_bench import (
-        BENCH_KEY,
-        BENCH_KEY_NAME,
-        _bare,
-        _deploy,
-        _free_port,
-        _measure,
-        _model_dir,
-        _now,
-        _ours,
-        _vllm_serve,
-        _wait_http,
-        engine_kwargs,
-        load_average,
-    )
+    from serving_bench import BENCH_KEY, _measure, _now, _three_servers, _wait_http, load_average
 
     os.environ.update(VARIANTS[variant])
     started = time.perf_counter()
     load_before = load_average()
-    directory, config = _model_dir(model)
-    engine = engine_kwargs(config)
-    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
-    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
-    logs = Path(".bench")
-    logs.mkdir(exist_ok=True)
-    port = _free_port()
-    bare, ours = _bare(model, directory, engine), _ours(model, directory, engine, keys_dir)
-    _deploy([bare, ours], port)
-    with _vllm_serve(model, directory, engine, logs / f"vllm-serve-fastpath-{model}.log") as vllm_url:
-        try:
-            if variant == "direct":  # the ingress replicas' own ports, with the apps' route prefixes
-                urls = _direct_urls([bare["name"], ours["name"]])
-                auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-                bare_url, ours_url = _answering(urls[bare["name"]], {}), _answering(urls[ours["name"]], auth)
-                print(f"bench: direct ingress at {bare_url} and {ours_url}", flush=True)
-            else:
-                bare_url, ours_url = f"http://127.0.0.1:{port}/bare", f"http://127.0.0.1:{port}/ours"
-            auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-            _wait_http(f"{ours_url}/v1/models", headers=auth)
-            _wait_http(f"{bare_url}/v1/models")
-            servers = {"a": (vllm_url, {}), "b": (bare_url, {}), "c": (ours_url, auth)}
-            result = {
-                "model": model,
-                "variant": variant,
-                "env": VARIANTS[variant],
-                "date": _now(),
-                "load_average_before": load_before,
-                "ready_s": round(time.perf_counter() - started),
-                "rounds": rounds,
-                "load": asyncio.run(_measure(servers, model, rounds=rounds, concurrencies=concurrencies)),
-            }
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    with _three_servers(model, f"vllm-serve-fastpath-{model}.log") as running:
+        auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+        if variant == "direct":  # the ingress replicas' own ports, with the apps' route prefixes
+            urls = _direct_urls([running.bare_app, running.ours_app])
+            bare_url, ours_url = _answering(urls[running.bare_app], {}), _answering(urls[running.ours_app], auth)
+            print(f"bench: direct ingress at {bare_url} and {ours_url}", flush=True)
+        else:
+            bare_url, ours_url = f"http://127.0.0.1:{running.port}/bare", f"http://127.0.0.1:{running.port}/ours"
+        _wait_http(f"{ours_url}/v1/models", headers=auth)
+        _wait_http(f"{bare_url}/v1/models")
+        servers = {"a": (running.vllm_url, {}), "b": (bare_url, {}), "c": (ours_url, auth)}
+        result = {
+            "model": model,
+            "variant": variant,
+            "env": VARIANTS[variant],
+            "date": _now(),
+            "load_average_before": load_before,
+            "ready_s": round(time.perf_counter() - started),
+            "rounds": rounds,
+            "load": asyncio.run(_measure(servers, model, rounds=rounds, concurrencies=concurrencies)),
+        }
     result["seconds"] = round(time.perf_counter() - started)
     out_json.write_text(json.dumps(result, indent=1))
 

@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,43 @@ def _deploy(applications: list[dict[str, Any]], port: int) -> None:
         time.sleep(1)
 
 
+@dataclass(frozen=True)
+class Servers:
+    """One model's three servers, running: (a)'s URL; (b) and (c) as Serve applications on one port."""
+
+    config: dict[str, Any]  # the model's config.json
+    engine: dict[str, Any]
+    keys_dir: Path  # (c)'s API keys: BENCH_KEY under BENCH_KEY_NAME
+    port: int  # Serve's HTTP port: (b) under /bare, (c) under /ours
+    bare_app: str
+    ours_app: str
+    vllm_url: str
+
+
+@contextmanager
+def _three_servers(model: str, vllm_log: str) -> Iterator[Servers]:
+    """(b) and (c) deployed, then (a) started (its output in .bench/`vllm_log`); Serve and Ray stopped after."""
+    import ray
+    from ray import serve
+
+    directory, config = _model_dir(model)
+    engine = engine_kwargs(config)
+    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
+    logs = Path(".bench")
+    logs.mkdir(exist_ok=True)
+    port = _free_port()
+    bare, ours = _bare(model, directory, engine), _ours(model, directory, engine, keys_dir)
+    # Ray first: its raylet must register within 30 s, which a machine busy loading vLLM may miss.
+    _deploy([bare, ours], port)
+    with _vllm_serve(model, directory, engine, logs / vllm_log) as vllm_url:
+        try:
+            yield Servers(config, engine, keys_dir, port, bare["name"], ours["name"], vllm_url)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
 def load_average() -> float:
     """The machine's 1-minute load average (the machine is shared: reported next to the numbers)."""
     return round(os.getloadavg()[0], 2)
@@ -351,50 +389,35 @@ async def _quota_check_cost(app_name: str, keys_dir: Path) -> dict[str, Any]:
 
 def _child(model: str, out_json: Path) -> None:
     """One model in this (fresh) process: start the three servers, measure, stop them."""
-    import ray
-    from ray import serve
-
     started = time.perf_counter()
     load_before = load_average()
-    directory, config = _model_dir(model)
-    engine = engine_kwargs(config)
-    keys_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
-    (keys_dir / BENCH_KEY_NAME).write_text(BENCH_KEY)
-    logs = Path(".bench")
-    logs.mkdir(exist_ok=True)
-    port = _free_port()
-    # Ray first: its raylet must register within 30 s, which a machine busy loading vLLM may miss.
-    _deploy([_bare(model, directory, engine), _ours(model, directory, engine, keys_dir)], port)
-    with _vllm_serve(model, directory, engine, logs / f"vllm-serve-{model}.log") as vllm_url:
+    with _three_servers(model, f"vllm-serve-{model}.log") as running:
+        ray_url = f"http://127.0.0.1:{running.port}"
+        auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+        _wait_http(f"{ray_url}/ours/v1/models", headers=auth)
+        servers = {"a": (running.vllm_url, {}), "b": (f"{ray_url}/bare", {}), "c": (f"{ray_url}/ours", auth)}
+        ready_s = round(time.perf_counter() - started)
+        result = {
+            "model": model,
+            "parameters": _parameters(running.config),
+            "engine": running.engine,
+            "date": _now(),
+            "load_average_before": load_before,
+            "ready_s": ready_s,
+            "load": asyncio.run(_measure(servers, model)),
+        }
+        keys_dir = running.keys_dir
         try:
-            ray_url = f"http://127.0.0.1:{port}"
-            auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-            _wait_http(f"{ray_url}/ours/v1/models", headers=auth)
-            servers = {"a": (vllm_url, {}), "b": (f"{ray_url}/bare", {}), "c": (f"{ray_url}/ours", auth)}
-            ready_s = round(time.perf_counter() - started)
-            result = {
-                "model": model,
-                "parameters": _parameters(config),
-                "engine": engine,
-                "date": _now(),
-                "load_average_before": load_before,
-                "ready_s": ready_s,
-                "load": asyncio.run(_measure(servers, model)),
-            }
-            try:
-                result["quota"] = asyncio.run(_quota_check_cost(f"ours-{model}", keys_dir))
-            except Exception as error:  # keep the load numbers of a long run
-                result["quota"] = {"error": repr(error)}
-            try:
-                from ingress_bench import compare
+            result["quota"] = asyncio.run(_quota_check_cost(running.ours_app, keys_dir))
+        except Exception as error:  # keep the load numbers of a long run
+            result["quota"] = {"error": repr(error)}
+        try:
+            from ingress_bench import compare
 
-                config, key = _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"
-                result["ingress_alone"] = asyncio.run(compare(f"ours-{model}", config, key, model))
-            except Exception as error:
-                result["ingress_alone"] = {"error": repr(error)}
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+            config, key = _ingress_user_config(keys_dir), f"Bearer {BENCH_KEY}"
+            result["ingress_alone"] = asyncio.run(compare(running.ours_app, config, key, model))
+        except Exception as error:
+            result["ingress_alone"] = {"error": repr(error)}
     result["seconds"] = round(time.perf_counter() - started)
     out_json.write_text(json.dumps(result, indent=1))
 
