@@ -121,44 +121,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
     assert "SIGTERM" in json.loads(termination.read_text())["message"]
 
 
-def test_a_dataset_on_an_internal_address_is_refused_before_any_request(
-    make_config: Callable[..., TrainerConfig], tmp_path: Path
-) -> None:
-    """Issue 21 (SSRF): the real trainer process, given http://127.0.0.1 (loopback, refused like the cloud
-    metadata address and private ranges), fails at once with exit 2 and never sends the request."""
-    import http.server
-    import threading
-
-    seen: list[str] = []
-
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        uri = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/iam/security-credentials/"
-        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf")
-        code, output = _finish(process)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert code == EXIT_CONFIG, output
-    message = json.loads(termination.read_text())["message"]
-    assert "loopback" in message and "refused" in message, message
-    assert seen == [], "the trainer must not have sent the request"
-
-
 class _Recorder:
-    """An HTTP server on every local address that records the paths it is asked for (and serves nothing)."""
+    """An HTTP server on `host` (default: every local address) that records the paths it is asked for (and
+    serves nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "0.0.0.0") -> None:
         import http.server
         import threading
 
@@ -174,13 +141,31 @@ class _Recorder:
                 pass
 
         self.seen = seen
-        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_a_dataset_on_an_internal_address_is_refused_before_any_request(
+    make_config: Callable[..., TrainerConfig], tmp_path: Path
+) -> None:
+    """Issue 21 (SSRF): the real trainer process, given http://127.0.0.1 (loopback, refused like the cloud
+    metadata address and private ranges), fails at once with exit 2 and never sends the request."""
+    recorder = _Recorder("127.0.0.1")
+    try:
+        uri = f"http://127.0.0.1:{recorder.port}/latest/meta-data/iam/security-credentials/"
+        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf")
+        code, output = _finish(process)
+    finally:
+        recorder.close()
+    assert code == EXIT_CONFIG, output
+    message = json.loads(termination.read_text())["message"]
+    assert "loopback" in message and "refused" in message, message
+    assert recorder.seen == [], "the trainer must not have sent the request"
 
 
 def test_a_dataset_host_name_that_resolves_to_an_internal_address_is_refused(
