@@ -547,6 +547,23 @@ def test_the_whole_loop(
         wait_until(lambda: cluster.get("finetunejobs", job).get("status", {}).get("phase") == "Succeeded", 120)
         return time.monotonic()
 
+    def run_job(job: str, *, steps: int, max_loss_ratio: float, canary: dict[str, Any]) -> float:
+        """Creates the FineTuneJob `job`, runs its trainer, completes its pod; when it was seen Succeeded."""
+        body = _finetunejob(job, since, steps=steps, max_loss_ratio=max_loss_ratio, canary=canary)
+        cluster.create("finetunejobs", body)
+        trained(job)
+        _complete_pod(cluster, job)
+        return succeeded(job)
+
+    def gate_refused(job: str) -> dict[str, Any]:
+        """`job`'s Promoted condition once the gate has refused it (reason GateFailed)."""
+
+        def refusal() -> dict[str, Any] | None:
+            promoted = condition(cluster.get("finetunejobs", job), "Promoted")
+            return promoted if promoted.get("reason") == "GateFailed" else None
+
+        return dict(wait_until(refusal, timeout=120))
+
     try:
         # 1. Serve: the BigModel with feedback on; KubeRay deploys what the operator rendered.
         started = time.monotonic()
@@ -613,10 +630,7 @@ def test_the_whole_loop(
         )
 
         # 3. FineTuneJob from that feedback (~20 steps); its gate passes; the first version is stable.
-        cluster.create("finetunejobs", _finetunejob("ftj-v1", since, steps=20, max_loss_ratio=1.0, canary={}))
-        trained("ftj-v1")
-        _complete_pod(cluster, "ftj-v1")
-        done = succeeded("ftj-v1")
+        done = run_job("ftj-v1", steps=20, max_loss_ratio=1.0, canary={})
         evaluation = cluster.get("finetunejobs", "ftj-v1")["status"]["evaluation"]
         assert evaluation["passed"] is True, evaluation
         _say(f"[loop] ftj-v1 gate: {evaluation['reasons']}")
@@ -636,11 +650,7 @@ def test_the_whole_loop(
         split_only = {"weight": 20, "maxLatencyRatio": 1000, "minRequests": 1_000_000}
         # Same recipe as ftj-v1 (seed, steps, data): the gate compares it with the stable ftj-v1 on the same
         # held-out rows (issue 19) and finds it as good (ratio 1; 2 % allowed for float noise), so it passes.
-        body = _finetunejob("ftj-v2", since, steps=20, max_loss_ratio=1.02, canary=split_only)  # float noise
-        cluster.create("finetunejobs", body)
-        trained("ftj-v2")
-        _complete_pod(cluster, "ftj-v2")
-        done = succeeded("ftj-v2")
+        done = run_job("ftj-v2", steps=20, max_loss_ratio=1.02, canary=split_only)  # float noise
         gate = cluster.get("finetunejobs", "ftj-v2")["status"]["evaluation"]
         assert gate["passed"] is True and gate["incumbent"] == f"{ADAPTER}.ftj-v1", gate
         _say(f"[loop] ftj-v2 gate against the stable ftj-v1: {gate['comparisons']}")
@@ -699,16 +709,8 @@ def test_the_whole_loop(
 
         # 6. A candidate the gate refuses: not promoted, Promoted=False GateFailed and a Warning Event.
         started = time.monotonic()
-        cluster.create("finetunejobs", _finetunejob("ftj-bad", since, steps=4, max_loss_ratio=0.01, canary={}))
-        trained("ftj-bad")
-        _complete_pod(cluster, "ftj-bad")
-        succeeded("ftj-bad")
-        refused = wait_until(
-            lambda: (
-                (c := condition(cluster.get("finetunejobs", "ftj-bad"), "Promoted")).get("reason") == "GateFailed" and c
-            ),
-            timeout=120,
-        )
+        run_job("ftj-bad", steps=4, max_loss_ratio=0.01, canary={})
+        refused = gate_refused("ftj-bad")
         assert refused["status"] == "False" and "maxLossRatio 0.01" in refused["message"], refused
         event = wait_until(lambda: cluster.events("ftj-bad", "GateFailed"), timeout=60)[0]
         assert event.type == "Warning"
@@ -719,17 +721,8 @@ def test_the_whole_loop(
         # 6b. Issue 19: a candidate better than the base model but worse than the stable adapter (3 steps
         #     instead of 20) is not promoted: the gate compares it with ftj-v2 on the same held-out rows.
         started = time.monotonic()
-        cluster.create("finetunejobs", _finetunejob("ftj-weak", since, steps=3, max_loss_ratio=1.0, canary={}))
-        trained("ftj-weak")
-        _complete_pod(cluster, "ftj-weak")
-        succeeded("ftj-weak")
-        weak = wait_until(
-            lambda: (
-                (c := condition(cluster.get("finetunejobs", "ftj-weak"), "Promoted")).get("reason") == "GateFailed"
-                and c
-            ),
-            timeout=120,
-        )
+        run_job("ftj-weak", steps=3, max_loss_ratio=1.0, canary={})
+        weak = gate_refused("ftj-weak")
         gate = cluster.get("finetunejobs", "ftj-weak")["status"]["evaluation"]
         assert weak["status"] == "False" and gate["incumbent"] == f"{ADAPTER}.ftj-v2", gate
         [held_out] = gate["comparisons"]
@@ -789,10 +782,7 @@ def test_the_whole_loop(
         started = time.monotonic()
         candidate = f"{ADAPTER}.ftj-rated"
         canary = {"weight": 50, "split": "request"}  # one client key: the split is drawn per request
-        cluster.create("finetunejobs", _finetunejob("ftj-rated", since, steps=20, max_loss_ratio=1.02, canary=canary))
-        trained("ftj-rated")
-        _complete_pod(cluster, "ftj-rated")
-        succeeded("ftj-rated")
+        run_job("ftj-rated", steps=20, max_loss_ratio=1.02, canary=canary)
         wait_until(
             lambda: (
                 _route_state(serving).get("candidate") == candidate
