@@ -219,6 +219,28 @@ def _run_job(kubectl: Kubectl, namespace: str, job: dict[str, Any]) -> str:
     return kubectl("logs", "-n", namespace, f"job/{name}").stdout
 
 
+def _prepare_data(kubectl: Kubectl, namespace: str) -> None:
+    """The data PVC with the tiny model and the chat dataset in it (`_data_objects`)."""
+    seed, pvc, fill = _data_objects(namespace)
+    for obj in (seed, pvc):
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+    _run_job(kubectl, namespace, fill)
+
+
+def _succeeded(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    """The FineTuneJob `name` once it has finished; the test fails unless it Succeeded and is Complete."""
+
+    def finished() -> Any:
+        phase = (_get(kubectl, namespace, "finetunejob", name).get("status") or {}).get("phase")
+        return phase in {"Succeeded", "Failed"} and phase
+
+    phase = _wait(finished, READY_TIMEOUT, f"FineTuneJob {name} to finish")
+    done = _get(kubectl, namespace, "finetunejob", name)
+    assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
+    assert _condition(done, "Complete")["status"] == "True"
+    return done
+
+
 def _finetunejob(tiny_config: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "bigmodel.io/v1alpha1",
@@ -532,22 +554,12 @@ def test_bigmodel_and_finetunejob_end_to_end(
 
     tiny = bigmodel["spec"]["model"]["config"]
     with steps("prepare the data PVC (tiny model + chat dataset)"):
-        for obj in _data_objects(namespace)[:2]:
-            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
-        _run_job(kubectl, namespace, _data_objects(namespace)[2])
+        _prepare_data(kubectl, namespace)
 
     with steps("FineTuneJob on CPU in the trainer image (20 steps); Succeeded, adapter on the PVC"):
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(_finetunejob(tiny)))
-
-        def finished() -> Any:
-            phase = (_get(kubectl, namespace, "finetunejob", "tiny-lora").get("status") or {}).get("phase")
-            return phase in {"Succeeded", "Failed"} and phase
-
-        phase = _wait(finished, READY_TIMEOUT, "FineTuneJob tiny-lora to finish")
-        done = _get(kubectl, namespace, "finetunejob", "tiny-lora")
-        assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
+        done = _succeeded(kubectl, namespace, "tiny-lora")
         assert done["status"]["adapterUri"] == "pvc://e2e-data/adapters/tiny-lora"
-        assert _condition(done, "Complete")["status"] == "True"
         listing = _run_job(kubectl, namespace, _job(namespace, "e2e-check", "ls /data/adapters/tiny-lora"))
         assert "adapter_config.json" in listing, listing
 
@@ -641,9 +653,7 @@ def test_finetunejob_on_two_pods_meets_through_the_headless_service(
     """Runs alone with PYTEST_ARGS='-k two_pods' (no BigModel needed)."""
     job_name = "tiny-2pods-train"
     with steps("prepare the data PVC (tiny model + chat dataset)"):
-        for obj in _data_objects(namespace):
-            kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
-        kubectl("wait", "-n", namespace, "job/e2e-data", "--for=condition=Complete", "--timeout=600s", timeout=620)
+        _prepare_data(kubectl, namespace)
 
     tiny = _bigmodel()["spec"]["model"]["config"]
     with steps("FineTuneJob with distributed.nodes 2 on the CPU: Indexed Job + headless Service, 2 gloo ranks"):
@@ -658,15 +668,7 @@ def test_finetunejob_on_two_pods_meets_through_the_headless_service(
         assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"], service["spec"]
         command = job["spec"]["template"]["spec"]["containers"][0]["command"]
         assert f"--rdzv-endpoint={job_name}-0.{job_name}:29400" in command and "--nnodes=2" in command, command
-
-        def finished() -> Any:
-            phase = (_get(kubectl, namespace, "finetunejob", "tiny-2pods").get("status") or {}).get("phase")
-            return phase in {"Succeeded", "Failed"} and phase
-
-        phase = _wait(finished, READY_TIMEOUT, "FineTuneJob tiny-2pods to finish")
-        done = _get(kubectl, namespace, "finetunejob", "tiny-2pods")
-        assert phase == "Succeeded", json.dumps(done.get("status"), indent=2)
-        assert _condition(done, "Complete")["status"] == "True"
+        _succeeded(kubectl, namespace, "tiny-2pods")
         pods = _list(kubectl, namespace, "pods", f"job-name={job_name}")
         print(f"pods: {[(p['metadata']['name'], p['status'].get('phase')) for p in pods]}")
         succeeded = [p for p in pods if p["status"].get("phase") == "Succeeded"]
