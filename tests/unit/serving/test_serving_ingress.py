@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -83,19 +82,8 @@ class FailingQuotaActor:
 
 
 @pytest.fixture
-def ingress(tmp_path: Path) -> Iterator[Any]:
-    from bigmodel_serving.ingress import BigModelIngress
-    from bigmodel_serving.ingress_guard import unregister
-
-    (tmp_path / "alice").write_text(KEY)
-    card = {"id": MODEL, "object": "model", "owned_by": "unit", "permission": [], "metadata": {}}
-    stub = StubEngine()
-    made = BigModelIngress({MODEL: stub}, {MODEL: card}, app_name="unit-ingress")
-    made.keys_dir, made.stub = tmp_path, stub
-    try:
-        yield made
-    finally:
-        unregister()
+def ingress(make_ingress: Callable[..., Any]) -> Any:
+    return make_ingress(StubEngine(), model=MODEL, key=KEY, app_name="unit-ingress")
 
 
 def _configure(ingress: Any, **extra: Any) -> None:
@@ -219,7 +207,7 @@ def test_router_errors_are_answered_by_type(ingress: Any) -> None:
         (RuntimeError("boom"), 500),
         (ValueError("raised after the body was parsed"), 500),  # not the client's fault
     ):
-        ingress.stub.error = error
+        ingress.engine_stub.error = error
         answer = _complete(client)
         assert answer.status_code == status, (error, answer.text)
         assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
@@ -375,10 +363,10 @@ def test_a_new_engine_router_renews_the_engine_handles(ingress: Any, monkeypatch
     monkeypatch.setattr(serve, "get_deployment_handle", handle)
     _configure(ingress)
     client = _client(ingress)
-    assert _complete(client).status_code == 200 and ingress.stub.calls == 1
+    assert _complete(client).status_code == 200 and ingress.engine_stub.calls == 1
     _configure(ingress)  # the same router: the same handles
     assert asked == []
     _configure(ingress, engine_router=router)
     assert asked == [("BigModelEngine", "unit-ingress")]
     assert _complete(client).status_code == 200
-    assert (ingress.stub.calls, fresh.calls) == (1, 1)  # Ray's router now calls the new handle
+    assert (ingress.engine_stub.calls, fresh.calls) == (1, 1)  # Ray's router now calls the new handle

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,8 @@ class _Configured:
 
 
 @pytest.fixture
-def ingress(tmp_path: Path) -> Iterator[Any]:
-    from bigmodel_serving.ingress import BigModelIngress
-    from bigmodel_serving.ingress_guard import unregister
-
-    (tmp_path / "alice").write_text(KEY)
-    card = {"id": MODEL, "object": "model", "owned_by": "unit", "permission": [], "metadata": {}}
-    engine = ResponsesEngine()
-    made = BigModelIngress({MODEL: engine}, {MODEL: card}, app_name="unit-responses")
+def ingress(make_ingress: Callable[..., Any], tmp_path: Path) -> Any:
+    made = make_ingress(ResponsesEngine(), model=MODEL, key=KEY, app_name="unit-responses")
     made.reconfigure(
         {
             "auth": {"mode": "api_keys", "keys_dir": str(tmp_path)},
@@ -95,11 +89,8 @@ def ingress(tmp_path: Path) -> Iterator[Any]:
             "request_log": {"enabled": True, "path": str(tmp_path / "requests.jsonl")},
         }
     )
-    made.engine_stub, made.log_path = engine, tmp_path / "requests.jsonl"
-    try:
-        yield made
-    finally:
-        unregister()
+    made.log_path = tmp_path / "requests.jsonl"
+    return made
 
 
 def _client(ingress: Any, key: str = KEY) -> TestClient:
