@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,31 @@ def operator_process(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory)
     op.stop()
 
 
+@contextmanager
+def namespace_operator(
+    session: OperatorProcess, namespace: str, config_dir: Path, env: dict[str, str] | None = None, **settings: Any
+) -> Iterator[OperatorProcess]:
+    """An operator for `namespace` only, with the session operator's settings and `settings` over them (in
+    config_dir/operator.yaml); the session's operator is stopped meanwhile, so that only this one acts."""
+    config = config_dir / "operator.yaml"
+    config.write_text(yaml.safe_dump(yaml.safe_load(session.config_file.read_text()) | settings))
+    own = OperatorProcess(
+        session.kubeconfig,
+        session.log_path.parent,
+        config,
+        extra_args=("--namespace", namespace),
+        log_name=f"operator-{namespace}.log",
+        env=env,
+    )
+    session.stop()
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+        session.start()
+
+
 @pytest.fixture
 def custom(api_client: Any) -> Any:
     from kubernetes import client
@@ -129,3 +155,44 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 def load_example(name: str) -> dict[str, Any]:
     body: dict[str, Any] = yaml.safe_load((REPO / "docs" / "examples" / name).read_text())
     return body
+
+
+@contextmanager
+def ingresses_refused(kubectl: Callable[..., Any], namespace: str) -> Iterator[str]:
+    """A ValidatingAdmissionPolicy (what Gatekeeper or Kyverno would be) refusing Ingresses in `namespace` while
+    the block runs; yields the message the apiserver refuses them with."""
+    policy, message = f"bigmodel-test-deny-ingress-{namespace}", "Ingresses are not allowed in this namespace"
+    rules = [
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["ingresses"],
+        }
+    ]
+    match = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+    manifests = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": rules},
+                "validations": [{"expression": "false", "message": message}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {"policyName": policy, "validationActions": ["Deny"], "matchResources": match},
+        },
+    ]
+    text = yaml.safe_dump_all(manifests)
+    kubectl("apply", "-f", "-", input=text)
+    try:
+        time.sleep(2)  # the apiserver type-checks a new policy before enforcing it
+        yield message
+    finally:
+        kubectl("delete", "-f", "-", "--wait=false", input=text, check=False)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 
-from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none
+from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, namespace_operator, or_none
 
 LLAMA_8B = (
     Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama--Llama-3.1-8B.json"
@@ -75,25 +74,9 @@ def hub() -> Iterator[str]:
 @pytest.fixture
 def hub_operator(operator_process: OperatorProcess, namespace: str, tmp_path: Path, hub: str) -> Iterator[None]:
     """An operator for this namespace that fetches config.json from the fake Hub (the session's is stopped)."""
-    config = tmp_path / "operator.yaml"
-    settings = yaml.safe_load(operator_process.config_file.read_text())
-    settings.update(hub_endpoint=hub, fetch_hub_config=True)
-    config.write_text(yaml.safe_dump(settings))
-    own = OperatorProcess(
-        operator_process.kubeconfig,
-        operator_process.log_path.parent,
-        config,
-        extra_args=("--namespace", namespace),
-        log_name=f"operator-{namespace}.log",
-        env={"BIGMODEL_OFFLINE": "0"},
-    )
-    operator_process.stop()
-    own.start()
-    try:
+    hub_settings = {"hub_endpoint": hub, "fetch_hub_config": True}
+    with namespace_operator(operator_process, namespace, tmp_path, env={"BIGMODEL_OFFLINE": "0"}, **hub_settings):
         yield
-    finally:
-        own.stop()
-        operator_process.start()
 
 
 def _bigmodel(name: str, repo: str) -> dict[str, Any]:

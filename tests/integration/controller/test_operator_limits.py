@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from .conftest import GROUP, VERSION, OperatorProcess, condition, load_example, or_none
+from .conftest import (
+    GROUP,
+    VERSION,
+    OperatorProcess,
+    condition,
+    ingresses_refused,
+    load_example,
+    namespace_operator,
+    or_none,
+)
 
 LLAMA_8B = json.loads(
     (Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama--Llama-3.1-8B.json").read_text()
@@ -51,26 +59,11 @@ def own_operator(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = tmp_path / "operator.yaml"
-    settings = yaml.safe_load(operator_process.config_file.read_text())
-    settings.update(metrics_address=f"127.0.0.1:{port}", max_concurrent_reconciles=BOUND)
-    config.write_text(yaml.safe_dump(settings))
-    own = OperatorProcess(
-        operator_process.kubeconfig,
-        operator_process.log_path.parent,
-        config,
-        extra_args=("--namespace", namespace),
-        log_name=f"operator-{namespace}.log",
-    )
-    operator_process.stop()
-    own.start()
-    metrics = Metrics(f"http://127.0.0.1:{port}/metrics")
-    try:
+    settings = {"metrics_address": f"127.0.0.1:{port}", "max_concurrent_reconciles": BOUND}
+    with namespace_operator(operator_process, namespace, tmp_path, **settings):
+        metrics = Metrics(f"http://127.0.0.1:{port}/metrics")
         wait_until(lambda: _answers(metrics), timeout=60, interval=0.2)
         yield metrics
-    finally:
-        own.stop()
-        operator_process.start()
 
 
 def _answers(metrics: Metrics) -> bool:
@@ -93,41 +86,11 @@ def _bm(custom: Any, namespace: str, name: str) -> Any:
     return or_none(custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "bigmodels", name)
 
 
-def _deny_ingresses(namespace: str) -> str:
-    """A ValidatingAdmissionPolicy (what Gatekeeper or Kyverno would be) refusing Ingresses in `namespace`."""
-    policy = f"bigmodel-test-backoff-{namespace}"
-    rules = [{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"]}]
-    rules[0]["resources"] = ["ingresses"]
-    match = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
-    manifests = [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": policy},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": rules},
-                "validations": [{"expression": "false", "message": "no Ingresses here"}],
-            },
-        },
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": policy},
-            "spec": {"policyName": policy, "validationActions": ["Deny"], "matchResources": match},
-        },
-    ]
-    return yaml.safe_dump_all(manifests)
-
-
 def test_a_failing_reconcile_backs_off_and_events_of_the_same_generation_do_not_reset_it(
     own_operator: Metrics, custom: Any, namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
 ) -> None:
     errors = 'kind="BigModel",result="error"'
-    text = _deny_ingresses(namespace)
-    kubectl("apply", "-f", "-", input=text)
-    try:
-        time.sleep(2)  # the apiserver type-checks a new policy before enforcing it
+    with ingresses_refused(kubectl, namespace):
         body = _bigmodel("refused")
         body["spec"]["expose"] = {"ingress": {"host": "llm.example.com"}}
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "bigmodels", body)
@@ -161,8 +124,6 @@ def test_a_failing_reconcile_backs_off_and_events_of_the_same_generation_do_not_
             interval=0.1,
             what="a reconcile of the new generation",
         )
-    finally:
-        kubectl("delete", "-f", "-", "--wait=false", input=text, check=False)
 
 
 def test_no_more_reconciles_run_at_once_than_configured(
