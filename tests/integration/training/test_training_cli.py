@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bigmodel_training.checkpoint import complete_checkpoints
 from bigmodel_training.config import TrainerConfig
@@ -40,11 +41,18 @@ def _finish(process: subprocess.Popen[bytes], timeout: float = STARTUP_S) -> tup
     return process.returncode, output.decode("utf-8", "replace")
 
 
-def test_qlora_on_cpu_fails_clearly(make_config: Callable[..., TrainerConfig], tmp_path: Path) -> None:
-    process, termination = _start(make_config(method={"type": "qlora"}), tmp_path, "qlora")
+def _exits(
+    config: TrainerConfig, tmp_path: Path, name: str, expected: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Runs the trainer on `config` to its end, which must be exit code `expected`: its termination record."""
+    process, termination = _start(config, tmp_path, name, env)
     code, output = _finish(process)
-    assert code == EXIT_UNSUPPORTED, output
-    message = json.loads(termination.read_text())
+    assert code == expected, output
+    return dict(json.loads(termination.read_text()))
+
+
+def test_qlora_on_cpu_fails_clearly(make_config: Callable[..., TrainerConfig], tmp_path: Path) -> None:
+    message = _exits(make_config(method={"type": "qlora"}), tmp_path, "qlora", EXIT_UNSUPPORTED)
     assert message["reason"] == "Error"
     assert "CUDA GPU" in message["message"]
     assert "method.type: lora" in message["message"]
@@ -58,10 +66,7 @@ def test_invalid_dataset_fails_before_training_with_line_numbers(
     bad.write_text("\n".join([good, "{not json", '{"messages": [{"role": "assistant", "content": "x"}]}', good]) + "\n")
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
     config = make_config(dataset={"uri": f"file://{bad}", "min_examples": 1})
-    process, termination = _start(config, tmp_path, "bad-data")
-    code, output = _finish(process)
-    assert code == EXIT_DATASET, output
-    message = json.loads(termination.read_text())
+    message = _exits(config, tmp_path, "bad-data", EXIT_DATASET)
     assert message["reason"] == "DatasetInvalid"
     assert "line 2: bad_json" in message["message"]
     assert "line 3: role_order" in message["message"]
@@ -74,10 +79,7 @@ def test_over_length_examples_are_refused_with_their_lines(
     make_config: Callable[..., TrainerConfig], tmp_path: Path
 ) -> None:
     config = make_config(hyperparameters={"max_seq_length": 20})
-    process, termination = _start(config, tmp_path, "too-long")
-    code, output = _finish(process)
-    assert code == EXIT_DATASET, output
-    message = json.loads(termination.read_text())["message"]
+    message = _exits(config, tmp_path, "too-long", EXIT_DATASET)["message"]
     assert "line 1: too_long:" in message
     assert "more than max_seq_length 20" in message
 
@@ -145,7 +147,10 @@ class _Recorder:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
 
@@ -155,15 +160,9 @@ def test_a_dataset_on_an_internal_address_is_refused_before_any_request(
 ) -> None:
     """Issue 21 (SSRF): the real trainer process, given http://127.0.0.1 (loopback, refused like the cloud
     metadata address and private ranges), fails at once with exit 2 and never sends the request."""
-    recorder = _Recorder("127.0.0.1")
-    try:
+    with _Recorder("127.0.0.1") as recorder:
         uri = f"http://127.0.0.1:{recorder.port}/latest/meta-data/iam/security-credentials/"
-        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf")
-        code, output = _finish(process)
-    finally:
-        recorder.close()
-    assert code == EXIT_CONFIG, output
-    message = json.loads(termination.read_text())["message"]
+        message = _exits(make_config(dataset={"uri": uri}), tmp_path, "ssrf", EXIT_CONFIG)["message"]
     assert "loopback" in message and "refused" in message, message
     assert recorder.seen == [], "the trainer must not have sent the request"
 
@@ -187,15 +186,9 @@ def test_a_dataset_host_name_that_resolves_to_an_internal_address_is_refused(
         pytest.skip(f"this machine's name {host!r} does not resolve")
     if literal_host_problem(host) or not refused_address(str(address)):
         pytest.skip(f"{host!r} is refused by name alone or resolves to a public address ({address})")
-    recorder = _Recorder()
-    try:
+    with _Recorder() as recorder:
         uri = f"http://{host}:{recorder.port}/train.jsonl"
-        process, termination = _start(make_config(dataset={"uri": uri}), tmp_path, "ssrf-dns")
-        code, output = _finish(process)
-    finally:
-        recorder.close()
-    assert code == EXIT_CONFIG, output
-    message = json.loads(termination.read_text())["message"]
+        message = _exits(make_config(dataset={"uri": uri}), tmp_path, "ssrf-dns", EXIT_CONFIG)["message"]
     assert host in message and "refused" in message, message
     assert recorder.seen == [], "the trainer must not have connected"
 
@@ -213,9 +206,6 @@ def test_a_dataset_symlinked_out_of_its_claim_is_refused_before_it_is_read(
     outside.write_text((tmp_path / "train.jsonl").read_text())  # a valid dataset: reading it would train
     (mount / "data" / "train.jsonl").symlink_to(outside)
     config = make_config(dataset={"uri": "pvc://data/train.jsonl"})
-    process, termination = _start(config, tmp_path, "symlink", env={"BIGMODEL_MOUNT_ROOT": str(mount)})
-    code, output = _finish(process)
-    assert code == EXIT_IO, output
-    message = json.loads(termination.read_text())["message"]
+    message = _exits(config, tmp_path, "symlink", EXIT_IO, env={"BIGMODEL_MOUNT_ROOT": str(mount)})["message"]
     assert "outside" in message and "pvc://data/train.jsonl" in message, message
     assert not complete_checkpoints(tmp_path / "out"), "nothing may have been trained"
