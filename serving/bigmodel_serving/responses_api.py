@@ -69,6 +69,51 @@ def request_from(data: Any) -> Any:
     return ResponsesRequest.model_validate(copy.deepcopy(data))  # vLLM's validator edits what it is given
 
 
+# What the pinned vLLM's Responses implementation turns into chat messages
+# (vllm/entrypoints/openai/responses/utils.py, `_construct_message_from_response_item`): every other input item
+# (computer, shell, web search, custom tool calls and their outputs, ...) reaches vLLM's chat renderer as it is
+# and fails there with an AttributeError, a 500; refused here with a 400 that names the item.
+SUPPORTED_INPUT = "messages, function_call, function_call_output and reasoning items"
+
+
+def unsupported_input(request: Any) -> tuple[str, str] | None:
+    """(param, message) for the first input item of `request` (a validated ResponsesRequest) that vLLM cannot
+    read, or None."""
+    from openai.types.responses import (
+        ResponseFunctionToolCall,
+        ResponseOutputMessage,
+        ResponseReasoningItem,
+    )
+    from openai.types.responses.response_function_tool_call_output_item import (
+        ResponseFunctionToolCallOutputItem,
+    )
+
+    items = request.input
+    if not isinstance(items, list):
+        return None
+    read = (ResponseFunctionToolCall, ResponseReasoningItem, ResponseFunctionToolCallOutputItem)
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        if isinstance(item, dict):
+            kind = item.get("type") or ("message" if "role" in item else None)
+            if kind in ("message", "function_call_output"):
+                continue
+        elif isinstance(item, read):
+            continue
+        elif isinstance(item, ResponseOutputMessage):
+            # vLLM reads an assistant output message as its first content part's text.
+            if item.content and isinstance(getattr(item.content[0], "text", None), str):
+                continue
+            return f"{where}.content", "An assistant output message needs an output_text as its first content part."
+        else:
+            kind = getattr(item, "type", None)
+        return (
+            f"{where}.type",
+            f"Input items of type {kind!r} are not supported here; this server reads {SUPPORTED_INPUT}.",
+        )
+    return None
+
+
 def streamed(data: Any) -> bool:
     """Whether the request (JSON or validated) asks for a stream."""
     value = data.get("stream") if isinstance(data, dict) else getattr(data, "stream", False)
@@ -92,6 +137,10 @@ async def engine_answer(handler: Any, data: Any) -> AsyncGenerator[Any, None]:
         where = ".".join(str(part) for part in problems[0]["loc"]) if problems else ""
         message = f"{where}: {problems[0]['msg']}" if problems and where else str(error)
         yield _error(400, message, where or None)
+        return
+    refused = unsupported_input(request)
+    if refused is not None:
+        yield _error(400, refused[1], refused[0])
         return
     try:
         result = await handler.create_responses(request)

@@ -169,6 +169,46 @@ def test_input_items_pydantic_turns_into_iterators_reach_the_engine(ingress: Any
     assert logged[0]["results"] == [{}] and logged[1]["acknowledged_safety_checks"][0]["id"] == "sc_1"
 
 
+def test_input_items_vllm_cannot_read_are_a_400_naming_the_item() -> None:
+    """Schemathesis found these: vLLM's Responses implementation passes items it does not convert to its chat
+    renderer, which fails with an AttributeError (a 500)."""
+    from bigmodel_serving.responses_api import request_from, unsupported_input
+
+    def refused(items: list[Any]) -> tuple[str, str] | None:
+        return unsupported_input(request_from({"model": MODEL, "input": items}))
+
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "think"}]}
+    call = {"type": "function_call", "call_id": "c_1", "name": "f", "arguments": "{}"}
+    readable = [
+        {"role": "user", "content": "Hi"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        reasoning,
+        call,
+        {"type": "function_call_output", "call_id": "c_1", "output": "42"},
+    ]
+    assert refused(readable) is None
+    assert unsupported_input(request_from({"model": MODEL, "input": "Hi"})) is None
+    unreadable = [
+        {"type": "configuration_update"},
+        {"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot"}},
+        {"type": "file_search_call", "id": "fs", "queries": [], "status": "completed"},
+    ]
+    for item in unreadable:
+        answer = refused([{"role": "user", "content": "Hi"}, item])
+        assert answer is not None and answer[0] == "input[1].type" and repr(item["type"]) in answer[1], answer
+    refusal = {
+        "type": "message",
+        "id": "m_1",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "refusal", "refusal": "no"}],
+    }
+    assert refused([refusal]) == (
+        "input[0].content",
+        "An assistant output message needs an output_text as its first content part.",
+    )
+
+
 def test_keys_models_and_bodies_are_checked_before_the_engine(ingress: Any) -> None:
     assert (
         _client(ingress, key="sk-wrong").post("/v1/responses", json={"model": MODEL, "input": "Hi"}).status_code == 401
