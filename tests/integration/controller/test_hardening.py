@@ -1,7 +1,7 @@
 """Hostile and mistaken input against the real operator process (issue 10): a burst of hostile
 configs must not delay an innocent BigModel, the operator stops promptly on SIGTERM, a child write
-the apiserver refuses reaches status and an Event, every kubectl command the docs show works, and the
-NetworkPolicy is accepted by the apiserver."""
+the apiserver refuses reaches status and an Event (a refused NetworkPolicy keeps every Ray pod out), every
+kubectl command the docs show works, and the NetworkPolicy is accepted by the apiserver."""
 
 from __future__ import annotations
 
@@ -158,14 +158,11 @@ def test_operator_stops_within_5s_of_sigterm_with_hostile_objects(
         extra.stop()
 
 
-def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
-    api_client: Any, custom: Any, namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
-) -> None:
-    """An admission policy (like a Gatekeeper or Kyverno rule) refuses the Ingress: the BigModel says so."""
-    import yaml
-
-    policy = f"bigmodel-test-deny-ingress-{namespace}"
-    manifests = [
+def _deny(namespace: str, group: str, resource: str, message: str) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (like a Gatekeeper or Kyverno rule) and its binding: every create or update of
+    `resource` in `namespace` is refused with `message`."""
+    policy = f"bigmodel-test-deny-{resource}-{namespace}"
+    return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingAdmissionPolicy",
@@ -175,14 +172,14 @@ def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
                 "matchConstraints": {
                     "resourceRules": [
                         {
-                            "apiGroups": ["networking.k8s.io"],
+                            "apiGroups": [group],
                             "apiVersions": ["v1"],
                             "operations": ["CREATE", "UPDATE"],
-                            "resources": ["ingresses"],
+                            "resources": [resource],
                         }
                     ]
                 },
-                "validations": [{"expression": "false", "message": "Ingresses are not allowed in this namespace"}],
+                "validations": [{"expression": "false", "message": message}],
             },
         },
         {
@@ -196,7 +193,17 @@ def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
             },
         },
     ]
-    text = yaml.safe_dump_all(manifests)
+
+
+def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
+    api_client: Any, custom: Any, namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
+) -> None:
+    """An admission policy (like a Gatekeeper or Kyverno rule) refuses the Ingress: the BigModel says so."""
+    import yaml
+
+    text = yaml.safe_dump_all(
+        _deny(namespace, "networking.k8s.io", "ingresses", "Ingresses are not allowed in this namespace")
+    )
     kubectl("apply", "-f", "-", input=text)
     try:
         time.sleep(2)  # the apiserver type-checks a new policy before enforcing it
@@ -222,6 +229,47 @@ def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
         assert "not allowed in this namespace" in events[0].message
     finally:
         kubectl("delete", "-f", "-", "--wait=false", input=text, check=False)
+
+
+def test_a_refused_network_policy_keeps_every_ray_pod_out(
+    api_client: Any, custom: Any, namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
+) -> None:
+    """The policy and the RayService are written at once; the gate is the pods' ServiceAccount, written only after
+    the policy (reconcile/bigmodel_reconcile.py: _apply_children). With the policy refused, the apiserver itself
+    refuses a Ray pod (no account); once the policy is allowed, the account follows."""
+    import yaml
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    text = yaml.safe_dump_all(
+        _deny(namespace, "networking.k8s.io", "networkpolicies", "NetworkPolicies are held back here")
+    )
+    kubectl("apply", "-f", "-", input=text)
+    core = client.CoreV1Api(api_client)
+    try:
+        time.sleep(2)  # the apiserver type-checks a new policy before enforcing it
+        _create(custom, namespace, _bigmodel("gated", {"config": LLAMA_8B}))
+
+        def rejected() -> Any:
+            bm = _bm(custom, namespace, "gated")
+            return bm if bm and condition(bm, "Ready").get("reason") == "ChildRejected" else None
+
+        message = condition(wait_until(rejected, timeout=60), "Ready")["message"]
+        assert "NetworkPolicy gated-ray" in message and "held back" in message, message
+        assert or_none(core.read_namespaced_service_account, "gated-serving", namespace) is None
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="as-a-ray-pod"),
+            spec=client.V1PodSpec(
+                service_account_name="gated-serving", containers=[client.V1Container(name="c", image="x")]
+            ),
+        )
+        with pytest.raises(ApiException) as refused:  # what KubeRay's pod create gets
+            core.create_namespaced_pod(namespace, pod)
+        assert refused.value.status == 403 and "gated-serving" in str(refused.value.body), refused.value.body
+    finally:
+        kubectl("delete", "-f", "-", "--wait=false", input=text, check=False)
+    wait_until(lambda: or_none(core.read_namespaced_service_account, "gated-serving", namespace), timeout=90)
+    assert kubectl("get", "networkpolicy", "gated-ray", "-n", namespace, check=False).returncode == 0
 
 
 def _events(api_client: Any, namespace: str, name: str) -> list[Any]:
