@@ -1,8 +1,8 @@
 """kopf glue, kept thin: watch events feed ClusterState and trigger the per-object reconcile.
 
 Why on.event rather than on.create/update/resume: the reconcile is level-based and idempotent, so it
-can run on any event; kopf's change-detecting handlers would add an annotation write per change and
-a batching delay. Retries and coalescing live in reconcile.runner. See docs/development.md.
+can run on any event; kopf's change-detecting handlers would add an annotation write per change.
+Retries and coalescing live in reconcile.runner. See docs/development.md.
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ def _op(memo: Any) -> Operator:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # we post our own, user-facing Events only
-    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 600
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = MANAGED_SELECTOR

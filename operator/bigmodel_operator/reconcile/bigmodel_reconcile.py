@@ -31,7 +31,7 @@ from bigmodel_operator.builders.serve_args import (
     scaling_args,
     wake_timeout_seconds,
 )
-from bigmodel_operator.builders.serving_identity import build_serving_identity
+from bigmodel_operator.builders.serving_identity import build_serving_identity, serving_account_name
 from bigmodel_operator.conditions import Blocker, Reason
 from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError, Kube, path_of
@@ -120,6 +120,11 @@ def _engine_replicas(
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         last = {"from": engines.scaling[0], "to": engines.scaling[1], "reason": reason, "time": now}
     return engines, last
+
+
+def _account_key(body: dict[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of the ServiceAccount the BigModel's Ray pods run as."""
+    return body["metadata"]["namespace"], serving_account_name(body["metadata"]["name"])
 
 
 def _age_seconds(body: dict[str, Any]) -> float:
@@ -336,24 +341,32 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children (write_children turns what the apiserver refuses into blockers): the NetworkPolicy
-        first (the Ray pods never exist without it: a refused policy blocks the RayService), then the RayService
-        alone, then the rest at once: account, Role and RoleBinding (after its Role: ensure_children), keys
-        Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write
-        beside the RayService's, or before it, delays it; nothing of the RayService needs the rest first: KubeRay
-        makes the pods well after these writes return (its own watch, a RayCluster, that cluster's reconcile), a
-        pod cannot start before its ServiceAccount and keys Secret exist (the apiserver refuses the pod, the
-        kubelet waits for the volume), and one that starts before its RoleBinding lacks a permission for a moment.
-        The policy costs one round trip before the RayService (docs/benchmarks.md: paced latency). Children of
-        an earlier BigModel of this name stop everything before the first write (check_cached)."""
+        """Apply the children (write_children turns what the apiserver refuses into blockers). No Ray pod may
+        start without its NetworkPolicy; the gate is the pods' ServiceAccount: the apiserver refuses a pod whose
+        ServiceAccount does not exist (ServiceAccount admission), and the account is written only after the
+        policy was. So a new BigModel (its account not there yet) writes the policy and the RayService at once
+        (one round trip instead of two before the RayService: docs/benchmarks.md, paced latency); once the
+        account exists, the policy goes first and the RayService after it, as a refused policy must keep pods
+        from starting. Then the rest at once: account, Role and RoleBinding (after its Role: ensure_children),
+        keys Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write beside the
+        RayService's delays it; nothing of the RayService needs the rest first: KubeRay makes the pods well
+        after these writes return (its own watch, a RayCluster, that cluster's reconcile), a pod cannot start
+        before its keys Secret exists (the kubelet waits for the volume), and one that starts before its
+        RoleBinding lacks a permission for a moment. Children of an earlier BigModel of this name stop
+        everything before the first write (check_cached)."""
         name = body["metadata"]["name"]
         identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         ingress = build_ingress(body, spec, self.config)
         check_cached(self.state, [c for c in (policy, *identity, rayservice, ingress) if c is not None], body)
-        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
-        result = await ensure_child(self.kube, self.state, rayservice, body)
+        ensure_policy = self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
+        gated = policy is not None and self.state.get("ServiceAccount", *_account_key(body)) is None
+        if gated:  # no pod before the account, no account before the policy
+            _, result = await first_failure(ensure_policy, ensure_child(self.kube, self.state, rayservice, body))
+        else:
+            await ensure_policy
+            result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body
         self.announce_child(body, result)
         await self.worker_bounds.sync(body, rayservice, result.body)  # never raises

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +158,16 @@ def load_example(name: str) -> dict[str, Any]:
 
 
 @contextmanager
-def ingresses_refused(kubectl: Callable[..., Any], namespace: str) -> Iterator[str]:
-    """A ValidatingAdmissionPolicy (what Gatekeeper or Kyverno would be) refusing Ingresses in `namespace` while
-    the block runs; yields the message the apiserver refuses them with."""
-    policy, message = f"bigmodel-test-deny-ingress-{namespace}", "Ingresses are not allowed in this namespace"
+def writes_refused(kubectl: Callable[..., Any], namespace: str, resource: str, message: str) -> Iterator[str]:
+    """A ValidatingAdmissionPolicy (what Gatekeeper or Kyverno would be) refusing every create or update of
+    `resource` (networking.k8s.io) in `namespace` while the block runs; yields the message it refuses with."""
+    policy = f"bigmodel-test-deny-{resource}-{namespace}"
     rules = [
         {
             "apiGroups": ["networking.k8s.io"],
             "apiVersions": ["v1"],
             "operations": ["CREATE", "UPDATE"],
-            "resources": ["ingresses"],
+            "resources": [resource],
         }
     ]
     match = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
@@ -196,3 +196,8 @@ def ingresses_refused(kubectl: Callable[..., Any], namespace: str) -> Iterator[s
         yield message
     finally:
         kubectl("delete", "-f", "-", "--wait=false", input=text, check=False)
+
+
+def ingresses_refused(kubectl: Callable[..., Any], namespace: str) -> AbstractContextManager[str]:
+    """`writes_refused` for Ingresses."""
+    return writes_refused(kubectl, namespace, "ingresses", "Ingresses are not allowed in this namespace")

@@ -1,7 +1,7 @@
 """Hostile and mistaken input against the real operator process (issue 10): a burst of hostile
 configs must not delay an innocent BigModel, the operator stops promptly on SIGTERM, a child write
-the apiserver refuses reaches status and an Event, every kubectl command the docs show works, and the
-NetworkPolicy is accepted by the apiserver."""
+the apiserver refuses reaches status and an Event (a refused NetworkPolicy keeps every Ray pod out), every
+kubectl command the docs show works, and the NetworkPolicy is accepted by the apiserver."""
 
 from __future__ import annotations
 
@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 
-from .conftest import GROUP, REPO, VERSION, OperatorProcess, condition, ingresses_refused, load_example, or_none
+from .conftest import (
+    GROUP,
+    REPO,
+    VERSION,
+    OperatorProcess,
+    condition,
+    ingresses_refused,
+    load_example,
+    or_none,
+    writes_refused,
+)
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 
@@ -183,6 +193,39 @@ def test_a_child_write_the_apiserver_refuses_reaches_status_and_an_event(
             timeout=30,
         )
         assert refusal in events[0].message
+
+
+def test_a_refused_network_policy_keeps_every_ray_pod_out(
+    api_client: Any, custom: Any, namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
+) -> None:
+    """The policy and the RayService are written at once; the gate is the pods' ServiceAccount, written only after
+    the policy (reconcile/bigmodel_reconcile.py: _apply_children). With the policy refused, the apiserver itself
+    refuses a Ray pod (no account); once the policy is allowed, the account follows."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(api_client)
+    with writes_refused(kubectl, namespace, "networkpolicies", "NetworkPolicies are held back here"):
+        _create(custom, namespace, _bigmodel("gated", {"config": LLAMA_8B}))
+
+        def rejected() -> Any:
+            bm = _bm(custom, namespace, "gated")
+            return bm if bm and condition(bm, "Ready").get("reason") == "ChildRejected" else None
+
+        message = condition(wait_until(rejected, timeout=60), "Ready")["message"]
+        assert "NetworkPolicy gated-ray" in message and "held back" in message, message
+        assert or_none(core.read_namespaced_service_account, "gated-serving", namespace) is None
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="as-a-ray-pod"),
+            spec=client.V1PodSpec(
+                service_account_name="gated-serving", containers=[client.V1Container(name="c", image="x")]
+            ),
+        )
+        with pytest.raises(ApiException) as refused:  # what KubeRay's pod create gets
+            core.create_namespaced_pod(namespace, pod)
+        assert refused.value.status == 403 and "gated-serving" in str(refused.value.body), refused.value.body
+    wait_until(lambda: or_none(core.read_namespaced_service_account, "gated-serving", namespace), timeout=90)
+    assert kubectl("get", "networkpolicy", "gated-ray", "-n", namespace, check=False).returncode == 0
 
 
 def _events(api_client: Any, namespace: str, name: str) -> list[Any]:

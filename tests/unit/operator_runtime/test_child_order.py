@@ -1,6 +1,8 @@
-"""The order of a BigModel's child writes (reconcile/bigmodel_reconcile.py: _apply_children): the NetworkPolicy
-first (no Ray pod without it), then the RayService alone (the paced create -> RayService latency of
-docs/benchmarks.md), then the rest at once, every RoleBinding after its Role."""
+"""The order of a BigModel's child writes (reconcile/bigmodel_reconcile.py: _apply_children): no Ray pod without its
+NetworkPolicy, and the pods' ServiceAccount is the gate (the apiserver refuses a pod whose account does not exist).
+A new BigModel writes the policy and the RayService at once (the paced create -> RayService latency of
+docs/benchmarks.md), then the rest at once, every RoleBinding after its Role; the account only once the policy is
+written. Once the account exists, the policy goes before the RayService."""
 
 from __future__ import annotations
 
@@ -61,16 +63,12 @@ def _reconciler(kube: OrderedKube) -> BigModelReconciler:
     return BigModelReconciler(kube, ClusterState(), OperatorConfig(), lambda *_: None)  # type: ignore[arg-type]
 
 
-def test_the_policy_then_the_rayservice_are_written_alone_then_the_rest() -> None:
+def test_the_policy_and_the_rayservice_go_first_together_then_the_rest() -> None:
     kube = OrderedKube()
     body = kube.put(tiny_bigmodel("tiny"))
     _run(kube, _reconciler(kube), body)
-    assert kube.log[:4] == [
-        ("start", "NetworkPolicy"),
-        ("end", "NetworkPolicy"),
-        ("start", "RayService"),
-        ("end", "RayService"),
-    ], kube.log
+    assert sorted(kube.log[:2]) == [("start", "NetworkPolicy"), ("start", "RayService")], kube.log
+    assert sorted(kube.log[2:4]) == [("end", "NetworkPolicy"), ("end", "RayService")], kube.log
     rest = kube.log[4:]
     started = {kind for event, kind in rest if event == "start"}
     assert started == {"ServiceAccount", "Role", "RoleBinding", "Secret"}, rest
@@ -80,7 +78,28 @@ def test_the_policy_then_the_rayservice_are_written_alone_then_the_rest() -> Non
     assert {kind for _, kind in rest[:first_end]} == {"ServiceAccount", "Role", "Secret"}, rest
 
 
-def test_a_refused_network_policy_blocks_the_rayservice_and_is_retried() -> None:
+def test_once_the_account_exists_the_policy_goes_before_the_rayservice() -> None:
+    """An existing BigModel whose policy is missing (deleted by hand, or networkPolicy turned back on) and whose
+    RayService changes: its account exists, so nothing would keep a new pod from starting without the policy."""
+    kube = OrderedKube()
+    reconciler = _reconciler(kube)
+    body = kube.put(tiny_bigmodel("tiny"))
+    _run(kube, reconciler, body)
+    del kube.objects[("NetworkPolicy", "team-a", "tiny-ray")]
+    reconciler.state.drop("NetworkPolicy", "team-a", "tiny-ray")
+    del kube.objects[("RayService", "team-a", "tiny")]
+    reconciler.state.drop("RayService", "team-a", "tiny")
+    kube.log.clear()
+    _run(kube, reconciler, kube.objects[("BigModel", "team-a", "tiny")])
+    assert kube.log[:4] == [
+        ("start", "NetworkPolicy"),
+        ("end", "NetworkPolicy"),
+        ("start", "RayService"),
+        ("end", "RayService"),
+    ], kube.log
+
+
+def test_a_refused_network_policy_blocks_the_pods_and_is_retried() -> None:
     kube = OrderedKube(refuse=frozenset({"NetworkPolicy"}))
     body = kube.put(tiny_bigmodel("tiny"))
     reconciler = _reconciler(kube)
@@ -88,7 +107,9 @@ def test_a_refused_network_policy_blocks_the_rayservice_and_is_retried() -> None
         _run(kube, reconciler, body)
     ready = get_condition(kube.objects[("BigModel", "team-a", "tiny")]["status"]["conditions"], "Ready") or {}
     assert ready["reason"] == Reason.CHILD_REJECTED and "NetworkPolicy tiny-ray" in ready["message"], ready
-    assert not any(kind == "RayService" for kind, _, _ in kube.objects), "no Ray pod without its policy"
+    # The RayService was written beside the policy, but no pod can be made: its ServiceAccount was not written.
+    assert not any(kind == "ServiceAccount" for kind, _, _ in kube.objects), "no Ray pod without its policy"
+    assert not any(kind == "Secret" for kind, _, _ in kube.objects)
     kube.refuse = frozenset()
     _run(kube, reconciler, kube.objects[("BigModel", "team-a", "tiny")])
     assert ("NetworkPolicy", "team-a", "tiny-ray") in kube.objects

@@ -175,6 +175,44 @@ def test_a_resync_over_unchanged_objects_runs_no_reconcile() -> None:
     asyncio.run(main())
 
 
+def _idle_resync_work(count: int) -> tuple[int, int, int]:
+    """(settled checks, recorded reads they compare, tasks started) of one resync over `count` settled BigModels."""
+
+    async def main() -> tuple[int, int, int]:
+        kube = FakeKube()
+        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+        for i in range(count):
+            operator.state.put(kube.put(tiny_bigmodel(f"m{i:04d}")))
+            operator.trigger("BigModel", "team-a", f"m{i:04d}")
+        await settle(operator, kube)
+        checks = compared = 0
+        settled = operator.state.settled
+
+        def counting(key: Any) -> bool:
+            nonlocal checks, compared
+            checks += 1
+            reads = operator.state._settled.get(key)
+            compared += len(reads.objects) + len(reads.buckets) if reads else 0
+            return settled(key)
+
+        operator.state.settled = counting  # type: ignore[method-assign]
+        tasks = asyncio.all_tasks()
+        operator.trigger_all("BigModel")
+        operator.trigger_all("FineTuneJob")
+        return checks, compared, len(asyncio.all_tasks() - tasks)
+
+    return asyncio.run(main())
+
+
+def test_an_idle_resync_costs_a_few_lookups_per_object_and_starts_nothing() -> None:
+    """The resync over unchanged objects (handlers._resync every resync_seconds): one settled check per object,
+    each comparing the same few recorded versions whatever the cache holds, and no reconcile task at all."""
+    small, large = _idle_resync_work(100), _idle_resync_work(1000)
+    assert (small[0], large[0]) == (100, 1000), "one settled check per object, no more"
+    assert small[1] / 100 == large[1] / 1000 < 12, f"recorded reads compared per object: {small} vs {large}"
+    assert small[2] == large[2] == 0, "a resync over settled objects started a task"
+
+
 def test_what_unsettles_an_object() -> None:
     async def main() -> None:
         kube = FakeKube()
