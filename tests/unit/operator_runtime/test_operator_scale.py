@@ -146,16 +146,22 @@ async def settle(operator: Operator, kube: FakeKube, rounds: int = 4) -> None:
         await operator.runner.drain()
 
 
+async def settled_operator(count: int) -> tuple[FakeKube, Operator]:
+    """An operator (on a fake API) that has made the children of `count` tiny BigModels and is idle."""
+    kube = FakeKube()
+    operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
+    for i in range(count):
+        operator.state.put(kube.put(tiny_bigmodel(f"m{i:04d}")))
+        operator.trigger("BigModel", "team-a", f"m{i:04d}")
+    await settle(operator, kube)
+    return kube, operator
+
+
 def test_a_resync_over_unchanged_objects_runs_no_reconcile() -> None:
     count = 300
 
     async def main() -> None:
-        kube = FakeKube()
-        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
-        for i in range(count):
-            operator.state.put(kube.put(tiny_bigmodel(f"m{i:03d}")))
-            operator.trigger("BigModel", "team-a", f"m{i:03d}")
-        await settle(operator, kube)
+        kube, operator = await settled_operator(count)
         assert len([k for k in kube.objects if k[0] == "RayService"]) == count
         ran, writes = sum(operator.stats.count.values()), kube.writes()
         start = time.process_time()
@@ -166,7 +172,7 @@ def test_a_resync_over_unchanged_objects_runs_no_reconcile() -> None:
         assert kube.writes() == writes
         print(f"resync over {count} settled BigModels: {cpu * 1000:.1f} ms CPU")
         # One child changes: that one BigModel (and only it) runs again.
-        rayservice = kube.objects[("RayService", "team-a", "m007")]
+        rayservice = kube.objects[("RayService", "team-a", "m0007")]
         rayservice["status"] = {"numServeEndpoints": 1}
         kube._stamp(rayservice)
         await settle(operator, kube, rounds=1)
@@ -179,12 +185,7 @@ def _idle_resync_work(count: int) -> tuple[int, int, int]:
     """(settled checks, recorded reads they compare, tasks started) of one resync over `count` settled BigModels."""
 
     async def main() -> tuple[int, int, int]:
-        kube = FakeKube()
-        operator = Operator(OperatorConfig(), kube)  # type: ignore[arg-type]
-        for i in range(count):
-            operator.state.put(kube.put(tiny_bigmodel(f"m{i:04d}")))
-            operator.trigger("BigModel", "team-a", f"m{i:04d}")
-        await settle(operator, kube)
+        _, operator = await settled_operator(count)
         checks = compared = 0
         settled = operator.state.settled
 
