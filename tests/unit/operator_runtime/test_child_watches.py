@@ -14,3 +14,21 @@ def test_every_child_resource_has_a_watch_with_the_managed_selector() -> None:
         assert (handler.selector.group, handler.selector.version, handler.selector.any_name) == (group, version, plural)
         assert handler.labels == handlers.MANAGED and handler.fn is handlers.child_event
     assert watches["child_event/trainer-pods"].labels == {**handlers.MANAGED, "app.kubernetes.io/component": "trainer"}
+
+
+def test_no_handler_needs_kopfs_diff_base_so_it_is_off() -> None:
+    """handlers.NoDiffBase skips kopf's per-event essence and diff (two deep copies of every body it sees: most of
+    kopf's CPU per watch event, issue 21). Sound only while no handler detects changes (on.create/update/resume/
+    field) or spawns daemons/timers: those read the diff and the stored last-handled state."""
+    import kopf
+
+    registry = registries.get_default_registry()
+    assert not list(registry._changing.get_all_handlers())
+    assert not list(registry._spawning.get_all_handlers())
+    settings = kopf.OperatorSettings()
+    handlers.tune_kopf(settings)
+    storage = settings.persistence.diffbase_storage
+    body = kopf.Body({"metadata": {"name": "x", "annotations": {"a": "b"}}, "spec": {"x": 1}})
+    assert isinstance(storage, handlers.NoDiffBase)
+    assert storage.fetch(body=body) is None and storage.build(body=body) is None
+    assert not settings.posting.enabled
