@@ -235,9 +235,15 @@ async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     owners = [(kind, labels[label]) for label, kind in OWNER_LABELS.items() if labels.get(label)]
     if not owners:
         return
-    _track(operator, event)
+    namespace = body["metadata"]["namespace"]
+    if event.get("type") != "DELETED" and operator.state.holds(body):
+        # The echo of our own write (ensure_child stored the apply's answer): nothing the owner reads moved, so
+        # its reconcile would redo the same pass. One waiting for the cluster (RetryLater) still runs sooner.
+        owners = [(kind, owner) for kind, owner in owners if operator.runner.is_waiting((kind, namespace, owner))]
+    else:
+        _track(operator, event)
     for kind, owner in owners:
-        operator.trigger(kind, body["metadata"]["namespace"], owner)
+        operator.trigger(kind, namespace, owner)
 
 
 for _group, _version, _plural in CHILD_RESOURCES:
