@@ -22,19 +22,22 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 PLAN_TIMEOUT_SECONDS = 10.0
 IDLE_SECONDS = 30.0
+Call = Callable[[], Callable[[], None]]  # does the work, returns how to hand its outcome over
 
 
 class _Threads:
     """Daemon threads that run one call at a time. `idle` counts the threads waiting for a call, less the calls
-    already queued for them, so a queued call always has a thread that will take it."""
+    already queued for them, so a queued call always has a thread that will take it. A call does its work and
+    returns how to hand its outcome over; its thread counts itself idle before that, so that the caller's next
+    call finds it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.calls: queue.SimpleQueue[Call] = queue.SimpleQueue()
         self.idle = 0
         self.started = 0
 
-    def submit(self, call: Callable[[], None]) -> None:
+    def submit(self, call: Call) -> None:
         with self.lock:
             if self.idle:
                 self.idle -= 1
@@ -43,11 +46,12 @@ class _Threads:
             self.started += 1
         threading.Thread(target=self._serve, args=(call,), name="bigmodel-offload", daemon=True).start()
 
-    def _serve(self, call: Callable[[], None]) -> None:
+    def _serve(self, call: Call) -> None:
         while True:
-            call()
+            hand_over = call()
             with self.lock:
                 self.idle += 1
+            hand_over()
             while True:
                 try:
                     call = self.calls.get(timeout=IDLE_SECONDS)
@@ -76,15 +80,19 @@ async def off_loop(work: Callable[[], T], *, limit_s: float = PLAN_TIMEOUT_SECON
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def run() -> None:
+    def run() -> Callable[[], None]:
         result: Any = None
         error: BaseException | None = None
         try:
             result = work()
         except BaseException as exc:  # handed to the awaiting coroutine
             error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
-            loop.call_soon_threadsafe(_settle, future, result, error)
+
+        def hand_over() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+        return hand_over
 
     _threads.submit(run)
     return await asyncio.wait_for(future, limit_s)
