@@ -33,3 +33,22 @@ def dump(data: Any, *, sort_keys: bool, width: int | None = None, fast: bool = F
     dumper = GoCSafeDumper if fast else GoSafeDumper
     out: str = yaml.dump(data, Dumper=dumper, sort_keys=sort_keys, width=width)
     return out
+
+
+MEMO_SIZE = 256
+_memo: dict[str, str] = {}
+
+
+def dump_memo(data: Any) -> str:
+    """`dump(data, sort_keys=True, fast=True)`, remembered for the last MEMO_SIZE documents: a RayService's
+    serveConfigV2 is rendered on every reconcile of its BigModel, and PyYAML's representer (pure Python) was a
+    few percent of the operator's CPU in a burst of creates (issue 21). The key is the document's repr, which
+    tells 1, 1.0, True and "1" apart (a JSON key would not tell an int key from a string key)."""
+    key = repr(data)
+    out = _memo.pop(key, None)
+    if out is None:
+        out = dump(data, sort_keys=True, fast=True)
+        if len(_memo) >= MEMO_SIZE:
+            del _memo[next(iter(_memo))]  # the least recently used: hits move to the end
+    _memo[key] = out
+    return out

@@ -212,7 +212,7 @@ def build_rayservice(
     rayservice_spec = {
         # No deployment/serviceUnhealthySecondThreshold: KubeRay >= 1.1 ignores both (docs/development.md);
         # a slow start shows as Ready=False StartupSlow instead (status/bigmodel.py).
-        "serveConfigV2": yaml_for_go.dump(serve_config(application, config), sort_keys=True, fast=True),
+        "serveConfigV2": yaml_for_go.dump_memo(serve_config(application, config)),
         "rayClusterConfig": {
             "rayVersion": config.ray_version,
             # Ray's token auth (Ray >= 2.52, KubeRay >= 1.5.1): KubeRay generates a Secret and sets

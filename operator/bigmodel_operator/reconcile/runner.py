@@ -171,6 +171,10 @@ class KeyedRunner:
         """Objects whose last run failed and whose retry is pending."""
         return len(self._failures)
 
+    def is_waiting(self, key: Hashable) -> bool:
+        """Whether `key`'s last run waits for the cluster (RetryLaterError): any event runs it sooner."""
+        return key in self._waits
+
     def waiting(self) -> int:
         """Objects waiting for the cluster (RetryLaterError)."""
         return len(self._waits)

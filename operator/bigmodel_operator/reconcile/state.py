@@ -115,6 +115,14 @@ class ClusterState:
         self._kinds.setdefault(key[0], {})[key[1:]] = None
         self._index(key, body)
 
+    def holds(self, body: dict[str, Any]) -> bool:
+        """Whether the cache already holds this version of the object (the watch's echo of a write whose answer
+        `put` stored): putting it again would change nothing a reconcile reads."""
+        meta = body["metadata"]
+        cached = self._objects.get((body["kind"], meta.get("namespace", ""), meta["name"]))
+        version = meta.get("resourceVersion")
+        return cached is not None and version is not None and cached["metadata"].get("resourceVersion") == version
+
     def drop(self, kind: str, namespace: str, name: str) -> None:
         if kind == "BigModel":
             self.model_pods.pop((namespace, name), None)

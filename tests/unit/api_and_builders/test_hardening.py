@@ -240,6 +240,27 @@ def test_off_loop_returns_raises_and_gives_up() -> None:
     release.set()
 
 
+def test_off_loop_reuses_its_threads_and_a_stuck_call_holds_up_no_other() -> None:
+    """Threads are reused (starting one per call was measurable CPU in a burst: issue 21); a call that overran its
+    limit keeps its thread, and the next call gets another one."""
+    from bigmodel_operator.reconcile import offload
+
+    release = threading.Event()
+
+    async def main() -> None:
+        await off_loop(lambda: None)  # a thread now idles
+        started = offload._threads.started
+        for i in range(20):
+            assert await off_loop(lambda i=i: i) == i
+        assert offload._threads.started == started, "each call started a thread"
+        with pytest.raises(TimeoutError):
+            await off_loop(lambda: release.wait(30), limit_s=0.2)
+        assert await asyncio.wait_for(off_loop(lambda: "free"), 2) == "free"
+
+    asyncio.run(main())
+    release.set()
+
+
 # --- every failure reaches status and an Event --------------------------------------------------
 
 
