@@ -55,7 +55,7 @@ from bigmodel_operator.reconcile.model_source import (
     read_secret_key,
 )
 from bigmodel_operator.reconcile.offload import PLAN_TIMEOUT_SECONDS, off_loop
-from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, serving_plan
+from bigmodel_operator.reconcile.plan_glue import ServingPlanResult, needs_gpu_plan, serving_plan
 from bigmodel_operator.reconcile.raycluster_sync import WorkerBoundsSync
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem
 from bigmodel_operator.reconcile.state import ClusterState, note_deadline, note_outside
@@ -282,6 +282,8 @@ class BigModelReconciler(BaseReconciler):
             blockers.append(Blocker(Reason.GATED_MODEL_NO_TOKEN, source.message))
         if source.reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS:
             plan_result = ServingPlanResult(None, source.reason, source.message)
+        elif not needs_gpu_plan(spec):  # the CPU build: nothing to plan, no thread hop (issue 21, paced latency)
+            plan_result = serving_plan(spec, source, self.config)
         else:
             try:
                 plan_result = await off_loop(lambda: serving_plan(spec, source, self.config))

@@ -257,6 +257,26 @@ def parse_config_text(raw: str, where: str) -> ModelConfigResult:
     return ModelConfigResult(data)
 
 
+SMALL_CONFIG_UNITS = 16 * 1024  # a value within this many nodes + string characters is checked on the loop
+
+
+def is_small_value(value: Any, budget: int = SMALL_CONFIG_UNITS) -> bool:
+    """Whether a decoded value has at most `budget` nodes and string characters together. The walk stops as soon
+    as the budget is spent, so the answer costs at most `budget` steps whatever the value's size."""
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        budget -= 1 + (len(node) if isinstance(node, str) else 0)
+        if budget < 0:
+            return False
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
+
+
 def check_inline_config(inline: dict[str, Any]) -> ModelConfigResult:
     """An inline spec.model.config within the same bounds as a ConfigMap's."""
     if _depth_of_value(inline) > MAX_CONFIG_DEPTH:
@@ -289,6 +309,8 @@ async def model_config_for(
 ) -> ModelConfigResult:
     """The model's config.json from the first source that has it."""
     if inline:
+        if is_small_value(inline):  # a real config.json (a few KB) costs ~15 us to check: no thread hop
+            return check_inline_config(inline)
         return await _parse_off_loop(lambda: check_inline_config(inline), "spec.model.config")
     if config_map:
         name, key = config_map

@@ -57,10 +57,14 @@ def _why(error: Exception) -> tuple[str, str]:
     return Reason.MODEL_CONFIG_UNAVAILABLE, f"cannot plan: {error}"
 
 
+def needs_gpu_plan(spec: BigModelSpec) -> bool:
+    """False for vLLM's CPU build (resources.gpu.count 0): `serving_plan` answers at once, with no planning."""
+    return not (spec.resources and spec.resources.gpu and spec.resources.gpu.count == 0)
+
+
 def serving_plan(spec: BigModelSpec, source: ModelConfigResult, config: OperatorConfig) -> ServingPlanResult:
     """The serving plan, or why there is none (reason ModelConfigUnavailable / ModelTooLargeForGPU)."""
-    gpu_count = spec.resources.gpu.count if spec.resources and spec.resources.gpu else None
-    if gpu_count == 0:
+    if not needs_gpu_plan(spec):
         return ServingPlanResult(None, Reason.PLANNED, "vLLM's CPU build (resources.gpu.count 0): no GPU plan needed")
     if source.config is None:
         return ServingPlanResult(None, source.reason, source.message)

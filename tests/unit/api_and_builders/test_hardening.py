@@ -28,7 +28,13 @@ from bigmodel_operator.config import OperatorConfig
 from bigmodel_operator.kube import ApiError
 from bigmodel_operator.reconcile.bigmodel_reconcile import BigModelReconciler
 from bigmodel_operator.reconcile.children import AlreadyReportedError
-from bigmodel_operator.reconcile.model_source import MAX_CONFIG_BYTES, check_inline_config, parse_config_text
+from bigmodel_operator.reconcile.model_source import (
+    MAX_CONFIG_BYTES,
+    SMALL_CONFIG_UNITS,
+    check_inline_config,
+    is_small_value,
+    parse_config_text,
+)
 from bigmodel_operator.reconcile.offload import off_loop
 from bigmodel_operator.reconcile.spec_checks import hidden_path_problems, name_problem, suggest_name
 from bigmodel_operator.reconcile.state import ClusterState
@@ -205,6 +211,16 @@ def test_oversized_configs_are_refused() -> None:
     big = {"x": "y" * MAX_CONFIG_BYTES}
     assert check_inline_config(big).reason == Reason.MODEL_CONFIG_OUT_OF_BOUNDS
     assert "bytes" in parse_config_text('{"x": "' + "y" * MAX_CONFIG_BYTES + '"}', "cm").message
+
+
+def test_only_a_small_inline_config_is_checked_on_the_event_loop() -> None:
+    """A real config.json is checked in place; a large one (many keys, a long string, a long list) goes to a
+    thread, and deciding that costs at most SMALL_CONFIG_UNITS steps."""
+    example = {"architectures": ["LlamaForCausalLM"], "hidden_size": 128, "rope_scaling": {"type": "linear"}}
+    assert is_small_value(example)
+    assert not is_small_value({"x": "y" * SMALL_CONFIG_UNITS})
+    assert not is_small_value({f"k{i}": i for i in range(SMALL_CONFIG_UNITS)})
+    assert not is_small_value([[0] * 1000] * 1000)  # a million leaves: refused after the budget, not walked
 
 
 def test_a_normal_config_passes(tmp_path: Any) -> None:
