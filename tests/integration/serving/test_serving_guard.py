@@ -178,7 +178,8 @@ def test_a_full_engine_queue_is_an_openai_429(serving: ServingStack) -> None:
     with ThreadPoolExecutor(max_workers=calls) as pool:
         responses = list(pool.map(call, range(calls)))
     statuses = [response.status_code for response in responses]
-    assert set(statuses) <= {200, 429}, statuses
+    others = [(r.status_code, r.text[:300]) for r in responses if r.status_code not in (200, 429)]
+    assert not others, (statuses, others[:3])  # the bodies say which path answered (the xfail's open question)
     busy = [response for response in responses if response.status_code == 429]
     assert busy, statuses
     assert busy[0].json()["error"]["code"] == "server_busy"
