@@ -343,31 +343,29 @@ class BigModelReconciler(BaseReconciler):
         obs: BigModelObservation,
         promotions: Promotions,
     ) -> None:
-        """Apply the children (write_children turns what the apiserver refuses into blockers). No Ray pod may
-        start without its NetworkPolicy; the gate is the pods' ServiceAccount: the apiserver refuses a pod whose
-        ServiceAccount does not exist (ServiceAccount admission), and the account is written only after the
-        policy was. So a new BigModel (its account not there yet) writes the policy and the RayService at once
-        (one round trip instead of two before the RayService: docs/benchmarks.md, paced latency); once the
-        account exists, the policy goes first and the RayService after it, as a refused policy must keep pods
-        from starting. Then the rest at once: account, Role and RoleBinding (after its Role: ensure_children),
-        keys Secret, Ingress. The apiserver serves concurrent writes on shared cores, so a write beside the
-        RayService's delays it; nothing of the RayService needs the rest first: KubeRay makes the pods well
-        after these writes return (its own watch, a RayCluster, that cluster's reconcile), a pod cannot start
-        before its keys Secret exists (the kubelet waits for the volume), and one that starts before its
-        RoleBinding lacks a permission for a moment. Children of an earlier BigModel of this name stop
-        everything before the first write (check_cached)."""
+        """Apply the children (write_children turns what the apiserver refuses into blockers). No Ray pod may start
+        without its NetworkPolicy; the gate is the pods' ServiceAccount: the apiserver refuses a pod whose
+        ServiceAccount does not exist (ServiceAccount admission), and the account is written only after the policy was.
+        So a new BigModel (its account not there yet) writes the RayService first, alone (the paced create -> RayService
+        latency of docs/benchmarks.md: no other write shares the apiserver's cores with it), then the policy; once the
+        account exists, the policy goes first and the RayService after it, as a refused policy must keep pods from
+        starting. Then the rest at once: account, Role and RoleBinding (after its Role: ensure_children), keys Secret,
+        Ingress. The apiserver serves concurrent writes on shared cores, so a write beside the RayService's delays it;
+        nothing of the RayService needs the rest first: KubeRay makes the pods well after these writes return (its own
+        watch, a RayCluster, that cluster's reconcile), a pod cannot start before its keys Secret exists (the kubelet
+        waits for the volume), and one that starts before its RoleBinding lacks a permission for a moment. Children of
+        an earlier BigModel of this name stop everything before the first write (check_cached)."""
         name = body["metadata"]["name"]
         identity = build_serving_identity(body)
         policy = build_network_policy(body, spec, self.config)
         rayservice = build_rayservice(body, spec, place, self.config, promotions)
         ingress = build_ingress(body, spec, self.config)
         check_cached(self.state, [c for c in (policy, *identity, rayservice, ingress) if c is not None], body)
-        ensure_policy = self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
         gated = policy is not None and self.state.get("ServiceAccount", *_account_key(body)) is None
-        if gated:  # no pod before the account, no account before the policy
-            _, result = await first_failure(ensure_policy, ensure_child(self.kube, self.state, rayservice, body))
-        else:
-            await ensure_policy
+        if gated:  # no pod before the account, no account before the policy: the RayService may go first
+            result = await ensure_child(self.kube, self.state, rayservice, body)
+        await self._ensure_optional(body, "NetworkPolicy", naming.network_policy_name(name), policy)
+        if not gated:
             result = await ensure_child(self.kube, self.state, rayservice, body)
         obs.rayservice = result.body
         self.announce_child(body, result)

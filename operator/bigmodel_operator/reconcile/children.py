@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_operator import naming
-from bigmodel_operator.kube import ApiError, Kube
+from bigmodel_operator.config import FIELD_MANAGER
+from bigmodel_operator.kube import ApiError, JsonPatch, Kube
 from bigmodel_operator.reconcile.state import OWNER_LABELS, ClusterState
 
 NOT_ADOPTED = frozenset({"Job"})
@@ -122,9 +123,48 @@ async def ensure_child(
         if controlled and (create_only or _hash_of(current) == _hash_of(desired)):
             return ApplyResult(current, "unchanged")
         action = "updated" if controlled else "adopted"
+        await _upgrade_ownership(kube, current)
     applied = await kube.apply(desired)
     state.put(applied)
     return ApplyResult(applied, action)
+
+
+def ownership_upgrade(child: dict[str, Any]) -> JsonPatch | None:
+    """The JSON patch that turns our field manager's Update entry into an Apply one, or None when there is none
+    to turn. A child we created is a POST's (Kube.apply(if_absent=True)), and the apiserver records a POST's
+    fields as an Update: an apply under the same manager name is another manager to it, so a field the apply
+    no longer sets would stay, owned by the Update. With the entry turned into our Apply's (what kubectl's
+    client-side-to-server-side upgrade does), the apply owns every field it created and drops those it omits.
+    The `test` ops make the patch fail, and change nothing, when managedFields moved since `child` was read."""
+    entries = child["metadata"].get("managedFields") or []
+    ours = [(i, e) for i, e in enumerate(entries) if e.get("manager") == FIELD_MANAGER and not e.get("subresource")]
+    updates = [i for i, e in ours if e.get("operation") == "Update"]
+    if len(updates) != 1 or any(e.get("operation") == "Apply" for _, e in ours):
+        return None  # already applied once (ours is an Apply), or not a shape we created
+    at = f"/metadata/managedFields/{updates[0]}"
+    return [
+        {"op": "test", "path": f"{at}/manager", "value": FIELD_MANAGER},
+        {"op": "test", "path": f"{at}/operation", "value": "Update"},
+        {"op": "replace", "path": f"{at}/operation", "value": "Apply"},
+    ]
+
+
+async def _upgrade_ownership(kube: Kube, current: dict[str, Any]) -> None:
+    """Before the first apply to a child we created: `ownership_upgrade`, read again once if the cached copy was
+    stale (its `test` failed)."""
+    meta = current["metadata"]
+    kind, namespace, name = current["kind"], meta.get("namespace"), meta["name"]
+    for attempt in range(2):
+        ops = ownership_upgrade(current)
+        if ops is None:
+            return
+        try:
+            await kube.json_patch(kind, namespace, name, ops)
+            return
+        except ApiError as error:
+            if error.status != 422 or attempt:
+                raise
+        current = await kube.get(kind, namespace, name) or {"metadata": {}}
 
 
 def check_cached(state: ClusterState, desired: list[dict[str, Any]], owner: dict[str, Any]) -> None:

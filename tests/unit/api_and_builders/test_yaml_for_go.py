@@ -68,3 +68,89 @@ def test_serve_config_reads_back_by_go_as_rendered() -> None:
     rendered = build_rayservice(body, spec, placement(spec, None), OperatorConfig())["spec"]["serveConfigV2"]
     assert _go_load(rendered) == yaml.safe_load(rendered)
     assert "'y'" in rendered and "'n'" in rendered
+
+
+_TRICKY = [
+    "y",
+    "N",
+    "yes",
+    "off",
+    "true",
+    "null",
+    "~",
+    "",
+    " ",
+    "1",
+    "1.0",
+    "1e3",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "1:30",
+    ".inf",
+    ".nan",
+    "2024-01-01",
+    "-",
+    "-a",
+    "a:",
+    "a:b",
+    "a: b",
+    "a #b",
+    "#a",
+    "@a",
+    "!a",
+    "&a",
+    "*a",
+    "%a",
+    "`a",
+    "'a",
+    '"a',
+    "[a",
+    "{a",
+    "a,b",
+    "?a",
+    "|a",
+    ">a",
+    "a b",
+    "a\nb",
+    "é",
+    "a\tb",
+    "x" * 200,
+    "file:///opt/m",
+    "hf://org/m",
+    "s3://b/k",
+    "/abs/path",
+    "a.b:c",
+    "Ünïcode",
+    "a\u2028b",
+]
+
+
+def _serve_configs() -> list[Any]:
+    configs = []
+    for path in sorted((ROOT / "docs" / "examples").glob("bigmodel*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "BigModel":
+                doc["metadata"] = {**doc.get("metadata", {}), "namespace": "n", "uid": "u"}
+                spec = BigModelSpec.model_validate(doc["spec"])
+                rayservice = build_rayservice(doc, spec, placement(spec, None), OperatorConfig())
+                configs.append(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
+    return configs
+
+
+def test_fast_dump_writes_what_pyyaml_writes() -> None:
+    """dump_fast (serveConfigV2 on every new BigModel's path) writes PyYAML's text to the byte: a different text
+    would change every RayService's spec hash and make the operator rewrite them all after an upgrade."""
+    configs = _serve_configs()
+    assert configs
+    documents: list[Any] = [
+        *configs,
+        {"a": {"b": [1, 2.5, 1e-05, 600.0, True, None, {}, []], "c": {}, "d": []}, "e": [{"f": 1, "g": [{"h": "i"}]}]},
+        {"list": [[1, 2]], "float": 3.0e20, "neg": -1, "negf": -0.5},
+    ]
+    for text in _TRICKY:
+        documents += [{"k": text}, {"k": [text]}, {"k": [{"m": text}]}, {"x" if text == "" else text: 1}]
+    for float_value in (float("inf"), float("nan"), 1e16, 0.1 + 0.2):
+        documents.append({"f": float_value})
+    for document in documents:
+        assert yaml_for_go.dump_fast(document) == yaml_for_go.dump(document, sort_keys=True, fast=True), document
