@@ -540,11 +540,13 @@ Operator writes during the burst, by verb (its own /metrics): `{plain["writes"]}
 worker that waits while reconciles run (the queue drained {plain["events_tail_s"]:.1f} s after convergence).
 
 How: every reconcile-path lookup is an index of the watch cache (children by owner, FineTuneJobs by the
-BigModel they deploy to); a child the cache does not hold is created in one round trip (a server-side apply
-that only creates); a new BigModel's NetworkPolicy and RayService are written at once, then every other child at once
-(a RoleBinding after its Role): the pods' ServiceAccount, written only after the policy, keeps every Ray pod out
-until the policy exists (the apiserver refuses a pod whose account is missing); and each reconcile records the
-versions of what it read: a resync skips every object whose inputs did not move (docs/development.md).
+BigModel they deploy to); a child the cache does not hold is created in one round trip (a POST under the
+operator's field manager, whose entry the first later update turns into an Apply); a new BigModel's RayService
+is written first and alone, then its NetworkPolicy, then every other child at once (a RoleBinding after its Role):
+the pods' ServiceAccount, written only after the policy, keeps every Ray pod out until the policy exists (the
+apiserver refuses a pod whose account is missing); and each reconcile records the versions of what it read: a
+resync skips every object whose inputs did not move (docs/development.md). Where a paced create's time goes:
+the next section.
 """
     if os.environ.get("BIGMODEL_BENCH_DOC", "1") == "0":
         print(body)
