@@ -139,9 +139,25 @@ async def routes() -> Response:
     return JSONResponse({"object": "list", "data": await current_ingress().canary.view()})
 
 
+_SERVE_ERRORS = (BackPressureError, DeploymentUnavailableError)
+
+
+class IngressApp(FastAPI):
+    """FastAPI whose handlers for Serve's own errors stay ours once set. Serve's replica gives every FastAPI
+    ingress its own handlers for BackPressureError and DeploymentUnavailableError after the app is built
+    (ray.serve's replica.py: "FastAPI doesn't know how to handle it"), plain-text 503s that would replace our
+    OpenAI-style answers: a full engine queue is 429 + Retry-After with a JSON body (error_mapping.py), as
+    OpenAI's clients expect."""
+
+    def add_exception_handler(self, exc_class_or_status_code: Any, handler: Any) -> None:
+        if exc_class_or_status_code in _SERVE_ERRORS and exc_class_or_status_code in self.exception_handlers:
+            return  # ours came first
+        super().add_exception_handler(exc_class_or_status_code, handler)
+
+
 def create_app() -> FastAPI:
     """The FastAPI app of the ingress: our guard, OpenAI-style errors, /health."""
-    app = FastAPI(title="BigModel", docs_url=None, redoc_url=None, openapi_url=None)
+    app = IngressApp(title="BigModel", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/health/ready", ready, methods=["GET"])
     app.add_api_route("/v1/routes", routes, methods=["GET"])
@@ -206,6 +222,8 @@ class BigModelIngress(OpenAiIngress):
             self.request_log = RequestLogger.from_args(config.request_log)
         self.canary.configure(config.routes, config.rollout_report, config.feedback)
         self._configure_feedback(config)
+        if config.quotas.enabled:
+            self._start_quota_actor()
         if self.config is not None and config.engine_router != self.config.engine_router:
             self._renew_engine_handles(config.engine_router)  # the first config names the handles' router
         self.config = config
@@ -216,6 +234,19 @@ class BigModelIngress(OpenAiIngress):
             "on" if config.quotas.enabled else "off",
             ", ".join(adapter.name for adapter in config.adapters) or "none",
         )
+
+    def _start_quota_actor(self) -> None:
+        """Create (or find) the quota actor now, not at the first request that needs it: a new detached actor is
+        a new worker process, seconds on a busy node, longer than a request waits for it (that request got a
+        503). Creation goes on in Ray while this returns; outside Ray (unit tests) there is nothing to start."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        try:
+            self._actor().actor()
+        except Exception as error:  # the first request looks it up again (and answers 503 if it still fails)
+            logger.warning("bigmodel: the quota actor could not be started yet: %r", error)
 
     def _renew_engine_handles(self, router: str | None) -> None:
         """New handles to the engine deployment: Serve builds a handle's request router on its first request

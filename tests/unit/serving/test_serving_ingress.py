@@ -215,6 +215,23 @@ def test_router_errors_are_answered_by_type(ingress: Any) -> None:
             assert answer.headers["Retry-After"]
 
 
+def test_serve_cannot_replace_our_handlers_for_its_errors(ingress: Any) -> None:
+    """Serve's replica adds plain-text 503 handlers for BackPressureError and DeploymentUnavailableError to a
+    FastAPI ingress after it is built (what made a full engine queue a plain-text 503 instead of our 429 on real
+    Serve, tests/integration/serving/test_serving_guard.py); ours stay."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from starlette.responses import PlainTextResponse
+
+    _configure(ingress)
+    client = _client(ingress)
+    for error_class in (BackPressureError, DeploymentUnavailableError):  # what Serve's replica does
+        client.app.add_exception_handler(error_class, lambda *_: PlainTextResponse("dropped", status_code=503))  # type: ignore[attr-defined]
+    ingress.engine_stub.error = BackPressureError(num_queued_requests=5, max_queued_requests=4)
+    answer = _complete(client)
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "server_busy" and answer.headers["Retry-After"]
+
+
 def test_type_and_value_errors_are_400_only_before_the_handler() -> None:
     from bigmodel_serving.actor_calls import DependencyUnavailableError
     from bigmodel_serving.error_mapping import translate_exception
