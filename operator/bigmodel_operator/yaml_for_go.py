@@ -45,8 +45,10 @@ _STR = "tag:yaml.org,2002:str"
 
 def _plain(text: str) -> bool:
     """Whether PyYAML writes `text` as is: a conservative shape, and not another type's (1.0, true, y, 2024-01-01)."""
+    if _PLAIN.fullmatch(text) is None:  # the cheap test first: the resolver runs a regex per implicit type
+        return False
     resolved: str = GoSafeDumper.resolve(GoSafeDumper, yaml.ScalarNode, text, (True, False))  # type: ignore[arg-type]
-    return _PLAIN.fullmatch(text) is not None and resolved == _STR
+    return resolved == _STR
 
 
 def _scalar(value: Any) -> str | None:
