@@ -60,9 +60,11 @@ test-integration: dev ## integration tests on the real control plane (built and 
 # (root and `ip`; cold or warm: a cold machine builds the images and node binaries inside CI's budget), E2E=1
 # always, E2E=0 never.
 E2E ?= auto
-test: dev check-crds ## what CI runs: unit + integration on the real control plane, RBAC as the chart's account, then make e2e (E2E=auto|1|0)
-	$(PYTEST) tests/unit tests/integration
-	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller
+# The controller tier runs once, as the chart's ServiceAccount: it proves the scenarios and the chart's RBAC
+# together (the same tests as admin prove a subset of that; `make test-integration` runs them so).
+test: dev check-crds ## what CI runs: unit + integration on the real control plane (the controller tier as the chart's account), then make e2e (E2E=auto|1|0)
+	$(PYTEST) --durations=25 tests/unit tests/integration --ignore=tests/integration/controller
+	BIGMODEL_OPERATOR_AS=chart $(PYTEST) --durations=10 tests/integration/controller
 	@case "$(E2E)" in \
 	  1) $(MAKE) e2e ;; \
 	  auto) if tests/e2e/preflight.sh; then $(MAKE) e2e; fi ;; \

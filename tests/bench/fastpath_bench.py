@@ -75,8 +75,10 @@ def _direct_urls(app_names: list[str]) -> dict[str, str]:
             groups = ray.get(client._controller.get_target_groups.remote(name))
             for group in groups:
                 if group.app_name == name and str(group.protocol).upper().endswith("HTTP") and group.targets:
+                    # One node here, and the replica binds Serve's HTTP host (loopback); the target's ip is the
+                    # node's address as Ray reports it, which may be a host interface no bench may connect to.
                     target = group.targets[0]
-                    urls[name] = f"http://{target.ip}:{target.port}|{group.route_prefix.rstrip('/')}"
+                    urls[name] = f"http://127.0.0.1:{target.port}|{group.route_prefix.rstrip('/')}"
         time.sleep(1)
     missing = sorted(set(app_names) - set(urls))
     if missing:

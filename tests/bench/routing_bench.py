@@ -1,9 +1,11 @@
 """Routing benchmark (`make bench`): Serve's default router against the prefix-cache-aware one, same load.
 
-    python tests/bench/routing_bench.py [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
+    python tests/bench/routing_bench.py [--model m100] [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
 
 One application as the operator renders it (`bigmodel serve`'s rendering of a BigModel manifest) with two
-engine replicas of the tiny model on vLLM's CPU build, through our ingress. The workload is shared-prefix
+engine replicas of a generated model on vLLM's CPU build, through our ingress: `m100` (~100 M parameters, the
+default: a 1,500-token prefill costs seconds on a CPU core, as a long prompt does on a real model's GPU) or
+`tiny` (0.5 M parameters: its prefill is so cheap that a cache hit saves almost nothing). The workload is shared-prefix
 chat: 16 system prompts of ~1,500 tokens each, 64 users (user u always uses system prompt u mod 16), each
 request one user's short question (~20 tokens), 8 streamed tokens back (`ignore_eos`), greedy; a closed loop
 of `--concurrency` clients, each sending its next request when the last one ended, users in a seeded random
@@ -90,13 +92,13 @@ def workload(prompts: list[str], requests: int, round_index: int) -> list[list[d
     return out
 
 
-def manifest(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
+def manifest(model_dir: Path, kv_bytes: int, policy: str, served: str = "tiny") -> dict[str, Any]:
     return {
         "apiVersion": "bigmodel.io/v1alpha1",
         "kind": "BigModel",
         "metadata": {"name": "routing-bench"},
         "spec": {
-            "model": {"uri": model_dir.as_uri(), "servedName": "tiny"},
+            "model": {"uri": model_dir.as_uri(), "servedName": served},
             "engine": {
                 "maxModelLen": MAX_MODEL_LEN,
                 "maxNumSeqs": 16,
@@ -110,12 +112,12 @@ def manifest(model_dir: Path, kv_bytes: int, policy: str) -> dict[str, Any]:
     }
 
 
-def application(model_dir: Path, kv_bytes: int, policy: str, metrics_port: int) -> dict[str, Any]:
+def application(model_dir: Path, kv_bytes: int, policy: str, metrics_port: int, served: str = "tiny") -> dict[str, Any]:
     """What the operator renders for the manifest, with the replica count `bigmodel serve` pins to 1 put back
     and the metrics listener on `metrics_port` (the same for every redeploy)."""
     from bigmodel_operator.local import local_application
 
-    app = local_application(manifest(model_dir, kv_bytes, policy))
+    app = local_application(manifest(model_dir, kv_bytes, policy, served))
     app["args"]["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
     engine = next(d for d in app["deployments"] if d["name"] == "BigModelEngine")
     engine["autoscaling_config"].update(min_replicas=REPLICAS, max_replicas=REPLICAS)
@@ -156,14 +158,14 @@ async def _scrape(session: Any, metrics_url: str, replicas: int = REPLICAS) -> d
 
 
 async def run_turn(
-    url: str, metrics_url: str, conversations: list[list[dict[str, str]]], concurrency: int
+    url: str, metrics_url: str, conversations: list[list[dict[str, str]]], concurrency: int, served: str = "tiny"
 ) -> dict[str, Any]:
     import aiohttp
 
     ttfts: list[float] = []
     errors = 0
     queue = list(conversations)
-    body = {"model": "tiny", "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0, "stream": True}
+    body = {"model": served, "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0, "stream": True}
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal errors
@@ -266,19 +268,19 @@ def _summary(turns: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="m100", choices=("m100", "tiny"), help="the generated model (serving_bench)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=192, help="requests per policy and round")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/benchmarks.md")
     args = parser.parse_args(argv)
 
+    from serving_bench import _model_dir, _parameters
     from transformers import AutoTokenizer
 
     from bigmodel_serving.local import run_local
-    from bigmodel_training.tinymodel import make_tiny_model
 
-    model_dir = make_tiny_model()
-    config = json.loads((model_dir / "config.json").read_text())
+    model_dir, config = _model_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     per_token = kv_bytes_per_token(config)
     prompts_by_round = [system_prompts(tokenizer, r) for r in range(args.rounds)]
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     kv_tokens = int(PREFIXES_PER_REPLICA * (prompt_tokens + 40))
     kv_bytes = kv_tokens * per_token
     sizes = (
-        f"model `tiny` (0.5 M parameters, {per_token} B of KV cache per token), {REPLICAS} engine replicas, each "
+        f"model `{args.model}` ({_parameters(config) / 1e6:.1f} M parameters, {per_token} B of KV cache per token), {REPLICAS} engine replicas, each "
         f"with a KV cache of {kv_bytes / 2**20:.1f} MiB = {kv_tokens} tokens; {SYSTEM_PROMPTS} system prompts of "
         f"{prompt_tokens:.0f} tokens on average = {SYSTEM_PROMPTS * prompt_tokens:.0f} tokens of prefixes "
         f"(one replica holds {kv_tokens / prompt_tokens:.1f} of them, the two {2 * kv_tokens / prompt_tokens:.1f})"
@@ -294,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"routing bench: {sizes}", flush=True)
     started = time.monotonic()
     port, metrics_port = _free_port(), _free_port()
-    server = run_local(application(model_dir, kv_bytes, POLICIES[0], metrics_port), port=port, block=False, num_cpus=4)
+    server = run_local(
+        application(model_dir, kv_bytes, POLICIES[0], metrics_port, args.model), port=port, block=False, num_cpus=4
+    )
     ready_s = time.monotonic() - started
     turns: list[dict[str, Any]] = []
     try:
@@ -302,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             order = POLICIES if round_index % 2 == 0 else POLICIES[::-1]
             conversations = workload(prompts_by_round[round_index], args.requests, round_index)
             for policy in order:
-                server.deploy([application(model_dir, kv_bytes, policy, metrics_port)])
+                server.deploy([application(model_dir, kv_bytes, policy, metrics_port, args.model)])
                 _reset_prefix_caches("routing-bench")
                 metrics_url = str(server.metrics_urls["routing-bench"])
-                result = asyncio.run(run_turn(server.url, metrics_url, conversations, args.concurrency))
+                result = asyncio.run(run_turn(server.url, metrics_url, conversations, args.concurrency, args.model))
                 result.update(policy=policy, round=round_index + 1)
                 turns.append(result)
                 print(
