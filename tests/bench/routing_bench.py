@@ -3,9 +3,12 @@
     python tests/bench/routing_bench.py [--model m100] [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
 
 One application as the operator renders it (`bigmodel serve`'s rendering of a BigModel manifest) with two
-engine replicas of a generated model on vLLM's CPU build, through our ingress: `m100` (~100 M parameters, the
-default: a 1,500-token prefill costs seconds on a CPU core, as a long prompt does on a real model's GPU) or
-`tiny` (0.5 M parameters: its prefill is so cheap that a cache hit saves almost nothing). The workload is shared-prefix
+engine replicas of a generated model on vLLM's CPU build, through our ingress: `m8` (~8 M parameters, the
+default: a 1,500-token prefill costs about a second on a CPU core, so a cache hit saves real work, as a long
+prompt's does on a real model's GPU), `tiny` (0.5 M parameters: its prefill is so cheap that a cache hit saves
+almost nothing) or `m100` (~100 M: minutes per turn of prefills on two cores, too slow for `make bench`). The
+engine runs float32 (this bench's machines have AVX2 and no native bf16; float32 also fixes the KV cache's
+bytes per token that the cache is sized by). The workload is shared-prefix
 chat: 16 system prompts of ~1,500 tokens each, 64 users (user u always uses system prompt u mod 16), each
 request one user's short question (~20 tokens), 8 streamed tokens back (`ignore_eos`), greedy; a closed loop
 of `--concurrency` clients, each sending its next request when the last one ended, users in a seeded random
@@ -49,6 +52,7 @@ POLICIES = ("leastLoaded", "prefixCache")
 LABELS = {"leastLoaded": "default (Serve's power of two)", "prefixCache": "prefix-aware (PrefixCacheAffinityRouter)"}
 TARGET_TTFT = 0.6
 TARGET_RATE = 1.5
+RAW = REPO / ".bench" / "routing.json"
 _TEXT = (
     "the operator watches resources in the cluster and reconciles desired state with actual state serving a model "
     "means loading its weights reading requests and streaming tokens back to the client fine tuning adapts a model "
@@ -65,7 +69,9 @@ def _free_port() -> int:
 
 def kv_bytes_per_token(config: dict[str, Any]) -> int:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return int(2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4)  # K and V, fp32
+    # K and V in float32, the dtype the manifest asks for. With dtype auto vLLM's CPU build stores bf16, and a
+    # cache sized by 4 bytes held twice the tokens (logged: 28,032 instead of 14,024; every prefix fit).
+    return int(2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4)
 
 
 def system_prompts(tokenizer: Any, round_index: int) -> list[str]:
@@ -101,6 +107,7 @@ def manifest(model_dir: Path, kv_bytes: int, policy: str, served: str = "tiny") 
             "model": {"uri": model_dir.as_uri(), "servedName": served},
             "engine": {
                 "maxModelLen": MAX_MODEL_LEN,
+                "dtype": "float32",
                 "maxNumSeqs": 16,
                 "extraArgs": [f"--kv-cache-memory-bytes={kv_bytes}", "--enforce-eager"],
             },
@@ -266,14 +273,40 @@ def _summary(turns: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), {"ttft_ratio": ttft_ratio, "rate_ratio": rate_ratio, "met": met, "medians": med}
 
 
+def write_doc(data: dict[str, Any]) -> None:
+    """The "Routing" section of docs/benchmarks.md from one run's numbers (.bench/routing.json)."""
+    from benchdoc import write_section
+
+    turns = data["turns"]
+    summary, _ = _summary(turns)
+    body = (
+        f"`python tests/bench/routing_bench.py` (in `make bench`): {data['sizes']}. Workload: {USERS} users, user u "
+        f"always on system prompt u mod {SYSTEM_PROMPTS}; each request one user's short question (~20 tokens) "
+        f"after its system prompt, {MAX_TOKENS} streamed tokens back (ignore_eos, greedy); a closed loop of "
+        f"{data['concurrency']} clients, {data['requests']} requests per policy and round, users in a seeded random "
+        f"order. Both policies take turns on one application (an edit of spec.routing.policy, which with Ray 2.60 "
+        f"restarts the engine replicas, so every turn starts on fresh engines), the first policy alternating by "
+        f"round; vLLM's prefix caches are emptied before each turn and every round has new system prompts. Hit "
+        f"rate: vLLM's prefix_cache_hits / prefix_cache_queries (tokens), both replicas. Servers ready "
+        f"{data['ready_s']:.0f} s after the start.\n\n{_table(turns)}\n\n{summary}\n"
+    )
+    write_section("Routing: prefix-cache aware vs Serve's default", body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="m100", choices=("m100", "tiny"), help="the generated model (serving_bench)")
+    parser.add_argument(
+        "--model", default="m8", choices=("m8", "tiny", "m100"), help="the generated model (serving_bench)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=192, help="requests per policy and round")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/benchmarks.md")
+    parser.add_argument("--render", action="store_true", help="only write docs/benchmarks.md from .bench/routing.json")
     args = parser.parse_args(argv)
+    if args.render:
+        write_doc(json.loads(RAW.read_text()))
+        return 0
 
     from serving_bench import _model_dir, _parameters
     from transformers import AutoTokenizer
@@ -322,23 +355,18 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
     summary, numbers = _summary(turns)
     print(summary)
-    out = REPO / ".bench" / "routing.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"turns": turns, "summary": numbers, "sizes": sizes}, indent=2, default=str))
+    data = {
+        "turns": turns,
+        "summary": numbers,
+        "sizes": sizes,
+        "ready_s": ready_s,
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+    }
+    RAW.parent.mkdir(exist_ok=True)
+    RAW.write_text(json.dumps(data, indent=2, default=str))
     if not args.no_write:
-        from benchdoc import write_section
-
-        body = (
-            f"`python tests/bench/routing_bench.py` (in `make bench`): {sizes}. Workload: {USERS} users, user u "
-            f"always on system prompt u mod {SYSTEM_PROMPTS}; each request one user's short question (~20 tokens) "
-            f"after its system prompt, {MAX_TOKENS} streamed tokens back (ignore_eos, greedy); a closed loop of "
-            f"{args.concurrency} clients, {args.requests} requests per policy and round, users in a seeded random "
-            f"order. Both policies run on the same two engines, taking turns (a light edit of spec.routing.policy); "
-            f"vLLM's prefix caches are emptied before each turn and every round has new system prompts. Hit rate: "
-            f"vLLM's prefix_cache_hits / prefix_cache_queries (tokens), both replicas. Servers ready "
-            f"{ready_s:.0f} s after the start.\n\n{_table(turns)}\n\n{summary}\n"
-        )
-        write_section("Routing: prefix-cache aware vs Serve's default", body)
+        write_doc(data)
     return 0
 
 
