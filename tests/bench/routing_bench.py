@@ -1,6 +1,6 @@
 """Routing benchmark (`make bench`): Serve's default router against the prefix-cache-aware one, same load.
 
-    python tests/bench/routing_bench.py [--model m100] [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
+    python tests/bench/routing_bench.py [--model m8|tiny|m100] [--rounds 2] [--requests 192] [--concurrency 8] [--no-write]
 
 One application as the operator renders it (`bigmodel serve`'s rendering of a BigModel manifest) with two
 engine replicas of a generated model on vLLM's CPU build, through our ingress: `m8` (~8 M parameters, the
@@ -98,7 +98,7 @@ def workload(prompts: list[str], requests: int, round_index: int) -> list[list[d
     return out
 
 
-def manifest(model_dir: Path, kv_bytes: int, policy: str, served: str = "tiny") -> dict[str, Any]:
+def manifest(model_dir: Path, kv_bytes: int, policy: str, served: str) -> dict[str, Any]:
     return {
         "apiVersion": "bigmodel.io/v1alpha1",
         "kind": "BigModel",
@@ -119,7 +119,7 @@ def manifest(model_dir: Path, kv_bytes: int, policy: str, served: str = "tiny") 
     }
 
 
-def application(model_dir: Path, kv_bytes: int, policy: str, metrics_port: int, served: str = "tiny") -> dict[str, Any]:
+def application(model_dir: Path, kv_bytes: int, policy: str, metrics_port: int, served: str) -> dict[str, Any]:
     """What the operator renders for the manifest, with the replica count `bigmodel serve` pins to 1 put back
     and the metrics listener on `metrics_port` (the same for every redeploy)."""
     from bigmodel_operator.local import local_application
@@ -165,7 +165,7 @@ async def _scrape(session: Any, metrics_url: str, replicas: int = REPLICAS) -> d
 
 
 async def run_turn(
-    url: str, metrics_url: str, conversations: list[list[dict[str, str]]], concurrency: int, served: str = "tiny"
+    url: str, metrics_url: str, conversations: list[list[dict[str, str]]], concurrency: int, served: str
 ) -> dict[str, Any]:
     import aiohttp
 
