@@ -56,20 +56,15 @@ test-unit: dev ## unit tests (pure, no cluster)
 test-integration: dev ## integration tests on the real control plane (built and started on demand)
 	$(PYTEST) tests/integration
 
-# After the suites, make e2e: E2E=auto (default) runs it wherever tests/e2e/preflight.sh says it can run at all
-# (root and `ip`; cold or warm: a cold machine builds the images and node binaries inside CI's budget), E2E=1
-# always, E2E=0 never.
+# E2E=auto (default) runs `make e2e` wherever tests/e2e/preflight.sh says it can run at all (root and `ip`; cold
+# or warm: a cold machine builds the images and node binaries inside CI's budget), E2E=1 always, E2E=0 never.
+# tests/make_test.sh runs it beside the suites (E2E_ALONGSIDE=0: after them); why, in that script.
 E2E ?= auto
+export E2E
 # The controller tier runs once, as the chart's ServiceAccount: it proves the scenarios and the chart's RBAC
 # together (the same tests as admin prove a subset of that; `make test-integration` runs them so).
-test: dev check-crds ## what CI runs: unit + integration on the real control plane (the controller tier as the chart's account), then make e2e (E2E=auto|1|0)
-	$(PYTEST) --durations=25 tests/unit tests/integration --ignore=tests/integration/controller
-	BIGMODEL_OPERATOR_AS=chart $(PYTEST) --durations=10 tests/integration/controller
-	@case "$(E2E)" in \
-	  1) $(MAKE) e2e ;; \
-	  auto) if tests/e2e/preflight.sh; then $(MAKE) e2e; fi ;; \
-	  *) echo "make e2e skipped (E2E=$(E2E))" ;; \
-	esac
+test: dev check-crds ## what CI runs: unit + integration on the real control plane (the controller tier as the chart's account), with make e2e beside them (E2E=auto|1|0)
+	tests/make_test.sh
 
 test-as-chart: dev ## the controller scenarios with the operator authenticated as the chart's ServiceAccount
 	BIGMODEL_OPERATOR_AS=chart $(PYTEST) tests/integration/controller

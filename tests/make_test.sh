@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# `make test` (what CI runs): the unit + integration suites, the controller tier as the chart's ServiceAccount,
+# and `make e2e` on the real node, the last one *beside* the suites rather than after them.
+#
+# Why beside: the e2e waits a lot (image builds and downloads on a cold machine, pods starting, the Ray
+# autoscaler's idle timeouts, a scale-to-zero wake) and the suites wait a lot (Ray and vLLM starting, the operator
+# reconciling); one after the other left both cores idle for much of an hour (docs/development.md, "CI").
+# The two share nothing but the binaries cached under ~/.cache/bigmodel: the suites' control plane listens on
+# the host's loopback, the node's lives in its own network namespace, and each Ray is its own cluster.
+# The control plane's binaries are built first, so that the two never build the same binary at once.
+#
+# E2E=auto (default) runs the e2e wherever tests/e2e/preflight.sh says it can run at all, E2E=1 always, E2E=0
+# never; E2E_ALONGSIDE=0 runs it after the suites (the old order, e.g. to time each part alone). The e2e's output
+# goes to $E2E_LOG (default .cluster/e2e.log) and is printed when it ends; the status is 0 only if every part
+# passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PYTEST="tests/pytest.sh $PY"
+E2E=${E2E:-auto}
+E2E_LOG=${E2E_LOG:-.cluster/e2e.log}
+stamp() { printf '\n== %s (at %ss, %(%T)T)\n' "$1" "$SECONDS" -1; }
+
+run_e2e=0
+case "$E2E" in
+  1) run_e2e=1 ;;
+  auto) if tests/e2e/preflight.sh; then run_e2e=1; fi ;;
+  *) echo "make e2e skipped (E2E=$E2E)" ;;
+esac
+
+stamp "control plane binaries"
+$PY tests/cluster/devcluster.py build || exit 1
+
+e2e_pid=""
+start_e2e() {
+  mkdir -p "$(dirname "$E2E_LOG")"
+  stamp "make e2e starts (output: $E2E_LOG)"
+  (
+    start=$SECONDS
+    make --no-print-directory e2e
+    status=$?
+    echo "== make e2e finished with status $status in $((SECONDS - start))s"
+    exit $status
+  ) >"$E2E_LOG" 2>&1 &
+  e2e_pid=$!
+}
+finish_e2e() {
+  wait "$e2e_pid"
+  local status=$?
+  stamp "make e2e output ($E2E_LOG)"
+  cat "$E2E_LOG"
+  return $status
+}
+
+if [ "$run_e2e" = 1 ] && [ "${E2E_ALONGSIDE:-1}" = 1 ]; then start_e2e; fi
+
+status=0
+stamp "unit + integration (the controller tier below, as the chart's account)"
+$PYTEST --durations=25 tests/unit tests/integration --ignore=tests/integration/controller || status=1
+stamp "controller tier as the chart's ServiceAccount"
+BIGMODEL_OPERATOR_AS=chart $PYTEST --durations=10 tests/integration/controller || status=1
+
+if [ "$run_e2e" = 1 ]; then
+  if [ -z "$e2e_pid" ]; then start_e2e; fi
+  stamp "waiting for make e2e"
+  finish_e2e || status=1
+fi
+stamp "make test: status $status"
+exit $status
