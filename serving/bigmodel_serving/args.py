@@ -504,8 +504,12 @@ class Autoscaling(_Args):
         return self
 
 
-PrefixCacheRouter = Literal["ray.serve.llm.request_router:PrefixCacheAffinityRouter"]
-PREFIX_CACHE_ROUTER: PrefixCacheRouter = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# Ours (bigmodel_serving.routing: adapter requests stay on the adapter's replicas); Ray's own class is still
+# accepted, as applications rendered before ours name it.
+PrefixCacheRouter = Literal[
+    "bigmodel_serving.routing:AdapterAffinePrefixRouter", "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+]
+PREFIX_CACHE_ROUTER: PrefixCacheRouter = "bigmodel_serving.routing:AdapterAffinePrefixRouter"
 
 
 class RequestRouting(_Args):

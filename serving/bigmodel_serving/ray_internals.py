@@ -17,6 +17,9 @@ surface (`ray.serve.llm`, `ray.serve.llm.deployment`, `ray.serve.llm.ingress`,
 - a new request router for the engine: Serve builds a handle's router on its first request and never
   swaps it, so after a routing-policy edit the ingress must hold new engine handles; Ray's router keeps
   them in `OpenAiIngress._default_serve_handles` / `_configured_serve_handles`.
+- the prefix tree of `PrefixCacheAffinityRouter` (`PrefixTreeActor`): a test gives a router a tree of its own
+  (`initialize_state(tree_actor=...)`, Ray's parameter for tests) instead of the detached actor the router
+  otherwise registers with the Serve controller (tests/integration/serving/test_serving_routing_affinity.py).
 - `HEAD_NODE_RESOURCE`: the resource only the Ray head node has (Ray's own state actors use it to be
   placed there); the metrics deployment asks for a sliver of it.
 
@@ -33,6 +36,7 @@ from ray.llm._internal.common.models import global_id_manager
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.llm._internal.serve.engines.vllm.vllm_engine import _normalize_vllm_engine_kwargs
+from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTreeActor
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -41,6 +45,7 @@ __all__ = [
     "HEAD_NODE_RESOURCE",
     "LoraModelLoader",
     "OpenAIHTTPException",
+    "PrefixTreeActor",
     "adapter_config",
     "check_pinned_ray",
     "normalize_vllm_engine_kwargs",
@@ -92,6 +97,7 @@ def check_pinned_ray() -> list[str]:
     from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
     from ray.serve.llm.deployment import LLMServer
     from ray.serve.llm.ingress import OpenAiIngress
+    from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 
     problems = []
     expectations: list[tuple[str, bool]] = [
@@ -133,6 +139,11 @@ def check_pinned_ray() -> list[str]:
                 f"self.{name}" in inspect.getsource(OpenAiIngress.__init__)
                 for name in ("_default_serve_handles", "_configured_serve_handles")
             ),
+        ),
+        (
+            "PrefixCacheAffinityRouter.initialize_state(..., tree_actor) and PrefixTreeActor.remote()",
+            "tree_actor" in _parameters(PrefixCacheAffinityRouter.initialize_state)
+            and callable(getattr(PrefixTreeActor, "remote", None)),
         ),
         (
             "OpenAiIngress.__init__(llm_deployments, model_cards, *, lora_paths)",

@@ -45,7 +45,9 @@ and sizes its KV cache from the container's memory limit."""
 
 
 MAX_ENGINE_ADAPTER_NAME = 100  # bigmodel_serving.args.AdapterSource.name
-PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+PREFIX_CACHE_ROUTER = "bigmodel_serving.routing:AdapterAffinePrefixRouter"
+"""Ray Serve LLM's PrefixCacheAffinityRouter, with adapter requests kept on the replicas that hold the adapter
+(Ray 2.60's own class sends them elsewhere: serving/bigmodel_serving/routing.py says why)."""
 PREFIX_TREE_EVICTION = {"eviction_threshold_chars": 400_000, "eviction_target_chars": 360_000}
 """The prefix router remembers each replica's prompts in a tree; past this many characters per replica it
 forgets the least recently used (Ray's defaults, which its tree never applies unless eviction is on)."""
@@ -190,7 +192,8 @@ def request_router_config(spec: BigModelSpec, config: OperatorConfig) -> dict[st
     differ by at most `imbalanced_threshold`; past that it takes the less loaded of two. The threshold is the
     autoscaling target: a replica a whole target ahead of another is where cache affinity would start to queue
     requests that another replica could start now. Adapter requests are matched among the replicas holding the
-    adapter (its multiplexing) before prefixes are compared, so the two preferences do not compete.
+    adapter (Serve's multiplexing) before prefixes are compared, so the two preferences do not compete: our
+    subclass of the router (PREFIX_CACHE_ROUTER) makes that so, Ray 2.60's class does not.
     """
     if routing_policy(spec, config) != "prefixCache":
         return None

@@ -368,7 +368,7 @@ def test_a_new_engine_router_renews_the_engine_handles(ingress: Any, monkeypatch
 
     from ray import serve
 
-    router = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+    router = "bigmodel_serving.routing:AdapterAffinePrefixRouter"
     fresh = StubEngine()
     asked: list[tuple[str, str]] = []
 
