@@ -59,20 +59,18 @@ class AdapterAffinePrefixRouter(PrefixCacheAffinityRouter):
     async def choose_replicas(  # type: ignore[override]  # Ray 2.60 annotates one list; it returns ranks
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
-        token = _round.set(_Round())
+        current = _Round()
+        token = _round.set(current)
         try:
             ranks = cast(
                 "list[list[RunningReplica]]",
                 await super().choose_replicas(candidate_replicas=candidate_replicas, pending_request=pending_request),
             )
-            current = _round.get()
         finally:
             _round.reset(token)
         adapter = pending_request.metadata.multiplexed_model_id if pending_request is not None else ""
-        if not adapter or not ranks or current is None or current.request is not pending_request:
-            return ranks
-        allowed = current.allowed
-        if not allowed:
+        allowed = current.allowed if current.request is pending_request else None
+        if not adapter or not ranks or not allowed:
             return ranks
         first = ranks[0]
         kept = [replica for replica in first if replica.replica_id in allowed]
