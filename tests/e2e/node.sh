@@ -14,10 +14,13 @@
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
 # (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options, BUILD_IMAGES=0 uses the
 # images built last (tagged $VERSION in the OCI layout ~/.cache/bigmodel/images/oci) even if the code changed since;
-# E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last).
+# E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last); SERVE_PROXY=ray|haproxy is the
+# chart's operatorConfig.serve_proxy (default haproxy: the default `ray` proxy runs in the integration tier's Serve).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export VERSION=${VERSION:-e2e}
+# The chart's operatorConfig.serve_proxy for the run: haproxy (Ray Serve's HAProxy mode) or ray (its Python proxy).
+SERVE_PROXY=${SERVE_PROXY:-haproxy}
 REGISTRY=${REGISTRY:-ghcr.io/bigmodel-operator}
 PY=${PY:-.venv/bin/python}
 NODE="$PY tests/cluster/node.py"
@@ -57,7 +60,8 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \
   --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi \
-  --set operatorConfig.worker_idle_timeout_seconds=30 --set-json operatorConfig.prices.cpu_core_hour=0.04
+  --set operatorConfig.worker_idle_timeout_seconds=30 --set-json operatorConfig.prices.cpu_core_hour=0.04 \
+  --set operatorConfig.serve_proxy="$SERVE_PROXY"
 
 KUBECTL=$($PY -c 'import sys; sys.path.insert(0, "tests/cluster"); import clusterbuild; print(clusterbuild.Layout.current().binaries()["kubectl"])')
 # A node kept from an earlier run (KEEP=1) may hold an older image under the same tag: restart onto this one.
@@ -66,7 +70,7 @@ $NODE exec -- "$KUBECTL" rollout status -n bigmodel-system deployment/bigmodel-o
 
 step "tests/e2e (inside the netns)"
 # shellcheck disable=SC2086
-$NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 BIGMODEL_E2E_PRICED=1 \
+$NODE exec -- env BIGMODEL_TEST_CLUSTER=existing BIGMODEL_E2E_SERVE_PROXY="$SERVE_PROXY" BIGMODEL_KUBECTL="$KUBECTL" BIGMODEL_E2E_DIRECT=1 BIGMODEL_E2E_PRICED=1 \
   BIGMODEL_E2E_TRAINER_IMAGE="$REGISTRY/trainer:$VERSION" \
   tests/pytest.sh "$PY" tests/e2e -m e2e -p no:cacheprovider -s ${PYTEST_ARGS:-}
 step "done"

