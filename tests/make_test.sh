@@ -19,7 +19,17 @@ PY=${PY:-.venv/bin/python}
 PYTEST="tests/pytest.sh $PY"
 E2E=${E2E:-auto}
 E2E_LOG=${E2E_LOG:-.cluster/e2e.log}
-stamp() { printf '\n== %s (at %ss, %(%T)T)\n' "$1" "$SECONDS" -1; }
+# Each stamp also says how busy the cores were since the last one (/proc/stat): where they sat idle, running more
+# beside each other would pay; where they were busy, only less work would.
+cpu_ticks() { local _c u n s i w q sq st _rest; read -r _c u n s i w q sq st _rest </proc/stat; echo "$((u + n + s + q + sq + st)) $((i + w))"; }
+read -r BUSY0 IDLE0 <<<"$(cpu_ticks)"
+read -r BUSY_LAST IDLE_LAST <<<"$BUSY0 $IDLE0"
+busy_since() { local b i; read -r b i <<<"$(cpu_ticks)"; echo "$(( (b - $1) * 100 / ((b - $1) + (i - $2) + 1) ))"; }
+stamp() {
+  printf '\n== %s (at %ss, %(%T)T; cores busy %s%% since the last stamp, %s%% since the start)\n' "$1" "$SECONDS" -1 \
+    "$(busy_since "$BUSY_LAST" "$IDLE_LAST")" "$(busy_since "$BUSY0" "$IDLE0")"
+  read -r BUSY_LAST IDLE_LAST <<<"$(cpu_ticks)"
+}
 
 run_e2e=0
 case "$E2E" in
