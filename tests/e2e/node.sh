@@ -14,12 +14,13 @@
 # inside the node's namespace, which has no route out. VERSION (e2e), KEEP=1 leaves the node running
 # (`python tests/cluster/node.py down` stops it), PYTEST_ARGS adds pytest options, BUILD_IMAGES=0 uses the
 # images built last (tagged $VERSION in the OCI layout ~/.cache/bigmodel/images/oci) even if the code changed since;
-# E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last); SERVE_PROXY=ray|haproxy is the
-# chart's operatorConfig.serve_proxy (default haproxy: the default `ray` proxy runs in the integration tier's Serve).
+# E2E_IMAGES="operator serving-cpu" rebuilds only those (the others: as built last); SERVE_PROXY=haproxy|ray is the
+# chart's operatorConfig.serve_proxy (default haproxy, the chart's default; Ray's proxy also runs in the integration
+# tier's Serve).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export VERSION=${VERSION:-e2e}
-# The chart's operatorConfig.serve_proxy for the run: haproxy (Ray Serve's HAProxy mode) or ray (its Python proxy).
+# The chart's operatorConfig.serve_proxy for the run: haproxy (the default, Ray Serve's HAProxy mode) or ray.
 SERVE_PROXY=${SERVE_PROXY:-haproxy}
 REGISTRY=${REGISTRY:-ghcr.io/bigmodel-operator}
 PY=${PY:-.venv/bin/python}

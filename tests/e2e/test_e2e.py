@@ -76,7 +76,7 @@ LOAD_CLIENTS = int(os.environ.get("BIGMODEL_E2E_LOAD_CLIENTS", "10"))
 # (kube-proxy still sent the SYN to the gone pod's address; the request never reached a server).
 ZERO = os.environ.get("BIGMODEL_E2E_ZERO", "1") == "1"
 # What the chart was installed with (tests/e2e/node.sh): `haproxy` checks that haproxy answers the Serve port.
-SERVE_PROXY = os.environ.get("BIGMODEL_E2E_SERVE_PROXY", "ray")
+SERVE_PROXY = os.environ.get("BIGMODEL_E2E_SERVE_PROXY", "haproxy")
 CONNECT_RETRIES = 2  # openai-python's default max_retries
 Kubectl = Callable[..., Any]
 # What a BigModel and a FineTuneJob leave behind if garbage collection does not work (our e2e-* helpers aside):

@@ -129,7 +129,7 @@ def _worker_pod_spec(
 
 
 def serve_proxy_env(config: OperatorConfig) -> list[dict[str, Any]]:
-    """Environment of every Ray container for `config.serve_proxy` (nothing for Ray's Python proxy).
+    """Environment of every Ray container for `config.serve_proxy` (nothing for Ray's Python proxy, `ray`).
 
     HAProxy mode: Serve's controller starts an HAProxyManager actor on each node that has a proxy; its haproxy
     listens on serve_port (so KubeRay's probes, the `ray.io/serve` label and the Serve Service are unchanged) and

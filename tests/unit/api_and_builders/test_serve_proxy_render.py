@@ -1,5 +1,5 @@
-"""operatorConfig.serve_proxy: Ray's Python proxy (default, nothing rendered) or Ray Serve's HAProxy mode (two
-environment variables on every Ray container, nothing else changed)."""
+"""operatorConfig.serve_proxy: Ray Serve's HAProxy mode (default: two environment variables on every Ray container,
+nothing else changed) or Ray's Python proxy (nothing rendered: the RayCluster as before the setting existed)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,16 @@ def _env(container: dict[str, Any]) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
-def test_default_is_rays_proxy_and_renders_nothing() -> None:
-    config = OperatorConfig()
-    assert config.serve_proxy == "ray"
+def test_rays_proxy_renders_nothing() -> None:
+    config = OperatorConfig(serve_proxy="ray")
     head, worker = _containers(config)
     assert "env" not in head  # the head's template is exactly what it was before the setting existed
     assert not HAPROXY_ENV.keys() & _env(worker).keys()
 
 
-def test_haproxy_mode_sets_both_switches_on_head_and_workers() -> None:
-    config = OperatorConfig(serve_proxy="haproxy")
+def test_haproxy_mode_is_the_default_and_sets_both_switches_on_head_and_workers() -> None:
+    config = OperatorConfig()
+    assert config.serve_proxy == "haproxy"
     head, worker = _containers(config)
     for container in (head, worker):
         env = _env(container)
