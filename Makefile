@@ -75,7 +75,9 @@ cluster-build: dev ## build the control plane binaries (cached under ~/.cache/bi
 cluster-up: dev ## start etcd, kube-apiserver, controller-manager, scheduler and KWOK on 127.0.0.1
 	$(CLUSTER) up
 
-cluster-down: ## stop every process cluster-up started
+cluster-down: ## stop every process cluster-up started (and the controller tier's own cluster, if make test left one)
+	@if [ -f .cluster/controller-tier/state.json ]; then \
+		BIGMODEL_CLUSTER_DIR=$(CURDIR)/.cluster/controller-tier python3 tests/cluster/devcluster.py down; fi
 	@if [ -x $(PY) ]; then $(CLUSTER) down; else python3 tests/cluster/devcluster.py down; fi
 
 demo: cluster-up ## the whole loop on this machine: apply examples to the cluster, then serve a tiny model locally

@@ -10,7 +10,8 @@
 # The control plane's binaries are built first, so that the two never build the same binary at once.
 #
 # E2E=auto (default) runs the e2e wherever tests/e2e/preflight.sh says it can run at all, E2E=1 always, E2E=0
-# never; E2E_ALONGSIDE=0 runs it after the suites (the old order, e.g. to time each part alone). The e2e's output
+# never; E2E_ALONGSIDE=0 runs it after the suites (the old order, e.g. to time each part alone). The controller
+# tier runs beside the suites too (below; CONTROLLER_ALONGSIDE=0: after them). The e2e's output
 # goes to $E2E_LOG (default .cluster/e2e.log) and is printed when it ends; the status is 0 only if every part
 # passed.
 set -uo pipefail
@@ -64,11 +65,47 @@ finish_e2e() {
 
 if [ "$run_e2e" = 1 ] && [ "${E2E_ALONGSIDE:-1}" = 1 ]; then start_e2e; fi
 
+# The controller tier (the operator as the chart's ServiceAccount) mostly waits for the operator and the apiserver:
+# it runs beside the suites, on a control plane of its own ($CONTROLLER_CLUSTER_DIR, another port), because its
+# operator watches every namespace and the suites run operators of their own (the loop). CONTROLLER_ALONGSIDE=0
+# runs it after the suites on their control plane (the old order). Its output: $CONTROLLER_LOG, printed at the end.
+CONTROLLER_CLUSTER_DIR=${CONTROLLER_CLUSTER_DIR:-$PWD/.cluster/controller-tier}
+CONTROLLER_LOG=${CONTROLLER_LOG:-.cluster/controller-tier.log}
+controller_tier_alone() {
+  BIGMODEL_OPERATOR_AS=chart $PYTEST --durations=10 tests/integration/controller
+}
+controller_tier_beside() {
+  local start=$SECONDS status=0
+  export BIGMODEL_CLUSTER_DIR=$CONTROLLER_CLUSTER_DIR BIGMODEL_CLUSTER_PORT=${CONTROLLER_CLUSTER_PORT:-16444}
+  if $PY tests/cluster/devcluster.py up; then
+    KUBECONFIG=$CONTROLLER_CLUSTER_DIR/kubeconfig BIGMODEL_TEST_CLUSTER=existing controller_tier_alone || status=1
+  else
+    status=1
+  fi
+  $PY tests/cluster/devcluster.py down || true
+  echo "== controller tier finished with status $status in $((SECONDS - start))s"
+  return $status
+}
+controller_pid=""
+if [ "${CONTROLLER_ALONGSIDE:-1}" = 1 ]; then
+  mkdir -p "$(dirname "$CONTROLLER_LOG")"
+  stamp "controller tier as the chart's ServiceAccount starts, beside (output: $CONTROLLER_LOG)"
+  controller_tier_beside >"$CONTROLLER_LOG" 2>&1 &
+  controller_pid=$!
+fi
+
 status=0
-stamp "unit + integration (the controller tier below, as the chart's account)"
+stamp "unit + integration"
 $PYTEST --durations=25 tests/unit tests/integration --ignore=tests/integration/controller || status=1
-stamp "controller tier as the chart's ServiceAccount"
-BIGMODEL_OPERATOR_AS=chart $PYTEST --durations=10 tests/integration/controller || status=1
+if [ -n "$controller_pid" ]; then
+  stamp "waiting for the controller tier"
+  wait "$controller_pid" || status=1
+  stamp "controller tier output ($CONTROLLER_LOG)"
+  cat "$CONTROLLER_LOG"
+else
+  stamp "controller tier as the chart's ServiceAccount"
+  controller_tier_alone || status=1
+fi
 
 if [ "$run_e2e" = 1 ]; then
   if [ -z "$e2e_pid" ]; then start_e2e; fi

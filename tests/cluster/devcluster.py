@@ -8,7 +8,7 @@
 
 etcd, kube-apiserver (RBAC, service-account tokens), kube-controller-manager, kube-scheduler
 and the KWOK controller run as local processes bound to 127.0.0.1. State lives in
-<repo>/.cluster/ (kubeconfig, state.json, pki/, logs/). Stdlib only, on purpose.
+<repo>/.cluster/ (kubeconfig, state.json, pki/, logs/), or $BIGMODEL_CLUSTER_DIR. Stdlib only, on purpose.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ import clusterproc as proc
 from clusterpki import Pki
 
 REPO = Path(__file__).resolve().parents[2]
-STATE_DIR = REPO / ".cluster"
+# BIGMODEL_CLUSTER_DIR (with BIGMODEL_CLUSTER_PORT) runs a second cluster beside the first: tests/make_test.sh
+# gives the controller tier its own, so that its cluster-wide operator never meets the suites' objects.
+STATE_DIR = Path(os.environ.get("BIGMODEL_CLUSTER_DIR") or REPO / ".cluster")
 STATE_FILE = STATE_DIR / "state.json"
 LOCK_FILE = STATE_DIR / ".lock"
 KUBECONFIG = STATE_DIR / "kubeconfig"

@@ -115,7 +115,7 @@ def api_client(kubeconfig: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def kubectl(cluster: Cluster) -> Callable[..., subprocess.CompletedProcess[str]]:
     """kubectl(*args, input=None, check=True, timeout=120) -> CompletedProcess (text)."""
-    cache = REPO / ".cluster" / "kube-cache"
+    cache = cluster.kubeconfig.parent / "kube-cache"  # beside its cluster's kubeconfig: two clusters, two caches
 
     def run(
         *args: str, input: str | None = None, check: bool = True, timeout: float = 120
