@@ -324,24 +324,26 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 """
 
 
+def _running_heads(kubectl: Kubectl, namespace: str) -> list[str]:
+    """Names of the Ray head pods that run (one, unless a RayService upgrade runs two clusters)."""
+    pods = _list(kubectl, namespace, "pods", "ray.io/node-type=head")
+    return [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
+
+
 def _serve_port_owners(kubectl: Kubectl, namespace: str) -> set[str]:
     """Names of the processes listening on port 8000 in the running Ray head container."""
-    heads = [
-        p for p in _list(kubectl, namespace, "pods", "ray.io/node-type=head") if p["status"].get("phase") == "Running"
-    ]
-    assert len(heads) == 1, [p["metadata"]["name"] for p in heads]
-    argv = ("exec", "-n", namespace, heads[0]["metadata"]["name"], "-c", "ray-head", "--")
+    heads = _running_heads(kubectl, namespace)
+    assert len(heads) == 1, heads
+    argv = ("exec", "-n", namespace, heads[0], "-c", "ray-head", "--")
     return set(kubectl(*argv, "python", "-c", _SERVE_PORT_OWNER, timeout=90).stdout.split())
 
 
 def _serve_state(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     """Serve's view from the Ray dashboard: deployed config (JSON text), replica ids, all RUNNING."""
-    heads = [
-        p for p in _list(kubectl, namespace, "pods", "ray.io/node-type=head") if p["status"].get("phase") == "Running"
-    ]
+    heads = _running_heads(kubectl, namespace)
     if len(heads) != 1:
         return {}
-    argv = ("exec", "-n", namespace, heads[0]["metadata"]["name"], "-c", "ray-head", "--", "python", "-c", _SERVE_APPS)
+    argv = ("exec", "-n", namespace, heads[0], "-c", "ray-head", "--", "python", "-c", _SERVE_APPS)
     proc = kubectl(*argv, check=False, timeout=90)
     try:
         apps = json.loads(proc.stdout).get("applications") or {}
@@ -368,12 +370,10 @@ def _engine_max_replicas(state: dict[str, Any]) -> int | None:
 
 def _engine_replicas(kubectl: Kubectl, namespace: str) -> int:
     """Engine replicas Serve runs (RUNNING), from the dashboard."""
-    heads = [
-        p for p in _list(kubectl, namespace, "pods", "ray.io/node-type=head") if p["status"].get("phase") == "Running"
-    ]
+    heads = _running_heads(kubectl, namespace)
     if len(heads) != 1:
         return -1
-    argv = ("exec", "-n", namespace, heads[0]["metadata"]["name"], "-c", "ray-head", "--", "python", "-c", _SERVE_APPS)
+    argv = ("exec", "-n", namespace, heads[0], "-c", "ray-head", "--", "python", "-c", _SERVE_APPS)
     proc = kubectl(*argv, check=False, timeout=90)
     try:
         apps = json.loads(proc.stdout).get("applications") or {}
