@@ -119,7 +119,22 @@ class OperatorConfig(BaseModel):
             "RayCluster's spec: a change starts a new Ray cluster for each model."
         ),
     )
-    head_cpu: str = "2"
+    head_cpu: str = Field(
+        default="2",
+        pattern=QUANTITY_PATTERN,
+        description="Ray head pod's CPU request; also its CPU limit unless head_cpu_limit is set.",
+    )
+    head_cpu_limit: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description=(
+            "Ray head pod's CPU limit, when it should be above head_cpu (unset: equal to it). A small head (say "
+            "250m, so that two Ray clusters fit a node during an upgrade) held to its request starts slowly: "
+            "Serve imports the application (vLLM) and starts its proxies on the head before any engine replica "
+            "is placed, and at a 250m limit that took minutes and failed Serve's proxy health checks "
+            "(docs/operations.md). A higher limit lets it borrow idle cores while it starts."
+        ),
+    )
     head_memory: str = "8Gi"
     head_ephemeral_storage: str = Field(
         default="8Gi",
@@ -176,12 +191,30 @@ class OperatorConfig(BaseModel):
         default=None, description="host:port for the operator's Prometheus /metrics (e.g. 0.0.0.0:8081); off if empty."
     )
 
+    @model_validator(mode="after")
+    def _head_cpu_limit_not_below_request(self) -> OperatorConfig:
+        if self.head_cpu_limit is not None and cpu_cores(self.head_cpu_limit) < cpu_cores(self.head_cpu):
+            raise ValueError(
+                f"head_cpu_limit {self.head_cpu_limit} is below head_cpu {self.head_cpu}: Kubernetes refuses a "
+                "pod whose limit is below its request"
+            )
+        return self
+
     @field_validator("serve_port")
     @classmethod
     def _serve_port_free(cls, port: int) -> int:
         if port in RAY_RESERVED_PORTS:
             raise ValueError(f"{port} is Ray's {RAY_RESERVED_PORTS[port]} port; pick another serve_port")
         return port
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity (2, 0.5, 250m, 1k) in cores."""
+    text = quantity.strip()
+    factors = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+    if text[-1:] in factors:
+        return float(text[:-1]) * factors[text[-1]]
+    return float(text)
 
 
 def load_config(path: str | None = None) -> OperatorConfig:

@@ -50,7 +50,9 @@ $NODE import "$CACHE/images/oci" "$REGISTRY"/{operator,serving-cpu,trainer}:"$VE
 
 step "bigmodel-operator chart"
 # The node has 2 CPUs, and a RayService upgrade runs two RayClusters side by side: small Ray heads (default 2 CPUs,
-# 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM). Worker pods go 30 s after their
+# 8Gi; with 2Gi, Ray's memory monitor kills the Serve build task that imports vLLM), requesting 250m but limited to
+# 2 cores: held to 250m, Serve's import of the application and its proxies' start took ~4 min before an engine could
+# be placed, on an idle node (docs/operations.md). Worker pods go 30 s after their
 # last engine replica (default 300 s), so the scale-to-zero step sees 0 worker pods soon; a price per CPU-core-hour
 # gives that step's status.cost money as well as seconds.
 $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operator \
@@ -60,7 +62,7 @@ $NODE exec -- "$HELM" upgrade --install bigmodel-operator charts/bigmodel-operat
   --set operatorConfig.images.vllm="$REGISTRY/serving-cpu:$VERSION" \
   --set operatorConfig.images.trainer="$REGISTRY/trainer:$VERSION" \
   --set operatorConfig.fetch_hub_config=false \
-  --set operatorConfig.head_cpu=250m --set operatorConfig.head_memory=4Gi \
+  --set operatorConfig.head_cpu=250m --set-string operatorConfig.head_cpu_limit=2 --set operatorConfig.head_memory=4Gi \
   --set operatorConfig.worker_idle_timeout_seconds=30 --set-json operatorConfig.prices.cpu_core_hour=0.04 \
   --set operatorConfig.serve_proxy="$SERVE_PROXY"
 

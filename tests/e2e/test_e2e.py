@@ -966,7 +966,7 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             print(f"0 engine replicas (ScaledToZero, 0/0) {to_zero:.1f} s after the last answer; "
                   f"0 worker pods after {no_pods:.1f} s")  # fmt: skip
 
-        with steps("second wake: weights from the weight cache, the download phase vanishes"):
+        with steps("second wake: weights (and vLLM's compile cache) from the claim, the download phase vanishes"):
             held, _, seen = _wake(base, key, 0, lambda: _wake_state(kubectl, namespace))
             print(f"status during the second wake: {'; '.join(seen)}")
             assert held["status"] == 200 and held["events"][-1] == "[DONE]", held
@@ -983,6 +983,9 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             assert download.get("cached") is True, download
             first_download = next(p for p in first["phases"] if p["name"] == "Downloading")
             print(f"Downloading: {first_download['seconds']} s cold, {download['seconds']} s from the cache")
+            compiled = [next((p for p in t["phases"] if p["name"] == "Compiling"), {}) for t in (first, second)]
+            print(f"Compiling: {compiled[0].get('seconds')} s cold, {compiled[1].get('seconds')} s with vLLM's "
+                  "cache (VLLM_CACHE_ROOT) on the claim")  # fmt: skip
 
         with steps("status.cost: CPU-seconds, idle seconds and tokens moved"):
 

@@ -174,7 +174,13 @@ def _head_pod_spec(
     # Ray's session directory and logs live in /tmp: bounded, and requested so the scheduler counts them.
     tmp, tmp_mount = scratch_volume("tmp", TMP_MOUNT, config.head_ephemeral_storage)
     keys_volumes, keys_mounts = _api_keys(body_name, spec)
-    limits = {"cpu": config.head_cpu, "memory": config.head_memory, "ephemeral-storage": config.head_ephemeral_storage}
+    requests = {
+        "cpu": config.head_cpu,
+        "memory": config.head_memory,
+        "ephemeral-storage": config.head_ephemeral_storage,
+    }
+    # A limit above the request lets a small head borrow idle cores while Serve starts (docs/operations.md).
+    limits = {**requests, "cpu": config.head_cpu_limit or config.head_cpu}
     return {
         "metadata": {"labels": dict(pod_labels)},
         "spec": {
@@ -184,7 +190,7 @@ def _head_pod_spec(
                 {
                     "name": "ray-head",
                     "image": _image(spec, place, config),
-                    "resources": {"requests": dict(limits), "limits": limits},
+                    "resources": {"requests": requests, "limits": limits},
                     "ports": [
                         {"name": "gcs", "containerPort": 6379},
                         {"name": "dashboard", "containerPort": 8265},

@@ -206,8 +206,9 @@ def weight_cache_volume(
     source: BigModelSpec | WeightCacheSpec | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The shared weight cache (a BigModel's spec.weightCache) as (volumes, mounts, env) of a model or trainer
-    pod: s3:// downloads (BIGMODEL_S3_CACHE) and the Hugging Face hub cache (HF_HUB_CACHE, keyed by commit)
-    live on the claim."""
+    pod: s3:// downloads (BIGMODEL_S3_CACHE), the Hugging Face hub cache (HF_HUB_CACHE, keyed by commit) and
+    vLLM's cache (VLLM_CACHE_ROOT: torch.compile's artifacts, keyed by vLLM by model, config and code) live on
+    the claim, so that the next replica or wake of the same model reuses them instead of compiling again."""
     from bigmodel_operator.api.bigmodel import WeightCacheSpec
 
     cache = source if isinstance(source, WeightCacheSpec) or source is None else source.weight_cache
@@ -218,6 +219,7 @@ def weight_cache_volume(
     env = [
         {"name": "BIGMODEL_S3_CACHE", "value": f"{WEIGHT_CACHE_MOUNT}/s3"},
         {"name": "HF_HUB_CACHE", "value": f"{WEIGHT_CACHE_MOUNT}/hf"},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{WEIGHT_CACHE_MOUNT}/vllm"},
     ]
     if cache.max_size is not None:
         env.append({"name": "BIGMODEL_WEIGHT_CACHE_MAX_BYTES", "value": str(quantity_bytes(cache.max_size))})
