@@ -508,6 +508,7 @@ def test_bigmodel_and_finetunejob_end_to_end(
         import httpx
 
         base = url if DIRECT else f"http://127.0.0.1:{port_forward(namespace, 'svc/tiny-cpu-serve-svc', 8000)}/v1"
+        print(f"the Service took connections {_routable(base):.1f} s after Ready")
         key = _api_key(kubectl, namespace, "tiny-cpu")
         answer = _chat(base, key)
         print(f"answer: {answer.choices[0].message.content!r} ({answer.usage.completion_tokens} tokens)")
@@ -791,6 +792,22 @@ def _upload_tiny_model(server: Any, prefix: str) -> int:
     return total
 
 
+def _routable(base: str, within_s: float = 30) -> float:
+    """Seconds until the BigModel's URL takes a connection (any HTTP answer). Ready follows KubeRay's count of
+    serving endpoints, and KubeRay creates the Serve Service only then: kube-proxy may still refuse the new
+    Service for a moment (seen once, under load: "Connection refused" 1 s after Ready)."""
+    import httpx
+
+    started = time.monotonic()
+    while True:
+        try:
+            httpx.get(f"{base}/models", timeout=10)
+            return time.monotonic() - started
+        except httpx.TransportError:
+            assert time.monotonic() - started < within_s, f"{base} refused connections for {within_s:.0f} s after Ready"
+            time.sleep(0.5)
+
+
 def _client(timeout: float) -> Any:
     """An HTTP client that retries a connect that failed (nothing was sent), as OpenAI's SDKs do, and
     nothing else: every answer, 503 included, counts as it came."""
@@ -923,6 +940,7 @@ def test_scale_to_zero_holds_requests_and_wakes_from_the_weight_cache(
             assert (bm["status"]["replicas"], bm["status"]["readyReplicas"]) == (0, 0), bm["status"]
             assert not _list(kubectl, namespace, "pods", "ray.io/node-type=worker")
             base = bm["status"]["url"]
+            print(f"the Service took connections {_routable(base):.1f} s after Ready")
             key = _api_key(kubectl, namespace, "tiny-cpu")
             with _client(60) as client:
                 models = client.get(f"{base}/models", headers={"Authorization": f"Bearer {key}"})

@@ -73,9 +73,12 @@ def test_cold_start_phases_cost_and_scale_to_zero_in_status(
     started = running.status.container_statuses[0].state.running.started_at
 
     # The Ray autoscaler started a worker for a replica that has not reported yet: a cold start in progress.
+    # The pod's event and the RayService's status reach the operator by two watches, so the status may show
+    # the phase one write before Ready says Waking: wait for both.
     def starting_ray() -> Any:
         b = _bigmodel(custom, namespace)
-        return ((b or {}).get("status") or {}).get("startup", {}).get("phase") == "StartingRay" and b
+        phase = ((b or {}).get("status") or {}).get("startup", {}).get("phase")
+        return phase == "StartingRay" and condition(b, "Ready").get("reason") == "Waking" and b
 
     bm = wait_until(starting_ray, timeout=30)
     assert [p["name"] for p in bm["status"]["startup"]["phases"]] == ["Scheduling", "PullingImage", "StartingRay"]
