@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bigmodel_operator.api.base import QUANTITY_PATTERN
+from bigmodel_operator.api.base import QUANTITY_PATTERN, cpu_cores
 
 FIELD_MANAGER = "bigmodel-operator"
 RAY_RESERVED_PORTS = {6379: "GCS", 8080: "metrics", 8265: "dashboard", 10001: "client", 52365: "dashboard agent"}
@@ -206,15 +206,6 @@ class OperatorConfig(BaseModel):
         if port in RAY_RESERVED_PORTS:
             raise ValueError(f"{port} is Ray's {RAY_RESERVED_PORTS[port]} port; pick another serve_port")
         return port
-
-
-def cpu_cores(quantity: str) -> float:
-    """A CPU quantity (2, 0.5, 250m, 1k) in cores."""
-    text = quantity.strip()
-    factors = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
-    if text[-1:] in factors:
-        return float(text[:-1]) * factors[text[-1]]
-    return float(text)
 
 
 def load_config(path: str | None = None) -> OperatorConfig:

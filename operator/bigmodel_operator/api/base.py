@@ -26,6 +26,16 @@ QUANTITY_PATTERN = (
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity (2, 0.5, 250m, 1k) in cores."""
+    text = quantity.strip()
+    factors = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+    if text[-1:] in factors:
+        return float(text[:-1]) * factors[text[-1]]
+    return float(text)
+
+
 Quantity = Annotated[
     int | str,
     WithJsonSchema(

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bigmodel_operator.api.base import cpu_cores
+
 ENGINE_PHASES = ("Downloading", "Loading", "Compiling")
 STARTING_RAY_MAX_S = 1800.0
 """A worker pod running this long without an engine report is not starting one (it idles until the Ray
@@ -71,9 +73,8 @@ class PodRecord:
 
 
 def _cpu_cores(value: object) -> float:
-    text = str(value or "0")
     try:
-        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        return cpu_cores(str(value or "0"))
     except ValueError:
         return 0.0
 

@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from bigmodel_operator.api import BigModelSpec
+from bigmodel_operator.api.base import cpu_cores
 from bigmodel_operator.builders.placement import placement
 from bigmodel_operator.builders.rayservice import build_rayservice
-from bigmodel_operator.config import OperatorConfig, cpu_cores
+from bigmodel_operator.config import OperatorConfig
 
 BODY = {"metadata": {"name": "tiny", "namespace": "ns", "uid": "u1"}, "kind": "BigModel"}
 

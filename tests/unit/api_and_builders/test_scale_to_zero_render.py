@@ -74,9 +74,8 @@ def test_scale_to_zero_rendering_parses_as_the_apps_contract() -> None:
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["BIGMODEL_S3_CACHE"] == "/mnt/bigmodel/weight-cache/s3"
     assert env["HF_HUB_CACHE"] == "/mnt/bigmodel/weight-cache/hf"
-    assert (
-        env["VLLM_CACHE_ROOT"] == "/mnt/bigmodel/weight-cache/vllm"
-    )  # torch.compile artifacts: the next wake reuses them
+    # vLLM's cache (torch.compile's artifacts): the next wake reuses them
+    assert env["VLLM_CACHE_ROOT"] == "/mnt/bigmodel/weight-cache/vllm"
     assert env["BIGMODEL_WEIGHT_CACHE_MAX_BYTES"] == str(50 * 2**30)
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert all(v["name"] != "weight-cache" for v in head["volumes"])  # the head loads no weights
